@@ -1,0 +1,23 @@
+"""Training problems for lopt: Task / TaskFamily, datasets, flax models and inner training.
+
+Independent of `lopt`: everything here uses only jax, flax, optax and the data loaders.
+"""
+
+from tasks.base import Task, TaskFamily, TaskSpec
+from tasks.families import (
+    FAMILIES, NAMED_TASKS, ConvFamily, MLPFamily, QuadraticFamily, TransformerFamily,
+    get_family, get_task, task_spec,
+)
+from tasks.tasks import (
+    ClassificationTask, ConvSpec, LanguageModelTask, MLPSpec, QuadraticSpec, QuadraticTask,
+    RosenbrockSpec, RosenbrockTask, TransformerSpec, build,
+)
+from tasks.train import TrainResult, evaluate, train, train_step
+
+__all__ = [
+    "Task", "TaskFamily", "TaskSpec", "FAMILIES", "NAMED_TASKS", "ConvFamily", "MLPFamily",
+    "QuadraticFamily", "TransformerFamily", "get_family", "get_task", "task_spec",
+    "ClassificationTask", "ConvSpec", "LanguageModelTask", "MLPSpec", "QuadraticSpec",
+    "QuadraticTask", "RosenbrockSpec", "RosenbrockTask", "TransformerSpec", "build",
+    "TrainResult", "evaluate", "train", "train_step",
+]

@@ -1,0 +1,163 @@
+"""Task families: distributions over architectures, data and batch sizes, and named fixed tasks.
+
+Families sample a frozen `TaskSpec` from a key (`sample`) and build it (`build`). They are what
+meta-training draws its inner problems from; the named tasks are fixed points used by evaluation
+suites (held out from the families' defaults where it matters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from tasks.base import TaskSpec
+from tasks.tasks import (
+    ConvSpec, MLPSpec, QuadraticSpec, RosenbrockSpec, TransformerSpec, build,
+)
+
+
+def _choice(key: jax.Array, options: Sequence[Any]) -> Any:
+    return options[int(jax.random.randint(key, (), 0, len(options)))]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPFamily:
+    """MLP classifiers: dataset, depth, width, activation and batch size sampled uniformly."""
+
+    name: str = "mlp"
+    datasets: tuple[str, ...] = ("digits", "mnist1d")
+    depths: tuple[int, ...] = (1, 2)
+    widths: tuple[int, ...] = (16, 32, 64)
+    activations: tuple[str, ...] = ("relu", "tanh", "gelu", "silu")
+    batch_sizes: tuple[int, ...] = (32, 64, 128)
+
+    def sample(self, key: jax.Array) -> MLPSpec:
+        k = jax.random.split(key, 5)
+        depth = _choice(k[1], self.depths)
+        return MLPSpec(
+            dataset=_choice(k[0], self.datasets),
+            hidden_sizes=(_choice(k[2], self.widths),) * depth,
+            activation=_choice(k[3], self.activations),
+            batch_size=_choice(k[4], self.batch_sizes),
+        )
+
+    def build(self, spec: TaskSpec) -> Any:
+        return build(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvFamily:
+    """Strided conv nets: dataset, channel widths, depth, activation and batch size sampled."""
+
+    name: str = "conv"
+    datasets: tuple[str, ...] = ("digits", "mnist1d")
+    depths: tuple[int, ...] = (1, 2)
+    widths: tuple[int, ...] = (8, 16, 32)
+    activations: tuple[str, ...] = ("relu", "gelu", "silu")
+    batch_sizes: tuple[int, ...] = (32, 64)
+
+    def sample(self, key: jax.Array) -> ConvSpec:
+        k = jax.random.split(key, 5)
+        depth = _choice(k[1], self.depths)
+        width = _choice(k[2], self.widths)
+        return ConvSpec(
+            dataset=_choice(k[0], self.datasets),
+            channels=tuple(width * 2**i for i in range(depth)),
+            activation=_choice(k[3], self.activations),
+            batch_size=_choice(k[4], self.batch_sizes),
+        )
+
+    def build(self, spec: TaskSpec) -> Any:
+        return build(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerFamily:
+    """Char-level transformer LMs: width, depth, heads, context and batch size sampled."""
+
+    name: str = "transformer"
+    datasets: tuple[str, ...] = ("pytext",)
+    model_dims: tuple[int, ...] = (16, 32, 64)
+    depths: tuple[int, ...] = (1, 2)
+    heads: tuple[int, ...] = (1, 2, 4)
+    sequence_lengths: tuple[int, ...] = (16, 32)
+    batch_sizes: tuple[int, ...] = (8, 16, 32)
+
+    def sample(self, key: jax.Array) -> TransformerSpec:
+        k = jax.random.split(key, 6)
+        return TransformerSpec(
+            dataset=_choice(k[0], self.datasets),
+            model_dim=_choice(k[1], self.model_dims),
+            num_layers=_choice(k[2], self.depths),
+            num_heads=_choice(k[3], self.heads),
+            sequence_length=_choice(k[4], self.sequence_lengths),
+            batch_size=_choice(k[5], self.batch_sizes),
+        )
+
+    def build(self, spec: TaskSpec) -> Any:
+        return build(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuadraticFamily:
+    """Noisy quadratics: dimension, condition number (log-uniform) and noise sampled."""
+
+    name: str = "quadratic"
+    dims: tuple[int, ...] = (4, 10, 32)
+    max_log10_condition: float = 3.0
+    noise_scales: tuple[float, ...] = (0.0, 0.1, 1.0)
+
+    def sample(self, key: jax.Array) -> QuadraticSpec:
+        k = jax.random.split(key, 4)
+        log_condition = float(jax.random.uniform(k[1], (), minval=0.0, maxval=self.max_log10_condition))
+        return QuadraticSpec(
+            dim=_choice(k[0], self.dims),
+            condition_number=round(10.0**log_condition, 3),
+            noise_scale=_choice(k[2], self.noise_scales),
+            seed=int(jax.random.randint(k[3], (), 0, 2**30)),
+        )
+
+    def build(self, spec: TaskSpec) -> Any:
+        return build(spec)
+
+
+FAMILIES = {
+    family.name: family
+    for family in (MLPFamily(), ConvFamily(), TransformerFamily(), QuadraticFamily())
+}
+
+NAMED_TASKS: dict[str, TaskSpec] = {
+    "digits-mlp-relu32": MLPSpec("digits", (32,), "relu", 128),
+    "digits-mlp-tanh64x2": MLPSpec("digits", (64, 64), "tanh", 64),
+    "mnist1d-mlp-gelu64x2": MLPSpec("mnist1d", (64, 64), "gelu", 128),
+    "digits-conv-16-32": ConvSpec("digits", (16, 32), "relu", 64),
+    "mnist1d-conv-16-32": ConvSpec("mnist1d", (16, 32), "relu", 64),
+    "pytext-transformer-32x1": TransformerSpec("pytext", 32, 1, 2, 32, 16),
+    "pytext-transformer-64x2": TransformerSpec("pytext", 64, 2, 4, 32, 16),
+    "quadratic-10-cond100": QuadraticSpec(10, 100.0, 0.1, 0),
+    "rosenbrock-2": RosenbrockSpec(2, 0.01),
+    "digits-mlp-relu256x3": MLPSpec("digits", (256, 256, 256), "relu", 128),
+    "mnist1d-mlp-relu128x4": MLPSpec("mnist1d", (128,) * 4, "relu", 128),
+}
+
+
+def get_family(name: str) -> Any:
+    """A task family by name; unknown names list the valid ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; valid families: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def task_spec(name: str) -> TaskSpec:
+    """A named task's spec; unknown names list the valid ones."""
+    if name not in NAMED_TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(NAMED_TASKS))}")
+    return NAMED_TASKS[name]
+
+
+def get_task(name: str) -> Any:
+    """Build a named task."""
+    return build(task_spec(name))

@@ -1,0 +1,111 @@
+"""Inner training: any optax transformation on any task, as one `lax.scan` under `jit`.
+
+`train` is written for one run and batched with `jax.vmap` (over seeds, learning rates or a
+population of tasks that share a spec). Each step draws its minibatch inside `jit` from a key,
+computes the loss and gradient, and calls the optimizer with the extra args `loss=` (the
+minibatch loss, which learned optimizers read) and `obj_fn=` (the minibatch objective, which
+curvature-based optimizers such as Sophia's Hutchinson estimator need).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Any
+OptState = Any
+EvalParamsFn = Callable[[OptState, Params], Params]
+
+
+class TrainResult(NamedTuple):
+    """Curves of one inner run.
+
+    train_loss: [num_steps] minibatch loss at each step, before that step's update.
+    eval_loss: [num_steps // eval_every + 1] mean test-split loss at steps 0, k, 2k, ... (empty
+      when `eval_every` is 0).
+    params: the final parameters (as the optimizer would evaluate them).
+    """
+
+    train_loss: jax.Array
+    eval_loss: jax.Array
+    params: Params
+
+
+def train_step(
+    task: Any,
+    opt: optax.GradientTransformationExtraArgs,
+    params: Params,
+    opt_state: OptState,
+    key: jax.Array,
+) -> tuple[Params, OptState, jax.Array]:
+    """One inner step: sample a batch from `key`, take the gradient, apply the optimizer."""
+    batch = task.batch(key, "train")
+    loss, grads = jax.value_and_grad(task.loss)(params, batch)
+    updates, opt_state = opt.update(
+        grads, opt_state, params, loss=loss, obj_fn=lambda p: task.loss(p, batch)
+    )
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def evaluate(task: Any, params: Params, key: jax.Array, num_batches: int = 4) -> jax.Array:
+    """Mean test-split loss over `num_batches` minibatches drawn from `key`."""
+    keys = jax.random.split(key, num_batches)
+    return jnp.mean(jax.vmap(lambda k: task.loss(params, task.batch(k, "test")))(keys))
+
+
+def train(
+    task: Any,
+    opt: optax.GradientTransformation,
+    key: jax.Array,
+    *,
+    num_steps: int,
+    eval_every: int = 0,
+    num_eval_batches: int = 4,
+    eval_params_fn: EvalParamsFn | None = None,
+) -> TrainResult:
+    """Train `task` with `opt` for `num_steps` steps from `key`; jit- and vmap-friendly.
+
+    `eval_every` (dividing `num_steps`) adds a test-loss evaluation at steps 0, k, 2k, ...;
+    `eval_params_fn(opt_state, params)` maps the iterate to the point to evaluate (schedule-free
+    methods evaluate their averaged sequence, not the gradient point).
+    """
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}")
+    if eval_every and num_steps % eval_every:
+        raise ValueError(f"eval_every={eval_every} must divide num_steps={num_steps}")
+    opt = optax.with_extra_args_support(opt)
+    init_key, data_key, eval_key = jax.random.split(key, 3)
+    params = task.init(init_key)
+    opt_state = opt.init(params)
+    step_keys = jax.random.split(data_key, num_steps)
+
+    def to_eval(opt_state: OptState, params: Params) -> Params:
+        return params if eval_params_fn is None else eval_params_fn(opt_state, params)
+
+    def step(carry, step_key):
+        params, opt_state = carry
+        params, opt_state, loss = train_step(task, opt, params, opt_state, step_key)
+        return (params, opt_state), loss
+
+    if not eval_every:
+        (params, opt_state), train_loss = jax.lax.scan(step, (params, opt_state), step_keys)
+        return TrainResult(train_loss, jnp.zeros((0,), jnp.float32), to_eval(opt_state, params))
+
+    def chunk(carry, chunk_keys):
+        carry, losses = jax.lax.scan(step, carry, chunk_keys)
+        return carry, (losses, evaluate(task, to_eval(carry[1], carry[0]), eval_key, num_eval_batches))
+
+    initial_eval = evaluate(task, params, eval_key, num_eval_batches)
+    chunk_keys = step_keys.reshape(num_steps // eval_every, eval_every, *step_keys.shape[1:])
+    (params, opt_state), (train_loss, eval_loss) = jax.lax.scan(
+        chunk, (params, opt_state), chunk_keys
+    )
+    return TrainResult(
+        train_loss.reshape(num_steps),
+        jnp.concatenate([initial_eval[None], eval_loss]),
+        to_eval(opt_state, params),
+    )
