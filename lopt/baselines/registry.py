@@ -1,0 +1,180 @@
+"""One registry of hand-designed optimizers: default hyperparameters with their source, an LR grid.
+
+Every entry builds an `optax.GradientTransformationExtraArgs` from a learning rate and keyword
+overrides. The learning-rate grid is what `lopt eval` sweeps per task (the tuned baseline is the
+fair one); grids are half-decade log grids around each method's usual range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import optax
+import optax.contrib
+
+EvalParamsFn = Callable[[Any, Any], Any]
+
+
+def log_grid(low: float, high: float, per_decade: int = 2) -> tuple[float, ...]:
+    """Log-spaced values from `low` to `high` inclusive, `per_decade` points per decade."""
+    count = int(round(np.log10(high / low) * per_decade)) + 1
+    return tuple(float(f"{v:.3g}") for v in np.logspace(np.log10(low), np.log10(high), count))
+
+
+ADAPTIVE_GRID = log_grid(1e-4, 3e-1)
+SGD_GRID = log_grid(1e-3, 3.0)
+LION_GRID = log_grid(1e-5, 3e-2)
+LR_FREE_GRID = log_grid(0.03, 10.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A registered optimizer.
+
+    name: registry key.
+    factory: builds the transformation; takes the learning rate as its first argument.
+    learning_rate: the default learning rate (or LR multiplier for LR-free methods).
+    defaults: the other hyperparameters, as passed to `factory`.
+    lr_grid: the learning rates a tuned comparison sweeps.
+    source: where the defaults come from.
+    eval_params: maps (opt_state, params) to the point to evaluate, for methods whose gradient
+      point differs from their output (schedule-free); None otherwise.
+    """
+
+    name: str
+    factory: Callable[..., optax.GradientTransformation]
+    learning_rate: float
+    defaults: Mapping[str, Any]
+    lr_grid: tuple[float, ...]
+    source: str
+    eval_params: EvalParamsFn | None = None
+
+    def accepted_arguments(self) -> tuple[str, ...]:
+        params = list(inspect.signature(self.factory).parameters)
+        return tuple(p for p in params if p not in ("learning_rate",))
+
+    def make(self, learning_rate: Any = None, **overrides: Any) -> optax.GradientTransformationExtraArgs:
+        """Build the optimizer at `learning_rate` (default: the entry's) with `overrides`."""
+        accepted = self.accepted_arguments()
+        unknown = sorted(set(overrides) - set(accepted))
+        if unknown:
+            raise TypeError(
+                f"{self.name} has no hyperparameter {', '.join(map(repr, unknown))}; "
+                f"valid: learning_rate (or lr), {', '.join(accepted)}"
+            )
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        kwargs = {**self.defaults, **overrides}
+        return optax.with_extra_args_support(self.factory(lr, **kwargs))
+
+
+def _sgd(learning_rate: Any, momentum: float | None = None, nesterov: bool = False):
+    return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+
+
+def _adam_for_muon(learning_rate: Any, beta: float = 0.95, adam_b1: float = 0.9, adam_b2: float = 0.999):
+    return optax.contrib.muon(learning_rate, beta=beta, adam_b1=adam_b1, adam_b2=adam_b2)
+
+
+def _mechanic(learning_rate: Any, weight_decay: float = 0.01):
+    return optax.contrib.mechanize(optax.adam(learning_rate), weight_decay=weight_decay)
+
+
+def _schedule_free_adamw(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0):
+    return optax.contrib.schedule_free_adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+def _sophia(learning_rate: Any, b1: float = 0.965, b2: float = 0.99, gamma: float = 0.01,
+            weight_decay: float = 1e-4, update_interval: int = 10):
+    return optax.contrib.sophia(
+        learning_rate, b1=b1, b2=b2, gamma=gamma, weight_decay=weight_decay,
+        update_interval=update_interval,
+    )
+
+
+def _schedule_free_eval(opt_state: Any, params: Any) -> Any:
+    return optax.contrib.schedule_free_eval_params(opt_state, params)
+
+
+_ENTRIES = (
+    Baseline("sgd", _sgd, 0.1, {}, SGD_GRID, "Robbins & Monro 1951"),
+    Baseline("momentum", _sgd, 0.03, {"momentum": 0.9}, SGD_GRID,
+             "Polyak 1964; momentum 0.9 as in Sutskever et al. 2013"),
+    Baseline("nesterov", _sgd, 0.03, {"momentum": 0.9, "nesterov": True}, SGD_GRID,
+             "Nesterov 1983; momentum 0.9 as in Sutskever et al. 2013"),
+    Baseline("adam", optax.adam, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Kingma & Ba 2015 (Algorithm 1 defaults)"),
+    Baseline("adamw", optax.adamw, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+             ADAPTIVE_GRID, "Loshchilov & Hutter 2019; weight decay 1e-4 as optax"),
+    Baseline("nadamw", optax.nadamw, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+             ADAPTIVE_GRID, "Dozat 2016 with decoupled weight decay (AlgoPerf's NAdamW baseline)"),
+    Baseline("lion", optax.lion, 1e-4, {"b1": 0.9, "b2": 0.99, "weight_decay": 1e-3}, LION_GRID,
+             "Chen et al. 2023 (b1 0.9, b2 0.99; weight decay 1e-3 as optax)"),
+    Baseline("adafactor", optax.adafactor, 1e-2, {"decay_rate": 0.8, "clipping_threshold": 1.0},
+             log_grid(1e-3, 1.0), "Shazeer & Stern 2018 (decay exponent 0.8, update clipping 1.0)"),
+    Baseline("adabelief", optax.adabelief, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-16}, ADAPTIVE_GRID,
+             "Zhuang et al. 2020"),
+    Baseline("adan", optax.adan, 1e-3, {"b1": 0.98, "b2": 0.92, "b3": 0.99, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Xie et al. 2022"),
+    Baseline("lamb", optax.lamb, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-6, "weight_decay": 0.0},
+             ADAPTIVE_GRID, "You et al. 2020"),
+    Baseline("lars", optax.lars, 0.1, {"momentum": 0.9, "trust_coefficient": 0.001, "weight_decay": 0.0},
+             log_grid(1e-3, 10.0), "You et al. 2017 (trust coefficient 1e-3, momentum 0.9)"),
+    Baseline("rmsprop", optax.rmsprop, 1e-3, {"decay": 0.9, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Tieleman & Hinton 2012 (decay 0.9)"),
+    Baseline("adagrad", optax.adagrad, 1e-2, {"initial_accumulator_value": 0.1, "eps": 1e-7},
+             log_grid(1e-3, 1.0), "Duchi et al. 2011"),
+    Baseline("yogi", optax.yogi, 1e-2, {"b1": 0.9, "b2": 0.999, "eps": 1e-3}, ADAPTIVE_GRID,
+             "Zaheer et al. 2018 (eps 1e-3, lr 1e-2)"),
+    Baseline("radam", optax.radam, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Liu et al. 2020"),
+    Baseline("amsgrad", optax.amsgrad, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Reddi et al. 2018"),
+    Baseline("novograd", optax.novograd, 1e-2, {"b1": 0.9, "b2": 0.25, "weight_decay": 0.0},
+             log_grid(1e-3, 1.0), "Ginsburg et al. 2019 (b2 0.25)"),
+    Baseline("sm3", optax.sm3, 0.1, {"momentum": 0.9}, log_grid(1e-3, 1.0), "Anil et al. 2019"),
+    Baseline("ademamix", optax.contrib.ademamix, 1e-3, {"b1": 0.9, "b2": 0.999, "b3": 0.9999, "alpha": 5.0},
+             ADAPTIVE_GRID, "Pagliardini et al. 2024 (b3 0.9999, alpha 5)"),
+    Baseline("madgrad", optax.contrib.madgrad, 1e-2, {"momentum": 0.9, "eps": 1e-6}, log_grid(1e-4, 1.0),
+             "Defazio & Jelassi 2021"),
+    Baseline("muon", _adam_for_muon, 2e-2, {"beta": 0.95}, log_grid(1e-3, 1.0),
+             "Jordan et al. 2024 (momentum 0.95, Newton-Schulz orthogonalisation; Adam on non-matrix tensors)"),
+    Baseline("sophia", _sophia, 1e-3, {"b1": 0.965, "b2": 0.99, "gamma": 0.01}, ADAPTIVE_GRID,
+             "Liu et al. 2023 (Sophia-H: Hutchinson diagonal every 10 steps, gamma 0.01)"),
+    Baseline("prodigy", optax.contrib.prodigy, 1.0, {"betas": (0.9, 0.999), "weight_decay": 0.0},
+             LR_FREE_GRID, "Mishchenko & Defazio 2023 (learning-rate multiplier 1)"),
+    Baseline("dog", optax.contrib.dog, 1.0, {}, LR_FREE_GRID, "Ivgi et al. 2023 (multiplier 1)"),
+    Baseline("dowg", optax.contrib.dowg, 1.0, {}, LR_FREE_GRID, "Khaled et al. 2023 (multiplier 1)"),
+    Baseline("schedule_free_adamw", _schedule_free_adamw, 2.5e-3, {"b1": 0.9, "b2": 0.999},
+             ADAPTIVE_GRID, "Defazio et al. 2024 (AlgoPerf self-tuning winner)",
+             eval_params=_schedule_free_eval),
+    Baseline("mechanic", _mechanic, 1e-3, {"weight_decay": 0.01}, ADAPTIVE_GRID,
+             "Cutkosky et al. 2023 (mechanize around adam)"),
+)
+
+REGISTRY: dict[str, Baseline] = {entry.name: entry for entry in _ENTRIES}
+
+
+def names() -> tuple[str, ...]:
+    """All registered optimizer names, in registry order."""
+    return tuple(REGISTRY)
+
+
+def spec(name: str) -> Baseline:
+    """The registry entry for `name`; unknown names list the valid ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def get(name: str, lr: Any = None, *, learning_rate: Any = None, **overrides: Any) -> optax.GradientTransformationExtraArgs:
+    """Build optimizer `name` with its documented defaults, overridden by keyword arguments.
+
+    >>> opt = get("adamw", lr=1e-3)
+    """
+    if lr is not None and learning_rate is not None:
+        raise TypeError("pass either lr or learning_rate, not both")
+    return spec(name).make(lr if lr is not None else learning_rate, **overrides)
