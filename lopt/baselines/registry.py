@@ -20,9 +20,10 @@ EvalParamsFn = Callable[[Any, Any], Any]
 
 
 def log_grid(low: float, high: float, per_decade: int = 2) -> tuple[float, ...]:
-    """Log-spaced values from `low` to `high` inclusive, `per_decade` points per decade."""
+    """Log-spaced values from `low` to `high` inclusive, `per_decade` points per decade, rounded
+    to one significant digit (1e-4, 3e-4, 1e-3, ...)."""
     count = int(round(np.log10(high / low) * per_decade)) + 1
-    return tuple(float(f"{v:.3g}") for v in np.logspace(np.log10(low), np.log10(high), count))
+    return tuple(float(f"{v:.1g}") for v in np.logspace(np.log10(low), np.log10(high), count))
 
 
 ADAPTIVE_GRID = log_grid(1e-4, 3e-1)

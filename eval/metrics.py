@@ -1,0 +1,70 @@
+"""Metrics on loss curves (numpy): final loss, divergence, LR selection, steps to a target.
+
+Conventions (documented here once, used by every report):
+- final loss of a run: mean minibatch train loss over its last 10% of steps (at least one step),
+  which smooths minibatch noise without favouring any optimizer;
+- a run diverged if any train loss is non-finite or its final loss exceeds its initial loss
+  (mean of the first min(10, T) steps): it ended worse than it started;
+- the tuned learning rate minimises the mean final *train* loss over seeds (never the test
+  loss; evaluation.md), with diverged runs counted as +inf.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def final_loss(train_loss: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Mean of the last `fraction` of the steps along the last axis; NaN if any is non-finite."""
+    steps = train_loss.shape[-1]
+    tail = train_loss[..., -max(1, int(round(steps * fraction))):]
+    return np.where(np.all(np.isfinite(tail), axis=-1), tail.mean(axis=-1), np.nan)
+
+
+def initial_loss(train_loss: np.ndarray) -> np.ndarray:
+    """Mean of the first min(10, T) steps along the last axis."""
+    return train_loss[..., : min(10, train_loss.shape[-1])].mean(axis=-1)
+
+
+def diverged(train_loss: np.ndarray) -> np.ndarray:
+    """True where a run has a non-finite loss or ends above its initial loss (see module doc)."""
+    final = final_loss(train_loss)
+    with np.errstate(invalid="ignore"):
+        worse = final > initial_loss(train_loss)
+    return ~np.all(np.isfinite(train_loss), axis=-1) | ~np.isfinite(final) | worse
+
+
+def tuned_index(train_loss: np.ndarray) -> int:
+    """Index (axis 0) of the learning rate with the lowest mean final loss over seeds (axis 1).
+
+    train_loss: [num_lrs, num_seeds, num_steps]. Diverged runs count as +inf; if every LR
+    diverges, the lowest learning rate is returned.
+    """
+    final = np.where(diverged(train_loss), np.inf, final_loss(train_loss))
+    mean = final.mean(axis=1)
+    return int(np.argmin(mean)) if np.any(np.isfinite(mean)) else 0
+
+
+def smooth(curve: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average along the last axis (the first steps average what exists)."""
+    window = max(1, min(window, curve.shape[-1]))
+    cumulative = np.cumsum(curve, axis=-1)
+    shifted = np.concatenate(
+        [np.zeros_like(cumulative[..., :window]), cumulative[..., :-window]], axis=-1
+    )
+    counts = np.minimum(np.arange(1, curve.shape[-1] + 1), window)
+    return (cumulative - shifted) / counts
+
+
+def steps_to_target(curve: np.ndarray, target: float, window: int = 10) -> int | None:
+    """First step (1-based count) at which the smoothed curve reaches `target`, else None."""
+    reached = np.nonzero(smooth(curve, window) <= target)[0]
+    return int(reached[0]) + 1 if reached.size else None
+
+
+def geometric_mean(values: np.ndarray) -> float:
+    """Geometric mean of positive values; inf if any is inf or NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        return float("inf")
+    return float(np.exp(np.mean(np.log(values))))

@@ -1,0 +1,236 @@
+"""Summaries of sweeps: per-(task, optimizer) numbers, a markdown table, JSON and figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from eval import metrics
+from eval.runner import Sweep
+
+REFERENCE = "adam"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One optimizer on one task at its tuned learning rate."""
+
+    task: str
+    optimizer: str
+    tuned_lr: float
+    lr_at_grid_edge: bool
+    final_train_mean: float
+    final_train_std: float
+    final_eval_mean: float
+    final_eval_std: float
+    best_eval_mean: float
+    divergence_rate_tuned: float
+    divergence_rate_grid: float
+    steps_to_reference: int | None
+    speedup_vs_reference: float | None
+    run_seconds: float
+    compile_seconds: float
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
+    """Tune each sweep's LR on the train loss and compute its cell; speedups need `adam`."""
+    reference_final = {}
+    for s in sweeps:
+        if s.optimizer == REFERENCE:
+            index = metrics.tuned_index(s.train_loss)
+            reference_final[s.task] = float(np.nanmean(metrics.final_loss(s.train_loss[index])))
+    cells = []
+    for s in sweeps:
+        index = metrics.tuned_index(s.train_loss)
+        runs = s.train_loss[index]  # [seeds, steps]
+        final = metrics.final_loss(runs)
+        evals = s.eval_loss[index] if s.eval_loss.shape[-1] else np.full((runs.shape[0], 1), np.nan)
+        steps = speedup = None
+        target = reference_final.get(s.task)
+        if target is not None and math.isfinite(target):
+            steps = metrics.steps_to_target(runs.mean(axis=0), target)
+            reference_runs = next(r for r in sweeps if r.task == s.task and r.optimizer == REFERENCE)
+            reference_steps = metrics.steps_to_target(
+                reference_runs.train_loss[metrics.tuned_index(reference_runs.train_loss)].mean(axis=0), target
+            )
+            if steps is not None and reference_steps is not None:
+                speedup = reference_steps / steps
+        cells.append(Cell(
+            task=s.task, optimizer=s.optimizer, tuned_lr=float(s.lrs[index]),
+            lr_at_grid_edge=len(s.lrs) > 1 and index in (0, len(s.lrs) - 1),
+            final_train_mean=float(np.mean(final)), final_train_std=float(np.std(final)),
+            final_eval_mean=float(np.mean(evals[:, -1])), final_eval_std=float(np.std(evals[:, -1])),
+            best_eval_mean=float(np.mean(np.nanmin(np.where(np.isfinite(evals), evals, np.nan), axis=-1)))
+            if np.any(np.isfinite(evals)) else float("nan"),
+            divergence_rate_tuned=float(metrics.diverged(runs).mean()),
+            divergence_rate_grid=float(metrics.diverged(s.train_loss).mean()),
+            steps_to_reference=steps, speedup_vs_reference=speedup,
+            run_seconds=s.run_seconds, compile_seconds=s.compile_seconds,
+        ))
+    return cells
+
+
+def scores(cells: Sequence[Cell]) -> dict[str, dict[str, float]]:
+    """Aggregates per optimizer: geometric-mean final-loss ratio to tuned adam (lower is better)
+    and the fraction of tasks where it beats tuned adam's mean final train loss."""
+    by_task = {c.task: c for c in cells if c.optimizer == REFERENCE}
+    result = {}
+    for name in dict.fromkeys(c.optimizer for c in cells):
+        mine = [c for c in cells if c.optimizer == name and c.task in by_task]
+        ratios = np.array([c.final_train_mean / by_task[c.task].final_train_mean for c in mine])
+        wins = [c.final_train_mean < by_task[c.task].final_train_mean for c in mine]
+        result[name] = {
+            "loss_ratio_vs_adam": metrics.geometric_mean(ratios) if mine else float("nan"),
+            "fraction_beating_adam": float(np.mean(wins)) if mine else float("nan"),
+        }
+    return result
+
+
+def _format(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "diverged"
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
+    """Rows: optimizers by score; columns: tasks (final train loss at the tuned LR, mean ± std
+    over seeds; bold = best on the task; † = tuned LR at the edge of the grid)."""
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    agg = scores(cells)
+    order = sorted(agg, key=lambda n: (not math.isfinite(agg[n]["loss_ratio_vs_adam"]), agg[n]["loss_ratio_vs_adam"]))
+    best = {t: min((c.final_train_mean for c in cells if c.task == t and math.isfinite(c.final_train_mean)),
+                   default=float("nan")) for t in tasks}
+    lines = [f"### {title}", ""] if title else []
+    header = ["optimizer", *tasks, "loss ÷ adam (geo-mean)", "beats adam"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in order:
+        row = [name]
+        for task in tasks:
+            cell = next((c for c in cells if c.task == task and c.optimizer == name), None)
+            if cell is None:
+                row.append("—")
+                continue
+            text = _format(cell.final_train_mean, cell.final_train_std)
+            if cell.final_train_mean == best[task]:
+                text = f"**{text}**"
+            row.append(text + (" †" if cell.lr_at_grid_edge else ""))
+        ratio = agg[name]["loss_ratio_vs_adam"]
+        row += [f"{ratio:.3f}" if math.isfinite(ratio) else "—",
+                f"{agg[name]['fraction_beating_adam']:.0%}" if name != REFERENCE else "—"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Final train loss (mean over the last 10% of steps) at the LR tuned per task on train loss, "
+              "mean ± std over seeds. † tuned LR at the edge of its grid."]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, cells: Sequence[Cell], config: dict) -> None:
+    """All numbers, atomically (temp file + rename)."""
+    payload = {
+        "config": config,
+        "cells": [{k: _finite_or_none(v) if isinstance(v, float) else v
+                   for k, v in dataclasses.asdict(c).items()} for c in cells],
+        "scores": {k: {m: _finite_or_none(v) for m, v in s.items()} for k, s in scores(cells).items()},
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
+def _plotted_optimizers(cells: Sequence[Cell], limit: int) -> list[str]:
+    agg = scores(cells)
+    ranked = sorted(agg, key=lambda n: agg[n]["loss_ratio_vs_adam"])
+    chosen = ranked[:limit]
+    if REFERENCE in agg and REFERENCE not in chosen:
+        chosen.append(REFERENCE)
+    return chosen
+
+
+def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, limit: int = 8) -> None:
+    """Train-loss curves at each optimizer's tuned LR, one panel per task, seeds shaded (min-max),
+    log-scaled losses; at most `limit` optimizers by score (plus adam)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(s.task for s in sweeps))
+    chosen = _plotted_optimizers(cells, limit)
+    colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
+    columns = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for axis, task in zip(axes.flat, tasks):
+        for i, name in enumerate(chosen):
+            s = next((s for s in sweeps if s.task == task and s.optimizer == name), None)
+            if s is None:
+                continue
+            runs = s.train_loss[metrics.tuned_index(s.train_loss)]
+            window = max(1, runs.shape[-1] // 50)
+            smoothed = metrics.smooth(runs, window)
+            steps = np.arange(1, runs.shape[-1] + 1)
+            style = "-" if name == REFERENCE or i < 10 else "--"
+            axis.plot(steps, smoothed.mean(0), style, color=colours(i % colours.N), lw=1.6 if name != REFERENCE else 2.4,
+                      label=f"{name} (lr {s.lrs[metrics.tuned_index(s.train_loss)]:.3g})")
+            axis.fill_between(steps, smoothed.min(0), smoothed.max(0), color=colours(i % colours.N), alpha=0.15)
+        axis.set_yscale("log")
+        axis.set_title(task, fontsize=10)
+        axis.set_xlabel("step")
+        axis.set_ylabel("train loss (smoothed)")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=7, loc="upper right")
+    for axis in list(axes.flat)[len(tasks):]:
+        axis.set_visible(False)
+    figure.suptitle("Train loss at the tuned learning rate (shaded: min-max over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_lr_sensitivity(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, limit: int = 8) -> None:
+    """Final train loss against learning rate (log-log), one panel per task; diverged runs are
+    drawn at the top of the panel as crosses."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(s.task for s in sweeps))
+    chosen = [n for n in _plotted_optimizers(cells, limit)
+              if any(len(s.lrs) > 1 for s in sweeps if s.optimizer == n)]
+    colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
+    columns = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for axis, task in zip(axes.flat, tasks):
+        finite = [c.final_train_mean for c in cells if c.task == task and math.isfinite(c.final_train_mean)]
+        ceiling = 10 * max(finite) if finite else 10.0
+        for i, name in enumerate(chosen):
+            s = next((s for s in sweeps if s.task == task and s.optimizer == name), None)
+            if s is None:
+                continue
+            final = np.where(metrics.diverged(s.train_loss), np.nan, metrics.final_loss(s.train_loss)).mean(1)
+            colour = colours(i % colours.N)
+            axis.plot(s.lrs, np.minimum(final, ceiling), "o-", color=colour, ms=3, label=name)
+            bad = ~np.isfinite(final)
+            axis.plot(s.lrs[bad], np.full(bad.sum(), ceiling), "x", color=colour)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(task, fontsize=10)
+        axis.set_xlabel("learning rate (or multiplier)")
+        axis.set_ylabel("final train loss")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(tasks):]:
+        axis.set_visible(False)
+    figure.suptitle("Learning-rate sensitivity (×: diverged)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,89 @@
+"""`lopt eval`: sweep every optimizer over a suite, then write the table, JSON and figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import lopt.baselines
+from eval import report
+from eval.config import EvalConfig
+from eval.runner import Candidate, Sweep, baseline_candidate, sweep
+from eval.suites import suite_tasks
+from lopt.config import ConfigError
+from tasks import task_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOutcome:
+    """What an evaluation produced: sweeps, summary cells, the table and the files written."""
+
+    sweeps: list[Sweep]
+    cells: list[report.Cell]
+    table: str
+    files: dict[str, Path]
+    seconds: float
+
+
+def resolve_candidates(config: EvalConfig) -> list[Candidate]:
+    """The baselines named in the config (`["all"]` for every registry entry)."""
+    names = lopt.baselines.names() if tuple(config.optimizers) == ("all",) else config.optimizers
+    candidates = []
+    for name in names:
+        try:
+            candidates.append(baseline_candidate(lopt.baselines.spec(name)))
+        except ValueError as error:
+            raise ConfigError(f"optimizers: {error}") from None
+    if "adam" not in names:
+        candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam")))  # the reference
+    return candidates
+
+
+def resolve_tasks(config: EvalConfig) -> tuple[str, ...]:
+    """The config's task names, validated."""
+    try:
+        names = config.tasks or suite_tasks(config.suite)
+        for name in names:
+            task_spec(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return tuple(names)
+
+
+def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progress: bool = True) -> EvalOutcome:
+    """Run the evaluation described by `config` (plus `extra` candidates) and write its outputs."""
+    start = time.perf_counter()
+    task_names = resolve_tasks(config)
+    candidates = resolve_candidates(config) + list(extra or [])
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    cache_dir = output / "cache" if config.cache else None
+
+    sweeps = []
+    jobs = [(t, c) for t in task_names for c in candidates]
+    bar = tqdm(jobs, desc="lopt eval", unit="sweep", disable=not progress, dynamic_ncols=True)
+    for task_name, candidate in bar:
+        bar.set_postfix_str(f"{task_name} / {candidate.name}")
+        sweeps.append(sweep(
+            task_name, candidate, num_steps=config.num_steps, eval_every=config.eval_every,
+            num_seeds=config.seeds, seed=config.seed, cache_dir=cache_dir,
+        ))
+    bar.close()
+
+    cells = report.summarise(sweeps)
+    title = f"{config.suite if not config.tasks else 'custom tasks'}: {config.num_steps} steps, {config.seeds} seeds"
+    table = report.markdown_table(cells, title=title)
+    files = {
+        "table": output / "results.md",
+        "json": output / "results.json",
+        "curves": output / "loss_curves.png",
+        "lr_sensitivity": output / "lr_sensitivity.png",
+    }
+    files["table"].write_text(table + "\n")
+    report.write_json(files["json"], cells, dataclasses.asdict(config))
+    report.plot_curves(files["curves"], sweeps, cells)
+    report.plot_lr_sensitivity(files["lr_sensitivity"], sweeps, cells)
+    return EvalOutcome(sweeps, cells, table, files, time.perf_counter() - start)
