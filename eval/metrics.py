@@ -56,9 +56,15 @@ def smooth(curve: np.ndarray, window: int) -> np.ndarray:
     return (cumulative - shifted) / counts
 
 
-def steps_to_target(curve: np.ndarray, target: float, window: int = 10) -> int | None:
-    """First step (1-based count) at which the smoothed curve reaches `target`, else None."""
-    reached = np.nonzero(smooth(curve, window) <= target)[0]
+def steps_to_target(curve: np.ndarray, target: float, window: int | None = None) -> int | None:
+    """First step (1-based count) at which the smoothed curve reaches `target`, else None.
+
+    The default window is the final-loss window (10% of the steps), so a curve reaches its own
+    final loss at its last step at the latest. A relative tolerance of 1e-6 absorbs rounding.
+    """
+    if window is None:
+        window = max(1, int(round(curve.shape[-1] * 0.1)))
+    reached = np.nonzero(smooth(curve, window) <= target + 1e-6 * abs(target))[0]
     return int(reached[0]) + 1 if reached.size else None
 
 

@@ -1,0 +1,104 @@
+"""Evaluation: metrics by hand, a tiny suite end to end, cache reuse, the command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from eval import EvalConfig, metrics, run_eval
+from eval.report import markdown_table, summarise
+from eval.runner import Sweep
+from lopt.cli import main
+
+
+def test_final_loss_and_divergence_by_hand():
+    curves = np.array([
+        [4.0] * 10 + [1.0] * 10,           # final 1.0, converged
+        [1.0] * 10 + [2.0] * 10,           # ends above its start: diverged
+        [1.0] * 19 + [np.nan],             # non-finite: diverged
+    ])
+    np.testing.assert_allclose(metrics.final_loss(curves)[:2], [1.0, 2.0])
+    assert np.isnan(metrics.final_loss(curves)[2])
+    np.testing.assert_array_equal(metrics.diverged(curves), [False, True, True])
+
+
+def test_tuned_index_ignores_diverged_learning_rates():
+    good = np.linspace(2.0, 0.5, 20)
+    better_but_one_seed_diverges = np.stack([np.linspace(2.0, 0.1, 20), np.full(20, np.inf)])
+    grid = np.stack([np.stack([good, good]), better_but_one_seed_diverges])
+    assert metrics.tuned_index(grid) == 0
+
+
+def test_steps_to_target_and_smoothing():
+    curve = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    np.testing.assert_allclose(metrics.smooth(curve, 2), [5.0, 4.5, 3.5, 2.5, 1.5])
+    assert metrics.steps_to_target(curve, 2.5, window=2) == 4
+    assert metrics.steps_to_target(curve, 0.5, window=1) is None
+    assert metrics.geometric_mean(np.array([1.0, 4.0])) == pytest.approx(2.0)
+
+
+def _sweep(optimizer, curve_scale):
+    steps = np.arange(1, 101, dtype=float)
+    curve = curve_scale / steps
+    train = np.stack([np.stack([curve, curve * 1.1]), np.stack([curve * 2, curve * 2])])
+    return Sweep("t", optimizer, np.array([1e-3, 1e-2]), train, np.zeros((2, 2, 0)), 0.0, 0.0)
+
+
+def test_summary_speedup_and_table_by_hand():
+    cells = {c.optimizer: c for c in summarise([_sweep("adam", 1.0), _sweep("fast", 0.5)])}
+    # adam's tuned final loss: mean over steps 91..100 of 1/t, averaged with the 1.1x seed.
+    expected = np.mean(1.0 / np.arange(91, 101)) * 1.05
+    assert cells["adam"].final_train_mean == pytest.approx(expected)
+    assert cells["adam"].tuned_lr == 1e-3 and cells["adam"].lr_at_grid_edge
+    assert cells["fast"].speedup_vs_reference > 1.5
+    table = markdown_table(list(cells.values()))
+    assert "| fast |" in table and "100%" in table
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return EvalConfig(tasks=("quadratic-10-cond100",), optimizers=("adam", "sgd"), num_steps=40,
+                      eval_every=20, seeds=2, output_dir=str(tmp_path / "out"))
+
+
+def test_tiny_suite_end_to_end_and_cache_reuse(tiny_config):
+    first = run_eval(tiny_config, progress=False)
+    for path in first.files.values():
+        assert path.exists() and path.stat().st_size > 0
+    payload = json.loads(first.files["json"].read_text())
+    assert {c["optimizer"] for c in payload["cells"]} == {"adam", "sgd"}
+    assert not any(s.cached for s in first.sweeps)
+    second = run_eval(tiny_config, progress=False)
+    assert all(s.cached for s in second.sweeps)
+    for a, b in zip(first.sweeps, second.sweeps):
+        np.testing.assert_array_equal(a.train_loss, b.train_loss)
+    # one more optimizer trains only that one
+    import dataclasses
+    third = run_eval(dataclasses.replace(tiny_config, optimizers=("adam", "sgd", "lion")), progress=False)
+    assert [s.cached for s in third.sweeps] == [True, True, False]
+
+
+def test_damaged_cache_entry_is_recomputed(tiny_config):
+    first = run_eval(tiny_config, progress=False)
+    cache = sorted((first.files["json"].parent / "cache").glob("*.npz"))
+    cache[0].write_bytes(b"not an npz")
+    second = run_eval(tiny_config, progress=False)
+    assert sorted(s.cached for s in second.sweeps) == [False, True]
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('optimizers = ["adam", "adamm"]\n')
+    assert main(["eval", str(path), "--quiet"]) == 2
+    assert "unknown optimizer 'adamm'" in capsys.readouterr().err
+    path.write_text('suite = "everything"\n')
+    assert main(["eval", str(path), "--quiet"]) == 2
+    assert "valid suites: embedded-small" in capsys.readouterr().err
+
+
+def test_cli_runs_a_tiny_eval(tmp_path, capsys):
+    path = tmp_path / "job.toml"
+    path.write_text('tasks = ["rosenbrock-2"]\noptimizers = ["adam"]\nnum_steps = 20\neval_every = 10\nseeds = 1\n')
+    assert main(["eval", str(path), "--quiet", "--set", f"output_dir={tmp_path / 'o'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| adam |" in out and "wrote curves" in out

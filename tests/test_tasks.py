@@ -1,0 +1,107 @@
+"""Tasks, families and inner training."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tasks
+from tasks import train
+
+
+@pytest.mark.parametrize("family_name", sorted(tasks.FAMILIES))
+def test_sampled_tasks_train_to_lower_loss_with_adam(family_name):
+    family = tasks.get_family(family_name)
+    for index in range(2):
+        spec = family.sample(jax.random.key(index))
+        hash(spec)  # specs are frozen and hashable
+        task = family.build(spec)
+        result = jax.jit(lambda t: train(t, optax.adam(1e-2), jax.random.key(1), num_steps=150))(task)
+        start, end = float(result.train_loss[:10].mean()), float(result.train_loss[-10:].mean())
+        assert np.isfinite(end), spec
+        assert end < 0.9 * start, (spec, start, end)
+
+
+def test_family_sampling_is_deterministic_and_varied():
+    family = tasks.get_family("mlp")
+    specs = [family.sample(jax.random.key(i)) for i in range(12)]
+    assert specs[3] == family.sample(jax.random.key(3))
+    assert len(set(specs)) > 4
+
+
+@pytest.mark.parametrize("name", ["digits-mlp-relu32", "pytext-transformer-32x1", "quadratic-10-cond100"])
+def test_same_key_same_batch(name):
+    task = tasks.get_task(name)
+    a, b = task.batch(jax.random.key(7)), task.batch(jax.random.key(7))
+    c = task.batch(jax.random.key(8))
+    chex.assert_trees_all_equal(a, b)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+
+
+def test_language_model_targets_are_inputs_shifted():
+    task = tasks.get_task("pytext-transformer-32x1")
+    batch = task.batch(jax.random.key(0))
+    chex.assert_shape(batch["inputs"], (16, 32))
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+
+
+def test_same_key_same_curve_and_eval_schedule():
+    task = tasks.get_task("digits-mlp-relu32")
+    run = jax.jit(lambda k: train(task, optax.sgd(0.1), k, num_steps=40, eval_every=10))
+    first, second = run(jax.random.key(3)), run(jax.random.key(3))
+    chex.assert_trees_all_equal(first, second)
+    chex.assert_shape(first.train_loss, (40,))
+    chex.assert_shape(first.eval_loss, (5,))
+
+
+def test_vmap_over_seeds_equals_separate_runs():
+    task = tasks.get_task("digits-mlp-relu32")
+    keys = jax.random.split(jax.random.key(0), 4)
+    run = lambda k: train(task, optax.adam(1e-2), k, num_steps=30, eval_every=10)
+    batched = jax.jit(jax.vmap(run))(keys)
+    for i in range(4):
+        single = jax.jit(run)(keys[i])
+        np.testing.assert_allclose(batched.train_loss[i], single.train_loss, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(batched.eval_loss[i], single.eval_loss, rtol=2e-5, atol=1e-6)
+
+
+def test_train_matches_a_hand_written_sgd_loop():
+    """Independent reference: plain Python SGD on the quadratic with the same keys."""
+    task = tasks.get_task("quadratic-10-cond100")
+    key = jax.random.key(5)
+    result = train(task, optax.sgd(0.005), key, num_steps=5)
+    init_key, data_key, _ = jax.random.split(key, 3)
+    x = task.init(init_key)["x"]
+    h = task.curvatures
+    for t, step_key in enumerate(jax.random.split(data_key, 5)):
+        target = task.batch(step_key)
+        np.testing.assert_allclose(result.train_loss[t], 0.5 * jnp.sum(h * (x - target) ** 2), rtol=1e-5)
+        x = x - 0.005 * h * (x - target)
+    np.testing.assert_allclose(result.params["x"], x, rtol=1e-5)
+
+
+def test_extra_args_reach_the_optimizer():
+    seen = {}
+
+    def update(updates, state, params=None, **extra):
+        seen.update({k: type(v).__name__ for k, v in extra.items()})
+        return updates, state
+
+    probe = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+    train(tasks.get_task("rosenbrock-2"), optax.chain(probe, optax.sgd(1e-3)), jax.random.key(0), num_steps=2)
+    assert set(seen) == {"loss", "obj_fn"}
+
+
+def test_bad_names_list_valid_ones():
+    with pytest.raises(ValueError, match="valid tasks: .*digits-mlp-relu32"):
+        tasks.get_task("digits-mlp-relu33")
+    with pytest.raises(ValueError, match="valid families: conv, mlp"):
+        tasks.get_family("resnet")
+    with pytest.raises(ValueError, match="valid: elu, gelu"):
+        tasks.build(tasks.MLPSpec(activation="swish"))
+    with pytest.raises(ValueError, match="valid datasets"):
+        tasks.build(tasks.MLPSpec(dataset="imagenet"))
+    with pytest.raises(ValueError, match="must divide"):
+        train(tasks.get_task("rosenbrock-2"), optax.sgd(1e-3), jax.random.key(0), num_steps=10, eval_every=3)
