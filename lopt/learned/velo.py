@@ -1,0 +1,189 @@
+"""A VeLO-style learned optimizer: a per-tensor LSTM hypernetwork emitting per-parameter MLPs.
+
+Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up":
+
+1. Each parameter tensor gets a vector of tensor-level features: training progress, loss
+   features (EMAs against a running minimum), log-variance of each momentum, log mean and
+   log variance of the rms accumulator, log parameter RMS, and a one-hot of the tensor's rank
+   (0, 1, 2, 3, ≥4). Global context: the max over tensors of those features is appended.
+2. An LSTM (shared weights, one state per tensor) reads them every step. Its hidden state gives
+   per tensor (a) coefficients c over a bank of K per-parameter MLP weight sets, mixed as
+   weights = 100 · mean_k(c_k · bank_k), and (b) a learning-rate multiplier exp(ℓ).
+3. The mixed tiny MLP (ReLU, default 17 → 4 → 4 → 2) reads the normalised per-parameter
+   features (lopt.learned.features; VeLO's momentum 0.9/0.99/0.999, rms 0.999 and factored
+   0.9/0.99/0.999) and emits direction d and magnitude m:
+       Δp = −step_mult · d · exp(exp_mult · m) · exp(ℓ) · max(rms(p), rms_floor)
+   with step_mult = exp_mult = 1e-3. The RMS floor (our choice, default 1e-2) lets tensors that
+   start at zero (biases) move; VeLO's form multiplies by rms(p) alone.
+
+VeLO's sizes are lstm_hidden 512 and bank 256 (about 2.3M meta-parameters with its heads);
+`velo_small()` uses 32 and 16 for CPU work. The LSTM work is per tensor, so its cost does not
+grow with the number of parameters; the per-parameter MLP is fused like `MLPOptimizer`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.learned import features as F
+from lopt.learned import per_param_mlp
+from lopt.learned.base import check_params, register
+from lopt.learned.mlp import dense_init
+
+VELO_ACCUMULATORS = F.AccumulatorConfig(
+    momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.999,), factored_decays=(0.9, 0.99, 0.999)
+)
+MAX_RANK = 4
+LOG_EPS = 1e-16
+
+
+class VeLOState(NamedTuple):
+    """Step count, accumulators (leaf order), loss statistics, LSTM state [num_tensors, hidden]."""
+
+    count: jax.Array
+    accumulators: tuple[F.ParamAccumulators, ...]
+    loss: F.LossState
+    lstm_h: jax.Array
+    lstm_c: jax.Array
+
+
+def _log_variance(x: jax.Array) -> jax.Array:
+    return 0.1 * jnp.log(jnp.var(x) + LOG_EPS)
+
+
+def tensor_features(p: jax.Array, acc: F.ParamAccumulators) -> jax.Array:
+    """Per-tensor statistics (log-scaled by 0.1 so they sit near unit scale), then rank one-hot."""
+    stats = [_log_variance(m) for m in acc.momentum]
+    if acc.rms:
+        root = jnp.sqrt(acc.rms[0] + F.RSQRT_EPS)
+        stats += [0.1 * jnp.log(jnp.mean(root) + LOG_EPS), _log_variance(root)]
+    stats.append(0.1 * jnp.log(F.tensor_rms(p) + LOG_EPS))
+    rank = jax.nn.one_hot(min(p.ndim, MAX_RANK), MAX_RANK + 1, dtype=jnp.float32)
+    return jnp.concatenate([jnp.stack(stats), rank])
+
+
+def lstm_step(weights: dict[str, jax.Array], x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step (Hochreiter & Schmidhuber 1997; forget-gate bias +1)."""
+    gates = x @ weights["wx"] + h @ weights["wh"] + weights["b"]
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return h, c
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class VeLOOptimizer:
+    """The VeLO-style hypernetwork optimizer (see the module docstring)."""
+
+    kind: ClassVar[str] = "velo"
+    lstm_hidden: int = 512
+    bank_size: int = 256
+    mlp_hidden: tuple[int, ...] = (4, 4)
+    accumulators: F.AccumulatorConfig = VELO_ACCUMULATORS
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    rms_floor: float = 1e-2
+    fused_min_size: int = 1 << 16
+
+    @property
+    def mlp_sizes(self) -> list[int]:
+        return [self.accumulators.num_features, *self.mlp_hidden, 2]
+
+    @property
+    def num_mlp_weights(self) -> int:
+        sizes = self.mlp_sizes
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+    @property
+    def num_tensor_features(self) -> int:
+        per_tensor = len(self.accumulators.momentum_decays) + (2 if self.accumulators.rms_decays else 0) + 1 + MAX_RANK + 1
+        return 2 * per_tensor + F.NUM_TIME_FEATURES + F.NUM_LOSS_FEATURES
+
+    def init_meta(self, key: jax.Array) -> dict[str, Any]:
+        """theta: LSTM weights, mixing and LR heads, and the bank of per-parameter MLP weights."""
+        k_x, k_h, k_mix, k_lr, k_bank = jax.random.split(key, 5)
+        inputs, hidden = self.num_tensor_features, self.lstm_hidden
+        lstm = {
+            "wx": dense_init(k_x, inputs, 4 * hidden)["w"],
+            "wh": dense_init(k_h, hidden, 4 * hidden)["w"],
+            "b": jnp.zeros((4 * hidden,), jnp.float32),
+        }
+        mix = dense_init(k_mix, hidden, self.bank_size, scale=0.01)
+        mix["b"] = jnp.ones((self.bank_size,), jnp.float32)  # c ≈ 1: start from the bank's mean
+        lr_head = dense_init(k_lr, hidden, 1, scale=0.01)
+        # bank entries scaled so that 100 · mean_k(bank_k) has LeCun variance at c = 1
+        sizes = self.mlp_sizes
+        bank_keys = jax.random.split(k_bank, len(sizes) - 1)
+        columns = []
+        for k, fan_in, fan_out in zip(bank_keys, sizes[:-1], sizes[1:]):
+            std = jnp.sqrt(self.bank_size / fan_in) / 100.0
+            columns.append(jax.random.normal(k, (self.bank_size, fan_in * fan_out), jnp.float32) * std)
+            columns.append(jnp.zeros((self.bank_size, fan_out), jnp.float32))
+        return {"lstm": lstm, "mix": mix, "lr": lr_head, "bank": jnp.concatenate(columns, axis=1)}
+
+    def _unpack(self, flat: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        layers, offset = [], 0
+        sizes = self.mlp_sizes
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            weights = flat[offset: offset + fan_in * fan_out].reshape(fan_in, fan_out)
+            offset += fan_in * fan_out
+            layers.append((weights, flat[offset: offset + fan_out]))
+            offset += fan_out
+        return layers
+
+    def transform(self, theta: dict[str, Any], *, num_steps: int) -> optax.GradientTransformationExtraArgs:
+        decays = F.initial_decays(self.accumulators)
+
+        def init(params):
+            count = len(jax.tree.leaves(params))
+            zeros = jnp.zeros((count, self.lstm_hidden), jnp.float32)
+            return VeLOState(
+                count=jnp.zeros((), jnp.int32),
+                accumulators=tuple(F.init_accumulators(p, self.accumulators) for p in jax.tree.leaves(params)),
+                loss=F.init_loss_state(), lstm_h=zeros, lstm_c=zeros,
+            )
+
+        def update(grads, state, params=None, *, loss=None, **extra_args):
+            del extra_args
+            check_params(params, "VeLOOptimizer")
+            if loss is None:
+                raise ValueError("VeLOOptimizer reads the loss: call update(..., loss=loss)")
+            loss_state = F.update_loss_state(state.loss, loss)
+            grad_leaves, treedef = jax.tree.flatten(grads)
+            param_leaves = treedef.flatten_up_to(params)
+            grad_leaves = [jnp.clip(g.astype(jnp.float32), -1000.0, 1000.0) for g in grad_leaves]
+            param32 = [p.astype(jnp.float32) for p in param_leaves]
+            accumulators = [F.update_accumulators(a, g, decays) for a, g in zip(state.accumulators, grad_leaves)]
+
+            per_tensor = jnp.stack([tensor_features(p, a) for p, a in zip(param32, accumulators)])
+            shared = jnp.concatenate([F.time_features(state.count, num_steps), F.loss_features(loss_state, loss)])
+            context = jnp.broadcast_to(per_tensor.max(axis=0), per_tensor.shape)
+            inputs = jnp.concatenate([per_tensor, context, jnp.broadcast_to(shared, (per_tensor.shape[0], shared.size))], axis=1)
+            h, c = lstm_step(theta["lstm"], inputs, state.lstm_h, state.lstm_c)
+            coefficients = h @ theta["mix"]["w"] + theta["mix"]["b"]  # [tensors, bank]
+            lr_mult = jnp.exp(h @ theta["lr"]["w"] + theta["lr"]["b"])[:, 0]
+            mixed = 100.0 * (coefficients @ theta["bank"]) / self.bank_size  # [tensors, mlp weights]
+
+            updates = []
+            for i, (g, p, acc, original) in enumerate(zip(grad_leaves, param32, accumulators, param_leaves)):
+                inputs_i = [F.normalise(f) for f in F.raw_features(g, p, acc)]
+                network = per_param_mlp.fused if p.size >= self.fused_min_size else per_param_mlp.reference
+                direction, magnitude = network(inputs_i, self._unpack(mixed[i]))
+                scale = lr_mult[i] * jnp.maximum(F.tensor_rms(p), self.rms_floor)
+                step = self.step_mult * direction * jnp.exp(self.exp_mult * magnitude) * scale
+                updates.append((-step).astype(original.dtype))
+            new_state = VeLOState(state.count + 1, tuple(accumulators), loss_state, h, c)
+            return treedef.unflatten(updates), new_state
+
+        return optax.GradientTransformationExtraArgs(init, update)
+
+
+def velo_small(**kwargs: Any) -> VeLOOptimizer:
+    """A CPU-sized VeLO: LSTM hidden 32, bank of 16 MLPs."""
+    return VeLOOptimizer(lstm_hidden=kwargs.pop("lstm_hidden", 32), bank_size=kwargs.pop("bank_size", 16), **kwargs)
