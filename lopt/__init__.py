@@ -1,6 +1,12 @@
-"""lopt: learned optimizers in JAX. Every optimizer here is an optax transformation."""
+"""lopt: learned optimizers in JAX. Every optimizer here is an optax transformation.
 
-from lopt import baselines
+    opt = lopt.load("checkpoints/<name>")            # a trained optimizer
+    opt = lopt.baselines.get("adamw", lr=1e-3)       # a hand-designed one
+"""
 
-__all__ = ["baselines"]
+from lopt import baselines, learned
+from lopt.checkpoint import CheckpointError, load, load_meta, read_manifest, save
+from lopt.learned import MetaOptimizer
+
+__all__ = ["baselines", "learned", "CheckpointError", "load", "load_meta", "read_manifest", "save", "MetaOptimizer"]
 __version__ = "0.1.0"

@@ -92,20 +92,22 @@ class MLPOptimizer:
         return F.NUM_TIME_FEATURES + (F.NUM_LOSS_FEATURES if self.use_loss_features else 0)
 
     def init_meta(self, key: jax.Array) -> dict[str, Any]:
-        """theta: {'layers': [{'w', 'b'}, ...], 'decay_logits': {'momentum', 'rms', 'factored'}}.
+        """theta: {'layers': [{'w', 'b'}, ...], 'decay_logits': {'momentum', 'rms', 'factored'}}
+        (decay groups with no accumulator are left out).
 
         The first layer's rows are the per-parameter features then the scalar features."""
         sizes = [self.accumulators.num_features + self.num_scalar_features, *self.hidden_sizes, 2]
         keys = jax.random.split(key, len(sizes) - 1)
         layers = [dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
         decays = F.initial_decays(self.accumulators)
-        return {"layers": layers, "decay_logits": {k: _logit(v) for k, v in decays._asdict().items()}}
+        logits = {k: _logit(v) for k, v in decays._asdict().items() if v.size}  # orbax stores no empty arrays
+        return {"layers": layers, "decay_logits": logits}
 
     def decays(self, theta: dict[str, Any]) -> F.Decays:
         if not self.learn_decays:
             return F.initial_decays(self.accumulators)
-        logits = theta["decay_logits"]
-        return F.Decays(*(jax.nn.sigmoid(logits[k]) for k in F.Decays._fields))
+        logits, initial = theta["decay_logits"], F.initial_decays(self.accumulators)
+        return F.Decays(*(jax.nn.sigmoid(logits[k]) if k in logits else getattr(initial, k) for k in F.Decays._fields))
 
     def per_tensor_layers(self, theta: dict[str, Any], scalars: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
         """The MLP's layers with the scalar features folded into the first layer's bias."""

@@ -1,0 +1,199 @@
+"""Save and load trained optimizers: orbax arrays plus a JSON manifest. Never pickle.
+
+A checkpoint directory holds
+    manifest.json   format and version, the optimizer's kind and constructor arguments, every
+                    theta array's path, shape, dtype and SHA-256, and provenance
+    theta/          the arrays, written by orbax's StandardCheckpointer
+
+Loading checks, before any array is trusted: the manifest parses and its format version is not
+newer than this lopt's; the kind is known and its arguments fit its constructor; the stored
+arrays match what that optimizer's `init_meta` expects (same paths, shapes, dtypes); and every
+restored array's SHA-256 matches the manifest. Any failure raises `CheckpointError` naming the
+problem. Saving writes into a temporary sibling directory and renames it into place, so an
+interrupted save never leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.learned.base import from_config, to_config
+
+FORMAT = "lopt-optimizer"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+THETA_DIR = "theta"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded as written; the message names the problem and path."""
+
+
+def _path_name(path: tuple) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def describe_arrays(theta: Any) -> list[dict[str, Any]]:
+    """[{path, shape, dtype, sha256}] for every array of `theta`, in tree order."""
+    entries = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+        array = np.asarray(leaf)
+        entries.append({
+            "path": _path_name(path), "shape": list(array.shape), "dtype": str(array.dtype),
+            "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),
+        })
+    return entries
+
+
+def save(
+    path: str | Path,
+    meta_optimizer: Any,
+    theta: Any,
+    meta: dict[str, Any] | None = None,
+    *,
+    num_steps: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `theta` and a manifest describing `meta_optimizer` to directory `path`.
+
+    meta: provenance (config, estimator, outer steps, ...), stored as JSON.
+    num_steps: the training length `lopt.load` assumes when none is given.
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": meta_optimizer.kind,
+        "config": to_config(meta_optimizer),
+        "num_steps": num_steps,
+        "arrays": describe_arrays(theta),
+        "provenance": {
+            **(meta or {}),
+            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "jax_version": jax.__version__,
+        },
+    }
+    text = json.dumps(manifest, indent=2, default=str)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / THETA_DIR, jax.tree.map(jnp.asarray, theta))
+        checkpointer.wait_until_finished()
+        (staging / MANIFEST).write_text(text)
+        if path.exists():
+            retired = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, retired)
+            os.rename(staging, path)
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of checkpoint `path`, validated for format and version."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not file.is_file():
+        raise CheckpointError(f"{path}: missing {MANIFEST}")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: manifest is not valid JSON ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: not a lopt optimizer manifest (format {manifest.get('format')!r})"
+                              if isinstance(manifest, dict) else f"{file}: not a lopt optimizer manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file}: format version {version!r} is newer than this lopt reads ({FORMAT_VERSION}); upgrade lopt"
+        )
+    for key in ("kind", "config", "arrays"):
+        if key not in manifest:
+            raise CheckpointError(f"{file}: manifest lacks {key!r}")
+    return manifest
+
+
+def _check_against_expected(manifest: dict[str, Any], expected: list[dict[str, Any]], where: Path) -> None:
+    stored = {entry["path"]: entry for entry in manifest["arrays"]}
+    wanted = {entry["path"]: entry for entry in expected}
+    missing = sorted(set(wanted) - set(stored))
+    extra = sorted(set(stored) - set(wanted))
+    if missing:
+        raise CheckpointError(f"{where}: missing array(s) {', '.join(missing)} for kind {manifest['kind']!r}")
+    if extra:
+        raise CheckpointError(f"{where}: unexpected array(s) {', '.join(extra)} for kind {manifest['kind']!r}")
+    for name, entry in wanted.items():
+        if list(stored[name]["shape"]) != entry["shape"] or stored[name]["dtype"] != entry["dtype"]:
+            raise CheckpointError(
+                f"{where}: array {name} is {stored[name]['dtype']}{stored[name]['shape']}, "
+                f"but this optimizer's config expects {entry['dtype']}{entry['shape']}"
+            )
+
+
+def load_meta(path: str | Path) -> tuple[Any, Any]:
+    """(meta_optimizer, theta) from checkpoint `path`, for use or for further meta-training."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    manifest = read_manifest(path)
+    try:
+        meta_optimizer = from_config(manifest["kind"], manifest["config"])
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path / MANIFEST}: {error}") from error
+    abstract = jax.eval_shape(meta_optimizer.init_meta, jax.random.key(0))
+    expected = [
+        {"path": _path_name(p), "shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+        for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    ]
+    _check_against_expected(manifest, expected, path / MANIFEST)
+    if not (path / THETA_DIR).is_dir():
+        raise CheckpointError(f"{path}: missing the {THETA_DIR}/ array directory")
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract)
+    try:
+        theta = ocp.StandardCheckpointer().restore(path / THETA_DIR, target)
+    except Exception as error:  # orbax raises many types for damaged files
+        raise CheckpointError(f"{path / THETA_DIR}: arrays could not be read ({type(error).__name__}: {error})") from error
+    stored = {entry["path"]: entry.get("sha256") for entry in manifest["arrays"]}
+    for entry in describe_arrays(theta):
+        if stored[entry["path"]] != entry["sha256"]:
+            raise CheckpointError(f"{path / THETA_DIR}: array {entry['path']} does not match its checksum (damaged)")
+    return meta_optimizer, theta
+
+
+def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+    """A ready optax transformation from checkpoint `path`.
+
+    num_steps: the length of the training run it will be used for (its progress features read
+    step / num_steps); defaults to the length stored at save time.
+    """
+    meta_optimizer, theta = load_meta(path)
+    if num_steps is None:
+        num_steps = read_manifest(path).get("num_steps")
+        if num_steps is None:
+            raise ValueError(f"{path} stores no default num_steps: pass lopt.load(path, num_steps=...)")
+    return meta_optimizer.transform(theta, num_steps=num_steps)

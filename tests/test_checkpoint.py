@@ -1,0 +1,121 @@
+"""Save/load of trained optimizers: exact round trips and clear errors for damaged files."""
+
+import json
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lopt
+from lopt import CheckpointError
+from lopt.learned import factored_mlp, small_mlp, velo_small
+
+
+def updates_of(opt, steps=3):
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.zeros(4)}
+    state, out = opt.init(params), []
+    for i in range(steps):
+        grads = jax.tree.map(lambda p: jnp.cos(p + i), params)
+        updates, state = opt.update(grads, state, params, loss=jnp.float32(2.0 - i * 0.1))
+        out.append(updates)
+    return out
+
+
+@pytest.mark.parametrize("meta", [small_mlp(hidden_sizes=(4, 4)), factored_mlp(), velo_small(lstm_hidden=8, bank_size=4)],
+                         ids=["mlp", "factored", "velo"])
+def test_round_trip_gives_identical_updates(tmp_path, meta):
+    theta = meta.init_meta(jax.random.key(3))
+    path = lopt.save(tmp_path / "opt", meta, theta, {"estimator": "pes", "outer_steps": 7}, num_steps=50)
+    loaded_meta, loaded_theta = lopt.load_meta(path)
+    assert loaded_meta == meta
+    chex.assert_trees_all_equal(loaded_theta, theta)
+    chex.assert_trees_all_equal(updates_of(lopt.load(path)), updates_of(meta.transform(theta, num_steps=50)))
+    manifest = lopt.read_manifest(path)
+    assert manifest["provenance"]["estimator"] == "pes" and manifest["num_steps"] == 50
+
+
+@pytest.fixture
+def saved(tmp_path):
+    meta = small_mlp(hidden_sizes=(4, 4))
+    return lopt.save(tmp_path / "opt", meta, meta.init_meta(jax.random.key(0)), num_steps=10)
+
+
+def edit_manifest(path, change):
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_missing_or_broken_manifest(saved):
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        lopt.load(saved)
+    (saved / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="missing manifest.json"):
+        lopt.load(saved)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        lopt.load(saved.parent / "elsewhere")
+
+
+def test_unknown_kind_and_newer_version(saved):
+    edit_manifest(saved, lambda m: m.update(kind="transformer_lopt"))
+    with pytest.raises(CheckpointError, match="unknown learned-optimizer kind 'transformer_lopt'; known kinds: mlp"):
+        lopt.load(saved)
+    edit_manifest(saved, lambda m: m.update(kind="mlp", format_version=99))
+    with pytest.raises(CheckpointError, match="format version 99 is newer"):
+        lopt.load(saved)
+
+
+def test_config_that_no_longer_matches_the_arrays(saved):
+    edit_manifest(saved, lambda m: m["config"].update(hidden_sizes=[8, 4]))
+    with pytest.raises(CheckpointError, match=r"array layers/0/b is float32\[4\], but this optimizer.s config expects float32\[8\]"):
+        lopt.load(saved)
+    edit_manifest(saved, lambda m: m["config"].update(hidden_sizes=[4, 4], hiden=3))
+    with pytest.raises(CheckpointError, match="unknown key 'hiden'"):
+        lopt.load(saved)
+
+
+def test_missing_array_entry_and_missing_array_files(saved):
+    edit_manifest(saved, lambda m: m.update(arrays=m["arrays"][1:]))
+    with pytest.raises(CheckpointError, match="missing array"):
+        lopt.load(saved)
+
+
+def test_deleted_theta_directory(saved):
+    shutil.rmtree(saved / "theta")
+    with pytest.raises(CheckpointError, match="missing the theta/ array directory"):
+        lopt.load(saved)
+
+
+def test_damaged_array_values_fail_the_checksum(saved):
+    edit_manifest(saved, lambda m: m["arrays"][0].update(sha256="0" * 64))
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        lopt.load(saved)
+
+
+def test_corrupted_array_files(saved):
+    for file in (saved / "theta").rglob("*"):
+        if file.is_file() and file.stat().st_size > 0 and "manifest" not in file.name and "METADATA" not in file.name:
+            file.write_bytes(b"\x00" * file.stat().st_size)
+    with pytest.raises(CheckpointError):
+        lopt.load(saved)
+
+
+def test_save_refuses_to_clobber_and_replaces_atomically(saved):
+    meta = small_mlp(hidden_sizes=(4, 4))
+    with pytest.raises(FileExistsError):
+        lopt.save(saved, meta, meta.init_meta(jax.random.key(1)))
+    theta = meta.init_meta(jax.random.key(1))
+    lopt.save(saved, meta, theta, overwrite=True, num_steps=10)
+    chex.assert_trees_all_equal(lopt.load_meta(saved)[1], theta)
+    assert [p.name for p in saved.parent.iterdir()] == ["opt"]  # no staging or retired directories left
+
+
+def test_load_needs_num_steps_when_none_was_stored(tmp_path):
+    meta = small_mlp(hidden_sizes=(4, 4))
+    path = lopt.save(tmp_path / "x", meta, meta.init_meta(jax.random.key(0)))
+    with pytest.raises(ValueError, match="num_steps"):
+        lopt.load(path)
+    assert lopt.load(path, num_steps=5) is not None
