@@ -175,10 +175,12 @@ def normalise(feature: jax.Array) -> jax.Array:
     return feature * jax.lax.rsqrt(jnp.mean(jnp.square(feature)) + NORMALISER_EPS)
 
 
-def time_features(step: jax.Array, num_steps: int) -> jax.Array:
-    """[15] training-progress features: tanh(t/τ − 1) at 11 timescales, tanh(s·t/T) at 4 scales."""
+def time_features(step: jax.Array, num_steps: int | jax.Array) -> jax.Array:
+    """[15] training-progress features: tanh(t/τ − 1) at 11 timescales, tanh(s·t/T) at 4 scales.
+
+    `num_steps` may be a traced value (meta-training samples a horizon per inner run)."""
     t = step.astype(jnp.float32)
-    fraction = t / jnp.float32(max(num_steps, 1))
+    fraction = t / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
     absolute = [jnp.tanh(t / scale - 1.0) for scale in TIME_SCALES]
     relative = [jnp.tanh(scale * fraction) for scale in PROGRESS_SCALES]
     return jnp.stack(absolute + relative)

@@ -49,7 +49,7 @@ def dense_init(key: jax.Array, fan_in: int, fan_out: int, scale: float = 1.0) ->
     return {"w": weights, "b": jnp.zeros((fan_out,), jnp.float32)}
 
 
-def scalar_features(count: jax.Array, num_steps: int, loss_state: F.LossState | None, loss: Any) -> jax.Array:
+def scalar_features(count: jax.Array, num_steps: int | jax.Array, loss_state: F.LossState | None, loss: Any) -> jax.Array:
     """The per-step scalar inputs: progress features, then loss features when used."""
     parts = [F.time_features(count, num_steps)]
     if loss_state is not None:
@@ -116,7 +116,7 @@ class MLPOptimizer:
         bias = first["b"] + scalars @ first["w"][count:]
         return [(first["w"][:count], bias)] + [(layer["w"], layer["b"]) for layer in rest]
 
-    def transform(self, theta: dict[str, Any], *, num_steps: int) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
 
         def init(params):
             return MLPOptimizerState(

@@ -137,7 +137,7 @@ class VeLOOptimizer:
             offset += fan_out
         return layers
 
-    def transform(self, theta: dict[str, Any], *, num_steps: int) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
         decays = F.initial_decays(self.accumulators)
 
         def init(params):

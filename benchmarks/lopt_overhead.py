@@ -1,0 +1,130 @@
+"""W1 (BENCHMARKS.md): optimizer update cost relative to optax.adam at 1M, 10M and 124M parameters.
+
+Parameters are a dict of float32 matrices (1M: 4 × 512×512; 10M: 4 × 1024×2560; 124M: GPT-2-small
+shapes), gradients are fixed random arrays and loss = 1.0. One step = one jitted `update` +
+`apply_updates` (params and state donated). Optimizers run interleaved, after a warm-up; the
+table reports each one's median time per step, its ratio to adam measured in the same process,
+compile time and optimizer-state memory.
+
+    python benchmarks/lopt_overhead.py --sizes 1M,10M
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.learned import VeLOOptimizer, factored_mlp, small_mlp
+
+
+def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
+    if size == "1M":
+        return {f"w{i}": (512, 512) for i in range(4)}
+    if size == "10M":
+        return {f"w{i}": (1024, 2560) for i in range(4)}
+    if size == "124M":
+        shapes = {"wte": (50257, 768), "wpe": (1024, 768), "ln_f_scale": (768,), "ln_f_bias": (768,)}
+        for b in range(12):
+            shapes |= {
+                f"h{b}_attn_qkv": (768, 2304), f"h{b}_attn_qkv_bias": (2304,),
+                f"h{b}_attn_proj": (768, 768), f"h{b}_attn_proj_bias": (768,),
+                f"h{b}_mlp_fc": (768, 3072), f"h{b}_mlp_fc_bias": (3072,),
+                f"h{b}_mlp_proj": (3072, 768), f"h{b}_mlp_proj_bias": (768,),
+                f"h{b}_ln1_scale": (768,), f"h{b}_ln1_bias": (768,),
+                f"h{b}_ln2_scale": (768,), f"h{b}_ln2_bias": (768,),
+            }
+        return shapes
+    raise ValueError(f"unknown size {size!r}; valid: 1M, 10M, 124M")
+
+
+def optimizers(names: list[str], num_steps: int) -> dict[str, optax.GradientTransformationExtraArgs]:
+    """adam plus the learned optimizers at their literature sizes (random theta: cost, not quality)."""
+    key = jax.random.key(0)
+    metas = {
+        "small_mlp (32x2)": small_mlp(),
+        "small_mlp unfused": dataclasses.replace(small_mlp(), fused_min_size=1 << 62),
+        "factored_mlp (4x2)": factored_mlp(),
+        "velo (lstm 512, bank 256)": VeLOOptimizer(),
+    }
+    chosen = {"adam": optax.with_extra_args_support(optax.adam(1e-3))}
+    for name, meta in metas.items():
+        if any(name.startswith(n) and (("unfused" in name) == ("unfused" in n)) for n in names):
+            chosen[name] = meta.transform(meta.init_meta(key), num_steps=num_steps)
+    return chosen
+
+
+def tree_bytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def benchmark(size: str, names: list[str], reps: int, steps: int) -> list[dict]:
+    shapes = parameter_shapes(size)
+    keys = jax.random.split(jax.random.key(1), len(shapes))
+    params = {k: 0.02 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(keys, shapes.items())}
+    grads = {k: 0.01 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(jax.random.split(keys[0], len(shapes)), shapes.items())}
+    count = sum(p.size for p in params.values())
+    rows, runners = [], {}
+    for name, opt in optimizers(names, 10_000).items():
+        def step(params, state, grads, opt=opt):
+            updates, state = opt.update(grads, state, params, loss=jnp.float32(1.0))
+            return optax.apply_updates(params, updates), state
+
+        jitted = jax.jit(step, donate_argnums=(0, 1))
+        own_params = jax.tree.map(jnp.copy, params)
+        state = jax.jit(opt.init)(own_params)
+        start = time.perf_counter()
+        compiled = jitted.lower(own_params, state, grads).compile()
+        compile_seconds = time.perf_counter() - start
+        own_params, state = jax.block_until_ready(compiled(own_params, state, grads))  # warm-up
+        runners[name] = [compiled, own_params, state, [], compile_seconds, tree_bytes(state)]
+    for _ in range(reps):  # interleaved
+        for name, runner in runners.items():
+            compiled, own_params, state = runner[:3]
+            start = time.perf_counter()
+            for _ in range(steps):
+                own_params, state = compiled(own_params, state, grads)
+            jax.block_until_ready((own_params, state))
+            runner[3].append((time.perf_counter() - start) / steps)
+            runner[1], runner[2] = own_params, state
+    adam_time = statistics.median(runners["adam"][3])
+    for name, runner in runners.items():
+        median = statistics.median(runner[3])
+        rows.append({
+            "size": size, "parameters": count, "optimizer": name, "median_ms": 1e3 * median,
+            "ratio_to_adam": median / adam_time, "compile_s": runner[4], "state_mb": runner[5] / 2**20,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1M,10M")
+    parser.add_argument("--optimizers", default="small_mlp,factored_mlp,velo")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} (jax {jax.__version__})"
+    print(f"W1 optimizer update cost on {device}; median of {args.reps} interleaved reps × {args.steps} steps")
+    print(f"| size | optimizer | ms/step | × adam | compile s | state MiB |")
+    print(f"|---|---|---:|---:|---:|---:|")
+    rows = []
+    for size in args.sizes.split(","):
+        for row in benchmark(size, args.optimizers.split(","), args.reps, args.steps):
+            rows.append(row)
+            print(f"| {row['size']} ({row['parameters'] / 1e6:.1f}M) | {row['optimizer']} | {row['median_ms']:.3f} | "
+                  f"{row['ratio_to_adam']:.2f} | {row['compile_s']:.1f} | {row['state_mb']:.1f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"device": device, "rows": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The outer meta-training loop: task groups, estimator steps, outer optimizer, checkpoints, logs.
+
+Every outer step, each task group (one task, one population of workers) contributes an
+estimated meta-gradient; their mean goes through the outer optimizer (elementwise clip, Adam).
+A non-finite mean gradient is skipped and counted, never applied. Everything random is derived
+from (seed, outer step, group), so the task a group trains at a given step, and the keys of
+that step, are recomputed on resume rather than stored: a killed job restarts from its last
+checkpoint (theta, outer optimizer state, every worker's inner state, step) and continues
+exactly as if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import lopt
+from lopt.config import ConfigError, from_dict
+from meta_train.config import MetaTrainConfig
+from meta_train.estimators import Estimator
+from meta_train.truncation import TruncationSchedule
+from tasks import build, get_family, task_spec, train
+from tasks.families import FAMILIES
+
+
+def outer_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip(config.outer.clip), optax.adam(config.outer.learning_rate))
+
+
+def _root(config: MetaTrainConfig) -> jax.Array:
+    return jax.random.key(config.outer.seed)
+
+
+class GroupTasks:
+    """Which task each group trains at each outer step (deterministic in seed, group, epoch)."""
+
+    def __init__(self, config: MetaTrainConfig):
+        self.config = config
+        section = config.tasks
+        if section.names:
+            try:
+                self.fixed = [task_spec(n) for n in section.names]
+            except ValueError as error:
+                raise ConfigError(f"tasks.names: {error}") from None
+            self.family = None
+        else:
+            self.fixed = None
+            try:
+                base = get_family(section.family)
+            except ValueError as error:
+                raise ConfigError(f"tasks.family: {error}") from None
+            fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+            self.family = from_dict(type(base), {**fields, **section.family_options}, where="tasks.family_options")
+        self._tasks: dict[Any, Any] = {}
+
+    def epoch(self, step: int) -> int:
+        return step // self.config.tasks.lifetime
+
+    def spec(self, group: int, step: int) -> Any:
+        if self.fixed is not None:
+            return self.fixed[(group + self.epoch(step) * self.config.tasks.num_groups) % len(self.fixed)]
+        key = jax.random.fold_in(jax.random.fold_in(_root(self.config), 1000 + group), self.epoch(step))
+        return self.family.sample(key)
+
+    def task(self, spec: Any) -> Any:
+        if spec not in self._tasks:
+            self._tasks[spec] = build(spec)
+        return self._tasks[spec]
+
+
+class MetaTrainer:
+    """Owns the estimators (one per group and task, compiled once each) and the training state."""
+
+    def __init__(self, config: MetaTrainConfig):
+        self.config = config
+        self.meta_optimizer = config.build_meta_optimizer()
+        est = config.estimator
+        self.schedule = TruncationSchedule(est.truncation_length, est.min_horizon, est.max_horizon, est.schedule)
+        self.groups = GroupTasks(config)
+        self.outer = outer_optimizer(config)
+        self._estimators: dict[Any, Estimator] = {}
+        self._apply = jax.jit(self._apply_gradient)
+
+    def estimator(self, spec: Any) -> Estimator:
+        if spec not in self._estimators:
+            est = self.config.estimator
+            self._estimators[spec] = Estimator(
+                est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, est.num_workers,
+                est.sigma, est.divergence_factor, est.meta_loss_split,
+            )
+        return self._estimators[spec]
+
+    def group_init_key(self, group: int, step: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(_root(self.config), 2000 + group), self.groups.epoch(step))
+
+    def initial_state(self) -> dict[str, Any]:
+        theta = self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0))
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "theta": theta,
+            "outer_state": self.outer.init(theta),
+            "groups": [self.estimator(self.groups.spec(g, 0)).init(self.group_init_key(g, 0), theta)
+                       for g in range(self.config.tasks.num_groups)],
+            "skipped": jnp.zeros((), jnp.int32),
+        }
+
+    def _apply_gradient(self, theta, outer_state, grads):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, new_outer = self.outer.update(grads, outer_state, theta)
+        new_theta = optax.apply_updates(theta, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        norm = optax.global_norm(grads)
+        return keep(new_theta, theta), keep(new_outer, outer_state), finite, norm
+
+    def step(self, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        """One outer step over every group."""
+        step = int(state["step"])
+        key = jax.random.fold_in(jax.random.fold_in(_root(self.config), 3), step)
+        grads, group_states, metrics = [], [], []
+        for g, group_state in enumerate(state["groups"]):
+            spec = self.groups.spec(g, step)
+            if step > 0 and self.groups.epoch(step) != self.groups.epoch(step - 1):
+                group_state = self.estimator(spec).init(self.group_init_key(g, step), state["theta"])
+            grad, group_state, m = self.estimator(spec).step(jax.random.fold_in(key, g), state["theta"], group_state)
+            grads.append(grad)
+            group_states.append(group_state)
+            metrics.append(m)
+        mean_grad = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+        theta, outer_state, finite, norm = self._apply(state["theta"], state["outer_state"], mean_grad)
+        new_state = {
+            "step": state["step"] + 1, "theta": theta, "outer_state": outer_state, "groups": group_states,
+            "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+        }
+        summary = {
+            "meta_loss": float(np.mean([float(m["meta_loss"]) for m in metrics])),
+            "diverged": int(sum(int(m["diverged"]) for m in metrics)),
+            "resets": int(sum(int(m["resets"]) for m in metrics)),
+            "inner_steps": int(sum(int(m["inner_steps"]) for m in metrics)),
+            "grad_norm": float(norm),
+            "skipped_total": int(new_state["skipped"]),
+        }
+        return new_state, summary
+
+    def evaluate(self, theta: Any) -> float:
+        """Final train loss (mean of the last 10% of steps) of the eval task trained with theta."""
+        run = self.config.run
+        task = build(task_spec(run.eval_task))
+        opt = self.meta_optimizer.transform(theta, num_steps=run.eval_steps)
+        result = jax.jit(lambda t, k: train(t, opt, k, num_steps=run.eval_steps))(task, jax.random.key(12345))
+        losses = np.asarray(result.train_loss)
+        return float(losses[-max(1, len(losses) // 10):].mean())
+
+
+def _checkpoint_manager(directory: Path, config: MetaTrainConfig):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str, Any] | None:
+    import orbax.checkpoint as ocp
+
+    latest = manager.latest_step()
+    if latest is None:
+        return None
+    saved = json.loads((Path(manager.directory) / str(latest) / "config.json").read_text()) \
+        if (Path(manager.directory) / str(latest) / "config.json").exists() else None
+    if saved is not None and saved != json.loads(json.dumps(dataclasses.asdict(config), default=list)):
+        raise ConfigError(
+            f"{manager.directory} holds a run with a different config; use another run.output_dir "
+            "or delete the old run to start over"
+        )
+    template = trainer.initial_state()
+    template["step"] = jnp.int32(latest)
+    template["groups"] = [trainer.estimator(trainer.groups.spec(g, latest)).init(trainer.group_init_key(g, latest), template["theta"])
+                          for g in range(config.tasks.num_groups)]
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    return restored
+
+
+def _save(manager, state: dict[str, Any], config: MetaTrainConfig) -> None:
+    import orbax.checkpoint as ocp
+
+    step = int(state["step"])
+    manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    (Path(manager.directory) / str(step) / "config.json").write_text(
+        json.dumps(dataclasses.asdict(config), default=list))
+
+
+def plot_metrics(log_path: Path, figure_path: Path) -> None:
+    """Meta-loss and evaluation loss against outer step, from the JSONL log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if "meta_loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot([r["step"] for r in train_rows], [r["meta_loss"] for r in train_rows], lw=1.2)
+    axes[0].set_title("meta-loss (mean inner loss over a window)")
+    axes[0].set_yscale("log")
+    if eval_rows:
+        axes[1].plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="learned")
+        if "adam_loss" in eval_rows[0]:
+            axes[1].axhline(eval_rows[0]["adam_loss"], color="grey", ls="--", label="adam (lr 1e-3)")
+        axes[1].legend()
+        axes[1].set_yscale("log")
+    axes[1].set_title("held-out task: final train loss")
+    for axis in axes:
+        axis.set_xlabel("outer step")
+        axis.grid(alpha=0.3, which="both")
+    figure.tight_layout()
+    figure.savefig(figure_path, dpi=120)
+    plt.close(figure)
+
+
+def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the job of `config`; returns a summary with the saved optimizer's path.
+
+    stop_after: return after this many outer steps in this call (to test resuming)."""
+    output = Path(config.run.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    trainer = MetaTrainer(config)
+    manager = _checkpoint_manager(output / "checkpoints", config)
+    state = _restore(manager, trainer, config)
+    resumed = state is not None
+    if state is None:
+        state = trainer.initial_state()
+    log_path = output / "metrics.jsonl"
+    start_step = int(state["step"])
+    if not resumed and log_path.exists():
+        log_path.unlink()
+    log = log_path.open("a")
+    adam_loss = None
+    bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    window_start, window_steps = time.perf_counter(), 0
+    steps_done = 0
+    try:
+        while int(state["step"]) < config.outer.steps:
+            state, summary = trainer.step(state)
+            step = int(state["step"])
+            window_steps += summary["inner_steps"]
+            steps_done += 1
+            bar.update(1)
+            if step % config.run.log_every == 0 or step == config.outer.steps:
+                elapsed = time.perf_counter() - window_start
+                summary |= {"step": step, "inner_steps_per_s": window_steps / max(elapsed, 1e-9)}
+                log.write(json.dumps(summary) + "\n")
+                log.flush()
+                bar.set_postfix(meta_loss=f"{summary['meta_loss']:.3f}", steps_s=f"{summary['inner_steps_per_s']:.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if config.run.eval_every and (step % config.run.eval_every == 0 or step == config.outer.steps):
+                if adam_loss is None:
+                    adam_loss = _adam_reference(config)
+                log.write(json.dumps({"step": step, "eval_loss": trainer.evaluate(state["theta"]), "adam_loss": adam_loss}) + "\n")
+                log.flush()
+            if step % config.run.checkpoint_every == 0 or step == config.outer.steps:
+                _save(manager, state, config)
+            if stop_after is not None and steps_done >= stop_after:
+                break
+    finally:
+        bar.close()
+        log.close()
+    summary = {"steps": int(state["step"]), "resumed": resumed, "log": str(log_path), "skipped": int(state["skipped"])}
+    if int(state["step"]) >= config.outer.steps:
+        path = lopt.save(
+            output / "optimizer", trainer.meta_optimizer, state["theta"],
+            {"config": dataclasses.asdict(config), "estimator": config.estimator.kind,
+             "outer_steps": int(state["step"]), "inner_steps": int(state["step"]) * sum(
+                 trainer.estimator(trainer.groups.spec(g, 0)).inner_steps_per_step for g in range(config.tasks.num_groups))},
+            num_steps=config.estimator.max_horizon, overwrite=True,
+        )
+        plot_metrics(log_path, output / "meta_training.png")
+        summary |= {"optimizer": str(path), "figure": str(output / "meta_training.png")}
+    return summary
+
+
+def _adam_reference(config: MetaTrainConfig) -> float:
+    run = config.run
+    task = build(task_spec(run.eval_task))
+    result = jax.jit(lambda t, k: train(t, optax.adam(1e-3), k, num_steps=run.eval_steps))(task, jax.random.key(12345))
+    losses = np.asarray(result.train_loss)
+    return float(losses[-max(1, len(losses) // 10):].mean())
