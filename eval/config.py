@@ -13,6 +13,8 @@ class EvalConfig:
 
     suite: a named suite (eval.suites); `tasks`, when non-empty, replaces it.
     optimizers: baseline names from `lopt.baselines`, or ["all"] for the whole registry.
+    learned: checkpoint directories of trained optimizers (lopt.save); evaluated untuned, with
+      num_steps set to the run length.
     num_steps, eval_every: inner steps per run and the test-loss evaluation interval.
     seeds: runs per (task, optimizer, learning rate); every optimizer sees the same seeds.
     seed: the root seed from which the runs' keys are derived.
@@ -23,6 +25,7 @@ class EvalConfig:
     suite: str = "embedded-small"
     tasks: tuple[str, ...] = ()
     optimizers: tuple[str, ...] = ("adam", "sgd", "momentum", "adamw", "lion")
+    learned: tuple[str, ...] = ()
     num_steps: int = 500
     eval_every: int = 50
     seeds: int = 3

@@ -129,7 +129,8 @@ def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
                 f"{agg[name]['fraction_beating_adam']:.0%}" if name != REFERENCE else "—"]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Final train loss (mean over the last 10% of steps) at the LR tuned per task on train loss, "
-              "mean ± std over seeds. † tuned LR at the edge of its grid."]
+              "mean ± std over seeds; learned optimizers (`learned:`) get no tuning. "
+              "† tuned LR at the edge of its grid."]
     return "\n".join(lines)
 
 
@@ -150,8 +151,9 @@ def _plotted_optimizers(cells: Sequence[Cell], limit: int) -> list[str]:
     agg = scores(cells)
     ranked = sorted(agg, key=lambda n: agg[n]["loss_ratio_vs_adam"])
     chosen = ranked[:limit]
-    if REFERENCE in agg and REFERENCE not in chosen:
-        chosen.append(REFERENCE)
+    for name in ranked:  # learned optimizers and the reference are always drawn
+        if (name == REFERENCE or name.startswith("learned:")) and name not in chosen:
+            chosen.append(name)
     return chosen
 
 

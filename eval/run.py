@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 import lopt.baselines
 from eval import report
 from eval.config import EvalConfig
-from eval.runner import Candidate, Sweep, baseline_candidate, sweep
+from eval.runner import Candidate, Sweep, baseline_candidate, learned_candidate, sweep
+from lopt.checkpoint import CheckpointError
 from eval.suites import suite_tasks
 from lopt.config import ConfigError
 from tasks import task_spec
@@ -39,6 +40,11 @@ def resolve_candidates(config: EvalConfig) -> list[Candidate]:
             raise ConfigError(f"optimizers: {error}") from None
     if "adam" not in names:
         candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam")))  # the reference
+    for path in config.learned:
+        try:
+            candidates.append(learned_candidate(path, config.num_steps))
+        except CheckpointError as error:
+            raise ConfigError(f"learned: {error}") from None
     return candidates
 
 

@@ -54,6 +54,19 @@ def baseline_candidate(baseline: Baseline) -> Candidate:
     )
 
 
+def learned_candidate(path: str, num_steps: int, name: str | None = None) -> Candidate:
+    """A saved learned optimizer: no learning-rate tuning (a one-point grid), told the run length."""
+    manifest = lopt.read_manifest(path)
+    meta_optimizer, theta = lopt.load_meta(path)
+    fingerprint = json.dumps({"kind": manifest["kind"], "arrays": [a["sha256"] for a in manifest["arrays"]]})
+    where = Path(path).absolute()
+    label = name or f"learned:{where.parent.name if where.name == 'optimizer' else where.name}"
+    return Candidate(
+        name=label, make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
+        lr_grid=(1.0,), fingerprint=fingerprint, tuned=False,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """All runs of one optimizer on one task.

@@ -22,6 +22,44 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _meta_train(args: argparse.Namespace) -> int:
+    from lopt.config import load_config
+    from meta_train.config import MetaTrainConfig
+    from meta_train.loop import meta_train
+
+    config = load_config(MetaTrainConfig, args.config, args.set)
+    summary = meta_train(config, progress=not args.quiet)
+    if summary["resumed"]:
+        print(f"resumed from the checkpoint in {config.run.output_dir}")
+    print(f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped)")
+    for key in ("optimizer", "log", "figure"):
+        if key in summary:
+            print(f"wrote {key}: {summary[key]}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from lopt.checkpoint import CheckpointError, load_meta, read_manifest
+
+    try:
+        manifest = read_manifest(args.path)
+        meta_optimizer, theta = load_meta(args.path)
+    except CheckpointError as error:
+        print(f"lopt info: {error}", file=sys.stderr)
+        return 1
+    import jax
+
+    count = sum(x.size for x in jax.tree.leaves(theta))
+    print(f"{args.path}: {manifest['kind']} learned optimizer, {count:,} meta-parameters (checksums verified)")
+    print(f"constructor: {json.dumps(manifest['config'])}")
+    print(f"default num_steps: {manifest.get('num_steps')}")
+    provenance = {k: v for k, v in manifest.get("provenance", {}).items() if k != "config"}
+    print(f"provenance: {json.dumps(provenance, default=str)}")
+    return 0
+
+
 def _baselines(args: argparse.Namespace) -> int:
     from lopt import baselines
 
@@ -42,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a config key (repeatable), e.g. --set num_steps=200")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=_eval)
+
+    training = commands.add_parser("meta-train", help="meta-train a learned optimizer (resumes if interrupted)")
+    training.add_argument("config", help="TOML config, e.g. configs/meta_train/quickstart.toml")
+    training.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key (repeatable), e.g. --set outer.steps=100")
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.set_defaults(handler=_meta_train)
+
+    info = commands.add_parser("info", help="describe a saved optimizer checkpoint")
+    info.add_argument("path", help="checkpoint directory, e.g. runs/quickstart/optimizer")
+    info.set_defaults(handler=_info)
 
     listing = commands.add_parser("baselines", help="list the registered hand-designed optimizers")
     listing.set_defaults(handler=_baselines)

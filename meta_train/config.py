@@ -66,6 +66,7 @@ class RunSection:
     eval_every: int = 100
     eval_task: str = "digits-mlp-relu32"
     eval_steps: int = 500
+    shard_population: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ import lopt
 from lopt.config import ConfigError, from_dict
 from meta_train.config import MetaTrainConfig
 from meta_train.estimators import Estimator
+from meta_train.sharding import population_mesh, replicate, shard_population
 from meta_train.truncation import TruncationSchedule
 from tasks import build, get_family, task_spec, train
 from tasks.families import FAMILIES
@@ -89,6 +90,7 @@ class MetaTrainer:
         self.outer = outer_optimizer(config)
         self._estimators: dict[Any, Estimator] = {}
         self._apply = jax.jit(self._apply_gradient)
+        self.mesh = population_mesh(config.estimator.num_workers) if config.run.shard_population else None
 
     def estimator(self, spec: Any) -> Estimator:
         if spec not in self._estimators:
@@ -102,15 +104,19 @@ class MetaTrainer:
     def group_init_key(self, group: int, step: int) -> jax.Array:
         return jax.random.fold_in(jax.random.fold_in(_root(self.config), 2000 + group), self.groups.epoch(step))
 
+    def group_state(self, group: int, step: int, theta: Any) -> Any:
+        """A fresh population for `group` at outer step `step`, spread over the devices."""
+        state = self.estimator(self.groups.spec(group, step)).init(self.group_init_key(group, step), theta)
+        return shard_population(state, self.mesh)
+
     def initial_state(self) -> dict[str, Any]:
-        theta = self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0))
+        theta = replicate(self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0)), self.mesh)
         return {
-            "step": jnp.zeros((), jnp.int32),
+            "step": replicate(jnp.zeros((), jnp.int32), self.mesh),
             "theta": theta,
-            "outer_state": self.outer.init(theta),
-            "groups": [self.estimator(self.groups.spec(g, 0)).init(self.group_init_key(g, 0), theta)
-                       for g in range(self.config.tasks.num_groups)],
-            "skipped": jnp.zeros((), jnp.int32),
+            "outer_state": replicate(self.outer.init(theta), self.mesh),
+            "groups": [self.group_state(g, 0, theta) for g in range(self.config.tasks.num_groups)],
+            "skipped": replicate(jnp.zeros((), jnp.int32), self.mesh),
         }
 
     def _apply_gradient(self, theta, outer_state, grads):
@@ -118,7 +124,7 @@ class MetaTrainer:
         updates, new_outer = self.outer.update(grads, outer_state, theta)
         new_theta = optax.apply_updates(theta, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         return keep(new_theta, theta), keep(new_outer, outer_state), finite, norm
 
     def step(self, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -129,7 +135,7 @@ class MetaTrainer:
         for g, group_state in enumerate(state["groups"]):
             spec = self.groups.spec(g, step)
             if step > 0 and self.groups.epoch(step) != self.groups.epoch(step - 1):
-                group_state = self.estimator(spec).init(self.group_init_key(g, step), state["theta"])
+                group_state = self.group_state(g, step, state["theta"])
             grad, group_state, m = self.estimator(spec).step(jax.random.fold_in(key, g), state["theta"], group_state)
             grads.append(grad)
             group_states.append(group_state)
@@ -181,9 +187,8 @@ def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str
             "or delete the old run to start over"
         )
     template = trainer.initial_state()
-    template["step"] = jnp.int32(latest)
-    template["groups"] = [trainer.estimator(trainer.groups.spec(g, latest)).init(trainer.group_init_key(g, latest), template["theta"])
-                          for g in range(config.tasks.num_groups)]
+    template["step"] = replicate(jnp.int32(latest), trainer.mesh)
+    template["groups"] = [trainer.group_state(g, latest, template["theta"]) for g in range(config.tasks.num_groups)]
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     return restored

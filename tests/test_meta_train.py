@@ -1,0 +1,187 @@
+"""Meta-training: estimators against the exact full-episode gradient, divergence masking,
+sharding, exact resume, and the command line."""
+
+import dataclasses
+import json
+from typing import ClassVar
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt.config import ConfigError
+from meta_train.config import MetaTrainConfig, OuterSection, RunSection, TasksSection, EstimatorSection, OptimizerSection
+from meta_train.estimators import Estimator
+from meta_train.loop import MetaTrainer, meta_train
+from meta_train.sharding import population_mesh, shard_population
+from meta_train.truncation import TruncationSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedLR:
+    """A one-parameter meta-optimizer: SGD with learning rate exp(theta)."""
+
+    kind: ClassVar[str] = "test_learned_lr"
+
+    def init_meta(self, key):
+        return {"log_lr": jnp.float32(np.log(0.1))}
+
+    def transform(self, theta, *, num_steps):
+        del num_steps
+        return optax.scale(-jnp.exp(theta["log_lr"]))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FixedQuadratic:
+    """0.5 Σ h x² from a fixed start (no randomness): the exact meta-gradient is one backprop."""
+
+    curvature: jax.Array
+
+    def init(self, key):
+        return {"x": jnp.ones_like(self.curvature)}
+
+    def loss(self, params, batch):
+        return 0.5 * jnp.sum(self.curvature * params["x"] ** 2)
+
+    def batch(self, key, split="train"):
+        return jnp.zeros(())
+
+
+HORIZON, WINDOW = 20, 5
+TASK = FixedQuadratic(jnp.array([1.0, 4.0], jnp.float32))
+
+
+def exact_episode_gradient(theta):
+    def episode_loss(theta):
+        lr, x, total = jnp.exp(theta["log_lr"]), TASK.init(None)["x"], 0.0
+        for _ in range(HORIZON):
+            total = total + TASK.loss({"x": x}, None)
+            x = x - lr * TASK.curvature * x
+        return total / HORIZON
+    return jax.grad(episode_loss)(theta)["log_lr"]
+
+
+def average_gradient(kind, num_workers=512, sigma=0.05):
+    """Mean estimate over full episodes, after every worker finished its partial first one."""
+    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    estimator = Estimator(kind, LearnedLR(), TASK, schedule, num_workers=num_workers, sigma=sigma)
+    theta = LearnedLR().init_meta(None)
+    state = estimator.init(jax.random.key(0), theta)
+    windows = HORIZON // WINDOW
+    estimates = []
+    for i in range(windows * 5):
+        grad, state, metrics = estimator.step(jax.random.key(i + 1), theta, state)
+        if i >= windows:
+            estimates.append(float(grad["log_lr"]))
+    return np.mean(estimates), theta
+
+
+@pytest.mark.parametrize("kind", ["pes", "nres"])
+def test_unbiased_estimators_match_the_exact_full_episode_gradient(kind):
+    """Averaged over an episode's windows, PES/NRES estimate ∇ mean_w L̄_w = ∇ (1/T) Σ_t L_t."""
+    estimate, theta = average_gradient(kind)
+    exact = float(exact_episode_gradient(theta))
+    assert estimate == pytest.approx(exact, rel=0.1), (kind, estimate, exact)
+
+
+@pytest.mark.parametrize("kind", ["truncated_backprop", "antithetic_es"])
+def test_truncated_estimators_are_biased_on_long_episodes(kind):
+    estimate, theta = average_gradient(kind)
+    exact = float(exact_episode_gradient(theta))
+    assert abs(estimate - exact) > 0.3 * abs(exact), (kind, estimate, exact)
+    assert np.sign(estimate) == np.sign(exact)
+
+
+def test_diverging_workers_are_masked_counted_and_reset():
+    class Exploding(LearnedLR):
+        def init_meta(self, key):
+            return {"log_lr": jnp.float32(np.log(3.0))}  # lr·h > 2: the quadratic diverges
+
+    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    for kind in ("pes", "truncated_backprop"):
+        estimator = Estimator(kind, Exploding(), TASK, schedule, num_workers=4, divergence_factor=10.0)
+        theta = Exploding().init_meta(None)
+        state = estimator.init(jax.random.key(0), theta)
+        total_bad = 0
+        for i in range(6):
+            grad, state, metrics = estimator.step(jax.random.key(i), theta, state)
+            chex.assert_tree_all_finite(grad)
+            total_bad += int(metrics["diverged"])
+        assert total_bad > 0
+        assert np.all(np.asarray(state.positive.step) <= HORIZON)
+
+
+def test_non_finite_outer_gradient_is_skipped():
+    trainer = MetaTrainer(tiny_config("/unused"))
+    theta = {"w": jnp.ones(3)}
+    outer_state = trainer.outer.init(theta)
+    new_theta, _, finite, _ = trainer._apply(theta, outer_state, {"w": jnp.array([1.0, jnp.nan, 0.0])})
+    assert not bool(finite)
+    chex.assert_trees_all_equal(new_theta, theta)
+
+
+def test_sharded_population_step_equals_single_device():
+    assert len(jax.devices()) == 8, "conftest provides eight CPU devices"
+    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    estimator = Estimator("pes", LearnedLR(), TASK, schedule, num_workers=8, sigma=0.05)
+    theta = LearnedLR().init_meta(None)
+    plain = estimator.init(jax.random.key(0), theta)
+    mesh = population_mesh(8)
+    sharded = shard_population(plain, mesh)
+    assert len(sharded.positive.step.sharding.device_set) == 8
+    g1, s1, _ = estimator.step(jax.random.key(1), theta, plain)
+    g2, s2, _ = estimator.step(jax.random.key(1), theta, sharded)
+    chex.assert_trees_all_close(g1, g2, rtol=1e-5)
+    chex.assert_trees_all_close(s1, s2, rtol=1e-5)
+
+
+def tiny_config(output_dir, steps=6):
+    return MetaTrainConfig(
+        optimizer=OptimizerSection("small_mlp", {"hidden_sizes": [4, 4]}),
+        tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=2, lifetime=4),
+        estimator=EstimatorSection(kind="pes", num_workers=4, truncation_length=5, min_horizon=10, max_horizon=20),
+        outer=OuterSection(steps=steps, learning_rate=1e-3),
+        run=RunSection(output_dir=str(output_dir), checkpoint_every=3, log_every=1, eval_every=0,
+                       eval_task="quadratic-10-cond100", eval_steps=20),
+    )
+
+
+def test_killed_job_resumes_exactly(tmp_path):
+    straight = meta_train(tiny_config(tmp_path / "a"), progress=False)
+    first = meta_train(tiny_config(tmp_path / "b"), progress=False, stop_after=3)
+    assert first["steps"] == 3 and "optimizer" not in first
+    second = meta_train(tiny_config(tmp_path / "b"), progress=False)
+    assert second["resumed"] and second["steps"] == 6
+    import lopt
+    _, theta_a = lopt.load_meta(straight["optimizer"])
+    _, theta_b = lopt.load_meta(second["optimizer"])
+    chex.assert_trees_all_equal(theta_a, theta_b)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    meta_train(tiny_config(tmp_path / "c"), progress=False, stop_after=3)
+    changed = dataclasses.replace(tiny_config(tmp_path / "c"), outer=OuterSection(steps=6, learning_rate=5e-3))
+    with pytest.raises(ConfigError, match="different config"):
+        meta_train(changed, progress=False)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('[estimator]\nkind = "pes"\nsigmaa = 0.1\n')
+    from lopt.config import load_config
+    with pytest.raises(ConfigError, match="estimator: unknown key 'sigmaa'"):
+        load_config(MetaTrainConfig, path)
+    path.write_text('[optimizer]\npreset = "small_mlp"\noptions = { hiden_sizes = [4] }\n')
+    with pytest.raises(ConfigError, match="optimizer.options: unknown key 'hiden_sizes'"):
+        load_config(MetaTrainConfig, path).build_meta_optimizer()
+    path.write_text('[tasks]\nfamily = "resnet"\n')
+    with pytest.raises(ConfigError, match="valid families"):
+        MetaTrainer(load_config(MetaTrainConfig, path))
+    with pytest.raises(ValueError, match="valid estimators"):
+        Estimator("reinforce", LearnedLR(), TASK, TruncationSchedule(5, 10, 20))
