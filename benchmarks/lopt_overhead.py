@@ -44,10 +44,12 @@ def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
     raise ValueError(f"unknown size {size!r}; valid: 1M, 10M, 124M")
 
 
-def optimizers(names: list[str], num_steps: int) -> dict[str, optax.GradientTransformationExtraArgs]:
-    """adam plus the learned optimizers at their literature sizes (random theta: cost, not quality)."""
+def optimizers(names: list[str], num_steps: int, widths: list[int]) -> dict[str, optax.GradientTransformationExtraArgs]:
+    """adam plus the learned optimizers at their literature sizes (random theta: cost, not quality),
+    and small_mlp at each extra hidden width in `widths` (to see how cost scales with width)."""
     key = jax.random.key(0)
     metas = {
+        **{f"small_mlp width {w}x2": small_mlp(hidden_sizes=(w, w)) for w in widths},
         "small_mlp (32x2)": small_mlp(),
         "small_mlp unfused": dataclasses.replace(small_mlp(), fused_min_size=1 << 62),
         "factored_mlp (4x2)": factored_mlp(),
@@ -55,7 +57,7 @@ def optimizers(names: list[str], num_steps: int) -> dict[str, optax.GradientTran
     }
     chosen = {"adam": optax.with_extra_args_support(optax.adam(1e-3))}
     for name, meta in metas.items():
-        if any(name.startswith(n) and (("unfused" in name) == ("unfused" in n)) for n in names):
+        if "width" in name or any(name.startswith(n) and (("unfused" in name) == ("unfused" in n)) for n in names):
             chosen[name] = meta.transform(meta.init_meta(key), num_steps=num_steps)
     return chosen
 
@@ -64,14 +66,14 @@ def tree_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def benchmark(size: str, names: list[str], reps: int, steps: int) -> list[dict]:
+def benchmark(size: str, names: list[str], reps: int, steps: int, widths: list[int]) -> list[dict]:
     shapes = parameter_shapes(size)
     keys = jax.random.split(jax.random.key(1), len(shapes))
     params = {k: 0.02 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(keys, shapes.items())}
     grads = {k: 0.01 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(jax.random.split(keys[0], len(shapes)), shapes.items())}
     count = sum(p.size for p in params.values())
     rows, runners = [], {}
-    for name, opt in optimizers(names, 10_000).items():
+    for name, opt in optimizers(names, 10_000, widths).items():
         def step(params, state, grads, opt=opt):
             updates, state = opt.update(grads, state, params, loss=jnp.float32(1.0))
             return optax.apply_updates(params, updates), state
@@ -107,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,10M")
     parser.add_argument("--optimizers", default="small_mlp,factored_mlp,velo")
+    parser.add_argument("--widths", default="", help="extra small_mlp hidden widths, e.g. 4,8,16")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -117,7 +120,8 @@ def main() -> None:
     print(f"|---|---|---:|---:|---:|---:|")
     rows = []
     for size in args.sizes.split(","):
-        for row in benchmark(size, args.optimizers.split(","), args.reps, args.steps):
+        widths = [int(w) for w in args.widths.split(",") if w]
+        for row in benchmark(size, args.optimizers.split(","), args.reps, args.steps, widths):
             rows.append(row)
             print(f"| {row['size']} ({row['parameters'] / 1e6:.1f}M) | {row['optimizer']} | {row['median_ms']:.3f} | "
                   f"{row['ratio_to_adam']:.2f} | {row['compile_s']:.1f} | {row['state_mb']:.1f} |", flush=True)
