@@ -181,14 +181,15 @@ def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, l
             steps = np.arange(1, runs.shape[-1] + 1)
             style = "-" if name == REFERENCE or i < 10 else "--"
             axis.plot(steps, smoothed.mean(0), style, color=colours(i % colours.N), lw=1.6 if name != REFERENCE else 2.4,
-                      label=f"{name} (lr {s.lrs[metrics.tuned_index(s.train_loss)]:.3g})")
+                      label=f"{name} (untuned)" if name.startswith("learned:")
+                      else f"{name} (lr {s.lrs[metrics.tuned_index(s.train_loss)]:.3g})")
             axis.fill_between(steps, smoothed.min(0), smoothed.max(0), color=colours(i % colours.N), alpha=0.15)
         axis.set_yscale("log")
         axis.set_title(task, fontsize=10)
         axis.set_xlabel("step")
         axis.set_ylabel("train loss (smoothed)")
         axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize=7, loc="upper right")
+        axis.legend(fontsize=7, loc="best")
     for axis in list(axes.flat)[len(tasks):]:
         axis.set_visible(False)
     figure.suptitle("Train loss at the tuned learning rate (shaded: min-max over seeds)")

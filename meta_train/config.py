@@ -60,6 +60,10 @@ class OuterSection:
 
 @dataclasses.dataclass(frozen=True)
 class RunSection:
+    """Where and how often to write. shard_population: spread workers over all devices.
+    distributed: call `jax.distributed.initialize()` first (multi-host; on a TPU pod it needs no
+    arguments, elsewhere the usual JAX_COORDINATOR_ADDRESS / process environment variables);
+    only process 0 logs and shows progress."""
     output_dir: str = "runs/meta-train"
     checkpoint_every: int = 50
     log_every: int = 10
@@ -67,6 +71,7 @@ class RunSection:
     eval_task: str = "digits-mlp-relu32"
     eval_steps: int = 500
     shard_population: bool = True
+    distributed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

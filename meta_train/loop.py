@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,10 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     """Run (or resume) the job of `config`; returns a summary with the saved optimizer's path.
 
     stop_after: return after this many outer steps in this call (to test resuming)."""
+    if config.run.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    lead = jax.process_index() == 0
+    progress = progress and lead
     output = Path(config.run.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     trainer = MetaTrainer(config)
@@ -246,9 +251,9 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         state = trainer.initial_state()
     log_path = output / "metrics.jsonl"
     start_step = int(state["step"])
-    if not resumed and log_path.exists():
+    if lead and not resumed and log_path.exists():
         log_path.unlink()
-    log = log_path.open("a")
+    log = log_path.open("a") if lead else open(os.devnull, "w")
     adam_loss = None
     bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
                disable=not progress, dynamic_ncols=True)

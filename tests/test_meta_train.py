@@ -55,23 +55,23 @@ HORIZON, WINDOW = 20, 5
 TASK = FixedQuadratic(jnp.array([1.0, 4.0], jnp.float32))
 
 
-def exact_episode_gradient(theta):
+def exact_episode_gradient(theta, horizon=HORIZON):
     def episode_loss(theta):
         lr, x, total = jnp.exp(theta["log_lr"]), TASK.init(None)["x"], 0.0
-        for _ in range(HORIZON):
+        for _ in range(horizon):
             total = total + TASK.loss({"x": x}, None)
             x = x - lr * TASK.curvature * x
-        return total / HORIZON
+        return total / horizon
     return jax.grad(episode_loss)(theta)["log_lr"]
 
 
-def average_gradient(kind, num_workers=512, sigma=0.05):
+def average_gradient(kind, num_workers=512, sigma=0.05, horizon=HORIZON):
     """Mean estimate over full episodes, after every worker finished its partial first one."""
-    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    schedule = TruncationSchedule(WINDOW, horizon, horizon, "constant")
     estimator = Estimator(kind, LearnedLR(), TASK, schedule, num_workers=num_workers, sigma=sigma)
     theta = LearnedLR().init_meta(None)
     state = estimator.init(jax.random.key(0), theta)
-    windows = HORIZON // WINDOW
+    windows = horizon // WINDOW
     estimates = []
     for i in range(windows * 5):
         grad, state, metrics = estimator.step(jax.random.key(i + 1), theta, state)
@@ -88,12 +88,40 @@ def test_unbiased_estimators_match_the_exact_full_episode_gradient(kind):
     assert estimate == pytest.approx(exact, rel=0.1), (kind, estimate, exact)
 
 
+def test_antithetic_es_matches_the_analytic_gradient_when_a_window_is_the_episode():
+    """With W = T every window is a whole episode from a fresh start: ES targets the gradient
+    of the Gaussian-smoothed episode loss, which for small σ is the exact gradient."""
+    estimate, theta = average_gradient("antithetic_es", num_workers=4096, sigma=0.02, horizon=WINDOW)
+    exact = float(exact_episode_gradient(theta, horizon=WINDOW))
+    assert estimate == pytest.approx(exact, rel=0.05), (estimate, exact)
+
+
 @pytest.mark.parametrize("kind", ["truncated_backprop", "antithetic_es"])
 def test_truncated_estimators_are_biased_on_long_episodes(kind):
     estimate, theta = average_gradient(kind)
     exact = float(exact_episode_gradient(theta))
     assert abs(estimate - exact) > 0.3 * abs(exact), (kind, estimate, exact)
     assert np.sign(estimate) == np.sign(exact)
+
+
+def test_a_fraction_of_diverging_workers_is_masked_and_theta_stays_finite(tmp_path):
+    """Rosenbrock from uniform(-2, 2) starts explodes for some workers at a large step: those are
+    masked and counted while the rest still produce a finite gradient."""
+    config = tiny_config(tmp_path / "fault", steps=4)
+    config = dataclasses.replace(
+        config, optimizer=OptimizerSection("small_mlp", {"hidden_sizes": [4, 4], "step_mult": 0.3}),
+        tasks=TasksSection(names=("rosenbrock-2",), num_groups=1, lifetime=4),
+        estimator=EstimatorSection(kind="pes", num_workers=16, truncation_length=5, min_horizon=10,
+                                   max_horizon=20, divergence_factor=1.5),
+    )
+    trainer = MetaTrainer(config)
+    state = trainer.initial_state()
+    diverged = []
+    for _ in range(4):
+        state, summary = trainer.step(state)
+        diverged.append(summary["diverged"])
+        chex.assert_tree_all_finite(state["theta"])
+    assert 0 < sum(diverged) < 16 * 4, diverged
 
 
 def test_diverging_workers_are_masked_counted_and_reset():
@@ -185,3 +213,60 @@ def test_config_errors_name_the_key(tmp_path):
         MetaTrainer(load_config(MetaTrainConfig, path))
     with pytest.raises(ValueError, match="valid estimators"):
         Estimator("reinforce", LearnedLR(), TASK, TruncationSchedule(5, 10, 20))
+
+
+def test_sigkilled_job_resumes_to_the_same_theta(tmp_path):
+    """A real `lopt meta-train` process is SIGKILLed after its first checkpoint; the same command
+    then finishes the job, and theta equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import lopt
+
+    steps = 40
+    text = f"""
+[optimizer]
+preset = "small_mlp"
+options = {{ hidden_sizes = [4, 4] }}
+[tasks]
+names = ["quadratic-10-cond100", "rosenbrock-2"]
+num_groups = 2
+lifetime = 8
+[estimator]
+kind = "pes"
+num_workers = 4
+truncation_length = 5
+min_horizon = 10
+max_horizon = 20
+[outer]
+steps = {steps}
+learning_rate = 1e-3
+[run]
+output_dir = "{tmp_path / 'killed'}"
+checkpoint_every = 2
+log_every = 1
+eval_every = 0
+"""
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    command = [sys.executable, "-c", "import sys; from lopt.cli import main; sys.exit(main())", "meta-train", str(path), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the job finished before it could be killed"
+    assert not (tmp_path / "killed" / "optimizer").exists()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from lopt.config import load_config
+    reference = meta_train(dataclasses.replace(
+        load_config(MetaTrainConfig, path), run=dataclasses.replace(load_config(MetaTrainConfig, path).run,
+                                                                   output_dir=str(tmp_path / "straight"))), progress=False)
+    chex.assert_trees_all_equal(lopt.load_meta(tmp_path / "killed" / "optimizer")[1],
+                                lopt.load_meta(reference["optimizer"])[1])
