@@ -157,20 +157,35 @@ def _plotted_optimizers(cells: Sequence[Cell], limit: int) -> list[str]:
     return chosen
 
 
-def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, limit: int = 8) -> None:
-    """Train-loss curves at each optimizer's tuned LR, one panel per task, seeds shaded (min-max),
-    log-scaled losses; at most `limit` optimizers by score (plus adam)."""
+def _panels(count: int):
+    """A figure with one axis per task, three to a row."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    columns = min(3, count)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    for axis in list(axes.flat)[count:]:
+        axis.set_visible(False)
+    return plt, figure, list(axes.flat)[:count]
+
+
+def _finish(plt, figure, path: Path, title: str) -> None:
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, limit: int = 8) -> None:
+    """Train-loss curves at each optimizer's tuned LR, one panel per task, seeds shaded (min-max),
+    log-scaled losses; at most `limit` optimizers by score (plus adam)."""
     tasks = list(dict.fromkeys(s.task for s in sweeps))
     chosen = _plotted_optimizers(cells, limit)
+    plt, figure, axes = _panels(len(tasks))
     colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
-    columns = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
-    for axis, task in zip(axes.flat, tasks):
+    for axis, task in zip(axes, tasks):
         for i, name in enumerate(chosen):
             s = next((s for s in sweeps if s.task == task and s.optimizer == name), None)
             if s is None:
@@ -190,29 +205,18 @@ def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, l
         axis.set_ylabel("train loss (smoothed)")
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7, loc="best")
-    for axis in list(axes.flat)[len(tasks):]:
-        axis.set_visible(False)
-    figure.suptitle("Train loss at the tuned learning rate (shaded: min-max over seeds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _finish(plt, figure, path, "Train loss at the tuned learning rate (shaded: min-max over seeds)")
 
 
 def plot_lr_sensitivity(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, limit: int = 8) -> None:
     """Final train loss against learning rate (log-log), one panel per task; diverged runs are
     drawn at the top of the panel as crosses."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(dict.fromkeys(s.task for s in sweeps))
     chosen = [n for n in _plotted_optimizers(cells, limit)
               if any(len(s.lrs) > 1 for s in sweeps if s.optimizer == n)]
+    plt, figure, axes = _panels(len(tasks))
     colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
-    columns = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
-    for axis, task in zip(axes.flat, tasks):
+    for axis, task in zip(axes, tasks):
         finite = [c.final_train_mean for c in cells if c.task == task and math.isfinite(c.final_train_mean)]
         ceiling = 10 * max(finite) if finite else 10.0
         for i, name in enumerate(chosen):
@@ -231,9 +235,4 @@ def plot_lr_sensitivity(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cel
         axis.set_ylabel("final train loss")
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(tasks):]:
-        axis.set_visible(False)
-    figure.suptitle("Learning-rate sensitivity (×: diverged)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _finish(plt, figure, path, "Learning-rate sensitivity (×: diverged)")

@@ -70,23 +70,23 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_job(commands, name: str, handler, help_text: str, example_config: str, example_override: str) -> None:
+    """A subcommand that runs a TOML job config with --set overrides and a progress bar."""
+    job = commands.add_parser(name, help=help_text)
+    job.add_argument("config", help=f"TOML config, e.g. {example_config}")
+    job.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help=f"override a config key (repeatable), e.g. --set {example_override}")
+    job.add_argument("--quiet", action="store_true", help="no progress bar")
+    job.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lopt", description="Learned optimizers in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    evaluate = commands.add_parser("eval", help="evaluate optimizers on a suite of tasks")
-    evaluate.add_argument("config", help="TOML config, e.g. configs/eval/embedded-small.toml")
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key (repeatable), e.g. --set num_steps=200")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
-    evaluate.set_defaults(handler=_eval)
-
-    training = commands.add_parser("meta-train", help="meta-train a learned optimizer (resumes if interrupted)")
-    training.add_argument("config", help="TOML config, e.g. configs/meta_train/quickstart.toml")
-    training.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key (repeatable), e.g. --set outer.steps=100")
-    training.add_argument("--quiet", action="store_true", help="no progress bar")
-    training.set_defaults(handler=_meta_train)
+    _add_job(commands, "eval", _eval, "evaluate optimizers on a suite of tasks",
+             "configs/eval/embedded-small.toml", "num_steps=200")
+    _add_job(commands, "meta-train", _meta_train, "meta-train a learned optimizer (resumes if interrupted)",
+             "configs/meta_train/quickstart.toml", "outer.steps=100")
 
     info = commands.add_parser("info", help="describe a saved optimizer checkpoint")
     info.add_argument("path", help="checkpoint directory, e.g. runs/quickstart/optimizer")

@@ -23,8 +23,15 @@ def _choice(key: jax.Array, options: Sequence[Any]) -> Any:
     return options[int(jax.random.randint(key, (), 0, len(options)))]
 
 
+class _BuildsTasks:
+    """Every family builds its specs the same way: `tasks.build`."""
+
+    def build(self, spec: TaskSpec) -> Any:
+        return build(spec)
+
+
 @dataclasses.dataclass(frozen=True)
-class MLPFamily:
+class MLPFamily(_BuildsTasks):
     """MLP classifiers: dataset, depth, width, activation and batch size sampled uniformly."""
 
     name: str = "mlp"
@@ -44,12 +51,9 @@ class MLPFamily:
             batch_size=_choice(k[4], self.batch_sizes),
         )
 
-    def build(self, spec: TaskSpec) -> Any:
-        return build(spec)
-
 
 @dataclasses.dataclass(frozen=True)
-class ConvFamily:
+class ConvFamily(_BuildsTasks):
     """Strided conv nets: dataset, channel widths, depth, activation and batch size sampled."""
 
     name: str = "conv"
@@ -70,12 +74,9 @@ class ConvFamily:
             batch_size=_choice(k[4], self.batch_sizes),
         )
 
-    def build(self, spec: TaskSpec) -> Any:
-        return build(spec)
-
 
 @dataclasses.dataclass(frozen=True)
-class TransformerFamily:
+class TransformerFamily(_BuildsTasks):
     """Char-level transformer LMs: width, depth, heads, context and batch size sampled."""
 
     name: str = "transformer"
@@ -97,12 +98,9 @@ class TransformerFamily:
             batch_size=_choice(k[5], self.batch_sizes),
         )
 
-    def build(self, spec: TaskSpec) -> Any:
-        return build(spec)
-
 
 @dataclasses.dataclass(frozen=True)
-class QuadraticFamily:
+class QuadraticFamily(_BuildsTasks):
     """Noisy quadratics: dimension, condition number (log-uniform) and noise sampled."""
 
     name: str = "quadratic"
@@ -119,9 +117,6 @@ class QuadraticFamily:
             noise_scale=_choice(k[2], self.noise_scales),
             seed=int(jax.random.randint(k[3], (), 0, 2**30)),
         )
-
-    def build(self, spec: TaskSpec) -> Any:
-        return build(spec)
 
 
 FAMILIES = {
