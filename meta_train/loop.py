@@ -128,9 +128,9 @@ class MetaTrainer:
         norm = optax.tree.norm(grads)
         return keep(new_theta, theta), keep(new_outer, outer_state), finite, norm
 
-    def step(self, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-        """One outer step over every group."""
-        step = int(state["step"])
+    def step(self, state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One outer step over every group. `step` is state["step"] as a Python int (kept by the
+        caller, so no step waits on the device); the metrics stay on the device until logged."""
         key = jax.random.fold_in(jax.random.fold_in(_root(self.config), 3), step)
         grads, group_states, metrics = [], [], []
         for g, group_state in enumerate(state["groups"]):
@@ -148,14 +148,17 @@ class MetaTrainer:
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }
         summary = {
-            "meta_loss": float(np.mean([float(m["meta_loss"]) for m in metrics])),
-            "diverged": int(sum(int(m["diverged"]) for m in metrics)),
-            "resets": int(sum(int(m["resets"]) for m in metrics)),
-            "inner_steps": int(sum(int(m["inner_steps"]) for m in metrics)),
-            "grad_norm": float(norm),
-            "skipped_total": int(new_state["skipped"]),
+            "meta_loss": sum(m["meta_loss"] for m in metrics) / len(metrics),
+            "diverged": sum(m["diverged"] for m in metrics),
+            "resets": sum(m["resets"] for m in metrics),
+            "grad_norm": norm,
+            "skipped_total": new_state["skipped"],
         }
         return new_state, summary
+
+    def inner_steps_per_outer_step(self, step: int) -> int:
+        return sum(self.estimator(self.groups.spec(g, step)).inner_steps_per_step
+                   for g in range(self.config.tasks.num_groups))
 
     def evaluate(self, theta: Any) -> float:
         """Final train loss (mean of the last 10% of steps) of the eval task trained with theta."""
@@ -260,13 +263,15 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     window_start, window_steps = time.perf_counter(), 0
     steps_done = 0
     try:
-        while int(state["step"]) < config.outer.steps:
-            state, summary = trainer.step(state)
-            step = int(state["step"])
-            window_steps += summary["inner_steps"]
+        step = start_step
+        while step < config.outer.steps:
+            window_steps += trainer.inner_steps_per_outer_step(step)
+            state, summary = trainer.step(state, step)
+            step += 1
             steps_done += 1
             bar.update(1)
             if step % config.run.log_every == 0 or step == config.outer.steps:
+                summary = {k: v.item() for k, v in jax.device_get(summary).items()}  # waits for the device
                 elapsed = time.perf_counter() - window_start
                 summary |= {"step": step, "inner_steps_per_s": window_steps / max(elapsed, 1e-9)}
                 log.write(json.dumps(summary) + "\n")
@@ -290,8 +295,8 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         path = lopt.save(
             output / "optimizer", trainer.meta_optimizer, state["theta"],
             {"config": dataclasses.asdict(config), "estimator": config.estimator.kind,
-             "outer_steps": int(state["step"]), "inner_steps": int(state["step"]) * sum(
-                 trainer.estimator(trainer.groups.spec(g, 0)).inner_steps_per_step for g in range(config.tasks.num_groups))},
+             "outer_steps": int(state["step"]),
+             "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state["step"])))},
             num_steps=config.estimator.max_horizon, overwrite=True,
         )
         plot_metrics(log_path, output / "meta_training.png")

@@ -117,9 +117,9 @@ def test_a_fraction_of_diverging_workers_is_masked_and_theta_stays_finite(tmp_pa
     trainer = MetaTrainer(config)
     state = trainer.initial_state()
     diverged = []
-    for _ in range(4):
-        state, summary = trainer.step(state)
-        diverged.append(summary["diverged"])
+    for step in range(4):
+        state, summary = trainer.step(state, step)
+        diverged.append(int(summary["diverged"]))
         chex.assert_tree_all_finite(state["theta"])
     assert 0 < sum(diverged) < 16 * 4, diverged
 
