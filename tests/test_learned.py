@@ -119,6 +119,18 @@ def test_fused_optimizer_path_equals_reference_path(name):
     chex.assert_trees_all_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("hidden, fused_min_size", [((4, 4), 8), ((32, 32), 1 << 40)])
+def test_concatenated_and_per_tensor_evaluation_agree(hidden, fused_min_size):
+    """(The fused 32-wide network per tensor is left out: its unrolled graph takes minutes and
+    many GiB to compile, which is why wide networks concatenate by default.)"""
+    meta = small_mlp(hidden_sizes=hidden, fused_min_size=fused_min_size)
+    theta = meta.init_meta(jax.random.key(0))
+    params = small_params(jax.random.key(1))
+    a = jax.jit(lambda p: run_steps(dataclasses.replace(meta, concatenate_tensors=True).transform(theta, num_steps=10), p, 2)[1])(params)
+    b = jax.jit(lambda p: run_steps(dataclasses.replace(meta, concatenate_tensors=False).transform(theta, num_steps=10), p, 2)[1])(params)
+    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-8)
+
+
 def identity_on_feature(num_inputs, feature_index, hidden=(2, 2)):
     """An exact ReLU network computing d = f[feature_index], m = 0: relu(x) − relu(−x)."""
     layers = []
