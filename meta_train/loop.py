@@ -208,8 +208,9 @@ def _save(manager, state: dict[str, Any], config: MetaTrainConfig) -> None:
         json.dumps(dataclasses.asdict(config), default=list))
 
 
-def plot_metrics(log_path: Path, figure_path: Path) -> None:
-    """Meta-loss and evaluation loss against outer step, from the JSONL log."""
+def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None) -> None:
+    """Meta-loss and evaluation loss against outer step, from the JSONL log; dotted lines mark
+    where the task groups were resampled (the meta-loss jumps with the tasks)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,6 +222,9 @@ def plot_metrics(log_path: Path, figure_path: Path) -> None:
     axes[0].plot([r["step"] for r in train_rows], [r["meta_loss"] for r in train_rows], lw=1.2)
     axes[0].set_title("meta-loss (mean inner loss over a window)")
     axes[0].set_yscale("log")
+    if lifetime and train_rows:
+        for boundary in range(lifetime, train_rows[-1]["step"], lifetime):
+            axes[0].axvline(boundary, color="grey", ls=":", lw=0.8)
     if eval_rows:
         axes[1].plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="learned")
         if "adam_loss" in eval_rows[0]:
@@ -260,6 +264,9 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     adam_loss = None
     bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
                disable=not progress, dynamic_ncols=True)
+    if lead and not resumed and config.run.eval_every:
+        adam_loss = _adam_reference(config)
+        log.write(json.dumps({"step": 0, "eval_loss": trainer.evaluate(state["theta"]), "adam_loss": adam_loss}) + "\n")
     window_start, window_steps = time.perf_counter(), 0
     steps_done = 0
     try:
@@ -299,7 +306,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
              "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state["step"])))},
             num_steps=config.estimator.max_horizon, overwrite=True,
         )
-        plot_metrics(log_path, output / "meta_training.png")
+        plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)
         summary |= {"optimizer": str(path), "figure": str(output / "meta_training.png")}
     return summary
 
