@@ -44,11 +44,12 @@ def _finite_or_none(value: float) -> float | None:
 
 def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
     """Tune each sweep's LR on the train loss and compute its cell; speedups need `adam`."""
-    reference_final = {}
+    reference_final, reference_steps = {}, {}
     for s in sweeps:
         if s.optimizer == REFERENCE:
-            index = metrics.tuned_index(s.train_loss)
-            reference_final[s.task] = float(np.nanmean(metrics.final_loss(s.train_loss[index])))
+            curve = s.train_loss[metrics.tuned_index(s.train_loss)]
+            reference_final[s.task] = float(np.nanmean(metrics.final_loss(curve)))
+            reference_steps[s.task] = metrics.steps_to_target(curve.mean(axis=0), reference_final[s.task])
     cells = []
     for s in sweeps:
         index = metrics.tuned_index(s.train_loss)
@@ -59,12 +60,8 @@ def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
         target = reference_final.get(s.task)
         if target is not None and math.isfinite(target):
             steps = metrics.steps_to_target(runs.mean(axis=0), target)
-            reference_runs = next(r for r in sweeps if r.task == s.task and r.optimizer == REFERENCE)
-            reference_steps = metrics.steps_to_target(
-                reference_runs.train_loss[metrics.tuned_index(reference_runs.train_loss)].mean(axis=0), target
-            )
-            if steps is not None and reference_steps is not None:
-                speedup = reference_steps / steps
+            if steps is not None and reference_steps[s.task] is not None:
+                speedup = reference_steps[s.task] / steps
         cells.append(Cell(
             task=s.task, optimizer=s.optimizer, tuned_lr=float(s.lrs[index]),
             lr_at_grid_edge=len(s.lrs) > 1 and index in (0, len(s.lrs) - 1),

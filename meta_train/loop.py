@@ -161,13 +161,8 @@ class MetaTrainer:
                    for g in range(self.config.tasks.num_groups))
 
     def evaluate(self, theta: Any) -> float:
-        """Final train loss (mean of the last 10% of steps) of the eval task trained with theta."""
-        run = self.config.run
-        task = build(task_spec(run.eval_task))
-        opt = self.meta_optimizer.transform(theta, num_steps=run.eval_steps)
-        result = jax.jit(lambda t, k: train(t, opt, k, num_steps=run.eval_steps))(task, jax.random.key(12345))
-        losses = np.asarray(result.train_loss)
-        return float(losses[-max(1, len(losses) // 10):].mean())
+        """Final train loss of the held-out eval task trained with theta."""
+        return held_out_loss(self.config, self.meta_optimizer.transform(theta, num_steps=self.config.run.eval_steps))
 
 
 def _checkpoint_manager(directory: Path, config: MetaTrainConfig):
@@ -311,9 +306,15 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     return summary
 
 
-def _adam_reference(config: MetaTrainConfig) -> float:
+def held_out_loss(config: MetaTrainConfig, opt: optax.GradientTransformation) -> float:
+    """Final train loss (mean of the last 10% of steps) of `run.eval_task` trained with `opt`
+    from a fixed key, so successive evaluations are comparable."""
     run = config.run
     task = build(task_spec(run.eval_task))
-    result = jax.jit(lambda t, k: train(t, optax.adam(1e-3), k, num_steps=run.eval_steps))(task, jax.random.key(12345))
+    result = jax.jit(lambda t, k: train(t, opt, k, num_steps=run.eval_steps))(task, jax.random.key(12345))
     losses = np.asarray(result.train_loss)
     return float(losses[-max(1, len(losses) // 10):].mean())
+
+
+def _adam_reference(config: MetaTrainConfig) -> float:
+    return held_out_loss(config, optax.adam(1e-3))

@@ -62,8 +62,7 @@ class AccumulatorConfig:
     @property
     def num_features(self) -> int:
         """Number of per-parameter features (see the module docstring for their order)."""
-        m, r, f = len(self.momentum_decays), len(self.rms_decays), len(self.factored_decays)
-        return 3 + m + r + (m + 1 if r else 0) + 2 * f
+        return len(self.feature_names())
 
     def feature_names(self) -> tuple[str, ...]:
         m, r, f = self.momentum_decays, self.rms_decays, self.factored_decays
