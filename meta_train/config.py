@@ -6,16 +6,18 @@ import dataclasses
 from typing import Any
 
 from lopt.config import ConfigError, from_dict
+from lopt.hypergrad import LRController
 from lopt.learned import factored_mlp, small_mlp, to_config, velo_small
 from lopt.learned.base import KINDS
 from lopt.learned.velo import VeLOOptimizer
 
-PRESETS = {"small_mlp": small_mlp, "factored_mlp": factored_mlp, "velo_small": velo_small, "velo": VeLOOptimizer}
+PRESETS = {"small_mlp": small_mlp, "factored_mlp": factored_mlp, "velo_small": velo_small, "velo": VeLOOptimizer,
+           "lr_controller": LRController}
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSection:
-    """preset: small_mlp, factored_mlp, velo_small or velo; options: constructor overrides."""
+    """preset: small_mlp, factored_mlp, velo_small, velo or lr_controller; options: constructor overrides."""
 
     preset: str = "small_mlp"
     options: dict = dataclasses.field(default_factory=dict)

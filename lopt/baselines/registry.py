@@ -16,6 +16,8 @@ import numpy as np
 import optax
 import optax.contrib
 
+from lopt.hypergrad import online as _hd
+
 EvalParamsFn = Callable[[Any, Any], Any]
 
 
@@ -154,6 +156,14 @@ _ENTRIES = (
              eval_params=_schedule_free_eval),
     Baseline("mechanic", _mechanic, 1e-3, {"weight_decay": 0.01}, ADAPTIVE_GRID,
              "Cutkosky et al. 2023 (mechanize around adam)"),
+    Baseline("sgd_hd", _hd.sgd_hd, 1e-3, {"hyper_lr": 1e-3}, SGD_GRID,
+             "Baydin et al. 2018 (SGD-HD: initial LR 1e-3, hypergradient LR 1e-3)"),
+    Baseline("sgdn_hd", _hd.sgdn_hd, 1e-3, {"hyper_lr": 1e-3, "momentum": 0.9}, SGD_GRID,
+             "Baydin et al. 2018 (SGDN-HD: Nesterov 0.9, initial LR 1e-3, hypergradient LR 1e-3)"),
+    Baseline("adam_hd", _hd.adam_hd, 1e-3, {"hyper_lr": 1e-7}, ADAPTIVE_GRID,
+             "Baydin et al. 2018 (Adam-HD: initial LR 1e-3, hypergradient LR 1e-7)"),
+    Baseline("adam_hd_log", _hd.adam_hd_log, 1e-3, {"hyper_lr": 0.02}, ADAPTIVE_GRID,
+             "Adam with log-space normalised HD (lopt; cosine signal as Baydin et al.'s multiplicative rule)"),
 )
 
 REGISTRY: dict[str, Baseline] = {entry.name: entry for entry in _ENTRIES}

@@ -1,0 +1,245 @@
+"""Hypergradient schedulers against the paper's equations, computed independently in numpy."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import tasks
+from lopt.hypergrad import (
+    LRController, adam_hd, current_learning_rate, hypergradient, sgd_hd, sgdn_hd, stacked,
+)
+
+A = np.array([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.3]])
+B = np.array([1.0, -2.0, 0.5])
+THETA0 = np.array([0.3, -0.1, 2.0])
+
+
+def quadratic_grad(theta):
+    """∇ of f(θ) = ½θᵀAθ − bᵀθ."""
+    return A @ theta - B
+
+
+def run_optax(opt, steps, theta0=THETA0):
+    """Run `opt` on the quadratic; return θ after each step and the state's LR."""
+    params = {"w": jnp.asarray(theta0, jnp.float32)}
+    state = opt.init(params)
+    thetas, lrs = [], []
+    for _ in range(steps):
+        grads = {"w": jnp.asarray(quadratic_grad(np.asarray(params["w"], np.float64)), jnp.float32)}
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        thetas.append(np.asarray(params["w"]))
+        if isinstance(state, lopt.hypergrad.HypergradientState):
+            lrs.append(float(current_learning_rate(state)))
+    return np.array(thetas), lrs
+
+
+def test_sgd_hd_matches_the_papers_equations():
+    """Baydin et al. Alg. 1 (SGD-HD): α_t = α_{t−1} + β g_t·g_{t−1}; θ_t = θ_{t−1} − α_t g_t."""
+    alpha, beta, steps = 0.05, 0.01, 8
+    theta, previous, expected, alphas = THETA0.copy(), np.zeros(3), [], []
+    for _ in range(steps):
+        g = quadratic_grad(theta)
+        alpha = alpha + beta * g @ previous
+        theta = theta - alpha * g
+        previous = g
+        expected.append(theta.copy())
+        alphas.append(alpha)
+    thetas, lrs = run_optax(sgd_hd(alpha0 := 0.05, hyper_lr=beta), steps)
+    np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lrs, alphas, rtol=1e-5)
+    assert alphas[-1] != alpha0  # the rate really moved
+
+
+def test_sgdn_hd_matches_the_papers_equations():
+    """SGDN-HD: v = μv + g; θ −= α_t (g + μv); h_t = −g_t·(g_{t−1} + μ v_{t−1})."""
+    alpha, beta, mu, steps = 0.05, 0.01, 0.9, 8
+    theta, v, previous, expected = THETA0.copy(), np.zeros(3), np.zeros(3), []
+    for _ in range(steps):
+        g = quadratic_grad(theta)
+        alpha = alpha + beta * g @ previous
+        v = mu * v + g
+        direction = g + mu * v
+        theta = theta - alpha * direction
+        previous = direction
+        expected.append(theta.copy())
+    thetas, _ = run_optax(sgdn_hd(0.05, hyper_lr=beta, momentum=mu), steps)
+    np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6)
+
+
+def adam_hd_reference(alpha, beta, steps, b1=0.9, b2=0.999, eps=1e-8):
+    """Baydin et al. Alg. (Adam-HD), with bias correction, in numpy."""
+    theta, m, v, previous, expected, alphas = THETA0.copy(), np.zeros(3), np.zeros(3), np.zeros(3), [], []
+    for t in range(1, steps + 1):
+        g = quadratic_grad(theta)
+        alpha = alpha + beta * g @ previous  # α_t = α_{t−1} − β h_t, h_t = −g_t·m̂/(√v̂+ε) at t−1
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        direction = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        theta = theta - alpha * direction
+        previous = direction
+        expected.append(theta.copy())
+        alphas.append(alpha)
+    return np.array(expected), alphas
+
+
+def test_adam_hd_matches_the_papers_equations():
+    expected, alphas = adam_hd_reference(0.01, 1e-3, 10)
+    thetas, lrs = run_optax(adam_hd(0.01, hyper_lr=1e-3), 10)
+    np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lrs, alphas, rtol=1e-5)
+
+
+def test_multiplicative_and_log_modes_follow_the_cosine_rule():
+    alpha0, beta, steps = 0.05, 0.1, 6
+    for mode in ("multiplicative", "log"):
+        theta, previous, rate, expected = THETA0.copy(), np.zeros(3), (alpha0 if mode == "multiplicative" else 0.0), []
+        for _ in range(steps):
+            g = quadratic_grad(theta)
+            cosine = g @ previous / (np.linalg.norm(g) * np.linalg.norm(previous) + 1e-30)
+            rate = rate * (1 + beta * cosine) if mode == "multiplicative" else rate + beta * cosine
+            alpha = rate if mode == "multiplicative" else alpha0 * np.exp(rate)
+            theta = theta - alpha * g
+            previous = g
+            expected.append(theta.copy())
+        thetas, lrs = run_optax(hypergradient(optax.identity(), alpha0, beta, mode=mode), steps)
+        np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6, err_msg=mode)
+        assert min(lrs) > 0
+
+
+def test_base_schedule_multiplies_the_rate_and_enters_the_hypergradient():
+    """With θ_t = θ_{t−1} − b(t)·α_t·g_t, ∂θ_{t−1}/∂α = −b(t−1)·g_{t−1}."""
+    alpha, beta, steps = 0.05, 0.01, 6
+    schedule = lambda t: 1.0 - t / 10.0  # noqa: E731
+    theta, previous, expected = THETA0.copy(), np.zeros(3), []
+    for t in range(steps):
+        g = quadratic_grad(theta)
+        alpha = alpha + beta * g @ previous
+        theta = theta - schedule(t) * alpha * g
+        previous = schedule(t) * g
+        expected.append(theta.copy())
+    thetas, _ = run_optax(sgd_hd(0.05, hyper_lr=beta, base_schedule=schedule), steps)
+    np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_per_tensor_rates_equal_separate_runs_per_tensor():
+    """One α per tensor: two tensors behave exactly as two independent SGD-HD runs."""
+    opt = sgd_hd(0.05, hyper_lr=0.01, per_tensor=True)
+    params = {"a": jnp.array([1.0, -1.0]), "b": jnp.array([[0.5, 2.0]])}
+    loss = lambda p: jnp.sum(jnp.array([3.0, 1.0]) * p["a"] ** 2) + jnp.sum(jnp.cos(p["b"]))  # noqa: E731
+    state = opt.init(params)
+    separate = {k: sgd_hd(0.05, hyper_lr=0.01) for k in params}
+    separate_states = {k: separate[k].init(params[k]) for k in params}
+    separate_params = dict(params)
+    for _ in range(5):
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        grads_s = jax.grad(loss)(separate_params)
+        for k in separate:
+            u, separate_states[k] = separate[k].update(grads_s[k], separate_states[k], separate_params[k])
+            separate_params[k] = separate_params[k] + u
+    chex.assert_trees_all_close(params, separate_params, rtol=1e-6)
+    assert state.learning_rate.shape == (2,) and state.learning_rate[0] != state.learning_rate[1]
+
+
+def test_validation_gradients_replace_the_training_gradient_in_the_hypergradient():
+    opt = sgd_hd(0.05, hyper_lr=0.01, validation_gradients=True)
+    params = {"w": jnp.asarray(THETA0, jnp.float32)}
+    state = opt.init(params)
+    g = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match="hypergradient_grads"):
+        opt.update(g, state, params)
+    _, state = opt.update(g, state, params, hypergradient_grads={"w": jnp.zeros(3)})
+    _, state = opt.update(g, state, params, hypergradient_grads={"w": jnp.array([2.0, 0.0, 0.0])})
+    # α_2 = α_1 + β·<g_val, d_1> = 0.05 + 0.01·2
+    np.testing.assert_allclose(float(state.learning_rate), 0.07, rtol=1e-6)
+
+
+def test_stacked_height_one_sgd_is_sgd_hd_and_adam_lr_is_adam_hd():
+    hd, _ = run_optax(sgd_hd(0.05, hyper_lr=0.01), 8)
+    stack, _ = run_optax(stacked.stack([stacked.sgd(0.05), stacked.sgd(0.01)]), 8)
+    np.testing.assert_allclose(stack, hd, rtol=1e-5, atol=1e-6)
+    expected, _ = adam_hd_reference(0.01, 1e-3, 10)
+    stack, _ = run_optax(stacked.stack([stacked.adam(0.01, learn=("lr",)), stacked.sgd(1e-3)]), 10)
+    np.testing.assert_allclose(stack, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_height_zero_is_the_plain_optimizer():
+    ours, _ = run_optax(stacked.stack([stacked.adam(0.01)]), 6)
+    reference, _ = run_optax(optax.adam(0.01), 6)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_taller_stack_trains_adam_betas_within_their_clamp():
+    """Height 2: adam(lr, b1, b2) trained by adam(κ...) trained by sgd; betas stay in [0, 1)."""
+    opt = stacked.stack([stacked.adam(0.01), stacked.adam(1e-3, learn=("lr",)), stacked.sgd(1e-4)])
+    params = {"w": jnp.asarray(THETA0, jnp.float32)}
+    state = opt.init(params)
+    step = jax.jit(opt.update)
+    for _ in range(30):
+        grads = {"w": jnp.asarray(A, jnp.float32) @ params["w"] - jnp.asarray(B, jnp.float32)}
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    h0, h1 = state.hyperparams
+    assert all(np.isfinite(float(v)) for v in (*h0.values(), *h1.values()))
+    assert float(h0["lr"]) != 0.01 and float(h1["lr"]) != 1e-3
+    assert 0 <= float(jnp.clip(h0["b1"], *stacked.BETA_CLAMP)) < 1
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="unknown hypergradient mode"):
+        hypergradient(optax.identity(), 0.1, 0.1, mode="quadratic")
+    with pytest.raises(ValueError, match="hyper_lr < 1"):
+        hypergradient(optax.identity(), 0.1, 1.5, mode="multiplicative")
+    with pytest.raises(ValueError, match="no hyperparameter"):
+        stacked.sgd(0.1, learn=("momentum",))
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        LRController(base="adamm")
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    return tasks.build(tasks.MLPSpec("digits", (8,), "tanh", 32))
+
+
+def test_untrained_controller_is_its_base_optimizer(small_task):
+    controller = LRController(base_learning_rate=3e-3, hidden_sizes=(8, 8))
+    theta = controller.init_meta(jax.random.key(0))
+    key = jax.random.key(1)
+    ours = tasks.train(small_task, controller.transform(theta, num_steps=20), key, num_steps=20)
+    reference = tasks.train(small_task, optax.adam(3e-3), key, num_steps=20)
+    np.testing.assert_allclose(ours.train_loss, reference.train_loss, rtol=1e-5)
+
+
+def test_controller_meta_gradient_reaches_every_layer_and_vmaps(small_task):
+    controller = LRController(hidden_sizes=(8, 8))
+    theta = controller.init_meta(jax.random.key(0))
+    theta = jax.tree.map(lambda x: x + 0.01, theta)  # move off the zero output layer
+
+    def meta_loss(theta, key):
+        return tasks.train(small_task, controller.transform(theta, num_steps=30), key, num_steps=30).train_loss[-5:].mean()
+
+    grads = jax.jit(jax.grad(meta_loss))(theta, jax.random.key(2))
+    for leaf in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(leaf)) and np.any(leaf != 0)
+    losses = jax.jit(jax.vmap(meta_loss, in_axes=(None, 0)))(theta, jax.random.split(jax.random.key(3), 3))
+    chex.assert_shape(losses, (3,))
+
+
+def test_controller_round_trips_through_lopt_save_and_load(tmp_path, small_task):
+    controller = LRController(hidden_sizes=(8,))
+    theta = jax.tree.map(lambda x: x + 0.05, controller.init_meta(jax.random.key(0)))
+    path = lopt.save(tmp_path / "controller", controller, theta, num_steps=40)
+    loaded = lopt.load(path)
+    key = jax.random.key(4)
+    a = tasks.train(small_task, controller.transform(theta, num_steps=40), key, num_steps=40).train_loss
+    b = tasks.train(small_task, loaded, key, num_steps=40).train_loss
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="loss=loss"):
+        params = small_task.init(jax.random.key(0))
+        loaded.update(jax.tree.map(jnp.zeros_like, params), loaded.init(params), params)
