@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 import lopt.baselines
 from eval import report
 from eval.config import EvalConfig
-from eval.runner import Candidate, Sweep, baseline_candidate, learned_candidate, sweep
+from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidate, sweep
 from lopt.checkpoint import CheckpointError
 from eval.suites import suite_tasks
 from lopt.config import ConfigError
@@ -30,12 +30,22 @@ class EvalOutcome:
 
 
 def resolve_candidates(config: EvalConfig) -> list[Candidate]:
-    """The baselines named in the config (`["all"]` for every registry entry)."""
+    """The baselines named in the config (`["all"]` for every registry entry; `name@lr` for one
+    at a fixed, untuned learning rate)."""
     names = lopt.baselines.names() if tuple(config.optimizers) == ("all",) else config.optimizers
     candidates = []
     for name in names:
         try:
-            candidates.append(baseline_candidate(lopt.baselines.spec(name)))
+            base_name, _, fixed = name.partition("@")
+            entry = lopt.baselines.spec(base_name)
+            if fixed:
+                try:
+                    learning_rate = float(fixed)
+                except ValueError:
+                    raise ValueError(f"{name!r}: the text after '@' must be a learning rate") from None
+                candidates.append(fixed_lr_candidate(entry, learning_rate))
+            else:
+                candidates.append(baseline_candidate(entry))
         except ValueError as error:
             raise ConfigError(f"optimizers: {error}") from None
     if "adam" not in names:

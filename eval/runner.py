@@ -54,6 +54,15 @@ def baseline_candidate(baseline: Baseline) -> Candidate:
     )
 
 
+def fixed_lr_candidate(baseline: Baseline, learning_rate: float) -> Candidate:
+    """A registry entry at one fixed learning rate (untuned), named `name@lr` — e.g. the Adam
+    a learned LR controller starts from."""
+    base = baseline_candidate(baseline)
+    return dataclasses.replace(
+        base, name=f"{baseline.name}@{learning_rate:g}", lr_grid=(float(learning_rate),), tuned=False
+    )
+
+
 def learned_candidate(path: str, num_steps: int, name: str | None = None) -> Candidate:
     """A saved learned optimizer: no learning-rate tuning (a one-point grid), told the run length."""
     manifest = lopt.read_manifest(path)

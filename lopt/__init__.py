@@ -4,9 +4,9 @@
     opt = lopt.baselines.get("adamw", lr=1e-3)       # a hand-designed one
 """
 
-from lopt import baselines, hypergrad, learned
+from lopt import baselines, hypergrad, learned, programs
 from lopt.checkpoint import CheckpointError, load, load_meta, read_manifest, save
 from lopt.learned import MetaOptimizer
 
-__all__ = ["baselines", "hypergrad", "learned", "CheckpointError", "load", "load_meta", "read_manifest", "save", "MetaOptimizer"]
+__all__ = ["baselines", "hypergrad", "learned", "programs", "CheckpointError", "load", "load_meta", "read_manifest", "save", "MetaOptimizer"]
 __version__ = "0.1.0"

@@ -189,11 +189,14 @@ def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransf
     """A ready optax transformation from checkpoint `path`.
 
     num_steps: the length of the training run it will be used for (its progress features read
-    step / num_steps); defaults to the length stored at save time.
+    step / num_steps); defaults to the length stored at save time. Optimizers that read no
+    training progress (found programs: `reads_progress = False`) need none.
     """
     meta_optimizer, theta = load_meta(path)
     if num_steps is None:
         num_steps = read_manifest(path).get("num_steps")
+        if num_steps is None and not getattr(meta_optimizer, "reads_progress", True):
+            num_steps = 0
         if num_steps is None:
             raise ValueError(f"{path} stores no default num_steps: pass lopt.load(path, num_steps=...)")
     return meta_optimizer.transform(theta, num_steps=num_steps)

@@ -12,7 +12,8 @@ Per step (all scalars, so the controller costs one dot product and a few norms p
     features x_t = [time features (15), loss features (6, optional),
                     cos(g_t, d_{t−1}), its EMAs at 0.9 and 0.99,
                     log(‖g_t‖ / EMA_0.9 ‖g‖), log(‖g_t‖ / EMA_0.99 ‖g‖), s_{t−1} / s_max]
-    s_t      = s_max · tanh(MLP(x_t) / s_max)               (soft clip at ±s_max)
+    s_t      = s_max · tanh(MLP(clip(x_t, ±5)) / s_max)     (soft clip at ±s_max; s_max = 3 lets
+                                                             the LR range over ×1/20 .. ×20)
     Δθ_t     = base_lr · exp(s_t) · u_t                      (u_t: the base optimizer at unit LR)
 
 The last layer starts at zero, so the untrained controller is exactly the base optimizer at
@@ -34,6 +35,7 @@ from lopt.learned.mlp import dense_init
 
 SIGNAL_DECAYS = (0.9, 0.99)
 NUM_SIGNAL_FEATURES = 1 + 2 * len(SIGNAL_DECAYS) + 1
+FEATURE_CLIP = 5.0  # loss features grow without bound as the running minimum nears 0
 
 
 class ControllerState(NamedTuple):
@@ -66,7 +68,7 @@ class LRController:
     base: str = "adam"
     base_learning_rate: float = 1e-3
     hidden_sizes: tuple[int, ...] = (32, 32)
-    max_log_multiplier: float = 7.0
+    max_log_multiplier: float = 3.0
     use_loss_features: bool = True
 
     def __post_init__(self) -> None:
@@ -137,7 +139,7 @@ class LRController:
             if self.use_loss_features:
                 parts.append(F.loss_features(loss_state, loss))
             parts.append(jnp.stack([cosine, *cosine_ema, *norm_ratio, state.log_multiplier / self.max_log_multiplier]))
-            s = self.log_multiplier(theta, jnp.concatenate(parts))
+            s = self.log_multiplier(theta, jnp.clip(jnp.concatenate(parts), -FEATURE_CLIP, FEATURE_CLIP))
             learning_rate = self.base_learning_rate * jnp.exp(s)
             unit, base_state = base.update(grads, state.base_state, params, loss=loss, **extra_args)
             updates = jax.tree.map(lambda x: (learning_rate * x).astype(x.dtype), unit)

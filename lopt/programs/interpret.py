@@ -1,0 +1,253 @@
+"""Two interpreters for optimizer programs.
+
+1. `to_optax(program)`: the program as an ordinary `optax.GradientTransformationExtraArgs`
+   (states m, v shaped like the parameters, float32). Elementwise functions run leaf by leaf,
+   so XLA fuses each tensor's statements into one pass; tree-level functions reduce over all
+   leaves. One jit per program.
+
+2. The batched interpreter: a program is data — a fixed-size encoding (opcode per statement,
+   three argument slots each holding a register index or a constant, output registers) — and
+   `run_encoded` executes it on flat parameter vectors with `lax.scan` over statements and
+   `lax.switch` over opcodes. Under `vmap` a whole population of programs runs in one compiled
+   call; a vmapped switch evaluates every branch, so each statement costs about one pass per
+   library function (`benchmarks/search_throughput.py` measures where that beats one jit per
+   program).
+
+Both follow the library's semantics (lopt.programs.library), including scalar/tensor
+broadcasting, and agree to float tolerance (tests/test_programs.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, Graph, check, node_types
+from lopt.programs.lang import Const, Program
+from lopt.programs.library import FUNCTIONS, NAMES, OPCODES, SCALAR, TENSOR
+
+# ---------------------------------------------------------------------------------------------
+# Tree interpreter (one program -> optax)
+
+
+def _is_tree(x: Any) -> bool:
+    return isinstance(x, list)
+
+
+def _elementwise(fn, args: list[Any]) -> Any:
+    trees = [a for a in args if _is_tree(a)]
+    if not trees:
+        return fn(*args)
+    count = len(trees[0])
+    return [fn(*(a[i] if _is_tree(a) else a for a in args)) for i in range(count)]
+
+
+def _total(x: Any) -> jax.Array:
+    return sum(jnp.sum(leaf) for leaf in x) if _is_tree(x) else x
+
+
+def _product_sum(x: Any, y: Any) -> jax.Array:
+    if not _is_tree(x) and not _is_tree(y):
+        return x * y
+    return _total(_elementwise(jnp.multiply, [x, y]))
+
+
+def _global_norm(x: Any) -> jax.Array:
+    return jnp.sqrt(_product_sum(x, x)) if _is_tree(x) else jnp.abs(x)
+
+
+def apply_tree(op: str, args: list[Any]) -> Any:
+    """One library function on tree values (lists of leaves) and scalars."""
+    function = FUNCTIONS[op]
+    if function.kind == "elementwise":
+        return _elementwise(function.fn, args)
+    if op == "norm":
+        return [jnp.broadcast_to(jnp.sqrt(jnp.sum(leaf * leaf)), leaf.shape) for leaf in args[0]] if _is_tree(args[0]) else jnp.abs(args[0])
+    if op == "global_norm":
+        return _global_norm(args[0])
+    if op == "dot":
+        return _product_sum(args[0], args[1])
+    if op == "cosine_sim":
+        return _product_sum(args[0], args[1]) / (_global_norm(args[0]) * _global_norm(args[1]))
+    if op == "clip_by_global_norm":
+        scale = jnp.minimum(1.0, jnp.abs(args[1]) / _global_norm(args[0]))
+        return _elementwise(lambda x: x * scale, [args[0]])
+    raise AssertionError(op)
+
+
+def evaluate_graph(graph: Graph, inputs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Run the graph on tree inputs (lists of leaves for w, g, m, v; scalars lr, t)."""
+    values = [inputs[name] for name in GRAPH_INPUTS]
+    for op, args in graph.nodes:
+        values.append(apply_tree(op, [values[a] if isinstance(a, int) else jnp.asarray(a.value, jnp.float32) for a in args]))
+    return tuple(values[o] for o in graph.outputs)
+
+
+class ProgramState(NamedTuple):
+    count: jax.Array
+    m: Any
+    v: Any
+
+
+def to_optax(program: Program, learning_rate: float | jax.Array = 1.0, *, constants: Any = None) -> optax.GradientTransformationExtraArgs:
+    """The program as an optax transformation. `learning_rate` is the program's `lr` input
+    (programs scale it by their own constants, as in the paper's seeds). Updates are −update.
+
+    constants: optional array replacing the program's constants in statement order (for
+    meta-training or tuning them); None keeps the text's values.
+    """
+    graph = check(program)
+    if constants is not None:
+        graph = substitute_constants(graph, constants)
+
+    def init(params):
+        zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+        return ProgramState(jnp.zeros((), jnp.int32), zeros, zeros)
+
+    def update(grads, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("program optimizers read the parameters w: call update(grads, state, params)")
+        leaves, treedef = jax.tree.flatten(grads)
+        w = [p.astype(jnp.float32) for p in treedef.flatten_up_to(params)]
+        count = state.count + 1
+        inputs = {
+            "w": w, "g": [g.astype(jnp.float32) for g in leaves],
+            "m": treedef.flatten_up_to(state.m), "v": treedef.flatten_up_to(state.v),
+            "lr": jnp.asarray(learning_rate, jnp.float32), "t": count.astype(jnp.float32),
+        }
+        step, m, v = evaluate_graph(graph, inputs)
+        shapes = [leaf.shape for leaf in leaves]
+        as_tree = lambda x: [jnp.broadcast_to(x[i] if _is_tree(x) else x, s) for i, s in enumerate(shapes)]  # noqa: E731
+        updates = [(-u).astype(g.dtype) for u, g in zip(as_tree(step), leaves)]
+        return treedef.unflatten(updates), ProgramState(count, treedef.unflatten(as_tree(m)), treedef.unflatten(as_tree(v)))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def constants_of(graph: Graph) -> np.ndarray:
+    """The graph's constants in statement order (float32)."""
+    return np.array([a.value for _, args in graph.nodes for a in args if isinstance(a, Const)], np.float32)
+
+
+def substitute_constants(graph: Graph, values: Any) -> Graph:
+    """The graph with its constants replaced, in order, by `values` (may be traced)."""
+    index, nodes = 0, []
+    for op, args in graph.nodes:
+        new_args = []
+        for a in args:
+            if isinstance(a, Const):
+                new_args.append(Const(values[index], a.name))
+                index += 1
+            else:
+                new_args.append(a)
+        nodes.append((op, tuple(new_args)))
+    return Graph(tuple(nodes), graph.outputs, graph.uses_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched interpreter (programs as data)
+
+MAX_ARGS = 3
+NOP = len(NAMES)  # padding opcode: writes zeros
+
+
+class Encoded(NamedTuple):
+    """A program as arrays (leading population axis when stacked).
+
+    op: [L] int32 opcodes (NOP pads). ref: [L, 3] int32 register of each argument, −1 for a
+    constant. const: [L, 3] float32 constants. scalar: [L, 3] bool, argument is scalar-typed.
+    outputs: [3] int32 registers of (update, m, v). Registers 0..5 are the inputs.
+    """
+
+    op: np.ndarray
+    ref: np.ndarray
+    const: np.ndarray
+    scalar: np.ndarray
+    outputs: np.ndarray
+
+
+def encode(graph: Graph, length: int) -> Encoded:
+    """Encode a (pruned) graph into `length` statement slots."""
+    if len(graph.nodes) > length:
+        raise ValueError(f"program has {len(graph.nodes)} live statements; the encoding holds {length}")
+    types = node_types(graph)
+    op = np.full(length, NOP, np.int32)
+    ref = np.full((length, MAX_ARGS), -1, np.int32)
+    const = np.zeros((length, MAX_ARGS), np.float32)
+    scalar = np.ones((length, MAX_ARGS), bool)
+    for i, (name, args) in enumerate(graph.nodes):
+        op[i] = OPCODES[name]
+        for j, a in enumerate(args):
+            if isinstance(a, int):
+                ref[i, j], scalar[i, j] = a, types[a] == SCALAR
+            else:
+                const[i, j] = a.value
+    return Encoded(op, ref, const, scalar, np.asarray(graph.outputs, np.int32))
+
+
+def stack_encoded(items: list[Encoded]) -> Encoded:
+    return Encoded(*(np.stack(parts) for parts in zip(*items)))
+
+
+def _flat_branches(segments: jax.Array, num_segments: int):
+    """One function per opcode: (args [3, P], scalar flags [3]) -> [P]."""
+
+    def reduce_sum(x):
+        return jnp.sum(x)
+
+    def global_norm(x, s):
+        return jnp.where(s, jnp.abs(x[0]), jnp.sqrt(reduce_sum(x * x)))
+
+    def product_sum(x, y, sx, sy):
+        return jnp.where(sx & sy, x[0] * y[0], reduce_sum(x * y))
+
+    def make(name):
+        function = FUNCTIONS[name]
+        if function.kind == "elementwise":
+            return lambda a, s: function.fn(*(a[i] for i in range(function.arity)))
+        if name == "norm":
+            def norm(a, s):
+                sums = jax.ops.segment_sum(a[0] * a[0], segments, num_segments)
+                return jnp.where(s[0], jnp.abs(a[0]), jnp.sqrt(sums)[segments])
+            return norm
+        if name == "global_norm":
+            return lambda a, s: jnp.broadcast_to(global_norm(a[0], s[0]), a[0].shape)
+        if name == "dot":
+            return lambda a, s: jnp.broadcast_to(product_sum(a[0], a[1], s[0], s[1]), a[0].shape)
+        if name == "cosine_sim":
+            return lambda a, s: jnp.broadcast_to(
+                product_sum(a[0], a[1], s[0], s[1]) / (global_norm(a[0], s[0]) * global_norm(a[1], s[1])), a[0].shape)
+        if name == "clip_by_global_norm":
+            return lambda a, s: a[0] * jnp.minimum(1.0, jnp.abs(a[1][0]) / global_norm(a[0], s[0]))
+        raise AssertionError(name)
+
+    return [make(name) for name in NAMES] + [lambda a, s: jnp.zeros_like(a[0])]
+
+
+def run_encoded(
+    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
+    segments: jax.Array, num_segments: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One step of an encoded program on flat vectors [P]; returns (update, m, v).
+
+    segments: [P] int32 tensor index of each entry (for `norm`). vmap over `program` (and the
+    vectors) to run a population."""
+    size = w.shape[0]
+    inputs = jnp.stack([w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,))]).astype(jnp.float32)
+    length = program.op.shape[0]
+    registers = jnp.concatenate([inputs, jnp.zeros((length, size), jnp.float32)])
+    branches = _flat_branches(segments, num_segments)
+
+    def body(registers, k):
+        refs, consts = program.ref[k], program.const[k]
+        args = jnp.stack([jnp.where(refs[j] >= 0, registers[jnp.maximum(refs[j], 0)], consts[j]) for j in range(MAX_ARGS)])
+        out = jax.lax.switch(program.op[k], branches, args, program.scalar[k])
+        return registers.at[NUM_INPUTS + k].set(out), None
+
+    registers, _ = jax.lax.scan(body, registers, jnp.arange(length))
+    return tuple(registers[program.outputs[i]] for i in range(3))

@@ -1,0 +1,56 @@
+"""A found program as a saveable optimizer: `ProgramOptimizer` is a `MetaOptimizer` whose theta
+is the program's constants and learning rate, so `lopt.save` / `lopt.load` handle found
+programs like any learned optimizer (the text lives in the manifest, parsed by our parser on
+load; the constants are orbax arrays), and the meta-training engine can tune the constants."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.learned.base import register
+from lopt.programs.analysis import check
+from lopt.programs.interpret import constants_of, to_optax
+from lopt.programs.lang import Program, parse
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ProgramOptimizer:
+    """text: the program (lopt.programs.lang). learning_rate: the value fed to its `lr` input."""
+
+    kind: ClassVar[str] = "program"
+    reads_progress: ClassVar[bool] = False
+    text: str
+    learning_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.program)
+
+    @property
+    def program(self) -> Program:
+        return parse(self.text)
+
+    def init_meta(self, key: jax.Array) -> dict[str, Any]:
+        """theta: {'learning_rate': [], 'constants': [C]} (constants left out when there are none)."""
+        del key
+        theta = {"learning_rate": jnp.asarray(self.learning_rate, jnp.float32)}
+        constants = constants_of(check(self.program))
+        if constants.size:
+            theta["constants"] = jnp.asarray(constants)
+        return theta
+
+    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array = 0) -> optax.GradientTransformationExtraArgs:
+        """The program with theta's constants (num_steps is unused: programs read no progress)."""
+        del num_steps
+        return to_optax(self.program, theta["learning_rate"], constants=theta.get("constants"))
+
+
+def from_program(program: Program | str, learning_rate: float = 1.0) -> ProgramOptimizer:
+    """Wrap a program (or its text) for `lopt.save`."""
+    text = program if isinstance(program, str) else str(program)
+    return ProgramOptimizer(text=text, learning_rate=learning_rate)

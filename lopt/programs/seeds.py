@@ -1,0 +1,95 @@
+"""Seed programs: the paper's AdamW seed, exact AdamW, SGD with momentum, signSGD and Lion.
+
+`adamw_paper` is Chen et al.'s warm start (bias correction and eps omitted, weight decay 0.01,
+learning rate scaled by 0.001 inside). The others reproduce optax's implementations exactly
+(tests/test_programs.py): `adamw` declares the step input t for Adam's bias correction
+(Kingma & Ba 2015, Algorithm 1); `lion` is Chen et al.'s Algorithm 2 with optax's defaults
+(β1 0.9, β2 0.99, weight decay 1e-3); `sgd_momentum` is optax.sgd(momentum=0.9) (heavy ball,
+m ← g + 0.9·m); `signsgd` is sign(g) scaled by lr. In these four the `lr` input is the
+learning rate itself.
+"""
+
+from __future__ import annotations
+
+from lopt.programs.lang import Program, parse
+
+SEEDS: dict[str, str] = {
+    "adamw_paper": """
+def train(w, g, m, v, lr):
+  g2 = square(g)
+  m = interp(g, m, 0.9)
+  v = interp(g2, v, 0.999)
+  sqrt_v = sqrt(v)
+  update = m / sqrt_v
+  wd = w * 0.01
+  update = update + wd
+  lr = lr * 0.001
+  update = update * lr
+  return update, m, v
+""",
+    "adamw": """
+def train(w, g, m, v, lr, t):
+  m = interp(g, m, 0.9)
+  g2 = square(g)
+  v = interp(g2, v, 0.999)
+  b1t = power(0.9, t)
+  c1 = 1.0 - b1t
+  b2t = power(0.999, t)
+  c2 = 1.0 - b2t
+  m_hat = m / c1
+  v_hat = v / c2
+  root = sqrt(v_hat)
+  denominator = root + 1e-08
+  update = m_hat / denominator
+  wd = w * 0.0001
+  update = update + wd
+  update = update * lr
+  return update, m, v
+""",
+    "sgd_momentum": """
+def train(w, g, m, v, lr):
+  decayed = m * 0.9
+  m = g + decayed
+  update = m * lr
+  return update, m, v
+""",
+    "signsgd": """
+def train(w, g, m, v, lr):
+  direction = sign(g)
+  update = direction * lr
+  return update, m, v
+""",
+    "lion": """
+def train(w, g, m, v, lr):
+  c = interp(g, m, 0.9)
+  direction = sign(c)
+  wd = w * 0.001
+  update = direction + wd
+  update = update * lr
+  m = interp(g, m, 0.99)
+  return update, m, v
+""",
+    "lion_raw": """
+def train(w, g, m, v, lr):
+  g = clip(g, lr)
+  g = arcsin(g)
+  m = interp(g, v, 0.899)
+  m2 = m * m
+  v = interp(g, m, 1.109)
+  abs_m = sqrt(m2)
+  update = m / abs_m
+  wd = w * 0.4602
+  update = update + wd
+  lr = lr * 0.0002
+  m = cosh(update)
+  update = update * lr
+  return update, m, v
+""",
+}
+
+
+def seed(name: str) -> Program:
+    """A seed program by name; unknown names list the valid ones."""
+    if name not in SEEDS:
+        raise ValueError(f"unknown seed program {name!r}; valid: {', '.join(SEEDS)}")
+    return parse(SEEDS[name])

@@ -1,0 +1,266 @@
+"""Optimizer programs: seeds equal optax, both interpreters agree, hashes, liveness, parser."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lopt
+from lopt.programs import (
+    ProgramError, check, format_program, from_program, parse, prune, redundant_fraction, seed,
+    structural_hash, to_graph, to_optax,
+)
+from lopt.programs.analysis import live_outputs
+from lopt.programs.functional import functional_hashes
+from lopt.programs.interpret import encode, run_encoded
+from lopt.programs.lang import Const, Program, Statement, Var
+from lopt.programs.library import FUNCTIONS
+
+PARAMS = {
+    "scalar": jnp.array(0.7),
+    "vector": jnp.linspace(-1.0, 1.0, 5),
+    "matrix": jnp.arange(12.0).reshape(3, 4) / 10.0,
+    "conv": jnp.cos(jnp.arange(2 * 3 * 2 * 4.0)).reshape(2, 3, 2, 4),
+}
+
+
+def gradient_sequence(steps):
+    keys = jax.random.split(jax.random.key(0), steps)
+    return [jax.tree.map(lambda p, k=k: jax.random.normal(k, jnp.shape(p)), PARAMS) for k in keys]
+
+
+def run(opt, steps=12):
+    params, state = PARAMS, opt.init(PARAMS)
+    trajectory = []
+    for grads in gradient_sequence(steps):
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        trajectory.append(updates)
+    return trajectory
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("adamw", optax.adamw(3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)),
+    ("lion", optax.lion(3e-3, b1=0.9, b2=0.99, weight_decay=1e-3)),
+    ("sgd_momentum", optax.sgd(3e-3, momentum=0.9)),
+    ("signsgd", optax.chain(optax.scale_by_sign(), optax.scale(-3e-3))),
+])
+def test_seed_programs_equal_optax(name, reference):
+    ours = run(to_optax(seed(name), 3e-3))
+    theirs = run(reference)
+    for a, b in zip(ours, theirs):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8), a, b)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion", "sgd_momentum", "adamw_paper", "lion_raw"])
+def test_batched_interpreter_equals_tree_interpreter(name):
+    """The encoded program on the flattened pytree gives the same updates as to_optax."""
+    graph = check(seed(name))
+    leaves = jax.tree.leaves(PARAMS)
+    sizes = [leaf.size for leaf in leaves]
+    segments = jnp.asarray(np.repeat(np.arange(len(sizes)), sizes), jnp.int32)
+    encoded = jax.tree.map(jnp.asarray, encode(graph, 16))
+    flat = lambda tree: jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(tree)])  # noqa: E731
+    w, m, v = flat(PARAMS), jnp.zeros(sum(sizes)), jnp.zeros(sum(sizes))
+    step = jax.jit(run_encoded, static_argnums=(8,))
+    expected = run(to_optax(seed(name), 3e-3), steps=6)
+    for t, (grads, reference) in enumerate(zip(gradient_sequence(6), expected), start=1):
+        update, m, v = step(encoded, w, flat(grads), m, v, 3e-3, float(t), segments, len(sizes))
+        np.testing.assert_allclose(-update, flat(reference), rtol=1e-5, atol=1e-7)
+        w = w - update
+
+
+def test_tree_level_functions_follow_their_definitions():
+    program = parse("""
+def train(w, g, m, v, lr):
+  n = global_norm(g)
+  c = cosine_sim(g, w)
+  d = dot(g, w)
+  per = norm(g)
+  clipped = clip_by_global_norm(g, 0.5)
+  a = per * c
+  b = a + clipped
+  f = d * n
+  update = b + f
+  return update, m, v
+""")
+    (update,) = run(to_optax(program), steps=1)
+    g = gradient_sequence(1)[0]
+    leaves_g, leaves_w = jax.tree.leaves(g), jax.tree.leaves(PARAMS)
+    flat_g = np.concatenate([np.ravel(x) for x in leaves_g])
+    flat_w = np.concatenate([np.ravel(x) for x in leaves_w])
+    n, d = np.linalg.norm(flat_g), flat_g @ flat_w
+    c = d / (n * np.linalg.norm(flat_w))
+    for got, leaf in zip(jax.tree.leaves(update), leaves_g):
+        leaf = np.asarray(leaf)
+        expected = np.linalg.norm(leaf) * c + leaf * min(1.0, 0.5 / n) + d * n
+        np.testing.assert_allclose(-np.asarray(got), expected, rtol=1e-5)
+
+
+def test_dead_state_across_iterations_is_found_in_the_raw_lion_program():
+    program = seed("lion_raw")
+    assert live_outputs(to_graph(program)) == (True, False, True)  # m = cosh(update) is dead
+    pruned = prune(to_graph(program))
+    assert len(pruned.nodes) == len(program.statements) - 1
+    assert pruned.outputs[1] == 2  # m stays its (zero) input
+    assert redundant_fraction(program) == pytest.approx(1 / 12)
+
+
+def test_structural_hash_ignores_names_order_dead_code_and_state_roles():
+    base = seed("adamw_paper")
+    renamed = parse(str(base).replace("sqrt_v", "root").replace("wd", "decay").replace("g2", "gg"))
+    reordered = parse("""
+def train(w, g, m, v, lr):
+  wd = 0.01 * w
+  g2 = square(g)
+  v = interp(g2, v, 0.999)
+  m = interp(g, m, 0.9)
+  lr = lr * 0.001
+  sqrt_v = sqrt(v)
+  junk = exp(wd)
+  update = m / sqrt_v
+  update = wd + update
+  update = lr * update
+  return update, m, v
+""")
+    swapped = parse(str(base).replace("m", "TMP").replace("v", "m").replace("TMP", "v").replace("sqrt_m", "sqrt_v")
+                    .replace("return update, v, m", "return update, m, v").replace("train(w, g, v, m, lr)", "train(w, g, m, v, lr)"))
+    assert structural_hash(renamed) == structural_hash(base)
+    assert structural_hash(reordered) == structural_hash(base)
+    assert structural_hash(swapped) == structural_hash(base)
+    different = parse(str(base).replace("0.999", "0.99"))
+    assert structural_hash(different) != structural_hash(base)
+
+
+def test_functional_hash_finds_sign_equal_to_m_over_its_magnitude():
+    sign = parse("def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n d = sign(m)\n update = d * lr\n return update, m, v\n")
+    ratio = parse("""
+def train(w, g, m, v, lr):
+  m = interp(g, m, 0.9)
+  m2 = m * m
+  size = sqrt(m2)
+  d = m / size
+  update = d * lr
+  return update, m, v
+""")
+    other = parse("def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n update = m * lr\n return update, m, v\n")
+    assert structural_hash(sign) != structural_hash(ratio)
+    (h1, ok1), (h2, ok2), (h3, _) = functional_hashes([check(sign), check(ratio), check(other)])
+    assert ok1 and ok2 and h1 == h2 and h1 != h3
+
+
+def test_functional_probe_flags_non_finite_programs():
+    bad = parse("def train(w, g, m, v, lr):\n a = log(m)\n update = a * g\n return update, m, v\n")  # log|0| = -inf
+    ((_, finite),) = functional_hashes([check(bad)])
+    assert not finite
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty program"),
+    ("def train(w, g, m, v):\n  return g, m, v\n", "inputs must be"),
+    ("def train(w, g, m, v, lr):\n  a = b + g\n  return a, m, v\n", "line 2: variable 'b' is read before"),
+    ("def train(w, g, m, v, lr):\n  a = sqr(g)\n  return a, m, v\n", "unknown function 'sqr'; did you mean sqrt"),
+    ("def train(w, g, m, v, lr):\n  a = interp(g, m)\n  return a, m, v\n", "interp takes 3 argument"),
+    ("def train(w, g, m, v, lr):\n  a = g + m + v\n  return a, m, v\n", "one operation per statement"),
+    ("def train(w, g, m, v, lr):\n  a = g + m\n  return a, m\n", "exactly three"),
+    ("def train(w, g, m, v, lr):\n  a = g $ m\n  return a, m, v\n", "unexpected character '$'"),
+    ("def train(w, g, m, v, lr):\n  sqrt = abs(g)\n  return sqrt, m, v\n", "reserved"),
+    ("def train(w, g, m, v, lr):\n  a = g\n  return a, m, v\n", "plain copies"),
+    ("def train(w, g, m, v, lr):\n  a = __import__(g)\n  return a, m, v\n", "unknown function '__import__'"),
+])
+def test_parser_errors_name_the_problem_and_line(text, message):
+    with pytest.raises(ProgramError, match=message.replace("(", r"\(").replace("$", r"\$")):
+        parse(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("def train(w, g, m, v, lr):\n  a = w * lr\n  return a, m, v\n", "never depends on the gradient"),
+    ("def train(w, g, m, v, lr):\n  a = lr * 2.0\n  b = a + g\n  return a, m, v\n", "scalar"),
+    ("def train(w, g, m, v, lr):\n  a = clip_by_global_norm(g, w)\n  return a, m, v\n", "bound must be a scalar"),
+])
+def test_invalid_programs_are_rejected_before_training(text, message):
+    with pytest.raises(ProgramError, match=message):
+        check(parse(text))
+
+
+def test_reading_the_step_needs_its_declaration():
+    with pytest.raises(ProgramError, match="'t' is read before"):
+        parse("def train(w, g, m, v, lr):\n  a = g * t\n  return a, m, v\n")
+    program = parse("def train(w, g, m, v, lr, t):\n  a = g * t\n  return a, m, v\n")
+    assert program.uses_step and parse(str(program)) == program
+
+
+ARG_NAMES = ("w", "g", "m", "v", "lr")
+
+
+@st.composite
+def programs(draw):
+    """Random valid-syntax programs (every read refers to an assigned name)."""
+    defined = list(ARG_NAMES)
+    statements = []
+    for _ in range(draw(st.integers(1, 10))):
+        op = draw(st.sampled_from(sorted(FUNCTIONS)))
+        args = []
+        for _ in range(FUNCTIONS[op].arity):
+            if draw(st.booleans()):
+                args.append(Var(draw(st.sampled_from(defined))))
+            else:
+                args.append(Const(draw(st.floats(-1e6, 1e6, allow_nan=False, width=32))))
+        target = draw(st.sampled_from(defined[2:] + ["a", "b", "update"]))
+        statements.append(Statement(target, op, tuple(args)))
+        if target not in defined:
+            defined.append(target)
+    returns = tuple(draw(st.sampled_from(defined)) for _ in range(3))
+    return Program(tuple(statements), returns)
+
+
+@settings(max_examples=150, deadline=None)
+@given(programs())
+def test_parse_of_format_is_the_identity(program):
+    assert parse(format_program(program)) == program
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_parser_fuzz_random_text_gives_only_program_errors(text):
+    try:
+        parse(text)
+    except ProgramError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_parser_fuzz_mutated_seed_text_gives_only_program_errors(data):
+    text = str(seed(data.draw(st.sampled_from(["adamw", "lion", "adamw_paper"]))))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(text)))
+        action = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        piece = data.draw(st.text(min_size=1, max_size=6))
+        if action == "insert":
+            text = text[:position] + piece + text[position:]
+        elif action == "delete":
+            text = text[:position] + text[position + len(piece):]
+        else:
+            text = text[:position] + piece + text[position + len(piece):]
+    try:
+        program = parse(text)
+        check(program)
+    except ProgramError:
+        pass
+
+
+def test_found_program_saves_and_loads_as_an_optimizer(tmp_path):
+    meta_optimizer = from_program(seed("lion"), learning_rate=3e-3)
+    theta = meta_optimizer.init_meta(jax.random.key(0))
+    path = lopt.save(tmp_path / "lion", meta_optimizer, theta)
+    loaded = lopt.load(path)
+    for a, b in zip(run(loaded, 4), run(optax.lion(3e-3, weight_decay=1e-3), 4)):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8), a, b)
+    manifest = (path / "manifest.json").read_text()
+    (path / "manifest.json").write_text(manifest.replace("sign(c)", "sign(c) +"))
+    with pytest.raises(lopt.CheckpointError, match="line"):
+        lopt.load(path)
