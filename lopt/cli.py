@@ -70,6 +70,104 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lopt.config import load_config
+    from lopt.programs.simplify import simplify
+    from lopt.programs.lang import format_program, parse
+    from meta_train.search.fitness import evaluator
+    from meta_train.search.job import Search, SearchConfig, config_from_dir, funnel, top
+
+    if args.config == "top":
+        if not args.directory:
+            raise ConfigError("usage: lopt search top DIR")
+        for rank, entry in enumerate(top(args.directory, args.n), start=1):
+            print(f"#{rank}  fitness {entry['fitness']:.4f}  (child {entry['id']}, generation {entry['generation']}, "
+                  f"{entry['mutation']})")
+            print(entry["text"])
+        return 0
+    if args.resume:
+        config = config_from_dir(args.resume)
+        search = Search(config, resume=True, progress=not args.quiet)
+        print(f"resuming {args.resume} at generation {search.generation}")
+    elif args.config:
+        config = load_config(SearchConfig, args.config, args.set)
+        search = Search(config, progress=not args.quiet)
+    else:
+        raise ConfigError("give a search config, --resume DIR, or `top DIR`")
+    best = search.run()
+    stats = search.statistics()
+    output = Path(config.run.output_dir)
+    print(f"search finished at generation {search.generation}: best fitness {best.fitness:.4f} "
+          f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained, "
+          f"{stats['programs_per_second']:.1f} programs/s, cache hit rate {stats['cache_hit_rate']:.1%}, "
+          f"rejected by the probe {stats['rejected_rate']:.1%}")
+    simplified, notes = simplify(parse(best.text), fitness=evaluator(config.fitness), tolerance=args.tolerance)
+    (output / "best.txt").write_text(format_program(simplified))
+    print("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
+    print(format_program(simplified))
+    summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
+               "simplifications": notes, "seed_fitness": search.seed_fitness, "statistics": stats}
+    if config.funnel.tasks:
+        candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
+        records = funnel(config, list(dict.fromkeys(candidates)), progress=not args.quiet)
+        (output / "funnel.json").write_text(json.dumps(records, indent=2))
+        summary["funnel"] = records
+        print(f"wrote {output / 'funnel.json'}")
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
+    return 0
+
+
+def _program(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lopt.config import load_config
+    from lopt.programs import check, format_program, from_program, parse, redundant_fraction, structural_hash
+    from lopt.programs.functional import functional_hashes
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such program file")
+    try:
+        program = parse(path.read_text())
+        graph = check(program)
+    except ValueError as error:
+        print(f"lopt program: {path}: {error}", file=sys.stderr)
+        return 2
+    if args.action == "check":
+        ((functional, finite),) = functional_hashes([graph])
+        print(f"{path}: valid; {len(program.statements)} statements, {redundant_fraction(program):.0%} redundant; "
+              f"structural hash {structural_hash(program)}, functional hash {functional}"
+              f"{'' if finite else ' (non-finite on the probe)'}")
+        return 0
+    if args.action == "simplify":
+        from lopt.programs.simplify import simplify
+
+        fitness = None
+        if args.ablate:
+            from meta_train.search.fitness import evaluator
+            from meta_train.search.job import SearchConfig
+
+            fitness = evaluator(load_config(SearchConfig, args.ablate).fitness)
+        simplified, notes = simplify(program, fitness=fitness, tolerance=args.tolerance)
+        for note in notes:
+            print(f"# {note}")
+        print(format_program(simplified), end="")
+        return 0
+    import lopt
+
+    if not args.out:
+        raise ConfigError("usage: lopt program export FILE OUT")
+    meta_optimizer = from_program(program, learning_rate=args.learning_rate)
+    theta = meta_optimizer.init_meta(__import__("jax").random.key(0))
+    written = lopt.save(args.out, meta_optimizer, theta, meta={"source": str(path)}, overwrite=args.overwrite)
+    print(f"wrote {written} (load with lopt.load({str(written)!r}))")
+    return 0
+
+
 def _add_job(commands, name: str, handler, help_text: str, example_config: str, example_override: str) -> None:
     """A subcommand that runs a TOML job config with --set overrides and a progress bar."""
     job = commands.add_parser(name, help=help_text)
@@ -92,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", help="checkpoint directory, e.g. runs/quickstart/optimizer")
     info.set_defaults(handler=_info)
 
+    search = commands.add_parser("search", help="search for optimizer programs (regularized evolution)")
+    search.add_argument("config", nargs="?", help="TOML config (e.g. configs/search/quickstart.toml), or `top`")
+    search.add_argument("directory", nargs="?", help="with `top`: the search directory")
+    search.add_argument("--resume", metavar="DIR", help="continue the search in DIR after an interruption")
+    search.add_argument("-n", type=int, default=10, help="with `top`: how many programs")
+    search.add_argument("--tolerance", type=float, default=0.01, help="ablation tolerance of the final simplification")
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.set_defaults(handler=_search)
+
+    program = commands.add_parser("program", help="check, simplify or export an optimizer program file")
+    program.add_argument("action", choices=("check", "simplify", "export"))
+    program.add_argument("file", help="program text file")
+    program.add_argument("out", nargs="?", help="with export: the checkpoint directory to write")
+    program.add_argument("--ablate", metavar="SEARCH_CONFIG", help="simplify: also ablate statements, scored by this config's fitness")
+    program.add_argument("--tolerance", type=float, default=0.01, help="simplify: allowed fitness loss per ablation")
+    program.add_argument("--learning-rate", type=float, default=1.0, help="export: the value of the program's lr input")
+    program.add_argument("--overwrite", action="store_true", help="export: replace an existing checkpoint")
+    program.set_defaults(handler=_program)
+
     listing = commands.add_parser("baselines", help="list the registered hand-designed optimizers")
     listing.set_defaults(handler=_baselines)
     return parser
@@ -103,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as error:
         print(f"lopt {args.command}: config error: {error}", file=sys.stderr)
+        return 2
+    except FileExistsError as error:
+        print(f"lopt {args.command}: {error}", file=sys.stderr)
         return 2
 
 

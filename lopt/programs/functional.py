@@ -5,8 +5,13 @@ when their structure differs. The same probe rejects programs that produce non-f
 before any training (early rejection).
 
 Probes: two noisy quadratics with per-coordinate curvature, two tensors each (so per-tensor
-`norm` differs from `global_norm`), 5 steps, lr input 0.1; values are rounded to 4 significant
-digits before hashing.
+`norm` differs from `global_norm`), 8 steps, lr input 0.1; values are rounded to 4 significant
+digits before hashing. The first probe starts the states at zero, as in use; the second starts
+them at random values, because a slow EMA started at zero is invisible for the first few steps
+(the raw Lion program's 0.997-EMA would otherwise hash like plain sign(g)). Programs equal for
+every state value collide under both. The hash covers the update and both next states (as an
+unordered pair, so swapping the roles of m and v does not matter): two programs whose updates
+agree only because a sign() hides how their momenta differ do not collide.
 """
 
 from __future__ import annotations
@@ -21,36 +26,37 @@ import numpy as np
 from lopt.programs.analysis import Graph
 from lopt.programs.interpret import encode, run_encoded, stack_encoded
 
-PROBE_STEPS = 5
+PROBE_STEPS = 8
 PROBE_LR = 0.1
 SIGNIFICANT = 4
 
 
-def _probe(seed: int, sizes: tuple[int, ...]):
+def _probe(seed: int, sizes: tuple[int, ...], random_state: bool):
     rng = np.random.default_rng(seed)
     size = sum(sizes)
     segments = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
     curvature = rng.uniform(0.1, 2.0, size).astype(np.float32)
     w0 = rng.normal(size=size).astype(np.float32)
-    noise = 0.1 * rng.normal(size=(PROBE_STEPS, size)).astype(np.float32)
-    return jnp.asarray(w0), jnp.asarray(curvature), jnp.asarray(noise), jnp.asarray(segments), len(sizes)
+    noise = rng.normal(size=(PROBE_STEPS, size)).astype(np.float32)
+    states = rng.normal(size=(2, size)).astype(np.float32) * float(random_state)
+    return (jnp.asarray(w0), jnp.asarray(curvature), jnp.asarray(noise), jnp.asarray(states),
+            jnp.asarray(segments), len(sizes))
 
 
-PROBES = ((0, (6, 3)), (1, (4, 5)))
+PROBES = ((0, (6, 3), False), (1, (4, 5), True))
 
 
-@functools.partial(jax.jit, static_argnums=(5,))
-def _run_probe(programs, w0, curvature, noise, segments, num_segments):
+@functools.partial(jax.jit, static_argnums=(6,))
+def _run_probe(programs, w0, curvature, noise, states, segments, num_segments):
     def one(program):
         def step(carry, inputs):
             w, m, v = carry
             t, eps = inputs
             g = curvature * w + eps
             update, m, v = run_encoded(program, w, g, m, v, PROBE_LR, t, segments, num_segments)
-            return (w - update, m, v), update
+            return (w - update, m, v), jnp.stack([update, m, v])
 
-        zeros = jnp.zeros_like(w0)
-        _, updates = jax.lax.scan(step, (w0, zeros, zeros), (jnp.arange(1, PROBE_STEPS + 1, dtype=jnp.float32), noise))
+        _, updates = jax.lax.scan(step, (w0, states[0], states[1]), (jnp.arange(1, PROBE_STEPS + 1, dtype=jnp.float32), noise))
         return updates
 
     return jax.vmap(one)(programs)
@@ -73,11 +79,12 @@ def functional_hashes(graphs: list[Graph], length: int | None = None) -> list[tu
     encoded = [encode(g, length) for g in graphs]
     encoded += [encoded[0]] * (padded - count)
     batch = jax.tree.map(jnp.asarray, stack_encoded(encoded))
-    outputs = [np.asarray(_run_probe(batch, *_probe(seed, sizes)))[:count] for seed, sizes in PROBES]
+    outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:count] for probe in PROBES]
     results = []
     for i in range(count):
-        values = np.concatenate([o[i].ravel() for o in outputs])
-        finite = bool(np.all(np.isfinite(values)))
-        digest = hashlib.sha256((_round(values).astype(np.float64) + 0.0).tobytes()).hexdigest()[:24]
+        parts = [np.concatenate([o[i][:, k].ravel() for o in outputs]) for k in range(3)]  # update, m, v
+        finite = bool(np.all(np.isfinite(parts[0])))
+        digests = [hashlib.sha256((_round(p).astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
+        digest = hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]
         results.append((digest, finite))
     return results

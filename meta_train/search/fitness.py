@@ -1,0 +1,180 @@
+"""Fitness of optimizer programs: train a proxy task with each program, over seeds and a small
+grid of learning-rate multipliers, and score by held-out loss.
+
+    fitness(program) = mean over tasks of  log  min over lr multipliers  median over seeds
+                       (test-split loss after `steps` steps)               (lower is better)
+
+The best multiplier absorbs a wrongly scaled constant and the median over seeds resists a
+lucky run (program-search.md: "score by the best LR and the median over seeds"). A run whose
+loss is not finite scores +inf.
+
+Two evaluators with identical numbers: "batched" runs the whole population as data through one
+compiled interpreter (`lopt.programs.interpret.run_encoded` under `vmap`); "jit" compiles each
+program through `to_optax` (one compile per unique program). `benchmarks/search_throughput.py`
+measures both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from lopt.programs.analysis import Graph, from_graph
+from lopt.programs.interpret import encode, run_encoded, stack_encoded, to_optax
+from tasks import build, task_spec
+from tasks.train import evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class FitnessSpec:
+    """tasks: named proxy tasks; steps: inner steps per run; seeds: runs per multiplier;
+    lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
+    averaged at the end; length: statement slots of the batched encoding (live statements);
+    interpreter: 'batched', 'jit' or 'auto' (batched on accelerators, jit on CPU, where a
+    vmapped switch over 42 functions costs more than compiling each program); batch: programs per compiled call (batched)."""
+
+    tasks: tuple[str, ...] = ("digits-mlp-relu32",)
+    steps: int = 200
+    seeds: int = 2
+    lr_multipliers: tuple[float, ...] = (0.3, 1.0, 3.0)
+    eval_batches: int = 4
+    length: int = 32
+    interpreter: str = "auto"
+    batch: int = 32
+    seed: int = 0
+
+
+def _keys(spec: FitnessSpec, task_name: str) -> jax.Array:
+    root = jax.random.fold_in(jax.random.key(spec.seed), zlib.crc32(task_name.encode()))
+    return jax.random.split(root, spec.seeds)
+
+
+def score(losses: np.ndarray) -> np.ndarray:
+    """losses [..., tasks, lrs, seeds] -> fitness [...]: mean over tasks of log(min over lrs of the
+    median over seeds); non-finite runs count as +inf."""
+    losses = np.where(np.isfinite(losses), losses, np.inf)
+    per_lr = np.median(losses, axis=-1)
+    best = np.min(per_lr, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logged = np.log(np.maximum(best, 1e-30))
+    return np.where(np.all(np.isfinite(logged), axis=-1), logged.mean(axis=-1), np.inf)
+
+
+class BatchedEvaluator:
+    """One compiled call per (task, batch of programs)."""
+
+    def __init__(self, spec: FitnessSpec):
+        self.spec = spec
+        self._compiled: dict[tuple[str, int], object] = {}
+
+    def _function(self, task_name: str, length: int):
+        """The compiled population call for a task and an encoding length (compiled lazily:
+        programs are padded to 8, 16, 32... live statements, since every slot costs a pass per
+        library function)."""
+        if (task_name, length) not in self._compiled:
+            self._compiled[task_name, length] = self._build(task_name)
+        return self._compiled[task_name, length]
+
+    def _build(self, task_name: str):
+        spec = self.spec
+        task = build(task_spec(task_name))
+        flat0, unravel = ravel_pytree(task.init(jax.random.key(0)))
+        sizes = [leaf.size for leaf in jax.tree.leaves(task.init(jax.random.key(0)))]
+        segments = jnp.asarray(np.repeat(np.arange(len(sizes)), sizes), jnp.int32)
+        keys = _keys(spec, task_name)
+        lrs = jnp.asarray(spec.lr_multipliers, jnp.float32)
+
+        def one_run(program, lr, key):
+            init_key, train_key, eval_key = jax.random.split(key, 3)
+            params, _ = ravel_pytree(task.init(init_key))
+            loss_fn = lambda p, batch: task.loss(unravel(p), batch)  # noqa: E731
+
+            def step(carry, inputs):
+                p, m, v = carry
+                t, k = inputs
+                grads = jax.grad(loss_fn)(p, task.batch(k, "train"))
+                update, m, v = run_encoded(program, p, grads, m, v, lr, t, segments, len(sizes))
+                return (p - update, m, v), None
+
+            zeros = jnp.zeros_like(params)
+            steps = jnp.arange(1, spec.steps + 1, dtype=jnp.float32)
+            (params, _, _), _ = jax.lax.scan(step, (params, zeros, zeros), (steps, jax.random.split(train_key, spec.steps)))
+            return evaluate(task, unravel(params), eval_key, spec.eval_batches)
+
+        over_seeds = jax.vmap(one_run, in_axes=(None, None, 0))
+        over_lrs = jax.vmap(over_seeds, in_axes=(None, 0, None))
+        over_programs = jax.vmap(over_lrs, in_axes=(0, None, None))
+        return jax.jit(lambda programs: over_programs(programs, lrs, keys))
+
+    def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
+        """[programs, tasks, lrs, seeds] final test losses."""
+        spec = self.spec
+        out = np.zeros((len(graphs), len(spec.tasks), len(spec.lr_multipliers), spec.seeds), np.float32)
+        for start in range(0, len(graphs), spec.batch):
+            chunk = list(graphs[start:start + spec.batch])
+            longest = max(len(g.nodes) for g in chunk)
+            length = min(spec.length, max(8, 1 << max(longest - 1, 0).bit_length()))
+            encoded = [encode(g, length) for g in chunk]
+            encoded += [encoded[0]] * (spec.batch - len(chunk))  # fixed shapes: one compile
+            batch = jax.tree.map(jnp.asarray, stack_encoded(encoded))
+            for t, name in enumerate(spec.tasks):
+                out[start:start + len(chunk), t] = np.asarray(self._function(name, length)(batch))[: len(chunk)]
+        return out
+
+    def __call__(self, graphs: Sequence[Graph]) -> np.ndarray:
+        return score(self.losses(graphs))
+
+
+class JitEvaluator:
+    """One compile per program: the program through `to_optax`, vmapped over lrs × seeds."""
+
+    def __init__(self, spec: FitnessSpec):
+        self.spec = spec
+        self._tasks = {name: build(task_spec(name)) for name in spec.tasks}
+
+    def _one(self, graph: Graph, task_name: str) -> np.ndarray:
+        spec, task = self.spec, self._tasks[task_name]
+        program = from_graph(graph)
+        keys = _keys(spec, task_name)
+
+        def one_run(lr, key):
+            init_key, train_key, eval_key = jax.random.split(key, 3)
+            opt = to_optax(program, lr)
+            params = task.init(init_key)
+
+            def step(carry, k):
+                params, state = carry
+                grads = jax.grad(task.loss)(params, task.batch(k, "train"))
+                updates, state = opt.update(grads, state, params)
+                return (jax.tree.map(jnp.add, params, updates), state), None
+
+            (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(train_key, spec.steps))
+            return evaluate(task, params, eval_key, spec.eval_batches)
+
+        run = jax.jit(jax.vmap(jax.vmap(one_run, in_axes=(None, 0)), in_axes=(0, None)))
+        return np.asarray(run(jnp.asarray(spec.lr_multipliers, jnp.float32), keys))
+
+    def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
+        return np.stack([np.stack([self._one(g, name) for name in self.spec.tasks]) for g in graphs]) if graphs else \
+            np.zeros((0, len(self.spec.tasks), len(self.spec.lr_multipliers), self.spec.seeds), np.float32)
+
+    def __call__(self, graphs: Sequence[Graph]) -> np.ndarray:
+        return score(self.losses(graphs))
+
+
+def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
+    """The evaluator `spec.interpreter` names ('auto': batched unless JAX runs on the CPU)."""
+    choice = spec.interpreter
+    if choice == "auto":
+        choice = "jit" if jax.default_backend() == "cpu" else "batched"
+    if choice == "batched":
+        return BatchedEvaluator(spec)
+    if choice == "jit":
+        return JitEvaluator(spec)
+    raise ValueError(f"fitness.interpreter must be 'batched', 'jit' or 'auto', got {spec.interpreter!r}")

@@ -1,0 +1,396 @@
+"""`lopt search`: regularized evolution over optimizer programs (Chen et al. 2023; Real et al.
+2019), with caches, a per-child log, resume after a kill, and a funnel.
+
+Each generation draws `children` tournaments of size T from the population, mutates each winner
+once (re-mutating until the child is valid and new), evaluates the children, adds them and
+removes as many of the oldest members (age-based removal). Evaluation goes through three
+filters before any training:
+
+1. structural hash -> cached fitness (renamed / reordered / dead-code variants);
+2. functional hash from a short probe run -> cached fitness (algebraic equivalents), and the
+   same probe rejects programs with non-finite updates (fitness +inf, never trained);
+3. training on the proxy tasks (meta_train.search.fitness), all remaining children at once.
+
+Restarts: after `restart_after` generations without a better best, the population restarts
+from the seed and from the best so far, alternately (the paper restarted both ways).
+
+Files in `run.output_dir`:
+    config.json     the job config (a resume must match it)
+    state.json      population, counters, best; written atomically after every generation
+    log.jsonl       one line per child: generation, id, parent, mutation, text, hashes, fitness,
+                    how it was scored — enough to replay the search
+    cache.jsonl     structural / functional hash -> fitness, shared across resumes
+    funnel.json     the funnel's re-evaluations; best.txt the best program after simplification
+
+Generation g draws from np.random.default_rng([seed, g]), so a search is deterministic per seed
+and a resumed search continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lopt.config import ConfigError, from_dict
+from lopt.programs.analysis import Graph, check, from_graph, structural_hash
+from lopt.programs.functional import functional_hashes
+from lopt.programs.lang import format_program, parse
+from lopt.programs.seeds import SEEDS, seed
+from meta_train.search import mutation
+from meta_train.search.fitness import FitnessSpec, evaluator
+
+STRATEGIES = ("evolution", "random", "constants")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionSection:
+    """strategy: 'evolution' (the paper's), 'random' (random programs: a baseline) or
+    'constants' (mutate only the seed's constants: the constant-tuning baseline).
+    seed_program: a name from lopt.programs.SEEDS or a path to a program file."""
+
+    strategy: str = "evolution"
+    seed_program: str = "adamw_paper"
+    population: int = 100
+    tournament: int = 2
+    children: int = 32
+    generations: int = 50
+    max_statements: int = 24
+    restart_after: int = 0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelSection:
+    """Re-evaluate the `top` best distinct programs on bigger tasks (stage by stage), promoting
+    only those that beat AdamW tuned over `adamw_lrs` on the same stage."""
+
+    tasks: tuple[str, ...] = ()
+    steps: tuple[int, ...] = ()
+    top: int = 5
+    adamw_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRunSection:
+    output_dir: str = "runs/search"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    search: EvolutionSection = EvolutionSection()
+    fitness: FitnessSpec = FitnessSpec()
+    funnel: FunnelSection = FunnelSection()
+    run: SearchRunSection = SearchRunSection()
+
+    def __post_init__(self) -> None:
+        s = self.search
+        if s.strategy not in STRATEGIES:
+            raise ConfigError(f"search.strategy: unknown {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if s.population < s.tournament or s.tournament < 1 or s.children < 1 or s.generations < 0:
+            raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
+        if s.children > s.population:
+            raise ConfigError("search.children must not exceed search.population (age-based removal)")
+        if self.fitness.length < s.max_statements:
+            raise ConfigError("fitness.length must be at least search.max_statements")
+        if len(self.funnel.tasks) != len(self.funnel.steps):
+            raise ConfigError("funnel.tasks and funnel.steps must have the same length")
+
+    def seed_program_text(self) -> str:
+        name = self.search.seed_program
+        if name in SEEDS:
+            return format_program(seed(name))
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"search.seed_program: {name!r} is neither a seed ({', '.join(SEEDS)}) nor a file")
+        return format_program(parse(path.read_text()))
+
+
+@dataclasses.dataclass
+class Member:
+    id: int
+    text: str
+    fitness: float
+    born: int
+
+
+def _json_float(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+class Search:
+    """A search job in a directory (fresh or resumed)."""
+
+    def __init__(self, config: SearchConfig, *, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.dir = Path(config.run.output_dir)
+        self.progress = progress
+        self.evaluate = evaluator(config.fitness)
+        self.structural: dict[str, float] = {}
+        self.functional: dict[str, float] = {}
+        config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+        if resume:
+            saved = self.dir / "config.json"
+            if not saved.is_file():
+                raise ConfigError(f"{self.dir}: no search to resume (config.json missing)")
+            if json.loads(saved.read_text()) != json.loads(config_json):
+                raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
+            self._load()
+        else:
+            if (self.dir / "state.json").exists():
+                raise ConfigError(f"{self.dir} already holds a search; resume it with `lopt search --resume {self.dir}`")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.dir / "config.json", config_json)
+            (self.dir / "log.jsonl").write_text("")
+            (self.dir / "cache.jsonl").write_text("")
+            self._start()
+
+    # -- persistence ------------------------------------------------------------------------
+    def _start(self) -> None:
+        text = self.config.seed_program_text()
+        graph = check(parse(text), self.config.search.max_statements)
+        (fitness,), _ = self._score([graph])
+        self.seed_fitness = fitness
+        self.population = [Member(i, text, fitness, 0) for i in range(self.config.search.population)]
+        self.next_id = len(self.population)
+        self.generation = 0
+        self.best = Member(0, text, fitness, 0)
+        self.since_improvement = 0
+        self.restarts = 0
+        self.counters = {"children": 0, "trained": 0, "structural_hits": 0, "functional_hits": 0,
+                         "rejected": 0, "mutation_tries": 0, "seconds": 0.0}
+        self._log([{"generation": 0, "id": 0, "parent": None, "mutation": "seed", "text": text,
+                    "structural": structural_hash(graph), "fitness": _json_float(fitness), "scored": "trained"}])
+        self._save()
+
+    def _save(self) -> None:
+        state = {
+            "generation": self.generation, "next_id": self.next_id, "seed_fitness": _json_float(self.seed_fitness),
+            "best": dataclasses.asdict(self.best) | {"fitness": _json_float(self.best.fitness)},
+            "since_improvement": self.since_improvement, "restarts": self.restarts, "counters": self.counters,
+            "population": [dataclasses.asdict(m) | {"fitness": _json_float(m.fitness)} for m in self.population],
+        }
+        _atomic_write(self.dir / "state.json", json.dumps(state))
+
+    def _load(self) -> None:
+        state = json.loads((self.dir / "state.json").read_text())
+        inf = lambda x: float("inf") if x is None else x  # noqa: E731
+        self.generation, self.next_id = state["generation"], state["next_id"]
+        self.seed_fitness = inf(state["seed_fitness"])
+        self.best = Member(**(state["best"] | {"fitness": inf(state["best"]["fitness"])}))
+        self.since_improvement, self.restarts = state["since_improvement"], state["restarts"]
+        self.counters = state["counters"]
+        self.population = [Member(**(m | {"fitness": inf(m["fitness"])})) for m in state["population"]]
+        log = self.dir / "log.jsonl"
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by the kill
+            if entry["generation"] > self.generation:
+                break
+            kept.append(line)
+        _atomic_write(log, "".join(line + "\n" for line in kept))
+        for line in (self.dir / "cache.jsonl").read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            fitness = inf(entry["fitness"])
+            self.structural[entry["structural"]] = fitness
+            if entry.get("functional"):
+                self.functional[entry["functional"]] = fitness
+
+    def _log(self, entries: list[dict[str, Any]]) -> None:
+        with open(self.dir / "log.jsonl", "a") as f:
+            for entry in entries:
+                f.write(json.dumps(entry) + "\n")
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _score(self, graphs: list[Graph]) -> tuple[list[float], list[str]]:
+        """Fitness of each graph through the three filters; also how each was scored."""
+        hashes = [structural_hash(g) for g in graphs]
+        fitness: list[float | None] = [self.structural.get(h) for h in hashes]
+        how = ["structural" if f is not None else "" for f in fitness]
+        pending = [i for i, f in enumerate(fitness) if f is None]
+        first = {}
+        for i in pending:
+            first.setdefault(hashes[i], i)
+        unique = sorted(first.values())
+        probes = functional_hashes([graphs[i] for i in unique])
+        train, functional_of = [], {}
+        for i, (fhash, finite) in zip(unique, probes):
+            functional_of[i] = fhash
+            if fhash in self.functional:
+                fitness[i], how[i] = self.functional[fhash], "functional"
+            elif not finite:
+                fitness[i], how[i] = float("inf"), "rejected"
+            else:
+                train.append(i)
+        if train:
+            for i, value in zip(train, self.evaluate([graphs[i] for i in train])):
+                fitness[i], how[i] = float(value), "trained"
+        with open(self.dir / "cache.jsonl", "a") as f:
+            for i in unique:
+                self.structural[hashes[i]] = fitness[i]
+                self.functional.setdefault(functional_of[i], fitness[i])
+                f.write(json.dumps({"structural": hashes[i], "functional": functional_of[i],
+                                    "fitness": _json_float(fitness[i])}) + "\n")
+        for i in pending:
+            if fitness[i] is None:  # a duplicate within this batch
+                fitness[i], how[i] = fitness[first[hashes[i]]], "structural"
+        return [float(f) for f in fitness], how
+
+    # -- evolution ----------------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        """One generation; returns its statistics."""
+        s = self.config.search
+        self.generation += 1
+        start = time.perf_counter()
+        rng = np.random.default_rng([s.seed, self.generation])
+        children, graphs = [], []
+        for _ in range(s.children):
+            if s.strategy == "random":
+                program, graph = mutation.random_program(rng, s.max_statements - 1)
+                parent, description, tries = None, "random", 1
+            else:
+                picks = rng.choice(len(self.population), size=s.tournament, replace=False)
+                winner = min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born))
+                mode = "constants" if s.strategy == "constants" else "all"
+                program, description, graph, tries = mutation.mutate(parse(winner.text), rng, mode, s.max_statements)
+                parent = winner.id
+            self.counters["mutation_tries"] += tries
+            children.append((parent, description, format_program(program)))
+            graphs.append(graph)
+        scores, how = self._score(graphs)
+        entries, new_members = [], []
+        for (parent, description, text), graph, fitness, scored in zip(children, graphs, scores, how):
+            member = Member(self.next_id, text, fitness, self.generation)
+            self.next_id += 1
+            new_members.append(member)
+            entries.append({"generation": self.generation, "id": member.id, "parent": parent, "mutation": description,
+                            "text": text, "structural": structural_hash(graph), "fitness": _json_float(fitness),
+                            "scored": scored})
+            self.counters["children"] += 1
+            key = {"trained": "trained", "structural": "structural_hits", "functional": "functional_hits",
+                   "rejected": "rejected"}[scored]
+            self.counters[key] += 1
+        self.population = self.population[len(new_members):] + new_members
+        improved = min(new_members, key=lambda m: m.fitness)
+        if improved.fitness < self.best.fitness:
+            self.best, self.since_improvement = improved, 0
+        else:
+            self.since_improvement += 1
+        restarted = None
+        if s.restart_after and self.since_improvement >= s.restart_after:
+            restarted = "seed" if self.restarts % 2 == 0 else "best"
+            source = Member(-1, self.config.seed_program_text(), self.seed_fitness, self.generation) if restarted == "seed" else self.best
+            self.population = [Member(self.next_id + i, source.text, source.fitness, self.generation) for i in range(s.population)]
+            self.next_id += s.population
+            self.restarts += 1
+            self.since_improvement = 0
+        self._log(entries)
+        seconds = time.perf_counter() - start
+        self.counters["seconds"] += seconds
+        self._save()
+        return {"generation": self.generation, "best": self.best.fitness, "seconds": seconds, "restart": restarted}
+
+    def statistics(self) -> dict[str, float]:
+        c = self.counters
+        children = max(c["children"], 1)
+        return {
+            "programs_per_second": c["children"] / max(c["seconds"], 1e-9),
+            "trained_per_second": c["trained"] / max(c["seconds"], 1e-9),
+            "cache_hit_rate": (c["structural_hits"] + c["functional_hits"]) / children,
+            "rejected_rate": c["rejected"] / children,
+            "children": c["children"],
+            "trained": c["trained"],
+        }
+
+    def run(self) -> Member:
+        """Run the remaining generations (with a progress bar); returns the best member."""
+        remaining = self.config.search.generations - self.generation
+        bar = tqdm(total=self.config.search.generations, initial=self.generation, desc="lopt search",
+                   unit="gen", disable=not self.progress, dynamic_ncols=True)
+        for _ in range(max(remaining, 0)):
+            self.step()
+            stats = self.statistics()
+            bar.update(1)
+            bar.set_postfix(best=f"{self.best.fitness:.4f}", seed=f"{self.seed_fitness:.4f}",
+                            progs_s=f"{stats['programs_per_second']:.1f}", hits=f"{stats['cache_hit_rate']:.0%}")
+        bar.close()
+        return self.best
+
+
+def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
+    """The best distinct programs (by structural hash) in a search's log, best first."""
+    log = Path(directory) / "log.jsonl"
+    if not log.is_file():
+        raise ConfigError(f"{directory}: no search log (log.jsonl)")
+    best: dict[str, dict[str, Any]] = {}
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry["fitness"] is None:
+            continue
+        known = best.get(entry["structural"])
+        if known is None or entry["id"] < known["id"]:
+            best[entry["structural"]] = entry
+    return sorted(best.values(), key=lambda e: e["fitness"])[:count]
+
+
+def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -> list[dict[str, Any]]:
+    """Re-evaluate program texts stage by stage against tuned AdamW; a program reaches the next
+    stage only if it beats AdamW on this one. Returns one record per program."""
+    records = [{"text": text, "stages": [], "promoted": True} for text in candidates]
+    adamw = check(seed("adamw"))
+    for task, steps in zip(config.funnel.tasks, config.funnel.steps):
+        alive = [r for r in records if r["promoted"]]
+        if not alive:
+            break
+        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps)
+        reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
+        scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
+        for record, value in zip(alive, scores):
+            beats = bool(value < reference)
+            record["stages"].append({"task": task, "steps": steps, "fitness": _json_float(value),
+                                     "adamw_fitness": _json_float(reference), "beats_adamw": beats})
+            record["promoted"] = beats
+        if progress:
+            print(f"funnel {task} ({steps} steps): {sum(r['promoted'] for r in alive)}/{len(alive)} beat tuned AdamW "
+                  f"(fitness {reference:.4f})")
+    return records
+
+
+def load_search_config(path: str | Path, overrides: list[str] = ()) -> SearchConfig:
+    from lopt.config import load_config
+
+    return load_config(SearchConfig, path, overrides)
+
+
+def config_from_dir(directory: str | Path) -> SearchConfig:
+    saved = Path(directory) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"{directory}: no search to resume (config.json missing)")
+    return from_dict(SearchConfig, json.loads(saved.read_text()), where=str(saved))
+
+
+def simplified_text(text: str) -> str:
+    """The program after dead-code elimination, with generated names."""
+    return format_program(from_graph(check(parse(text))))
