@@ -104,7 +104,8 @@ def _search(args: argparse.Namespace) -> int:
           f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained, "
           f"{stats['programs_per_second']:.1f} programs/s, cache hit rate {stats['cache_hit_rate']:.1%}, "
           f"rejected by the probe {stats['rejected_rate']:.1%}")
-    simplified, notes = simplify(parse(best.text), fitness=evaluator(config.fitness), tolerance=args.tolerance)
+    fitness = evaluator(config.fitness) if not args.no_ablate else None
+    simplified, notes = simplify(parse(best.text), fitness=fitness, tolerance=args.tolerance)
     (output / "best.txt").write_text(format_program(simplified))
     print("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
     print(format_program(simplified))
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", metavar="DIR", help="continue the search in DIR after an interruption")
     search.add_argument("-n", type=int, default=10, help="with `top`: how many programs")
     search.add_argument("--tolerance", type=float, default=0.01, help="ablation tolerance of the final simplification")
+    search.add_argument("--no-ablate", action="store_true", help="simplify the best program without ablation runs")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.set_defaults(handler=_search)

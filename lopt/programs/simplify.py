@@ -7,8 +7,8 @@ the same steps automatically):
    replaced by one of its arguments, or by sign / abs / negative of one (this turns m/sqrt(m·m)
    into sign(m));
 4. ablation (when a fitness function is given): bypass a statement — its uses read its first
-   node argument instead — whenever fitness worsens by at most `tolerance` (this removes the
-   raw program's clip and arcsin).
+   node argument instead — whenever fitness worsens by less than `tolerance` (this removes the
+   raw program's clip and arcsin); tolerance 0 accepts only strict improvements.
 
 Every step returns a graph that passes `analysis.check`.
 """
@@ -101,7 +101,7 @@ def rewrite_equivalences(graph: Graph) -> tuple[Graph, list[str]]:
 
 
 def ablate(graph: Graph, fitness: FitnessFn, tolerance: float) -> tuple[Graph, list[str]]:
-    """Bypass statements while fitness worsens by at most `tolerance` (greedy, best first)."""
+    """Bypass statements while fitness worsens by less than `tolerance` (greedy, best first)."""
     notes = []
     current = float(fitness([graph])[0])
     while True:
@@ -119,7 +119,7 @@ def ablate(graph: Graph, fitness: FitnessFn, tolerance: float) -> tuple[Graph, l
             return graph, notes
         scores = fitness([g for _, g in candidates])
         best = int(np.argmin(scores))
-        if not scores[best] <= current + tolerance:
+        if not scores[best] < current + tolerance:
             return graph, notes
         description, graph = candidates[best]
         notes.append(f"ablated: {description} (fitness {current:.4f} -> {float(scores[best]):.4f})")

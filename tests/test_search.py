@@ -1,0 +1,186 @@
+"""Program search: mutations, evolution with caches, determinism and resume, funnel,
+simplifier, and the `lopt search` / `lopt program` commands."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from lopt.cli import main
+from lopt.config import ConfigError, from_dict
+from lopt.programs import check, format_program, parse, seed, structural_hash
+from lopt.programs.analysis import to_graph
+from lopt.programs.simplify import simplify
+from meta_train.search import mutation
+from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, score
+from meta_train.search.job import Search, SearchConfig, funnel, top
+
+TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
+                "eval_batches": 1, "length": 16, "batch": 4}
+
+
+def tiny_config(tmp_path, **search):
+    data = {"search": {"population": 6, "tournament": 2, "children": 4, "generations": 2, "max_statements": 16,
+                       **search},
+            "fitness": TINY_FITNESS, "run": {"output_dir": str(tmp_path / "search")}}
+    return from_dict(SearchConfig, data)
+
+
+def test_mutations_give_valid_new_children():
+    rng = np.random.default_rng(0)
+    parent = seed("adamw_paper")
+    kinds = set()
+    for _ in range(60):
+        child, description, graph, tries = mutation.mutate(parent, rng, "all", 16)
+        assert structural_hash(child) != structural_hash(parent)
+        assert check(parse(format_program(child)))  # valid through the text
+        kinds.add(description.split()[0])
+        parent = child
+    assert kinds == {"insert", "delete", "modify"}
+
+
+def test_constant_mutation_changes_only_constants():
+    rng = np.random.default_rng(1)
+    parent = seed("adamw_paper")
+    for _ in range(10):
+        child, description, _, _ = mutation.mutate(parent, rng, "constants", 16)
+        assert description.startswith("constant")
+        assert [(s.target, s.op) for s in child.statements] == [(s.target, s.op) for s in parent.statements]
+
+
+def test_random_programs_are_valid():
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        program, graph = mutation.random_program(rng, 8)
+        assert check(program) == graph
+
+
+def test_score_takes_the_best_lr_of_the_seed_median_and_rejects_non_finite():
+    losses = np.array([[[[1.0, 2.0, 9.0], [0.5, 0.4, 0.6]]], [[[np.nan, 1.0, 1.0], [np.inf, 1.0, 1.0]]]])
+    np.testing.assert_allclose(score(losses)[0], np.log(0.5))
+    np.testing.assert_allclose(score(losses)[1], np.log(1.0))
+    assert score(np.full((1, 1, 2, 3), np.nan))[0] == np.inf
+
+
+def test_batched_and_per_program_jit_evaluators_agree():
+    spec = FitnessSpec(**{**TINY_FITNESS, "tasks": ("quadratic-10-cond100",), "lr_multipliers": (1.0, 3.0)})
+    graphs = [check(seed("adamw_paper")), check(seed("lion_raw"))]
+    np.testing.assert_allclose(BatchedEvaluator(spec).losses(graphs), JitEvaluator(spec).losses(graphs), rtol=2e-3)
+
+
+def test_search_is_deterministic_and_resumes_exactly(tmp_path):
+    straight = Search(tiny_config(tmp_path / "a"), progress=False)
+    straight.run()
+    interrupted = Search(dataclasses.replace(tiny_config(tmp_path / "b")), progress=False)
+    interrupted.step()  # then "killed": a half-written log line is left behind
+    with open(tmp_path / "b" / "search" / "log.jsonl", "a") as f:
+        f.write('{"generation": 2, "id": 99, "text": "cut')
+    resumed = Search(tiny_config(tmp_path / "b"), resume=True, progress=False)
+    assert resumed.generation == 1
+    resumed.run()
+    read = lambda p: [json.loads(line) for line in (p / "search" / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda entries: [{k: v for k, v in e.items() if k != "scored"} for e in entries]  # noqa: E731
+    assert strip(read(tmp_path / "a")) == strip(read(tmp_path / "b"))
+    assert straight.best.fitness == resumed.best.fitness
+    with pytest.raises(ConfigError, match="already holds a search"):
+        Search(tiny_config(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="differs"):
+        Search(tiny_config(tmp_path / "a", tournament=3), resume=True, progress=False)
+
+
+def test_search_from_adamw_improves_on_the_seed_within_a_ci_budget(tmp_path):
+    """The embedded proxy: an MLP on digits, 60 steps, with the seed's lr input at 0.3 (its
+    step size is then too small for so short a run, which a CI-sized search can fix)."""
+    config = from_dict(SearchConfig, {
+        "search": {"population": 8, "tournament": 2, "children": 6, "generations": 3, "max_statements": 16},
+        "fitness": {**TINY_FITNESS, "tasks": ["digits-mlp-relu32"], "steps": 60, "lr_multipliers": [0.3]},
+        "run": {"output_dir": str(tmp_path / "search")},
+    })
+    search = Search(config, progress=False)
+    best = search.run()
+    assert best.fitness < search.seed_fitness
+    stats = search.statistics()
+    assert stats["children"] == 18 and 0 <= stats["cache_hit_rate"] <= 1
+    entries = top(tmp_path / "search", 3)
+    assert entries[0]["fitness"] == pytest.approx(best.fitness)
+    assert [e["fitness"] for e in entries] == sorted(e["fitness"] for e in entries)
+
+
+def test_cache_answers_renamed_duplicates_without_training(tmp_path):
+    search = Search(tiny_config(tmp_path), progress=False)
+    trained = search.counters["trained"] if "trained" in search.counters else 0
+    renamed = parse(str(seed("adamw_paper")).replace("sqrt_v", "root"))
+    scores, how = search._score([check(renamed)])
+    assert how == ["structural"] and scores[0] == search.seed_fitness
+    assert search.counters["trained"] == trained
+
+
+def test_funnel_promotes_only_programs_that_beat_tuned_adamw(tmp_path):
+    config = dataclasses.replace(
+        tiny_config(tmp_path), funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)))
+    diverging = "def train(w, g, m, v, lr):\n  update = g * 1000.0\n  return update, m, v\n"
+    records = funnel(config, [format_program(seed("adamw")), diverging], progress=False)
+    assert records[1]["promoted"] is False and records[1]["stages"][0]["fitness"] is None
+    assert records[0]["stages"][0]["adamw_fitness"] is not None
+
+
+def test_simplifier_removes_dead_code_and_finds_sign():
+    program, notes = simplify(seed("lion_raw"))
+    text = format_program(program)
+    assert "cosh" not in text and "sign(" in text and "sqrt" not in text
+    assert any("dead code" in n for n in notes) and any("sign" in n for n in notes)
+    assert len(program.statements) == 9  # 12 - cosh (dead) - m*m and sqrt (m/sqrt(m*m) -> sign(m))
+
+
+def test_ablation_bypasses_statements_within_tolerance():
+    """With a fitness that only counts clip/arcsin statements, ablation removes exactly those."""
+    def fitness(graphs):
+        return np.array([sum(op in ("clip", "arcsin") for op, _ in g.nodes) * 1.0 for g in graphs])
+
+    program, notes = simplify(seed("lion_raw"), fitness=fitness, tolerance=0.0)
+    ops = [s.op for s in program.statements]
+    assert "clip" not in ops and "arcsin" not in ops and "sign" in ops
+    assert sum("ablated" in n for n in notes) == 2
+
+
+def test_search_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="populaton"):
+        from_dict(SearchConfig, {"search": {"populaton": 10}})
+    with pytest.raises(ConfigError, match="strategy"):
+        from_dict(SearchConfig, {"search": {"strategy": "annealing"}})
+
+
+def test_program_commands(tmp_path, capsys):
+    source = tmp_path / "lion_raw.txt"
+    source.write_text(format_program(seed("lion_raw")))
+    assert main(["program", "check", str(source)]) == 0
+    assert "8% redundant" in capsys.readouterr().out
+    assert main(["program", "simplify", str(source)]) == 0
+    assert "sign(" in capsys.readouterr().out
+    assert main(["program", "export", str(source), str(tmp_path / "exported"), "--learning-rate", "1.0"]) == 0
+    import lopt
+
+    assert lopt.read_manifest(tmp_path / "exported")["kind"] == "program"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("def train(w, g, m, v, lr):\n  a = sqr(g)\n  return a, m, v\n")
+    assert main(["program", "check", str(bad)]) == 2
+    assert "line 2: unknown function 'sqr'" in capsys.readouterr().err
+
+
+def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
+    config = tmp_path / "search.toml"
+    config.write_text(
+        "[search]\npopulation = 6\nchildren = 4\ngenerations = 1\nmax_statements = 16\n"
+        "[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = 30\nseeds = 1\nlr_multipliers = [1.0]\n"
+        f"eval_batches = 1\nlength = 16\nbatch = 4\n[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
+    )
+    assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
+    out = capsys.readouterr().out
+    assert "programs/s" in out and "cache hit rate" in out
+    assert (tmp_path / "run" / "best.txt").is_file()
+    assert main(["search", "--resume", str(tmp_path / "run"), "--quiet", "--no-ablate"]) == 0
+    assert main(["search", "top", str(tmp_path / "run"), "-n", "2"]) == 0
+    assert "#1  fitness" in capsys.readouterr().out
+    assert main(["search", str(config), "--quiet"]) == 2  # refuses to overwrite
+    assert to_graph(parse((tmp_path / "run" / "best.txt").read_text()))
