@@ -7,6 +7,7 @@ table reports each one's median time per step, its ratio to adam measured in the
 compile time and optimizer-state memory.
 
     python benchmarks/lopt_overhead.py --sizes 1M,10M
+    python benchmarks/lopt_overhead.py --sizes 1M --optimizers "" --checkpoint checkpoints/<name> --baselines lion
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import json
 import statistics
 import time
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import optax
 
+import lopt
 from lopt.learned import VeLOOptimizer, factored_mlp, small_mlp
 
 
@@ -44,7 +48,8 @@ def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
     raise ValueError(f"unknown size {size!r}; valid: 1M, 10M, 124M")
 
 
-def optimizers(names: list[str], num_steps: int, widths: list[int]) -> dict[str, optax.GradientTransformationExtraArgs]:
+def optimizers(names: list[str], num_steps: int, widths: list[int], checkpoints: tuple[str, ...] = (),
+               baselines: tuple[str, ...] = ()) -> dict[str, optax.GradientTransformationExtraArgs]:
     """adam plus the learned optimizers at their literature sizes (random theta: cost, not quality),
     and small_mlp at each extra hidden width in `widths` (to see how cost scales with width)."""
     key = jax.random.key(0)
@@ -59,6 +64,10 @@ def optimizers(names: list[str], num_steps: int, widths: list[int]) -> dict[str,
     for name, meta in metas.items():
         if "width" in name or any(name.startswith(n) and (("unfused" in name) == ("unfused" in n)) for n in names):
             chosen[name] = meta.transform(meta.init_meta(key), num_steps=num_steps)
+    for name in baselines:
+        chosen[name] = lopt.baselines.get(name)
+    for path in checkpoints:
+        chosen[f"checkpoint {Path(path).name}"] = lopt.load(path, num_steps=num_steps)
     return chosen
 
 
@@ -66,14 +75,15 @@ def tree_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def benchmark(size: str, names: list[str], reps: int, steps: int, widths: list[int]) -> list[dict]:
+def benchmark(size: str, names: list[str], reps: int, steps: int, widths: list[int],
+              checkpoints: tuple[str, ...] = (), baselines: tuple[str, ...] = ()) -> list[dict]:
     shapes = parameter_shapes(size)
     keys = jax.random.split(jax.random.key(1), len(shapes))
     params = {k: 0.02 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(keys, shapes.items())}
     grads = {k: 0.01 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(jax.random.split(keys[0], len(shapes)), shapes.items())}
     count = sum(p.size for p in params.values())
     rows, runners = [], {}
-    for name, opt in optimizers(names, 10_000, widths).items():
+    for name, opt in optimizers(names, 10_000, widths, checkpoints, baselines).items():
         def step(params, state, grads, opt=opt):
             updates, state = opt.update(grads, state, params, loss=jnp.float32(1.0))
             return optax.apply_updates(params, updates), state
@@ -110,6 +120,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1M,10M")
     parser.add_argument("--optimizers", default="small_mlp,factored_mlp,velo")
     parser.add_argument("--widths", default="", help="extra small_mlp hidden widths, e.g. 4,8,16")
+    parser.add_argument("--checkpoint", action="append", default=[], help="also time a saved optimizer (repeatable)")
+    parser.add_argument("--baselines", default="", help="also time these lopt.baselines entries, e.g. lion,adamw")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -121,7 +133,9 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         widths = [int(w) for w in args.widths.split(",") if w]
-        for row in benchmark(size, args.optimizers.split(","), args.reps, args.steps, widths):
+        extra = tuple(b for b in args.baselines.split(",") if b)
+        for row in benchmark(size, [n for n in args.optimizers.split(",") if n], args.reps, args.steps, widths,
+                             tuple(args.checkpoint), extra):
             rows.append(row)
             print(f"| {row['size']} ({row['parameters'] / 1e6:.1f}M) | {row['optimizer']} | {row['median_ms']:.3f} | "
                   f"{row['ratio_to_adam']:.2f} | {row['compile_s']:.1f} | {row['state_mb']:.1f} |", flush=True)

@@ -63,13 +63,26 @@ def fixed_lr_candidate(baseline: Baseline, learning_rate: float) -> Candidate:
     )
 
 
+PROGRAM_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
+
+
 def learned_candidate(path: str, num_steps: int, name: str | None = None) -> Candidate:
-    """A saved learned optimizer: no learning-rate tuning (a one-point grid), told the run length."""
+    """A saved learned optimizer: no learning-rate tuning (a one-point grid), told the run length.
+
+    A found program (kind 'program') is a hand-designed-like optimizer whose `lr` input is its
+    learning rate, so it is tuned like the baselines: its saved LR times 0.1 .. 10."""
     manifest = lopt.read_manifest(path)
     meta_optimizer, theta = lopt.load_meta(path)
     fingerprint = json.dumps({"kind": manifest["kind"], "arrays": [a["sha256"] for a in manifest["arrays"]]})
     where = Path(path).absolute()
     label = name or f"learned:{where.parent.name if where.name == 'optimizer' else where.name}"
+    if manifest["kind"] == "program":
+        fingerprint = json.dumps({"kind": "program", "text": manifest["config"]["text"], "theta": fingerprint})
+        return Candidate(
+            name=f"program:{where.name}" if name is None else name,
+            make=lambda lr: meta_optimizer.transform({**theta, "learning_rate": theta["learning_rate"] * lr}),
+            lr_grid=PROGRAM_LR_GRID, fingerprint=fingerprint, tuned=True,
+        )
     return Candidate(
         name=label, make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
         lr_grid=(1.0,), fingerprint=fingerprint, tuned=False,

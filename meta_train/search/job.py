@@ -53,7 +53,9 @@ STRATEGIES = ("evolution", "random", "constants")
 class EvolutionSection:
     """strategy: 'evolution' (the paper's), 'random' (random programs: a baseline) or
     'constants' (mutate only the seed's constants: the constant-tuning baseline).
-    seed_program: a name from lopt.programs.SEEDS or a path to a program file."""
+    seed_program: a name from lopt.programs.SEEDS or a path to a program file.
+    max_seconds: stop at the first generation boundary after this much time in this process
+    (0: no limit); `lopt search --resume` continues exactly where it stopped."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"
@@ -64,6 +66,7 @@ class EvolutionSection:
     max_statements: int = 24
     restart_after: int = 0
     seed: int = 0
+    max_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +329,11 @@ class Search:
         remaining = self.config.search.generations - self.generation
         bar = tqdm(total=self.config.search.generations, initial=self.generation, desc="lopt search",
                    unit="gen", disable=not self.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        limit = self.config.search.max_seconds
         for _ in range(max(remaining, 0)):
+            if limit and time.perf_counter() - start > limit:
+                break
             self.step()
             stats = self.statistics()
             bar.update(1)
@@ -364,7 +371,7 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
         alive = [r for r in records if r["promoted"]]
         if not alive:
             break
-        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps)
+        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps, interpreter="jit")  # few programs
         reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
         scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
         for record, value in zip(alive, scores):
