@@ -12,7 +12,6 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from tasks.base import TaskSpec, check_split
 from tasks.datasets import ClassificationData, TextData, load
@@ -75,8 +74,12 @@ class RosenbrockSpec(TaskSpec):
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy of integer labels."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    """Mean softmax cross-entropy of integer labels, through `jax.nn.log_softmax` (which
+    subtracts the max logit first). optax.softmax_cross_entropy_with_integer_labels computes
+    logsumexp(x) − x_y, which returns exactly 0 when every logit is shifted by ~1e14 (float32
+    absorbs the log-sum); program search found and exploited that."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1).mean()
 
 
 @jax.tree_util.register_dataclass

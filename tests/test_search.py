@@ -69,6 +69,14 @@ def test_batched_and_per_program_jit_evaluators_agree():
     np.testing.assert_allclose(BatchedEvaluator(spec).losses(graphs), JitEvaluator(spec).losses(graphs), rtol=2e-3)
 
 
+def test_fitness_rejects_runs_that_blow_the_weights_up():
+    """An evolved exploit: shift every weight by ~1e14 so a float32 cross-entropy reads 0."""
+    exploit = check(parse("def train(w, g, m, v, lr):\n  a = g / g\n  b = a + 5e15\n  update = b * 0.04\n  return update, m, v\n"))
+    spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=5, seeds=1, lr_multipliers=(1.0,), eval_batches=1)
+    assert JitEvaluator(spec)([exploit])[0] == np.inf
+    assert BatchedEvaluator(dataclasses.replace(spec, batch=1))([exploit])[0] == np.inf
+
+
 def test_search_is_deterministic_and_resumes_exactly(tmp_path):
     straight = Search(tiny_config(tmp_path / "a"), progress=False)
     straight.run()

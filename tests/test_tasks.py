@@ -105,3 +105,14 @@ def test_bad_names_list_valid_ones():
         tasks.build(tasks.MLPSpec(dataset="imagenet"))
     with pytest.raises(ValueError, match="must divide"):
         train(tasks.get_task("rosenbrock-2"), optax.sgd(1e-3), jax.random.key(0), num_steps=10, eval_every=3)
+
+
+def test_cross_entropy_survives_huge_uniform_logit_shifts():
+    """All logits equal at -2.2e14 is a uniform prediction: loss log(10), not 0."""
+    from tasks.tasks import softmax_cross_entropy
+
+    loss = softmax_cross_entropy(jnp.full((3, 10), -2.2e14), jnp.array([0, 4, 9]))
+    np.testing.assert_allclose(loss, np.log(10.0), rtol=1e-6)
+    logits = jnp.array([[2.0, -1.0, 0.5]])
+    expected = -np.log(np.exp(2.0) / np.exp([2.0, -1.0, 0.5]).sum())
+    np.testing.assert_allclose(softmax_cross_entropy(logits, jnp.array([0])), expected, rtol=1e-6)

@@ -92,8 +92,10 @@ def rewrite_equivalences(graph: Graph) -> tuple[Graph, list[str]]:
         if not candidates:
             return graph, notes
         hashes = functional_hashes([graph] + [g for _, g in candidates])
-        target = hashes[0][0]
-        matches = [(len(g.nodes), d, g) for (d, g), (h, _) in zip(candidates, hashes[1:]) if h == target]
+        target, finite = hashes[0]
+        if not finite:  # non-finite probe values make every such program look alike
+            return graph, notes
+        matches = [(len(g.nodes), d, g) for (d, g), (h, ok) in zip(candidates, hashes[1:]) if h == target and ok]
         if not matches:
             return graph, notes
         _, description, graph = min(matches, key=lambda x: x[0])

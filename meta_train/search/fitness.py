@@ -6,7 +6,9 @@ grid of learning-rate multipliers, and score by held-out loss.
 
 The best multiplier absorbs a wrongly scaled constant and the median over seeds resists a
 lucky run (program-search.md: "score by the best LR and the median over seeds"). A run whose
-loss is not finite scores +inf.
+loss is not finite, or whose parameters end larger than `max_param_abs` in magnitude, scores
++inf (an evolved program that blows the weights up to ~1e14 can otherwise drive a float32 loss
+to exactly zero; the guard rejects such runs as diverged).
 
 Two evaluators with identical numbers: "batched" runs the whole population as data through one
 compiled interpreter (`lopt.programs.interpret.run_encoded` under `vmap`); "jit" compiles each
@@ -48,6 +50,7 @@ class FitnessSpec:
     interpreter: str = "auto"
     batch: int = 32
     seed: int = 0
+    max_param_abs: float = 1e4
 
 
 def _keys(spec: FitnessSpec, task_name: str) -> jax.Array:
@@ -105,7 +108,8 @@ class BatchedEvaluator:
             zeros = jnp.zeros_like(params)
             steps = jnp.arange(1, spec.steps + 1, dtype=jnp.float32)
             (params, _, _), _ = jax.lax.scan(step, (params, zeros, zeros), (steps, jax.random.split(train_key, spec.steps)))
-            return evaluate(task, unravel(params), eval_key, spec.eval_batches)
+            loss = evaluate(task, unravel(params), eval_key, spec.eval_batches)
+            return jnp.where(jnp.max(jnp.abs(params)) <= spec.max_param_abs, loss, jnp.inf)
 
         over_seeds = jax.vmap(one_run, in_axes=(None, None, 0))
         over_lrs = jax.vmap(over_seeds, in_axes=(None, 0, None))
@@ -155,7 +159,9 @@ class JitEvaluator:
                 return (jax.tree.map(jnp.add, params, updates), state), None
 
             (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(train_key, spec.steps))
-            return evaluate(task, params, eval_key, spec.eval_batches)
+            loss = evaluate(task, params, eval_key, spec.eval_batches)
+            largest = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)]))
+            return jnp.where(largest <= spec.max_param_abs, loss, jnp.inf)
 
         run = jax.jit(jax.vmap(jax.vmap(one_run, in_axes=(None, 0)), in_axes=(0, None)))
         return np.asarray(run(jnp.asarray(spec.lr_multipliers, jnp.float32), keys))
