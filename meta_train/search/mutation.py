@@ -106,8 +106,13 @@ def validate(program: Program, max_statements: int = DEFAULT_MAX_STATEMENTS) -> 
 
 def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
            max_statements: int = DEFAULT_MAX_STATEMENTS) -> tuple[Program, str, Graph, int]:
-    """A valid child that differs structurally from `parent`: (child, mutation, graph, tries)."""
+    """A valid child that differs structurally from `parent`: (child, mutation, graph, tries).
+
+    A parent whose live part is tiny (most statements dead) may have few new children; after
+    MAX_TRIES the first valid child is returned even if it is structurally the parent (a cache
+    hit, costing no training)."""
     parent_hash = structural_hash(parent)
+    fallback = None
     for tries in range(1, MAX_TRIES + 1):
         child, description = mutate_once(parent, rng, mode, max_statements)
         try:
@@ -116,7 +121,10 @@ def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
             continue
         if structural_hash(graph) != parent_hash:
             return child, description, graph, tries
-    raise MutationError(f"no valid new child after {MAX_TRIES} mutations of\n{format_program(parent)}")
+        fallback = fallback or (child, description, graph)
+    if fallback is None:
+        raise MutationError(f"no valid child after {MAX_TRIES} mutations of\n{format_program(parent)}")
+    return (*fallback, MAX_TRIES)
 
 
 def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False) -> tuple[Program, Graph]:
