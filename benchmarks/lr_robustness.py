@@ -72,9 +72,9 @@ def controller_method(path: str) -> tuple[Callable[[Any], optax.GradientTransfor
     return make, "base learning rate"
 
 
-def decades_within(finals: np.ndarray, target: float) -> float:
-    """Decades of the half-decade grid whose mean final loss is within TOLERANCE of target."""
-    ok = np.isfinite(finals) & (finals <= target * (1 + TOLERANCE))
+def decades_within(finals: np.ndarray, target: float, factor: float = 1 + TOLERANCE) -> float:
+    """Decades of the half-decade grid whose mean final loss is within `factor` of target."""
+    ok = np.isfinite(finals) & (finals <= target * factor)
     return 0.5 * float(ok.sum())
 
 
@@ -106,6 +106,7 @@ def main() -> None:
             entry["methods"][name] = {
                 "varied": varied, "finals": [None if not np.isfinite(v) else float(v) for v in finals],
                 "decades": decades_within(finals, target),
+                "decades_within_2x": decades_within(finals, target, 2.0),
             }
             print(f"{task:24s} {name:24s} decades within 10%: {entry['methods'][name]['decades']:.1f}", flush=True)
         results["tasks"][task] = entry
@@ -124,13 +125,17 @@ def write_table(results: dict[str, Any], path: Path) -> None:
     lines = [
         f"Decades of initial step size (of 6, grid 1e-6..1) within 10% of tuned Adam's final loss; {results['device']}",
         "",
-        "| method | swept | " + " | ".join(tasks) + " | mean |",
-        "|---" * (len(tasks) + 3) + "|",
+        "Cells: decades within 10% (the acceptance metric) / within 2× (a looser view).",
+        "",
+        "| method | swept | " + " | ".join(tasks) + " | mean (10%) | mean (2×) |",
+        "|---" * (len(tasks) + 4) + "|",
     ]
     for name in names:
-        values = [results["tasks"][t]["methods"][name]["decades"] for t in tasks]
-        varied = results["tasks"][tasks[0]]["methods"][name]["varied"]
-        lines.append(f"| {name} | {varied} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {np.mean(values):.2f} |")
+        methods = [results["tasks"][t]["methods"][name] for t in tasks]
+        strict = [m["decades"] for m in methods]
+        loose = [m["decades_within_2x"] for m in methods]
+        cells = " | ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(strict, loose))
+        lines.append(f"| {name} | {methods[0]['varied']} | {cells} | {np.mean(strict):.2f} | {np.mean(loose):.2f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
