@@ -2,7 +2,9 @@
 
 The task families' defaults (`tasks.families`) sample 1-2 hidden layers of width 16-64 and
 conv nets of 1-2 layers; `embedded-ood` holds wider and deeper networks than those, so
-generalisation is measured rather than assumed.
+generalisation is measured rather than assumed. `gpu` adds the conv nets to the out-of-family
+networks: sized for a GPU at 2,000+ steps (TFDS datasets join it via `tfds:<name>` tasks when
+prepared).
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ SUITES: dict[str, tuple[str, ...]] = {
         "pytext-transformer-32x1",
         "quadratic-10-cond100",
         "rosenbrock-2",
+    ),
+    "gpu": (
+        "digits-mlp-relu256x3",
+        "mnist1d-mlp-relu128x4",
+        "digits-conv-16-32",
+        "mnist1d-conv-16-32",
+        "pytext-transformer-64x2",
     ),
     "embedded-ood": (
         "digits-mlp-relu256x3",
