@@ -5,8 +5,8 @@
 """
 
 from lopt import baselines, hypergrad, learned, programs
-from lopt.checkpoint import CheckpointError, load, load_meta, read_manifest, save
+from lopt.checkpoint import CheckpointError, load, load_meta, read_manifest, save, shipped
 from lopt.learned import MetaOptimizer
 
-__all__ = ["baselines", "hypergrad", "learned", "programs", "CheckpointError", "load", "load_meta", "read_manifest", "save", "MetaOptimizer"]
+__all__ = ["baselines", "hypergrad", "learned", "programs", "CheckpointError", "load", "load_meta", "read_manifest", "save", "shipped", "MetaOptimizer"]
 __version__ = "0.1.0"

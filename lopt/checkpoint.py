@@ -111,12 +111,48 @@ def save(
     return path
 
 
+def shipped_dir() -> Path | None:
+    """Where the shipped optimizers live: the installed `lopt.shipped` package data, or the
+    repository's checkpoints/ folder in a source checkout."""
+    import importlib
+
+    try:
+        for entry in importlib.import_module("lopt.shipped").__path__:  # a namespace package
+            if Path(entry).is_dir():
+                return Path(entry)
+    except ModuleNotFoundError:
+        pass
+    local = Path(__file__).resolve().parents[1] / "checkpoints"
+    return local if local.is_dir() else None
+
+
+def shipped() -> list[str]:
+    """Names of the optimizers shipped with lopt (`lopt.load(name)` loads them)."""
+    root = shipped_dir()
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root else []
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory: `path` itself if it exists, else a shipped optimizer named
+    `path` (also accepted as "checkpoints/<name>", the repository path)."""
+    candidate = Path(path)
+    if candidate.exists():
+        return candidate
+    name = candidate.name if candidate.parent.name == "checkpoints" or candidate.parent == Path(".") else None
+    root = shipped_dir()
+    if name and root is not None and (root / name / MANIFEST).is_file():
+        return root / name
+    return candidate
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of checkpoint `path`, validated for format and version."""
-    path = Path(path)
+    """The manifest of checkpoint `path` (a directory or a shipped name), validated for format
+    and version."""
+    path = resolve(path)
     file = path / MANIFEST
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
+        names = ", ".join(shipped()) or "none"
+        raise CheckpointError(f"{path}: no such checkpoint directory (shipped optimizers: {names})")
     if not file.is_file():
         raise CheckpointError(f"{path}: missing {MANIFEST}")
     try:
@@ -158,7 +194,7 @@ def load_meta(path: str | Path) -> tuple[Any, Any]:
     """(meta_optimizer, theta) from checkpoint `path`, for use or for further meta-training."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = resolve(path).absolute()
     manifest = read_manifest(path)
     try:
         meta_optimizer = from_config(manifest["kind"], manifest["config"])
@@ -186,12 +222,14 @@ def load_meta(path: str | Path) -> tuple[Any, Any]:
 
 
 def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
-    """A ready optax transformation from checkpoint `path`.
+    """A ready optax transformation from checkpoint `path` — a directory, or the name of a
+    shipped optimizer (`lopt.shipped()` lists them; "checkpoints/<name>" works too).
 
     num_steps: the length of the training run it will be used for (its progress features read
     step / num_steps); defaults to the length stored at save time. Optimizers that read no
     training progress (found programs: `reads_progress = False`) need none.
     """
+    path = resolve(path)
     meta_optimizer, theta = load_meta(path)
     if num_steps is None:
         num_steps = read_manifest(path).get("num_steps")

@@ -61,7 +61,7 @@ def test_missing_or_broken_manifest(saved):
 
 def test_unknown_kind_and_newer_version(saved):
     edit_manifest(saved, lambda m: m.update(kind="transformer_lopt"))
-    with pytest.raises(CheckpointError, match="unknown learned-optimizer kind 'transformer_lopt'; known kinds: mlp"):
+    with pytest.raises(CheckpointError, match="unknown learned-optimizer kind 'transformer_lopt'; known kinds: lr_controller, mlp, program, velo"):
         lopt.load(saved)
     edit_manifest(saved, lambda m: m.update(kind="mlp", format_version=99))
     with pytest.raises(CheckpointError, match="format version 99 is newer"):
@@ -119,3 +119,20 @@ def test_load_needs_num_steps_when_none_was_stored(tmp_path):
     with pytest.raises(ValueError, match="num_steps"):
         lopt.load(path)
     assert lopt.load(path, num_steps=5) is not None
+
+
+@pytest.mark.parametrize("name", ["small-mlp-pes-h100", "lr-controller-pes-h100", "program-search-h100"])
+def test_shipped_optimizers_load_by_name_and_train(name):
+    """The shipped checkpoints load by name (and as checkpoints/<name>) and take finite steps."""
+    assert name in lopt.shipped()
+    opt = lopt.load(name, num_steps=100)
+    assert lopt.read_manifest(f"checkpoints/{name}")["kind"] in ("mlp", "lr_controller", "program")
+    params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+    state = opt.init(params)
+    updates, _ = opt.update(jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params), state, params, loss=jnp.float32(1.0))
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_unknown_shipped_name_lists_the_shipped_ones():
+    with pytest.raises(lopt.CheckpointError, match="shipped optimizers: .*small-mlp-pes-h100"):
+        lopt.load("no-such-optimizer")
