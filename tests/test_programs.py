@@ -264,3 +264,10 @@ def test_found_program_saves_and_loads_as_an_optimizer(tmp_path):
     (path / "manifest.json").write_text(manifest.replace("sign(c)", "sign(c) +"))
     with pytest.raises(lopt.CheckpointError, match="line"):
         lopt.load(path)
+
+
+def test_only_live_states_take_memory():
+    """Lion keeps one state (half of AdamW's memory, as in the paper); signSGD keeps none."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+    leaves = lambda name: [len(jax.tree.leaves(x)) for x in to_optax(seed(name), 1e-3).init(params)[1:]]  # noqa: E731
+    assert leaves("adamw") == [2, 2] and leaves("lion") == [2, 0] and leaves("signsgd") == [0, 0]

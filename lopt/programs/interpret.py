@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, Graph, check, node_types
+from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, STATE_INDEX, Graph, check, node_types
 from lopt.programs.lang import Const, Program
 from lopt.programs.library import FUNCTIONS, NAMES, OPCODES, SCALAR, TENSOR
 
@@ -103,10 +103,13 @@ def to_optax(program: Program, learning_rate: float | jax.Array = 1.0, *, consta
     graph = check(program)
     if constants is not None:
         graph = substitute_constants(graph, constants)
+    read = {a for _, args in graph.nodes for a in args if isinstance(a, int)} | {graph.outputs[0]}
+    # A state that is never read and never written needs no memory (signSGD, SGD: no state).
+    stored = {s: STATE_INDEX[s] in read or graph.outputs[1 + i] != STATE_INDEX[s] for i, s in enumerate(("m", "v"))}
 
     def init(params):
-        zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-        return ProgramState(jnp.zeros((), jnp.int32), zeros, zeros)
+        zeros = lambda: jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)  # noqa: E731
+        return ProgramState(jnp.zeros((), jnp.int32), zeros() if stored["m"] else (), zeros() if stored["v"] else ())
 
     def update(grads, state, params=None, **extra_args):
         del extra_args
@@ -117,14 +120,17 @@ def to_optax(program: Program, learning_rate: float | jax.Array = 1.0, *, consta
         count = state.count + 1
         inputs = {
             "w": w, "g": [g.astype(jnp.float32) for g in leaves],
-            "m": treedef.flatten_up_to(state.m), "v": treedef.flatten_up_to(state.v),
+            "m": treedef.flatten_up_to(state.m) if stored["m"] else jnp.float32(0.0),
+            "v": treedef.flatten_up_to(state.v) if stored["v"] else jnp.float32(0.0),
             "lr": jnp.asarray(learning_rate, jnp.float32), "t": count.astype(jnp.float32),
         }
         step, m, v = evaluate_graph(graph, inputs)
         shapes = [leaf.shape for leaf in leaves]
         as_tree = lambda x: [jnp.broadcast_to(x[i] if _is_tree(x) else x, s) for i, s in enumerate(shapes)]  # noqa: E731
         updates = [(-u).astype(g.dtype) for u, g in zip(as_tree(step), leaves)]
-        return treedef.unflatten(updates), ProgramState(count, treedef.unflatten(as_tree(m)), treedef.unflatten(as_tree(v)))
+        new_m = treedef.unflatten(as_tree(m)) if stored["m"] else ()
+        new_v = treedef.unflatten(as_tree(v)) if stored["v"] else ()
+        return treedef.unflatten(updates), ProgramState(count, new_m, new_v)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
