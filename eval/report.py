@@ -78,16 +78,26 @@ def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
 
 
 def scores(cells: Sequence[Cell]) -> dict[str, dict[str, float]]:
-    """Aggregates per optimizer: geometric-mean final-loss ratio to tuned adam (lower is better)
-    and the fraction of tasks where it beats tuned adam's mean final train loss."""
+    """Aggregates per optimizer over tasks: geometric-mean final-loss ratio to tuned adam (lower
+    is better); the interquartile mean of that ratio (robust to one outlier task) with a 95%
+    bootstrap interval over tasks; the IQM speedup (tuned adam's steps to its own final loss ÷
+    this optimizer's steps to reach it; 0 where it never does); and the fraction of tasks where
+    it beats tuned adam's mean final train loss."""
     by_task = {c.task: c for c in cells if c.optimizer == REFERENCE}
     result = {}
     for name in dict.fromkeys(c.optimizer for c in cells):
         mine = [c for c in cells if c.optimizer == name and c.task in by_task]
         ratios = np.array([c.final_train_mean / by_task[c.task].final_train_mean for c in mine])
         wins = [c.final_train_mean < by_task[c.task].final_train_mean for c in mine]
+        safe = np.where(np.isfinite(ratios), ratios, np.inf)
+        speedups = np.array([c.speedup_vs_reference or 0.0 for c in mine])
+        low, high = metrics.bootstrap_interval(safe) if mine else (float("nan"), float("nan"))
         result[name] = {
             "loss_ratio_vs_adam": metrics.geometric_mean(ratios) if mine else float("nan"),
+            "loss_ratio_iqm": metrics.iqm(safe) if mine else float("nan"),
+            "loss_ratio_iqm_low": low,
+            "loss_ratio_iqm_high": high,
+            "speedup_iqm": metrics.iqm(speedups) if mine else float("nan"),
             "fraction_beating_adam": float(np.mean(wins)) if mine else float("nan"),
         }
     return result
@@ -108,7 +118,7 @@ def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
     best = {t: min((c.final_train_mean for c in cells if c.task == t and math.isfinite(c.final_train_mean)),
                    default=float("nan")) for t in tasks}
     lines = [f"### {title}", ""] if title else []
-    header = ["optimizer", *tasks, "loss ÷ adam (geo-mean)", "beats adam"]
+    header = ["optimizer", *tasks, "loss ÷ adam (geo-mean)", "loss ÷ adam (IQM, 95% CI)", "speedup (IQM)", "beats adam"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in order:
         row = [name]
@@ -121,13 +131,18 @@ def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
             if cell.final_train_mean == best[task]:
                 text = f"**{text}**"
             row.append(text + (" †" if cell.lr_at_grid_edge else ""))
-        ratio = agg[name]["loss_ratio_vs_adam"]
-        row += [f"{ratio:.3f}" if math.isfinite(ratio) else "—",
-                f"{agg[name]['fraction_beating_adam']:.0%}" if name != REFERENCE else "—"]
+        ratio, a = agg[name]["loss_ratio_vs_adam"], agg[name]
+        interval = (f"{a['loss_ratio_iqm']:.3g} [{a['loss_ratio_iqm_low']:.3g}, {a['loss_ratio_iqm_high']:.3g}]"
+                    if math.isfinite(a["loss_ratio_iqm"]) else "—")
+        row += [f"{ratio:.3f}" if math.isfinite(ratio) else "—", interval,
+                f"{a['speedup_iqm']:.2f}×" if math.isfinite(a["speedup_iqm"]) else "—",
+                f"{a['fraction_beating_adam']:.0%}" if name != REFERENCE else "—"]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Final train loss (mean over the last 10% of steps) at the LR tuned per task on train loss, "
               "mean ± std over seeds; learned optimizers (`learned:`) get no tuning. "
-              "† tuned LR at the edge of its grid."]
+              "† tuned LR at the edge of its grid. IQM: interquartile mean over tasks, bootstrap 95% interval. "
+              "Speedup: steps tuned adam needs to reach its final loss ÷ steps this optimizer needs to reach "
+              "it (0 if never)."]
     return "\n".join(lines)
 
 

@@ -44,6 +44,16 @@ def _sweep(optimizer, curve_scale):
     return Sweep("t", optimizer, np.array([1e-3, 1e-2]), train, np.zeros((2, 2, 0)), 0.0, 0.0)
 
 
+def test_interquartile_mean_and_bootstrap_by_hand():
+    # 8 values: the middle four (25th-75th percentile) are 3, 4, 5, 6.
+    assert metrics.iqm(np.array([100.0, 1, 2, 3, 4, 5, 6, np.inf])) == pytest.approx(4.5)
+    # 5 values: quartile cuts at 1.25 and 3.75 give weights .75, 1, .75 to 2, 3, 4.
+    assert metrics.iqm(np.array([1.0, 2, 3, 4, 5])) == pytest.approx((0.75 * 2 + 3 + 0.75 * 4) / 2.5)
+    assert np.isnan(metrics.iqm(np.array([1.0, np.inf, np.inf])))
+    low, high = metrics.bootstrap_interval(np.array([1.0, 2, 3, 4, 5, 6, 7, 8]))
+    assert low <= metrics.iqm(np.arange(1.0, 9)) <= high and low < high
+
+
 def test_summary_speedup_and_table_by_hand():
     cells = {c.optimizer: c for c in summarise([_sweep("adam", 1.0), _sweep("fast", 0.5)])}
     # adam's tuned final loss: mean over steps 91..100 of 1/t, averaged with the 1.1x seed.
@@ -52,7 +62,8 @@ def test_summary_speedup_and_table_by_hand():
     assert cells["adam"].tuned_lr == 1e-3 and cells["adam"].lr_at_grid_edge
     assert cells["fast"].speedup_vs_reference > 1.5
     table = markdown_table(list(cells.values()))
-    assert "| fast |" in table and "100%" in table
+    assert "| fast |" in table and "100%" in table and "speedup (IQM)" in table
+    assert summarise and "×" in table
 
 
 @pytest.fixture
