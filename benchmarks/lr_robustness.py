@@ -44,9 +44,9 @@ TOLERANCE = 0.10
 DEFAULT_TASKS = ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "digits-conv-16-32")
 
 
-def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], str]]:
-    """name -> (initial step size -> transformation, what the sweep varies)."""
-    return {
+def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], str, str]]:
+    """name -> (initial step size -> transformation, what the sweep varies, cache fingerprint)."""
+    table = {
         "adam": (lambda lr: optax.adam(lr), "learning rate"),
         "sgd_hd": (lambda lr: sgd_hd(lr), "α_0 (β = 1e-3)"),
         "sgdn_hd": (lambda lr: sgdn_hd(lr), "α_0 (β = 1e-3, μ = 0.9)"),
@@ -57,9 +57,10 @@ def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], 
         "dog": (lambda r: optax.contrib.dog(1.0, init_step=("heuristic", r)), "r_ε (relative)"),
         "mechanic": (lambda s: optax.contrib.mechanize(optax.adam(1.0), s_init=s), "s_init"),
     }
+    return {name: (make, varied, f"lr-robustness:{name}") for name, (make, varied) in table.items()}
 
 
-def controller_method(path: str) -> tuple[Callable[[Any], optax.GradientTransformation], str]:
+def controller_method(path: str) -> tuple[Callable[[Any], optax.GradientTransformation], str, str]:
     """A saved LR controller at base learning rate `lr`: the controller's updates are linear in
     its base LR, so scaling its output by lr / base equals rebuilding it at base lr."""
     meta_optimizer, theta = lopt.load_meta(path)
@@ -69,7 +70,8 @@ def controller_method(path: str) -> tuple[Callable[[Any], optax.GradientTransfor
     def make(lr):
         return optax.chain(meta_optimizer.transform(theta, num_steps=num_steps), optax.scale(lr / base))
 
-    return make, "base learning rate"
+    checksums = [entry["sha256"] for entry in lopt.read_manifest(path)["arrays"]]
+    return make, "base learning rate", json.dumps({"controller": checksums})
 
 
 def decades_within(finals: np.ndarray, target: float, factor: float = 1 + TOLERANCE) -> float:
@@ -99,8 +101,8 @@ def main() -> None:
                       num_steps=args.steps, eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
         target = float(np.nanmin(final_loss(tuned.train_loss).mean(axis=1)))
         entry = {"tuned_adam_final": target, "methods": {}}
-        for name, (make, varied) in table.items():
-            result = sweep(task, Candidate(name, make, GRID, f"lr-robustness:{name}"), num_steps=args.steps,
+        for name, (make, varied, fingerprint) in table.items():
+            result = sweep(task, Candidate(name, make, GRID, fingerprint), num_steps=args.steps,
                            eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
             finals = final_loss(result.train_loss).mean(axis=1)
             entry["methods"][name] = {
