@@ -158,12 +158,14 @@ def _program(args: argparse.Namespace) -> int:
             print(f"# {note}")
         print(format_program(simplified), end="")
         return 0
+    import jax
+
     import lopt
 
     if not args.out:
         raise ConfigError("usage: lopt program export FILE OUT")
     meta_optimizer = from_program(program, learning_rate=args.learning_rate)
-    theta = meta_optimizer.init_meta(__import__("jax").random.key(0))
+    theta = meta_optimizer.init_meta(jax.random.key(0))
     written = lopt.save(args.out, meta_optimizer, theta, meta={"source": str(path)}, overwrite=args.overwrite)
     print(f"wrote {written} (load with lopt.load({str(written)!r}))")
     return 0

@@ -117,7 +117,7 @@ def test_search_from_adamw_improves_on_the_seed_within_a_ci_budget(tmp_path):
 
 def test_cache_answers_renamed_duplicates_without_training(tmp_path):
     search = Search(tiny_config(tmp_path), progress=False)
-    trained = search.counters["trained"] if "trained" in search.counters else 0
+    trained = search.counters["trained"]
     renamed = parse(str(seed("adamw_paper")).replace("sqrt_v", "root"))
     scores, how = search._score([check(renamed)])
     assert how == ["structural"] and scores[0] == search.seed_fitness

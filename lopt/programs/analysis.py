@@ -19,7 +19,7 @@ import hashlib
 from typing import Any
 
 from lopt.programs.lang import INPUTS, STEP_INPUT, Const, Program, ProgramError, Statement, Var
-from lopt.programs.library import FUNCTIONS, SCALAR, TENSOR
+from lopt.programs.library import FUNCTIONS, SCALAR, TENSOR, result_type
 
 GRAPH_INPUTS = INPUTS + (STEP_INPUT,)
 INPUT_TYPES = {"w": TENSOR, "g": TENSOR, "m": TENSOR, "v": TENSOR, "lr": SCALAR, "t": SCALAR}
@@ -61,14 +61,8 @@ def node_types(graph: Graph) -> list[str]:
     types = [INPUT_TYPES[name] for name in GRAPH_INPUTS]
     for op, args in graph.nodes:
         arg_types = tuple(types[a] if isinstance(a, int) else SCALAR for a in args)
-        types.append(_result_type(op, arg_types))
+        types.append(result_type(op, arg_types))
     return types
-
-
-def _result_type(op: str, arg_types: tuple[str, ...]) -> str:
-    from lopt.programs.library import result_type
-
-    return result_type(op, arg_types)
 
 
 def _reads(graph: Graph, roots: set[int]) -> set[int]:

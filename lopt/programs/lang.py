@@ -1,16 +1,13 @@
 """Optimizer programs: straight-line code `train(w, g, m, v, lr) -> (update, m, v)` and its text.
 
     def train(w, g, m, v, lr):
-      g2 = square(g)
-      m = interp(g, m, 0.9)
-      v = interp(g2, v, 0.999)
-      sqrt_v = sqrt(v)
-      update = m / sqrt_v
-      wd = w * 0.01
-      update = update + wd
-      lr = lr * 0.001
-      update = update * lr
+      c = interp(g, m, 0.9)
+      direction = sign(c)
+      update = direction * lr
+      m = interp(g, m, 0.99)
       return update, m, v
+
+(Lion without weight decay; `lopt.programs.seeds` holds the full seed programs.)
 
 Inputs: w (parameters), g (gradient), m and v (the two states, zero at the first step), lr (a
 scalar learning-rate input). A program may also declare a sixth input `t`, the 1-based step
