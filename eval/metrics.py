@@ -48,7 +48,9 @@ def tuned_index(train_loss: np.ndarray) -> int:
 def smooth(curve: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average along the last axis (the first steps average what exists)."""
     window = max(1, min(window, curve.shape[-1]))
-    cumulative = np.cumsum(curve, axis=-1)
+    # float64: a float32 running sum of large early losses cancels catastrophically against a
+    # tiny final loss (a curve then never "reaches" its own final value).
+    cumulative = np.cumsum(np.asarray(curve, np.float64), axis=-1)
     shifted = np.concatenate(
         [np.zeros_like(cumulative[..., :window]), cumulative[..., :-window]], axis=-1
     )

@@ -44,6 +44,13 @@ def _sweep(optimizer, curve_scale):
     return Sweep("t", optimizer, np.array([1e-3, 1e-2]), train, np.zeros((2, 2, 0)), 0.0, 0.0)
 
 
+def test_a_curve_reaches_its_own_final_loss_despite_large_early_losses():
+    """Float32 curves from 2.3 down to 1e-4: the smoothed curve meets its final loss by the end."""
+    curve = np.concatenate([np.full(400, 2.3), np.geomspace(2.3, 1e-4, 600)]).astype(np.float32)
+    target = float(metrics.final_loss(curve))
+    assert metrics.steps_to_target(curve, target) is not None
+
+
 def test_interquartile_mean_and_bootstrap_by_hand():
     # 8 values: the middle four (25th-75th percentile) are 3, 4, 5, 6.
     assert metrics.iqm(np.array([100.0, 1, 2, 3, 4, 5, 6, np.inf])) == pytest.approx(4.5)
