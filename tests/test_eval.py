@@ -44,11 +44,15 @@ def _sweep(optimizer, curve_scale):
     return Sweep("t", optimizer, np.array([1e-3, 1e-2]), train, np.zeros((2, 2, 0)), 0.0, 0.0)
 
 
-def test_a_curve_reaches_its_own_final_loss_despite_large_early_losses():
-    """Float32 curves from 2.3 down to 1e-4: the smoothed curve meets its final loss by the end."""
-    curve = np.concatenate([np.full(400, 2.3), np.geomspace(2.3, 1e-4, 600)]).astype(np.float32)
-    target = float(metrics.final_loss(curve))
-    assert metrics.steps_to_target(curve, target) is not None
+def test_tuned_adam_has_speedup_one_on_noisy_float32_curves():
+    """Float32 seeds averaged two ways (final loss per seed, then the mean curve) must agree
+    closely enough that tuned adam reaches its own final loss: speedup exactly 1."""
+    rng = np.random.default_rng(0)
+    base = np.geomspace(2.3, 0.07, 500)
+    train = (base * (1 + 0.3 * rng.standard_normal((1, 3, 500)))).astype(np.float32)
+    sweep = Sweep("t", "adam", np.array([1e-3]), train, np.zeros((1, 3, 0)), 0.0, 0.0)
+    (cell,) = summarise([sweep])
+    assert cell.speedup_vs_reference == 1.0
 
 
 def test_interquartile_mean_and_bootstrap_by_hand():
