@@ -53,7 +53,7 @@ def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
     cells = []
     for s in sweeps:
         index = metrics.tuned_index(s.train_loss)
-        runs = s.train_loss[index].astype(np.float64)  # [seeds, steps]; float64 so a curve meets its own final loss
+        runs = s.train_loss[index].astype(np.float64)  # [seeds, steps]
         final = metrics.final_loss(runs)
         evals = s.eval_loss[index] if s.eval_loss.shape[-1] else np.full((runs.shape[0], 1), np.nan)
         steps = speedup = None

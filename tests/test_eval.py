@@ -1,6 +1,7 @@
 """Evaluation: metrics by hand, a tiny suite end to end, cache reuse, the command line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,13 +45,13 @@ def _sweep(optimizer, curve_scale):
     return Sweep("t", optimizer, np.array([1e-3, 1e-2]), train, np.zeros((2, 2, 0)), 0.0, 0.0)
 
 
-def test_tuned_adam_has_speedup_one_on_noisy_float32_curves():
-    """Float32 seeds averaged two ways (final loss per seed, then the mean curve) must agree
-    closely enough that tuned adam reaches its own final loss: speedup exactly 1."""
-    rng = np.random.default_rng(0)
-    base = np.geomspace(2.3, 0.07, 500)
-    train = (base * (1 + 0.3 * rng.standard_normal((1, 3, 500)))).astype(np.float32)
-    sweep = Sweep("t", "adam", np.array([1e-3]), train, np.zeros((1, 3, 0)), 0.0, 0.0)
+def test_tuned_adam_has_speedup_one_against_itself():
+    """Regression: 3 float32 seeds of tuned adam on mnist1d-mlp-gelu64x2 (500 steps). Smoothed
+    with a float32 running sum (large early losses minus large shifted sums), the curve ended
+    5e-6 above its own final loss, so adam 'never reached' it and its speedup read 0."""
+    curves = np.load(Path(__file__).parent / "data" / "adam_mnist1d_tuned_curves.npy")
+    assert curves.dtype == np.float32 and curves.shape == (3, 500)
+    sweep = Sweep("t", "adam", np.array([1e-3]), curves[None], np.zeros((1, 3, 0)), 0.0, 0.0)
     (cell,) = summarise([sweep])
     assert cell.speedup_vs_reference == 1.0
 
