@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,12 +186,19 @@ def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str
             f"{manager.directory} holds a run with a different config; use another run.output_dir "
             "or delete the old run to start over"
         )
-    template = trainer.initial_state()
-    template["step"] = replicate(jnp.int32(latest), trainer.mesh)
-    template["groups"] = [trainer.group_state(g, latest, template["theta"]) for g in range(config.tasks.num_groups)]
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    return restored
+    # A SIGKILL can land while the newest step is being written: fall back to older steps.
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        template = trainer.initial_state()
+        template["step"] = replicate(jnp.int32(step), trainer.mesh)
+        template["groups"] = [trainer.group_state(g, step, template["theta"]) for g in range(config.tasks.num_groups)]
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as error:  # orbax raises many types for a damaged step
+            failures.append(f"step {step}: {type(error).__name__}: {error}")
+            warnings.warn(f"{manager.directory}: could not restore checkpoint step {step}; trying an older one")
+    raise RuntimeError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
 
 
 def _save(manager, state: dict[str, Any], config: MetaTrainConfig) -> None:

@@ -263,7 +263,8 @@ eval_every = 0
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the job finished before it could be killed"
     assert not (tmp_path / "killed" / "optimizer").exists()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     from lopt.config import load_config
     reference = meta_train(dataclasses.replace(
         load_config(MetaTrainConfig, path), run=dataclasses.replace(load_config(MetaTrainConfig, path).run,
