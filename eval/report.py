@@ -47,13 +47,13 @@ def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
     reference_final, reference_steps = {}, {}
     for s in sweeps:
         if s.optimizer == REFERENCE:
-            curve = s.train_loss[metrics.tuned_index(s.train_loss)].astype(np.float64)
+            curve = s.train_loss[metrics.tuned_index(s.train_loss)]
             reference_final[s.task] = float(np.nanmean(metrics.final_loss(curve)))
             reference_steps[s.task] = metrics.steps_to_target(curve.mean(axis=0), reference_final[s.task])
     cells = []
     for s in sweeps:
         index = metrics.tuned_index(s.train_loss)
-        runs = s.train_loss[index].astype(np.float64)  # [seeds, steps]
+        runs = s.train_loss[index]  # [seeds, steps]
         final = metrics.final_loss(runs)
         evals = s.eval_loss[index] if s.eval_loss.shape[-1] else np.full((runs.shape[0], 1), np.nan)
         steps = speedup = None

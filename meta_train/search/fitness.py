@@ -87,8 +87,9 @@ class BatchedEvaluator:
     def _build(self, task_name: str):
         spec = self.spec
         task = build(task_spec(task_name))
-        flat0, unravel = ravel_pytree(task.init(jax.random.key(0)))
-        sizes = [leaf.size for leaf in jax.tree.leaves(task.init(jax.random.key(0)))]
+        example = task.init(jax.random.key(0))
+        _, unravel = ravel_pytree(example)
+        sizes = [leaf.size for leaf in jax.tree.leaves(example)]
         segments = jnp.asarray(np.repeat(np.arange(len(sizes)), sizes), jnp.int32)
         keys = _keys(spec, task_name)
         lrs = jnp.asarray(spec.lr_multipliers, jnp.float32)
