@@ -3,8 +3,10 @@
 `train` is written for one run and batched with `jax.vmap` (over seeds, learning rates or a
 population of tasks that share a spec). Each step draws its minibatch inside `jit` from a key,
 computes the loss and gradient, and calls the optimizer with the extra args `loss=` (the
-minibatch loss, which learned optimizers read) and `obj_fn=` (the minibatch objective, which
-curvature-based optimizers such as Sophia's Hutchinson estimator need).
+minibatch loss, which learned optimizers read), `obj_fn=` (the minibatch objective, which
+curvature-based optimizers such as Sophia's Hutchinson estimator need) and
+`microbatch_grads_fn=` (the gradients of m microbatches of the minibatch, for gradient agreement
+filtering). The last two are functions, so an optimizer that does not call them costs nothing.
 """
 
 from __future__ import annotations
@@ -46,9 +48,34 @@ def train_step(
     batch = task.batch(key, "train")
     loss, grads = jax.value_and_grad(task.loss)(params, batch)
     updates, opt_state = opt.update(
-        grads, opt_state, params, loss=loss, obj_fn=lambda p: task.loss(p, batch)
+        grads, opt_state, params, loss=loss, obj_fn=lambda p: task.loss(p, batch),
+        microbatch_grads_fn=lambda p, m: microbatch_grads(task, p, batch, m),
     )
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+def split_batch(batch: Any, num_microbatches: int) -> Any:
+    """A minibatch as `num_microbatches` microbatches on a new leading axis.
+
+    Dict batches (examples on axis 0 of every leaf) are split evenly; the batch size must be a
+    multiple of `num_microbatches`. Array batches (the synthetic tasks' noise draw, which has no
+    example axis) are repeated, so every microbatch is the whole batch."""
+    if not isinstance(batch, dict):
+        return jnp.broadcast_to(batch, (num_microbatches, *batch.shape))
+
+    def split(x):
+        if x.shape[0] % num_microbatches:
+            raise ValueError(
+                f"a batch of {x.shape[0]} examples cannot be split into {num_microbatches} equal microbatches"
+            )
+        return x.reshape(num_microbatches, x.shape[0] // num_microbatches, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def microbatch_grads(task: Any, params: Params, batch: Any, num_microbatches: int) -> Any:
+    """Gradients of the task loss on each microbatch of `batch`, stacked on a leading axis."""
+    return jax.vmap(lambda b: jax.grad(task.loss)(params, b))(split_batch(batch, num_microbatches))
 
 
 def evaluate(task: Any, params: Params, key: jax.Array, num_batches: int = 4) -> jax.Array:

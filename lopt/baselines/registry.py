@@ -16,6 +16,7 @@ import numpy as np
 import optax
 import optax.contrib
 
+from lopt.baselines import adaptive, curvature, matrix, momentum, wrappers
 from lopt.hypergrad import online as _hd
 
 EvalParamsFn = Callable[[Any, Any], Any]
@@ -46,6 +47,8 @@ class Baseline:
     source: where the defaults come from.
     eval_params: maps (opt_state, params) to the point to evaluate, for methods whose gradient
       point differs from their output (schedule-free); None otherwise.
+    run_length_argument: the factory's keyword for the run length (Ranger21's warm-down needs
+      it); `lopt eval` passes its number of steps there. None when the method does not use it.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Baseline:
     lr_grid: tuple[float, ...]
     source: str
     eval_params: EvalParamsFn | None = None
+    run_length_argument: str | None = None
 
     def accepted_arguments(self) -> tuple[str, ...]:
         params = list(inspect.signature(self.factory).parameters)
@@ -96,6 +100,19 @@ def _sophia(learning_rate: Any, b1: float = 0.965, b2: float = 0.99, gamma: floa
         learning_rate, b1=b1, b2=b2, gamma=gamma, weight_decay=weight_decay,
         update_interval=update_interval,
     )
+
+
+def _xgrad_adam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, horizon: float = 1.0):
+    return wrappers.xgrad(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), horizon=horizon)
+
+
+def _lookahead_adam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                    sync_period: int = 5, alpha: float = 0.5):
+    return wrappers.lookahead(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), sync_period, alpha)
+
+
+def _gaf_momentum(learning_rate: Any, momentum: float = 0.9, num_microbatches: int = 4, threshold: float = 0.97):
+    return wrappers.gradient_agreement_filter(optax.sgd(learning_rate, momentum=momentum), num_microbatches, threshold)
 
 
 def _schedule_free_eval(opt_state: Any, params: Any) -> Any:
@@ -166,7 +183,49 @@ _ENTRIES = (
              "Adam with log-space normalised HD (lopt; cosine signal as Baydin et al.'s multiplicative rule)"),
 )
 
-REGISTRY: dict[str, Baseline] = {entry.name: entry for entry in _ENTRIES}
+_ZOO = (
+    Baseline("adamp", adaptive.adamp, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1},
+             ADAPTIVE_GRID, "Heo et al. 2021 (delta 0.1, wd_ratio 0.1)"),
+    Baseline("diffgrad", adaptive.diffgrad, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Dubey et al. 2019"),
+    Baseline("exadam", adaptive.exadam, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Adly 2024 (Algorithm 1)"),
+    Baseline("grams", adaptive.grams, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}, ADAPTIVE_GRID,
+             "Cao et al. 2024"),
+    Baseline("optimistic_amsgrad", adaptive.optimistic_amsgrad, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
+             ADAPTIVE_GRID, "Wang et al. 2021 (last-gradient prediction)"),
+    Baseline("adamw_lh", adaptive.adamw_decoupled, 1e-3,
+             {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4, "decay_mode": "schedule"},
+             ADAPTIVE_GRID, "Loshchilov & Hutter 2019 (Algorithm 2: decay not scaled by the base LR)"),
+    Baseline("stable_spam", adaptive.stable_spam, 1e-3,
+             {"gamma1": 0.7, "gamma2": 0.9, "gamma3": 0.999, "reset_interval": 1000}, ADAPTIVE_GRID,
+             "Huang et al. 2025 (gamma 0.7 / 0.9 / 0.999, reset every 1,000 steps)"),
+    Baseline("conda", matrix.conda, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "update_interval": 200},
+             ADAPTIVE_GRID, "Wang et al. 2025 (full-rank subspace, refreshed every 200 steps)"),
+    Baseline("swan", matrix.swan, 1e-3, {"eps": 1e-8}, ADAPTIVE_GRID,
+             "Ma et al. 2025 (GradNorm + GradWhitening, Adam on non-matrix tensors)"),
+    Baseline("apollo", matrix.apollo, 1e-3, {"update_interval": 200, "scale": 1.0, "norm_growth_limit": 1.01},
+             ADAPTIVE_GRID, "Zhu et al. 2025 (channel-wise, rank fan_out/4, T 200, gamma 1.01)"),
+    Baseline("adahessian", curvature.adahessian, 0.15, {"b1": 0.9, "b2": 0.999, "eps": 1e-4, "hessian_power": 1.0},
+             log_grid(1e-3, 1.0), "Yao et al. 2021 (lr 0.15, eps 1e-4, Hessian power 1)"),
+    Baseline("sgd_sai", momentum.sgd_sai, 1e-3, {"momentum": 0.9, "weight_decay": 0.0}, log_grid(1e-5, 1e-1),
+             "Xu et al. 2024 (momentum 0.9; g-SNR from the first gradient)"),
+    Baseline("gravity", momentum.gravity, 0.1, {"alpha": 0.01, "beta": 0.9}, log_grid(1e-3, 1.0),
+             "Bahrami & Zadeh 2021 (lr 0.1, alpha 0.01, beta 0.9)"),
+    Baseline("polyak_momentum", momentum.polyak_momentum, 1.0, {"momentum": 0.9, "c": 1.0, "lower_bound": 0.0},
+             log_grid(1e-2, 10.0), "Wang, Johansson & Zhang 2023 (ALR-SMAG; the LR caps the Polyak step)"),
+    Baseline("ranger21", wrappers.ranger21, 1e-3, {"weight_decay": 1e-4, "normloss_factor": 1e-4},
+             ADAPTIVE_GRID, "Wright & Demeure 2021 (all eight components, Lookahead 5 / 0.5)",
+             run_length_argument="num_iterations"),
+    Baseline("xgrad_adam", _xgrad_adam, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "horizon": 1.0},
+             ADAPTIVE_GRID, "Guan et al. 2024 (one-step weight prediction around adam)"),
+    Baseline("lookahead_adam", _lookahead_adam, 1e-3, {"sync_period": 5, "alpha": 0.5}, ADAPTIVE_GRID,
+             "Zhang et al. 2019 (k 5, alpha 0.5, around adam)"),
+    Baseline("gaf_momentum", _gaf_momentum, 0.03, {"momentum": 0.9, "num_microbatches": 4, "threshold": 0.97},
+             SGD_GRID, "Chaubard et al. 2024 (4 microbatches, cosine-distance threshold 0.97, around SGD momentum)"),
+)
+
+REGISTRY: dict[str, Baseline] = {entry.name: entry for entry in (*_ENTRIES, *_ZOO)}
 
 
 def names() -> tuple[str, ...]:

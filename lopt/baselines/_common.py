@@ -1,0 +1,50 @@
+"""Small pieces the baseline zoo shares: step counters, bias corrections, matrix views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TINY = 1e-30
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """count + 1, saturating instead of overflowing (as optax's counters)."""
+    return optax.safe_increment(count)
+
+
+def bias_correction(decay: float | jax.Array, count: jax.Array) -> jax.Array:
+    """1 − decay^count (Kingma & Ba 2015, Algorithm 1), as float32."""
+    return 1.0 - jnp.asarray(decay, jnp.float32) ** count.astype(jnp.float32)
+
+
+def ema(previous: Any, new: Any, decay: float | jax.Array) -> Any:
+    """decay · previous + (1 − decay) · new, leaf by leaf."""
+    return jax.tree.map(lambda p, n: decay * p + (1.0 - decay) * n, previous, new)
+
+
+def zeros_like(params: Any) -> Any:
+    return jax.tree.map(jnp.zeros_like, params)
+
+
+def as_matrix(x: jax.Array) -> jax.Array:
+    """The [fan_out, fan_in] matrix of a kernel in flax layout (..., fan_in, fan_out).
+
+    Papers write weight matrices as W ∈ R^{out × in} (PyTorch layout); flax stores Dense kernels
+    as [in, out] and conv kernels as [h, w, in, out]. Viewing every kernel as
+    reshape(−1, out)ᵀ lets the zoo apply a paper's matrix equations verbatim, with a conv
+    kernel's spatial and input axes flattened into the input dimension (as GaLore, Muon and
+    APOLLO do for conv layers)."""
+    return x.reshape(-1, x.shape[-1]).T
+
+
+def from_matrix(m: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of `as_matrix`."""
+    return m.T.reshape(shape)
+
+
+def global_norm_sq(tree: Any) -> jax.Array:
+    return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))

@@ -1,0 +1,148 @@
+"""SGD-with-momentum relatives from the literature that optax does not ship: SGD-SaI, Gravity
+and the generalized Polyak step size with momentum (ALR-SMAG)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.baselines._common import TINY, global_norm_sq, increment, zeros_like
+
+
+class SgdSaiState(NamedTuple):
+    count: jax.Array
+    snr: Any
+    momentum: Any
+
+
+def _gradient_snr(g: jax.Array, eps: float) -> jax.Array:
+    """‖g‖₂ / (σ(g) + ε) over a tensor's entries; 1 for single-entry tensors (σ undefined)."""
+    if g.size == 1:
+        return jnp.ones([], jnp.float32)
+    return jnp.linalg.norm(g) / (jnp.std(g) + eps)
+
+
+def sgd_sai(
+    learning_rate: float | jax.Array = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """SGD-SaI: SGD with momentum, each tensor's learning rate scaled once, at the first step,
+    by its gradient signal-to-noise ratio.
+
+        G_snr = ‖g_1‖₂ / (σ(g_1) + ε)          (per tensor, from the first gradient only)
+        m_t = μ m_{t−1} + (1−μ) g_t
+        θ ← (1 − ηλ) θ − η G_snr m_t
+
+    σ is the population standard deviation of the tensor's entries; a one-entry tensor (σ
+    undefined) keeps scale 1. Weight decay is decoupled (the paper's default).
+
+    References:
+      Xu, Xiang, Cai & Wen, "No More Adam: Learning Rate Scaling at Initialization is All You
+      Need", arXiv:2412.11768, 2024.
+    """
+
+    def init(params):
+        return SgdSaiState(jnp.zeros([], jnp.int32), jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params),
+                           zeros_like(params))
+
+    def update(updates, state, params=None):
+        if params is None and weight_decay:
+            raise ValueError("sgd_sai needs params for its weight decay")
+        first = state.count == 0
+        snr = jax.tree.map(lambda s, g: jnp.where(first, _gradient_snr(g, eps), s), state.snr, updates)
+        moment = jax.tree.map(lambda m, g: momentum * m + (1 - momentum) * g, state.momentum, updates)
+        step = jax.tree.map(lambda s, m: -learning_rate * s * m, snr, moment)
+        if weight_decay:
+            step = jax.tree.map(lambda u, w: u - learning_rate * weight_decay * w, step, params)
+        return step, SgdSaiState(increment(state.count), snr, moment)
+
+    return optax.GradientTransformation(init, update)
+
+
+class GravityState(NamedTuple):
+    count: jax.Array
+    velocity: Any
+
+
+def gravity(
+    learning_rate: float | jax.Array = 0.1, alpha: float = 0.01, beta: float = 0.9, seed: int = 0,
+) -> optax.GradientTransformation:
+    """Gravity: a velocity that follows a bounded "gravity" term of the gradient.
+
+        β̂_t = (β t + 1) / (t + 2)                      (t = 0, 1, ... steps taken)
+        M = 1 / max|g|,   ζ = g / (1 + (g / M)²)
+        V_t = β̂_t V_{t−1} + (1 − β̂_t) ζ,   θ ← θ − η V_t
+
+    V_0 ~ N(0, (α/η)²), drawn from `seed` (optax's init takes no key; the seed makes the draw
+    reproducible). Defaults η 0.1, α 0.01, β 0.9 (the paper).
+
+    References:
+      Bahrami & Zadeh, "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
+      Learning", arXiv:2101.09192, 2021.
+    """
+
+    def init(params):
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.key(seed), max(1, len(leaves)))
+        velocity = [alpha / learning_rate * jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(keys, leaves)]
+        return GravityState(jnp.zeros([], jnp.int32), jax.tree.unflatten(tree, velocity))
+
+    def update(updates, state, params=None):
+        del params
+        t = state.count.astype(jnp.float32)
+        beta_hat = (beta * t + 1.0) / (t + 2.0)
+
+        def leaf(g, v):
+            m = 1.0 / jnp.maximum(jnp.max(jnp.abs(g)), TINY)
+            zeta = g / (1.0 + (g / m) ** 2)
+            return beta_hat * v + (1 - beta_hat) * zeta
+
+        velocity = jax.tree.map(leaf, updates, state.velocity)
+        return jax.tree.map(lambda v: -learning_rate * v, velocity), GravityState(increment(state.count), velocity)
+
+    return optax.GradientTransformation(init, update)
+
+
+class PolyakMomentumState(NamedTuple):
+    direction: Any
+    step_size: jax.Array
+
+
+def polyak_momentum(
+    learning_rate: float | jax.Array = 1.0, momentum: float = 0.9, lower_bound: float = 0.0, c: float = 1.0,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Generalized Polyak step size with momentum (ALR-SMAG), capped at `learning_rate`.
+
+        d_t = β d_{t−1} + g_t
+        τ_t = min(η_max, (f(θ_t) − f*) / (c ‖d_t‖²))
+        θ ← (1 − λ τ_t) θ − τ_t d_t
+
+    f(θ_t) is the minibatch loss, read from the extra argument `loss=` (lopt's training loop
+    passes it), and f* the lower bound `lower_bound` (0 for non-negative losses). The step is
+    global (one τ for the whole pytree). Defaults β 0.9, c 1 (the paper's ALR-SMAG).
+
+    References:
+      Wang, Johansson & Zhang, "Generalized Polyak Step Size for First Order Optimization with
+      Momentum", ICML 2023 (arXiv:2305.12939).
+    """
+
+    def init(params):
+        return PolyakMomentumState(zeros_like(params), jnp.zeros([], jnp.float32))
+
+    def update(updates, state, params=None, *, loss=None, **extra):
+        del extra
+        if loss is None:
+            raise ValueError("polyak_momentum needs the minibatch loss: call update(..., loss=loss)")
+        direction = jax.tree.map(lambda d, g: momentum * d + g, state.direction, updates)
+        polyak = (loss - lower_bound) / (c * jnp.maximum(global_norm_sq(direction), TINY))
+        tau = jnp.minimum(learning_rate, jnp.maximum(polyak, 0.0))
+        step = jax.tree.map(lambda d: -tau * d, direction)
+        if weight_decay:
+            step = jax.tree.map(lambda u, w: u - weight_decay * tau * w, step, params)
+        return step, PolyakMomentumState(direction, tau)
+
+    return optax.GradientTransformationExtraArgs(init, update)
