@@ -43,13 +43,13 @@ def resolve_candidates(config: EvalConfig) -> list[Candidate]:
                     learning_rate = float(fixed)
                 except ValueError:
                     raise ValueError(f"{name!r}: the text after '@' must be a learning rate") from None
-                candidates.append(fixed_lr_candidate(entry, learning_rate))
+                candidates.append(fixed_lr_candidate(entry, learning_rate, config.num_steps))
             else:
-                candidates.append(baseline_candidate(entry))
+                candidates.append(baseline_candidate(entry, config.num_steps))
         except ValueError as error:
             raise ConfigError(f"optimizers: {error}") from None
     if "adam" not in names:
-        candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam")))  # the reference
+        candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam"), config.num_steps))  # the reference
     for path in config.learned:
         try:
             candidates.append(learned_candidate(path, config.num_steps))

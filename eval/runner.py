@@ -4,6 +4,7 @@ grid × seeds, with an on-disk cache so a re-run trains only what changed."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -42,22 +43,28 @@ class Candidate:
     tuned: bool = True
 
 
-def baseline_candidate(baseline: Baseline) -> Candidate:
-    """Wrap a registry entry: its LR grid is swept and the best LR per task is reported."""
+def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Candidate:
+    """Wrap a registry entry: its LR grid is swept and the best LR per task is reported.
+
+    Methods that schedule over the run (`baseline.run_length_argument`, e.g. Ranger21's
+    warm-down) are told `num_steps`."""
     fingerprint = json.dumps(
         {"name": baseline.name, "defaults": {k: repr(v) for k, v in baseline.defaults.items()}},
         sort_keys=True,
     )
+    make = baseline.make
+    if baseline.run_length_argument is not None and num_steps is not None:
+        make = functools.partial(baseline.make, **{baseline.run_length_argument: num_steps})
     return Candidate(
-        name=baseline.name, make=baseline.make, lr_grid=baseline.lr_grid,
+        name=baseline.name, make=make, lr_grid=baseline.lr_grid,
         fingerprint=fingerprint, eval_params=baseline.eval_params,
     )
 
 
-def fixed_lr_candidate(baseline: Baseline, learning_rate: float) -> Candidate:
+def fixed_lr_candidate(baseline: Baseline, learning_rate: float, num_steps: int | None = None) -> Candidate:
     """A registry entry at one fixed learning rate (untuned), named `name@lr` — e.g. the Adam
     a learned LR controller starts from."""
-    base = baseline_candidate(baseline)
+    base = baseline_candidate(baseline, num_steps)
     return dataclasses.replace(
         base, name=f"{baseline.name}@{learning_rate:g}", lr_grid=(float(learning_rate),), tuned=False
     )
