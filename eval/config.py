@@ -20,6 +20,8 @@ class EvalConfig:
     seed: the root seed from which the runs' keys are derived.
     output_dir: where the table, JSON, figures and the run cache are written.
     cache: reuse cached runs whose settings match exactly.
+    measure_cost: time each optimizer's update and size its state on every task (eval.cost),
+      reported relative to adam; never cached (timings belong to this machine and process).
     """
 
     suite: str = "embedded-small"
@@ -32,6 +34,7 @@ class EvalConfig:
     seed: int = 0
     output_dir: str = "results/eval"
     cache: bool = True
+    measure_cost: bool = True
 
     def __post_init__(self) -> None:
         if self.num_steps <= 0:

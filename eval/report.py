@@ -6,12 +6,13 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from eval import metrics
+from eval.cost import Cost
 from eval.runner import Sweep
 
 REFERENCE = "adam"
@@ -36,14 +37,22 @@ class Cell:
     speedup_vs_reference: float | None
     run_seconds: float
     compile_seconds: float
+    step_ms: float | None = None
+    step_time_vs_reference: float | None = None
+    state_bytes: int | None = None
+    state_memory_vs_reference: float | None = None
 
 
 def _finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
-    """Tune each sweep's LR on the train loss and compute its cell; speedups need `adam`."""
+def summarise(sweeps: Sequence[Sweep], costs: Mapping[tuple[str, str], Cost] | None = None) -> list[Cell]:
+    """Tune each sweep's LR on the train loss and compute its cell; speedups need `adam`.
+
+    costs: optional (task, optimizer) -> `eval.cost.Cost`; the cells then carry the optimizer's
+    time per update and state memory, absolute and relative to adam's on the same task."""
+    costs = costs or {}
     reference_final, reference_steps = {}, {}
     for s in sweeps:
         if s.optimizer == REFERENCE:
@@ -73,8 +82,47 @@ def summarise(sweeps: Sequence[Sweep]) -> list[Cell]:
             divergence_rate_grid=float(metrics.diverged(s.train_loss).mean()),
             steps_to_reference=steps, speedup_vs_reference=speedup,
             run_seconds=s.run_seconds, compile_seconds=s.compile_seconds,
+            **_cost_fields(costs.get((s.task, s.optimizer)), costs.get((s.task, REFERENCE))),
         ))
     return cells
+
+
+def _cost_fields(cost: Cost | None, reference: Cost | None) -> dict:
+    if cost is None:
+        return {}
+    fields = {"step_ms": 1e3 * cost.step_seconds, "state_bytes": cost.state_bytes}
+    if reference is not None:
+        fields["step_time_vs_reference"] = cost.step_seconds / reference.step_seconds
+        fields["state_memory_vs_reference"] = (cost.state_bytes / reference.state_bytes
+                                               if reference.state_bytes else None)
+    return fields
+
+
+def cost_table(cells: Sequence[Cell]) -> str:
+    """Per optimizer: the median over tasks of its update time and state memory relative to
+    adam's on the same task (empty when no costs were measured)."""
+    rows = []
+    for name in dict.fromkeys(c.optimizer for c in cells):
+        mine = [c for c in cells if c.optimizer == name and c.step_time_vs_reference is not None]
+        if not mine:
+            continue
+        memory = [c.state_memory_vs_reference for c in mine if c.state_memory_vs_reference is not None]
+        rows.append((
+            float(np.median([c.step_time_vs_reference for c in mine])),
+            f"| {name} | {np.median([c.step_ms for c in mine]):.3g} | "
+            f"{np.median([c.step_time_vs_reference for c in mine]):.2f}× | "
+            f"{max(c.state_bytes for c in mine) / 1024:.1f} | "
+            + (f"{np.median(memory):.2f}× |" if memory else "— |"),
+        ))
+    if not rows:
+        return ""
+    lines = ["| optimizer | update ms (median over tasks) | update time ÷ adam | state KiB (largest task) | state ÷ adam |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [row for _, row in sorted(rows)]
+    lines += ["", "Update time: `update` + `apply_updates` with a fixed gradient, compiled, model forward/backward "
+              "excluded (extra passes an optimizer requests, e.g. AdaHessian's Hessian-vector product, are "
+              "included); median of timed loops, adam measured in the same process."]
+    return "\n".join(lines)
 
 
 def scores(cells: Sequence[Cell]) -> dict[str, dict[str, float]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import lopt.baselines
-from eval import report
+from eval import cost, report
 from eval.config import EvalConfig
 from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidate, sweep
 from lopt.checkpoint import CheckpointError
@@ -89,9 +89,20 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
         ))
     bar.close()
 
-    cells = report.summarise(sweeps)
+    costs = {}
+    if config.measure_cost:
+        bar = tqdm(jobs, desc="update cost", unit="optimizer", disable=not progress, dynamic_ncols=True)
+        for task_name, candidate in bar:
+            bar.set_postfix_str(f"{task_name} / {candidate.name}")
+            costs[(task_name, candidate.name)] = cost.measure(task_name, candidate.make(candidate.lr_grid[0]))
+        bar.close()
+
+    cells = report.summarise(sweeps, costs)
     title = f"{config.suite if not config.tasks else 'custom tasks'}: {config.num_steps} steps, {config.seeds} seeds"
     table = report.markdown_table(cells, title=title)
+    costs_text = report.cost_table(cells)
+    if costs_text:
+        table += "\n\n#### Optimizer cost\n\n" + costs_text
     files = {
         "table": output / "results.md",
         "json": output / "results.json",

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from eval import EvalConfig, metrics, run_eval
@@ -125,3 +127,33 @@ def test_cli_runs_a_tiny_eval(tmp_path, capsys):
     assert main(["eval", str(path), "--quiet", "--set", f"output_dir={tmp_path / 'o'}"]) == 0
     out = capsys.readouterr().out
     assert "| adam |" in out and "wrote curves" in out
+
+
+def test_state_bytes_counts_adam_moments_by_hand():
+    from eval.cost import state_bytes
+
+    params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)}
+    # adam: mu and nu like params (16 floats each) + an int32 count; sgd without momentum: nothing.
+    assert state_bytes(optax.adam(1e-3), params) == 2 * 16 * 4 + 4
+    assert state_bytes(optax.sgd(0.1), params) == 0
+    assert state_bytes(optax.sgd(0.1, momentum=0.9), params) == 16 * 4
+
+
+def test_cost_columns_relative_to_adam(tiny_config):
+    import dataclasses
+
+    from eval.cost import Cost
+    from eval.report import cost_table
+
+    costs = {("t", "adam"): Cost(2e-3, 100), ("t", "fast"): Cost(1e-3, 50)}
+    cells = {c.optimizer: c for c in summarise([_sweep("adam", 1.0), _sweep("fast", 0.5)], costs)}
+    assert cells["fast"].step_time_vs_reference == pytest.approx(0.5)
+    assert cells["fast"].state_memory_vs_reference == pytest.approx(0.5)
+    assert cells["adam"].step_ms == pytest.approx(2.0)
+    table = cost_table(list(cells.values()))
+    assert "| fast | 1 | 0.50× | 0.0 | 0.50× |" in table
+    outcome = run_eval(dataclasses.replace(tiny_config, optimizers=("adam", "sgd")), progress=False)
+    measured = {c.optimizer: c for c in outcome.cells}
+    assert measured["adam"].step_time_vs_reference == pytest.approx(1.0)
+    assert measured["sgd"].state_memory_vs_reference == 0.0 and measured["sgd"].step_ms > 0
+    assert "Optimizer cost" in outcome.table
