@@ -107,6 +107,13 @@ class ClassificationTask:
     def batch(self, key: jax.Array, split: str = "train") -> dict:
         return self.data.sample(key, self.spec.batch_size, split)
 
+    def sampled_label_loss(self, params: dict, batch: dict, key: jax.Array) -> jax.Array:
+        """The loss against labels drawn from the model's own predictive distribution (the
+        Gauss-Newton-Bartlett estimator's objective, Liu et al. 2023, Algorithm 2)."""
+        logits = self.model.apply({"params": params}, batch["x"])
+        sampled = jax.random.categorical(key, jax.lax.stop_gradient(logits))
+        return softmax_cross_entropy(logits, sampled)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +140,13 @@ class LanguageModelTask:
 
     def batch(self, key: jax.Array, split: str = "train") -> dict:
         return self.data.sample(key, self.spec.batch_size, self.spec.sequence_length, split)
+
+    def sampled_label_loss(self, params: dict, batch: dict, key: jax.Array) -> jax.Array:
+        """The loss against next tokens drawn from the model's own predictions (see
+        `ClassificationTask.sampled_label_loss`)."""
+        logits = self.model.apply({"params": params}, batch["inputs"])
+        sampled = jax.random.categorical(key, jax.lax.stop_gradient(logits))
+        return softmax_cross_entropy(logits, sampled)
 
 
 @jax.tree_util.register_dataclass

@@ -6,7 +6,8 @@ computes the loss and gradient, and calls the optimizer with the extra args `los
 minibatch loss, which learned optimizers read), `obj_fn=` (the minibatch objective, which
 curvature-based optimizers such as Sophia's Hutchinson estimator need) and
 `microbatch_grads_fn=` (the gradients of m microbatches of the minibatch, for gradient agreement
-filtering). The last two are functions, so an optimizer that does not call them costs nothing.
+filtering) and `sampled_obj_fn=` (the loss against labels sampled from the model, for Sophia-G;
+None on tasks without labels). The last two are functions, so an optimizer that does not call them costs nothing.
 """
 
 from __future__ import annotations
@@ -50,8 +51,17 @@ def train_step(
     updates, opt_state = opt.update(
         grads, opt_state, params, loss=loss, obj_fn=lambda p: task.loss(p, batch),
         microbatch_grads_fn=lambda p, m: microbatch_grads(task, p, batch, m),
+        sampled_obj_fn=sampled_objective(task, batch),
     )
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+def sampled_objective(task: Any, batch: Any):
+    """(params, key) -> the loss against labels sampled from the model (Sophia-G's estimator),
+    or None for tasks whose loss is not a likelihood over labels (the synthetic ones)."""
+    if not hasattr(task, "sampled_label_loss"):
+        return None
+    return lambda p, k: task.sampled_label_loss(p, batch, k)
 
 
 def split_batch(batch: Any, num_microbatches: int) -> Any:

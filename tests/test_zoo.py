@@ -370,6 +370,57 @@ def test_hutchinson_is_unbiased_on_a_coupled_quadratic():
     np.testing.assert_allclose(np.mean(np.asarray(estimates), 0), np.diag(A), atol=0.05)
 
 
+def test_sophia_g_on_a_softmax_regression():
+    """Sophia-G's Gauss-Newton-Bartlett estimate, B·ĝ², with ĝ the gradient against labels
+    sampled from the model (drawn here with the documented key rule; the softmax gradient and
+    the Sophia update are numpy), then optax's clipped Sophia step."""
+    rng = np.random.default_rng(2)
+    B, d, c = 8, 5, 3
+    x, y = rng.standard_normal((B, d)), rng.integers(0, c, B)
+    params = {"w": 0.3 * rng.standard_normal((d, c)), "b": np.zeros(c)}
+    lr, b1, b2, gamma, wd, k, seed, eps = 0.05, 0.965, 0.99, 0.05, 1e-4, 3, 4, 1e-8
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def grad(p, labels):
+        err = softmax(x @ p["w"] + p["b"]) - np.eye(c)[labels]
+        return {"w": x.T @ err / B, "b": err.mean(0)}
+
+    def sampled_loss(p, key):
+        logits = jnp.asarray(x, jnp.float32) @ p["w"] + p["b"]
+        labels = jax.random.categorical(key, jax.lax.stop_gradient(logits))
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    expected, p = [], dict(params)
+    m, h = {n: np.zeros_like(v) for n, v in params.items()}, {n: np.zeros_like(v) for n, v in params.items()}
+    estimates = 0
+    for t in range(1, 8):
+        g = grad(p, y)
+        m = {n: b1 * m[n] + (1 - b1) * g[n] for n in p}
+        step = {n: np.clip(m[n] / (1 - b1 ** t) / np.maximum(gamma * h[n], eps), -1, 1) for n in p}
+        if (t - 1) % k == 0:
+            key = jax.random.fold_in(jax.random.key(seed), estimates)
+            logits = x @ p["w"] + p["b"]
+            sampled = np.asarray(jax.random.categorical(key, jnp.asarray(logits, jnp.float32)))
+            g_hat = grad(p, sampled)
+            h = {n: b2 * h[n] + (1 - b2) * B * g_hat[n] ** 2 for n in p}
+            estimates += 1
+        p = {n: p[n] - lr * (step[n] + wd * p[n]) for n in p}
+        expected.append(p)
+
+    opt = curvature.sophia_g(lr, b1, b2, gamma, wd, k, B, seed)
+    state = opt.init(jax.tree.map(jnp.asarray, params))
+    q = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
+    for t, want in enumerate(expected, 1):
+        g = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), grad(jax.tree.map(np.asarray, q), y))
+        u, state = opt.update(g, state, q, sampled_obj_fn=sampled_loss)
+        q = optax.apply_updates(q, u)
+        for n in want:
+            np.testing.assert_allclose(np.asarray(q[n]), want[n], rtol=1e-4, atol=1e-6, err_msg=f"step {t}, {n}")
+
+
 def test_xgrad_takes_the_gradient_at_the_predicted_weights(problem):
     params, _ = problem
     params = {k: 0.5 * x for k, x in params.items()}
@@ -554,7 +605,7 @@ def test_ranger21_components(problem):
 
 ZOO = ("adamp", "diffgrad", "exadam", "grams", "optimistic_amsgrad", "adamw_lh", "stable_spam", "conda", "swan",
        "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "ranger21", "xgrad_adam",
-       "lookahead_adam", "gaf_adam")
+       "lookahead_adam", "gaf_adam", "sophia_g")
 FAST_FAMILIES = ("mnist1d-mlp-gelu64x2", "quadratic-10-cond100", "rosenbrock-2")
 SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of compiles per optimizer
 

@@ -209,6 +209,8 @@ _ZOO = (
              ADAPTIVE_GRID, "Zhu et al. 2025 (channel-wise, rank fan_out/4, T 200, gamma 1.01)"),
     Baseline("adahessian", curvature.adahessian, 0.15, {"b1": 0.9, "b2": 0.999, "eps": 1e-4, "hessian_power": 1.0},
              log_grid(1e-3, 1.0), "Yao et al. 2021 (lr 0.15, eps 1e-4, Hessian power 1)"),
+    Baseline("sophia_g", curvature.sophia_g, 1e-3, {"b1": 0.965, "b2": 0.99, "gamma": 0.05, "update_interval": 10},
+             ADAPTIVE_GRID, "Liu et al. 2024 (Sophia-G: Gauss-Newton-Bartlett estimator every 10 steps, gamma 0.05)"),
     Baseline("sgd_sai", momentum.sgd_sai, 1e-3, {"momentum": 0.9, "weight_decay": 0.0}, log_grid(1e-5, 1e-1),
              "Xu et al. 2024 (momentum 0.9; g-SNR from the first gradient)"),
     Baseline("gravity", momentum.gravity, 0.1, {"alpha": 0.01, "beta": 0.9}, log_grid(1e-3, 1.0),
