@@ -91,7 +91,10 @@ def test_extra_args_reach_the_optimizer():
 
     probe = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
     train(tasks.get_task("rosenbrock-2"), optax.chain(probe, optax.sgd(1e-3)), jax.random.key(0), num_steps=2)
-    assert set(seen) == {"loss", "obj_fn"}
+    assert set(seen) == {"loss", "obj_fn", "microbatch_grads_fn", "sampled_obj_fn"}
+    assert seen["sampled_obj_fn"] == "NoneType"  # Rosenbrock's loss is not a likelihood over labels
+    train(tasks.get_task("digits-mlp-relu32"), optax.chain(probe, optax.sgd(1e-3)), jax.random.key(0), num_steps=2)
+    assert seen["sampled_obj_fn"] == "function" and seen["microbatch_grads_fn"] == "function"
 
 
 def test_bad_names_list_valid_ones():
