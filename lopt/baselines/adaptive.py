@@ -275,10 +275,6 @@ def optimistic_amsgrad(
     return optax.GradientTransformation(init, update)
 
 
-class DecoupledWeightDecayState(NamedTuple):
-    count: jax.Array
-
-
 def adamw_decoupled(
     learning_rate: float | jax.Array = 1e-3,
     schedule: optax.Schedule | None = None,
@@ -308,21 +304,17 @@ def adamw_decoupled(
         raise ValueError(f"decay_mode must be 'schedule', 'constant' or 'lr', got {decay_mode!r}")
     adam = optax.scale_by_adam(b1, b2, eps)
 
-    def init(params):
-        return DecoupledWeightDecayState(jnp.zeros([], jnp.int32)), adam.init(params)
-
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("adamw_decoupled needs params for its weight decay")
-        (own, inner) = state
-        multiplier = schedule(own.count) if schedule is not None else 1.0
-        direction, inner = adam.update(updates, inner, params)
+        multiplier = schedule(state.count) if schedule is not None else 1.0  # adam's step count
+        direction, state = adam.update(updates, state, params)
         decay = {"schedule": multiplier * weight_decay, "constant": weight_decay,
                  "lr": multiplier * learning_rate * weight_decay}[decay_mode]
         step = jax.tree.map(lambda u, w: -multiplier * learning_rate * u - decay * w, direction, params)
-        return step, (DecoupledWeightDecayState(increment(own.count)), inner)
+        return step, state
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformation(adam.init, update)
 
 
 class ScaleByStableSpamState(NamedTuple):

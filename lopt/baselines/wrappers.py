@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from lopt.baselines._common import TINY, as_matrix, bias_correction, from_matrix, increment, zeros_like
 
@@ -100,10 +101,6 @@ class AgreementState(NamedTuple):
     inner_state: Any
 
 
-def _flat(tree: Any) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
-
-
 def gradient_agreement_filter(
     inner: optax.GradientTransformation, num_microbatches: int = 4, threshold: float = 0.97,
 ) -> optax.GradientTransformationExtraArgs:
@@ -137,7 +134,8 @@ def gradient_agreement_filter(
             )
         del updates
         stacked = microbatch_grads_fn(params, num_microbatches)
-        flat = jax.vmap(_flat)(stacked)
+        _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], stacked))
+        flat = jax.vmap(lambda tree: ravel_pytree(tree)[0])(stacked)
 
         def absorb(carry, i):
             total, n = carry
@@ -146,11 +144,7 @@ def gradient_agreement_filter(
             return (jnp.where(agree, (n * total + flat[i]) / (n + 1), total), n + agree), agree
 
         (mean, accepted), _ = jax.lax.scan(absorb, (flat[0], jnp.ones([], jnp.int32)), jnp.arange(1, num_microbatches))
-        leaves, tree = jax.tree.flatten(jax.tree.map(lambda x: x[0], stacked))
-        sizes = [x.size for x in leaves]
-        offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        pieces = [mean[a:b] for a, b in zip(offsets, offsets[1:])]
-        grads = jax.tree.unflatten(tree, [p.reshape(x.shape).astype(x.dtype) for p, x in zip(pieces, leaves)])
+        grads = unravel(mean)
         step, inner_state = inner.update(grads, state.inner_state, params, **extra)
         return step, AgreementState(accepted, inner_state)
 
