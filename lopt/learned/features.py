@@ -151,6 +151,10 @@ def factored_rsqrt(moment: FactoredMoment, ndim: int) -> jax.Array:
     return jax.lax.rsqrt(moment.row + RSQRT_EPS)
 
 
+PARAMETER_FEATURE = 2  # index of p among the raw features
+FIRST_MOMENTUM_FEATURE = 3  # index of m_0; the other momenta follow
+
+
 def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators) -> list[jax.Array]:
     """Per-parameter features of one tensor, before per-tensor normalisation (module docstring)."""
     features = [g, jnp.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT), p, *acc.momentum]
@@ -164,14 +168,35 @@ def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators) -> list[jax
     return features
 
 
-def tensor_rms(x: jax.Array) -> jax.Array:
-    """Root-mean-square of a tensor (a scalar); the 1e-30 keeps its gradient finite at zero."""
-    return jnp.sqrt(jnp.mean(jnp.square(x)) + 1e-30)
+@jax.custom_jvp
+def tensor_means(arrays: tuple[jax.Array, ...]) -> jax.Array:
+    """[K] mean of each of K same-shaped arrays.
+
+    On CPUs, one variadic XLA reduction reads every input once with the arrays' elementwise
+    producers fused into it (VeLO at 1M parameters, 2-core CPU: 14.6 ms per step, against
+    24.8 ms with K separate means). On GPUs XLA's variadic reduction is slow (12.8 ms for 11
+    means over 124M parameters on an H100, 8× adam), so there K ordinary means are left to XLA's
+    sibling-reduction fusion."""
+    arrays = tuple(jnp.asarray(x, jnp.float32) for x in arrays)
+    if jax.default_backend() != "cpu":
+        return jnp.stack([jnp.mean(x) for x in arrays])
+    dims = tuple(range(arrays[0].ndim))
+    zeros = tuple(jnp.zeros((), jnp.float32) for _ in arrays)
+    sums = jax.lax.reduce(arrays, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), dims)
+    return jnp.stack(sums) / max(arrays[0].size, 1)
 
 
-def normalise(feature: jax.Array) -> jax.Array:
-    """Divide a feature by its root-mean-square over the tensor (the second-moment normaliser)."""
-    return feature * jax.lax.rsqrt(jnp.mean(jnp.square(feature)) + NORMALISER_EPS)
+@tensor_means.defjvp
+def _tensor_means_jvp(primals, tangents):
+    (arrays,), (dots,) = primals, tangents
+    return tensor_means(arrays), jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in dots])
+
+
+def inverse_rms(features: list[jax.Array]) -> jax.Array:
+    """[F] 1 / RMS of each feature over its tensor, in one pass: multiplying a feature by its
+    factor divides it by its root-mean-square, the second-moment normaliser of small_fc_lopt and
+    VeLO that makes the network's inputs scale-free."""
+    return jax.lax.rsqrt(tensor_means(tuple(jnp.square(f) for f in features)) + NORMALISER_EPS)
 
 
 def time_features(step: jax.Array, num_steps: int | jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from lopt.learned import features as F
-from lopt.learned import per_param_mlp
+from lopt.learned import kernels, per_param_mlp
 from lopt.learned.base import check_params, register
 
 
@@ -76,6 +76,9 @@ def apply_shared_network(
     return outputs
 
 
+KERNELS = ("auto", "xla", "pallas", "interpret")
+
+
 def _logit(p: jax.Array) -> jax.Array:
     return jnp.log(p) - jnp.log1p(-p)
 
@@ -112,6 +115,10 @@ class MLPOptimizer:
     concatenate_tensors: run the network once over all tensors concatenated (flat compile time,
       more memory traffic) instead of once per tensor; None chooses by width: concatenate when
       the widest hidden layer exceeds 16 (see `apply_shared_network` for the measurements).
+    kernel: how large tensors run the per-parameter pass. "xla": jnp that XLA fuses; "pallas":
+      the Pallas kernel of `lopt.learned.kernels` (GPU; matrix products for the hidden layers);
+      "interpret": that kernel through Pallas' interpreter (tests on CPU); "auto": "pallas" on
+      GPUs for networks wider than 16 without factored accumulators, else "xla".
     """
 
     kind: ClassVar[str] = "mlp"
@@ -123,10 +130,15 @@ class MLPOptimizer:
     learn_decays: bool = True
     fused_min_size: int = 1 << 16
     concatenate_tensors: bool | None = None
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
             raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.kernel in ("pallas", "interpret") and self.accumulators.factored_decays:
+            raise ValueError("the Pallas per-parameter pass does not handle factored accumulators; use kernel='xla' or 'auto'")
 
     @property
     def num_scalar_features(self) -> int:
@@ -157,6 +169,34 @@ class MLPOptimizer:
         bias = first["b"] + scalars @ first["w"][count:]
         return [(first["w"][:count], bias)] + [(layer["w"], layer["b"]) for layer in rest]
 
+    def kernel_for_backend(self, backend: str) -> str:
+        """The per-parameter pass used on `backend` ("cpu", "gpu", "tpu") for large tensors."""
+        if self.kernel != "auto":
+            return self.kernel
+        wide = max(self.hidden_sizes) > 16
+        return "pallas" if backend == "gpu" and wide and not self.accumulators.factored_decays else "xla"
+
+    def _kernel_pass(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
+                     layers: list[tuple[jax.Array, jax.Array]], interpret: bool) -> jax.Array:
+        """One tensor's step from its updated accumulators `acc` in two Pallas kernels
+        (`lopt.learned.kernels`): feature statistics, then normalised features, network, step."""
+        num_m = len(acc.momentum)
+        step_mult, exp_mult = self.step_mult, self.exp_mult
+
+        def features(arrays):
+            g, p, *state = arrays
+            return F.raw_features(g, p, F.ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), ()))
+
+        def body(arrays, inverse_rms, network):
+            direction, magnitude = network([f * s for f, s in zip(features(arrays), inverse_rms)])
+            return -step_mult * direction * jnp.exp(exp_mult * magnitude)
+
+        flat = [x.reshape(-1) for x in (g, p, *acc.momentum, *acc.rms)]
+        mean_squares = kernels.statistics_pass(features, flat, num_features=self.accumulators.num_features,
+                                               interpret=interpret)
+        inverse_rms = jax.lax.rsqrt(mean_squares + F.NORMALISER_EPS)
+        return kernels.network_pass(body, flat, inverse_rms, layers, interpret=interpret)
+
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
 
         def init(params):
@@ -179,22 +219,31 @@ class MLPOptimizer:
             layers = self.per_tensor_layers(theta, scalars)
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
-            accumulators, inputs = [], []
+            kernel = self.kernel_for_backend(jax.default_backend())
+            accumulators, inputs, steps = [], [], []
             for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
                 g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
-                acc = F.update_accumulators(acc, g32, decays)
-                accumulators.append(acc)
-                inputs.append([F.normalise(f) for f in F.raw_features(g32, p32, acc)])
+                new_acc = F.update_accumulators(acc, g32, decays)
+                if kernel != "xla" and p.size >= self.fused_min_size:
+                    steps.append(self._kernel_pass(g32, p32, new_acc, layers, kernel == "interpret"))
+                    inputs.append(None)
+                else:
+                    raw = F.raw_features(g32, p32, new_acc)
+                    inverse_rms = F.inverse_rms(raw)
+                    steps.append(None)
+                    inputs.append([f * inverse_rms[k] for k, f in enumerate(raw)])
+                accumulators.append(new_acc)
             concatenate = self.concatenate_tensors
             if concatenate is None:
                 concatenate = max(self.hidden_sizes) > 16
-            steps = apply_shared_network(
-                inputs, layers, [p.size >= self.fused_min_size for p in param_leaves], concatenate
-            )
-            updates = [
-                (-self.step_mult * d * jnp.exp(self.exp_mult * m)).reshape(p.shape).astype(p.dtype)
-                for (d, m), p in zip(steps, param_leaves)
-            ]
+            pending = [i for i, x in enumerate(inputs) if x is not None]
+            outputs = apply_shared_network(
+                [inputs[i] for i in pending], layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
+                concatenate,
+            ) if pending else []
+            for i, (d, m) in zip(pending, outputs):
+                steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
+            updates = [step.reshape(p.shape).astype(p.dtype) for step, p in zip(steps, param_leaves)]
             new_state = MLPOptimizerState(state.count + 1, tuple(accumulators), loss_state)
             return treedef.unflatten(updates), new_state
 
