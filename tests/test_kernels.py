@@ -1,0 +1,151 @@
+"""Pallas kernels of the learned update (run through Pallas' interpreter on CPU) against the
+jnp references, and the one-pass tensor statistics against plain means and variances."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt.learned import factored_mlp, kernels, small_mlp
+from lopt.learned import features as F
+from lopt.learned.velo import tensor_statistics
+
+
+def features(arrays):
+    g, p, m, v = arrays
+    return [g, jnp.clip(g, -0.1, 0.1), p, m * jax.lax.rsqrt(v + 1e-12), jax.lax.rsqrt(v + 1e-12)]
+
+
+def body(arrays, inverse_rms, network):
+    direction, magnitude = network([f * s for f, s in zip(features(arrays), inverse_rms)])
+    return direction * jnp.exp(1e-2 * magnitude)
+
+
+def random_arrays(n, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    g, p, m = (jax.random.normal(k, (n,)) for k in keys[:3])
+    return [g, p, m, jnp.abs(jax.random.normal(keys[3], (n,)))]
+
+
+def random_layers(sizes, seed=1):
+    keys = jax.random.split(jax.random.key(seed), len(sizes))
+    return [(jax.random.normal(k, (a, b)) / np.sqrt(a), 0.1 * jax.random.normal(k, (b,)))
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+
+@pytest.mark.parametrize("size, block", [(1000, 256), (256, 256), (37, 64)])
+def test_statistics_pass_equals_mean_squares_and_masks_the_last_block(size, block):
+    """Sizes that are not a multiple of the block: the padding past the end must not count
+    (rsqrt(0 + eps) = 1e6 there would dominate every mean)."""
+    arrays = random_arrays(size)
+    got = kernels.statistics_pass(features, arrays, num_features=5, block=block, interpret=True)
+    want = np.array([np.mean(np.square(np.asarray(f, np.float64))) for f in features(arrays)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [(32, 32), (20, 24), (8, 16, 16)])
+def test_network_pass_equals_the_matmul_network(hidden):
+    """Widths that are not powers of two are zero-padded; three hidden layers chain the dots."""
+    arrays = random_arrays(777)
+    layers = random_layers([5, *hidden, 2])
+    inverse_rms = jnp.array([1.0, 3.0, 0.5, 0.7, 1e-3])
+    got = kernels.network_pass(body, arrays, inverse_rms, layers, block=128, interpret=True)
+    x = np.stack([np.asarray(f, np.float64) * s for f, s in zip(features(arrays), np.asarray(inverse_rms))], -1)
+    for w, b in layers[:-1]:
+        x = np.maximum(x @ np.asarray(w, np.float64) + np.asarray(b, np.float64), 0.0)
+    out = x @ np.asarray(layers[-1][0], np.float64) + np.asarray(layers[-1][1], np.float64)
+    np.testing.assert_allclose(got, out[:, 0] * np.exp(1e-2 * out[:, 1]), rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_gradients_are_the_reference_gradients():
+    arrays = random_arrays(300)
+    layers = random_layers([5, 16, 16, 2])
+
+    def through(kernel: bool):
+        def loss(arrays, layers):
+            if kernel:
+                means = kernels.statistics_pass(features, arrays, num_features=5, block=128, interpret=True)
+                step = kernels.network_pass(body, arrays, jax.lax.rsqrt(means), layers, block=128, interpret=True)
+            else:
+                means = kernels.reference_statistics(features, arrays)
+                step = kernels.reference_network_pass(body, arrays, jax.lax.rsqrt(means), layers)
+            return jnp.sum(jnp.sin(step) * arrays[1])
+        return jax.grad(loss, argnums=(0, 1))(arrays, layers)
+
+    chex.assert_trees_all_close(through(True), through(False), rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_rejects_bad_arrays():
+    with pytest.raises(ValueError, match="flat arrays of one size"):
+        kernels.statistics_pass(features, [jnp.ones(4), jnp.ones(5), jnp.ones(4), jnp.ones(4)], num_features=5, interpret=True)
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.statistics_pass(features, random_arrays(10), num_features=5, block=100, interpret=True)
+
+
+def test_optimizer_through_the_kernels_equals_the_xla_path():
+    """small_mlp 32×2 with every tensor of ≥ 8 elements in the kernels (interpreted) against
+    the XLA path: three steps of updates and states, and a meta-gradient through two steps."""
+    params = {"bias": jnp.linspace(-1.0, 1.0, 3), "w": jax.random.normal(jax.random.key(0), (40, 30)),
+              "conv": jax.random.normal(jax.random.key(1), (5, 4, 3, 2))}
+    grads = jax.tree.map(lambda x: jnp.sin(3 * x) + 0.1, params)
+    base = small_mlp()
+    theta = base.init_meta(jax.random.key(3))
+    paths = {"interpret": dataclasses.replace(base, kernel="interpret", fused_min_size=8),
+             "xla": dataclasses.replace(base, kernel="xla", fused_min_size=1 << 40)}
+
+    def unroll(meta, theta, steps):
+        opt = meta.transform(theta, num_steps=10)
+        state, p = opt.init(params), params
+        for _ in range(steps):
+            updates, state = opt.update(grads, state, p)
+            p = optax.apply_updates(p, jax.tree.map(lambda u: 100.0 * u, updates))
+        return updates, state, p
+
+    kernel_run, xla_run = (jax.jit(lambda t, m=m: unroll(m, t, 3)[:2])(theta) for m in paths.values())
+    chex.assert_trees_all_close(kernel_run, xla_run, rtol=1e-3, atol=1e-9)
+    meta_loss = lambda meta: jax.jit(jax.grad(lambda t: sum(jnp.sum(x**2) for x in jax.tree.leaves(unroll(meta, t, 2)[2]))))
+    kernel_grad, xla_grad = (meta_loss(m)(theta) for m in paths.values())
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(xla_grad))
+    chex.assert_trees_all_close(kernel_grad, xla_grad, atol=1e-2 * scale, rtol=0)
+
+
+def test_kernel_choice_is_validated_and_chosen_by_backend():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        small_mlp(kernel="triton")
+    with pytest.raises(ValueError, match="factored accumulators"):
+        factored_mlp(kernel="pallas")
+    assert small_mlp().kernel_for_backend("gpu") == "pallas"
+    assert small_mlp().kernel_for_backend("cpu") == "xla"
+    assert small_mlp(hidden_sizes=(8, 8)).kernel_for_backend("gpu") == "xla"  # narrow: XLA fuses it
+    assert factored_mlp(hidden_sizes=(32, 32)).kernel_for_backend("gpu") == "xla"
+
+
+def test_tensor_means_is_one_pass_of_plain_means_with_their_gradient():
+    xs = tuple(jax.random.normal(jax.random.key(i), (6, 5)) * (i + 1) for i in range(4))
+    np.testing.assert_allclose(F.tensor_means(xs), [float(jnp.mean(x)) for x in xs], rtol=1e-6)
+    weights = jnp.arange(1.0, 5.0)
+    got = jax.grad(lambda xs: jnp.sum(F.tensor_means(tuple(x**2 for x in xs)) * weights))(xs)
+    for g, x, w in zip(got, xs, weights):
+        np.testing.assert_allclose(g, 2 * w * x / x.size, rtol=1e-6)
+
+
+def test_velo_tensor_statistics_match_two_pass_numpy():
+    g = jax.random.normal(jax.random.key(0), (12, 7))
+    p = 0.3 * jax.random.normal(jax.random.key(1), (12, 7))
+    acc = F.init_accumulators(p, F.AccumulatorConfig(momentum_decays=(0.5, 0.9), rms_decays=(0.9,), factored_decays=(0.9,)))
+    decays = F.initial_decays(F.AccumulatorConfig(momentum_decays=(0.5, 0.9), rms_decays=(0.9,), factored_decays=(0.9,)))
+    for _ in range(3):
+        acc = F.update_accumulators(acc, g + 0.2, decays)
+    inverse_rms, tensor = tensor_statistics(g, p, acc)
+    raw = [np.asarray(f, np.float64) for f in F.raw_features(g, p, acc)]
+    np.testing.assert_allclose(inverse_rms, [1 / np.sqrt(np.mean(f**2)) for f in raw], rtol=1e-5)
+    m = [np.asarray(x, np.float64) for x in acc.momentum]
+    root = np.sqrt(np.asarray(acc.rms[0], np.float64) + F.RSQRT_EPS)
+    want = [0.1 * np.log(np.var(x) + 1e-16) for x in m]
+    want += [0.1 * np.log(root.mean() + 1e-16), 0.1 * np.log(np.var(root) + 1e-16)]
+    want += [0.1 * np.log(np.sqrt(np.mean(np.asarray(p, np.float64) ** 2)) + 1e-16), 0, 0, 1, 0, 0]
+    np.testing.assert_allclose(tensor, want, rtol=2e-4, atol=2e-5)
