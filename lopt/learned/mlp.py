@@ -15,6 +15,11 @@ Presets:
 - `factored_mlp()`: Adafactor-style factored second moments at 0.9/0.99/0.999, one momentum
   and no full rms accumulator, hidden 4×2 (AdafacMLPLOpt): per-parameter state is one
   momentum, so memory matches SGD-with-momentum plus O(rows + columns).
+
+Speed (`kernel`): on GPUs, networks wider than 16 run per large tensor in the two Pallas
+kernels of `lopt.learned.kernels` (feature statistics; features + MLP on the tensor cores);
+elsewhere the network is unrolled elementwise math that XLA fuses. W1 on an H100 at 124M
+parameters: 2.6× adam for both presets (README, Benchmarks).
 """
 
 from __future__ import annotations
