@@ -149,3 +149,45 @@ def test_velo_tensor_statistics_match_two_pass_numpy():
     want += [0.1 * np.log(root.mean() + 1e-16), 0.1 * np.log(np.var(root) + 1e-16)]
     want += [0.1 * np.log(np.sqrt(np.mean(np.asarray(p, np.float64) ** 2)) + 1e-16), 0, 0, 1, 0, 0]
     np.testing.assert_allclose(tensor, want, rtol=2e-4, atol=2e-5)
+
+
+FACTORED = F.AccumulatorConfig(momentum_decays=(0.5, 0.9), rms_decays=(0.9,), factored_decays=(0.9, 0.99))
+
+
+def factored_state(shape, steps=3):
+    g = jax.random.normal(jax.random.key(0), shape)
+    p = 0.3 * jax.random.normal(jax.random.key(1), shape)
+    acc, decays = F.init_accumulators(p, FACTORED), F.initial_decays(FACTORED)
+    for i in range(steps):
+        acc = F.update_accumulators(acc, g + 0.1 * i, decays)
+    return g, p, acc
+
+
+@pytest.mark.parametrize("shape, block", [((37, 300), (16, 128)), ((64, 256), (32, 256))])
+def test_means_2d_equals_numpy_with_row_and_column_factors(shape, block):
+    """Partial blocks in both dimensions; values mixing full arrays with row × column factors."""
+    g, p, acc = factored_state(shape)
+    rows, cols = zip(*[F.factored_factors(m) for m in acc.factored])
+    values = lambda full, r, c: [full[0] * r[0] * c[0], jnp.square(full[1]), r[1] + 0 * full[0], full[0] * c[1]]
+    got = kernels.means_2d(values, [g, p], list(rows), list(cols), num_values=4, block=block, interpret=True)
+    g64, p64 = np.asarray(g, np.float64), np.asarray(p, np.float64)
+    r, c = [np.asarray(x, np.float64) for x in rows], [np.asarray(x, np.float64) for x in cols]
+    want = [np.mean(g64 * r[0][:, None] * c[0][None, :]), np.mean(p64**2), np.mean(r[1]), np.mean(g64 * c[1][None, :])]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_feature_means_kernel_equals_xla_path_with_gradients():
+    """VeLO's statistics (17 features with factored preconditioners, momentum and rms moments)
+    through the 2-D kernel against the jnp path, values and gradients."""
+    g, p, acc = factored_state((40, 260))
+    via = lambda kernel: (lambda g, p, acc: jnp.concatenate(tensor_statistics(g, p, acc, kernel=kernel, interpret=True)))
+    np.testing.assert_allclose(via(True)(g, p, acc), via(False)(g, p, acc), rtol=2e-5, atol=1e-6)
+    weights = jnp.linspace(0.5, 1.5, via(False)(g, p, acc).shape[0])
+    grad = lambda kernel: jax.grad(lambda g, p, acc: jnp.sum(via(kernel)(g, p, acc) * weights), argnums=(0, 1, 2))(g, p, acc)
+    chex.assert_trees_all_close(grad(True), grad(False), rtol=1e-3, atol=1e-8)
+
+
+def test_feature_means_kernel_rejects_non_matrices():
+    g, p, acc = factored_state((4, 5, 6))
+    with pytest.raises(ValueError, match="takes matrices"):
+        F.feature_means(g, p, acc, lambda g, p, acc, pre: [g], 1, kernel=True, interpret=True)

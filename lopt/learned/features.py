@@ -29,6 +29,7 @@ cost nothing per parameter):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -142,11 +143,17 @@ def update_accumulators(acc: ParamAccumulators, g: jax.Array, decays: Decays) ->
     )
 
 
+def factored_factors(moment: FactoredMoment) -> tuple[jax.Array, jax.Array]:
+    """Adafactor's rsqrt(v̂) of a rank ≥ 2 tensor as (row factor [..., R], column factor [..., C]):
+    v̂ = R Cᵀ / mean(R), so rsqrt(v̂) = rsqrt(R / mean(R)) · rsqrt(C)."""
+    row_factor = jax.lax.rsqrt(moment.row / moment.row.mean(axis=-1, keepdims=True) + RSQRT_EPS)
+    return row_factor, jax.lax.rsqrt(moment.col + RSQRT_EPS)
+
+
 def factored_rsqrt(moment: FactoredMoment, ndim: int) -> jax.Array:
     """rsqrt of Adafactor's second-moment estimate v̂ = R Cᵀ / mean(R), broadcast to the tensor."""
     if ndim >= 2:
-        row_factor = jax.lax.rsqrt(moment.row / moment.row.mean(axis=-1, keepdims=True) + RSQRT_EPS)
-        col_factor = jax.lax.rsqrt(moment.col + RSQRT_EPS)
+        row_factor, col_factor = factored_factors(moment)
         return row_factor[..., :, None] * col_factor[..., None, :]
     return jax.lax.rsqrt(moment.row + RSQRT_EPS)
 
@@ -155,14 +162,19 @@ PARAMETER_FEATURE = 2  # index of p among the raw features
 FIRST_MOMENTUM_FEATURE = 3  # index of m_0; the other momenta follow
 
 
-def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators) -> list[jax.Array]:
-    """Per-parameter features of one tensor, before per-tensor normalisation (module docstring)."""
+def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
+                 preconditioners: list[jax.Array] | None = None) -> list[jax.Array]:
+    """Per-parameter features of one tensor, before per-tensor normalisation (module docstring).
+
+    preconditioners: the factored rsqrt(v̂) of each factored accumulator, when the caller has
+    them in another form (a kernel's row × column blocks); by default from `acc.factored`."""
     features = [g, jnp.clip(g, -CLIP_GRADIENT, CLIP_GRADIENT), p, *acc.momentum]
     rsqrt_v = [jax.lax.rsqrt(v + RSQRT_EPS) for v in acc.rms]
     features += [g * r for r in rsqrt_v]
     if rsqrt_v:
         features += [m * rsqrt_v[0] for m in acc.momentum] + [rsqrt_v[0]]
-    preconditioners = [factored_rsqrt(moment, g.ndim) for moment in acc.factored]
+    if preconditioners is None:
+        preconditioners = [factored_rsqrt(moment, g.ndim) for moment in acc.factored]
     features += [g * f for f in preconditioners]
     features += [acc.momentum[0] * f for f in preconditioners]
     return features
@@ -190,6 +202,35 @@ def tensor_means(arrays: tuple[jax.Array, ...]) -> jax.Array:
 def _tensor_means_jvp(primals, tangents):
     (arrays,), (dots,) = primals, tangents
     return tensor_means(arrays), jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in dots])
+
+
+KERNEL_MIN_SIZE = 1 << 16
+
+
+def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Callable[..., list[jax.Array]],
+                  num_values: int, *, kernel: bool | None = None, interpret: bool = False) -> jax.Array:
+    """[K] means over one tensor of `values(g, p, acc, preconditioners)` (K arrays).
+
+    kernel: use the one-pass Pallas kernel `kernels.means_2d` (matrices of at least
+    KERNEL_MIN_SIZE elements); None chooses it on GPUs. Otherwise `tensor_means`."""
+    if kernel is None:
+        kernel = jax.default_backend() == "gpu" and g.ndim == 2 and g.size >= KERNEL_MIN_SIZE
+    if not kernel:
+        return tensor_means(tuple(values(g, p, acc, None)))
+    if g.ndim != 2:
+        raise ValueError(f"the statistics kernel takes matrices, got a tensor of shape {g.shape}")
+    from lopt.learned import kernels
+
+    num_m, num_r = len(acc.momentum), len(acc.rms)
+    factors = [factored_factors(moment) for moment in acc.factored]
+
+    def blocks(full, rows, cols):
+        g, p, *state = full
+        blocks_acc = ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), ())
+        return values(g, p, blocks_acc, [r * c for r, c in zip(rows, cols)])
+
+    return kernels.means_2d(blocks, [g, p, *acc.momentum, *acc.rms], [r for r, _ in factors], [c for _, c in factors],
+                            num_values=num_values, interpret=interpret)
 
 
 def inverse_rms(features: list[jax.Array]) -> jax.Array:

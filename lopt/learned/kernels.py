@@ -207,6 +207,88 @@ def statistics_pass(features: Features, arrays: Sequence[jax.Array], *, num_feat
     return run(list(arrays))
 
 
+Values2D = Callable[[list[jax.Array], list[jax.Array], list[jax.Array]], list[jax.Array]]
+
+
+def reference_means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Array],
+                       cols: Sequence[jax.Array]) -> jax.Array:
+    """`means_2d` in jnp."""
+    shape = full[0].shape
+    out = values(list(full), [r[:, None] for r in rows], [c[None, :] for c in cols])
+    return jnp.stack([jnp.mean(jnp.broadcast_to(v, shape)) for v in out])
+
+
+def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array], *,
+             num_values: int, block: tuple[int, int] = (32, 256), num_warps: int = 8,
+             interpret: bool = False) -> jax.Array:
+    """[K] means over an [R, C] tensor of `values(full, rows, cols)`, one pass in one kernel.
+
+    `full` are [R, C] arrays, `rows` [R] and `cols` [C] vectors; `values` receives blocks of
+    them as [br, bc], [br, 1] and [1, bc] arrays (so a factored preconditioner is
+    rows[k] * cols[k]) and returns K arrays that broadcast to [br, bc]. This is what per-tensor
+    statistics with Adafactor-factored accumulators need: XLA on GPUs otherwise materialises the
+    features and reduces each in its own kernel (VeLO at 10M parameters on an H100: 90 separate
+    reductions, 3.5 ms per step against adam's 0.18 ms)."""
+    (num_rows, num_cols), (block_rows, block_cols) = full[0].shape, block
+    if any(x.shape != (num_rows, num_cols) for x in full) or any(r.shape != (num_rows,) for r in rows) \
+            or any(c.shape != (num_cols,) for c in cols):
+        raise ValueError("means_2d takes [R, C] arrays with [R] row and [C] column vectors")
+    for b in block:
+        if b <= 0 or b & (b - 1):
+            raise ValueError(f"block sizes must be powers of two, got {block}")
+    grid = (pl.cdiv(num_rows, block_rows), pl.cdiv(num_cols, block_cols))
+
+    def kernel(*refs):
+        from jax.experimental.pallas import triton as plgpu
+
+        full_refs, rest = refs[:len(full)], refs[len(full):]
+        row_refs, col_refs, out_refs = rest[:len(rows)], rest[len(rows):len(rows) + len(cols)], rest[len(rows) + len(cols):]
+        row_ok = pl.program_id(0) * block_rows + jax.lax.broadcasted_iota(jnp.int32, (block_rows,), 0) < num_rows
+        col_ok = pl.program_id(1) * block_cols + jax.lax.broadcasted_iota(jnp.int32, (block_cols,), 0) < num_cols
+        ok = row_ok[:, None] & col_ok[None, :]
+        out = values(
+            [plgpu.load(r, mask=ok, other=0.0).astype(jnp.float32) for r in full_refs],
+            [plgpu.load(r, mask=row_ok, other=0.0).astype(jnp.float32)[:, None] for r in row_refs],
+            [plgpu.load(r, mask=col_ok, other=0.0).astype(jnp.float32)[None, :] for r in col_refs],
+        )
+        if len(out) != num_values:
+            raise ValueError(f"values returned {len(out)} arrays, expected {num_values}")
+        for ref, value in zip(out_refs, out):
+            ref[0, 0] = jnp.sum(jnp.where(ok, value, 0.0))
+
+    kwargs = {}
+    if not interpret:
+        from jax.experimental.pallas import triton as plgpu
+
+        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+
+    @jax.custom_vjp
+    def run(full, rows, cols):
+        sums = pl.pallas_call(
+            kernel,
+            out_shape=[jax.ShapeDtypeStruct(grid, jnp.float32)] * num_values,
+            grid=grid,
+            in_specs=[*[pl.BlockSpec(block, lambda i, j: (i, j))] * len(full),
+                      *[pl.BlockSpec((block_rows,), lambda i, j: (i,))] * len(rows),
+                      *[pl.BlockSpec((block_cols,), lambda i, j: (j,))] * len(cols)],
+            out_specs=[pl.BlockSpec((1, 1), lambda i, j: (i, j))] * num_values,
+            interpret=interpret,
+            name="lopt_means_2d",
+            **kwargs,
+        )(*full, *rows, *cols)
+        return jnp.stack([x.sum() for x in sums]) / (num_rows * num_cols)
+
+    def forward(full, rows, cols):
+        return run(full, rows, cols), (full, rows, cols)
+
+    def backward(residuals, cotangent):
+        _, vjp = jax.vjp(lambda *args: reference_means_2d(values, *args), *residuals)
+        return vjp(cotangent)
+
+    run.defvjp(forward, backward)
+    return run(list(full), list(rows), list(cols))
+
+
 def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, layers: Sequence[Layer], *,
                  block: int = 256, num_warps: int = 4, interpret: bool = False) -> jax.Array:
     """Kernel 2 (module docstring): the float32 step for every parameter."""

@@ -234,7 +234,8 @@ class MLPOptimizer:
                     inputs.append(None)
                 else:
                     raw = F.raw_features(g32, p32, new_acc)
-                    inverse_rms = F.inverse_rms(raw)
+                    squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
+                    inverse_rms = jax.lax.rsqrt(F.feature_means(g32, p32, new_acc, squares, len(raw)) + F.NORMALISER_EPS)
                     steps.append(None)
                     inputs.append([f * inverse_rms[k] for k, f in enumerate(raw)])
                 accumulators.append(new_acc)

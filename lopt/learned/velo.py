@@ -52,22 +52,26 @@ class VeLOState(NamedTuple):
     lstm_c: jax.Array
 
 
-def tensor_statistics(g: jax.Array, p: jax.Array, acc: F.ParamAccumulators) -> tuple[jax.Array, jax.Array]:
+def tensor_statistics(g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, *, kernel: bool | None = None,
+                      interpret: bool = False) -> tuple[jax.Array, jax.Array]:
     """One pass over a tensor: (inverse RMS of each raw per-parameter feature [F], the tensor's
     features). Tensor features, log-scaled by 0.1 so they sit near unit scale: log-variance of
     each momentum, log mean and log variance of sqrt(rms), log RMS of the parameters; then a
     one-hot of the tensor's rank (0, 1, 2, 3, ≥4).
 
-    All the tensor's means come from one variadic reduction (`F.tensor_means`). Variances are
+    All the tensor's means come from one pass (`F.feature_means`: a Pallas kernel for large
+    matrices on GPUs, one variadic reduction on CPUs; `kernel`, `interpret` as there). Variances are
     E[x²] − E[x]² (clamped at 0), one pass instead of two; in float32 this loses the variance of
     a momentum whose mean exceeds its spread by ~10³, well below where the 0.1·log feature moves."""
-    raw = F.raw_features(g, p, acc)
-    arrays = [jnp.square(f) for f in raw] + list(acc.momentum)
-    if acc.rms:
-        root = jnp.sqrt(acc.rms[0] + F.RSQRT_EPS)
-        arrays += [root, jnp.square(root)]
-    means = F.tensor_means(tuple(arrays))
-    count, num_m = len(raw), len(acc.momentum)
+    def values(g, p, acc, preconditioners):
+        arrays = [jnp.square(f) for f in F.raw_features(g, p, acc, preconditioners)] + list(acc.momentum)
+        if acc.rms:
+            root = jnp.sqrt(acc.rms[0] + F.RSQRT_EPS)
+            arrays += [root, jnp.square(root)]
+        return arrays
+
+    count, num_m = len(F.raw_features(g, p, acc)), len(acc.momentum)
+    means = F.feature_means(g, p, acc, values, count + num_m + (2 if acc.rms else 0), kernel=kernel, interpret=interpret)
     stats = [_log_variance(means[count + k], means[F.FIRST_MOMENTUM_FEATURE + k]) for k in range(num_m)]
     if acc.rms:
         root_mean, root_square = means[count + num_m], means[count + num_m + 1]
