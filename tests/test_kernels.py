@@ -191,3 +191,49 @@ def test_feature_means_kernel_rejects_non_matrices():
     g, p, acc = factored_state((4, 5, 6))
     with pytest.raises(ValueError, match="takes matrices"):
         F.feature_means(g, p, acc, lambda g, p, acc, pre: [g], 1, kernel=True, interpret=True)
+
+
+def test_network_2d_with_runtime_weights_equals_reference():
+    """The unrolled narrow network with weights read as scalars from a kernel operand."""
+    from lopt.learned import per_param_mlp
+
+    g, p, acc = factored_state((37, 300))
+    rows, cols = zip(*[F.factored_factors(m) for m in acc.factored])
+    layers = random_layers([3, 4, 4, 2], seed=5)
+
+    def body(full, rows, cols, scalars, layers):
+        direction, magnitude = per_param_mlp.fused([full[0] * rows[0] * cols[0], full[1] * scalars[0], rows[1] + 0 * full[0]], layers)
+        return direction * jnp.exp(0.1 * magnitude)
+
+    args = ([g, p], list(rows), list(cols), jnp.array([2.0]), layers)
+    got = kernels.network_2d(body, *args, block=(16, 128), interpret=True)
+    np.testing.assert_allclose(got, kernels.reference_network_2d(body, *args), rtol=1e-5, atol=1e-7)
+    loss = lambda f: jax.grad(lambda p, layers: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), jnp.array([2.0]), layers))), argnums=(0, 1))
+    kernel_fn = lambda *a: kernels.network_2d(*a, block=(16, 128), interpret=True)
+    chex.assert_trees_all_close(loss(kernel_fn)(p, layers), loss(kernels.reference_network_2d)(p, layers), rtol=1e-4, atol=1e-7)
+
+
+def test_velo_through_the_2d_kernels_equals_the_xla_path():
+    from lopt.learned import VeLOOptimizer
+
+    params = {"bias": jnp.linspace(-1.0, 1.0, 30), "w": jax.random.normal(jax.random.key(0), (37, 77)),
+              "conv": jax.random.normal(jax.random.key(1), (5, 4, 3, 2))}
+    grads = jax.tree.map(lambda x: jnp.sin(3 * x) + 0.1, params)
+    base = VeLOOptimizer(lstm_hidden=16, bank_size=4, fused_min_size=1000)
+    theta = base.init_meta(jax.random.key(3))
+
+    def unroll(kernel, theta, steps):
+        opt = dataclasses.replace(base, kernel=kernel).transform(theta, num_steps=10)
+        state, p = opt.init(params), params
+        for _ in range(steps):
+            updates, state = opt.update(grads, state, p, loss=jnp.float32(1.0))
+            p = optax.apply_updates(p, jax.tree.map(lambda u: 100.0 * u, updates))
+        return updates, p
+
+    chex.assert_trees_all_close(*(jax.jit(lambda t, k=k: unroll(k, t, 3)[0])(theta) for k in ("interpret", "xla")), rtol=1e-3, atol=1e-8)
+    grads_of = lambda k: jax.jit(jax.grad(lambda t: sum(jnp.sum(x**2) for x in jax.tree.leaves(unroll(k, t, 2)[1]))))(theta)
+    kernel_grad, xla_grad = grads_of("interpret"), grads_of("xla")
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(xla_grad))
+    chex.assert_trees_all_close(kernel_grad, xla_grad, atol=1e-3 * scale, rtol=0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        VeLOOptimizer(kernel="cuda")

@@ -19,7 +19,7 @@ Presets:
 Speed (`kernel`): on GPUs, networks wider than 16 run per large tensor in the two Pallas
 kernels of `lopt.learned.kernels` (feature statistics; features + MLP on the tensor cores);
 elsewhere the network is unrolled elementwise math that XLA fuses. W1 on an H100 at 124M
-parameters: 2.6× adam for both presets (README, Benchmarks).
+parameters: 2.1-2.7× adam for both presets (README, Benchmarks).
 """
 
 from __future__ import annotations

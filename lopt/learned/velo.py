@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.learned import features as F
-from lopt.learned import per_param_mlp
+from lopt.learned import kernels, per_param_mlp
 from lopt.learned.base import check_params, register
 from lopt.learned.mlp import dense_init
 
@@ -109,6 +109,21 @@ class VeLOOptimizer:
     exp_mult: float = 1e-3
     rms_floor: float = 1e-2
     fused_min_size: int = 1 << 16
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("auto", "xla", "pallas", "interpret"):
+            raise ValueError(f"kernel must be one of auto, xla, pallas, interpret, got {self.kernel!r}")
+
+    def kernel_for(self, p: jax.Array, backend: str) -> str:
+        """How tensor `p` runs its per-parameter work: "xla" (fused jnp), or the 2-D Pallas
+        kernels of `lopt.learned.kernels` ("pallas"; "interpret" through Pallas' interpreter)
+        for matrices of at least `fused_min_size` elements; "auto" picks "pallas" on GPUs."""
+        if p.ndim != 2 or p.size < self.fused_min_size:
+            return "xla"
+        if self.kernel == "auto":
+            return "pallas" if backend == "gpu" else "xla"
+        return self.kernel
 
     @property
     def mlp_sizes(self) -> list[int]:
@@ -156,6 +171,24 @@ class VeLOOptimizer:
             offset += fan_out
         return layers
 
+    def _kernel_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, inverse_rms: jax.Array,
+                     scale: jax.Array, layers: list[tuple[jax.Array, jax.Array]], interpret: bool) -> jax.Array:
+        """One matrix's step (before the sign) in `kernels.network_2d`, factored preconditioners
+        formed in-kernel from row and column factors."""
+        num_m, num_f = len(acc.momentum), len(inverse_rms)
+        step_mult, exp_mult = self.step_mult, self.exp_mult
+        factors = [F.factored_factors(moment) for moment in acc.factored]
+
+        def body(full, rows, cols, scalars, layers):
+            g, p, *state = full
+            block_acc = F.ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), ())
+            features = F.raw_features(g, p, block_acc, [r * c for r, c in zip(rows, cols)])
+            direction, magnitude = per_param_mlp.fused([f * s for f, s in zip(features, scalars[:num_f])], layers)
+            return step_mult * direction * jnp.exp(exp_mult * magnitude) * scalars[num_f]
+
+        return kernels.network_2d(body, [g, p, *acc.momentum, *acc.rms], [r for r, _ in factors], [c for _, c in factors],
+                                  jnp.concatenate([inverse_rms, scale[None]]), layers, interpret=interpret)
+
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
         decays = F.initial_decays(self.accumulators)
 
@@ -180,7 +213,12 @@ class VeLOOptimizer:
             param32 = [p.astype(jnp.float32) for p in param_leaves]
             accumulators = [F.update_accumulators(a, g, decays) for a, g in zip(state.accumulators, grad_leaves)]
 
-            statistics = [tensor_statistics(g, p, a) for g, p, a in zip(grad_leaves, param32, accumulators)]
+            backend = jax.default_backend()
+            paths = [self.kernel_for(p, backend) for p in param32]
+            statistics = [
+                tensor_statistics(g, p, a, kernel=path != "xla", interpret=path == "interpret")
+                for g, p, a, path in zip(grad_leaves, param32, accumulators, paths)
+            ]
             per_tensor = jnp.stack([tensor for _, tensor in statistics])
             shared = jnp.concatenate([F.time_features(state.count, num_steps), F.loss_features(loss_state, loss)])
             context = jnp.broadcast_to(per_tensor.max(axis=0), per_tensor.shape)
@@ -193,11 +231,14 @@ class VeLOOptimizer:
             updates = []
             for i, (g, p, acc, original) in enumerate(zip(grad_leaves, param32, accumulators, param_leaves)):
                 inverse_rms = statistics[i][0]
-                inputs_i = [f * inverse_rms[k] for k, f in enumerate(F.raw_features(g, p, acc))]
-                network = per_param_mlp.fused if p.size >= self.fused_min_size else per_param_mlp.reference
-                direction, magnitude = network(inputs_i, self._unpack(mixed[i]))
                 scale = lr_mult[i] * jnp.maximum(1.0 / inverse_rms[F.PARAMETER_FEATURE], self.rms_floor)
-                step = self.step_mult * direction * jnp.exp(self.exp_mult * magnitude) * scale
+                if paths[i] != "xla":
+                    step = self._kernel_step(g, p, acc, inverse_rms, scale, self._unpack(mixed[i]), paths[i] == "interpret")
+                else:
+                    inputs_i = [f * inverse_rms[k] for k, f in enumerate(F.raw_features(g, p, acc))]
+                    network = per_param_mlp.fused if p.size >= self.fused_min_size else per_param_mlp.reference
+                    direction, magnitude = network(inputs_i, self._unpack(mixed[i]))
+                    step = self.step_mult * direction * jnp.exp(self.exp_mult * magnitude) * scale
                 updates.append((-step).astype(original.dtype))
             new_state = VeLOState(state.count + 1, tuple(accumulators), loss_state, h, c)
             return treedef.unflatten(updates), new_state
