@@ -184,13 +184,14 @@ def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
 def tensor_means(arrays: tuple[jax.Array, ...]) -> jax.Array:
     """[K] mean of each of K same-shaped arrays.
 
-    On CPUs, one variadic XLA reduction reads every input once with the arrays' elementwise
-    producers fused into it (VeLO at 1M parameters, 2-core CPU: 14.6 ms per step, against
-    24.8 ms with K separate means). On GPUs XLA's variadic reduction is slow (12.8 ms for 11
-    means over 124M parameters on an H100, 8× adam), so there K ordinary means are left to XLA's
-    sibling-reduction fusion."""
+    One variadic XLA reduction reads every input once with the arrays' elementwise producers
+    fused into it: on CPUs (VeLO at 1M parameters, 2-core CPU: 14.6 ms per step, against 24.8 ms
+    with K separate means), and on GPUs for tensors under KERNEL_MIN_SIZE elements, where one
+    kernel instead of K matters more than its speed (a GPT-2 has ~100 bias and norm vectors).
+    For large tensors on GPUs XLA's variadic reduction is slow (12.8 ms for 11 means over 124M
+    parameters on an H100, 8× adam), so there K ordinary means are left to XLA."""
     arrays = tuple(jnp.asarray(x, jnp.float32) for x in arrays)
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" and arrays[0].size >= KERNEL_MIN_SIZE:
         return jnp.stack([jnp.mean(x) for x in arrays])
     dims = tuple(range(arrays[0].ndim))
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in arrays)
