@@ -175,6 +175,25 @@ def _scalar_operand(scalars: jax.Array) -> jax.Array:
     return jnp.zeros((pl.next_power_of_2(max(count, 1)),), jnp.float32).at[:count].set(scalars)
 
 
+def _with_reference_vjp(fast: Callable, reference: Callable) -> Callable:
+    """`fast(*args)` (a kernel) differentiated as `reference(*args)` (the same numbers in jnp):
+    Pallas kernels have no reverse-mode rule of their own."""
+
+    @jax.custom_vjp
+    def run(*args):
+        return fast(*args)
+
+    def forward(*args):
+        return fast(*args), args
+
+    def backward(args, cotangent):
+        _, vjp = jax.vjp(reference, *args)
+        return vjp(cotangent)
+
+    run.defvjp(forward, backward)
+    return run
+
+
 def statistics_pass(features: Features, arrays: Sequence[jax.Array], *, num_features: int, block: int = 1024,
                     num_warps: int = 4, interpret: bool = False) -> jax.Array:
     """Kernel 1 (module docstring): [F] mean square of each feature over the arrays."""
@@ -191,20 +210,11 @@ def statistics_pass(features: Features, arrays: Sequence[jax.Array], *, num_feat
         for ref, value in zip(out_refs, values):
             ref[0] = jnp.sum(jnp.where(valid, jnp.square(value), 0.0))
 
-    @jax.custom_vjp
     def run(arrays):
         sums = _call(kernel, [], arrays, [sum_spec] * num_features, block, num_warps, interpret, "lopt_statistics_pass")
         return jnp.stack([x.sum() for x in sums]) / size
 
-    def forward(arrays):
-        return run(arrays), arrays
-
-    def backward(arrays, cotangent):
-        _, vjp = jax.vjp(lambda a: reference_statistics(features, a), arrays)
-        return vjp(cotangent)
-
-    run.defvjp(forward, backward)
-    return run(list(arrays))
+    return _with_reference_vjp(run, lambda arrays: reference_statistics(features, arrays))(list(arrays))
 
 
 Values2D = Callable[[list[jax.Array], list[jax.Array], list[jax.Array]], list[jax.Array]]
@@ -264,7 +274,6 @@ def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Arr
 
         kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
 
-    @jax.custom_vjp
     def run(full, rows, cols):
         sums = pl.pallas_call(
             kernel,
@@ -280,15 +289,8 @@ def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Arr
         )(*full, *rows, *cols)
         return jnp.stack([x.sum() for x in sums]) / (num_rows * num_cols)
 
-    def forward(full, rows, cols):
-        return run(full, rows, cols), (full, rows, cols)
-
-    def backward(residuals, cotangent):
-        _, vjp = jax.vjp(lambda *args: reference_means_2d(values, *args), *residuals)
-        return vjp(cotangent)
-
-    run.defvjp(forward, backward)
-    return run(list(full), list(rows), list(cols))
+    reference = lambda full, rows, cols: reference_means_2d(values, full, rows, cols)
+    return _with_reference_vjp(run, reference)(list(full), list(rows), list(cols))
 
 
 def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, layers: Sequence[Layer], *,
@@ -306,22 +308,15 @@ def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, la
         step = body(_load_blocks(array_refs, valid), values, _kernel_network(weight_refs, num_hidden, num_features))
         plgpu.store(out_ref, step, mask=valid)
 
-    @jax.custom_vjp
     def run(arrays, scalars, layers):
         spec = (jax.ShapeDtypeStruct((size,), jnp.float32), pl.BlockSpec((block,), lambda i: (i,)))
         (step,) = _call(kernel, [_scalar_operand(scalars), *pad_layers(layers)], arrays, [spec],
                         block, num_warps, interpret, "lopt_network_pass")
         return step
 
-    def forward(arrays, scalars, layers):
-        return run(arrays, scalars, layers), (arrays, scalars, layers)
-
-    def backward(residuals, cotangents):
-        _, vjp = jax.vjp(lambda *args: reference_network_pass(body, *args), *residuals)
-        return vjp(cotangents)
-
-    run.defvjp(forward, backward)
-    return run(list(arrays), jnp.asarray(scalars, jnp.float32), [tuple(layer) for layer in layers])
+    reference = lambda arrays, scalars, layers: reference_network_pass(body, arrays, scalars, layers)
+    return _with_reference_vjp(run, reference)(
+        list(arrays), jnp.asarray(scalars, jnp.float32), [tuple(layer) for layer in layers])
 
 
 class _ScalarWeights:
@@ -409,7 +404,6 @@ def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array
 
         kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
 
-    @jax.custom_vjp
     def run(full, rows, cols, scalars, layers):
         flat_weights = _flatten_layers(layers)
         scalar_operand = _scalar_operand(scalars)
@@ -428,12 +422,6 @@ def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array
             **kwargs,
         )(scalar_operand, flat_weights, *full, *rows, *cols)
 
-    def forward(full, rows, cols, scalars, layers):
-        return run(full, rows, cols, scalars, layers), (full, rows, cols, scalars, layers)
-
-    def backward(residuals, cotangent):
-        _, vjp = jax.vjp(lambda *args: reference_network_2d(body, *args), *residuals)
-        return vjp(cotangent)
-
-    run.defvjp(forward, backward)
-    return run(list(full), list(rows), list(cols), jnp.asarray(scalars, jnp.float32), [tuple(l) for l in layers])
+    reference = lambda *args: reference_network_2d(body, *args)
+    return _with_reference_vjp(run, reference)(
+        list(full), list(rows), list(cols), jnp.asarray(scalars, jnp.float32), [tuple(layer) for layer in layers])
