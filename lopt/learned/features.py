@@ -180,6 +180,9 @@ def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
     return features
 
 
+KERNEL_MIN_SIZE = 1 << 16  # elements; smaller tensors stay out of the Pallas kernels
+
+
 @jax.custom_jvp
 def tensor_means(arrays: tuple[jax.Array, ...]) -> jax.Array:
     """[K] mean of each of K same-shaped arrays.
@@ -205,8 +208,6 @@ def _tensor_means_jvp(primals, tangents):
     return tensor_means(arrays), jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in dots])
 
 
-KERNEL_MIN_SIZE = 1 << 16
-
 
 def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Callable[..., list[jax.Array]],
                   num_values: int, *, kernel: bool | None = None, interpret: bool = False) -> jax.Array:
@@ -222,23 +223,27 @@ def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Ca
         raise ValueError(f"the statistics kernel takes matrices, got a tensor of shape {g.shape}")
     from lopt.learned import kernels
 
-    num_m, num_r = len(acc.momentum), len(acc.rms)
-    factors = [factored_factors(moment) for moment in acc.factored]
+    num_m = len(acc.momentum)
 
     def blocks(full, rows, cols):
-        g, p, *state = full
-        blocks_acc = ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), ())
-        return values(g, p, blocks_acc, [r * c for r, c in zip(rows, cols)])
+        return values(*from_kernel_blocks(full, num_m), [r * c for r, c in zip(rows, cols)])
 
-    return kernels.means_2d(blocks, [g, p, *acc.momentum, *acc.rms], [r for r, _ in factors], [c for _, c in factors],
-                            num_values=num_values, interpret=interpret)
+    return kernels.means_2d(blocks, *kernel_operands(g, p, acc), num_values=num_values, interpret=interpret)
 
 
-def inverse_rms(features: list[jax.Array]) -> jax.Array:
-    """[F] 1 / RMS of each feature over its tensor, in one pass: multiplying a feature by its
-    factor divides it by its root-mean-square, the second-moment normaliser of small_fc_lopt and
-    VeLO that makes the network's inputs scale-free."""
-    return jax.lax.rsqrt(tensor_means(tuple(jnp.square(f) for f in features)) + NORMALISER_EPS)
+def kernel_operands(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
+                    ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+    """One tensor's arrays as the kernels take them: full-size [g, p, momenta..., rms...], and
+    the row and column factors of each factored accumulator (`factored_factors`)."""
+    factors = [factored_factors(moment) for moment in acc.factored]
+    return [g, p, *acc.momentum, *acc.rms], [r for r, _ in factors], [c for _, c in factors]
+
+
+def from_kernel_blocks(full: list[jax.Array], num_momentum: int) -> tuple[jax.Array, jax.Array, ParamAccumulators]:
+    """Inverse of `kernel_operands`' full-size list: (g, p, accumulators without the factored
+    ones, whose preconditioners the kernels form from row × column blocks)."""
+    g, p, *state = full
+    return g, p, ParamAccumulators(tuple(state[:num_momentum]), tuple(state[num_momentum:]), ())
 
 
 def time_features(step: jax.Array, num_steps: int | jax.Array) -> jax.Array:

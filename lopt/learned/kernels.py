@@ -142,11 +142,6 @@ def _call(kernel, operands: Sequence[jax.Array], arrays: Sequence[jax.Array], ou
     """pallas_call over blocks of the flat `arrays`, with small `operands` passed whole."""
     whole = lambda x: pl.BlockSpec(x.shape, lambda i, n=x.ndim: (0,) * n)
     tiled = pl.BlockSpec((block,), lambda i: (i,))
-    kwargs = {}
-    if not interpret:
-        from jax.experimental.pallas import triton as plgpu
-
-        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
     return pl.pallas_call(
         kernel,
         out_shape=[shape for shape, _ in outputs],
@@ -155,13 +150,57 @@ def _call(kernel, operands: Sequence[jax.Array], arrays: Sequence[jax.Array], ou
         out_specs=[spec for _, spec in outputs],
         interpret=interpret,
         name=name,
-        **kwargs,
+        **_compiler_params(num_warps, interpret),
     )(*operands, *arrays)
 
 
-def _in_bounds(block: int, size: int) -> jax.Array:
-    """[block] mask of this program's positions that lie inside the arrays."""
-    return pl.program_id(0) * block + jax.lax.broadcasted_iota(jnp.int32, (block,), 0) < size
+def _compiler_params(num_warps: int, interpret: bool) -> dict:
+    """Triton launch settings (none for the interpreter)."""
+    if interpret:
+        return {}
+    from jax.experimental.pallas import triton as plgpu
+
+    return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=1)}
+
+
+def _check_2d(full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array],
+              block: tuple[int, int]) -> tuple[int, int]:
+    """The grid over [R, C] `full` arrays with [R] `rows` and [C] `cols` vectors."""
+    num_rows, num_cols = full[0].shape
+    if any(x.shape != (num_rows, num_cols) for x in full) or any(r.shape != (num_rows,) for r in rows) \
+            or any(c.shape != (num_cols,) for c in cols):
+        raise ValueError("the 2-D kernels take [R, C] arrays with [R] row and [C] column vectors")
+    for b in block:
+        if b <= 0 or b & (b - 1):
+            raise ValueError(f"block sizes must be powers of two, got {block}")
+    return pl.cdiv(num_rows, block[0]), pl.cdiv(num_cols, block[1])
+
+
+def _specs_2d(block: tuple[int, int], num_full: int, num_rows: int, num_cols: int) -> list[pl.BlockSpec]:
+    return [*[pl.BlockSpec(block, lambda i, j: (i, j))] * num_full,
+            *[pl.BlockSpec((block[0],), lambda i, j: (i,))] * num_rows,
+            *[pl.BlockSpec((block[1],), lambda i, j: (j,))] * num_cols]
+
+
+def _load_2d(full_refs: Sequence, row_refs: Sequence, col_refs: Sequence, shape: tuple[int, int],
+             block: tuple[int, int]) -> tuple[jax.Array, list[jax.Array], list[jax.Array], list[jax.Array]]:
+    """This program's blocks, masked past the edges: (in-bounds mask [br, bc], full blocks
+    [br, bc], row blocks [br, 1], column blocks [1, bc])."""
+    from jax.experimental.pallas import triton as plgpu
+
+    row_ok, col_ok = _in_bounds(block[0], shape[0], axis=0), _in_bounds(block[1], shape[1], axis=1)
+    ok = row_ok[:, None] & col_ok[None, :]
+    return (
+        ok,
+        [plgpu.load(r, mask=ok, other=0.0).astype(jnp.float32) for r in full_refs],
+        [plgpu.load(r, mask=row_ok, other=0.0).astype(jnp.float32)[:, None] for r in row_refs],
+        [plgpu.load(r, mask=col_ok, other=0.0).astype(jnp.float32)[None, :] for r in col_refs],
+    )
+
+
+def _in_bounds(block: int, size: int, axis: int = 0) -> jax.Array:
+    """[block] mask of this program's positions along grid `axis` that lie inside the arrays."""
+    return pl.program_id(axis) * block + jax.lax.broadcasted_iota(jnp.int32, (block,), 0) < size
 
 
 def _load_blocks(refs: Sequence, valid: jax.Array) -> list[jax.Array]:
@@ -241,53 +280,30 @@ def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Arr
     reductions, 3.5 ms per step against adam's 0.18 ms). Blocks of (8, 128) with 4 warps took
     0.49 ms for VeLO's 22 statistics of a [50257, 768] embedding on an H100; (32, 256) with 8
     warps, 0.71 ms."""
-    (num_rows, num_cols), (block_rows, block_cols) = full[0].shape, block
-    if any(x.shape != (num_rows, num_cols) for x in full) or any(r.shape != (num_rows,) for r in rows) \
-            or any(c.shape != (num_cols,) for c in cols):
-        raise ValueError("means_2d takes [R, C] arrays with [R] row and [C] column vectors")
-    for b in block:
-        if b <= 0 or b & (b - 1):
-            raise ValueError(f"block sizes must be powers of two, got {block}")
-    grid = (pl.cdiv(num_rows, block_rows), pl.cdiv(num_cols, block_cols))
+    grid = _check_2d(full, rows, cols, block)
+    shape = full[0].shape
 
     def kernel(*refs):
-        from jax.experimental.pallas import triton as plgpu
-
-        full_refs, rest = refs[:len(full)], refs[len(full):]
-        row_refs, col_refs, out_refs = rest[:len(rows)], rest[len(rows):len(rows) + len(cols)], rest[len(rows) + len(cols):]
-        row_ok = pl.program_id(0) * block_rows + jax.lax.broadcasted_iota(jnp.int32, (block_rows,), 0) < num_rows
-        col_ok = pl.program_id(1) * block_cols + jax.lax.broadcasted_iota(jnp.int32, (block_cols,), 0) < num_cols
-        ok = row_ok[:, None] & col_ok[None, :]
-        out = values(
-            [plgpu.load(r, mask=ok, other=0.0).astype(jnp.float32) for r in full_refs],
-            [plgpu.load(r, mask=row_ok, other=0.0).astype(jnp.float32)[:, None] for r in row_refs],
-            [plgpu.load(r, mask=col_ok, other=0.0).astype(jnp.float32)[None, :] for r in col_refs],
-        )
+        split = (len(full), len(full) + len(rows), len(full) + len(rows) + len(cols))
+        ok, *blocks = _load_2d(refs[:split[0]], refs[split[0]:split[1]], refs[split[1]:split[2]], shape, block)
+        out = values(*blocks)
         if len(out) != num_values:
             raise ValueError(f"values returned {len(out)} arrays, expected {num_values}")
-        for ref, value in zip(out_refs, out):
+        for ref, value in zip(refs[split[2]:], out):
             ref[0, 0] = jnp.sum(jnp.where(ok, value, 0.0))
-
-    kwargs = {}
-    if not interpret:
-        from jax.experimental.pallas import triton as plgpu
-
-        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
 
     def run(full, rows, cols):
         sums = pl.pallas_call(
             kernel,
             out_shape=[jax.ShapeDtypeStruct(grid, jnp.float32)] * num_values,
             grid=grid,
-            in_specs=[*[pl.BlockSpec(block, lambda i, j: (i, j))] * len(full),
-                      *[pl.BlockSpec((block_rows,), lambda i, j: (i,))] * len(rows),
-                      *[pl.BlockSpec((block_cols,), lambda i, j: (j,))] * len(cols)],
+            in_specs=_specs_2d(block, len(full), len(rows), len(cols)),
             out_specs=[pl.BlockSpec((1, 1), lambda i, j: (i, j))] * num_values,
             interpret=interpret,
             name="lopt_means_2d",
-            **kwargs,
+            **_compiler_params(num_warps, interpret),
         )(*full, *rows, *cols)
-        return jnp.stack([x.sum() for x in sums]) / (num_rows * num_cols)
+        return jnp.stack([x.sum() for x in sums]) / (shape[0] * shape[1])
 
     reference = lambda full, rows, cols: reference_means_2d(values, full, rows, cols)
     return _with_reference_vjp(run, reference)(list(full), list(rows), list(cols))
@@ -373,53 +389,31 @@ def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array
     Block size matters: every feature and hidden unit lives in registers, and (32, 256) blocks
     with 8 warps spilled them (VeLO's body on an H100: 17.2 ms for a [50257, 768] embedding);
     (4, 128) with 4 warps took 0.54 ms there and 0.08 ms for [768, 3072]."""
-    (num_rows, num_cols), (block_rows, block_cols) = full[0].shape, block
-    if any(x.shape != (num_rows, num_cols) for x in full) or any(r.shape != (num_rows,) for r in rows) \
-            or any(c.shape != (num_cols,) for c in cols):
-        raise ValueError("network_2d takes [R, C] arrays with [R] row and [C] column vectors")
-    grid = (pl.cdiv(num_rows, block_rows), pl.cdiv(num_cols, block_cols))
-    places = _weight_places(layers)
+    grid = _check_2d(full, rows, cols, block)
+    shape, places = full[0].shape, _weight_places(layers)
 
     def kernel(scalar_ref, weight_ref, *refs):
         from jax.experimental.pallas import triton as plgpu
 
-        full_refs, rest = refs[:len(full)], refs[len(full):]
-        row_refs, col_refs, out_ref = rest[:len(rows)], rest[len(rows):len(rows) + len(cols)], rest[-1]
-        row_ok = pl.program_id(0) * block_rows + jax.lax.broadcasted_iota(jnp.int32, (block_rows,), 0) < num_rows
-        col_ok = pl.program_id(1) * block_cols + jax.lax.broadcasted_iota(jnp.int32, (block_cols,), 0) < num_cols
-        ok = row_ok[:, None] & col_ok[None, :]
+        split = (len(full), len(full) + len(rows), len(full) + len(rows) + len(cols))
+        ok, *blocks = _load_2d(refs[:split[0]], refs[split[0]:split[1]], refs[split[1]:split[2]], shape, block)
         weights = [(_ScalarWeights(weight_ref, *places[2 * k]), _ScalarWeights(weight_ref, *places[2 * k + 1]))
                    for k in range(len(layers))]
-        step = body(
-            [plgpu.load(r, mask=ok, other=0.0).astype(jnp.float32) for r in full_refs],
-            [plgpu.load(r, mask=row_ok, other=0.0).astype(jnp.float32)[:, None] for r in row_refs],
-            [plgpu.load(r, mask=col_ok, other=0.0).astype(jnp.float32)[None, :] for r in col_refs],
-            [scalar_ref[i] for i in range(scalars.shape[0])], weights,
-        )
-        plgpu.store(out_ref, jnp.broadcast_to(step, block), mask=ok)
-
-    kwargs = {}
-    if not interpret:
-        from jax.experimental.pallas import triton as plgpu
-
-        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+        step = body(*blocks, [scalar_ref[i] for i in range(scalars.shape[0])], weights)
+        plgpu.store(refs[-1], jnp.broadcast_to(step, block), mask=ok)
 
     def run(full, rows, cols, scalars, layers):
-        flat_weights = _flatten_layers(layers)
-        scalar_operand = _scalar_operand(scalars)
+        flat_weights, scalar_operand = _flatten_layers(layers), _scalar_operand(scalars)
         whole = lambda x: pl.BlockSpec(x.shape, lambda i, j: (0,))
         return pl.pallas_call(
             kernel,
-            out_shape=jax.ShapeDtypeStruct((num_rows, num_cols), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct(shape, jnp.float32),
             grid=grid,
-            in_specs=[whole(scalar_operand), whole(flat_weights),
-                      *[pl.BlockSpec(block, lambda i, j: (i, j))] * len(full),
-                      *[pl.BlockSpec((block_rows,), lambda i, j: (i,))] * len(rows),
-                      *[pl.BlockSpec((block_cols,), lambda i, j: (j,))] * len(cols)],
+            in_specs=[whole(scalar_operand), whole(flat_weights), *_specs_2d(block, len(full), len(rows), len(cols))],
             out_specs=pl.BlockSpec(block, lambda i, j: (i, j)),
             interpret=interpret,
             name="lopt_network_2d",
-            **kwargs,
+            **_compiler_params(num_warps, interpret),
         )(scalar_operand, flat_weights, *full, *rows, *cols)
 
     reference = lambda *args: reference_network_2d(body, *args)

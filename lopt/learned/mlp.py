@@ -189,14 +189,13 @@ class MLPOptimizer:
         step_mult, exp_mult = self.step_mult, self.exp_mult
 
         def features(arrays):
-            g, p, *state = arrays
-            return F.raw_features(g, p, F.ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), ()))
+            return F.raw_features(*F.from_kernel_blocks(arrays, num_m))
 
         def body(arrays, inverse_rms, network):
             direction, magnitude = network([f * s for f, s in zip(features(arrays), inverse_rms)])
             return -step_mult * direction * jnp.exp(exp_mult * magnitude)
 
-        flat = [x.reshape(-1) for x in (g, p, *acc.momentum, *acc.rms)]
+        flat = [x.reshape(-1) for x in F.kernel_operands(g, p, acc)[0]]
         mean_squares = kernels.statistics_pass(features, flat, num_features=self.accumulators.num_features,
                                                interpret=interpret)
         inverse_rms = jax.lax.rsqrt(mean_squares + F.NORMALISER_EPS)
@@ -235,7 +234,8 @@ class MLPOptimizer:
                 else:
                     raw = F.raw_features(g32, p32, new_acc)
                     squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
-                    inverse_rms = jax.lax.rsqrt(F.feature_means(g32, p32, new_acc, squares, len(raw)) + F.NORMALISER_EPS)
+                    means = F.feature_means(g32, p32, new_acc, squares, len(raw), kernel=None if self.kernel == "auto" else False)
+                    inverse_rms = jax.lax.rsqrt(means + F.NORMALISER_EPS)
                     steps.append(None)
                     inputs.append([f * inverse_rms[k] for k, f in enumerate(raw)])
                 accumulators.append(new_acc)

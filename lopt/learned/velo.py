@@ -33,7 +33,7 @@ import optax
 from lopt.learned import features as F
 from lopt.learned import kernels, per_param_mlp
 from lopt.learned.base import check_params, register
-from lopt.learned.mlp import dense_init
+from lopt.learned.mlp import KERNELS, dense_init
 
 VELO_ACCUMULATORS = F.AccumulatorConfig(
     momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.999,), factored_decays=(0.9, 0.99, 0.999)
@@ -112,8 +112,8 @@ class VeLOOptimizer:
     kernel: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.kernel not in ("auto", "xla", "pallas", "interpret"):
-            raise ValueError(f"kernel must be one of auto, xla, pallas, interpret, got {self.kernel!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
 
     def kernel_for(self, p: jax.Array, backend: str) -> str:
         """How tensor `p` runs its per-parameter work: "xla" (fused jnp), or the 2-D Pallas
@@ -177,17 +177,14 @@ class VeLOOptimizer:
         formed in-kernel from row and column factors."""
         num_m, num_f = len(acc.momentum), len(inverse_rms)
         step_mult, exp_mult = self.step_mult, self.exp_mult
-        factors = [F.factored_factors(moment) for moment in acc.factored]
 
         def body(full, rows, cols, scalars, layers):
-            g, p, *state = full
-            block_acc = F.ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), ())
-            features = F.raw_features(g, p, block_acc, [r * c for r, c in zip(rows, cols)])
+            features = F.raw_features(*F.from_kernel_blocks(full, num_m), [r * c for r, c in zip(rows, cols)])
             direction, magnitude = per_param_mlp.fused([f * s for f, s in zip(features, scalars[:num_f])], layers)
             return step_mult * direction * jnp.exp(exp_mult * magnitude) * scalars[num_f]
 
-        return kernels.network_2d(body, [g, p, *acc.momentum, *acc.rms], [r for r, _ in factors], [c for _, c in factors],
-                                  jnp.concatenate([inverse_rms, scale[None]]), layers, interpret=interpret)
+        return kernels.network_2d(body, *F.kernel_operands(g, p, acc), jnp.concatenate([inverse_rms, scale[None]]),
+                                  layers, interpret=interpret)
 
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
         decays = F.initial_decays(self.accumulators)
