@@ -12,7 +12,7 @@ import pytest
 
 from lopt.learned import factored_mlp, kernels, small_mlp
 from lopt.learned import features as F
-from lopt.learned.velo import tensor_statistics
+from lopt.learned.velo import statistic_means, tensor_features
 
 
 def features(arrays):
@@ -133,14 +133,16 @@ def test_tensor_means_is_one_pass_of_plain_means_with_their_gradient():
         np.testing.assert_allclose(g, 2 * w * x / x.size, rtol=1e-6)
 
 
+CONFIG = F.AccumulatorConfig(momentum_decays=(0.5, 0.9), rms_decays=(0.9,), factored_decays=(0.9,))
+
+
 def test_velo_tensor_statistics_match_two_pass_numpy():
     g = jax.random.normal(jax.random.key(0), (12, 7))
     p = 0.3 * jax.random.normal(jax.random.key(1), (12, 7))
-    acc = F.init_accumulators(p, F.AccumulatorConfig(momentum_decays=(0.5, 0.9), rms_decays=(0.9,), factored_decays=(0.9,)))
-    decays = F.initial_decays(F.AccumulatorConfig(momentum_decays=(0.5, 0.9), rms_decays=(0.9,), factored_decays=(0.9,)))
+    acc, decays = F.init_accumulators(p, CONFIG), F.initial_decays(CONFIG)
     for _ in range(3):
         acc = F.update_accumulators(acc, g + 0.2, decays)
-    inverse_rms, tensor = tensor_statistics(g, p, acc)
+    inverse_rms, tensor = (x[0] for x in tensor_features(statistic_means(g, p, acc)[None], [2], CONFIG))
     raw = [np.asarray(f, np.float64) for f in F.raw_features(g, p, acc)]
     np.testing.assert_allclose(inverse_rms, [1 / np.sqrt(np.mean(f**2)) for f in raw], rtol=1e-5)
     m = [np.asarray(x, np.float64) for x in acc.momentum]
@@ -180,7 +182,8 @@ def test_feature_means_kernel_equals_xla_path_with_gradients():
     """VeLO's statistics (17 features with factored preconditioners, momentum and rms moments)
     through the 2-D kernel against the jnp path, values and gradients."""
     g, p, acc = factored_state((40, 260))
-    via = lambda kernel: (lambda g, p, acc: jnp.concatenate(tensor_statistics(g, p, acc, kernel=kernel, interpret=True)))
+    via = lambda kernel: (lambda g, p, acc: jnp.concatenate(tensor_features(
+        statistic_means(g, p, acc, kernel=kernel, interpret=True)[None], [2], FACTORED), axis=1)[0])
     np.testing.assert_allclose(via(True)(g, p, acc), via(False)(g, p, acc), rtol=2e-5, atol=1e-6)
     weights = jnp.linspace(0.5, 1.5, via(False)(g, p, acc).shape[0])
     grad = lambda kernel: jax.grad(lambda g, p, acc: jnp.sum(via(kernel)(g, p, acc) * weights), argnums=(0, 1, 2))(g, p, acc)
@@ -194,23 +197,36 @@ def test_feature_means_kernel_rejects_non_matrices():
 
 
 def test_network_2d_with_runtime_weights_equals_reference():
-    """The unrolled narrow network with weights read as scalars from a kernel operand."""
+    """The unrolled narrow network with weights read as scalars from row 1 of per-tensor tables."""
     from lopt.learned import per_param_mlp
 
     g, p, acc = factored_state((37, 300))
     rows, cols = zip(*[F.factored_factors(m) for m in acc.factored])
-    layers = random_layers([3, 4, 4, 2], seed=5)
+    sizes = [3, 4, 4, 2]
+    weights = kernels.flat_table(jax.random.normal(jax.random.key(5), (3, kernels.num_layer_weights(sizes))) / 2)
+    scalars = kernels.flat_table(jnp.array([[0.5], [2.0], [-1.0]]))
 
     def body(full, rows, cols, scalars, layers):
         direction, magnitude = per_param_mlp.fused([full[0] * rows[0] * cols[0], full[1] * scalars[0], rows[1] + 0 * full[0]], layers)
         return direction * jnp.exp(0.1 * magnitude)
 
-    args = ([g, p], list(rows), list(cols), jnp.array([2.0]), layers)
-    got = kernels.network_2d(body, *args, block=(16, 128), interpret=True)
-    np.testing.assert_allclose(got, kernels.reference_network_2d(body, *args), rtol=1e-5, atol=1e-7)
-    loss = lambda f: jax.grad(lambda p, layers: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), jnp.array([2.0]), layers))), argnums=(0, 1))
-    kernel_fn = lambda *a: kernels.network_2d(*a, block=(16, 128), interpret=True)
-    chex.assert_trees_all_close(loss(kernel_fn)(p, layers), loss(kernels.reference_network_2d)(p, layers), rtol=1e-4, atol=1e-7)
+    where = dict(row=1, num_scalars=1, layer_sizes=sizes)
+    got = kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where)
+    layers = kernels.unflatten_layers(weights[kernels.num_layer_weights(sizes):2 * kernels.num_layer_weights(sizes)], sizes)
+    x = [np.asarray(v, np.float64) for v in (g * rows[0][:, None] * cols[0][None, :], 2.0 * p, rows[1][:, None] + 0 * g)]
+    for k, (w, b) in enumerate(layers):
+        w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+        x = [sum(x[i] * w[i, j] for i in range(len(x))) + b[j] for j in range(w.shape[1])]
+        x = [np.maximum(h, 0.0) for h in x] if k < len(layers) - 1 else x
+    np.testing.assert_allclose(got, x[0] * np.exp(0.1 * x[1]), rtol=1e-5, atol=1e-6)
+    loss = lambda f: jax.grad(lambda p, weights: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), scalars, weights, **where))),
+                              argnums=(0, 1))
+    kernel_fn = lambda *a, **k: kernels.network_2d(*a, **k, block=(16, 128), interpret=True)
+    reference = lambda *a, row, num_scalars, layer_sizes: kernels.reference_network_2d(*a, row, num_scalars, layer_sizes)
+    chex.assert_trees_all_close(loss(kernel_fn)(p, weights), loss(reference)(p, weights), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="flat_table holding row 5"):
+        kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, row=5, num_scalars=1, layer_sizes=sizes,
+                           interpret=True)
 
 
 def test_velo_through_the_2d_kernels_equals_the_xla_path():

@@ -185,13 +185,47 @@ def test_hand_built_velo_theta_mixes_the_bank_into_normalised_momentum():
     theta["bank"] = jnp.broadcast_to(jnp.asarray(flat) / 100.0, theta["bank"].shape)
     theta["mix"] = {"w": jnp.zeros_like(theta["mix"]["w"]), "b": jnp.ones_like(theta["mix"]["b"])}
     theta["lr"] = {"w": jnp.zeros_like(theta["lr"]["w"]), "b": jnp.zeros_like(theta["lr"]["b"])}
-    grads = [np.random.default_rng(i).normal(size=(3, 5)).astype(np.float32) for i in range(3)]
-    params = {"w": jnp.full((3, 5), 2.0)}  # rms(p) = 2 > floor
+    # same-shaped tensors run as one stacked group (velo.tensor_groups): each must get its own update
+    shapes = {"u": (3, 5), "v": (4,), "w": (3, 5), "x": (3, 5)}
+    params = {name: jnp.full(shape, 2.0 + i) for i, (name, shape) in enumerate(shapes.items())}  # rms(p) > floor
+    rng = np.random.default_rng(0)
+    grads = [{name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()} for _ in range(3)]
     opt = meta.transform(theta, num_steps=100)
     state = opt.init(params)
-    for g, want in zip(grads, hand_momentum_updates(grads, 0.9, meta.step_mult * 2.0)):
-        updates, state = opt.update({"w": jnp.asarray(g)}, state, params, loss=jnp.float32(1.0))
-        np.testing.assert_allclose(updates["w"], want, rtol=2e-5, atol=1e-9)
+    want = {name: hand_momentum_updates([g[name] for g in grads], 0.9, meta.step_mult * (2.0 + i))
+            for i, name in enumerate(shapes)}
+    for step, g in enumerate(grads):
+        updates, state = opt.update(jax.tree.map(jnp.asarray, g), state, params, loss=jnp.float32(1.0))
+        for name in shapes:
+            np.testing.assert_allclose(updates[name], want[name][step], rtol=2e-5, atol=1e-9)
+
+
+def test_velo_groups_same_shaped_tensors_without_mixing_them():
+    """VeLO runs same-shaped tensors as one stacked group (velo.tensor_groups). Renaming the
+    leaves reverses their order, which reorders the groups and the tensors inside them; every
+    tensor must still get the update (and keep the state) it got before."""
+    meta = velo_small(lstm_hidden=8, bank_size=4)
+    theta = meta.init_meta(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), 6)
+    shapes = [(7,), (5, 3), (7,), (7,), (5, 3), ()]
+    tensors = [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+    grads = [jnp.sin(3.0 * t) + 0.1 * i for i, t in enumerate(tensors)]
+
+    def run(names):
+        params, g = dict(zip(names, tensors)), dict(zip(names, grads))
+        opt = meta.transform(theta, num_steps=20)
+        state, p = opt.init(params), params
+        for _ in range(3):
+            updates, state = opt.update(g, state, p, loss=jnp.float32(1.0))
+            p = optax.apply_updates(p, updates)
+        return [updates[n] for n in names]
+
+    forward = run(["a", "b", "c", "d", "e", "f"])
+    backward = run(["f", "e", "d", "c", "b", "a"])
+    groups = meta.groups(tensors, "cpu")
+    assert [indices for indices, _ in groups] == [[0, 2, 3], [1, 4], [5]]
+    chex.assert_trees_all_close(forward, backward, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(forward[0], forward[2])  # distinct tensors of one group get distinct updates
 
 
 def test_adafactor_statistics_by_hand():

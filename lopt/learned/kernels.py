@@ -33,6 +33,7 @@ in jnp, so meta-gradients through the kernels equal the reference path's. On CPU
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -251,7 +252,7 @@ def statistics_pass(features: Features, arrays: Sequence[jax.Array], *, num_feat
 
     def run(arrays):
         sums = _call(kernel, [], arrays, [sum_spec] * num_features, block, num_warps, interpret, "lopt_statistics_pass")
-        return jnp.stack([x.sum() for x in sums]) / size
+        return jnp.stack(sums).sum(axis=1) / size  # one reduction, not one per feature
 
     return _with_reference_vjp(run, lambda arrays: reference_statistics(features, arrays))(list(arrays))
 
@@ -303,7 +304,7 @@ def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Arr
             name="lopt_means_2d",
             **_compiler_params(num_warps, interpret),
         )(*full, *rows, *cols)
-        return jnp.stack([x.sum() for x in sums]) / (shape[0] * shape[1])
+        return jnp.stack(sums).sum(axis=(1, 2)) / (shape[0] * shape[1])  # one reduction, not K
 
     reference = lambda full, rows, cols: reference_means_2d(values, full, rows, cols)
     return _with_reference_vjp(run, reference)(list(full), list(rows), list(cols))
@@ -355,67 +356,91 @@ class _ScalarWeights:
 Body2D = Callable[[list[jax.Array], list[jax.Array], list[jax.Array], list[jax.Array], list], jax.Array]
 
 
-def _weight_places(layers: Sequence[Layer]) -> list[tuple[int, tuple[int, ...]]]:
-    """(offset, shape) of each weight and bias in `_flatten_layers`' vector."""
+def layer_places(sizes: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
+    """(offset, shape) of each weight matrix and bias of an MLP with layer `sizes` in its flat
+    vector: each layer's weights [in, out] (row-major), then its bias [out]."""
     places, offset = [], 0
-    for weights, bias in layers:
-        for x in (weights, bias):
-            places.append((offset, tuple(x.shape)))
-            offset += x.size
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        places += [(offset, (fan_in, fan_out)), (offset + fan_in * fan_out, (fan_out,))]
+        offset += fan_in * fan_out + fan_out
     return places
 
 
-def _flatten_layers(layers: Sequence[Layer]) -> jax.Array:
-    flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for layer in layers for x in layer])
-    return jnp.zeros((pl.next_power_of_2(flat.size),), jnp.float32).at[:flat.size].set(flat)
+def num_layer_weights(sizes: Sequence[int]) -> int:
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def unflatten_layers(flat: jax.Array, sizes: Sequence[int]) -> list[Layer]:
+    """The layers of an MLP with layer `sizes` from its flat vector (`layer_places`' layout)."""
+    arrays = [flat[..., offset:offset + math.prod(shape)].reshape(*flat.shape[:-1], *shape)
+              for offset, shape in layer_places(sizes)]
+    return list(zip(arrays[::2], arrays[1::2]))
+
+
+def flat_table(table: jax.Array) -> jax.Array:
+    """A [T, S] per-tensor table as one kernel operand: flattened, zero-padded to a power of two
+    (Triton's block sizes). One per step, shared by every tensor's kernel."""
+    flat = jnp.ravel(table).astype(jnp.float32)
+    return jnp.pad(flat, (0, pl.next_power_of_2(max(flat.size, 1)) - flat.size))
 
 
 def reference_network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array],
-                         scalars: jax.Array, layers: Sequence[Layer]) -> jax.Array:
+                         scalars: jax.Array, weights: jax.Array, row: int, num_scalars: int,
+                         layer_sizes: Sequence[int]) -> jax.Array:
     """`network_2d` in jnp."""
-    return body(list(full), [r[:, None] for r in rows], [c[None, :] for c in cols], _scalar_list(scalars),
-                [tuple(layer) for layer in layers])
+    own_scalars = scalars[row * num_scalars:(row + 1) * num_scalars]
+    stride = num_layer_weights(layer_sizes)
+    layers = unflatten_layers(weights[row * stride:(row + 1) * stride], layer_sizes)
+    return body(list(full), [r[:, None] for r in rows], [c[None, :] for c in cols], _scalar_list(own_scalars), layers)
 
 
 def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array],
-               scalars: jax.Array, layers: Sequence[Layer], *, block: tuple[int, int] = (4, 128),
-               num_warps: int = 4, interpret: bool = False) -> jax.Array:
+               scalars: jax.Array, weights: jax.Array, *, row: int, num_scalars: int, layer_sizes: Sequence[int],
+               block: tuple[int, int] = (4, 128), num_warps: int = 4, interpret: bool = False) -> jax.Array:
     """The float32 step over an [R, C] tensor from `body(full, rows, cols, scalars, layers)`,
     for narrow networks whose weights are runtime values (VeLO's bank mixtures).
 
-    Blocks as in `means_2d`; `layers` reach `body` as objects indexed like the weight arrays
-    ([i, j] and [j]) whose entries are scalars, for `per_param_mlp.fused`'s unrolled network.
+    `scalars` and `weights` are `flat_table`s of every tensor's `num_scalars` scalars and MLP
+    weights (`layer_places`' layout for `layer_sizes`); this call reads row `row` of each. Passing
+    the step's tables whole, rather than each tensor's slice, spares one small copy per operand
+    and tensor (VeLO on GPT-2 shapes: ~150 tensors, so ~300 kernels a step). Blocks as in
+    `means_2d`; the layers reach `body` as objects indexed like weight arrays ([i, j] and [j])
+    whose entries are scalars, for `per_param_mlp.fused`'s unrolled network.
 
     Block size matters: every feature and hidden unit lives in registers, and (32, 256) blocks
     with 8 warps spilled them (VeLO's body on an H100: 17.2 ms for a [50257, 768] embedding);
     (4, 128) with 4 warps took 0.54 ms there and 0.08 ms for [768, 3072]."""
     grid = _check_2d(full, rows, cols, block)
-    shape, places = full[0].shape, _weight_places(layers)
+    stride = num_layer_weights(layer_sizes)
+    for name, table, width in (("scalars", scalars, num_scalars), ("weights", weights, stride)):
+        if table.ndim != 1 or table.shape[0] & (table.shape[0] - 1) or table.shape[0] < (row + 1) * width:
+            raise ValueError(f"{name} must be a flat_table holding row {row} of width {width}, got shape {table.shape}")
+    shape, places = full[0].shape, layer_places(layer_sizes)
 
     def kernel(scalar_ref, weight_ref, *refs):
         from jax.experimental.pallas import triton as plgpu
 
         split = (len(full), len(full) + len(rows), len(full) + len(rows) + len(cols))
         ok, *blocks = _load_2d(refs[:split[0]], refs[split[0]:split[1]], refs[split[1]:split[2]], shape, block)
-        weights = [(_ScalarWeights(weight_ref, *places[2 * k]), _ScalarWeights(weight_ref, *places[2 * k + 1]))
-                   for k in range(len(layers))]
-        step = body(*blocks, [scalar_ref[i] for i in range(scalars.shape[0])], weights)
+        base = row * stride
+        layers = [(_ScalarWeights(weight_ref, base + places[2 * k][0], places[2 * k][1]),
+                   _ScalarWeights(weight_ref, base + places[2 * k + 1][0], places[2 * k + 1][1]))
+                  for k in range(len(layer_sizes) - 1)]
+        step = body(*blocks, [scalar_ref[row * num_scalars + i] for i in range(num_scalars)], layers)
         plgpu.store(refs[-1], jnp.broadcast_to(step, block), mask=ok)
 
-    def run(full, rows, cols, scalars, layers):
-        flat_weights, scalar_operand = _flatten_layers(layers), _scalar_operand(scalars)
+    def run(full, rows, cols, scalars, weights):
         whole = lambda x: pl.BlockSpec(x.shape, lambda i, j: (0,))
         return pl.pallas_call(
             kernel,
             out_shape=jax.ShapeDtypeStruct(shape, jnp.float32),
             grid=grid,
-            in_specs=[whole(scalar_operand), whole(flat_weights), *_specs_2d(block, len(full), len(rows), len(cols))],
+            in_specs=[whole(scalars), whole(weights), *_specs_2d(block, len(full), len(rows), len(cols))],
             out_specs=pl.BlockSpec(block, lambda i, j: (i, j)),
             interpret=interpret,
             name="lopt_network_2d",
             **_compiler_params(num_warps, interpret),
-        )(scalar_operand, flat_weights, *full, *rows, *cols)
+        )(scalars, weights, *full, *rows, *cols)
 
-    reference = lambda *args: reference_network_2d(body, *args)
-    return _with_reference_vjp(run, reference)(
-        list(full), list(rows), list(cols), jnp.asarray(scalars, jnp.float32), [tuple(layer) for layer in layers])
+    reference = lambda *args: reference_network_2d(body, *args, row, num_scalars, layer_sizes)
+    return _with_reference_vjp(run, reference)(list(full), list(rows), list(cols), scalars, weights)
