@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.learned import factored_mlp, kernels, small_mlp
+from lopt.learned import factored_mlp, kernels, per_param_mlp, small_mlp
 from lopt.learned import features as F
 from lopt.learned.velo import statistic_means, tensor_features
 
@@ -178,16 +178,52 @@ def test_means_2d_equals_numpy_with_row_and_column_factors(shape, block):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_feature_means_kernel_equals_xla_path_with_gradients():
-    """VeLO's statistics (17 features with factored preconditioners, momentum and rms moments)
-    through the 2-D kernel against the jnp path, values and gradients."""
-    g, p, acc = factored_state((40, 260))
-    via = lambda kernel: (lambda g, p, acc: jnp.concatenate(tensor_features(
-        statistic_means(g, p, acc, kernel=kernel, interpret=True)[None], [2], FACTORED), axis=1)[0])
-    np.testing.assert_allclose(via(True)(g, p, acc), via(False)(g, p, acc), rtol=2e-5, atol=1e-6)
-    weights = jnp.linspace(0.5, 1.5, via(False)(g, p, acc).shape[0])
-    grad = lambda kernel: jax.grad(lambda g, p, acc: jnp.sum(via(kernel)(g, p, acc) * weights), argnums=(0, 1, 2))(g, p, acc)
-    chex.assert_trees_all_close(grad(True), grad(False), rtol=1e-3, atol=1e-8)
+def velo_kernel_inputs(shape):
+    """A VeLO optimizer and one matrix's inputs to its kernels: raw gradient (some entries past
+    the ±1000 clip), parameters, and accumulators whose factored part is already advanced."""
+    from lopt.learned import VeLOOptimizer
+
+    meta = VeLOOptimizer(lstm_hidden=8, bank_size=4, accumulators=FACTORED)
+    g, p, acc = factored_state(shape)
+    g = g.at[0, :3].set(jnp.array([2500.0, -3000.0, 999.0]))
+    factored = F.update_accumulators(F.ParamAccumulators((), (), acc.factored), jnp.clip(g, -1000, 1000),
+                                     F.initial_decays(FACTORED)).factored
+    return meta, g, p, acc._replace(factored=factored)
+
+
+def xla_advance(g, p, partial):
+    """What the kernels do in registers, in plain jnp: clip, then advance momenta and rms."""
+    g = jnp.clip(g, -1000.0, 1000.0)
+    decays = F.initial_decays(FACTORED)
+    advanced = F.update_accumulators(partial._replace(factored=()), g, decays)
+    return g, p, advanced._replace(factored=partial.factored)
+
+
+def test_velo_kernel_statistics_advance_accumulators_in_registers():
+    """VeLO's 22 statistics (17 features with factored preconditioners, momentum and rms
+    moments) from `kernel_means` — raw gradient and last step's momenta in, clipping and the
+    accumulator step done inside the kernel — against the jnp path, values and gradients."""
+    meta, g, p, partial = velo_kernel_inputs((40, 260))
+    kernel = lambda g, p, partial: meta.kernel_means(g, p, partial, interpret=True)
+    xla = lambda g, p, partial: statistic_means(*xla_advance(g, p, partial))
+    np.testing.assert_allclose(kernel(g, p, partial), xla(g, p, partial), rtol=1e-4, atol=1e-6)  # float32 sums, other order
+    weights = jnp.linspace(0.5, 1.5, meta.num_statistics)
+    grad = lambda f: jax.grad(lambda g, p, acc: jnp.sum(f(g, p, acc) * weights), argnums=(0, 1, 2))(g, p, partial)
+    chex.assert_trees_all_close(grad(kernel), grad(xla), rtol=1e-3, atol=1e-8)
+
+
+def test_velo_kernel_step_writes_the_advanced_accumulators():
+    meta, g, p, partial = velo_kernel_inputs((37, 300))
+    num_f = FACTORED.num_features
+    scalars = kernels.flat_table(jnp.concatenate([jnp.linspace(0.5, 2.0, num_f), jnp.array([3.0])])[None])
+    weights = kernels.flat_table(jax.random.normal(jax.random.key(2), (1, meta.num_mlp_weights)) / 3)
+    step, advanced = meta.kernel_step(g, p, partial, scalars, weights, 0, interpret=True)
+    g_c, _, want = xla_advance(g, p, partial)
+    chex.assert_trees_all_close(advanced, want, rtol=1e-6, atol=1e-7)
+    features = F.raw_features(g_c, p, want)
+    layers = kernels.unflatten_layers(weights[:meta.num_mlp_weights], meta.mlp_sizes)
+    direction, magnitude = per_param_mlp.reference([f * s for f, s in zip(features, scalars[:num_f])], layers)
+    np.testing.assert_allclose(step, meta.step_mult * direction * jnp.exp(meta.exp_mult * magnitude) * 3.0, rtol=1e-4, atol=1e-9)
 
 
 def test_feature_means_kernel_rejects_non_matrices():
@@ -198,8 +234,6 @@ def test_feature_means_kernel_rejects_non_matrices():
 
 def test_network_2d_with_runtime_weights_equals_reference():
     """The unrolled narrow network with weights read as scalars from row 1 of per-tensor tables."""
-    from lopt.learned import per_param_mlp
-
     g, p, acc = factored_state((37, 300))
     rows, cols = zip(*[F.factored_factors(m) for m in acc.factored])
     sizes = [3, 4, 4, 2]
@@ -208,10 +242,10 @@ def test_network_2d_with_runtime_weights_equals_reference():
 
     def body(full, rows, cols, scalars, layers):
         direction, magnitude = per_param_mlp.fused([full[0] * rows[0] * cols[0], full[1] * scalars[0], rows[1] + 0 * full[0]], layers)
-        return direction * jnp.exp(0.1 * magnitude)
+        return [direction * jnp.exp(0.1 * magnitude)]
 
     where = dict(row=1, num_scalars=1, layer_sizes=sizes)
-    got = kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where)
+    (got,) = kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where)
     layers = kernels.unflatten_layers(weights[kernels.num_layer_weights(sizes):2 * kernels.num_layer_weights(sizes)], sizes)
     x = [np.asarray(v, np.float64) for v in (g * rows[0][:, None] * cols[0][None, :], 2.0 * p, rows[1][:, None] + 0 * g)]
     for k, (w, b) in enumerate(layers):
@@ -219,7 +253,7 @@ def test_network_2d_with_runtime_weights_equals_reference():
         x = [sum(x[i] * w[i, j] for i in range(len(x))) + b[j] for j in range(w.shape[1])]
         x = [np.maximum(h, 0.0) for h in x] if k < len(layers) - 1 else x
     np.testing.assert_allclose(got, x[0] * np.exp(0.1 * x[1]), rtol=1e-5, atol=1e-6)
-    loss = lambda f: jax.grad(lambda p, weights: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), scalars, weights, **where))),
+    loss = lambda f: jax.grad(lambda p, weights: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), scalars, weights, **where)[0])),
                               argnums=(0, 1))
     kernel_fn = lambda *a, **k: kernels.network_2d(*a, **k, block=(16, 128), interpret=True)
     reference = lambda *a, row, num_scalars, layer_sizes: kernels.reference_network_2d(*a, row, num_scalars, layer_sizes)

@@ -41,6 +41,7 @@ VELO_ACCUMULATORS = F.AccumulatorConfig(
 )
 MAX_RANK = 4
 LOG_EPS = 1e-16
+GRADIENT_CLIP = 1000.0
 
 
 class VeLOState(NamedTuple):
@@ -54,24 +55,22 @@ class VeLOState(NamedTuple):
     lstm_c: jax.Array
 
 
-def statistic_means(g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, *, kernel: bool | None = None,
-                    interpret: bool = False) -> jax.Array:
-    """One pass over a tensor: the means that `tensor_features` turns into its statistics, [K] =
-    the mean square of each raw per-parameter feature, then the mean of each momentum, then
-    (with an rms accumulator) the mean of sqrt(rms) and of rms.
+def statistic_values(g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
+                     preconditioners: list[jax.Array] | None = None) -> list[jax.Array]:
+    """The arrays whose means over a tensor `tensor_features` reads: the square of each raw
+    per-parameter feature, each momentum, and (with an rms accumulator) sqrt(rms) and rms.
+    `preconditioners` as in `F.raw_features`."""
+    arrays = [jnp.square(f) for f in F.raw_features(g, p, acc, preconditioners)] + list(acc.momentum)
+    if acc.rms:
+        root = jnp.sqrt(acc.rms[0] + F.RSQRT_EPS)
+        arrays += [root, jnp.square(root)]
+    return arrays
 
-    `F.feature_means` computes them together: a Pallas kernel for large matrices on GPUs
-    (`kernel`, `interpret` as there), one variadic reduction otherwise."""
-    def values(g, p, acc, preconditioners):
-        arrays = [jnp.square(f) for f in F.raw_features(g, p, acc, preconditioners)] + list(acc.momentum)
-        if acc.rms:
-            root = jnp.sqrt(acc.rms[0] + F.RSQRT_EPS)
-            arrays += [root, jnp.square(root)]
-        return arrays
 
-    count = len(F.raw_features(g, p, acc))
-    return F.feature_means(g, p, acc, values, count + len(acc.momentum) + (2 if acc.rms else 0), kernel=kernel,
-                           interpret=interpret)
+def statistic_means(g: jax.Array, p: jax.Array, acc: F.ParamAccumulators) -> jax.Array:
+    """[K] means of `statistic_values` over one tensor, in one variadic reduction
+    (`F.tensor_means`; large matrices on GPUs use `VeLOOptimizer.kernel_means` instead)."""
+    return F.tensor_means(tuple(statistic_values(g, p, acc)))
 
 
 def tensor_features(means: jax.Array, ranks: Sequence[int], config: F.AccumulatorConfig) -> tuple[jax.Array, jax.Array]:
@@ -204,21 +203,56 @@ class VeLOOptimizer:
         direction, magnitude = network(inputs, kernels.unflatten_layers(weights, self.mlp_sizes))
         return self.step_mult * direction * jnp.exp(self.exp_mult * magnitude) * scale
 
-    def _kernel_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, scalars: jax.Array,
-                     weights: jax.Array, row: int, interpret: bool) -> jax.Array:
-        """One matrix's step (before the sign) in `kernels.network_2d`, reading row `row` of the
-        step's tables (`scalars`: inverse RMS of each feature, then the scale); factored
+    @property
+    def num_statistics(self) -> int:
+        """Length of `statistic_values`' list."""
+        config = self.accumulators
+        return config.num_features + len(config.momentum_decays) + (2 if config.rms_decays else 0)
+
+    def advance(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
+                ) -> tuple[jax.Array, jax.Array, F.ParamAccumulators]:
+        """The elementwise start of a step, as the kernels run it on blocks: clip the gradient
+        and take the momenta and rms accumulators one step (VeLO's decays are fixed, so they
+        are constants in the kernels). `acc` holds no factored accumulators: those need whole
+        rows and columns and are updated before the kernels run."""
+        g = jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
+        config = self.accumulators
+        return g, p, F.update_accumulators(acc, g, F.Decays(config.momentum_decays, config.rms_decays, ()))
+
+    def kernel_means(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, *, interpret: bool = False) -> jax.Array:
+        """`statistic_means` of a matrix in the `kernels.means_2d` kernel, from the raw float32
+        gradient, the momenta and rms accumulators before this step and the factored ones after
+        it: the accumulators are advanced in registers (`advance`) rather than in a pass of their
+        own, which on an H100 ran at a third of the memory bandwidth."""
+        num_m = len(acc.momentum)
+
+        def values(full, rows, cols):
+            g, p, advanced = self.advance(*F.from_kernel_blocks(full, num_m))
+            return statistic_values(g, p, advanced, [r * c for r, c in zip(rows, cols)])
+
+        return kernels.means_2d(values, *F.kernel_operands(g, p, acc), num_values=self.num_statistics,
+                                interpret=interpret)
+
+    def kernel_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, scalars: jax.Array,
+                    weights: jax.Array, row: int, *, interpret: bool = False) -> tuple[jax.Array, F.ParamAccumulators]:
+        """One matrix's step (before the sign) and its advanced accumulators, from one
+        `kernels.network_2d` kernel that reads row `row` of the step's tables (`scalars`: the
+        inverse RMS of each feature, then the scale). Inputs as for `kernel_means`; factored
         preconditioners are formed in-kernel from row and column factors."""
         num_m, num_f = len(acc.momentum), self.accumulators.num_features
         step_mult, exp_mult = self.step_mult, self.exp_mult
 
         def body(full, rows, cols, scalars, layers):
-            features = F.raw_features(*F.from_kernel_blocks(full, num_m), [r * c for r, c in zip(rows, cols)])
+            g, p, advanced = self.advance(*F.from_kernel_blocks(full, num_m))
+            features = F.raw_features(g, p, advanced, [r * c for r, c in zip(rows, cols)])
             direction, magnitude = per_param_mlp.fused([f * s for f, s in zip(features, scalars[:num_f])], layers)
-            return step_mult * direction * jnp.exp(exp_mult * magnitude) * scalars[num_f]
+            return [step_mult * direction * jnp.exp(exp_mult * magnitude) * scalars[num_f], *advanced.momentum, *advanced.rms]
 
-        return kernels.network_2d(body, *F.kernel_operands(g, p, acc), scalars, weights, row=row,
-                                  num_scalars=num_f + 1, layer_sizes=self.mlp_sizes, interpret=interpret)
+        step, *state = kernels.network_2d(
+            body, *F.kernel_operands(g, p, acc), scalars, weights, row=row, num_scalars=num_f + 1,
+            layer_sizes=self.mlp_sizes, num_outputs=1 + num_m + len(acc.rms),
+            in_place=[(2 + k, 1 + k) for k in range(num_m + len(acc.rms))], interpret=interpret)
+        return step, F.ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), acc.factored)
 
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
         decays = F.initial_decays(self.accumulators)
@@ -246,17 +280,22 @@ class VeLOOptimizer:
                 raise ValueError(f"the state holds {len(state.accumulators)} tensor groups, the parameters make "
                                  f"{len(groups)}: was it made by init() on these parameters?")
             stack = lambda arrays, indices: jnp.stack([arrays[i].astype(jnp.float32) for i in indices])
-            grad_groups = [jnp.clip(stack(grad_leaves, indices), -1000.0, 1000.0) for indices, _ in groups]
+            grad_groups = [stack(grad_leaves, indices) for indices, _ in groups]
             param_groups = [stack(param_leaves, indices) for indices, _ in groups]
-            accumulators = [jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(a, g, decays)
-                            for a, g in zip(state.accumulators, grad_groups)]
-
-            means = []
-            for (_, path), g, p, acc in zip(groups, grad_groups, param_groups, accumulators):
+            # XLA groups: clipped gradients and advanced accumulators. Kernel tensors (groups of
+            # one): raw gradients, and only the factored accumulators advanced here.
+            accumulators, means = [], []
+            for (_, path), g, p, acc in zip(groups, grad_groups, param_groups, state.accumulators):
                 if path == "xla":
-                    means.append(jax.vmap(lambda g, p, acc: statistic_means(g, p, acc, kernel=False))(g, p, acc))
+                    g = jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
+                    acc = jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(acc, g, decays)
+                    means.append(jax.vmap(statistic_means)(g, p, acc))
                 else:
-                    means.append(statistic_means(g[0], p[0], _first(acc), kernel=True, interpret=path == "interpret")[None])
+                    factored = F.ParamAccumulators((), (), acc.factored)
+                    clipped = jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
+                    acc = acc._replace(factored=jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(factored, clipped, decays).factored)
+                    means.append(self.kernel_means(g[0], p[0], _first(acc), interpret=path == "interpret")[None])
+                accumulators.append(acc)
             ranks = [param_leaves[i].ndim for indices, _ in groups for i in indices]
             inverse_rms, per_tensor = tensor_features(jnp.concatenate(means), ranks, self.accumulators)
             shared = jnp.concatenate([F.time_features(state.count, num_steps), F.loss_features(loss_state, loss)])
@@ -272,13 +311,14 @@ class VeLOOptimizer:
                 scalar_table = kernels.flat_table(jnp.concatenate([inverse_rms, scale[:, None]], axis=1))
                 weight_table = kernels.flat_table(mixed)
             updates, start = [None] * len(param_leaves), 0
-            for (indices, path), g, p, acc in zip(groups, grad_groups, param_groups, accumulators):
+            for group, ((indices, path), g, p, acc) in enumerate(zip(groups, grad_groups, param_groups, accumulators)):
                 rows = slice(start, start + len(indices))
                 if path == "xla":
                     steps = jax.vmap(self._xla_step)(g, p, acc, inverse_rms[rows], scale[rows], mixed[rows])
                 else:
-                    steps = self._kernel_step(g[0], p[0], _first(acc), scalar_table, weight_table, start,
-                                              path == "interpret")[None]
+                    step, advanced = self.kernel_step(g[0], p[0], _first(acc), scalar_table, weight_table, start,
+                                                      interpret=path == "interpret")
+                    steps, accumulators[group] = step[None], jax.tree.map(lambda x: x[None], advanced)
                 for step, i in zip(steps, indices):
                     updates[i] = (-step).astype(param_leaves[i].dtype)
                 start += len(indices)
