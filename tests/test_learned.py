@@ -166,14 +166,23 @@ def test_hand_built_mlp_theta_is_normalised_momentum():
     theta["layers"] = [{"w": jnp.asarray(first_w), "b": jnp.asarray(layers[0][1])}] + [
         {"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in layers[1:]
     ]
-    grads = [np.random.default_rng(i).normal(size=(4, 3)).astype(np.float32) for i in range(4)]
-    params = {"w": jnp.ones((4, 3))}
-    opt = meta.transform(theta, num_steps=100)
+    assert_each_tensor_gets_its_normalised_momentum(meta.transform(theta, num_steps=100), lambda rms: meta.step_mult)
+
+
+def assert_each_tensor_gets_its_normalised_momentum(opt, scale):
+    """Every tensor's update is −scale(rms(p)) · m/rms(m) of its own gradients. Same-shaped
+    tensors run as one stacked group (base.tensor_groups), so this also checks that a group's
+    members keep their own state and updates."""
+    shapes = {"u": (3, 5), "v": (4,), "w": (3, 5), "x": (3, 5)}
+    params = {name: jnp.full(shape, 2.0 + i) for i, (name, shape) in enumerate(shapes.items())}
+    rng = np.random.default_rng(0)
+    grads = [{name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()} for _ in range(3)]
     state = opt.init(params)
-    expected = hand_momentum_updates(grads, 0.9, meta.step_mult)
-    for g, want in zip(grads, expected):
-        updates, state = opt.update({"w": jnp.asarray(g)}, state, params)
-        np.testing.assert_allclose(updates["w"], want, rtol=2e-5, atol=1e-9)
+    want = {name: hand_momentum_updates([g[name] for g in grads], 0.9, scale(2.0 + i)) for i, name in enumerate(shapes)}
+    for step, g in enumerate(grads):
+        updates, state = opt.update(jax.tree.map(jnp.asarray, g), state, params, loss=jnp.float32(1.0))
+        for name in shapes:
+            np.testing.assert_allclose(updates[name], want[name][step], rtol=2e-5, atol=1e-9)
 
 
 def test_hand_built_velo_theta_mixes_the_bank_into_normalised_momentum():
@@ -185,26 +194,15 @@ def test_hand_built_velo_theta_mixes_the_bank_into_normalised_momentum():
     theta["bank"] = jnp.broadcast_to(jnp.asarray(flat) / 100.0, theta["bank"].shape)
     theta["mix"] = {"w": jnp.zeros_like(theta["mix"]["w"]), "b": jnp.ones_like(theta["mix"]["b"])}
     theta["lr"] = {"w": jnp.zeros_like(theta["lr"]["w"]), "b": jnp.zeros_like(theta["lr"]["b"])}
-    # same-shaped tensors run as one stacked group (velo.tensor_groups): each must get its own update
-    shapes = {"u": (3, 5), "v": (4,), "w": (3, 5), "x": (3, 5)}
-    params = {name: jnp.full(shape, 2.0 + i) for i, (name, shape) in enumerate(shapes.items())}  # rms(p) > floor
-    rng = np.random.default_rng(0)
-    grads = [{name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()} for _ in range(3)]
-    opt = meta.transform(theta, num_steps=100)
-    state = opt.init(params)
-    want = {name: hand_momentum_updates([g[name] for g in grads], 0.9, meta.step_mult * (2.0 + i))
-            for i, name in enumerate(shapes)}
-    for step, g in enumerate(grads):
-        updates, state = opt.update(jax.tree.map(jnp.asarray, g), state, params, loss=jnp.float32(1.0))
-        for name in shapes:
-            np.testing.assert_allclose(updates[name], want[name][step], rtol=2e-5, atol=1e-9)
+    assert_each_tensor_gets_its_normalised_momentum(meta.transform(theta, num_steps=100), lambda rms: meta.step_mult * rms)
 
 
-def test_velo_groups_same_shaped_tensors_without_mixing_them():
-    """VeLO runs same-shaped tensors as one stacked group (velo.tensor_groups). Renaming the
-    leaves reverses their order, which reorders the groups and the tensors inside them; every
-    tensor must still get the update (and keep the state) it got before."""
-    meta = velo_small(lstm_hidden=8, bank_size=4)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_same_shaped_tensors_are_grouped_without_mixing_them(name):
+    """Same-shaped tensors run as one stacked group (base.tensor_groups). Renaming the leaves
+    reverses their order, which reorders the groups and the tensors inside them; every tensor
+    must still get the update (and keep the state) it got before."""
+    meta = OPTIMIZERS[name]
     theta = meta.init_meta(jax.random.key(0))
     keys = jax.random.split(jax.random.key(1), 6)
     shapes = [(7,), (5, 3), (7,), (7,), (5, 3), ()]

@@ -119,6 +119,12 @@ def init_accumulators(p: jax.Array, config: AccumulatorConfig) -> ParamAccumulat
     )
 
 
+def init_stacked_accumulators(params: list[jax.Array], indices: list[int], config: AccumulatorConfig) -> ParamAccumulators:
+    """Zero accumulators for the same-shaped tensors `params[i]`, i in `indices`, stacked on a
+    leading axis (a group of `lopt.learned.base.tensor_groups`)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[init_accumulators(params[i], config) for i in indices])
+
+
 def _ema(old: jax.Array, new: jax.Array, decay: jax.Array) -> jax.Array:
     return decay * old + (1.0 - decay) * new
 

@@ -18,8 +18,13 @@ So the per-parameter work runs as two kernels over blocks of `block` parameters:
    [block, H] @ [H, H] matrix products on the tensor cores (TF32 on NVIDIA GPUs), the two
    outputs as row reductions. It writes only the step.
 
-Nothing of width H leaves the chip, so both passes are memory-bound. The accumulators are
-updated by XLA (one fused elementwise pass) and the kernels read the new ones.
+Nothing of width H leaves the chip, so both passes are memory-bound. For these two kernels the
+accumulators are updated by XLA (one fused elementwise pass) and the kernels read the new ones.
+
+Narrow networks whose weights are runtime values (VeLO's bank mixtures) run over 2-D blocks of
+a matrix instead: `means_2d` for the per-tensor statistics and `network_2d` for the step, both
+forming Adafactor preconditioners from row × column factors in-kernel. VeLO's kernels also take
+the momenta and rms one step in registers, and `network_2d` writes them over the old ones.
 
 Pallas' Triton backend does not mask a block that runs past the end of an array: `ref[...]`
 reads and writes the whole block. Every load and store here is masked explicitly; without that,
