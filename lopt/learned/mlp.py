@@ -18,9 +18,8 @@ Presets:
 
 Speed (`kernel`): on GPUs, networks wider than 16 run per large tensor in the two Pallas
 kernels of `lopt.learned.kernels` (feature statistics; features + MLP on the tensor cores);
-elsewhere the network is unrolled elementwise math that XLA fuses. Same-shaped tensors outside
-the kernels run as one vmapped group (`base.tensor_groups`). W1 on an H100 at 124M parameters:
-2.5-2.7× adam for both presets (README, Benchmarks).
+elsewhere the network is unrolled elementwise math that XLA fuses. W1 on an H100 at 124M
+parameters: 2.1-2.7× adam for both presets (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -35,12 +34,11 @@ import optax
 
 from lopt.learned import features as F
 from lopt.learned import kernels, per_param_mlp
-from lopt.learned.base import check_groups, check_params, only_member, register, stack_groups, tensor_groups
+from lopt.learned.base import check_params, register
 
 
 class MLPOptimizerState(NamedTuple):
-    """Step count, accumulators (one stacked `ParamAccumulators` per group of
-    `base.tensor_groups`), and loss statistics."""
+    """Step count, each parameter tensor's accumulators (in leaf order), and loss statistics."""
 
     count: jax.Array
     accumulators: tuple[F.ParamAccumulators, ...]
@@ -203,42 +201,12 @@ class MLPOptimizer:
         inverse_rms = jax.lax.rsqrt(mean_squares + F.NORMALISER_EPS)
         return kernels.network_pass(body, flat, inverse_rms, layers, interpret=interpret)
 
-    def path_for(self, p: jax.Array, backend: str) -> str:
-        """How tensor `p`'s per-parameter work runs on `backend`: through both Pallas kernels
-        ("pallas", or "interpret"), through the 2-D statistics kernel and then XLA ("means":
-        narrow networks on GPUs, for matrices of at least `F.KERNEL_MIN_SIZE` elements), or in
-        XLA alone ("xla")."""
-        kernel = self.kernel_for_backend(backend)
-        if kernel != "xla" and p.size >= self.fused_min_size:
-            return kernel
-        if self.kernel == "auto" and backend == "gpu" and p.ndim == 2 and p.size >= F.KERNEL_MIN_SIZE:
-            return "means"
-        return "xla"
-
-    def groups(self, params: list[jax.Array], backend: str) -> list[tuple[list[int], str]]:
-        """`base.tensor_groups` of the parameter leaves, by each tensor's `path_for`."""
-        return tensor_groups(params, [self.path_for(p, backend) for p in params])
-
-    def _normalised_features(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, path: str) -> list[jax.Array]:
-        """A group's features [k, *shape] each, divided by their RMS over each tensor."""
-        squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
-        num_f = self.accumulators.num_features
-        if path == "means":
-            means = F.feature_means(g[0], p[0], only_member(acc), squares, num_f, kernel=True)[None]
-        else:
-            means = jax.vmap(lambda g, p, acc: F.tensor_means(tuple(squares(g, p, acc, None))))(g, p, acc)
-        inverse_rms = jax.lax.rsqrt(means + F.NORMALISER_EPS)  # [k, F]
-        return jax.vmap(lambda g, p, acc, s: [f * s[i] for i, f in enumerate(F.raw_features(g, p, acc))])(
-            g, p, acc, inverse_rms)
-
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
 
         def init(params):
-            leaves = jax.tree.leaves(params)
             return MLPOptimizerState(
                 count=jnp.zeros((), jnp.int32),
-                accumulators=tuple(F.init_stacked_accumulators(leaves, indices, self.accumulators)
-                                   for indices, _ in self.groups(leaves, jax.default_backend())),
+                accumulators=tuple(F.init_accumulators(p, self.accumulators) for p in jax.tree.leaves(params)),
                 loss=F.init_loss_state(),
             )
 
@@ -255,34 +223,33 @@ class MLPOptimizer:
             layers = self.per_tensor_layers(theta, scalars)
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
-            groups = self.groups(param_leaves, jax.default_backend())
-            check_groups(len(state.accumulators), groups, "MLPOptimizer")
-            grad_groups, param_groups = stack_groups(grad_leaves, groups), stack_groups(param_leaves, groups)
+            kernel = self.kernel_for_backend(jax.default_backend())
             accumulators, inputs, steps = [], [], []
-            for (_, path), g, p, acc in zip(groups, grad_groups, param_groups, state.accumulators):
-                acc = jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(acc, g, decays)
-                accumulators.append(acc)
-                if path in ("pallas", "interpret"):
-                    steps.append(self._kernel_pass(g[0], p[0], only_member(acc), layers, path == "interpret")[None])
+            for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
+                g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
+                new_acc = F.update_accumulators(acc, g32, decays)
+                if kernel != "xla" and p.size >= self.fused_min_size:
+                    steps.append(self._kernel_pass(g32, p32, new_acc, layers, kernel == "interpret"))
                     inputs.append(None)
                 else:
+                    raw = F.raw_features(g32, p32, new_acc)
+                    squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
+                    means = F.feature_means(g32, p32, new_acc, squares, len(raw), kernel=None if self.kernel == "auto" else False)
+                    inverse_rms = jax.lax.rsqrt(means + F.NORMALISER_EPS)
                     steps.append(None)
-                    inputs.append(self._normalised_features(g, p, acc, path))
+                    inputs.append([f * inverse_rms[k] for k, f in enumerate(raw)])
+                accumulators.append(new_acc)
             concatenate = self.concatenate_tensors
             if concatenate is None:
                 concatenate = max(self.hidden_sizes) > 16
             pending = [i for i, x in enumerate(inputs) if x is not None]
             outputs = apply_shared_network(
-                [inputs[i] for i in pending], layers, [param_groups[i][0].size >= self.fused_min_size for i in pending],
+                [inputs[i] for i in pending], layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
                 concatenate,
             ) if pending else []
             for i, (d, m) in zip(pending, outputs):
                 steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
-            updates = [None] * len(param_leaves)
-            for (indices, _), step in zip(groups, steps):
-                step = step.reshape(len(indices), -1)
-                for j, i in enumerate(indices):
-                    updates[i] = step[j].reshape(param_leaves[i].shape).astype(param_leaves[i].dtype)
+            updates = [step.reshape(p.shape).astype(p.dtype) for step, p in zip(steps, param_leaves)]
             new_state = MLPOptimizerState(state.count + 1, tuple(accumulators), loss_state)
             return treedef.unflatten(updates), new_state
 
