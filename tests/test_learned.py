@@ -225,6 +225,26 @@ def test_velo_groups_same_shaped_tensors_without_mixing_them():
     assert not np.allclose(forward[0], forward[2])  # distinct tensors of one group get distinct updates
 
 
+def test_velo_clips_gradients_before_anything_reads_them():
+    """VeLO clips gradients to ±1000 first: entries past the clip must give exactly the updates
+    (and state) of the clipped gradient, for grouped tensors and lone ones alike."""
+    meta = OPTIMIZERS["velo_small"]
+    opt = meta.transform(meta.init_meta(jax.random.key(0)), num_steps=20)
+    keys = jax.random.split(jax.random.key(1), 3)
+    params = {"a": jax.random.normal(keys[0], (6,)), "b": jax.random.normal(keys[1], (6,)), "w": jax.random.normal(keys[2], (4, 5))}
+    grads = jax.tree.map(lambda x: jnp.sin(3.0 * x) + jnp.where(x > 0.5, 4000.0, 0.0) - jnp.where(x < -0.5, 2500.0, 0.0), params)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1000.0
+
+    def run(grads):
+        state, p = opt.init(params), params
+        for _ in range(2):
+            updates, state = opt.update(grads, state, p, loss=jnp.float32(1.0))
+            p = optax.apply_updates(p, updates)
+        return updates, state
+
+    chex.assert_trees_all_close(run(grads), run(jax.tree.map(lambda g: jnp.clip(g, -1000.0, 1000.0), grads)), rtol=1e-6, atol=0)
+
+
 def test_adafactor_statistics_by_hand():
     g = np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3)
     acc = F.init_accumulators(jnp.zeros((2, 3)), F.AccumulatorConfig(factored_decays=(0.5,)))

@@ -263,19 +263,20 @@ class VeLOOptimizer:
             param_leaves = treedef.flatten_up_to(params)
             groups = self.groups(param_leaves, jax.default_backend())
             check_groups(len(state.accumulators), groups, "VeLOOptimizer")
-            grad_groups, param_groups = stack_groups(grad_leaves, groups), stack_groups(param_leaves, groups)
             # XLA groups: clipped gradients and advanced accumulators. Kernel tensors (groups of
-            # one): raw gradients, and only the factored accumulators advanced here.
+            # one): raw gradients, which the kernels clip, and only the factored accumulators
+            # advanced here.
+            clip = lambda g: jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
+            grad_groups = [clip(g) if path == "xla" else g for g, (_, path) in zip(stack_groups(grad_leaves, groups), groups)]
+            param_groups = stack_groups(param_leaves, groups)
             accumulators, means = [], []
             for (_, path), g, p, acc in zip(groups, grad_groups, param_groups, state.accumulators):
                 if path == "xla":
-                    g = jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
                     acc = jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(acc, g, decays)
                     means.append(jax.vmap(statistic_means)(g, p, acc))
                 else:
                     factored = F.ParamAccumulators((), (), acc.factored)
-                    clipped = jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
-                    acc = acc._replace(factored=jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(factored, clipped, decays).factored)
+                    acc = acc._replace(factored=jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(factored, clip(g), decays).factored)
                     means.append(self.kernel_means(g[0], p[0], only_member(acc), interpret=path == "interpret")[None])
                 accumulators.append(acc)
             ranks = [param_leaves[i].ndim for indices, _ in groups for i in indices]
