@@ -215,11 +215,6 @@ def _load_blocks(refs: Sequence, valid: jax.Array) -> list[jax.Array]:
     return [plgpu.load(r, mask=valid, other=0.0).astype(jnp.float32) for r in refs]
 
 
-def _scalar_operand(scalars: jax.Array) -> jax.Array:
-    count = scalars.shape[0]
-    return jnp.zeros((pl.next_power_of_2(max(count, 1)),), jnp.float32).at[:count].set(scalars)
-
-
 def _with_reference_vjp(fast: Callable, reference: Callable) -> Callable:
     """`fast(*args)` (a kernel) differentiated as `reference(*args)` (the same numbers in jnp):
     Pallas kernels have no reverse-mode rule of their own."""
@@ -332,7 +327,7 @@ def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, la
 
     def run(arrays, scalars, layers):
         spec = (jax.ShapeDtypeStruct((size,), jnp.float32), pl.BlockSpec((block,), lambda i: (i,)))
-        (step,) = _call(kernel, [_scalar_operand(scalars), *pad_layers(layers)], arrays, [spec],
+        (step,) = _call(kernel, [flat_table(scalars), *pad_layers(layers)], arrays, [spec],
                         block, num_warps, interpret, "lopt_network_pass")
         return step
 
@@ -377,14 +372,14 @@ def num_layer_weights(sizes: Sequence[int]) -> int:
 
 def unflatten_layers(flat: jax.Array, sizes: Sequence[int]) -> list[Layer]:
     """The layers of an MLP with layer `sizes` from its flat vector (`layer_places`' layout)."""
-    arrays = [flat[..., offset:offset + math.prod(shape)].reshape(*flat.shape[:-1], *shape)
-              for offset, shape in layer_places(sizes)]
+    arrays = [flat[offset:offset + math.prod(shape)].reshape(shape) for offset, shape in layer_places(sizes)]
     return list(zip(arrays[::2], arrays[1::2]))
 
 
 def flat_table(table: jax.Array) -> jax.Array:
-    """A [T, S] per-tensor table as one kernel operand: flattened, zero-padded to a power of two
-    (Triton's block sizes). One per step, shared by every tensor's kernel."""
+    """A small array as one whole kernel operand: flattened, zero-padded to a power of two
+    (Triton's block sizes). For `network_2d`, a [T, S] per-tensor table made once per step and
+    shared by every tensor's kernel."""
     flat = jnp.ravel(table).astype(jnp.float32)
     return jnp.pad(flat, (0, pl.next_power_of_2(max(flat.size, 1)) - flat.size))
 

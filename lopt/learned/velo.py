@@ -186,9 +186,15 @@ class VeLOOptimizer:
     def _xla_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, inverse_rms: jax.Array,
                   scale: jax.Array, weights: jax.Array) -> jax.Array:
         """One tensor's step (before the sign) in jnp; vmapped over a group of same-shaped tensors."""
-        inputs = [f * inverse_rms[k] for k, f in enumerate(F.raw_features(g, p, acc))]
         network = per_param_mlp.fused if p.size >= self.fused_min_size else per_param_mlp.reference
-        direction, magnitude = network(inputs, kernels.unflatten_layers(weights, self.mlp_sizes))
+        return self._step(F.raw_features(g, p, acc), inverse_rms, scale, kernels.unflatten_layers(weights, self.mlp_sizes),
+                          network)
+
+    def _step(self, features: list[jax.Array], inverse_rms, scale: jax.Array, layers: list, network=per_param_mlp.fused,
+              ) -> jax.Array:
+        """The step (before the sign) from raw features, each feature's inverse RMS over the
+        tensor, the tensor's scale and the mixed network (the XLA path and the kernel's body)."""
+        direction, magnitude = network([f * s for f, s in zip(features, inverse_rms)], layers)
         return self.step_mult * direction * jnp.exp(self.exp_mult * magnitude) * scale
 
     @property
@@ -212,14 +218,8 @@ class VeLOOptimizer:
         gradient, the momenta and rms accumulators before this step and the factored ones after
         it: the accumulators are advanced in registers (`advance`) rather than in a pass of their
         own, which on an H100 ran at a third of the memory bandwidth."""
-        num_m = len(acc.momentum)
-
-        def values(full, rows, cols):
-            g, p, advanced = self.advance(*F.from_kernel_blocks(full, num_m))
-            return statistic_values(g, p, advanced, [r * c for r, c in zip(rows, cols)])
-
-        return kernels.means_2d(values, *F.kernel_operands(g, p, acc), num_values=self.num_statistics,
-                                interpret=interpret)
+        values = lambda g, p, acc, preconditioners: statistic_values(*self.advance(g, p, acc), preconditioners)
+        return F.feature_means(g, p, acc, values, self.num_statistics, kernel=True, interpret=interpret)
 
     def kernel_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, scalars: jax.Array,
                     weights: jax.Array, row: int, *, interpret: bool = False) -> tuple[jax.Array, F.ParamAccumulators]:
@@ -228,13 +228,11 @@ class VeLOOptimizer:
         inverse RMS of each feature, then the scale). Inputs as for `kernel_means`; factored
         preconditioners are formed in-kernel from row and column factors."""
         num_m, num_f = len(acc.momentum), self.accumulators.num_features
-        step_mult, exp_mult = self.step_mult, self.exp_mult
 
         def body(full, rows, cols, scalars, layers):
             g, p, advanced = self.advance(*F.from_kernel_blocks(full, num_m))
             features = F.raw_features(g, p, advanced, [r * c for r, c in zip(rows, cols)])
-            direction, magnitude = per_param_mlp.fused([f * s for f, s in zip(features, scalars[:num_f])], layers)
-            return [step_mult * direction * jnp.exp(exp_mult * magnitude) * scalars[num_f], *advanced.momentum, *advanced.rms]
+            return [self._step(features, scalars[:num_f], scalars[num_f], layers), *advanced.momentum, *advanced.rms]
 
         step, *state = kernels.network_2d(
             body, *F.kernel_operands(g, p, acc), scalars, weights, row=row, num_scalars=num_f + 1,
@@ -269,14 +267,15 @@ class VeLOOptimizer:
             clip = lambda g: jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
             grad_groups = [clip(g) if path == "xla" else g for g, (_, path) in zip(stack_groups(grad_leaves, groups), groups)]
             param_groups = stack_groups(param_leaves, groups)
+            step_accumulators = jax.vmap(F.update_accumulators, in_axes=(0, 0, None))
             accumulators, means = [], []
             for (_, path), g, p, acc in zip(groups, grad_groups, param_groups, state.accumulators):
                 if path == "xla":
-                    acc = jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(acc, g, decays)
+                    acc = step_accumulators(acc, g, decays)
                     means.append(jax.vmap(statistic_means)(g, p, acc))
                 else:
-                    factored = F.ParamAccumulators((), (), acc.factored)
-                    acc = acc._replace(factored=jax.vmap(F.update_accumulators, in_axes=(0, 0, None))(factored, clip(g), decays).factored)
+                    factored = step_accumulators(F.ParamAccumulators((), (), acc.factored), clip(g), decays).factored
+                    acc = acc._replace(factored=factored)
                     means.append(self.kernel_means(g[0], p[0], only_member(acc), interpret=path == "interpret")[None])
                 accumulators.append(acc)
             ranks = [param_leaves[i].ndim for indices, _ in groups for i in indices]
