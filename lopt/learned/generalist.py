@@ -1,0 +1,287 @@
+"""The generalist learned optimizer: a Celo2-class per-parameter rule that picks a direction,
+with the step length set by a learning rate and schedule.
+
+Moudgil, Knyazev & Belilovsky 2026, "Celo2" (ICLR 2026, arXiv 2602.19142) found that what
+makes a small learned rule transfer to models far larger than it was meta-trained on is that
+it decides only the *direction* of each tensor's update:
+
+1. Per-parameter features (lopt.learned.features; Celo2's accumulators: momentum at
+   0.9/0.99/0.999, rms at 0.95, Adafactor factored moments at 0.9/0.99/0.999), each divided
+   by its RMS over the tensor (normalised inputs).
+2. A shared MLP (ReLU, hidden 8×2) maps them to a direction d per parameter.
+3. Hidden-layer matrices (rank ≥ 2; conv kernels as [fan_in, fan_out]) have d orthogonalised
+   by 5 Newton–Schulz iterations with the Muon coefficients (3.4445, −4.7750, 2.0315)
+   (Jordan et al. 2024), then **every step's d is normalised to unit RMS over the tensor**
+   (normalised output — the largest single gain in Celo2's ablation).
+4. Parameters that are not matrices (biases, norm scales) and those whose path matches
+   `adam_paths` (embeddings) take AdamW with β = (0.9, 0.95), as in Celo2.
+5. Δp = −η(t) · (d̂ + λ p) with η(t) = exp(θ_lr) · schedule(t / num_steps): linear warm-up over
+   `warmup_fraction` of the run, then cosine decay to `final_lr_fraction`; λ the decoupled
+   weight decay. θ_lr (the log learning rate) is a meta-parameter, so ES can move it, and
+   `scale_learning_rate` is how a user (or `lopt eval`'s sweep) tunes it.
+
+Our one departure: `init="adam"` starts the network as the identity on the normalised Adam
+feature m₀.₉ · rsqrt(v₀.₉₅) (two ReLU units carry +x and −x through each layer; the other
+weights are small random values), so meta-training starts from Adam's direction — Muon-like
+on matrices after step 3 — instead of from a random rule (Celo's `celo_adam` and
+learned_optimization's `nn_adam` start learned rules from Adam in the same spirit).
+`init="random"` is Celo2's truncated-normal start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.learned import features as F
+from lopt.learned import per_param_mlp
+from lopt.learned.base import check_params, register
+
+CELO2_ACCUMULATORS = F.AccumulatorConfig(
+    momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.95,), factored_decays=(0.9, 0.99, 0.999)
+)
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+GRADIENT_CLIP = 1000.0
+OUTPUT_EPS = 1e-12
+INITS = ("adam", "random")
+SCHEDULES = ("cosine", "linear", "constant")
+LR_MULTIPLIERS = (1 / 10, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 10.0)
+
+
+def newton_schulz(x: jax.Array, steps: int = 5, coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+                  eps: float = 1e-7) -> jax.Array:
+    """Approximate the orthogonal factor U Vᵀ of x = U Σ Vᵀ (a matrix) by the quintic
+    Newton–Schulz iteration X ← aX + (b A + c A²) X, A = X Xᵀ, from X₀ = x / ‖x‖_F
+    (Jordan et al. 2024, "Muon"; coefficients as there). Works on the shorter side."""
+    a, b, c = coefficients
+    transpose = x.shape[0] > x.shape[1]
+    if transpose:
+        x = x.T
+    x = x / (jnp.linalg.norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transpose else x
+
+
+def as_matrix(x: jax.Array) -> jax.Array:
+    """A tensor of rank ≥ 2 as [fan_in, fan_out] (conv kernels: every axis but the last is fan-in)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def unit_rms(x: jax.Array) -> jax.Array:
+    """x divided by its root-mean-square (Celo2's per-step output normalisation)."""
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x)) + OUTPUT_EPS)
+
+
+def schedule_factor(step: jax.Array, num_steps: Any, kind: str, warmup_fraction: float,
+                    final_fraction: float) -> jax.Array:
+    """η(t)/η: linear warm-up over `warmup_fraction` of the run, then `kind` decay to
+    `final_fraction` at t = num_steps (Loshchilov & Hutter 2017's cosine; Defazio et al. 2023
+    for linear decay). `num_steps` may be traced (meta-training samples a horizon per run)."""
+    t = step.astype(jnp.float32) + 1.0
+    total = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    warmup = jnp.maximum(warmup_fraction * total, 1.0)
+    ramp = jnp.minimum(t / warmup, 1.0)
+    progress = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    if kind == "cosine":
+        decay = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    elif kind == "linear":
+        decay = final_fraction + (1.0 - final_fraction) * (1.0 - progress)
+    else:
+        decay = jnp.ones_like(progress)
+    return ramp * decay
+
+
+class GeneralistState(NamedTuple):
+    """Step count; per tensor (leaf order) the learned rule's accumulators, or for tensors on
+    AdamW their first and second moments (as a `ParamAccumulators` with one momentum, one rms)."""
+
+    count: jax.Array
+    accumulators: tuple[F.ParamAccumulators, ...]
+
+
+def _path_text(path: tuple) -> str:
+    return "/".join(str(getattr(entry, "key", getattr(entry, "idx", entry))) for entry in path)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class GeneralistOptimizer:
+    """The generalist learned optimizer (see the module docstring for the update).
+
+    hidden_sizes: widths of the shared per-parameter MLP (Celo2: 8×2).
+    accumulators: the features' accumulators (Celo2's by default).
+    learning_rate: the initial η (θ_lr starts at its log); the default suits the unit-RMS step.
+    orthogonalize: Newton–Schulz on matrix updates (Celo2); False is Celo2-base.
+    ns_steps: Newton–Schulz iterations.
+    adam_b1, adam_b2, adam_eps: AdamW on non-matrix tensors and `adam_paths` (Celo2: 0.9, 0.95).
+    adam_paths: a regular expression; tensors whose '/'-joined path matches it take AdamW
+      (flax's `nn.Embed` names its table 'embedding').
+    weight_decay: decoupled weight decay λ (multiplied by η(t)).
+    schedule, warmup_fraction, final_lr_fraction: η(t)'s shape over the run of `num_steps`.
+    init: 'adam' (start from Adam's direction) or 'random' (Celo2's start).
+    """
+
+    kind: ClassVar[str] = "generalist"
+    reads_progress: ClassVar[bool] = True
+    hidden_sizes: tuple[int, ...] = (8, 8)
+    accumulators: F.AccumulatorConfig = CELO2_ACCUMULATORS
+    learning_rate: float = 3e-3
+    orthogonalize: bool = True
+    ns_steps: int = 5
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    adam_eps: float = 1e-8
+    adam_paths: str = "embed"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05
+    final_lr_fraction: float = 0.0
+    init: str = "adam"
+
+    def __post_init__(self) -> None:
+        if not self.hidden_sizes or min(self.hidden_sizes) < 2:
+            raise ValueError(f"hidden_sizes must be widths of at least 2, got {self.hidden_sizes}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_fraction < 1.0 or not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError("warmup_fraction must lie in [0, 1) and final_lr_fraction in [0, 1]")
+        if self.ns_steps < 0 or self.weight_decay < 0:
+            raise ValueError("ns_steps and weight_decay must be non-negative")
+        if not self.accumulators.rms_decays:
+            raise ValueError("the generalist's Adam-feature start needs at least one rms decay")
+        try:
+            re.compile(self.adam_paths)
+        except re.error as error:
+            raise ValueError(f"adam_paths is not a regular expression: {error}") from None
+
+    # -- meta-parameters -------------------------------------------------------------------
+
+    @property
+    def adam_feature(self) -> int:
+        """Index of m₀ · rsqrt(v₀) among the features (the `init='adam'` pass-through)."""
+        return self.accumulators.feature_names().index(
+            f"m{self.accumulators.momentum_decays[0]}_rsqrt_v{self.accumulators.rms_decays[0]}")
+
+    def init_meta(self, key: jax.Array) -> dict[str, Any]:
+        """theta: {'layers': [{'w', 'b'}, ...], 'log_learning_rate': []}.
+
+        init='adam': hidden units 0 and 1 of each layer carry relu(+x) and relu(−x) of the Adam
+        feature x, the direction output is their difference (so d = x exactly), and every other
+        weight is LeCun-normal × 0.01 — small enough to leave Adam's direction in charge, large
+        enough that ES perturbations of theta are not at a symmetric point."""
+        sizes = [self.accumulators.num_features, *self.hidden_sizes, 2]
+        keys = jax.random.split(key, len(sizes) - 1)
+        scale = 1.0 if self.init == "random" else 1e-4
+        layers = []
+        for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
+            layers.append({"w": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * np.sqrt(scale / fan_in),
+                           "b": jnp.zeros((fan_out,), jnp.float32)})
+        if self.init == "adam":
+            x = self.adam_feature
+            first = layers[0]["w"].at[:, :2].set(0.0).at[x, 0].set(1.0).at[x, 1].set(-1.0)
+            layers[0] = {**layers[0], "w": first}
+            for i in range(1, len(layers)):
+                w = layers[i]["w"].at[:2, :].set(0.0).at[:, :2].set(0.0)
+                if i < len(layers) - 1:
+                    w = w.at[0, 0].set(1.0).at[1, 1].set(1.0)
+                else:
+                    w = w.at[0, 0].set(1.0).at[1, 0].set(-1.0)
+                layers[i] = {**layers[i], "w": w}
+        return {"layers": layers, "log_learning_rate": jnp.log(jnp.float32(self.learning_rate))}
+
+    lr_tuning_grid: ClassVar[tuple[float, ...]] = LR_MULTIPLIERS
+
+    @staticmethod
+    def scale_learning_rate(theta: dict[str, Any], multiplier: Any) -> dict[str, Any]:
+        """theta with η multiplied by `multiplier` (may be traced: `lopt eval` vmaps a sweep)."""
+        return {**theta, "log_learning_rate": theta["log_learning_rate"] + jnp.log(jnp.asarray(multiplier, jnp.float32))}
+
+    # -- the transformation -----------------------------------------------------------------
+
+    def uses_learned_rule(self, path: str, shape: tuple[int, ...]) -> bool:
+        """Matrices (rank ≥ 2) take the learned rule, unless their path matches `adam_paths`."""
+        return len(shape) >= 2 and not re.search(self.adam_paths, path)
+
+    def _init_accumulators(self, p: jax.Array, learned: bool) -> F.ParamAccumulators:
+        if learned:
+            return F.init_accumulators(p, self.accumulators)
+        zeros = jnp.zeros(p.shape, jnp.float32)
+        return F.ParamAccumulators((zeros,), (zeros,), ())
+
+    def _learned_direction(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
+                           layers: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+        raw = F.raw_features(g, p, acc)
+        squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
+        inverse_rms = jax.lax.rsqrt(F.feature_means(g, p, acc, squares, len(raw), kernel=False) + F.NORMALISER_EPS)
+        network = per_param_mlp.fused if g.size >= 1 << 16 else per_param_mlp.reference
+        direction, _ = network([(f * inverse_rms[k]).reshape(-1) for k, f in enumerate(raw)], layers)
+        direction = direction.reshape(g.shape)
+        if self.orthogonalize:
+            direction = newton_schulz(as_matrix(direction), self.ns_steps).reshape(g.shape)
+        return unit_rms(direction)
+
+    def _adam_direction(self, acc: F.ParamAccumulators, count: jax.Array) -> jax.Array:
+        m_hat = acc.momentum[0] / (1.0 - self.adam_b1 ** count)
+        v_hat = acc.rms[0] / (1.0 - self.adam_b2 ** count)
+        return m_hat / (jnp.sqrt(v_hat) + self.adam_eps)
+
+    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
+        layers = [(layer["w"], layer["b"]) for layer in theta["layers"]]
+        adam_decays = F.Decays(jnp.asarray([self.adam_b1], jnp.float32), jnp.asarray([self.adam_b2], jnp.float32),
+                               jnp.zeros((0,), jnp.float32))
+        decays = F.initial_decays(self.accumulators)
+
+        def learned_mask(params):
+            return [self.uses_learned_rule(_path_text(path), p.shape) for path, p in jax.tree.leaves_with_path(params)]
+
+        def init(params):
+            leaves = jax.tree.leaves(params)
+            return GeneralistState(
+                count=jnp.zeros((), jnp.int32),
+                accumulators=tuple(self._init_accumulators(p, m) for p, m in zip(leaves, learned_mask(params))),
+            )
+
+        def update(grads, state, params=None, **extra_args):
+            del extra_args
+            check_params(params, "GeneralistOptimizer")
+            count = state.count + 1
+            learning_rate = jnp.exp(theta["log_learning_rate"]) * schedule_factor(
+                state.count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction)
+            grad_leaves, treedef = jax.tree.flatten(grads)
+            param_leaves = treedef.flatten_up_to(params)
+            if len(state.accumulators) != len(grad_leaves):
+                raise ValueError(f"GeneralistOptimizer: the state holds {len(state.accumulators)} tensors, the "
+                                 f"gradients {len(grad_leaves)}: was it made by init() on these parameters?")
+            updates, accumulators = [], []
+            for g, p, acc, learned in zip(grad_leaves, param_leaves, state.accumulators, learned_mask(params)):
+                g32 = jnp.clip(g.astype(jnp.float32), -GRADIENT_CLIP, GRADIENT_CLIP)
+                p32 = p.astype(jnp.float32)
+                if learned:
+                    new_acc = F.update_accumulators(acc, g32, decays)
+                    direction = self._learned_direction(g32, p32, new_acc, layers)
+                else:
+                    new_acc = F.update_accumulators(acc, g32, adam_decays)
+                    direction = self._adam_direction(new_acc, count)
+                step = -learning_rate * (direction + self.weight_decay * p32)
+                updates.append(step.astype(p.dtype))
+                accumulators.append(new_acc)
+            return treedef.unflatten(updates), GeneralistState(count, tuple(accumulators))
+
+        return optax.GradientTransformationExtraArgs(init, update)
+
+
+def generalist(**kwargs: Any) -> GeneralistOptimizer:
+    """The Celo2-class generalist (hidden 8×2, Newton–Schulz on matrices, AdamW elsewhere)."""
+    return GeneralistOptimizer(**kwargs)
