@@ -187,7 +187,7 @@ def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
                 f"{a['fraction_beating_adam']:.0%}" if name != REFERENCE else "—"]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Final train loss (mean over the last 10% of steps) at the LR tuned per task on train loss, "
-              "mean ± std over seeds; learned optimizers (`learned:`) get no tuning. "
+              "mean ± std over seeds; `learned:` rows are untuned (their own step size); `(LR-tuned)` rows get their kind's multiplier sweep. "
               "† tuned LR at the edge of its grid. IQM: interquartile mean over tasks, bootstrap 95% interval. "
               "Speedup: steps tuned adam needs to reach its final loss ÷ steps this optimizer needs to reach "
               "it (0 if never)."]
@@ -207,12 +207,13 @@ def write_json(path: Path, cells: Sequence[Cell], config: dict) -> None:
     os.replace(temporary, path)
 
 
-def _plotted_optimizers(cells: Sequence[Cell], limit: int) -> list[str]:
+def _plotted_optimizers(cells: Sequence[Cell], limit: int, sweeps: Sequence[Sweep] = ()) -> list[str]:
     agg = scores(cells)
     ranked = sorted(agg, key=lambda n: agg[n]["loss_ratio_vs_adam"])
     chosen = ranked[:limit]
-    for name in ranked:  # learned optimizers and the reference are always drawn
-        if (name == REFERENCE or name.startswith("learned:")) and name not in chosen:
+    untuned = {s.optimizer for s in sweeps if len(s.lrs) == 1}
+    for name in ranked:  # untuned (learned) optimizers and the reference are always drawn
+        if (name == REFERENCE or name in untuned) and name not in chosen:
             chosen.append(name)
     return chosen
 
@@ -242,7 +243,7 @@ def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, l
     """Train-loss curves at each optimizer's tuned LR, one panel per task, seeds shaded (min-max),
     log-scaled losses; at most `limit` optimizers by score (plus adam)."""
     tasks = list(dict.fromkeys(s.task for s in sweeps))
-    chosen = _plotted_optimizers(cells, limit)
+    chosen = _plotted_optimizers(cells, limit, sweeps)
     plt, figure, axes = _panels(len(tasks))
     colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
     for axis, task in zip(axes, tasks):
@@ -256,7 +257,7 @@ def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, l
             steps = np.arange(1, runs.shape[-1] + 1)
             style = "-" if name == REFERENCE or i < 10 else "--"
             axis.plot(steps, smoothed.mean(0), style, color=colours(i % colours.N), lw=1.6 if name != REFERENCE else 2.4,
-                      label=f"{name} (untuned)" if name.startswith("learned:")
+                      label=f"{name} (untuned)" if len(s.lrs) == 1
                       else f"{name} (lr {s.lrs[metrics.tuned_index(s.train_loss)]:.3g})")
             axis.fill_between(steps, smoothed.min(0), smoothed.max(0), color=colours(i % colours.N), alpha=0.15)
         axis.set_yscale("log")
@@ -272,7 +273,7 @@ def plot_lr_sensitivity(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cel
     """Final train loss against learning rate (log-log), one panel per task; diverged runs are
     drawn at the top of the panel as crosses."""
     tasks = list(dict.fromkeys(s.task for s in sweeps))
-    chosen = [n for n in _plotted_optimizers(cells, limit)
+    chosen = [n for n in _plotted_optimizers(cells, limit, sweeps)
               if any(len(s.lrs) > 1 for s in sweeps if s.optimizer == n)]
     plt, figure, axes = _panels(len(tasks))
     colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")

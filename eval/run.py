@@ -11,9 +11,9 @@ from tqdm.auto import tqdm
 import lopt.baselines
 from eval import cost, report
 from eval.config import EvalConfig
-from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidate, sweep
+from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidates, sweep
 from lopt.checkpoint import CheckpointError
-from eval.suites import suite_tasks
+from eval.suites import parse_entry, suite_tasks
 from lopt.config import ConfigError
 from tasks import task_spec
 
@@ -52,7 +52,7 @@ def resolve_candidates(config: EvalConfig) -> list[Candidate]:
         candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam"), config.num_steps))  # the reference
     for path in config.learned:
         try:
-            candidates.append(learned_candidate(path, config.num_steps))
+            candidates.extend(learned_candidates(path, config.num_steps))
         except CheckpointError as error:
             raise ConfigError(f"learned: {error}") from None
     return candidates
@@ -63,7 +63,7 @@ def resolve_tasks(config: EvalConfig) -> tuple[str, ...]:
     try:
         names = config.tasks or suite_tasks(config.suite)
         for name in names:
-            task_spec(name)
+            task_spec(parse_entry(name)[0])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return tuple(names)
@@ -83,8 +83,9 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     bar = tqdm(jobs, desc="lopt eval", unit="sweep", disable=not progress, dynamic_ncols=True)
     for task_name, candidate in bar:
         bar.set_postfix_str(f"{task_name} / {candidate.name}")
+        multiplier = parse_entry(task_name)[1]
         sweeps.append(sweep(
-            task_name, candidate, num_steps=config.num_steps, eval_every=config.eval_every,
+            task_name, candidate, num_steps=config.num_steps * multiplier, eval_every=config.eval_every * multiplier,
             num_seeds=config.seeds, seed=config.seed, cache_dir=cache_dir,
         ))
     bar.close()

@@ -21,6 +21,7 @@ import optax
 
 import lopt
 from lopt.baselines import Baseline
+from eval.suites import parse_entry
 from tasks import build, task_spec, train
 
 CACHE_FORMAT = 1
@@ -70,30 +71,29 @@ def fixed_lr_candidate(baseline: Baseline, learning_rate: float, num_steps: int 
     )
 
 
-PROGRAM_LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
-
-
-def learned_candidate(path: str, num_steps: int, name: str | None = None) -> Candidate:
-    """A saved learned optimizer: no learning-rate tuning (a one-point grid), told the run length.
-
-    A found program (kind 'program') is a hand-designed-like optimizer whose `lr` input is its
-    learning rate, so it is tuned like the baselines: its saved LR times 0.1 .. 10."""
+def learned_candidates(path: str, num_steps: int, name: str | None = None) -> list[Candidate]:
+    """A saved learned optimizer, told the run length: untuned (its own step size, a one-point
+    grid), and — when its kind has a learning-rate hook (`lr_tuning_grid` and
+    `scale_learning_rate`, e.g. the generalist and found programs) — also swept over that grid
+    of multipliers like the baselines, named `<name> (LR-tuned)`."""
     manifest = lopt.read_manifest(path)
     meta_optimizer, theta = lopt.load_meta(path)
-    fingerprint = json.dumps({"kind": manifest["kind"], "arrays": [a["sha256"] for a in manifest["arrays"]]})
+    fingerprint = json.dumps({"kind": manifest["kind"], "config": manifest.get("config"),
+                              "arrays": [a["sha256"] for a in manifest["arrays"]]}, sort_keys=True, default=str)
     where = Path(path).absolute()
     label = name or f"learned:{where.parent.name if where.name == 'optimizer' else where.name}"
-    if manifest["kind"] == "program":
-        fingerprint = json.dumps({"kind": "program", "text": manifest["config"]["text"], "theta": fingerprint})
-        return Candidate(
-            name=f"program:{where.name}" if name is None else name,
-            make=lambda lr: meta_optimizer.transform({**theta, "learning_rate": theta["learning_rate"] * lr}),
-            lr_grid=PROGRAM_LR_GRID, fingerprint=fingerprint, tuned=True,
-        )
-    return Candidate(
+    candidates = [Candidate(
         name=label, make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
         lr_grid=(1.0,), fingerprint=fingerprint, tuned=False,
-    )
+    )]
+    grid = tuple(getattr(meta_optimizer, "lr_tuning_grid", ()))
+    if grid:
+        candidates.append(Candidate(
+            name=f"{label} (LR-tuned)",
+            make=lambda lr: meta_optimizer.transform(meta_optimizer.scale_learning_rate(theta, lr), num_steps=num_steps),
+            lr_grid=grid, fingerprint=fingerprint + "|lr-sweep", tuned=True,
+        ))
+    return candidates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def run_keys(task_name: str, seed: int, num_seeds: int) -> jax.Array:
 def cache_path(cache_dir: Path, task_name: str, candidate: Candidate, settings: dict) -> Path:
     key = json.dumps(
         {
-            "format": CACHE_FORMAT, "lopt": lopt.__version__, "task": task_spec(task_name).describe(),
+            "format": CACHE_FORMAT, "lopt": lopt.__version__, "task": task_spec(parse_entry(task_name)[0]).describe(),
             "optimizer": candidate.fingerprint, "lrs": candidate.lr_grid, **settings,
         },
         sort_keys=True,
@@ -173,7 +173,7 @@ def sweep(
         if cached is not None:
             return cached
 
-    task = build(task_spec(task_name))
+    task = build(task_spec(parse_entry(task_name)[0]))
     keys = run_keys(task_name, seed, num_seeds)
     lrs = jnp.asarray(candidate.lr_grid, jnp.float32)
 

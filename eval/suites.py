@@ -5,6 +5,14 @@ conv nets of 1-2 layers; `embedded-ood` holds wider and deeper networks than tho
 generalisation is measured rather than assumed. `gpu` adds the conv nets to the out-of-family
 networks: sized for a GPU at 2,000+ steps (TFDS datasets join it via `tfds:<name>` tasks when
 prepared).
+
+An entry `name*k` runs task `name` for k times the evaluation's `num_steps` (long horizons).
+
+`generalisation` (13 entries) holds tasks outside every meta-training family's default range:
+wider and deeper MLPs, conv nets of other depths and widths, transformer LMs of two sizes
+beyond the family's, a teacher–student regression, a classifier trained by the square loss, and
+two runs 5× the suite's length. `generalisation-embedded` is its CPU-sized subset.
+`validation` holds the tasks meta-training may use for its choices (disjoint from every suite).
 """
 
 from __future__ import annotations
@@ -37,7 +45,44 @@ SUITES: dict[str, tuple[str, ...]] = {
         "mnist1d-mlp-relu128x4",
         "pytext-transformer-64x2",
     ),
+    "generalisation": (
+        "digits-mlp-relu256x3",
+        "mnist1d-mlp-relu128x4",
+        "mnist1d-mlp-silu512",
+        "digits-mlp-gelu32x6",
+        "mnist1d-mlp-tanh256x2",
+        "digits-mlp-relu128x2-mse",
+        "digits-conv-32-64-128",
+        "mnist1d-conv-64-128",
+        "pytext-transformer-64x3",
+        "pytext-transformer-128x2",
+        "regression-mlp-relu128x2",
+        "mnist1d-mlp-gelu128x3*5",
+        "regression-mlp-relu128x2*5",
+    ),
+    "generalisation-embedded": (
+        "mnist1d-mlp-relu128x4",
+        "digits-mlp-gelu32x6",
+        "digits-mlp-relu128x2-mse",
+        "regression-mlp-relu128x2",
+    ),
+    "validation": (
+        "digits-mlp-silu96x2",
+        "mnist1d-conv-48",
+        "pytext-transformer-48x2",
+        "regression-mlp-tanh64x3",
+    ),
 }
+
+
+def parse_entry(entry: str) -> tuple[str, int]:
+    """A suite entry as (task name, step multiplier): 'name' -> (name, 1), 'name*5' -> (name, 5)."""
+    name, star, multiplier = entry.partition("*")
+    if not star:
+        return name, 1
+    if not multiplier.isdigit() or int(multiplier) <= 0:
+        raise ValueError(f"suite entry {entry!r}: the text after '*' must be a positive whole number")
+    return name, int(multiplier)
 
 
 def suite_tasks(name: str) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from lopt.config import ConfigError
@@ -27,12 +28,15 @@ def _meta_train(args: argparse.Namespace) -> int:
     from meta_train.config import MetaTrainConfig
     from meta_train.loop import meta_train
 
-    config = load_config(MetaTrainConfig, args.config, args.set)
+    overrides = list(args.set)
+    if getattr(args, "init", None):
+        overrides.append(f"optimizer.init_from={json.dumps(args.init)}")
+    config = load_config(MetaTrainConfig, args.config, overrides)
     summary = meta_train(config, progress=not args.quiet)
     if summary["resumed"]:
         print(f"resumed from the checkpoint in {config.run.output_dir}")
     print(f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped)")
-    for key in ("optimizer", "log", "figure"):
+    for key in ("optimizer", "best", "log", "figure"):
         if key in summary:
             print(f"wrote {key}: {summary[key]}")
     return 0
@@ -188,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
              "configs/eval/embedded-small.toml", "num_steps=200")
     _add_job(commands, "meta-train", _meta_train, "meta-train a learned optimizer (resumes if interrupted)",
              "configs/meta_train/quickstart.toml", "outer.steps=100")
+    commands.choices["meta-train"].add_argument(
+        "--init", metavar="CHECKPOINT",
+        help="start from this saved optimizer's theta (a path or shipped name): fine-tune it on the config's tasks")
 
     info = commands.add_parser("info", help="describe a saved optimizer checkpoint")
     info.add_argument("path", help="checkpoint directory, e.g. runs/quickstart/optimizer")

@@ -7,33 +7,42 @@ from typing import Any
 
 from lopt.config import ConfigError, from_dict
 from lopt.hypergrad import LRController
-from lopt.learned import factored_mlp, small_mlp, to_config, velo_small
+from lopt.learned import factored_mlp, generalist, small_mlp, to_config, velo_small
 from lopt.learned.base import KINDS
 from lopt.learned.velo import VeLOOptimizer
 
+from meta_train.augment import Augmentation
+from meta_train.estimators import ESTIMATORS, META_OBJECTIVES
+
 PRESETS = {"small_mlp": small_mlp, "factored_mlp": factored_mlp, "velo_small": velo_small, "velo": VeLOOptimizer,
-           "lr_controller": LRController}
+           "lr_controller": LRController, "generalist": generalist}
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSection:
-    """preset: small_mlp, factored_mlp, velo_small, velo or lr_controller; options: constructor overrides."""
+    """preset: small_mlp, factored_mlp, velo_small, velo, lr_controller or generalist; options:
+    constructor overrides. init_from: a saved optimizer (path or shipped name) whose theta starts
+    meta-training — fine-tuning it (`lopt meta-train --init`); its kind and constructor
+    arguments replace preset and options."""
 
     preset: str = "small_mlp"
     options: dict = dataclasses.field(default_factory=dict)
+    init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class TasksSection:
     """family: a task family name; family_options: overrides of its fields (e.g. widths);
     names: fixed named tasks instead of a family; num_groups: tasks trained at once (each its
-    own population); lifetime: outer steps before a group's task is resampled."""
+    own population); lifetime: outer steps before a group's task is resampled; augment: per-run
+    reparameterisation of weights and rescaling of losses (meta_train.augment)."""
 
     family: str = "mlp"
     family_options: dict = dataclasses.field(default_factory=dict)
     names: tuple[str, ...] = ()
     num_groups: int = 2
     lifetime: int = 100
+    augment: Augmentation = Augmentation()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,7 @@ class EstimatorSection:
     schedule: str = "log_uniform"
     divergence_factor: float = 10.0
     meta_loss_split: str = "train"
+    meta_objective: str = "loss"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +75,16 @@ class RunSection:
     """Where and how often to write. shard_population: spread workers over all devices.
     distributed: call `jax.distributed.initialize()` first (multi-host; on a TPU pod it needs no
     arguments, elsewhere the usual JAX_COORDINATOR_ADDRESS / process environment variables);
-    only process 0 logs and shows progress."""
+    only process 0 logs and shows progress. validation_tasks: named tasks held out from training
+    and from the test suites; every eval scores theta on them (mean log of final loss ÷ Adam
+    1e-3's) and the best-scoring theta is saved as `best/` beside `optimizer/`."""
     output_dir: str = "runs/meta-train"
     checkpoint_every: int = 50
     log_every: int = 10
     eval_every: int = 100
     eval_task: str = "digits-mlp-relu32"
     eval_steps: int = 500
+    validation_tasks: tuple[str, ...] = ()
     shard_population: bool = True
     distributed: bool = False
 
@@ -93,9 +106,23 @@ class MetaTrainConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.tasks.num_groups <= 0 or self.tasks.lifetime <= 0:
             raise ConfigError("tasks.num_groups and tasks.lifetime must be positive")
+        if self.estimator.kind not in ESTIMATORS:
+            raise ConfigError(f"estimator.kind: unknown estimator {self.estimator.kind!r}; valid: {', '.join(ESTIMATORS)}")
+        if self.estimator.meta_objective not in META_OBJECTIVES:
+            raise ConfigError(f"estimator.meta_objective: unknown objective {self.estimator.meta_objective!r}; "
+                              f"valid: {', '.join(META_OBJECTIVES)}")
 
     def build_meta_optimizer(self) -> Any:
-        """The preset with `options` applied, validated like any config table."""
+        """The preset with `options` applied, validated like any config table (or, with
+        `init_from`, the saved optimizer's own meta-optimizer)."""
+        if self.optimizer.init_from:
+            import lopt
+            from lopt.checkpoint import CheckpointError
+
+            try:
+                return lopt.load_meta(self.optimizer.init_from)[0]
+            except (CheckpointError, FileNotFoundError, ValueError) as error:
+                raise ConfigError(f"optimizer.init_from: {error}") from None
         base = PRESETS[self.optimizer.preset]()
         merged = {**to_config(base), **self.optimizer.options}
         return from_dict(KINDS[base.kind], merged, where="optimizer.options")

@@ -30,11 +30,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from meta_train.truncation import TruncationSchedule, Worker, diverged, initial_worker, reset_if_done, unroll
+from meta_train.augment import Augmentation
+from meta_train.truncation import (
+    NO_AUGMENTATION, TruncationSchedule, Worker, diverged, initial_worker, reset_if_done, unroll,
+)
 
 Theta = Any
 ESTIMATORS = ("truncated_backprop", "antithetic_es", "pes", "nres")
 NRES_TAG = 0x4E524553
+META_OBJECTIVES = ("loss", "log_loss")
+LOG_LOSS_FLOOR = 1e-8
 
 
 def tree_normal(key: jax.Array, tree: Any, scale: float | jax.Array = 1.0) -> Any:
@@ -71,6 +76,9 @@ class Estimator:
 
     kind: one of ESTIMATORS. sigma: the ES perturbation scale. task: the inner task (a pytree,
     passed to the compiled step as an argument). schedule: truncation length and horizons.
+    augmentation: per-episode reparameterisation of the task (meta_train.augment).
+    meta_objective: 'loss' (mean inner loss over a window) or 'log_loss' (mean log loss: comparable
+      across tasks whose losses differ by orders of magnitude, and blind to loss rescaling).
     """
 
     kind: str
@@ -81,8 +89,12 @@ class Estimator:
     sigma: float = 0.01
     divergence_factor: float = 10.0
     meta_loss_split: str = "train"
+    augmentation: Augmentation = NO_AUGMENTATION
+    meta_objective: str = "loss"
 
     def __post_init__(self) -> None:
+        if self.meta_objective not in META_OBJECTIVES:
+            raise ValueError(f"unknown meta_objective {self.meta_objective!r}; valid: {', '.join(META_OBJECTIVES)}")
         if self.kind not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.kind!r}; valid estimators: {', '.join(ESTIMATORS)}")
         if self.meta_loss_split not in ("train", "test"):
@@ -100,7 +112,8 @@ class Estimator:
 
     def init(self, key: jax.Array, theta: Theta) -> EstimatorState:
         keys = jax.random.split(key, self.num_workers)
-        workers = jax.vmap(lambda k: initial_worker(self.task, self.meta_optimizer, theta, self.schedule, k))(keys)
+        workers = jax.vmap(lambda k: initial_worker(self.task, self.meta_optimizer, theta, self.schedule, k,
+                                                    self.augmentation))(keys)
         if self.kind in ("pes", "nres"):
             accumulator = jax.vmap(lambda _: jax.tree.map(jnp.zeros_like, theta))(keys) if self.kind == "pes" else None
             return EstimatorState(workers, workers, accumulator)
@@ -132,18 +145,27 @@ class Estimator:
         return grad, result.state, metrics
 
     def _unroll(self, task, theta, worker):
-        return unroll(task, self.meta_optimizer, theta, worker, self.schedule.truncation_length, self.meta_loss_split)
+        return unroll(task, self.meta_optimizer, theta, worker, self.schedule.truncation_length, self.meta_loss_split,
+                      self.augmentation)
+
+    def _objective(self, losses: jax.Array) -> jax.Array:
+        """The window's meta-loss from its per-step inner losses."""
+        if self.meta_objective == "log_loss":
+            return jnp.mean(jnp.log(jnp.maximum(losses, LOG_LOSS_FLOOR)))
+        return jnp.mean(losses)
 
     def _worker_step(self, task, key, theta, state: EstimatorState) -> WindowResult:
         reset_key, noise_key = jax.random.split(key)
         schedule, meta = self.schedule, self.meta_optimizer
-        positive, reset = reset_if_done(task, meta, theta, schedule, state.positive, reset_key, jnp.bool_(False))
+        augmentation = self.augmentation
+        positive, reset = reset_if_done(task, meta, theta, schedule, state.positive, reset_key, jnp.bool_(False),
+                                        augmentation)
         factor = self.divergence_factor
 
         if self.kind == "truncated_backprop":
             def window_loss(theta):
                 worker, losses = self._unroll(task, theta, positive)
-                return jnp.mean(losses), (worker, losses)
+                return self._objective(losses), (worker, losses)
 
             (loss, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
             bad = diverged(losses, worker.start_loss, factor)
@@ -157,10 +179,11 @@ class Estimator:
             epsilon = tree_normal(noise_key, theta, self.sigma)
         negative = positive
         if self.kind in ("pes", "nres"):
-            negative, _ = reset_if_done(task, meta, theta, schedule, state.negative, reset_key, jnp.bool_(False))
+            negative, _ = reset_if_done(task, meta, theta, schedule, state.negative, reset_key, jnp.bool_(False),
+                                        augmentation)
         pos_worker, pos_losses = self._unroll(task, _add(theta, epsilon), positive)
         neg_worker, neg_losses = self._unroll(task, _add(theta, epsilon, -1.0), negative)
-        difference = jnp.mean(pos_losses) - jnp.mean(neg_losses)
+        difference = self._objective(pos_losses) - self._objective(neg_losses)
         bad = diverged(pos_losses, pos_worker.start_loss, factor) | diverged(neg_losses, neg_worker.start_loss, factor)
         direction, accumulator = epsilon, None
         if self.kind == "pes":
@@ -170,7 +193,7 @@ class Estimator:
         grad = jax.tree.map(lambda d: d * difference / (2.0 * self.sigma**2), direction)
         negative_out = self._mark(neg_worker, bad) if self.kind in ("pes", "nres") else None
         new_state = EstimatorState(self._mark(pos_worker, bad), negative_out, accumulator)
-        return WindowResult(grad, new_state, jnp.mean(pos_losses), bad, reset)
+        return WindowResult(grad, new_state, self._objective(pos_losses), bad, reset)
 
     @staticmethod
     def _mark(worker: Worker, bad: jax.Array) -> Worker:

@@ -93,13 +93,14 @@ class MetaTrainer:
         self._estimators: dict[Any, Estimator] = {}
         self._apply = jax.jit(self._apply_gradient)
         self.mesh = population_mesh(config.estimator.num_workers) if config.run.shard_population else None
+        self._validation: Validation | None = None
 
     def estimator(self, spec: Any) -> Estimator:
         if spec not in self._estimators:
             est = self.config.estimator
             self._estimators[spec] = Estimator(
                 est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, est.num_workers,
-                est.sigma, est.divergence_factor, est.meta_loss_split,
+                est.sigma, est.divergence_factor, est.meta_loss_split, self.config.tasks.augment, est.meta_objective,
             )
         return self._estimators[spec]
 
@@ -111,8 +112,14 @@ class MetaTrainer:
         state = self.estimator(self.groups.spec(group, step)).init(self.group_init_key(group, step), theta)
         return shard_population(state, self.mesh)
 
+    def initial_theta(self) -> Any:
+        """theta at outer step 0: `optimizer.init_from`'s saved theta, or a fresh init_meta."""
+        if self.config.optimizer.init_from:
+            return lopt.load_meta(self.config.optimizer.init_from)[1]
+        return self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0))
+
     def initial_state(self) -> dict[str, Any]:
-        theta = replicate(self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0)), self.mesh)
+        theta = replicate(self.initial_theta(), self.mesh)
         return {
             "step": replicate(jnp.zeros((), jnp.int32), self.mesh),
             "theta": theta,
@@ -164,6 +171,15 @@ class MetaTrainer:
     def evaluate(self, theta: Any) -> float:
         """Final train loss of the held-out eval task trained with theta."""
         return held_out_loss(self.config, self.meta_optimizer.transform(theta, num_steps=self.config.run.eval_steps))
+
+    def validate(self, theta: Any) -> dict[str, float]:
+        """Per validation task, log(final loss with theta ÷ final loss of Adam 1e-3), and their
+        mean as 'validation_score' (lower is better); empty without validation tasks."""
+        if not self.config.run.validation_tasks:
+            return {}
+        if self._validation is None:
+            self._validation = Validation(self.config, self.meta_optimizer)
+        return self._validation.score(theta)
 
 
 def _checkpoint_manager(directory: Path, config: MetaTrainConfig):
@@ -267,9 +283,25 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     adam_loss = None
     bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
                disable=not progress, dynamic_ncols=True)
+    best_score = _best_score(output)
+
+    def evaluate_and_keep_best(step: int) -> None:
+        nonlocal best_score
+        row = {"step": step, "eval_loss": trainer.evaluate(state["theta"]), "adam_loss": adam_loss,
+               **trainer.validate(state["theta"])}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        score = row.get("validation_score")
+        if lead and score is not None and np.isfinite(score) and (best_score is None or score < best_score):
+            best_score = score
+            lopt.save(output / "best", trainer.meta_optimizer, state["theta"],
+                      {"config": dataclasses.asdict(config), "outer_steps": step, "validation_score": score,
+                       "validation": {k: v for k, v in row.items() if k.startswith("validation/")}},
+                      num_steps=config.estimator.max_horizon, overwrite=True)
+
     if lead and not resumed and config.run.eval_every:
         adam_loss = _adam_reference(config)
-        log.write(json.dumps({"step": 0, "eval_loss": trainer.evaluate(state["theta"]), "adam_loss": adam_loss}) + "\n")
+        evaluate_and_keep_best(0)
     window_start, window_steps = time.perf_counter(), 0
     steps_done = 0
     try:
@@ -291,8 +323,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
             if config.run.eval_every and (step % config.run.eval_every == 0 or step == config.outer.steps):
                 if adam_loss is None:
                     adam_loss = _adam_reference(config)
-                log.write(json.dumps({"step": step, "eval_loss": trainer.evaluate(state["theta"]), "adam_loss": adam_loss}) + "\n")
-                log.flush()
+                evaluate_and_keep_best(step)
             if step % config.run.checkpoint_every == 0 or step == config.outer.steps:
                 _save(manager, state, config)
             if stop_after is not None and steps_done >= stop_after:
@@ -311,7 +342,47 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         )
         plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)
         summary |= {"optimizer": str(path), "figure": str(output / "meta_training.png")}
+        if (output / "best").exists():
+            summary["best"] = str(output / "best")
     return summary
+
+
+class Validation:
+    """The validation tasks of `run.validation_tasks`, each compiled once with theta as an
+    argument (so a new theta costs a run, not a compile), scored against Adam 1e-3 from the
+    same keys."""
+
+    SEEDS = 2
+
+    def __init__(self, config: MetaTrainConfig, meta_optimizer: Any):
+        self.num_steps = config.run.eval_steps
+        self.tasks = {name: build(task_spec(name)) for name in config.run.validation_tasks}
+        num_steps, keys = self.num_steps, jax.random.split(jax.random.key(54321), self.SEEDS)
+        self.keys = keys
+
+        def final_loss(opt, task):
+            losses = jax.vmap(lambda k: train(task, opt, k, num_steps=num_steps).train_loss)(keys)
+            return jnp.mean(losses[:, -max(1, num_steps // 10):])
+
+        self._learned = jax.jit(lambda theta, task: final_loss(meta_optimizer.transform(theta, num_steps=num_steps), task))
+        self.adam = {name: float(jax.jit(lambda task: final_loss(optax.adam(1e-3), task))(task))
+                     for name, task in self.tasks.items()}
+
+    def score(self, theta: Any) -> dict[str, float]:
+        scores = {}
+        for name, task in self.tasks.items():
+            loss = float(self._learned(theta, task))
+            scores[f"validation/{name}"] = float(np.log(loss / self.adam[name])) if np.isfinite(loss) and loss > 0 else float("inf")
+        scores["validation_score"] = float(np.mean(list(scores.values())))
+        return scores
+
+
+def _best_score(output: Path) -> float | None:
+    """The validation score of the `best/` optimizer a run (being resumed) already saved."""
+    try:
+        return float(lopt.read_manifest(output / "best")["provenance"]["validation_score"])
+    except Exception:  # no best/ yet, or one written before validation scores were kept
+        return None
 
 
 def held_out_loss(config: MetaTrainConfig, opt: optax.GradientTransformation) -> float:

@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from meta_train.augment import Augmentation
 from tasks.train import train_step
+
+NO_AUGMENTATION = Augmentation()
 
 Theta = Any
 
@@ -72,35 +75,38 @@ def _transform(meta_optimizer: Any, theta: Theta, horizon: jax.Array) -> optax.G
     return optax.with_extra_args_support(meta_optimizer.transform(theta, num_steps=horizon))
 
 
-def new_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule, key: jax.Array) -> Worker:
-    """A fresh inner run at step 0."""
+def new_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule, key: jax.Array,
+               augmentation: Augmentation = NO_AUGMENTATION) -> Worker:
+    """A fresh inner run at step 0 (its parameters in the episode's augmented space)."""
     init_key, horizon_key, episode_key = jax.random.split(key, 3)
     horizon = schedule.sample(horizon_key)
-    params = task.init(init_key)
+    params = augmentation.wrap(task, jax.random.key_data(episode_key)).init(init_key)
     opt_state = _transform(meta_optimizer, theta, horizon).init(params)
     return Worker(params, opt_state, jnp.zeros((), jnp.int32), horizon, jax.random.key_data(episode_key),
                   jnp.full((), jnp.nan, jnp.float32))
 
 
-def initial_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule, key: jax.Array) -> Worker:
+def initial_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule, key: jax.Array,
+                   augmentation: Augmentation = NO_AUGMENTATION) -> Worker:
     """A fresh inner run whose step counter starts at a random whole-window offset."""
     worker_key, offset_key = jax.random.split(key)
-    worker = new_worker(task, meta_optimizer, theta, schedule, worker_key)
+    worker = new_worker(task, meta_optimizer, theta, schedule, worker_key, augmentation)
     windows = worker.horizon // schedule.truncation_length
     offset = jax.random.randint(offset_key, (), 0, windows) * schedule.truncation_length
     return worker._replace(step=offset)
 
 
 def reset_if_done(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule,
-                  worker: Worker, key: jax.Array, force: jax.Array) -> tuple[Worker, jax.Array]:
+                  worker: Worker, key: jax.Array, force: jax.Array,
+                  augmentation: Augmentation = NO_AUGMENTATION) -> tuple[Worker, jax.Array]:
     """Replace the worker by a fresh run if it reached its horizon (or `force`); returns (worker, reset)."""
     reset = (worker.step >= worker.horizon) | force
-    fresh = new_worker(task, meta_optimizer, theta, schedule, key)
+    fresh = new_worker(task, meta_optimizer, theta, schedule, key, augmentation)
     return jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh, worker), reset
 
 
 def unroll(task: Any, meta_optimizer: Any, theta: Theta, worker: Worker, length: int,
-           meta_loss_split: str = "train") -> tuple[Worker, jax.Array]:
+           meta_loss_split: str = "train", augmentation: Augmentation = NO_AUGMENTATION) -> tuple[Worker, jax.Array]:
     """Advance one worker `length` steps with the optimizer of `theta`.
 
     Returns the new worker and the per-step meta-losses [length]: the minibatch train loss
@@ -108,6 +114,7 @@ def unroll(task: Any, meta_optimizer: Any, theta: Theta, worker: Worker, length:
     test batch drawn from the same key.
     """
     opt = _transform(meta_optimizer, theta, worker.horizon)
+    task = augmentation.wrap(task, worker.episode_key)
 
     def step(carry, _):
         params, opt_state, t = carry

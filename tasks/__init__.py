@@ -10,6 +10,7 @@ from tasks.families import (
 )
 from tasks.tasks import (
     ClassificationTask, ConvSpec, LanguageModelTask, MLPSpec, QuadraticSpec, QuadraticTask,
+    RegressionSpec, RegressionTask,
     RosenbrockSpec, RosenbrockTask, TransformerSpec, build,
 )
 from tasks.train import TrainResult, evaluate, train, train_step
@@ -18,6 +19,6 @@ __all__ = [
     "Task", "TaskFamily", "TaskSpec", "FAMILIES", "NAMED_TASKS", "ConvFamily", "MLPFamily",
     "QuadraticFamily", "TransformerFamily", "get_family", "get_task", "task_spec",
     "ClassificationTask", "ConvSpec", "LanguageModelTask", "MLPSpec", "QuadraticSpec",
-    "QuadraticTask", "RosenbrockSpec", "RosenbrockTask", "TransformerSpec", "build",
+    "QuadraticTask", "RegressionSpec", "RegressionTask", "RosenbrockSpec", "RosenbrockTask", "TransformerSpec", "build",
     "TrainResult", "evaluate", "train", "train_step",
 ]

@@ -15,7 +15,7 @@ import jax
 
 from tasks.base import TaskSpec
 from tasks.tasks import (
-    ConvSpec, MLPSpec, QuadraticSpec, RosenbrockSpec, TransformerSpec, build,
+    ConvSpec, MLPSpec, QuadraticSpec, RegressionSpec, RosenbrockSpec, TransformerSpec, build,
 )
 
 
@@ -136,6 +136,25 @@ NAMED_TASKS: dict[str, TaskSpec] = {
     "rosenbrock-2": RosenbrockSpec(2, 0.01),
     "digits-mlp-relu256x3": MLPSpec("digits", (256, 256, 256), "relu", 128),
     "mnist1d-mlp-relu128x4": MLPSpec("mnist1d", (128,) * 4, "relu", 128),
+    "mnist1d-mlp-silu32": MLPSpec("mnist1d", (32,), "silu", 64),
+    "pytext-transformer-32x2": TransformerSpec("pytext", 32, 2, 2, 32, 16),
+    # Outside every family's default range (the `generalisation` suite; see eval.suites):
+    "mnist1d-mlp-silu512": MLPSpec("mnist1d", (512,), "silu", 128),
+    "digits-mlp-gelu32x6": MLPSpec("digits", (32,) * 6, "gelu", 128),
+    "mnist1d-mlp-tanh256x2": MLPSpec("mnist1d", (256, 256), "tanh", 64),
+    "mnist1d-mlp-gelu128x3": MLPSpec("mnist1d", (128,) * 3, "gelu", 128),
+    "digits-mlp-relu128x2-mse": MLPSpec("digits", (128, 128), "relu", 128, loss="squared_error"),
+    "digits-conv-32-64-128": ConvSpec("digits", (32, 64, 128), "relu", 64),
+    "mnist1d-conv-64-128": ConvSpec("mnist1d", (64, 128), "gelu", 64),
+    "pytext-transformer-64x3": TransformerSpec("pytext", 64, 3, 4, 32, 16),
+    "pytext-transformer-128x2": TransformerSpec("pytext", 128, 2, 4, 32, 16),
+    "regression-mlp-relu128x2": RegressionSpec(16, 4, (64,), (128, 128), "relu", 0.1, 128, 0),
+    # Validation tasks for meta-training choices (checkpoint selection): held out from the
+    # families and disjoint from every evaluation suite.
+    "digits-mlp-silu96x2": MLPSpec("digits", (96, 96), "silu", 128),
+    "mnist1d-conv-48": ConvSpec("mnist1d", (48,), "relu", 64),
+    "pytext-transformer-48x2": TransformerSpec("pytext", 48, 2, 2, 32, 16),
+    "regression-mlp-tanh64x3": RegressionSpec(8, 2, (32,), (64, 64, 64), "tanh", 0.05, 128, 1),
 }
 
 

@@ -27,6 +27,7 @@ class MLPSpec(TaskSpec):
     hidden_sizes: tuple[int, ...] = (32,)
     activation: str = "relu"
     batch_size: int = 128
+    loss: str = "cross_entropy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,23 @@ class TransformerSpec(TaskSpec):
 
 
 @dataclasses.dataclass(frozen=True)
+class RegressionSpec(TaskSpec):
+    """Teacher–student regression: a student MLP fits y = teacher(x) + noise by mean squared
+    error, x ~ N(0, I) of `input_dim` dimensions, the teacher a fixed random tanh MLP (hidden
+    `teacher_sizes`, `outputs` outputs) drawn from `seed`. Data is unlimited (drawn per batch)."""
+
+    kind: ClassVar[str] = "regression"
+    input_dim: int = 16
+    outputs: int = 4
+    teacher_sizes: tuple[int, ...] = (64,)
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    activation: str = "relu"
+    noise_scale: float = 0.1
+    batch_size: int = 128
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class QuadraticSpec(TaskSpec):
     """Noisy quadratic 0.5 Σ h_i (x_i − ξ_i)², ξ ~ N(0, noise²), h log-spaced over a condition number."""
 
@@ -71,6 +89,16 @@ class RosenbrockSpec(TaskSpec):
     kind: ClassVar[str] = "rosenbrock"
     dim: int = 2
     noise_scale: float = 0.01
+
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "squared_error")
+
+
+def squared_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean over examples of the squared error between the outputs and one-hot labels, summed
+    over classes (the square loss for classification, Hui & Belkin 2021)."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    return jnp.sum(jnp.square(logits.astype(jnp.float32) - targets), axis=-1).mean()
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -102,6 +130,8 @@ class ClassificationTask:
 
     def loss(self, params: dict, batch: dict) -> jax.Array:
         logits = self.model.apply({"params": params}, batch["x"])
+        if getattr(self.spec, "loss", "cross_entropy") == "squared_error":
+            return squared_error(logits, batch["y"])
         return softmax_cross_entropy(logits, batch["y"])
 
     def batch(self, key: jax.Array, split: str = "train") -> dict:
@@ -151,6 +181,43 @@ class LanguageModelTask:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class RegressionTask:
+    """See `RegressionSpec`. The teacher's weights are leaves (device data), the spec static."""
+
+    teacher: dict
+    spec: RegressionSpec = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def model(self) -> MLP:
+        return MLP(self.spec.hidden_sizes, self.spec.outputs, self.spec.activation)
+
+    def init(self, key: jax.Array) -> dict:
+        return self.model.init(key, jnp.zeros((1, self.spec.input_dim), jnp.float32))["params"]
+
+    def loss(self, params: dict, batch: dict) -> jax.Array:
+        predictions = self.model.apply({"params": params}, batch["x"])
+        return jnp.sum(jnp.square(predictions - batch["y"]), axis=-1).mean()
+
+    def batch(self, key: jax.Array, split: str = "train") -> dict:
+        check_split(split)
+        key = jax.random.fold_in(key, 0 if split == "train" else 1)
+        input_key, noise_key = jax.random.split(key)
+        x = jax.random.normal(input_key, (self.spec.batch_size, self.spec.input_dim), jnp.float32)
+        teacher = MLP(self.spec.teacher_sizes, self.spec.outputs, "tanh")
+        y = teacher.apply({"params": self.teacher}, x)
+        return {"x": x, "y": y + self.spec.noise_scale * jax.random.normal(noise_key, y.shape, jnp.float32)}
+
+
+def regression_teacher(spec: RegressionSpec) -> dict:
+    """The teacher's weights, from the spec's seed (LeCun-normal scaled ×2 so the targets are
+    visibly non-linear)."""
+    teacher = MLP(spec.teacher_sizes, spec.outputs, "tanh")
+    params = teacher.init(jax.random.key(spec.seed), jnp.zeros((1, spec.input_dim), jnp.float32))["params"]
+    return jax.tree.map(lambda w: 2.0 * w, params)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class QuadraticTask:
     """See `QuadraticSpec`. Minimum expected loss is 0.5 · noise² · Σ h_i."""
 
@@ -194,8 +261,15 @@ def quadratic_curvatures(spec: QuadraticSpec) -> np.ndarray:
     return np.random.default_rng(spec.seed).permutation(curvatures).astype(np.float32)
 
 
-def build(spec: TaskSpec) -> ClassificationTask | LanguageModelTask | QuadraticTask | RosenbrockTask:
+def build(spec: TaskSpec) -> ClassificationTask | LanguageModelTask | RegressionTask | QuadraticTask | RosenbrockTask:
     """Turn any `TaskSpec` into its task, loading data (from cache) as needed."""
+    if isinstance(spec, MLPSpec) and spec.loss not in CLASSIFICATION_LOSSES:
+        raise ValueError(f"unknown classification loss {spec.loss!r}; valid: {', '.join(CLASSIFICATION_LOSSES)}")
+    if isinstance(spec, RegressionSpec):
+        activation(spec.activation)
+        if min(spec.input_dim, spec.outputs, spec.batch_size) <= 0:
+            raise ValueError("regression input_dim, outputs and batch_size must be positive")
+        return RegressionTask(regression_teacher(spec), spec)
     if isinstance(spec, MLPSpec | ConvSpec):
         activation(spec.activation)
         data = load(spec.dataset)

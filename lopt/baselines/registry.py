@@ -86,6 +86,15 @@ def _adam_for_muon(learning_rate: Any, beta: float = 0.95, adam_b1: float = 0.9,
     return optax.contrib.muon(learning_rate, beta=beta, adam_b1=adam_b1, adam_b2=adam_b2)
 
 
+def _adamw_cosine(learning_rate: Any, num_steps: int = 1000, warmup_fraction: float = 0.05, b1: float = 0.9,
+                  b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4):
+    """AdamW whose learning rate warms up linearly over `warmup_fraction` of the run, then
+    follows a cosine decay to 0 at `num_steps` (Loshchilov & Hutter 2017, 2019)."""
+    warmup = max(1, int(round(warmup_fraction * num_steps)))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(num_steps, warmup + 1), 0.0)
+    return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
 def _mechanic(learning_rate: Any, weight_decay: float = 0.01):
     return optax.contrib.mechanize(optax.adam(learning_rate), weight_decay=weight_decay)
 
@@ -130,6 +139,10 @@ _ENTRIES = (
              "Kingma & Ba 2015 (Algorithm 1 defaults)"),
     Baseline("adamw", optax.adamw, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
              ADAPTIVE_GRID, "Loshchilov & Hutter 2019; weight decay 1e-4 as optax"),
+    Baseline("adamw_cosine", _adamw_cosine, 1e-3,
+             {"warmup_fraction": 0.05, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}, ADAPTIVE_GRID,
+             "Loshchilov & Hutter 2017/2019 (linear warm-up over 5% of the run, cosine decay to 0; decay 1e-4 as optax)",
+             run_length_argument="num_steps"),
     Baseline("nadamw", optax.nadamw, 1e-3, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
              ADAPTIVE_GRID, "Dozat 2016 with decoupled weight decay (AlgoPerf's NAdamW baseline)"),
     Baseline("lion", optax.lion, 1e-4, {"b1": 0.9, "b2": 0.99, "weight_decay": 1e-3}, LION_GRID,

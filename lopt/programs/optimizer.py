@@ -28,8 +28,15 @@ class ProgramOptimizer:
     text: str
     learning_rate: float = 1.0
 
+    lr_tuning_grid: ClassVar[tuple[float, ...]] = (0.1, 0.3, 1.0, 3.0, 10.0)
+
     def __post_init__(self) -> None:
         check(self.program)
+
+    @staticmethod
+    def scale_learning_rate(theta: dict[str, Any], multiplier: Any) -> dict[str, Any]:
+        """theta with the program's `lr` input multiplied by `multiplier` (may be traced)."""
+        return {**theta, "learning_rate": theta["learning_rate"] * multiplier}
 
     @property
     def program(self) -> Program:
