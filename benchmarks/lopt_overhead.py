@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import lopt
-from lopt.learned import VeLOOptimizer, factored_mlp, small_mlp
+from lopt.learned import VeLOOptimizer, factored_mlp, generalist, small_mlp
 
 
 def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
@@ -66,6 +66,7 @@ def optimizers(names: list[str], num_steps: int, widths: list[int], checkpoints:
         "small_mlp unfused": dataclasses.replace(small_mlp(), fused_min_size=1 << 62),
         "factored_mlp (4x2)": factored_mlp(),
         "velo (lstm 512, bank 256)": VeLOOptimizer(),
+        "generalist (8x2, Newton-Schulz)": generalist(),
     }
     chosen = {"adam": optax.with_extra_args_support(optax.adam(1e-3))}
     for name, meta in metas.items():
@@ -165,7 +166,7 @@ def flat_adam_time(count: int, reps: int, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,10M")
-    parser.add_argument("--optimizers", default="small_mlp,factored_mlp,velo")
+    parser.add_argument("--optimizers", default="small_mlp,factored_mlp,velo,generalist")
     parser.add_argument("--widths", default="", help="extra small_mlp hidden widths, e.g. 4,8,16")
     parser.add_argument("--checkpoint", action="append", default=[], help="also time a saved optimizer (repeatable)")
     parser.add_argument("--baselines", default="", help="also time these lopt.baselines entries, e.g. lion,adamw; 'all' for the whole registry")

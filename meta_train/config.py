@@ -77,7 +77,8 @@ class RunSection:
     arguments, elsewhere the usual JAX_COORDINATOR_ADDRESS / process environment variables);
     only process 0 logs and shows progress. validation_tasks: named tasks held out from training
     and from the test suites; every eval scores theta on them (mean log of final loss ÷ Adam
-    1e-3's) and the best-scoring theta is saved as `best/` beside `optimizer/`."""
+    1e-3's) and the best-scoring theta is saved as `best/` beside `optimizer/`. time_limit_s: stop
+    (with a checkpoint) after this many seconds in this call, to resume in the next (0: none)."""
     output_dir: str = "runs/meta-train"
     checkpoint_every: int = 50
     log_every: int = 10
@@ -85,6 +86,7 @@ class RunSection:
     eval_task: str = "digits-mlp-relu32"
     eval_steps: int = 500
     validation_tasks: tuple[str, ...] = ()
+    time_limit_s: float = 0.0
     shard_population: bool = True
     distributed: bool = False
 

@@ -263,6 +263,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     """Run (or resume) the job of `config`; returns a summary with the saved optimizer's path.
 
     stop_after: return after this many outer steps in this call (to test resuming)."""
+    call_start = time.perf_counter()  # run.time_limit_s counts compiles and evaluation too
     if config.run.distributed and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     lead = jax.process_index() == 0
@@ -327,6 +328,10 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
             if step % config.run.checkpoint_every == 0 or step == config.outer.steps:
                 _save(manager, state, config)
             if stop_after is not None and steps_done >= stop_after:
+                break
+            if config.run.time_limit_s and time.perf_counter() - call_start > config.run.time_limit_s:
+                if step % config.run.checkpoint_every:
+                    _save(manager, state, config)
                 break
     finally:
         bar.close()

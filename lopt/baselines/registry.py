@@ -91,8 +91,8 @@ def _adamw_cosine(learning_rate: Any, num_steps: int = 1000, warmup_fraction: fl
     """AdamW whose learning rate warms up linearly over `warmup_fraction` of the run, then
     follows a cosine decay to 0 at `num_steps` (Loshchilov & Hutter 2017, 2019)."""
     warmup = max(1, int(round(warmup_fraction * num_steps)))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(num_steps, warmup + 1), 0.0)
-    return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(num_steps, warmup + 1), 0.0)
+    return optax.adamw(lambda count: learning_rate * shape(count), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
 def _mechanic(learning_rate: Any, weight_decay: float = 0.01):
