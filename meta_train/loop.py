@@ -358,6 +358,7 @@ class Validation:
     same keys."""
 
     SEEDS = 2
+    LOSS_FLOOR = 1e-6
 
     def __init__(self, config: MetaTrainConfig, meta_optimizer: Any):
         self.num_steps = config.run.eval_steps
@@ -377,7 +378,9 @@ class Validation:
         scores = {}
         for name, task in self.tasks.items():
             loss = float(self._learned(theta, task))
-            scores[f"validation/{name}"] = float(np.log(loss / self.adam[name])) if np.isfinite(loss) and loss > 0 else float("inf")
+            # Losses are floored at LOSS_FLOOR: below it (a memorised dataset) differences are noise.
+            ratio = max(loss, self.LOSS_FLOOR) / max(self.adam[name], self.LOSS_FLOOR)
+            scores[f"validation/{name}"] = float(np.log(ratio)) if np.isfinite(loss) else float("inf")
         scores["validation_score"] = float(np.mean(list(scores.values())))
         return scores
 
