@@ -61,7 +61,7 @@ def test_missing_or_broken_manifest(saved):
 
 def test_unknown_kind_and_newer_version(saved):
     edit_manifest(saved, lambda m: m.update(kind="transformer_lopt"))
-    with pytest.raises(CheckpointError, match="unknown learned-optimizer kind 'transformer_lopt'; known kinds: lr_controller, mlp, program, velo"):
+    with pytest.raises(CheckpointError, match="unknown learned-optimizer kind 'transformer_lopt'; known kinds: generalist, lr_controller, mlp, program, velo"):
         lopt.load(saved)
     edit_manifest(saved, lambda m: m.update(kind="mlp", format_version=99))
     with pytest.raises(CheckpointError, match="format version 99 is newer"):
