@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eval.suites import parse_entry
-from tasks import build, task_spec
+from eval.suites import entry_spec
+from tasks import build
 from tasks.train import microbatch_grads
 
 
@@ -42,7 +42,7 @@ def state_bytes(opt: optax.GradientTransformation, params: Any) -> int:
 def measure(task_name: str, opt: optax.GradientTransformation, *, steps: int = 10, repeats: int = 5,
             seed: int = 0) -> Cost:
     """Median time per optimizer update over `repeats` timed loops of `steps` updates each."""
-    task = build(task_spec(parse_entry(task_name)[0]))
+    task = build(entry_spec(task_name))
     opt = optax.with_extra_args_support(opt)
     init_key, batch_key = jax.random.split(jax.random.key(seed))
     params = task.init(init_key)

@@ -207,7 +207,7 @@ def write_json(path: Path, cells: Sequence[Cell], config: dict) -> None:
     os.replace(temporary, path)
 
 
-def _plotted_optimizers(cells: Sequence[Cell], limit: int, sweeps: Sequence[Sweep] = ()) -> list[str]:
+def _plotted_optimizers(cells: Sequence[Cell], limit: int, sweeps: Sequence[Sweep]) -> list[str]:
     agg = scores(cells)
     ranked = sorted(agg, key=lambda n: agg[n]["loss_ratio_vs_adam"])
     chosen = ranked[:limit]

@@ -13,9 +13,8 @@ from eval import cost, report
 from eval.config import EvalConfig
 from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidates, sweep
 from lopt.checkpoint import CheckpointError
-from eval.suites import parse_entry, suite_tasks
+from eval.suites import entry_spec, parse_entry, suite_tasks
 from lopt.config import ConfigError
-from tasks import task_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,7 @@ def resolve_tasks(config: EvalConfig) -> tuple[str, ...]:
     try:
         names = config.tasks or suite_tasks(config.suite)
         for name in names:
-            task_spec(parse_entry(name)[0])
+            entry_spec(name)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return tuple(names)

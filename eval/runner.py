@@ -21,8 +21,8 @@ import optax
 
 import lopt
 from lopt.baselines import Baseline
-from eval.suites import parse_entry
-from tasks import build, task_spec, train
+from eval.suites import entry_spec
+from tasks import build, train
 
 CACHE_FORMAT = 1
 
@@ -123,7 +123,7 @@ def run_keys(task_name: str, seed: int, num_seeds: int) -> jax.Array:
 def cache_path(cache_dir: Path, task_name: str, candidate: Candidate, settings: dict) -> Path:
     key = json.dumps(
         {
-            "format": CACHE_FORMAT, "lopt": lopt.__version__, "task": task_spec(parse_entry(task_name)[0]).describe(),
+            "format": CACHE_FORMAT, "lopt": lopt.__version__, "task": entry_spec(task_name).describe(),
             "optimizer": candidate.fingerprint, "lrs": candidate.lr_grid, **settings,
         },
         sort_keys=True,
@@ -173,7 +173,7 @@ def sweep(
         if cached is not None:
             return cached
 
-    task = build(task_spec(parse_entry(task_name)[0]))
+    task = build(entry_spec(task_name))
     keys = run_keys(task_name, seed, num_seeds)
     lrs = jnp.asarray(candidate.lr_grid, jnp.float32)
 

@@ -17,6 +17,8 @@ two runs 5× the suite's length. `generalisation-embedded` is its CPU-sized subs
 
 from __future__ import annotations
 
+from tasks import TaskSpec, task_spec
+
 SUITES: dict[str, tuple[str, ...]] = {
     "embedded-small": (
         "digits-mlp-tanh64x2",
@@ -83,6 +85,11 @@ def parse_entry(entry: str) -> tuple[str, int]:
     if not multiplier.isdigit() or int(multiplier) <= 0:
         raise ValueError(f"suite entry {entry!r}: the text after '*' must be a positive whole number")
     return name, int(multiplier)
+
+
+def entry_spec(entry: str) -> TaskSpec:
+    """The task spec of a suite entry (its step multiplier dropped); unknown names list the valid ones."""
+    return task_spec(parse_entry(entry)[0])
 
 
 def suite_tasks(name: str) -> tuple[str, ...]:

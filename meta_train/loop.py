@@ -364,7 +364,6 @@ class Validation:
         self.num_steps = config.run.eval_steps
         self.tasks = {name: build(task_spec(name)) for name in config.run.validation_tasks}
         num_steps, keys = self.num_steps, jax.random.split(jax.random.key(54321), self.SEEDS)
-        self.keys = keys
 
         def final_loss(opt, task):
             losses = jax.vmap(lambda k: train(task, opt, k, num_steps=num_steps).train_loss)(keys)

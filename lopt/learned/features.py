@@ -237,6 +237,16 @@ def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Ca
     return kernels.means_2d(blocks, *kernel_operands(g, p, acc), num_values=num_values, interpret=interpret)
 
 
+def normalised_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators, *,
+                        kernel: bool | None = None) -> list[jax.Array]:
+    """`raw_features` of one tensor, each divided by its root-mean-square over the tensor (the
+    normalised inputs of small_fc_lopt, VeLO and Celo2); `kernel` as in `feature_means`."""
+    raw = raw_features(g, p, acc)
+    squares = lambda g, p, acc, pre: [jnp.square(f) for f in raw_features(g, p, acc, pre)]
+    inverse_rms = jax.lax.rsqrt(feature_means(g, p, acc, squares, len(raw), kernel=kernel) + NORMALISER_EPS)
+    return [f * inverse_rms[k] for k, f in enumerate(raw)]
+
+
 def kernel_operands(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
                     ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
     """One tensor's arrays as the kernels take them: full-size [g, p, momenta..., rms...], and

@@ -51,6 +51,7 @@ GRADIENT_CLIP = 1000.0
 OUTPUT_EPS = 1e-12
 INITS = ("adam", "random")
 SCHEDULES = ("cosine", "linear", "constant")
+FUSED_MIN_SIZE = 1 << 16  # elements; as MLPOptimizer.fused_min_size: unrolled network above, matmuls below
 LR_MULTIPLIERS = (1 / 10, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 10.0)
 
 
@@ -100,15 +101,10 @@ def schedule_factor(step: jax.Array, num_steps: Any, kind: str, warmup_fraction:
 
 
 class GeneralistState(NamedTuple):
-    """Step count; per tensor (leaf order) the learned rule's accumulators, or for tensors on
-    AdamW their first and second moments (as a `ParamAccumulators` with one momentum, one rms)."""
+    """The learned rule's state: each matrix's accumulators, in leaf order of the tensors it
+    handles (the others are AdamW's, in optax's own state beside this one)."""
 
-    count: jax.Array
     accumulators: tuple[F.ParamAccumulators, ...]
-
-
-def _path_text(path: tuple) -> str:
-    return "/".join(str(getattr(entry, "key", getattr(entry, "idx", entry))) for entry in path)
 
 
 @register
@@ -130,7 +126,6 @@ class GeneralistOptimizer:
     """
 
     kind: ClassVar[str] = "generalist"
-    reads_progress: ClassVar[bool] = True
     hidden_sizes: tuple[int, ...] = (8, 8)
     accumulators: F.AccumulatorConfig = CELO2_ACCUMULATORS
     learning_rate: float = 3e-3
@@ -214,72 +209,60 @@ class GeneralistOptimizer:
         """Matrices (rank ≥ 2) take the learned rule, unless their path matches `adam_paths`."""
         return len(shape) >= 2 and not re.search(self.adam_paths, path)
 
-    def _init_accumulators(self, p: jax.Array, learned: bool) -> F.ParamAccumulators:
-        if learned:
-            return F.init_accumulators(p, self.accumulators)
-        zeros = jnp.zeros(p.shape, jnp.float32)
-        return F.ParamAccumulators((zeros,), (zeros,), ())
-
     def _learned_direction(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
                            layers: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
-        raw = F.raw_features(g, p, acc)
-        squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
-        inverse_rms = jax.lax.rsqrt(F.feature_means(g, p, acc, squares, len(raw), kernel=False) + F.NORMALISER_EPS)
-        network = per_param_mlp.fused if g.size >= 1 << 16 else per_param_mlp.reference
-        direction, _ = network([(f * inverse_rms[k]).reshape(-1) for k, f in enumerate(raw)], layers)
+        inputs = F.normalised_features(g, p, acc, kernel=False)
+        network = per_param_mlp.fused if g.size >= FUSED_MIN_SIZE else per_param_mlp.reference
+        direction, _ = network([f.reshape(-1) for f in inputs], layers)
         direction = direction.reshape(g.shape)
         if self.orthogonalize:
             direction = newton_schulz(as_matrix(direction), self.ns_steps).reshape(g.shape)
         return unit_rms(direction)
 
-    def _adam_direction(self, acc: F.ParamAccumulators, count: jax.Array) -> jax.Array:
-        m_hat = acc.momentum[0] / (1.0 - self.adam_b1 ** count)
-        v_hat = acc.rms[0] / (1.0 - self.adam_b2 ** count)
-        return m_hat / (jnp.sqrt(v_hat) + self.adam_eps)
-
-    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
+    def scale_by_learned_rule(self, theta: dict[str, Any]) -> optax.GradientTransformation:
+        """The direction-only learned rule (steps 1–3 of the module docstring) on every tensor
+        it is given (`transform` gives it the matrices)."""
         layers = [(layer["w"], layer["b"]) for layer in theta["layers"]]
-        adam_decays = F.Decays(jnp.asarray([self.adam_b1], jnp.float32), jnp.asarray([self.adam_b2], jnp.float32),
-                               jnp.zeros((0,), jnp.float32))
         decays = F.initial_decays(self.accumulators)
 
-        def learned_mask(params):
-            return [self.uses_learned_rule(_path_text(path), p.shape) for path, p in jax.tree.leaves_with_path(params)]
-
         def init(params):
-            leaves = jax.tree.leaves(params)
-            return GeneralistState(
-                count=jnp.zeros((), jnp.int32),
-                accumulators=tuple(self._init_accumulators(p, m) for p, m in zip(leaves, learned_mask(params))),
-            )
+            return GeneralistState(tuple(F.init_accumulators(p, self.accumulators) for p in jax.tree.leaves(params)))
 
-        def update(grads, state, params=None, **extra_args):
-            del extra_args
+        def update(grads, state, params=None):
             check_params(params, "GeneralistOptimizer")
-            count = state.count + 1
-            learning_rate = jnp.exp(theta["log_learning_rate"]) * schedule_factor(
-                state.count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction)
             grad_leaves, treedef = jax.tree.flatten(grads)
-            param_leaves = treedef.flatten_up_to(params)
             if len(state.accumulators) != len(grad_leaves):
                 raise ValueError(f"GeneralistOptimizer: the state holds {len(state.accumulators)} tensors, the "
                                  f"gradients {len(grad_leaves)}: was it made by init() on these parameters?")
-            updates, accumulators = [], []
-            for g, p, acc, learned in zip(grad_leaves, param_leaves, state.accumulators, learned_mask(params)):
-                g32 = jnp.clip(g.astype(jnp.float32), -GRADIENT_CLIP, GRADIENT_CLIP)
-                p32 = p.astype(jnp.float32)
-                if learned:
-                    new_acc = F.update_accumulators(acc, g32, decays)
-                    direction = self._learned_direction(g32, p32, new_acc, layers)
-                else:
-                    new_acc = F.update_accumulators(acc, g32, adam_decays)
-                    direction = self._adam_direction(new_acc, count)
-                step = -learning_rate * (direction + self.weight_decay * p32)
-                updates.append(step.astype(p.dtype))
+            directions, accumulators = [], []
+            for g, p, acc in zip(grad_leaves, treedef.flatten_up_to(params), state.accumulators):
+                new_acc = F.update_accumulators(acc, g.astype(jnp.float32), decays)
+                directions.append(self._learned_direction(g.astype(jnp.float32), p.astype(jnp.float32), new_acc, layers)
+                                  .astype(g.dtype))
                 accumulators.append(new_acc)
-            return treedef.unflatten(updates), GeneralistState(count, tuple(accumulators))
+            return treedef.unflatten(directions), GeneralistState(tuple(accumulators))
 
-        return optax.GradientTransformationExtraArgs(init, update)
+        return optax.GradientTransformation(init, update)
+
+    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
+        """Assembled from optax pieces: clip, {learned rule on matrices | Adam elsewhere},
+        decoupled weight decay, then −η(t) with η(t) = exp(θ_lr) · schedule."""
+        def labels(params):
+            return jax.tree.map_with_path(
+                lambda path, p: "learned" if self.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"),
+                                                                    p.shape) else "adam", params)
+
+        def learning_rate(count):
+            return jnp.exp(theta["log_learning_rate"]) * schedule_factor(
+                count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction)
+
+        return optax.with_extra_args_support(optax.chain(
+            optax.clip(GRADIENT_CLIP),
+            optax.multi_transform({"learned": self.scale_by_learned_rule(theta),
+                                   "adam": optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps)}, labels),
+            optax.add_decayed_weights(self.weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
+        ))
 
 
 def generalist(**kwargs: Any) -> GeneralistOptimizer:

@@ -232,12 +232,9 @@ class MLPOptimizer:
                     steps.append(self._kernel_pass(g32, p32, new_acc, layers, kernel == "interpret"))
                     inputs.append(None)
                 else:
-                    raw = F.raw_features(g32, p32, new_acc)
-                    squares = lambda g, p, acc, pre: [jnp.square(f) for f in F.raw_features(g, p, acc, pre)]
-                    means = F.feature_means(g32, p32, new_acc, squares, len(raw), kernel=None if self.kernel == "auto" else False)
-                    inverse_rms = jax.lax.rsqrt(means + F.NORMALISER_EPS)
                     steps.append(None)
-                    inputs.append([f * inverse_rms[k] for k, f in enumerate(raw)])
+                    inputs.append(F.normalised_features(g32, p32, new_acc,
+                                                        kernel=None if self.kernel == "auto" else False))
                 accumulators.append(new_acc)
             concatenate = self.concatenate_tensors
             if concatenate is None:
