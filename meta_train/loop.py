@@ -204,24 +204,40 @@ def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str
         )
     # A SIGKILL can land while the newest step is being written: fall back to older steps.
     failures = []
+    base = jax.tree.map(ocp.utils.to_shape_dtype_struct, trainer.initial_state())
     for step in sorted(manager.all_steps(), reverse=True):
-        template = trainer.initial_state()
-        template["step"] = replicate(jnp.int32(step), trainer.mesh)
-        template["groups"] = [trainer.group_state(g, step, template["theta"]) for g in range(config.tasks.num_groups)]
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
+        # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
+        trained_at = max(step - 1, 0)
+        groups = [trainer.group_state(g, trained_at, trainer.initial_theta()) for g in range(config.tasks.num_groups)]
+        abstract = {**base, "groups": jax.tree.map(ocp.utils.to_shape_dtype_struct, groups)}
         try:
-            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
+            return _with_empty(restored, abstract)
         except Exception as error:  # orbax raises many types for a damaged step
             failures.append(f"step {step}: {type(error).__name__}: {error}")
             warnings.warn(f"{manager.directory}: could not restore checkpoint step {step}; trying an older one")
     raise RuntimeError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
 
 
+def _without_empty(tree: Any) -> Any:
+    """`tree` with its zero-size arrays (e.g. the missing column factor of a vector's factored
+    accumulator) replaced by None: orbax refuses to write arrays of zero size."""
+    return jax.tree.map(lambda x: None if np.prod(x.shape) == 0 else x, tree)
+
+
+def _with_empty(restored: Any, template: Any) -> Any:
+    """Inverse of `_without_empty`: the zero-size arrays of `template` put back as zeros."""
+    leaves = jax.tree.leaves(restored, is_leaf=lambda x: x is None)
+    filled = [jnp.zeros(t.shape, t.dtype) if r is None else r for t, r in zip(jax.tree.leaves(template), leaves)]
+    return jax.tree.structure(template).unflatten(filled)
+
+
 def _save(manager, state: dict[str, Any], config: MetaTrainConfig) -> None:
     import orbax.checkpoint as ocp
 
     step = int(state["step"])
-    manager.save(step, args=ocp.args.StandardSave(state))
+    manager.save(step, args=ocp.args.StandardSave(_without_empty(state)))
     manager.wait_until_finished()
     (Path(manager.directory) / str(step) / "config.json").write_text(
         json.dumps(dataclasses.asdict(config), default=list))

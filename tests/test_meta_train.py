@@ -271,3 +271,37 @@ eval_every = 0
                                                                    output_dir=str(tmp_path / "straight"))), progress=False)
     chex.assert_trees_all_equal(lopt.load_meta(tmp_path / "killed" / "optimizer")[1],
                                 lopt.load_meta(reference["optimizer"])[1])
+
+
+def test_resume_from_a_checkpoint_taken_at_a_task_change(tmp_path):
+    """Issue 17 (1): one group alternates between tasks of different shapes every 2 outer steps,
+    and every checkpoint falls on a task change; resuming must restore the previous task's
+    worker states and reach the uninterrupted run's theta."""
+    def config(directory):
+        base = tiny_config(directory, steps=6)
+        return dataclasses.replace(
+            base, tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=1, lifetime=2),
+            run=dataclasses.replace(base.run, checkpoint_every=2))
+
+    straight = meta_train(config(tmp_path / "a"), progress=False)
+    first = meta_train(config(tmp_path / "b"), progress=False, stop_after=4)
+    assert first["steps"] == 4
+    second = meta_train(config(tmp_path / "b"), progress=False)
+    assert second["resumed"] and second["steps"] == 6
+    import lopt
+    chex.assert_trees_all_equal(lopt.load_meta(straight["optimizer"])[1], lopt.load_meta(second["optimizer"])[1])
+
+
+@pytest.mark.parametrize("preset", ["small_mlp", "factored_mlp", "velo_small", "lr_controller", "generalist"])
+def test_every_preset_meta_trains_through_a_save_and_restore(tmp_path, preset):
+    """Issue 17 (2): every learned kind's meta-training state checkpoints (vector parameters give
+    factored accumulators with no column factor) and resumes."""
+    base = tiny_config(tmp_path / preset, steps=2)
+    config = dataclasses.replace(
+        base, optimizer=OptimizerSection(preset), tasks=TasksSection(names=("digits-mlp-relu32",), num_groups=1),
+        estimator=dataclasses.replace(base.estimator, num_workers=2),
+        run=dataclasses.replace(base.run, checkpoint_every=1))
+    first = meta_train(config, progress=False, stop_after=1)
+    assert first["steps"] == 1
+    second = meta_train(config, progress=False)
+    assert second["resumed"] and second["steps"] == 2 and "optimizer" in second
