@@ -35,7 +35,8 @@ def _meta_train(args: argparse.Namespace) -> int:
     summary = meta_train(config, progress=not args.quiet)
     if summary["resumed"]:
         print(f"resumed from the checkpoint in {config.run.output_dir}")
-    print(f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped)")
+    print(f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped, "
+          f"{summary['diverged']} diverged worker windows masked)")
     for key in ("optimizer", "best", "log", "figure"):
         if key in summary:
             print(f"wrote {key}: {summary[key]}")

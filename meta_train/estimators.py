@@ -135,7 +135,8 @@ class Estimator:
             lambda g: jnp.sum(jnp.where(good.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), axis=0) / count,
             result.grad,
         )
-        loss = jnp.sum(jnp.where(good, result.loss, 0.0)) / count
+        # NaN when no worker counted: a mean over nobody is not a loss of 0
+        loss = jnp.where(jnp.any(good), jnp.sum(jnp.where(good, result.loss, 0.0)) / count, jnp.nan)
         metrics = {
             "meta_loss": loss,
             "diverged": jnp.sum(result.bad),

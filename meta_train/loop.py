@@ -2,7 +2,9 @@
 
 Every outer step, each task group (one task, one population of workers) contributes an
 estimated meta-gradient; their mean goes through the outer optimizer (elementwise clip, Adam).
-A non-finite mean gradient is skipped and counted, never applied. Everything random is derived
+A non-finite mean gradient, or an update that would make theta non-finite (e.g. a NaN outer
+learning rate), is skipped and counted, never applied; diverged workers are counted
+cumulatively. Everything random is derived
 from (seed, outer step, group), so the task a group trains at a given step, and the keys of
 that step, are recomputed on resume rather than stored: a killed job restarts from its last
 checkpoint (theta, outer optimizer state, every worker's inner state, step) and continues
@@ -126,12 +128,14 @@ class MetaTrainer:
             "outer_state": replicate(self.outer.init(theta), self.mesh),
             "groups": [self.group_state(g, 0, theta) for g in range(self.config.tasks.num_groups)],
             "skipped": replicate(jnp.zeros((), jnp.int32), self.mesh),
+            "diverged": replicate(jnp.zeros((), jnp.int32), self.mesh),
         }
 
     def _apply_gradient(self, theta, outer_state, grads):
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
         updates, new_outer = self.outer.update(grads, outer_state, theta)
         new_theta = optax.apply_updates(theta, updates)
+        finite = all_finite(grads) & all_finite(new_theta)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         norm = optax.tree.norm(grads)
         return keep(new_theta, theta), keep(new_outer, outer_state), finite, norm
@@ -154,10 +158,16 @@ class MetaTrainer:
         new_state = {
             "step": state["step"] + 1, "theta": theta, "outer_state": outer_state, "groups": group_states,
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+            "diverged": state["diverged"] + sum(m["diverged"] for m in metrics),
         }
+        losses = jnp.stack([m["meta_loss"] for m in metrics])
+        counted = jnp.isfinite(losses)
         summary = {
-            "meta_loss": sum(m["meta_loss"] for m in metrics) / len(metrics),
+            # mean over the groups whose window counted any worker; NaN when none did
+            "meta_loss": jnp.where(jnp.any(counted), jnp.sum(jnp.where(counted, losses, 0.0))
+                                   / jnp.maximum(jnp.sum(counted), 1), jnp.nan),
             "diverged": sum(m["diverged"] for m in metrics),
+            "diverged_total": new_state["diverged"],
             "resets": sum(m["resets"] for m in metrics),
             "grad_norm": norm,
             "skipped_total": new_state["skipped"],
@@ -352,7 +362,8 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     finally:
         bar.close()
         log.close()
-    summary = {"steps": int(state["step"]), "resumed": resumed, "log": str(log_path), "skipped": int(state["skipped"])}
+    summary = {"steps": int(state["step"]), "resumed": resumed, "log": str(log_path), "skipped": int(state["skipped"]),
+               "diverged": int(state["diverged"])}
     if int(state["step"]) >= config.outer.steps:
         path = lopt.save(
             output / "optimizer", trainer.meta_optimizer, state["theta"],

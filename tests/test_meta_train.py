@@ -305,3 +305,37 @@ def test_every_preset_meta_trains_through_a_save_and_restore(tmp_path, preset):
     assert first["steps"] == 1
     second = meta_train(config, progress=False)
     assert second["resumed"] and second["steps"] == 2 and "optimizer" in second
+
+
+def test_nan_outer_learning_rate_never_reaches_theta_and_is_counted(tmp_path):
+    """Issue 17 (6): a NaN outer learning rate makes every update non-finite; each is skipped,
+    theta is saved unchanged and finite, and the summary counts them."""
+    config = tiny_config(tmp_path / "nan", steps=3)
+    config = dataclasses.replace(config, outer=OuterSection(steps=3, learning_rate=float("nan")))
+    summary = meta_train(config, progress=False)
+    import lopt
+    meta, theta = lopt.load_meta(summary["optimizer"])
+    chex.assert_tree_all_finite(theta)
+    chex.assert_trees_all_equal(theta, MetaTrainer(config).initial_theta())
+    assert summary["skipped"] == 3
+
+
+def test_meta_loss_is_nan_when_every_worker_diverged_and_divergence_is_cumulative():
+    class Exploding(LearnedLR):
+        def init_meta(self, key):
+            return {"log_lr": jnp.float32(np.log(1e6))}  # losses overflow to inf in the first window
+
+    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    estimator = Estimator("pes", Exploding(), TASK, schedule, num_workers=4, divergence_factor=10.0)
+    theta = Exploding().init_meta(None)
+    state = estimator.init(jax.random.key(0), theta)
+    _, _, metrics = estimator.step(jax.random.key(1), theta, state)
+    assert int(metrics["diverged"]) == 4 and np.isnan(float(metrics["meta_loss"]))
+
+    trainer = MetaTrainer(tiny_config("/unused"))
+    state = trainer.initial_state()
+    totals = []
+    for step in range(3):
+        state, summary = trainer.step(state, step)
+        totals.append((int(summary["diverged"]), int(summary["diverged_total"])))
+    assert totals[-1][1] == sum(d for d, _ in totals)
