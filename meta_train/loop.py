@@ -202,16 +202,8 @@ def _checkpoint_manager(directory: Path, config: MetaTrainConfig):
 def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str, Any] | None:
     import orbax.checkpoint as ocp
 
-    latest = manager.latest_step()
-    if latest is None:
+    if manager.latest_step() is None:
         return None
-    saved = json.loads((Path(manager.directory) / str(latest) / "config.json").read_text()) \
-        if (Path(manager.directory) / str(latest) / "config.json").exists() else None
-    if saved is not None and saved != json.loads(json.dumps(dataclasses.asdict(config), default=list)):
-        raise ConfigError(
-            f"{manager.directory} holds a run with a different config; use another run.output_dir "
-            "or delete the old run to start over"
-        )
     # A SIGKILL can land while the newest step is being written: fall back to older steps.
     failures = []
     base = jax.tree.map(ocp.utils.to_shape_dtype_struct, trainer.initial_state())
@@ -243,14 +235,41 @@ def _with_empty(restored: Any, template: Any) -> Any:
     return jax.tree.structure(template).unflatten(filled)
 
 
+def config_record(config: MetaTrainConfig) -> dict[str, Any]:
+    """The config as a run folder records it: JSON-ready, without `run.output_dir`, so a run
+    folder can be moved or named by a relative path and still resume."""
+    record = json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    del record["run"]["output_dir"]
+    return record
+
+
+def _check_run_config(output: Path, config: MetaTrainConfig) -> None:
+    """Record the config in `output/config.json` at a run's start; a later call into the same
+    folder must match it (whatever the newest checkpoint holds)."""
+    path = output / "config.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path} is not a readable run config ({error}); move it away to start a new run") from None
+        if saved != config_record(config):
+            raise ConfigError(
+                f"{output} holds a run with a different config; use another run.output_dir "
+                "or delete the old run to start over"
+            )
+        return
+    staging = output / ".config.json.tmp"
+    staging.write_text(json.dumps(config_record(config), indent=2))
+    os.replace(staging, path)
+
+
 def _save(manager, state: dict[str, Any], config: MetaTrainConfig) -> None:
     import orbax.checkpoint as ocp
 
     step = int(state["step"])
     manager.save(step, args=ocp.args.StandardSave(_without_empty(state)))
     manager.wait_until_finished()
-    (Path(manager.directory) / str(step) / "config.json").write_text(
-        json.dumps(dataclasses.asdict(config), default=list))
+    (Path(manager.directory) / str(step) / "config.json").write_text(json.dumps(config_record(config)))
 
 
 def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None) -> None:
@@ -296,6 +315,8 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     progress = progress and lead
     output = Path(config.run.output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    if lead:
+        _check_run_config(output, config)
     trainer = MetaTrainer(config)
     manager = _checkpoint_manager(output / "checkpoints", config)
     state = _restore(manager, trainer, config)

@@ -339,3 +339,16 @@ def test_meta_loss_is_nan_when_every_worker_diverged_and_divergence_is_cumulativ
         state, summary = trainer.step(state, step)
         totals.append((int(summary["diverged"]), int(summary["diverged_total"])))
     assert totals[-1][1] == sum(d for d, _ in totals)
+
+
+def test_a_moved_run_folder_resumes_by_a_relative_path(tmp_path, monkeypatch):
+    """Issue 17 (3): a run folder records its config without its own location, so a moved
+    folder (here given relative to the working directory) resumes; another config is refused."""
+    import shutil
+
+    meta_train(tiny_config(tmp_path / "first", steps=6), progress=False, stop_after=3)
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    resumed = meta_train(tiny_config("moved", steps=6), progress=False)
+    assert resumed["resumed"] and resumed["steps"] == 6
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["run"].get("output_dir") is None

@@ -192,3 +192,21 @@ def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
     assert "#1  fitness" in capsys.readouterr().out
     assert main(["search", str(config), "--quiet"]) == 2  # refuses to overwrite
     assert to_graph(parse((tmp_path / "run" / "best.txt").read_text()))
+
+
+def test_a_copied_search_folder_resumes_in_place(tmp_path):
+    """Issue 17 (3): `--resume DIR` continues the search in DIR, not in the folder its
+    config.json was first written for; the original is left as it was."""
+    import shutil
+
+    from meta_train.search.job import config_from_dir
+
+    original = tmp_path / "a" / "search"
+    Search(tiny_config(tmp_path / "a"), progress=False).step()
+    before = (original / "log.jsonl").read_text()
+    copy = tmp_path / "moved"
+    shutil.copytree(original, copy)
+    resumed = Search(config_from_dir(copy), resume=True, progress=False)
+    resumed.run()
+    assert (original / "log.jsonl").read_text() == before
+    assert len((copy / "log.jsonl").read_text()) > len(before)

@@ -148,7 +148,7 @@ class Search:
             saved = self.dir / "config.json"
             if not saved.is_file():
                 raise ConfigError(f"{self.dir}: no search to resume (config.json missing)")
-            if json.loads(saved.read_text()) != json.loads(config_json):
+            if _without_location(json.loads(saved.read_text())) != _without_location(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
             self._load()
         else:
@@ -391,11 +391,19 @@ def load_search_config(path: str | Path, overrides: list[str] = ()) -> SearchCon
     return load_config(SearchConfig, path, overrides)
 
 
+def _without_location(record: dict[str, Any]) -> dict[str, Any]:
+    """A config record without `run.output_dir`: a search folder can be moved or copied."""
+    return {**record, "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"}}
+
+
 def config_from_dir(directory: str | Path) -> SearchConfig:
+    """The config of the search in `directory`, pointed at `directory` itself (wherever the
+    search was started: a moved or copied folder resumes in place)."""
     saved = Path(directory) / "config.json"
     if not saved.is_file():
         raise ConfigError(f"{directory}: no search to resume (config.json missing)")
-    return from_dict(SearchConfig, json.loads(saved.read_text()), where=str(saved))
+    config = from_dict(SearchConfig, json.loads(saved.read_text()), where=str(saved))
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=str(directory)))
 
 
 def simplified_text(text: str) -> str:
