@@ -210,3 +210,21 @@ def test_a_copied_search_folder_resumes_in_place(tmp_path):
     resumed.run()
     assert (original / "log.jsonl").read_text() == before
     assert len((copy / "log.jsonl").read_text()) > len(before)
+
+
+def test_simplifier_keeps_adams_epsilon():
+    """Issue 17 (5): `m̂ / (sqrt(v̂) + 1e-8)` is not `m̂ / sqrt(v̂)` where a gradient is exactly
+    zero (0 against NaN); the simplified AdamW must update like the original there."""
+    import jax.numpy as jnp
+
+    from lopt.programs.interpret import to_optax
+
+    program, notes = simplify(seed("adamw"))
+    assert "1e-08" in format_program(program) and not any("add(...)" in n for n in notes)
+    updates = []
+    for p in (seed("adamw"), program):
+        opt = to_optax(p, 1e-3)
+        update, _ = opt.update(jnp.array([0.5, 0.0]), opt.init(jnp.zeros(2)), jnp.zeros(2))
+        updates.append(np.asarray(update))
+    np.testing.assert_allclose(updates[1], updates[0], rtol=1e-6)
+    assert np.all(np.isfinite(updates[1]))

@@ -12,6 +12,10 @@ them at random values, because a slow EMA started at zero is invisible for the f
 every state value collide under both. The hash covers the update and both next states (as an
 unordered pair, so swapping the roles of m and v does not matter): two programs whose updates
 agree only because a sign() hides how their momenta differ do not collide.
+
+`EXTREME_PROBES` are three more for the simplifier, whose rewrites must hold everywhere: one
+where some coordinates see an exactly zero gradient from zero states (where `m / (sqrt(v) + 1e-8)`
+gives 0 and `m / sqrt(v)` NaN), and ones with tiny (1e-7) and huge (1e8) gradients and states.
 """
 
 from __future__ import annotations
@@ -31,19 +35,27 @@ PROBE_LR = 0.1
 SIGNIFICANT = 4
 
 
-def _probe(seed: int, sizes: tuple[int, ...], random_state: bool):
+def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "normal"):
+    """kind: 'normal'; 'zero' (the first coordinate of each tensor gets gradient 0 throughout,
+    from zero states); 'tiny' / 'huge' (weights, noise and states scaled by 1e-7 / 1e8: their
+    squares and fourth powers stay inside float32, so the probe's own underflow is no difference)."""
     rng = np.random.default_rng(seed)
     size = sum(sizes)
     segments = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
     curvature = rng.uniform(0.1, 2.0, size).astype(np.float32)
-    w0 = rng.normal(size=size).astype(np.float32)
-    noise = rng.normal(size=(PROBE_STEPS, size)).astype(np.float32)
-    states = rng.normal(size=(2, size)).astype(np.float32) * float(random_state)
+    scale = {"normal": 1.0, "zero": 1.0, "tiny": 1e-7, "huge": 1e8}[kind]
+    w0 = rng.normal(size=size).astype(np.float32) * scale
+    noise = rng.normal(size=(PROBE_STEPS, size)).astype(np.float32) * scale
+    states = rng.normal(size=(2, size)).astype(np.float32) * float(random_state) * scale
+    if kind == "zero":
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        w0[first], noise[:, first], states[:, first] = 0.0, 0.0, 0.0
     return (jnp.asarray(w0), jnp.asarray(curvature), jnp.asarray(noise), jnp.asarray(states),
             jnp.asarray(segments), len(sizes))
 
 
 PROBES = ((0, (6, 3), False), (1, (4, 5), True))
+EXTREME_PROBES = PROBES + ((2, (5, 4), False, "zero"), (3, (4, 5), True, "tiny"), (4, (3, 6), True, "huge"))
 
 
 @functools.partial(jax.jit, static_argnums=(6,))
@@ -67,9 +79,9 @@ def _round(values: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(values), np.vectorize(lambda x: float(f"{x:.{SIGNIFICANT - 1}e}"))(values), np.nan)
 
 
-def functional_hashes(graphs: list[Graph], length: int | None = None) -> list[tuple[str, bool]]:
-    """(hash, finite) per pruned graph: the hash of its probe updates, and whether every probe
-    update was finite."""
+def probe_values(graphs: list[Graph], length: int | None = None, probes: tuple = PROBES) -> list[list[np.ndarray]]:
+    """Per pruned graph, its [update, m, v] over every step of `probes`, rounded to
+    SIGNIFICANT digits (non-finite values as NaN)."""
     if not graphs:
         return []
     longest = max(len(g.nodes) for g in graphs)
@@ -79,12 +91,17 @@ def functional_hashes(graphs: list[Graph], length: int | None = None) -> list[tu
     encoded = [encode(g, length) for g in graphs]
     encoded += [encoded[0]] * (padded - count)
     batch = jax.tree.map(jnp.asarray, stack_encoded(encoded))
-    outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:count] for probe in PROBES]
+    outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:count] for probe in probes]
+    return [[_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)] for i in range(count)]
+
+
+def functional_hashes(graphs: list[Graph], length: int | None = None) -> list[tuple[str, bool]]:
+    """(hash, finite) per pruned graph: the hash of its probe updates and states, and whether
+    every probe update was finite."""
     results = []
-    for i in range(count):
-        parts = [np.concatenate([o[i][:, k].ravel() for o in outputs]) for k in range(3)]  # update, m, v
+    for parts in probe_values(graphs, length):
         finite = bool(np.all(np.isfinite(parts[0])))
-        digests = [hashlib.sha256((_round(p).astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
+        digests = [hashlib.sha256((p.astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
         digest = hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]
         results.append((digest, finite))
     return results

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs.analysis import NUM_INPUTS, Graph, check, from_graph, prune, to_graph
-from lopt.programs.functional import functional_hashes
+from lopt.programs.functional import EXTREME_PROBES, functional_hashes, probe_values
 from lopt.programs.interpret import apply_tree
 from lopt.programs.lang import Const, Program, ProgramError, format_program
 from lopt.programs.library import FUNCTIONS
@@ -84,6 +84,21 @@ def _equivalence_candidates(graph: Graph) -> list[tuple[str, Graph]]:
     return [(d, g) for d, g in candidates if _valid(g) and len(g.nodes) < len(graph.nodes)]
 
 
+def _hold_at_extremes(graph: Graph, matches: list[tuple[int, str, Graph]]) -> list[tuple[int, str, Graph]]:
+    """The matches that also agree with `graph` on the extreme probes wherever `graph` is finite
+    there (a rewrite may turn the original's NaN into a number — m/sqrt(m·m) → sign(m) at m = 0
+    — but never a number into NaN or into another number: AdamW's `+ 1e-8` stays)."""
+    if not matches:
+        return matches
+    values = probe_values([graph] + [g for *_, g in matches], probes=EXTREME_PROBES)
+    original = values[0]
+
+    def agrees(candidate):
+        return all(np.array_equal(o[np.isfinite(o)], c[np.isfinite(o)]) for o, c in zip(original, candidate))
+
+    return [match for match, candidate in zip(matches, values[1:]) if agrees(candidate)]
+
+
 def rewrite_equivalences(graph: Graph) -> tuple[Graph, list[str]]:
     """Apply functional-hash-preserving rewrites that shorten the program, until none applies."""
     notes = []
@@ -96,6 +111,7 @@ def rewrite_equivalences(graph: Graph) -> tuple[Graph, list[str]]:
         if not finite:  # non-finite probe values make every such program look alike
             return graph, notes
         matches = [(len(g.nodes), d, g) for (d, g), (h, ok) in zip(candidates, hashes[1:]) if h == target and ok]
+        matches = _hold_at_extremes(graph, matches)
         if not matches:
             return graph, notes
         _, description, graph = min(matches, key=lambda x: x[0])
