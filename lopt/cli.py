@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
+from lopt.checkpoint import CheckpointError
 from lopt.config import ConfigError
+from lopt.programs.lang import ProgramError
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -234,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lopt {args.command}: config error: {error}", file=sys.stderr)
         return 2
-    except FileExistsError as error:
+    except (FileExistsError, FileNotFoundError, NotADirectoryError) as error:
+        print(f"lopt {args.command}: {error}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ProgramError) as error:
         print(f"lopt {args.command}: {error}", file=sys.stderr)
         return 2
 

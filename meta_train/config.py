@@ -14,6 +14,14 @@ from lopt.learned.velo import VeLOOptimizer
 from meta_train.augment import Augmentation
 from meta_train.estimators import ESTIMATORS, META_OBJECTIVES
 
+SCHEDULES = ("constant", "log_uniform")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters (a config value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 PRESETS = {"small_mlp": small_mlp, "factored_mlp": factored_mlp, "velo_small": velo_small, "velo": VeLOOptimizer,
            "lr_controller": LRController, "generalist": generalist}
 
@@ -108,11 +116,62 @@ class MetaTrainConfig:
                 raise ConfigError(f"{name} must be positive")
         if self.tasks.num_groups <= 0 or self.tasks.lifetime <= 0:
             raise ConfigError("tasks.num_groups and tasks.lifetime must be positive")
+        self._check_ranges()
+        self._check_names()
         if self.estimator.kind not in ESTIMATORS:
             raise ConfigError(f"estimator.kind: unknown estimator {self.estimator.kind!r}; valid: {', '.join(ESTIMATORS)}")
         if self.estimator.meta_objective not in META_OBJECTIVES:
             raise ConfigError(f"estimator.meta_objective: unknown objective {self.estimator.meta_objective!r}; "
                               f"valid: {', '.join(META_OBJECTIVES)}")
+
+    def _check_ranges(self) -> None:
+        """Numbers that would otherwise fail deep inside a compiled step, or be silently meaningless."""
+        est, run = self.estimator, self.run
+        checks = [
+            ("estimator.num_workers", est.num_workers, est.num_workers > 0, "a positive whole number"),
+            ("estimator.sigma", est.sigma, est.sigma > 0, "a positive number"),
+            ("estimator.truncation_length", est.truncation_length,
+             0 < est.truncation_length <= est.min_horizon <= est.max_horizon,
+             "0 < truncation_length <= min_horizon <= max_horizon"),
+            ("estimator.schedule", est.schedule, est.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("estimator.divergence_factor", est.divergence_factor, est.divergence_factor > 1, "a number above 1"),
+            ("estimator.meta_loss_split", est.meta_loss_split, est.meta_loss_split in ("train", "test"), "train or test"),
+            ("outer.seed", self.outer.seed, 0 <= self.outer.seed < 2**32, "a whole number in [0, 2**32)"),
+            ("outer.learning_rate", self.outer.learning_rate, 0 <= self.outer.learning_rate < float("inf"),
+             "a finite non-negative number"),
+            ("outer.clip", self.outer.clip, self.outer.clip > 0, "a positive number"),
+            ("run.eval_every", run.eval_every, run.eval_every >= 0, "0 (no evaluation) or a positive number"),
+            ("run.eval_steps", run.eval_steps, run.eval_steps > 0, "a positive whole number"),
+            ("run.time_limit_s", run.time_limit_s, run.time_limit_s >= 0, "0 (none) or a positive number"),
+        ]
+        for key, value, ok, valid in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {_short(value)} is not valid; expected {valid}")
+
+    def _check_names(self) -> None:
+        """Tasks, datasets and families are looked up now, not after minutes of work."""
+        from tasks import get_family, task_spec
+        from tasks.datasets import load
+
+        for key, names in (("run.eval_task", (self.run.eval_task,)), ("run.validation_tasks", self.run.validation_tasks),
+                           ("tasks.names", self.tasks.names)):
+            for name in names:
+                try:
+                    task_spec(name)
+                except ValueError as error:
+                    raise ConfigError(f"{key}: {error}") from None
+        if not self.tasks.names:
+            try:
+                family = get_family(self.tasks.family)
+            except ValueError as error:
+                raise ConfigError(f"tasks.family: {error}") from None
+            options = {f.name: getattr(family, f.name) for f in dataclasses.fields(family)}
+            family = from_dict(type(family), {**options, **self.tasks.family_options}, where="tasks.family_options")
+            for dataset in getattr(family, "datasets", ()):
+                try:
+                    load(dataset)
+                except (ValueError, KeyError) as error:
+                    raise ConfigError(f"tasks.family_options.datasets: {error}") from None
 
     def build_meta_optimizer(self) -> Any:
         """The preset with `options` applied, validated like any config table (or, with

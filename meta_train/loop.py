@@ -314,7 +314,10 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     lead = jax.process_index() == 0
     progress = progress and lead
     output = Path(config.run.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as error:
+        raise ConfigError(f"run.output_dir: cannot create {str(output)!r} ({error.strerror or error})") from None
     if lead:
         _check_run_config(output, config)
     trainer = MetaTrainer(config)

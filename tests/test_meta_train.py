@@ -307,17 +307,21 @@ def test_every_preset_meta_trains_through_a_save_and_restore(tmp_path, preset):
     assert second["resumed"] and second["steps"] == 2 and "optimizer" in second
 
 
-def test_nan_outer_learning_rate_never_reaches_theta_and_is_counted(tmp_path):
-    """Issue 17 (6): a NaN outer learning rate makes every update non-finite; each is skipped,
-    theta is saved unchanged and finite, and the summary counts them."""
-    config = tiny_config(tmp_path / "nan", steps=3)
-    config = dataclasses.replace(config, outer=OuterSection(steps=3, learning_rate=float("nan")))
-    summary = meta_train(config, progress=False)
-    import lopt
-    meta, theta = lopt.load_meta(summary["optimizer"])
-    chex.assert_tree_all_finite(theta)
-    chex.assert_trees_all_equal(theta, MetaTrainer(config).initial_theta())
-    assert summary["skipped"] == 3
+def test_nan_outer_learning_rate_never_reaches_theta_and_is_counted():
+    """Issue 17 (6): an outer optimizer whose updates are NaN (here a NaN learning rate, which a
+    config now refuses up front) leaves theta unchanged and finite, and each step is counted."""
+    trainer = MetaTrainer(tiny_config("/unused", steps=3))
+    trainer.outer = optax.chain(optax.clip(3.0), optax.adam(float("nan")))
+    trainer._apply = jax.jit(trainer._apply_gradient)
+    state = trainer.initial_state()
+    state["outer_state"] = trainer.outer.init(state["theta"])
+    theta = state["theta"]
+    for step in range(3):
+        state, summary = trainer.step(state, step)
+    chex.assert_trees_all_equal(state["theta"], theta)
+    assert int(summary["skipped_total"]) == 3
+    with pytest.raises(ConfigError, match="outer.learning_rate"):
+        dataclasses.replace(tiny_config("/unused"), outer=OuterSection(learning_rate=float("nan")))
 
 
 def test_meta_loss_is_nan_when_every_worker_diverged_and_divergence_is_cumulative():
@@ -352,3 +356,45 @@ def test_a_moved_run_folder_resumes_by_a_relative_path(tmp_path, monkeypatch):
     resumed = meta_train(tiny_config("moved", steps=6), progress=False)
     assert resumed["resumed"] and resumed["steps"] == 6
     assert json.loads((tmp_path / "moved" / "config.json").read_text())["run"].get("output_dir") is None
+
+
+BAD_OVERRIDES = [
+    ("estimator.kind=\"reinforce\"", "estimator.kind"),
+    ("estimator.schedule=\"cosine\"", "estimator.schedule"),
+    ("estimator.sigma=0", "estimator.sigma"),
+    ("estimator.num_workers=0", "estimator.num_workers"),
+    ("tasks.family_options={datasets=[\"nope\"]}", "datasets"),
+    ("run.eval_task=\"nope-task\"", "run.eval_task"),
+    ("run.validation_tasks=[\"nope-task\"]", "run.validation_tasks"),
+    ("run.eval_steps=0", "run.eval_steps"),
+    ("outer.seed=99999999999999999999", "outer.seed"),
+    ("run.eval_every=-1", "run.eval_every"),
+    ("outer.learning_rate=nan", "outer.learning_rate"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD_OVERRIDES)
+def test_bad_meta_train_configs_are_one_line_errors(tmp_path, capsys, override, key):
+    """Issue 17 (7): each bad value is a one-line error naming its key, exit 2, before any work."""
+    from lopt.cli import main
+
+    code = main(["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", override,
+                 "--set", f"run.output_dir={json.dumps(str(tmp_path / 'run'))}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and key in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_config_and_unusable_output_folder_are_one_line_errors(tmp_path, capsys):
+    from lopt.cli import main
+
+    binary = tmp_path / "job.toml"
+    binary.write_bytes(b"[outer]\nsteps = 3\n\xff\xfe")
+    assert main(["meta-train", str(binary), "--quiet"]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set",
+                 f"run.output_dir={json.dumps(str(blocker / 'run'))}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "run.output_dir" in err and "\n" not in err
