@@ -139,6 +139,8 @@ def resolve(path: str | Path) -> Path:
     if candidate.exists():
         return candidate
     name = candidate.name if candidate.parent.name == "checkpoints" or candidate.parent == Path(".") else None
+    if name in (".", ".."):
+        name = None
     root = shipped_dir()
     if name and root is not None and (root / name / MANIFEST).is_file():
         return root / name
@@ -159,6 +161,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{file}: manifest is not valid JSON ({error})") from error
+    except RecursionError:
+        raise CheckpointError(f"{file}: manifest is nested too deeply") from None
+    if _depth(manifest) > MAX_MANIFEST_DEPTH:
+        raise CheckpointError(f"{file}: manifest is nested deeper than {MAX_MANIFEST_DEPTH} levels")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not a lopt optimizer manifest (format {manifest.get('format')!r})"
                               if isinstance(manifest, dict) else f"{file}: not a lopt optimizer manifest")
@@ -170,7 +176,48 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for key in ("kind", "config", "arrays"):
         if key not in manifest:
             raise CheckpointError(f"{file}: manifest lacks {key!r}")
+    _check_schema(manifest, file)
     return manifest
+
+
+MAX_MANIFEST_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_MANIFEST_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _check_schema(manifest: dict[str, Any], file: Path) -> None:
+    """Types of the manifest's fields, so a hand-edited file fails here with its key named."""
+    def fail(what: str) -> None:
+        raise CheckpointError(f"{file}: {what}")
+
+    if not isinstance(manifest["kind"], str):
+        fail("'kind' must be a string")
+    if not isinstance(manifest["config"], dict):
+        fail("'config' must be a table")
+    num_steps = manifest.get("num_steps")
+    if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0):
+        fail(f"'num_steps' must be a positive whole number or null, got {str(num_steps)[:40]!r}")
+    if not isinstance(manifest["arrays"], list):
+        fail("'arrays' must be a list of array entries")
+    for i, entry in enumerate(manifest["arrays"]):
+        if not isinstance(entry, dict):
+            fail(f"arrays[{i}] must be a table")
+        for key, kind in (("path", str), ("dtype", str), ("sha256", str), ("shape", list)):
+            if not isinstance(entry.get(key), kind):
+                fail(f"arrays[{i}] lacks a {kind.__name__} {key!r}")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"]):
+            fail(f"arrays[{i}].shape must be non-negative whole numbers")
 
 
 def _check_against_expected(manifest: dict[str, Any], expected: list[dict[str, Any]], where: Path) -> None:
@@ -192,6 +239,12 @@ def _check_against_expected(manifest: dict[str, Any], expected: list[dict[str, A
 
 def load_meta(path: str | Path) -> tuple[Any, Any]:
     """(meta_optimizer, theta) from checkpoint `path`, for use or for further meta-training."""
+    meta_optimizer, theta, _ = _load(path)
+    return meta_optimizer, theta
+
+
+def _load(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(meta_optimizer, theta, manifest) of checkpoint `path`, the manifest read once."""
     import orbax.checkpoint as ocp
 
     path = resolve(path).absolute()
@@ -218,7 +271,7 @@ def load_meta(path: str | Path) -> tuple[Any, Any]:
     for entry in describe_arrays(theta):
         if stored[entry["path"]] != entry["sha256"]:
             raise CheckpointError(f"{path / THETA_DIR}: array {entry['path']} does not match its checksum (damaged)")
-    return meta_optimizer, theta
+    return meta_optimizer, theta, manifest
 
 
 def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
@@ -230,9 +283,9 @@ def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransf
     training progress (found programs: `reads_progress = False`) need none.
     """
     path = resolve(path)
-    meta_optimizer, theta = load_meta(path)
+    meta_optimizer, theta, manifest = _load(path)
     if num_steps is None:
-        num_steps = read_manifest(path).get("num_steps")
+        num_steps = manifest.get("num_steps")
         if num_steps is None and not getattr(meta_optimizer, "reads_progress", True):
             num_steps = 0
         if num_steps is None:

@@ -136,3 +136,27 @@ def test_shipped_optimizers_load_by_name_and_train(name):
 def test_unknown_shipped_name_lists_the_shipped_ones():
     with pytest.raises(lopt.CheckpointError, match="shipped optimizers: .*small-mlp-pes-h100"):
         lopt.load("no-such-optimizer")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(arrays="../../etc/passwd"), "'arrays' must be a list"),
+    (lambda m: m["arrays"][0].pop("shape"), "lacks a list 'shape'"),
+    (lambda m: m["arrays"][0].pop("path"), "lacks a str 'path'"),
+    (lambda m: m.update(num_steps="abc"), "'num_steps' must be a positive whole number"),
+    (lambda m: m.update(kind=["mlp"]), "'kind' must be a string"),
+])
+def test_hand_edited_manifests_are_checkpoint_errors(saved, change, message):
+    """Issue 17 (7): malformed manifest fields fail with the field named, not a TypeError or
+    KeyError from inside the loader."""
+    edit_manifest(saved, change)
+    with pytest.raises(CheckpointError, match=message):
+        lopt.load(saved)
+
+
+def test_deeply_nested_manifest_and_dot_dot_name(saved):
+    text = (saved / "manifest.json").read_text()
+    (saved / "manifest.json").write_text(text[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointError, match="nested"):
+        lopt.load(saved)
+    with pytest.raises(CheckpointError, match="manifest|no such checkpoint"):
+        lopt.read_manifest("checkpoints/..")
