@@ -76,6 +76,8 @@ def save(
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if path.exists() and not is_lopt_checkpoint(path):
+        raise FileExistsError(f"{path} exists and is not a lopt optimizer checkpoint; lopt replaces only its own")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -91,6 +93,7 @@ def save(
     }
     text = json.dumps(manifest, indent=2, default=str)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
@@ -109,6 +112,23 @@ def save(
         if staging.exists():
             shutil.rmtree(staging)
     return path
+
+
+def is_lopt_checkpoint(path: Path) -> bool:
+    """Whether `path` is a directory lopt.save wrote (its manifest names lopt's format)."""
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Staging and retired copies of `path` that an earlier, killed save left behind (only the
+    names lopt.save itself makes: `.<name>.tmp-<8 hex>` and `.<name>.old-<8 hex>`)."""
+    for leftover in path.parent.glob(f".{path.name}.*-*"):
+        tag, _, suffix = leftover.name[len(path.name) + 2:].partition("-")
+        if tag in ("tmp", "old") and len(suffix) == 8 and all(c in "0123456789abcdef" for c in suffix):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 def shipped_dir() -> Path | None:

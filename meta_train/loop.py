@@ -324,12 +324,15 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     manager = _checkpoint_manager(output / "checkpoints", config)
     state = _restore(manager, trainer, config)
     resumed = state is not None
+    if not resumed and (output / "optimizer").exists():
+        raise ConfigError(f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
+                          "move it away or use another run.output_dir")
     if state is None:
         state = trainer.initial_state()
     log_path = output / "metrics.jsonl"
     start_step = int(state["step"])
-    if lead and not resumed and log_path.exists():
-        log_path.unlink()
+    if lead and log_path.exists():
+        _truncate_log(log_path, start_step)
     log = log_path.open("a") if lead else open(os.devnull, "w")
     adam_loss = None
     bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
@@ -433,6 +436,23 @@ class Validation:
             scores[f"validation/{name}"] = float(np.log(ratio)) if np.isfinite(loss) else float("inf")
         scores["validation_score"] = float(np.mean(list(scores.values())))
         return scores
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Keep the log rows of outer steps up to `step` (the checkpoint a run resumes from, 0 for a
+    fresh start); rows a killed run wrote after its last checkpoint would repeat on resume.
+    A half-written last line is dropped too. Rewritten atomically."""
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step and (step or "eval_loss" not in row):
+            kept.append(line)
+    staging = log_path.with_suffix(".jsonl.tmp")
+    staging.write_text("".join(line + "\n" for line in kept))
+    os.replace(staging, log_path)
 
 
 def _best_score(output: Path) -> float | None:

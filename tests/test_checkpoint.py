@@ -160,3 +160,21 @@ def test_deeply_nested_manifest_and_dot_dot_name(saved):
         lopt.load(saved)
     with pytest.raises(CheckpointError, match="manifest|no such checkpoint"):
         lopt.read_manifest("checkpoints/..")
+
+
+def test_overwrite_replaces_only_lopt_checkpoints_and_clears_killed_saves(tmp_path):
+    """Issue 17 (4): overwrite=True never deletes an ordinary folder; staging and retired copies
+    that a killed save left behind are removed by the next save, and nothing else is."""
+    meta = small_mlp(hidden_sizes=(4, 4))
+    theta = meta.init_meta(jax.random.key(0))
+    ordinary = tmp_path / "mine"
+    ordinary.mkdir()
+    (ordinary / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a lopt optimizer checkpoint"):
+        lopt.save(ordinary, meta, theta, num_steps=10, overwrite=True)
+    assert (ordinary / "notes.txt").read_text() == "keep me"
+    for name in (".opt.tmp-0123abcd", ".opt.old-89abcdef", ".opt.backup-mine"):
+        (tmp_path / name).mkdir()
+    lopt.save(tmp_path / "opt", meta, theta, num_steps=10)
+    lopt.save(tmp_path / "opt", meta, theta, num_steps=10, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".opt.backup-mine", "mine", "opt"]

@@ -398,3 +398,29 @@ def test_unreadable_config_and_unusable_output_folder_are_one_line_errors(tmp_pa
                  f"run.output_dir={json.dumps(str(blocker / 'run'))}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "run.output_dir" in err and "\n" not in err
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten(tmp_path):
+    """Issue 17 (4): a fresh start into a folder whose run finished (optimizer/) but whose
+    checkpoints are gone is refused instead of replacing optimizer/ and metrics.jsonl."""
+    import shutil
+
+    config = tiny_config(tmp_path / "done", steps=3)
+    meta_train(config, progress=False)
+    shutil.rmtree(tmp_path / "done" / "checkpoints")
+    log = (tmp_path / "done" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="finished run"):
+        meta_train(config, progress=False)
+    assert (tmp_path / "done" / "metrics.jsonl").read_text() == log
+
+
+def test_resume_drops_log_rows_written_after_the_last_checkpoint(tmp_path):
+    """Issue 17 (4): rows a killed run logged after its last checkpoint (and a half-written
+    line) do not repeat when it resumes."""
+    config = tiny_config(tmp_path / "r", steps=6)
+    meta_train(config, progress=False, stop_after=3)  # checkpoint at step 3
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "meta_loss": 1.0}) + "\n" + '{"step": 5, "meta_')
+    meta_train(config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
