@@ -228,3 +228,15 @@ def test_simplifier_keeps_adams_epsilon():
         updates.append(np.asarray(update))
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-6)
     assert np.all(np.isfinite(updates[1]))
+
+
+def test_fitness_config_ranges_and_long_program_errors_are_short():
+    """Issue 17 (7): fitness.seeds=0 was accepted; a 1 MB constant was echoed whole."""
+    with pytest.raises(ConfigError, match="fitness.seeds"):
+        from_dict(SearchConfig, {"fitness": {"seeds": 0}})
+    from lopt.programs.lang import ProgramError
+
+    huge = "def train(w, g, m, v, lr):\n  update = g * " + "9" * 1_000_000 + "x\n  return update, m, v\n"
+    with pytest.raises(ProgramError) as error:
+        parse(huge)
+    assert len(str(error.value)) < 400

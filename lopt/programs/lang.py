@@ -38,8 +38,13 @@ RESERVED = {"def", "train", "return", *CONSTANTS, *FUNCTIONS}
 class ProgramError(ValueError):
     """Invalid program text or structure; `line` is the 1-based line number when known."""
 
+    MAX_LENGTH = 300  # program text echoed in a message is cut in the middle beyond this
+
     def __init__(self, message: str, line: int | None = None):
         self.line = line
+        if len(message) > self.MAX_LENGTH:
+            half = self.MAX_LENGTH // 2
+            message = f"{message[:half]} ... [{len(message) - 2 * half} characters] ... {message[-half:]}"
         super().__init__(f"line {line}: {message}" if line is not None else message)
 
 

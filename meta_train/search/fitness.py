@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, from_graph
 from lopt.programs.interpret import encode, run_encoded, stack_encoded, to_optax
 from tasks import build, task_spec
@@ -51,6 +52,18 @@ class FitnessSpec:
     batch: int = 32
     seed: int = 0
     max_param_abs: float = 1e4
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "seeds", "eval_batches", "length", "batch"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"fitness.{key}: {value!r} is not valid; expected a positive whole number")
+        if not self.lr_multipliers or not all(m > 0 for m in self.lr_multipliers):
+            raise ConfigError(f"fitness.lr_multipliers: expected positive numbers, got {list(self.lr_multipliers)[:8]}")
+        if not self.tasks:
+            raise ConfigError("fitness.tasks: at least one proxy task is needed")
+        if not self.max_param_abs > 0:
+            raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
 
 
 def _keys(spec: FitnessSpec, task_name: str) -> jax.Array:
