@@ -48,14 +48,10 @@ def _meta_train(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from lopt.checkpoint import CheckpointError, load_meta, read_manifest
+    from lopt.checkpoint import load_meta, read_manifest
 
-    try:
-        manifest = read_manifest(args.path)
-        meta_optimizer, theta = load_meta(args.path)
-    except CheckpointError as error:
-        print(f"lopt info: {error}", file=sys.stderr)
-        return 1
+    manifest = read_manifest(args.path)  # a CheckpointError is one line and exit 2 (main)
+    meta_optimizer, theta = load_meta(args.path)
     import jax
 
     count = sum(x.size for x in jax.tree.leaves(theta))

@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass; the message names the key."""
 
 
+def short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters (a config value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -35,18 +41,18 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
                 return _check_value(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(f"{where}: {value!r} fits none of {annotation}")
+        raise ConfigError(f"{where}: {short(value)} fits none of {annotation}")
     if annotation is type(None):
         if value is not None:
-            raise ConfigError(f"{where}: expected nothing, got {value!r}")
+            raise ConfigError(f"{where}: expected nothing, got {short(value)}")
         return None
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
+            raise ConfigError(f"{where}: expected a table, got {short(value)}")
         return from_dict(annotation, value, where=where)
     if origin is tuple:
         if not isinstance(value, Sequence) or isinstance(value, str):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
@@ -54,19 +60,19 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
         return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
     if origin in (dict, Mapping) or annotation is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
+            raise ConfigError(f"{where}: expected a table, got {short(value)}")
         return dict(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {short(value)}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {short(value)}")
         return value
     if annotation in (str, bool):
         if not isinstance(value, annotation):
-            raise ConfigError(f"{where}: expected a {annotation.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a {annotation.__name__}, got {short(value)}")
         return value
     raise ConfigError(f"{where}: unsupported annotation {annotation}")
 
@@ -86,7 +92,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
             kwargs[name] = _check_value(data[name], hints[name], f"{where}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {name!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as error:  # a constructor's own range check: name where it came from
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lopt.config import ConfigError, from_dict
+from lopt.checkpoint import CheckpointError, read_manifest
+from lopt.config import ConfigError, from_dict, short
 from lopt.hypergrad import LRController
 from lopt.learned import factored_mlp, generalist, small_mlp, to_config, velo_small
 from lopt.learned.base import KINDS
@@ -16,11 +17,6 @@ from meta_train.estimators import ESTIMATORS, META_OBJECTIVES
 
 SCHEDULES = ("constant", "log_uniform")
 
-
-def _short(value: Any, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters (a config value may be huge)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 PRESETS = {"small_mlp": small_mlp, "factored_mlp": factored_mlp, "velo_small": velo_small, "velo": VeLOOptimizer,
            "lr_controller": LRController, "generalist": generalist}
@@ -118,6 +114,14 @@ class MetaTrainConfig:
             raise ConfigError("tasks.num_groups and tasks.lifetime must be positive")
         self._check_ranges()
         self._check_names()
+        if self.optimizer.init_from:
+            try:
+                read_manifest(self.optimizer.init_from)
+            except CheckpointError as error:
+                raise ConfigError(f"optimizer.init_from: {error}") from None
+        if self.optimizer.init_from and self.optimizer.options:
+            raise ConfigError("optimizer.options: not allowed with optimizer.init_from (the saved optimizer's own "
+                              "constructor arguments are used); remove one of them")
         if self.estimator.kind not in ESTIMATORS:
             raise ConfigError(f"estimator.kind: unknown estimator {self.estimator.kind!r}; valid: {', '.join(ESTIMATORS)}")
         if self.estimator.meta_objective not in META_OBJECTIVES:
@@ -146,7 +150,7 @@ class MetaTrainConfig:
         ]
         for key, value, ok, valid in checks:
             if not ok:
-                raise ConfigError(f"{key}: {_short(value)} is not valid; expected {valid}")
+                raise ConfigError(f"{key}: {short(value)} is not valid; expected {valid}")
 
     def _check_names(self) -> None:
         """Tasks, datasets and families are looked up now, not after minutes of work."""

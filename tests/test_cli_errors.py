@@ -1,0 +1,67 @@
+"""Bad input through the `lopt` command (issue 17 (7)): every case below exits 2 with one line
+on stderr naming the problem, before any work — no traceback, no output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lopt.cli import main
+
+META_TRAIN = [
+    'estimator.kind="reinforce"', 'estimator.schedule="cosine"', "estimator.sigma=0", "estimator.sigma=-1",
+    "estimator.num_workers=0", "estimator.truncation_length=0", "estimator.min_horizon=5",
+    "estimator.max_horizon=1", 'estimator.meta_objective="sqrt"', 'estimator.meta_loss_split="val"',
+    "estimator.divergence_factor=0.5", 'tasks.family="nope"', 'tasks.family_options={datasets=["nope"]}',
+    'tasks.family_options={widths="x"}', "tasks.family_options={colour=3}", 'tasks.names=["nope-task"]',
+    "tasks.num_groups=0", "tasks.lifetime=-2", 'run.eval_task="nope-task"', 'run.validation_tasks=["x"]',
+    "run.eval_steps=0", "run.eval_every=-1", "run.log_every=0", "run.checkpoint_every=0",
+    "outer.seed=99999999999999999999", "outer.seed=-1", "outer.learning_rate=nan", "outer.learning_rate=inf",
+    "outer.clip=0", "outer.steps=0", 'optimizer.preset="adamw"', "optimizer.options={hidden_sizes=[0]}",
+    "optimizer.options={hiden=3}", 'optimizer.init_from="/nonexistent"', "run.time_limit_s=-5", "unknown.key=1",
+    "estimator=3", "tasks.augment={tensor_log10=9}", "tasks.augment={colour=1}",
+]
+EVAL = ['suite="nope"', 'optimizers=["nope"]', 'learned=["/nonexistent"]', "num_steps=0", "eval_every=7",
+        "seeds=0", 'tasks=["nope*x"]', 'tasks=["nope"]', "colour=1"]
+SEARCH = ["fitness.seeds=0", "fitness.steps=-1", "fitness.tasks=[]", "search.population=0",
+          'search.strategy="annealing"', "fitness.lr_multipliers=[]"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (argv, code, err)
+    assert err and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("override", META_TRAIN)
+def test_bad_meta_train_override(tmp_path, capsys, override):
+    run(["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", override,
+         "--set", f"run.output_dir={json.dumps(str(tmp_path / 'run'))}"], capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", EVAL)
+def test_bad_eval_override(tmp_path, capsys, override):
+    run(["eval", "configs/eval/quickstart.toml", "--quiet", "--set", override,
+         "--set", f"output_dir={json.dumps(str(tmp_path / 'out'))}"], capsys)
+
+
+@pytest.mark.parametrize("override", SEARCH)
+def test_bad_search_override(tmp_path, capsys, override):
+    run(["search", "configs/search/quickstart.toml", "--quiet", "--set", override,
+         "--set", f"run.output_dir={json.dumps(str(tmp_path / 'search'))}"], capsys)
+    assert not (tmp_path / "search").exists()
+
+
+def test_bad_files_and_folders(tmp_path, capsys):
+    binary = tmp_path / "bad.toml"
+    binary.write_bytes(b"\xff\xfe[outer]")
+    assert "UTF-8" in run(["meta-train", str(binary)], capsys)
+    run(["meta-train", str(tmp_path / "missing.toml")], capsys)
+    run(["meta-train", "configs/meta_train/quickstart.toml", "--set", "run.output_dir=5"], capsys)
+    run(["search", "--resume", str(tmp_path)], capsys)
+    run(["info", str(tmp_path / "missing")], capsys)
+    run(["program", "check", str(tmp_path / "missing.txt")], capsys)
