@@ -217,7 +217,9 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_sigkilled_job_resumes_to_the_same_theta(tmp_path):
     """A real `lopt meta-train` process is SIGKILLed after its first checkpoint; the same command
-    then finishes the job, and theta equals an uninterrupted run's."""
+    then finishes the job, and theta equals an uninterrupted run's. Its one task group alternates
+    between tasks of different shapes every 2 steps, the checkpoint interval, so every checkpoint
+    it can resume from was taken at a task change (issue 17 (1))."""
     import os
     import signal
     import subprocess
@@ -233,8 +235,8 @@ preset = "small_mlp"
 options = {{ hidden_sizes = [4, 4] }}
 [tasks]
 names = ["quadratic-10-cond100", "rosenbrock-2"]
-num_groups = 2
-lifetime = 8
+num_groups = 1
+lifetime = 2
 [estimator]
 kind = "pes"
 num_workers = 4
