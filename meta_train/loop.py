@@ -207,11 +207,12 @@ def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str
     # A SIGKILL can land while the newest step is being written: fall back to older steps.
     failures = []
     base = jax.tree.map(ocp.utils.to_shape_dtype_struct, trainer.initial_state())
+    theta = trainer.initial_theta()
     for step in sorted(manager.all_steps(), reverse=True):
         # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
         # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
         trained_at = max(step - 1, 0)
-        groups = [trainer.group_state(g, trained_at, trainer.initial_theta()) for g in range(config.tasks.num_groups)]
+        groups = [trainer.group_state(g, trained_at, theta) for g in range(config.tasks.num_groups)]
         abstract = {**base, "groups": jax.tree.map(ocp.utils.to_shape_dtype_struct, groups)}
         try:
             restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
@@ -263,13 +264,12 @@ def _check_run_config(output: Path, config: MetaTrainConfig) -> None:
     os.replace(staging, path)
 
 
-def _save(manager, state: dict[str, Any], config: MetaTrainConfig) -> None:
+def _save(manager, state: dict[str, Any]) -> None:
+    """Checkpoint `state` (the run's config lives once in the run folder, `_check_run_config`)."""
     import orbax.checkpoint as ocp
 
-    step = int(state["step"])
-    manager.save(step, args=ocp.args.StandardSave(_without_empty(state)))
+    manager.save(int(state["step"]), args=ocp.args.StandardSave(_without_empty(state)))
     manager.wait_until_finished()
-    (Path(manager.directory) / str(step) / "config.json").write_text(json.dumps(config_record(config)))
 
 
 def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None) -> None:
@@ -379,12 +379,12 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
                     adam_loss = _adam_reference(config)
                 evaluate_and_keep_best(step)
             if step % config.run.checkpoint_every == 0 or step == config.outer.steps:
-                _save(manager, state, config)
+                _save(manager, state)
             if stop_after is not None and steps_done >= stop_after:
                 break
             if config.run.time_limit_s and time.perf_counter() - call_start > config.run.time_limit_s:
                 if step % config.run.checkpoint_every:
-                    _save(manager, state, config)
+                    _save(manager, state)
                 break
     finally:
         bar.close()

@@ -294,7 +294,12 @@ def test_resume_from_a_checkpoint_taken_at_a_task_change(tmp_path):
     chex.assert_trees_all_equal(lopt.load_meta(straight["optimizer"])[1], lopt.load_meta(second["optimizer"])[1])
 
 
-@pytest.mark.parametrize("preset", ["small_mlp", "factored_mlp", "velo_small", "lr_controller", "generalist"])
+@pytest.mark.parametrize("preset", [
+    # the two kinds whose state has zero-size arrays run by default; the others are slow tests
+    "factored_mlp", "velo_small",
+    pytest.param("small_mlp", marks=pytest.mark.slow), pytest.param("lr_controller", marks=pytest.mark.slow),
+    pytest.param("generalist", marks=pytest.mark.slow),
+])
 def test_every_preset_meta_trains_through_a_save_and_restore(tmp_path, preset):
     """Issue 17 (2): every learned kind's meta-training state checkpoints (vector parameters give
     factored accumulators with no column factor) and resumes."""
