@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from lopt.learned import small_mlp
-from meta_train.estimators import Estimator
+from meta_train.estimators import make_estimator
 from meta_train.truncation import TruncationSchedule
 from tasks import ClassificationTask, MLPSpec, build, train
 from tasks.datasets import ClassificationData
@@ -44,7 +44,7 @@ def w2_task(real: bool) -> ClassificationTask:
 
 
 def pes_throughput(task, population: int, reps: int, steps: int) -> float:
-    estimator = Estimator("pes", small_mlp(), task, TruncationSchedule(10, 100, 100, "constant"),
+    estimator = make_estimator("pes", small_mlp(), task, TruncationSchedule(10, 100, 100, "constant"),
                           num_workers=population, sigma=0.01)
     theta = small_mlp().init_meta(jax.random.key(0))
     state = estimator.init(jax.random.key(1), theta)

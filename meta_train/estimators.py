@@ -1,12 +1,15 @@
 """Meta-gradient estimators over a population of truncated inner runs, one interface:
 
+    estimator = make_estimator("pes", meta_optimizer, task, schedule, num_workers=64)
     state = estimator.init(key, theta)
     grad, state, metrics = estimator.step(key, theta, state)
 
-All four are written for one worker and `vmap`ped over the population (one compiled call per
-outer step). A worker whose window diverges (non-finite loss, or mean loss above
-`divergence_factor` × its episode's first-window loss) is masked out of the gradient, counted in
-the metrics and reset at the next window; its NaNs never reach theta.
+One small class per estimator, each with its own NamedTuple state (in the style of evosax's
+strategies); the population step, resets, unrolls, divergence masking and the meta-objective are
+shared in the base class. Each is written for one worker (`_worker_step`) and `vmap`ped over the
+population (one compiled call per outer step). A worker whose window diverges (non-finite loss,
+or mean loss above `divergence_factor` × its episode's first-window loss) is masked out of the
+gradient, counted in the metrics and reset at the next window; its NaNs never reach theta.
 
 - `truncated_backprop`: ∇θ of the window's mean loss through the W-step `lax.scan`, the window's
   start state held constant (biased: ignores ∂s_start/∂θ; short-horizon bias, Wu et al. 2018).
@@ -19,13 +22,14 @@ the metrics and reset at the next window; its NaNs never reach theta.
   regenerated from the episode key; ĝ = ε (L̄⁺ − L̄⁻) / (2σ²) per window; ± states persist.
 
 Perturbations are regenerated from keys, never stored (PES stores only the running sum ξ).
+A new estimator is one subclass here, registered with `@estimator_kind`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +40,10 @@ from meta_train.truncation import (
 )
 
 Theta = Any
-ESTIMATORS = ("truncated_backprop", "antithetic_es", "pes", "nres")
 NRES_TAG = 0x4E524553
 META_OBJECTIVES = ("loss", "log_loss")
 LOG_LOSS_FLOOR = 1e-8
+ESTIMATORS: dict[str, type[Estimator]] = {}
 
 
 def tree_normal(key: jax.Array, tree: Any, scale: float | jax.Array = 1.0) -> Any:
@@ -53,18 +57,11 @@ def _add(a: Any, b: Any, scale: float = 1.0) -> Any:
     return jax.tree.map(lambda x, y: x + scale * y, a, b)
 
 
-class EstimatorState(NamedTuple):
-    """Per-worker state, every leaf with a leading population axis. `negative` and
-    `accumulator` are None for estimators that do not keep them."""
-
-    positive: Worker
-    negative: Worker | None
-    accumulator: Any | None
-
-
 class WindowResult(NamedTuple):
+    """One worker's window: its gradient estimate, new state, meta-loss, and flags."""
+
     grad: Any
-    state: EstimatorState
+    state: Any
     loss: jax.Array
     bad: jax.Array
     reset: jax.Array
@@ -72,16 +69,17 @@ class WindowResult(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Estimator:
-    """A meta-gradient estimator for one task and one population.
+    """A meta-gradient estimator for one task and one population (the shared base).
 
-    kind: one of ESTIMATORS. sigma: the ES perturbation scale. task: the inner task (a pytree,
-    passed to the compiled step as an argument). schedule: truncation length and horizons.
-    augmentation: per-episode reparameterisation of the task (meta_train.augment).
-    meta_objective: 'loss' (mean inner loss over a window) or 'log_loss' (mean log loss: comparable
-      across tasks whose losses differ by orders of magnitude, and blind to loss rescaling).
+    sigma: the ES perturbation scale. task: the inner task (a pytree, passed to the compiled
+    step as an argument). schedule: truncation length and horizons. augmentation: per-episode
+    reparameterisation of the task (meta_train.augment). meta_objective: 'loss' (mean inner loss
+    over a window) or 'log_loss' (mean log loss: comparable across tasks whose losses differ by
+    orders of magnitude, and blind to loss rescaling).
     """
 
-    kind: str
+    kind: ClassVar[str]
+    arms: ClassVar[int] = 2
     meta_optimizer: Any
     task: Any
     schedule: TruncationSchedule
@@ -95,31 +93,32 @@ class Estimator:
     def __post_init__(self) -> None:
         if self.meta_objective not in META_OBJECTIVES:
             raise ValueError(f"unknown meta_objective {self.meta_objective!r}; valid: {', '.join(META_OBJECTIVES)}")
-        if self.kind not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.kind!r}; valid estimators: {', '.join(ESTIMATORS)}")
         if self.meta_loss_split not in ("train", "test"):
             raise ValueError(f"meta_loss_split must be 'train' or 'test', got {self.meta_loss_split!r}")
         if self.num_workers <= 0 or self.sigma <= 0:
             raise ValueError("num_workers and sigma must be positive")
 
     @property
-    def arms(self) -> int:
-        return 1 if self.kind == "truncated_backprop" else 2
-
-    @property
     def inner_steps_per_step(self) -> int:
         return self.num_workers * self.arms * self.schedule.truncation_length
 
-    def init(self, key: jax.Array, theta: Theta) -> EstimatorState:
+    # -- what a subclass provides ------------------------------------------------------------
+    def _initial_state(self, workers: Worker, theta: Theta) -> Any:
+        """The population's state from its fresh workers (leaves with a population axis)."""
+        raise NotImplementedError
+
+    def _worker_step(self, task: Any, key: jax.Array, theta: Theta, state: Any) -> WindowResult:
+        """One worker's window."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def init(self, key: jax.Array, theta: Theta) -> Any:
         keys = jax.random.split(key, self.num_workers)
         workers = jax.vmap(lambda k: initial_worker(self.task, self.meta_optimizer, theta, self.schedule, k,
                                                     self.augmentation))(keys)
-        if self.kind in ("pes", "nres"):
-            accumulator = jax.vmap(lambda _: jax.tree.map(jnp.zeros_like, theta))(keys) if self.kind == "pes" else None
-            return EstimatorState(workers, workers, accumulator)
-        return EstimatorState(workers, None, None)
+        return self._initial_state(workers, theta)
 
-    def step(self, key: jax.Array, theta: Theta, state: EstimatorState) -> tuple[Theta, EstimatorState, dict[str, jax.Array]]:
+    def step(self, key: jax.Array, theta: Theta, state: Any) -> tuple[Theta, Any, dict[str, jax.Array]]:
         return self._compiled_step(self.task, key, theta, state)
 
     @functools.cached_property
@@ -145,6 +144,10 @@ class Estimator:
         }
         return grad, result.state, metrics
 
+    def _reset(self, task, theta, worker: Worker, key: jax.Array) -> tuple[Worker, jax.Array]:
+        return reset_if_done(task, self.meta_optimizer, theta, self.schedule, worker, key, jnp.bool_(False),
+                             self.augmentation)
+
     def _unroll(self, task, theta, worker):
         return unroll(task, self.meta_optimizer, theta, worker, self.schedule.truncation_length, self.meta_loss_split,
                       self.augmentation)
@@ -155,48 +158,134 @@ class Estimator:
             return jnp.mean(jnp.log(jnp.maximum(losses, LOG_LOSS_FLOOR)))
         return jnp.mean(losses)
 
-    def _worker_step(self, task, key, theta, state: EstimatorState) -> WindowResult:
-        reset_key, noise_key = jax.random.split(key)
-        schedule, meta = self.schedule, self.meta_optimizer
-        augmentation = self.augmentation
-        positive, reset = reset_if_done(task, meta, theta, schedule, state.positive, reset_key, jnp.bool_(False),
-                                        augmentation)
+    def _antithetic(self, task, theta, epsilon, positive: Worker, negative: Worker):
+        """Both arms of a window: (positive worker, negative worker, L̄⁺ − L̄⁻, L̄⁺, diverged)."""
         factor = self.divergence_factor
-
-        if self.kind == "truncated_backprop":
-            def window_loss(theta):
-                worker, losses = self._unroll(task, theta, positive)
-                return self._objective(losses), (worker, losses)
-
-            (loss, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
-            bad = diverged(losses, worker.start_loss, factor)
-            worker = jax.lax.stop_gradient(worker)
-            return WindowResult(grad, EstimatorState(self._mark(worker, bad), None, None), loss, bad, reset)
-
-        if self.kind == "nres":
-            episode_noise = jax.random.fold_in(jax.random.wrap_key_data(positive.episode_key), NRES_TAG)
-            epsilon = tree_normal(episode_noise, theta, self.sigma)
-        else:
-            epsilon = tree_normal(noise_key, theta, self.sigma)
-        negative = positive
-        if self.kind in ("pes", "nres"):
-            negative, _ = reset_if_done(task, meta, theta, schedule, state.negative, reset_key, jnp.bool_(False),
-                                        augmentation)
         pos_worker, pos_losses = self._unroll(task, _add(theta, epsilon), positive)
         neg_worker, neg_losses = self._unroll(task, _add(theta, epsilon, -1.0), negative)
-        difference = self._objective(pos_losses) - self._objective(neg_losses)
+        pos_objective = self._objective(pos_losses)
         bad = diverged(pos_losses, pos_worker.start_loss, factor) | diverged(neg_losses, neg_worker.start_loss, factor)
-        direction, accumulator = epsilon, None
-        if self.kind == "pes":
-            kept = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), state.accumulator)
-            accumulator = _add(kept, epsilon)
-            direction = accumulator
-        grad = jax.tree.map(lambda d: d * difference / (2.0 * self.sigma**2), direction)
-        negative_out = self._mark(neg_worker, bad) if self.kind in ("pes", "nres") else None
-        new_state = EstimatorState(self._mark(pos_worker, bad), negative_out, accumulator)
-        return WindowResult(grad, new_state, self._objective(pos_losses), bad, reset)
+        return pos_worker, neg_worker, pos_objective - self._objective(neg_losses), pos_objective, bad
+
+    def _es_gradient(self, direction: Any, difference: jax.Array) -> Any:
+        return jax.tree.map(lambda d: d * difference / (2.0 * self.sigma**2), direction)
 
     @staticmethod
     def _mark(worker: Worker, bad: jax.Array) -> Worker:
         """A diverged worker jumps to its horizon, so the next window resets it."""
         return worker._replace(step=jnp.where(bad, worker.horizon, worker.step))
+
+
+def estimator_kind(cls: type[Estimator]) -> type[Estimator]:
+    """Class decorator: make an estimator available by its `kind` (configs, `make_estimator`)."""
+    ESTIMATORS[cls.kind] = cls
+    return cls
+
+
+class SingleWorkerState(NamedTuple):
+    """truncated_backprop and antithetic_es carry one inner run per worker."""
+
+    positive: Worker
+
+
+class PESState(NamedTuple):
+    """Both arms persist; `accumulator` is ξ, the sum of the episode's perturbations."""
+
+    positive: Worker
+    negative: Worker
+    accumulator: Any
+
+
+class NRESState(NamedTuple):
+    """Both arms persist; the episode's one perturbation is regenerated from its key."""
+
+    positive: Worker
+    negative: Worker
+
+
+@estimator_kind
+@dataclasses.dataclass(frozen=True, eq=False)
+class TruncatedBackprop(Estimator):
+    kind: ClassVar[str] = "truncated_backprop"
+    arms: ClassVar[int] = 1
+
+    def _initial_state(self, workers, theta):
+        return SingleWorkerState(workers)
+
+    def _worker_step(self, task, key, theta, state):
+        reset_key, _ = jax.random.split(key)
+        positive, reset = self._reset(task, theta, state.positive, reset_key)
+
+        def window_loss(theta):
+            worker, losses = self._unroll(task, theta, positive)
+            return self._objective(losses), (worker, losses)
+
+        (loss, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
+        bad = diverged(losses, worker.start_loss, self.divergence_factor)
+        worker = jax.lax.stop_gradient(worker)
+        return WindowResult(grad, SingleWorkerState(self._mark(worker, bad)), loss, bad, reset)
+
+
+@estimator_kind
+@dataclasses.dataclass(frozen=True, eq=False)
+class AntitheticES(Estimator):
+    kind: ClassVar[str] = "antithetic_es"
+
+    def _initial_state(self, workers, theta):
+        return SingleWorkerState(workers)
+
+    def _worker_step(self, task, key, theta, state):
+        reset_key, noise_key = jax.random.split(key)
+        positive, reset = self._reset(task, theta, state.positive, reset_key)
+        epsilon = tree_normal(noise_key, theta, self.sigma)
+        pos_worker, _, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, positive)
+        return WindowResult(self._es_gradient(epsilon, difference), SingleWorkerState(self._mark(pos_worker, bad)),
+                            loss, bad, reset)
+
+
+@estimator_kind
+@dataclasses.dataclass(frozen=True, eq=False)
+class PES(Estimator):
+    kind: ClassVar[str] = "pes"
+
+    def _initial_state(self, workers, theta):
+        accumulator = jax.vmap(lambda _: jax.tree.map(jnp.zeros_like, theta))(workers.step)
+        return PESState(workers, workers, accumulator)
+
+    def _worker_step(self, task, key, theta, state):
+        reset_key, noise_key = jax.random.split(key)
+        positive, reset = self._reset(task, theta, state.positive, reset_key)
+        negative, _ = self._reset(task, theta, state.negative, reset_key)
+        epsilon = tree_normal(noise_key, theta, self.sigma)
+        pos_worker, neg_worker, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, negative)
+        kept = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), state.accumulator)
+        accumulator = _add(kept, epsilon)
+        new_state = PESState(self._mark(pos_worker, bad), self._mark(neg_worker, bad), accumulator)
+        return WindowResult(self._es_gradient(accumulator, difference), new_state, loss, bad, reset)
+
+
+@estimator_kind
+@dataclasses.dataclass(frozen=True, eq=False)
+class NRES(Estimator):
+    kind: ClassVar[str] = "nres"
+
+    def _initial_state(self, workers, theta):
+        return NRESState(workers, workers)
+
+    def _worker_step(self, task, key, theta, state):
+        reset_key, _ = jax.random.split(key)
+        positive, reset = self._reset(task, theta, state.positive, reset_key)
+        negative, _ = self._reset(task, theta, state.negative, reset_key)
+        episode_noise = jax.random.fold_in(jax.random.wrap_key_data(positive.episode_key), NRES_TAG)
+        epsilon = tree_normal(episode_noise, theta, self.sigma)
+        pos_worker, neg_worker, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, negative)
+        new_state = NRESState(self._mark(pos_worker, bad), self._mark(neg_worker, bad))
+        return WindowResult(self._es_gradient(epsilon, difference), new_state, loss, bad, reset)
+
+
+def make_estimator(kind: str, meta_optimizer: Any, task: Any, schedule: TruncationSchedule, *args: Any,
+                   **options: Any) -> Estimator:
+    """The estimator called `kind` (one of ESTIMATORS) with the base class's fields."""
+    if kind not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {kind!r}; valid estimators: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[kind](meta_optimizer, task, schedule, *args, **options)

@@ -19,22 +19,38 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 import lopt
 from lopt.config import ConfigError, from_dict
 from meta_train.config import MetaTrainConfig
-from meta_train.estimators import Estimator
-from meta_train.sharding import population_mesh, replicate, shard_population
+from meta_train.estimators import Estimator, make_estimator
+from meta_train.sharding import (
+    population_mesh, population_placement, replicate, replicated_placement, shard_population,
+)
 from meta_train.truncation import TruncationSchedule
 from tasks import build, get_family, task_spec, train
 from tasks.families import FAMILIES
+
+
+class MetaTrainState(NamedTuple):
+    """Everything a checkpoint holds: the outer step, theta, the outer optimizer's state, each
+    task group's estimator state (its population of inner runs), and the cumulative counts of
+    skipped outer updates and diverged worker windows."""
+
+    step: jax.Array
+    theta: Any
+    outer_state: Any
+    groups: list
+    skipped: jax.Array
+    diverged: jax.Array
 
 
 def outer_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
@@ -100,9 +116,10 @@ class MetaTrainer:
     def estimator(self, spec: Any) -> Estimator:
         if spec not in self._estimators:
             est = self.config.estimator
-            self._estimators[spec] = Estimator(
-                est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, est.num_workers,
-                est.sigma, est.divergence_factor, est.meta_loss_split, self.config.tasks.augment, est.meta_objective,
+            self._estimators[spec] = make_estimator(
+                est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, num_workers=est.num_workers,
+                sigma=est.sigma, divergence_factor=est.divergence_factor, meta_loss_split=est.meta_loss_split,
+                augmentation=self.config.tasks.augment, meta_objective=est.meta_objective,
             )
         return self._estimators[spec]
 
@@ -120,16 +137,31 @@ class MetaTrainer:
             return lopt.load_meta(self.config.optimizer.init_from)[1]
         return self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0))
 
-    def initial_state(self) -> dict[str, Any]:
+    def initial_state(self) -> MetaTrainState:
         theta = replicate(self.initial_theta(), self.mesh)
-        return {
-            "step": replicate(jnp.zeros((), jnp.int32), self.mesh),
-            "theta": theta,
-            "outer_state": replicate(self.outer.init(theta), self.mesh),
-            "groups": [self.group_state(g, 0, theta) for g in range(self.config.tasks.num_groups)],
-            "skipped": replicate(jnp.zeros((), jnp.int32), self.mesh),
-            "diverged": replicate(jnp.zeros((), jnp.int32), self.mesh),
-        }
+        zero = replicate(jnp.zeros((), jnp.int32), self.mesh)
+        return MetaTrainState(
+            step=zero, theta=theta, outer_state=replicate(self.outer.init(theta), self.mesh),
+            groups=[self.group_state(g, 0, theta) for g in range(self.config.tasks.num_groups)],
+            skipped=zero, diverged=zero,
+        )
+
+    def abstract_state(self, trained_at: int) -> MetaTrainState:
+        """Shapes, dtypes and shardings of a checkpoint whose groups trained the tasks of outer
+        step `trained_at` (traced with `jax.eval_shape`: nothing is computed or allocated)."""
+        # tasks are built (and cached) outside the trace, so no traced array is kept
+        estimators = [self.estimator(self.groups.spec(g, trained_at)) for g in range(self.config.tasks.num_groups)]
+        keys = [self.group_init_key(g, trained_at) for g in range(self.config.tasks.num_groups)]
+
+        def build_state(theta):
+            zero = jnp.zeros((), jnp.int32)
+            groups = [estimator.init(key, theta) for estimator, key in zip(estimators, keys)]
+            return MetaTrainState(zero, theta, self.outer.init(theta), groups, zero, zero)
+
+        shapes = jax.eval_shape(build_state, self.initial_theta())
+        placement = replicated_placement(shapes, self.mesh)._replace(
+            groups=population_placement(shapes.groups, self.mesh))
+        return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p), shapes, placement)
 
     def _apply_gradient(self, theta, outer_state, grads):
         all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -140,26 +172,26 @@ class MetaTrainer:
         norm = optax.tree.norm(grads)
         return keep(new_theta, theta), keep(new_outer, outer_state), finite, norm
 
-    def step(self, state: dict[str, Any], step: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One outer step over every group. `step` is state["step"] as a Python int (kept by the
+    def step(self, state: MetaTrainState, step: int) -> tuple[MetaTrainState, dict[str, Any]]:
+        """One outer step over every group. `step` is state.step as a Python int (kept by the
         caller, so no step waits on the device); the metrics stay on the device until logged."""
         key = jax.random.fold_in(jax.random.fold_in(_root(self.config), 3), step)
         grads, group_states, metrics = [], [], []
-        for g, group_state in enumerate(state["groups"]):
+        for g, group_state in enumerate(state.groups):
             spec = self.groups.spec(g, step)
             if step > 0 and self.groups.epoch(step) != self.groups.epoch(step - 1):
-                group_state = self.group_state(g, step, state["theta"])
-            grad, group_state, m = self.estimator(spec).step(jax.random.fold_in(key, g), state["theta"], group_state)
+                group_state = self.group_state(g, step, state.theta)
+            grad, group_state, m = self.estimator(spec).step(jax.random.fold_in(key, g), state.theta, group_state)
             grads.append(grad)
             group_states.append(group_state)
             metrics.append(m)
         mean_grad = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
-        theta, outer_state, finite, norm = self._apply(state["theta"], state["outer_state"], mean_grad)
-        new_state = {
-            "step": state["step"] + 1, "theta": theta, "outer_state": outer_state, "groups": group_states,
-            "skipped": state["skipped"] + (~finite).astype(jnp.int32),
-            "diverged": state["diverged"] + sum(m["diverged"] for m in metrics),
-        }
+        theta, outer_state, finite, norm = self._apply(state.theta, state.outer_state, mean_grad)
+        new_state = MetaTrainState(
+            step=state.step + 1, theta=theta, outer_state=outer_state, groups=group_states,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            diverged=state.diverged + sum(m["diverged"] for m in metrics),
+        )
         losses = jnp.stack([m["meta_loss"] for m in metrics])
         counted = jnp.isfinite(losses)
         summary = {
@@ -167,10 +199,10 @@ class MetaTrainer:
             "meta_loss": jnp.where(jnp.any(counted), jnp.sum(jnp.where(counted, losses, 0.0))
                                    / jnp.maximum(jnp.sum(counted), 1), jnp.nan),
             "diverged": sum(m["diverged"] for m in metrics),
-            "diverged_total": new_state["diverged"],
+            "diverged_total": new_state.diverged,
             "resets": sum(m["resets"] for m in metrics),
             "grad_norm": norm,
-            "skipped_total": new_state["skipped"],
+            "skipped_total": new_state.skipped,
         }
         return new_state, summary
 
@@ -193,27 +225,19 @@ class MetaTrainer:
 
 
 def _checkpoint_manager(directory: Path, config: MetaTrainConfig):
-    import orbax.checkpoint as ocp
-
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
-def _restore(manager, trainer: MetaTrainer, config: MetaTrainConfig) -> dict[str, Any] | None:
-    import orbax.checkpoint as ocp
-
+def _restore(manager, trainer: MetaTrainer) -> MetaTrainState | None:
     if manager.latest_step() is None:
         return None
     # A SIGKILL can land while the newest step is being written: fall back to older steps.
     failures = []
-    base = jax.tree.map(ocp.utils.to_shape_dtype_struct, trainer.initial_state())
-    theta = trainer.initial_theta()
     for step in sorted(manager.all_steps(), reverse=True):
         # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
         # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
-        trained_at = max(step - 1, 0)
-        groups = [trainer.group_state(g, trained_at, theta) for g in range(config.tasks.num_groups)]
-        abstract = {**base, "groups": jax.tree.map(ocp.utils.to_shape_dtype_struct, groups)}
+        abstract = trainer.abstract_state(max(step - 1, 0))
         try:
             restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
             return _with_empty(restored, abstract)
@@ -264,11 +288,9 @@ def _check_run_config(output: Path, config: MetaTrainConfig) -> None:
     os.replace(staging, path)
 
 
-def _save(manager, state: dict[str, Any]) -> None:
+def _save(manager, state: MetaTrainState) -> None:
     """Checkpoint `state` (the run's config lives once in the run folder, `_check_run_config`)."""
-    import orbax.checkpoint as ocp
-
-    manager.save(int(state["step"]), args=ocp.args.StandardSave(_without_empty(state)))
+    manager.save(int(state.step), args=ocp.args.StandardSave(_without_empty(state)))
     manager.wait_until_finished()
 
 
@@ -322,7 +344,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         _check_run_config(output, config)
     trainer = MetaTrainer(config)
     manager = _checkpoint_manager(output / "checkpoints", config)
-    state = _restore(manager, trainer, config)
+    state = _restore(manager, trainer)
     resumed = state is not None
     if not resumed and (output / "optimizer").exists():
         raise ConfigError(f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
@@ -330,7 +352,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     if state is None:
         state = trainer.initial_state()
     log_path = output / "metrics.jsonl"
-    start_step = int(state["step"])
+    start_step = int(state.step)
     if lead and log_path.exists():
         _truncate_log(log_path, start_step)
     log = log_path.open("a") if lead else open(os.devnull, "w")
@@ -341,14 +363,14 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
 
     def evaluate_and_keep_best(step: int) -> None:
         nonlocal best_score
-        row = {"step": step, "eval_loss": trainer.evaluate(state["theta"]), "adam_loss": adam_loss,
-               **trainer.validate(state["theta"])}
+        row = {"step": step, "eval_loss": trainer.evaluate(state.theta), "adam_loss": adam_loss,
+               **trainer.validate(state.theta)}
         log.write(json.dumps(row) + "\n")
         log.flush()
         score = row.get("validation_score")
         if lead and score is not None and np.isfinite(score) and (best_score is None or score < best_score):
             best_score = score
-            lopt.save(output / "best", trainer.meta_optimizer, state["theta"],
+            lopt.save(output / "best", trainer.meta_optimizer, state.theta,
                       {"config": dataclasses.asdict(config), "outer_steps": step, "validation_score": score,
                        "validation": {k: v for k, v in row.items() if k.startswith("validation/")}},
                       num_steps=config.estimator.max_horizon, overwrite=True)
@@ -389,14 +411,14 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     finally:
         bar.close()
         log.close()
-    summary = {"steps": int(state["step"]), "resumed": resumed, "log": str(log_path), "skipped": int(state["skipped"]),
-               "diverged": int(state["diverged"])}
-    if int(state["step"]) >= config.outer.steps:
+    summary = {"steps": int(state.step), "resumed": resumed, "log": str(log_path), "skipped": int(state.skipped),
+               "diverged": int(state.diverged)}
+    if int(state.step) >= config.outer.steps:
         path = lopt.save(
-            output / "optimizer", trainer.meta_optimizer, state["theta"],
+            output / "optimizer", trainer.meta_optimizer, state.theta,
             {"config": dataclasses.asdict(config), "estimator": config.estimator.kind,
-             "outer_steps": int(state["step"]),
-             "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state["step"])))},
+             "outer_steps": int(state.step),
+             "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state.step)))},
             num_steps=config.estimator.max_horizon, overwrite=True,
         )
         plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)

@@ -22,20 +22,30 @@ def population_mesh(num_workers: int) -> jax.sharding.Mesh | None:
     return jax.make_mesh((count,), (AXIS,), devices=devices[:count], axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def population_placement(state: Any, mesh: jax.sharding.Mesh | None) -> Any:
+    """The sharding of each leaf of `state` (arrays or shape structs) over the population mesh:
+    leading axis split across the mesh, scalars and leaves that do not divide evenly replicated
+    (None without a mesh: the default device)."""
+    if mesh is None:
+        return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), state)
+    split = NamedSharding(mesh, PartitionSpec(AXIS))
+    whole = NamedSharding(mesh, PartitionSpec())
+    size = mesh.shape[AXIS]
+    return jax.tree.map(lambda leaf: split if len(leaf.shape) >= 1 and leaf.shape[0] % size == 0 else whole, state)
+
+
 def shard_population(state: Any, mesh: jax.sharding.Mesh | None) -> Any:
     """Place each leaf's leading axis across the mesh (scalars and empty leaves replicated)."""
     if mesh is None:
         return state
-    split = NamedSharding(mesh, PartitionSpec(AXIS))
-    whole = NamedSharding(mesh, PartitionSpec())
-    size = mesh.shape[AXIS]
+    return jax.tree.map(jax.device_put, state, population_placement(state, mesh))
 
-    def place(leaf):
-        if getattr(leaf, "ndim", 0) >= 1 and leaf.shape[0] % size == 0:
-            return jax.device_put(leaf, split)
-        return jax.device_put(leaf, whole)
 
-    return jax.tree.map(place, state)
+def replicated_placement(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
+    """The sharding `replicate` gives each leaf of `tree`."""
+    if mesh is None:
+        return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), tree)
+    return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:

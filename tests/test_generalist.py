@@ -16,7 +16,7 @@ from eval.suites import SUITES, parse_entry
 from lopt.learned import generalist
 from lopt.learned.generalist import newton_schulz, schedule_factor
 from meta_train.augment import Augmentation
-from meta_train.estimators import Estimator
+from meta_train.estimators import make_estimator
 from meta_train.truncation import TruncationSchedule
 from tasks import NAMED_TASKS, get_task, task_spec, train
 
@@ -147,7 +147,7 @@ def test_log_loss_objective_is_blind_to_loss_rescaling():
     theta = meta.init_meta(jax.random.key(0))
     schedule = TruncationSchedule(5, 10, 10, "constant")
     task = get_task("quadratic-10-cond100")
-    estimator = Estimator("antithetic_es", meta, task, schedule, 2, 0.01, 1e9, "train",
+    estimator = make_estimator("antithetic_es", meta, task, schedule, 2, 0.01, 1e9, "train",
                           Augmentation(loss_log10=2.0), "log_loss")
     positive, negative = jnp.asarray([0.3, 0.2, 0.1]), jnp.asarray([0.5, 0.25, 0.2])
     for k in (1e-2, 1.0, 37.0):
@@ -158,7 +158,7 @@ def test_log_loss_objective_is_blind_to_loss_rescaling():
     grad, _, metrics = estimator.step(jax.random.key(2), theta, state)
     assert np.isfinite(float(metrics["meta_loss"])) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
     with pytest.raises(ValueError, match="meta_objective"):
-        Estimator("pes", meta, task, schedule, meta_objective="sqrt")
+        make_estimator("pes", meta, task, schedule, meta_objective="sqrt")
 
 
 def test_generalisation_suite_is_held_out_and_well_formed():

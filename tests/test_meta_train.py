@@ -14,7 +14,7 @@ import pytest
 
 from lopt.config import ConfigError
 from meta_train.config import MetaTrainConfig, OuterSection, RunSection, TasksSection, EstimatorSection, OptimizerSection
-from meta_train.estimators import Estimator
+from meta_train.estimators import make_estimator
 from meta_train.loop import MetaTrainer, meta_train
 from meta_train.sharding import population_mesh, shard_population
 from meta_train.truncation import TruncationSchedule
@@ -68,7 +68,7 @@ def exact_episode_gradient(theta, horizon=HORIZON):
 def average_gradient(kind, num_workers=512, sigma=0.05, horizon=HORIZON):
     """Mean estimate over full episodes, after every worker finished its partial first one."""
     schedule = TruncationSchedule(WINDOW, horizon, horizon, "constant")
-    estimator = Estimator(kind, LearnedLR(), TASK, schedule, num_workers=num_workers, sigma=sigma)
+    estimator = make_estimator(kind, LearnedLR(), TASK, schedule, num_workers=num_workers, sigma=sigma)
     theta = LearnedLR().init_meta(None)
     state = estimator.init(jax.random.key(0), theta)
     windows = horizon // WINDOW
@@ -120,7 +120,7 @@ def test_a_fraction_of_diverging_workers_is_masked_and_theta_stays_finite(tmp_pa
     for step in range(4):
         state, summary = trainer.step(state, step)
         diverged.append(int(summary["diverged"]))
-        chex.assert_tree_all_finite(state["theta"])
+        chex.assert_tree_all_finite(state.theta)
     assert 0 < sum(diverged) < 16 * 4, diverged
 
 
@@ -131,7 +131,7 @@ def test_diverging_workers_are_masked_counted_and_reset():
 
     schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
     for kind in ("pes", "truncated_backprop"):
-        estimator = Estimator(kind, Exploding(), TASK, schedule, num_workers=4, divergence_factor=10.0)
+        estimator = make_estimator(kind, Exploding(), TASK, schedule, num_workers=4, divergence_factor=10.0)
         theta = Exploding().init_meta(None)
         state = estimator.init(jax.random.key(0), theta)
         total_bad = 0
@@ -155,7 +155,7 @@ def test_non_finite_outer_gradient_is_skipped():
 def test_sharded_population_step_equals_single_device():
     assert len(jax.devices()) == 8, "conftest provides eight CPU devices"
     schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
-    estimator = Estimator("pes", LearnedLR(), TASK, schedule, num_workers=8, sigma=0.05)
+    estimator = make_estimator("pes", LearnedLR(), TASK, schedule, num_workers=8, sigma=0.05)
     theta = LearnedLR().init_meta(None)
     plain = estimator.init(jax.random.key(0), theta)
     mesh = population_mesh(8)
@@ -212,7 +212,7 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="valid families"):
         MetaTrainer(load_config(MetaTrainConfig, path))
     with pytest.raises(ValueError, match="valid estimators"):
-        Estimator("reinforce", LearnedLR(), TASK, TruncationSchedule(5, 10, 20))
+        make_estimator("reinforce", LearnedLR(), TASK, TruncationSchedule(5, 10, 20))
 
 
 def test_sigkilled_job_resumes_to_the_same_theta(tmp_path):
@@ -321,11 +321,11 @@ def test_nan_outer_learning_rate_never_reaches_theta_and_is_counted():
     trainer.outer = optax.chain(optax.clip(3.0), optax.adam(float("nan")))
     trainer._apply = jax.jit(trainer._apply_gradient)
     state = trainer.initial_state()
-    state["outer_state"] = trainer.outer.init(state["theta"])
-    theta = state["theta"]
+    state = state._replace(outer_state=trainer.outer.init(state.theta))
+    theta = state.theta
     for step in range(3):
         state, summary = trainer.step(state, step)
-    chex.assert_trees_all_equal(state["theta"], theta)
+    chex.assert_trees_all_equal(state.theta, theta)
     assert int(summary["skipped_total"]) == 3
     with pytest.raises(ConfigError, match="outer.learning_rate"):
         dataclasses.replace(tiny_config("/unused"), outer=OuterSection(learning_rate=float("nan")))
@@ -337,7 +337,7 @@ def test_meta_loss_is_nan_when_every_worker_diverged_and_divergence_is_cumulativ
             return {"log_lr": jnp.float32(np.log(1e6))}  # losses overflow to inf in the first window
 
     schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
-    estimator = Estimator("pes", Exploding(), TASK, schedule, num_workers=4, divergence_factor=10.0)
+    estimator = make_estimator("pes", Exploding(), TASK, schedule, num_workers=4, divergence_factor=10.0)
     theta = Exploding().init_meta(None)
     state = estimator.init(jax.random.key(0), theta)
     _, _, metrics = estimator.step(jax.random.key(1), theta, state)
