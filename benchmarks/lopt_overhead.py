@@ -176,8 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} (jax {jax.__version__})"
     print(f"W1 optimizer update cost on {device}; median of {args.reps} interleaved reps × {args.steps} steps")
-    print(f"| size | optimizer | ms/step | × adam | compile s | state MiB |")
-    print(f"|---|---|---:|---:|---:|---:|")
+    print("| size | optimizer | ms/step | × adam | compile s | state MiB |")
+    print("|---|---|---:|---:|---:|---:|")
     rows = []
     for size in args.sizes.split(","):
         widths = [int(w) for w in args.widths.split(",") if w]

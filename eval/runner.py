@@ -86,7 +86,7 @@ def learned_candidates(path: str, num_steps: int, name: str | None = None) -> li
         name=label, make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
         lr_grid=(1.0,), fingerprint=fingerprint, tuned=False,
     )]
-    grid = tuple(getattr(meta_optimizer, "lr_tuning_grid", ()))
+    grid = tuple(meta_optimizer.lr_tuning_grid)
     if grid:
         candidates.append(Candidate(
             name=f"{label} (LR-tuned)",

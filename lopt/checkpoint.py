@@ -306,7 +306,7 @@ def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransf
     meta_optimizer, theta, manifest = _load(path)
     if num_steps is None:
         num_steps = manifest.get("num_steps")
-        if num_steps is None and not getattr(meta_optimizer, "reads_progress", True):
+        if num_steps is None and not meta_optimizer.reads_progress:
             num_steps = 0
         if num_steps is None:
             raise ValueError(f"{path} stores no default num_steps: pass lopt.load(path, num_steps=...)")

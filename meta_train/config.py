@@ -7,10 +7,7 @@ from typing import Any
 
 from lopt.checkpoint import CheckpointError, read_manifest
 from lopt.config import ConfigError, from_dict, short
-from lopt.hypergrad import LRController
-from lopt.learned import factored_mlp, generalist, small_mlp, to_config, velo_small
-from lopt.learned.base import KINDS
-from lopt.learned.velo import VeLOOptimizer
+from lopt.learned import KINDS, PRESETS, to_config
 
 from meta_train.augment import Augmentation
 from meta_train.estimators import ESTIMATORS, META_OBJECTIVES
@@ -18,13 +15,10 @@ from meta_train.estimators import ESTIMATORS, META_OBJECTIVES
 SCHEDULES = ("constant", "log_uniform")
 
 
-PRESETS = {"small_mlp": small_mlp, "factored_mlp": factored_mlp, "velo_small": velo_small, "velo": VeLOOptimizer,
-           "lr_controller": LRController, "generalist": generalist}
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerSection:
-    """preset: small_mlp, factored_mlp, velo_small, velo, lr_controller or generalist; options:
+    """preset: a name in `lopt.learned.PRESETS` (small_mlp, factored_mlp, velo_small, velo,
+    lr_controller, generalist); options:
     constructor overrides. init_from: a saved optimizer (path or shipped name) whose theta starts
     meta-training — fine-tuning it (`lopt meta-train --init`); its kind and constructor
     arguments replace preset and options."""

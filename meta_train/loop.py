@@ -37,7 +37,6 @@ from meta_train.sharding import (
 )
 from meta_train.truncation import TruncationSchedule
 from tasks import build, get_family, task_spec, train
-from tasks.families import FAMILIES
 
 
 class MetaTrainState(NamedTuple):

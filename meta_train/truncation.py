@@ -15,7 +15,6 @@ same data, and a resumed job sees the data it would have seen.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax

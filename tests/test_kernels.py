@@ -221,7 +221,7 @@ def test_velo_kernel_step_writes_the_advanced_accumulators():
     g_c, _, want = xla_advance(g, p, partial)
     chex.assert_trees_all_close(advanced, want, rtol=1e-6, atol=1e-7)
     features = F.raw_features(g_c, p, want)
-    layers = kernels.unflatten_layers(weights[:meta.num_mlp_weights], meta.mlp_sizes)
+    layers = per_param_mlp.unflatten_layers(weights[:meta.num_mlp_weights], meta.mlp_sizes)
     direction, magnitude = per_param_mlp.reference([f * s for f, s in zip(features, scalars[:num_f])], layers)
     np.testing.assert_allclose(step, meta.step_mult * direction * jnp.exp(meta.exp_mult * magnitude) * 3.0, rtol=1e-4, atol=1e-9)
 
@@ -237,7 +237,7 @@ def test_network_2d_with_runtime_weights_equals_reference():
     g, p, acc = factored_state((37, 300))
     rows, cols = zip(*[F.factored_factors(m) for m in acc.factored])
     sizes = [3, 4, 4, 2]
-    weights = kernels.flat_table(jax.random.normal(jax.random.key(5), (3, kernels.num_layer_weights(sizes))) / 2)
+    weights = kernels.flat_table(jax.random.normal(jax.random.key(5), (3, per_param_mlp.num_layer_weights(sizes))) / 2)
     scalars = kernels.flat_table(jnp.array([[0.5], [2.0], [-1.0]]))
 
     def body(full, rows, cols, scalars, layers):
@@ -246,7 +246,7 @@ def test_network_2d_with_runtime_weights_equals_reference():
 
     where = dict(row=1, num_scalars=1, layer_sizes=sizes)
     (got,) = kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where)
-    layers = kernels.unflatten_layers(weights[kernels.num_layer_weights(sizes):2 * kernels.num_layer_weights(sizes)], sizes)
+    layers = per_param_mlp.unflatten_layers(weights[per_param_mlp.num_layer_weights(sizes):2 * per_param_mlp.num_layer_weights(sizes)], sizes)
     x = [np.asarray(v, np.float64) for v in (g * rows[0][:, None] * cols[0][None, :], 2.0 * p, rows[1][:, None] + 0 * g)]
     for k, (w, b) in enumerate(layers):
         w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.learned import MLPOptimizer, VeLOOptimizer, factored_mlp, small_mlp, velo_small
+from lopt.learned import MLPOptimizer, factored_mlp, small_mlp, velo_small
 from lopt.learned import features as F
 from lopt.learned import per_param_mlp
 

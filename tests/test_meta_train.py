@@ -220,7 +220,6 @@ def test_sigkilled_job_resumes_to_the_same_theta(tmp_path):
     then finishes the job, and theta equals an uninterrupted run's. Its one task group alternates
     between tasks of different shapes every 2 steps, the checkpoint interval, so every checkpoint
     it can resume from was taken at a task change (issue 17 (1))."""
-    import os
     import signal
     import subprocess
     import sys

@@ -1,14 +1,20 @@
-"""The MetaOptimizer protocol and the registry of learned-optimizer kinds (for save/load)."""
+"""The MetaOptimizer protocol and the one registry of learned-optimizer kinds and their presets.
+
+A new kind is one module: a frozen dataclass subclassing `LearnedKind`, decorated with
+`@register` (plus `@preset("name")` factories, or `@register(preset="name")`), and one import
+line in `lopt/learned/__init__.py`. Checkpoints (`lopt.save/load`), `lopt eval` and meta-train
+configs find it here and ask it (`reads_progress`, `lr_tuning_grid`) rather than test names."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
-import jax.numpy as jnp
 import optax
+
+from lopt.config import from_dict
 
 Theta = Any
 
@@ -29,15 +35,61 @@ class MetaOptimizer(Protocol):
     def transform(self, theta: Theta, *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs: ...
 
 
+class LearnedKind:
+    """Base of every registered kind: what checkpoint loading and `lopt eval` ask a kind,
+    with the defaults of a kind that reads training progress and has no learning-rate hook.
+
+    reads_progress: its updates read step / num_steps (then `lopt.load` needs a run length).
+    lr_tuning_grid: multipliers `lopt eval` sweeps like a baseline's LR grid (empty: untuned
+      only); a kind with a grid implements `scale_learning_rate`.
+    """
+
+    kind: ClassVar[str]
+    reads_progress: ClassVar[bool] = True
+    lr_tuning_grid: ClassVar[tuple[float, ...]] = ()
+
+    @staticmethod
+    def scale_learning_rate(theta: Theta, multiplier: Any) -> Theta:
+        """theta whose updates are `multiplier` times as long (kinds with an lr_tuning_grid)."""
+        raise NotImplementedError("this learned-optimizer kind has no learning-rate hook (empty lr_tuning_grid)")
+
+
 KINDS: dict[str, type] = {}
+PRESETS: dict[str, Callable[[], Any]] = {}
 
 
-def register(cls: type) -> type:
-    """Class decorator: make a frozen-dataclass MetaOptimizer loadable by its `kind`."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls.__name__} must be a dataclass to be registered")
-    KINDS[cls.kind] = cls
-    return cls
+def _add_preset(name: str, factory: Callable[[], Any]) -> None:
+    if name in PRESETS:
+        raise ValueError(f"learned-optimizer preset {name!r} is registered twice")
+    PRESETS[name] = factory
+
+
+def register(cls: type | None = None, *, preset: str | None = None) -> Any:
+    """Class decorator: make a frozen-dataclass `LearnedKind` loadable by its `kind` (`lopt.load`)
+    and, with `preset=`, selectable by that name with its default arguments (meta-train configs'
+    `optimizer.preset`). Use as `@register` or `@register(preset="velo")`."""
+
+    def add(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass to be registered")
+        if not issubclass(cls, LearnedKind):
+            raise TypeError(f"{cls.__name__} must subclass lopt.learned.base.LearnedKind")
+        KINDS[cls.kind] = cls
+        if preset is not None:
+            _add_preset(preset, cls)
+        return cls
+
+    return add if cls is None else add(cls)
+
+
+def preset(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """Function decorator: a named configuration of a registered kind (e.g. `small_mlp`)."""
+
+    def add(factory: Callable[[], Any]) -> Callable[[], Any]:
+        _add_preset(name, factory)
+        return factory
+
+    return add
 
 
 def to_config(meta_optimizer: Any) -> dict[str, Any]:
@@ -48,8 +100,6 @@ def to_config(meta_optimizer: Any) -> dict[str, Any]:
 
 def from_config(kind: str, config: dict[str, Any]) -> Any:
     """Rebuild a meta-optimizer from its kind and constructor arguments (strictly checked)."""
-    from lopt.config import from_dict
-
     if kind not in KINDS:
         raise ValueError(f"unknown learned-optimizer kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
     return from_dict(KINDS[kind], config, where=f"{kind} config")
@@ -62,41 +112,3 @@ def check_params(params: Any, name: str) -> None:
     for leaf in jax.tree.leaves(params):
         if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
             raise TypeError(f"{name} only handles floating-point parameters, got {leaf.dtype}")
-
-
-def tensor_groups(params: Sequence[jax.Array], paths: Sequence[str]) -> list[tuple[list[int], str]]:
-    """Leaf indices whose per-parameter work runs together, with their path: tensors whose path
-    is not "xla" (they go through a Pallas kernel) alone; the others grouped by shape, in order
-    of first appearance, to run as one vmapped computation over the stacked group.
-
-    A GPT-2 has ~150 tensors but 9 shapes. Per-tensor XLA work launched ~3,200 small kernels a
-    step for VeLO at 124M parameters on an H100 (11.5 ms of kernel time in 27.5 ms of wall
-    time); grouped, 720 (8.1 ms in 8.5 ms)."""
-    groups: list[tuple[list[int], str]] = []
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, (p, path) in enumerate(zip(params, paths)):
-        if path != "xla":
-            groups.append(([i], path))
-        elif p.shape in by_shape:
-            by_shape[p.shape].append(i)
-        else:
-            by_shape[p.shape] = [i]
-            groups.append((by_shape[p.shape], path))
-    return groups
-
-
-def stack_groups(leaves: Sequence[jax.Array], groups: Sequence[tuple[list[int], str]]) -> list[jax.Array]:
-    """Each group's leaves as one float32 array [group size, *shape] (a reshape for a group of one)."""
-    return [jnp.stack([leaves[i].astype(jnp.float32) for i in indices]) for indices, _ in groups]
-
-
-def only_member(stacked: Any) -> Any:
-    """The one tensor of a stacked group of one (indexing a leading axis of 1: no copy)."""
-    return jax.tree.map(lambda x: x[0], stacked)
-
-
-def check_groups(state_groups: int, groups: Sequence[tuple[list[int], str]], name: str) -> None:
-    """The state must hold one accumulator group per `tensor_groups` group of the parameters."""
-    if state_groups != len(groups):
-        raise ValueError(f"{name}: the state holds {state_groups} tensor groups, the parameters make {len(groups)}: "
-                         "was it made by init() on parameters of these shapes?")

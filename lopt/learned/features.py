@@ -35,6 +35,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lopt.learned import dispatch, kernels
+
 TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 PROGRESS_SCALES = (1.0, 3.0, 10.0, 30.0)
 LOSS_DECAYS = (0.9, 0.99, 0.999)
@@ -186,21 +188,18 @@ def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
     return features
 
 
-KERNEL_MIN_SIZE = 1 << 16  # elements; smaller tensors stay out of the Pallas kernels
-
-
 @jax.custom_jvp
 def tensor_means(arrays: tuple[jax.Array, ...]) -> jax.Array:
     """[K] mean of each of K same-shaped arrays.
 
     One variadic XLA reduction reads every input once with the arrays' elementwise producers
     fused into it: on CPUs (VeLO at 1M parameters, 2-core CPU: 14.6 ms per step, against 24.8 ms
-    with K separate means), and on GPUs for tensors under KERNEL_MIN_SIZE elements, where one
+    with K separate means), and on GPUs for tensors under dispatch.KERNEL_MIN_SIZE elements, where one
     kernel instead of K matters more than its speed (a GPT-2 has ~100 bias and norm vectors).
     For large tensors on GPUs XLA's variadic reduction is slow (12.8 ms for 11 means over 124M
     parameters on an H100, 8× adam), so there K ordinary means are left to XLA."""
     arrays = tuple(jnp.asarray(x, jnp.float32) for x in arrays)
-    if jax.default_backend() != "cpu" and arrays[0].size >= KERNEL_MIN_SIZE:
+    if not dispatch.variadic_reduction(arrays[0]):
         return jnp.stack([jnp.mean(x) for x in arrays])
     dims = tuple(range(arrays[0].ndim))
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in arrays)
@@ -220,15 +219,13 @@ def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Ca
     """[K] means over one tensor of `values(g, p, acc, preconditioners)` (K arrays).
 
     kernel: use the one-pass Pallas kernel `kernels.means_2d` (matrices of at least
-    KERNEL_MIN_SIZE elements); None chooses it on GPUs. Otherwise `tensor_means`."""
+    dispatch.KERNEL_MIN_SIZE elements); None chooses it on GPUs. Otherwise `tensor_means`."""
     if kernel is None:
-        kernel = jax.default_backend() == "gpu" and g.ndim == 2 and g.size >= KERNEL_MIN_SIZE
+        kernel = dispatch.matrix_kernel("auto", g) == "pallas"
     if not kernel:
         return tensor_means(tuple(values(g, p, acc, None)))
     if g.ndim != 2:
         raise ValueError(f"the statistics kernel takes matrices, got a tensor of shape {g.shape}")
-    from lopt.learned import kernels
-
     num_m = len(acc.momentum)
 
     def blocks(full, rows, cols):

@@ -41,7 +41,7 @@ import optax
 
 from lopt.learned import features as F
 from lopt.learned import per_param_mlp
-from lopt.learned.base import check_params, register
+from lopt.learned.base import LearnedKind, check_params, preset, register
 
 CELO2_ACCUMULATORS = F.AccumulatorConfig(
     momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.95,), factored_decays=(0.9, 0.99, 0.999)
@@ -109,7 +109,7 @@ class GeneralistState(NamedTuple):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class GeneralistOptimizer:
+class GeneralistOptimizer(LearnedKind):
     """The generalist learned optimizer (see the module docstring for the update).
 
     hidden_sizes: widths of the shared per-parameter MLP (Celo2: 8×2).
@@ -265,6 +265,7 @@ class GeneralistOptimizer:
         ))
 
 
+@preset("generalist")
 def generalist(**kwargs: Any) -> GeneralistOptimizer:
     """The Celo2-class generalist (hidden 8×2, Newton–Schulz on matrices, AdamW elsewhere)."""
     return GeneralistOptimizer(**kwargs)

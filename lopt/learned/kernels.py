@@ -38,12 +38,14 @@ in jnp, so meta-gradients through the kernels equal the reference path's. On CPU
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from lopt.learned import per_param_mlp
 
 Layer = tuple[jax.Array, jax.Array]  # (weights [in, out], bias [out])
 Network = Callable[[Sequence[jax.Array]], tuple[jax.Array, jax.Array]]
@@ -106,17 +108,8 @@ def _kernel_network(refs: Sequence, num_hidden: int, num_features: int) -> Netwo
 
 
 def reference_network(layers: Sequence[Layer]) -> Network:
-    """The same MLP on whole arrays with matrix products (ReLU hidden layers, two outputs)."""
-
-    def network(features: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-        x = jnp.stack(list(features), axis=-1)
-        for weights, bias in layers[:-1]:
-            x = jax.nn.relu(jnp.dot(x, weights, precision=jax.lax.Precision.HIGHEST) + bias)
-        weights, bias = layers[-1]
-        out = jnp.dot(x, weights, precision=jax.lax.Precision.HIGHEST) + bias
-        return out[..., 0], out[..., 1]
-
-    return network
+    """The same MLP on whole arrays with matrix products (`per_param_mlp.reference`)."""
+    return lambda features: per_param_mlp.reference(features, layers)
 
 
 def _scalar_list(scalars: jax.Array) -> list[jax.Array]:
@@ -164,8 +157,6 @@ def _compiler_params(num_warps: int, interpret: bool) -> dict:
     """Triton launch settings (none for the interpreter)."""
     if interpret:
         return {}
-    from jax.experimental.pallas import triton as plgpu
-
     return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=1)}
 
 
@@ -192,8 +183,6 @@ def _load_2d(full_refs: Sequence, row_refs: Sequence, col_refs: Sequence, shape:
              block: tuple[int, int]) -> tuple[jax.Array, list[jax.Array], list[jax.Array], list[jax.Array]]:
     """This program's blocks, masked past the edges: (in-bounds mask [br, bc], full blocks
     [br, bc], row blocks [br, 1], column blocks [1, bc])."""
-    from jax.experimental.pallas import triton as plgpu
-
     row_ok, col_ok = _in_bounds(block[0], shape[0], axis=0), _in_bounds(block[1], shape[1], axis=1)
     ok = row_ok[:, None] & col_ok[None, :]
     return (
@@ -210,8 +199,6 @@ def _in_bounds(block: int, size: int, axis: int = 0) -> jax.Array:
 
 
 def _load_blocks(refs: Sequence, valid: jax.Array) -> list[jax.Array]:
-    from jax.experimental.pallas import triton as plgpu
-
     return [plgpu.load(r, mask=valid, other=0.0).astype(jnp.float32) for r in refs]
 
 
@@ -318,8 +305,6 @@ def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, la
 
     def kernel(scalar_ref, *refs):
         weight_refs, array_refs, out_ref = refs[:2 * num_hidden + 2], refs[2 * num_hidden + 2:-1], refs[-1]
-        from jax.experimental.pallas import triton as plgpu
-
         valid = _in_bounds(block, size)
         values = [scalar_ref[i] for i in range(scalars.shape[0])]
         step = body(_load_blocks(array_refs, valid), values, _kernel_network(weight_refs, num_hidden, num_features))
@@ -356,26 +341,6 @@ class _ScalarWeights:
 Body2D = Callable[[list[jax.Array], list[jax.Array], list[jax.Array], list[jax.Array], list], list[jax.Array]]
 
 
-def layer_places(sizes: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
-    """(offset, shape) of each weight matrix and bias of an MLP with layer `sizes` in its flat
-    vector: each layer's weights [in, out] (row-major), then its bias [out]."""
-    places, offset = [], 0
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        places += [(offset, (fan_in, fan_out)), (offset + fan_in * fan_out, (fan_out,))]
-        offset += fan_in * fan_out + fan_out
-    return places
-
-
-def num_layer_weights(sizes: Sequence[int]) -> int:
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
-def unflatten_layers(flat: jax.Array, sizes: Sequence[int]) -> list[Layer]:
-    """The layers of an MLP with layer `sizes` from its flat vector (`layer_places`' layout)."""
-    arrays = [flat[offset:offset + math.prod(shape)].reshape(shape) for offset, shape in layer_places(sizes)]
-    return list(zip(arrays[::2], arrays[1::2]))
-
-
 def flat_table(table: jax.Array) -> jax.Array:
     """A small array as one whole kernel operand: flattened, zero-padded to a power of two
     (Triton's block sizes). For `network_2d`, a [T, S] per-tensor table made once per step and
@@ -389,8 +354,8 @@ def reference_network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence
                          layer_sizes: Sequence[int]) -> list[jax.Array]:
     """`network_2d` in jnp."""
     own_scalars = scalars[row * num_scalars:(row + 1) * num_scalars]
-    stride = num_layer_weights(layer_sizes)
-    layers = unflatten_layers(weights[row * stride:(row + 1) * stride], layer_sizes)
+    stride = per_param_mlp.num_layer_weights(layer_sizes)
+    layers = per_param_mlp.unflatten_layers(weights[row * stride:(row + 1) * stride], layer_sizes)
     outputs = body(list(full), [r[:, None] for r in rows], [c[None, :] for c in cols], _scalar_list(own_scalars), layers)
     return [jnp.broadcast_to(x, full[0].shape) for x in outputs]
 
@@ -420,15 +385,13 @@ def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array
     with 8 warps spilled them (VeLO's body on an H100: 17.2 ms for a [50257, 768] embedding);
     (4, 128) with 4 warps took 0.54 ms there and 0.08 ms for [768, 3072]."""
     grid = _check_2d(full, rows, cols, block)
-    stride = num_layer_weights(layer_sizes)
+    stride = per_param_mlp.num_layer_weights(layer_sizes)
     for name, table, width in (("scalars", scalars, num_scalars), ("weights", weights, stride)):
         if table.ndim != 1 or table.shape[0] & (table.shape[0] - 1) or table.shape[0] < (row + 1) * width:
             raise ValueError(f"{name} must be a flat_table holding row {row} of width {width}, got shape {table.shape}")
-    shape, places = full[0].shape, layer_places(layer_sizes)
+    shape, places = full[0].shape, per_param_mlp.layer_places(layer_sizes)
 
     def kernel(scalar_ref, weight_ref, *refs):
-        from jax.experimental.pallas import triton as plgpu
-
         split = (len(full), len(full) + len(rows), len(full) + len(rows) + len(cols))
         ok, *blocks = _load_2d(refs[:split[0]], refs[split[0]:split[1]], refs[split[1]:split[2]], shape, block)
         base = row * stride

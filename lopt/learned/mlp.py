@@ -33,8 +33,8 @@ import numpy as np
 import optax
 
 from lopt.learned import features as F
-from lopt.learned import kernels, per_param_mlp
-from lopt.learned.base import check_params, register
+from lopt.learned import dispatch, kernels, per_param_mlp
+from lopt.learned.base import LearnedKind, check_params, preset, register
 
 
 class MLPOptimizerState(NamedTuple):
@@ -81,17 +81,8 @@ def apply_shared_network(
     return outputs
 
 
-KERNELS = ("auto", "xla", "pallas", "interpret")
-
-
 def _logit(p: jax.Array) -> jax.Array:
     return jnp.log(p) - jnp.log1p(-p)
-
-
-def dense_init(key: jax.Array, fan_in: int, fan_out: int, scale: float = 1.0) -> dict[str, jax.Array]:
-    """LeCun-normal weights (variance scale/fan_in) and zero bias."""
-    weights = jax.random.normal(key, (fan_in, fan_out), jnp.float32) * jnp.sqrt(scale / fan_in)
-    return {"w": weights, "b": jnp.zeros((fan_out,), jnp.float32)}
 
 
 def scalar_features(count: jax.Array, num_steps: int | jax.Array, loss_state: F.LossState | None, loss: Any) -> jax.Array:
@@ -104,7 +95,7 @@ def scalar_features(count: jax.Array, num_steps: int | jax.Array, loss_state: F.
 
 @register
 @dataclasses.dataclass(frozen=True)
-class MLPOptimizer:
+class MLPOptimizer(LearnedKind):
     """A per-parameter MLP learned optimizer (see the module docstring).
 
     hidden_sizes: the MLP's hidden widths (4 to 32 in the literature).
@@ -140,8 +131,7 @@ class MLPOptimizer:
     def __post_init__(self) -> None:
         if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
             raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        dispatch.check_kernel(self.kernel, "MLPOptimizer")
         if self.kernel in ("pallas", "interpret") and self.accumulators.factored_decays:
             raise ValueError("the Pallas per-parameter pass does not handle factored accumulators; use kernel='xla' or 'auto'")
 
@@ -156,7 +146,7 @@ class MLPOptimizer:
         The first layer's rows are the per-parameter features then the scalar features."""
         sizes = [self.accumulators.num_features + self.num_scalar_features, *self.hidden_sizes, 2]
         keys = jax.random.split(key, len(sizes) - 1)
-        layers = [dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+        layers = [per_param_mlp.dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
         decays = F.initial_decays(self.accumulators)
         logits = {k: _logit(v) for k, v in decays._asdict().items() if v.size}  # orbax stores no empty arrays
         return {"layers": layers, "decay_logits": logits}
@@ -176,10 +166,7 @@ class MLPOptimizer:
 
     def kernel_for_backend(self, backend: str) -> str:
         """The per-parameter pass used on `backend` ("cpu", "gpu", "tpu") for large tensors."""
-        if self.kernel != "auto":
-            return self.kernel
-        wide = max(self.hidden_sizes) > 16
-        return "pallas" if backend == "gpu" and wide and not self.accumulators.factored_decays else "xla"
+        return dispatch.network_kernel(self.kernel, self.hidden_sizes, bool(self.accumulators.factored_decays), backend)
 
     def _kernel_pass(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
                      layers: list[tuple[jax.Array, jax.Array]], interpret: bool) -> jax.Array:
@@ -223,7 +210,7 @@ class MLPOptimizer:
             layers = self.per_tensor_layers(theta, scalars)
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
-            kernel = self.kernel_for_backend(jax.default_backend())
+            kernel = self.kernel_for_backend(dispatch.backend())
             accumulators, inputs, steps = [], [], []
             for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
                 g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
@@ -253,11 +240,13 @@ class MLPOptimizer:
         return optax.GradientTransformationExtraArgs(init, update)
 
 
+@preset("small_mlp")
 def small_mlp(hidden_sizes: tuple[int, ...] = (32, 32), **kwargs: Any) -> MLPOptimizer:
     """MLPLOpt-sized: momentum at 0.9/0.99/0.999, rms at 0.999, hidden 32×2."""
     return MLPOptimizer(hidden_sizes=hidden_sizes, **kwargs)
 
 
+@preset("factored_mlp")
 def factored_mlp(hidden_sizes: tuple[int, ...] = (4, 4), **kwargs: Any) -> MLPOptimizer:
     """AdafacMLPLOpt-style: factored second moments at 0.9/0.99/0.999, one momentum, hidden 4×2."""
     accumulators = F.AccumulatorConfig(momentum_decays=(0.9,), rms_decays=(), factored_decays=(0.9, 0.99, 0.999))

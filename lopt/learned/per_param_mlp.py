@@ -1,4 +1,5 @@
-"""The per-parameter MLP, two ways that compute the same numbers.
+"""The per-parameter MLP shared by the learned kinds: its weights' init and flat layout, and its
+evaluation, two ways that compute the same numbers (the Pallas kernels are a third).
 
 `reference` stacks the features into an [..., F] array and uses matmuls: simple, but it
 materialises every hidden activation of every parameter ([N, H] arrays), so its memory traffic
@@ -13,6 +14,7 @@ is fine for the small widths learned optimizers use (4-32).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -21,13 +23,40 @@ import jax.numpy as jnp
 Layer = tuple[jax.Array, jax.Array]  # (weights [in, out], bias [out])
 
 
+def dense_init(key: jax.Array, fan_in: int, fan_out: int, scale: float = 1.0) -> dict[str, jax.Array]:
+    """LeCun-normal weights (variance scale/fan_in) and zero bias."""
+    weights = jax.random.normal(key, (fan_in, fan_out), jnp.float32) * jnp.sqrt(scale / fan_in)
+    return {"w": weights, "b": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def layer_places(sizes: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
+    """(offset, shape) of each weight matrix and bias of an MLP with layer `sizes` in its flat
+    vector: each layer's weights [in, out] (row-major), then its bias [out]."""
+    places, offset = [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        places += [(offset, (fan_in, fan_out)), (offset + fan_in * fan_out, (fan_out,))]
+        offset += fan_in * fan_out + fan_out
+    return places
+
+
+def num_layer_weights(sizes: Sequence[int]) -> int:
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def unflatten_layers(flat: jax.Array, sizes: Sequence[int]) -> list[Layer]:
+    """The layers of an MLP with layer `sizes` from its flat vector (`layer_places`' layout)."""
+    arrays = [flat[offset:offset + math.prod(shape)].reshape(shape) for offset, shape in layer_places(sizes)]
+    return list(zip(arrays[::2], arrays[1::2]))
+
+
 def reference(features: Sequence[jax.Array], layers: Sequence[Layer]) -> tuple[jax.Array, jax.Array]:
-    """ReLU MLP over stacked features; returns the first two outputs (direction, magnitude)."""
+    """ReLU MLP over stacked features with matrix products (full float32 precision); returns
+    the first two outputs (direction, magnitude)."""
     x = jnp.stack(list(features), axis=-1)
     for weights, bias in layers[:-1]:
-        x = jax.nn.relu(x @ weights + bias)
+        x = jax.nn.relu(jnp.dot(x, weights, precision=jax.lax.Precision.HIGHEST) + bias)
     weights, bias = layers[-1]
-    out = x @ weights + bias
+    out = jnp.dot(x, weights, precision=jax.lax.Precision.HIGHEST) + bias
     return out[..., 0], out[..., 1]
 
 

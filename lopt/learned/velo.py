@@ -40,9 +40,8 @@ import jax.numpy as jnp
 import optax
 
 from lopt.learned import features as F
-from lopt.learned import kernels, per_param_mlp
-from lopt.learned.base import check_groups, check_params, only_member, register, stack_groups, tensor_groups
-from lopt.learned.mlp import KERNELS, dense_init
+from lopt.learned import dispatch, kernels, per_param_mlp
+from lopt.learned.base import LearnedKind, check_params, preset, register
 
 VELO_ACCUMULATORS = F.AccumulatorConfig(
     momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.999,), factored_decays=(0.9, 0.99, 0.999)
@@ -50,6 +49,44 @@ VELO_ACCUMULATORS = F.AccumulatorConfig(
 MAX_RANK = 4
 LOG_EPS = 1e-16
 GRADIENT_CLIP = 1000.0
+
+
+def tensor_groups(params: Sequence[jax.Array], paths: Sequence[str]) -> list[tuple[list[int], str]]:
+    """Leaf indices whose per-parameter work runs together, with their path: tensors whose path
+    is not "xla" (they go through a Pallas kernel) alone; the others grouped by shape, in order
+    of first appearance, to run as one vmapped computation over the stacked group.
+
+    A GPT-2 has ~150 tensors but 9 shapes. Per-tensor XLA work launched ~3,200 small kernels a
+    step for VeLO at 124M parameters on an H100 (11.5 ms of kernel time in 27.5 ms of wall
+    time); grouped, 720 (8.1 ms in 8.5 ms)."""
+    groups: list[tuple[list[int], str]] = []
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (p, path) in enumerate(zip(params, paths)):
+        if path != "xla":
+            groups.append(([i], path))
+        elif p.shape in by_shape:
+            by_shape[p.shape].append(i)
+        else:
+            by_shape[p.shape] = [i]
+            groups.append((by_shape[p.shape], path))
+    return groups
+
+
+def stack_groups(leaves: Sequence[jax.Array], groups: Sequence[tuple[list[int], str]]) -> list[jax.Array]:
+    """Each group's leaves as one float32 array [group size, *shape] (a reshape for a group of one)."""
+    return [jnp.stack([leaves[i].astype(jnp.float32) for i in indices]) for indices, _ in groups]
+
+
+def only_member(stacked: Any) -> Any:
+    """The one tensor of a stacked group of one (indexing a leading axis of 1: no copy)."""
+    return jax.tree.map(lambda x: x[0], stacked)
+
+
+def check_groups(state_groups: int, groups: Sequence[tuple[list[int], str]], name: str) -> None:
+    """The state must hold one accumulator group per `tensor_groups` group of the parameters."""
+    if state_groups != len(groups):
+        raise ValueError(f"{name}: the state holds {state_groups} tensor groups, the parameters make {len(groups)}: "
+                         "was it made by init() on parameters of these shapes?")
 
 
 class VeLOState(NamedTuple):
@@ -114,9 +151,9 @@ def lstm_step(weights: dict[str, jax.Array], x: jax.Array, h: jax.Array, c: jax.
     return h, c
 
 
-@register
+@register(preset="velo")
 @dataclasses.dataclass(frozen=True)
-class VeLOOptimizer:
+class VeLOOptimizer(LearnedKind):
     """The VeLO-style hypernetwork optimizer (see the module docstring)."""
 
     kind: ClassVar[str] = "velo"
@@ -131,18 +168,13 @@ class VeLOOptimizer:
     kernel: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        dispatch.check_kernel(self.kernel, "VeLOOptimizer")
 
     def kernel_for(self, p: jax.Array, backend: str) -> str:
         """How tensor `p` runs its per-parameter work: "xla" (fused jnp), or the 2-D Pallas
         kernels of `lopt.learned.kernels` ("pallas"; "interpret" through Pallas' interpreter)
         for matrices of at least `fused_min_size` elements; "auto" picks "pallas" on GPUs."""
-        if p.ndim != 2 or p.size < self.fused_min_size:
-            return "xla"
-        if self.kernel == "auto":
-            return "pallas" if backend == "gpu" else "xla"
-        return self.kernel
+        return dispatch.matrix_kernel(self.kernel, p, self.fused_min_size, backend)
 
     @property
     def mlp_sizes(self) -> list[int]:
@@ -150,7 +182,7 @@ class VeLOOptimizer:
 
     @property
     def num_mlp_weights(self) -> int:
-        return kernels.num_layer_weights(self.mlp_sizes)
+        return per_param_mlp.num_layer_weights(self.mlp_sizes)
 
     @property
     def num_tensor_features(self) -> int:
@@ -162,13 +194,13 @@ class VeLOOptimizer:
         k_x, k_h, k_mix, k_lr, k_bank = jax.random.split(key, 5)
         inputs, hidden = self.num_tensor_features, self.lstm_hidden
         lstm = {
-            "wx": dense_init(k_x, inputs, 4 * hidden)["w"],
-            "wh": dense_init(k_h, hidden, 4 * hidden)["w"],
+            "wx": per_param_mlp.dense_init(k_x, inputs, 4 * hidden)["w"],
+            "wh": per_param_mlp.dense_init(k_h, hidden, 4 * hidden)["w"],
             "b": jnp.zeros((4 * hidden,), jnp.float32),
         }
-        mix = dense_init(k_mix, hidden, self.bank_size, scale=0.01)
+        mix = per_param_mlp.dense_init(k_mix, hidden, self.bank_size, scale=0.01)
         mix["b"] = jnp.ones((self.bank_size,), jnp.float32)  # c ≈ 1: start from the bank's mean
-        lr_head = dense_init(k_lr, hidden, 1, scale=0.01)
+        lr_head = per_param_mlp.dense_init(k_lr, hidden, 1, scale=0.01)
         # bank entries scaled so that 100 · mean_k(bank_k) has LeCun variance at c = 1
         sizes = self.mlp_sizes
         bank_keys = jax.random.split(k_bank, len(sizes) - 1)
@@ -187,7 +219,7 @@ class VeLOOptimizer:
                   scale: jax.Array, weights: jax.Array) -> jax.Array:
         """One tensor's step (before the sign) in jnp; vmapped over a group of same-shaped tensors."""
         network = per_param_mlp.fused if p.size >= self.fused_min_size else per_param_mlp.reference
-        return self._step(F.raw_features(g, p, acc), inverse_rms, scale, kernels.unflatten_layers(weights, self.mlp_sizes),
+        return self._step(F.raw_features(g, p, acc), inverse_rms, scale, per_param_mlp.unflatten_layers(weights, self.mlp_sizes),
                           network)
 
     def _step(self, features: list[jax.Array], inverse_rms, scale: jax.Array, layers: list, network=per_param_mlp.fused,
@@ -246,7 +278,7 @@ class VeLOOptimizer:
         def init(params):
             leaves = jax.tree.leaves(params)
             accumulators = [F.init_stacked_accumulators(leaves, indices, self.accumulators)
-                            for indices, _ in self.groups(leaves, jax.default_backend())]
+                            for indices, _ in self.groups(leaves, dispatch.backend())]
             zeros = jnp.zeros((len(leaves), self.lstm_hidden), jnp.float32)
             return VeLOState(count=jnp.zeros((), jnp.int32), accumulators=tuple(accumulators),
                              loss=F.init_loss_state(), lstm_h=zeros, lstm_c=zeros)
@@ -259,7 +291,7 @@ class VeLOOptimizer:
             loss_state = F.update_loss_state(state.loss, loss)
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
-            groups = self.groups(param_leaves, jax.default_backend())
+            groups = self.groups(param_leaves, dispatch.backend())
             check_groups(len(state.accumulators), groups, "VeLOOptimizer")
             # XLA groups: clipped gradients and advanced accumulators. Kernel tensors (groups of
             # one): raw gradients, which the kernels clip, and only the factored accumulators
@@ -310,6 +342,7 @@ class VeLOOptimizer:
         return optax.GradientTransformationExtraArgs(init, update)
 
 
+@preset("velo_small")
 def velo_small(**kwargs: Any) -> VeLOOptimizer:
     """A CPU-sized VeLO: LSTM hidden 32, bank of 16 MLPs."""
     return VeLOOptimizer(lstm_hidden=kwargs.pop("lstm_hidden", 32), bank_size=kwargs.pop("bank_size", 16), **kwargs)

@@ -28,7 +28,7 @@ import optax
 
 from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, STATE_INDEX, Graph, check, node_types
 from lopt.programs.lang import Const, Program
-from lopt.programs.library import FUNCTIONS, NAMES, OPCODES, SCALAR, TENSOR
+from lopt.programs.library import FUNCTIONS, NAMES, OPCODES, SCALAR
 
 # ---------------------------------------------------------------------------------------------
 # Tree interpreter (one program -> optax)

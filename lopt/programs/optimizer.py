@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.learned.base import register
+from lopt.learned.base import LearnedKind, register
 from lopt.programs.analysis import check
 from lopt.programs.interpret import constants_of, to_optax
 from lopt.programs.lang import Program, parse
@@ -20,7 +20,7 @@ from lopt.programs.lang import Program, parse
 
 @register
 @dataclasses.dataclass(frozen=True)
-class ProgramOptimizer:
+class ProgramOptimizer(LearnedKind):
     """text: the program (lopt.programs.lang). learning_rate: the value fed to its `lr` input."""
 
     kind: ClassVar[str] = "program"
@@ -51,7 +51,7 @@ class ProgramOptimizer:
             theta["constants"] = jnp.asarray(constants)
         return theta
 
-    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array = 0) -> optax.GradientTransformationExtraArgs:
+    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
         """The program with theta's constants (num_steps is unused: programs read no progress)."""
         del num_steps
         return to_optax(self.program, theta["learning_rate"], constants=theta.get("constants"))

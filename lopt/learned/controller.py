@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import optax
 
 from lopt.learned import features as F
-from lopt.learned.base import register
-from lopt.learned.mlp import dense_init
+from lopt import baselines
+from lopt.learned.base import LearnedKind, register
+from lopt.learned.per_param_mlp import dense_init
 
 SIGNAL_DECAYS = (0.9, 0.99)
 NUM_SIGNAL_FEATURES = 1 + 2 * len(SIGNAL_DECAYS) + 1
@@ -53,9 +54,9 @@ class ControllerState(NamedTuple):
     loss: F.LossState
 
 
-@register
+@register(preset="lr_controller")
 @dataclasses.dataclass(frozen=True)
-class LRController:
+class LRController(LearnedKind):
     """A `MetaOptimizer` whose theta is the controller network (see the module docstring).
 
     base: a `lopt.baselines` name, built at learning rate 1 (its unit-LR update u_t).
@@ -72,8 +73,6 @@ class LRController:
     use_loss_features: bool = True
 
     def __post_init__(self) -> None:
-        from lopt import baselines
-
         baselines.spec(self.base)
         if self.base_learning_rate <= 0 or self.max_log_multiplier <= 0:
             raise ValueError("base_learning_rate and max_log_multiplier must be positive")
@@ -101,8 +100,6 @@ class LRController:
         return self.max_log_multiplier * jnp.tanh(raw / self.max_log_multiplier)
 
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
-        from lopt import baselines
-
         base = baselines.get(self.base, lr=1.0)
 
         def init(params):

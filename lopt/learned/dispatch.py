@@ -1,0 +1,61 @@
+"""Where each tensor's per-parameter work runs: fused XLA or the Pallas kernels of
+`lopt.learned.kernels`. Every learned kind asks here, so the choice and its one size threshold
+live in one place.
+
+Measured reasons for the rules (H100 / H200, BENCHMARKS.md W1):
+- Kernels pay off only on GPUs and only for large tensors: below KERNEL_MIN_SIZE elements a
+  launch costs more than the pass it replaces, and a GPT-2 has ~100 small bias and norm vectors.
+- The per-parameter MLP kernels (`network_pass`) help networks wider than 16 units (the fused
+  elementwise form's traced program grows with the width²); narrower ones fuse well in XLA.
+- XLA's variadic reduction is slow on GPUs for large tensors (12.8 ms for 11 means over 124M
+  parameters on an H100, 8× adam), so there K ordinary means are used instead.
+"""
+
+from __future__ import annotations
+
+import jax
+
+KERNELS = ("auto", "xla", "pallas", "interpret")
+KERNEL_MIN_SIZE = 1 << 16  # elements; smaller tensors stay out of the Pallas kernels
+WIDE_NETWORK = 16  # hidden units above which a per-parameter MLP runs in the network kernel
+
+
+def check_kernel(kernel: str, name: str) -> None:
+    """A kind's `kernel` option must be one of KERNELS."""
+    if kernel not in KERNELS:
+        raise ValueError(f"{name}: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+
+
+def backend() -> str:
+    return jax.default_backend()
+
+
+def large(x: jax.Array, min_size: int = KERNEL_MIN_SIZE) -> bool:
+    return x.size >= min_size
+
+
+def resolve(kernel: str, eligible: bool, on: str | None = None) -> str:
+    """The path for work that a kernel could run (`eligible`): "xla" when not eligible, else the
+    requested kernel, with "auto" meaning the Pallas kernels on GPUs and XLA elsewhere."""
+    if not eligible:
+        return "xla"
+    if kernel == "auto":
+        return "pallas" if (on or backend()) == "gpu" else "xla"
+    return kernel
+
+
+def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, on: str | None = None) -> str:
+    """The path of an MLP optimizer's large tensors: the network kernel only for wide networks
+    without factored accumulators (the kernel reads full-size accumulators only)."""
+    return resolve(kernel, max(hidden_sizes) > WIDE_NETWORK and not factored if kernel == "auto" else True, on)
+
+
+def matrix_kernel(kernel: str, p: jax.Array, min_size: int = KERNEL_MIN_SIZE, on: str | None = None) -> str:
+    """The path of a tensor's 2-D kernels (VeLO, feature statistics): matrices of at least
+    `min_size` elements only."""
+    return resolve(kernel, p.ndim == 2 and large(p, min_size), on)
+
+
+def variadic_reduction(x: jax.Array) -> bool:
+    """Whether K means over `x` should be one variadic XLA reduction (CPUs, small tensors)."""
+    return backend() == "cpu" or not large(x)
