@@ -22,7 +22,7 @@ import optax
 
 from eval.suites import entry_spec
 from tasks import build
-from tasks.train import microbatch_grads
+from tasks.train import extra_args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +53,7 @@ def measure(task_name: str, opt: optax.GradientTransformation, *, steps: int = 1
     def run(params, state):
         def body(_, carry):
             params, state = carry
-            updates, state = opt.update(
-                grads, state, params, loss=loss, obj_fn=lambda p: task.loss(p, batch),
-                microbatch_grads_fn=lambda p, m: microbatch_grads(task, p, batch, m),
-            )
+            updates, state = opt.update(grads, state, params, **extra_args(task, batch, loss))
             return optax.apply_updates(params, updates), state
 
         return jax.lax.fori_loop(0, steps, body, (params, state))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from lopt.learned.base import from_config, to_config
 
@@ -71,8 +73,6 @@ def save(
     meta: provenance (config, estimator, outer steps, ...), stored as JSON.
     num_steps: the training length `lopt.load` assumes when none is given.
     """
-    import orbax.checkpoint as ocp
-
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -134,8 +134,6 @@ def _remove_leftovers(path: Path) -> None:
 def shipped_dir() -> Path | None:
     """Where the shipped optimizers live: the installed `lopt.shipped` package data, or the
     repository's checkpoints/ folder in a source checkout."""
-    import importlib
-
     try:
         for entry in importlib.import_module("lopt.shipped").__path__:  # a namespace package
             if Path(entry).is_dir():
@@ -265,8 +263,6 @@ def load_meta(path: str | Path) -> tuple[Any, Any]:
 
 def _load(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """(meta_optimizer, theta, manifest) of checkpoint `path`, the manifest read once."""
-    import orbax.checkpoint as ocp
-
     path = resolve(path).absolute()
     manifest = read_manifest(path)
     try:

@@ -1,4 +1,5 @@
-"""The `lopt` command. Subcommands import the heavier packages lazily."""
+"""The `lopt` command: argument parsing only; each subcommand calls its job's package (imported
+lazily, so `lopt --help` and `lopt info` start fast)."""
 
 from __future__ import annotations
 
@@ -74,23 +75,11 @@ def _baselines(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from lopt.config import load_config
-    from lopt.programs.simplify import simplify
-    from lopt.programs.lang import format_program, parse
-    from meta_train.search.fitness import evaluator
-    from meta_train.search.job import Search, SearchConfig, config_from_dir, funnel, top
+    from meta_train.search.config import SearchConfig, config_from_dir
+    from meta_train.search.job import Search
+    from meta_train.search.pipeline import finish
 
-    if args.config == "top":
-        if not args.directory:
-            raise ConfigError("usage: lopt search top DIR")
-        for rank, entry in enumerate(top(args.directory, args.n), start=1):
-            print(f"#{rank}  fitness {entry['fitness']:.4f}  (child {entry['id']}, generation {entry['generation']}, "
-                  f"{entry['mutation']})")
-            print(entry["text"])
-        return 0
     if args.resume:
         config = config_from_dir(args.resume)
         search = Search(config, resume=True, progress=not args.quiet)
@@ -99,29 +88,24 @@ def _search(args: argparse.Namespace) -> int:
         config = load_config(SearchConfig, args.config, args.set)
         search = Search(config, progress=not args.quiet)
     else:
-        raise ConfigError("give a search config, --resume DIR, or `top DIR`")
+        raise ConfigError("give a search config or --resume DIR")
     best = search.run()
     stats = search.statistics()
-    output = Path(config.run.output_dir)
     print(f"search finished at generation {search.generation}: best fitness {best.fitness:.4f} "
           f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained, "
           f"{stats['programs_per_second']:.1f} programs/s, cache hit rate {stats['cache_hit_rate']:.1%}, "
           f"rejected by the probe {stats['rejected_rate']:.1%}")
-    fitness = evaluator(config.fitness) if not args.no_ablate else None
-    simplified, notes = simplify(parse(best.text), fitness=fitness, tolerance=args.tolerance)
-    (output / "best.txt").write_text(format_program(simplified))
-    print("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
-    print(format_program(simplified))
-    summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
-               "simplifications": notes, "seed_fitness": search.seed_fitness, "statistics": stats}
-    if config.funnel.tasks:
-        candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
-        records = funnel(config, list(dict.fromkeys(candidates)), progress=not args.quiet)
-        (output / "funnel.json").write_text(json.dumps(records, indent=2))
-        summary["funnel"] = records
-        print(f"wrote {output / 'funnel.json'}")
-    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
+    finish(search, ablate=not args.no_ablate, tolerance=args.tolerance, progress=not args.quiet)
+    return 0
+
+
+def _search_top(args: argparse.Namespace) -> int:
+    from meta_train.search.pipeline import top
+
+    for rank, entry in enumerate(top(args.directory, args.n), start=1):
+        print(f"#{rank}  fitness {entry['fitness']:.4f}  (child {entry['id']}, generation {entry['generation']}, "
+              f"{entry['mutation']})")
+        print(entry["text"])
     return 0
 
 
@@ -153,7 +137,7 @@ def _program(args: argparse.Namespace) -> int:
         fitness = None
         if args.ablate:
             from meta_train.search.fitness import evaluator
-            from meta_train.search.job import SearchConfig
+            from meta_train.search.config import SearchConfig
 
             fitness = evaluator(load_config(SearchConfig, args.ablate).fitness)
         simplified, notes = simplify(program, fitness=fitness, tolerance=args.tolerance)
@@ -199,16 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", help="checkpoint directory, e.g. runs/quickstart/optimizer")
     info.set_defaults(handler=_info)
 
-    search = commands.add_parser("search", help="search for optimizer programs (regularized evolution)")
-    search.add_argument("config", nargs="?", help="TOML config (e.g. configs/search/quickstart.toml), or `top`")
-    search.add_argument("directory", nargs="?", help="with `top`: the search directory")
-    search.add_argument("--resume", metavar="DIR", help="continue the search in DIR after an interruption")
-    search.add_argument("-n", type=int, default=10, help="with `top`: how many programs")
-    search.add_argument("--tolerance", type=float, default=0.01, help="ablation tolerance of the final simplification")
-    search.add_argument("--no-ablate", action="store_true", help="simplify the best program without ablation runs")
-    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    search.add_argument("--quiet", action="store_true", help="no progress bar")
-    search.set_defaults(handler=_search)
+    search = commands.add_parser("search", help="search for optimizer programs (regularized evolution); "
+                                 "`lopt search CONFIG` is short for `lopt search run CONFIG`")
+    search_commands = search.add_subparsers(dest="search_command", required=True)
+    run = search_commands.add_parser("run", help="run (or --resume) a search job")
+    run.add_argument("config", nargs="?", help="TOML config, e.g. configs/search/quickstart.toml")
+    run.add_argument("--resume", metavar="DIR", help="continue the search in DIR after an interruption")
+    run.add_argument("--tolerance", type=float, default=0.01, help="ablation tolerance of the final simplification")
+    run.add_argument("--no-ablate", action="store_true", help="simplify the best program without ablation runs")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_search)
+    best = search_commands.add_parser("top", help="the best distinct programs in a search folder's log")
+    best.add_argument("directory", help="the search directory (its run.output_dir)")
+    best.add_argument("-n", type=int, default=10, help="how many programs")
+    best.set_defaults(handler=_search_top)
 
     program = commands.add_parser("program", help="check, simplify or export an optimizer program file")
     program.add_argument("action", choices=("check", "simplify", "export"))
@@ -225,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SEARCH_COMMANDS = ("run", "top", "-h", "--help")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "search" and argv[1] not in SEARCH_COMMANDS:
+        argv.insert(1, "run")  # `lopt search CONFIG` / `lopt search --resume DIR`
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -48,12 +48,20 @@ def train_step(
     """One inner step: sample a batch from `key`, take the gradient, apply the optimizer."""
     batch = task.batch(key, "train")
     loss, grads = jax.value_and_grad(task.loss)(params, batch)
-    updates, opt_state = opt.update(
-        grads, opt_state, params, loss=loss, obj_fn=lambda p: task.loss(p, batch),
-        microbatch_grads_fn=lambda p, m: microbatch_grads(task, p, batch, m),
-        sampled_obj_fn=sampled_objective(task, batch),
-    )
+    updates, opt_state = opt.update(grads, opt_state, params, **extra_args(task, batch, loss))
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+def extra_args(task: Any, batch: Any, loss: jax.Array) -> dict[str, Any]:
+    """The extra arguments every optimizer `update` gets from a training step on `batch` (the
+    module docstring says who reads which); the one place they are written, so the training
+    loop and eval's cost measurement give optimizers the same inputs."""
+    return {
+        "loss": loss,
+        "obj_fn": lambda p: task.loss(p, batch),
+        "microbatch_grads_fn": lambda p, m: microbatch_grads(task, p, batch, m),
+        "sampled_obj_fn": sampled_objective(task, batch),
+    }
 
 
 def sampled_objective(task: Any, batch: Any):

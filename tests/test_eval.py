@@ -157,3 +157,23 @@ def test_cost_columns_relative_to_adam(tiny_config):
     assert measured["adam"].step_time_vs_reference == pytest.approx(1.0)
     assert measured["sgd"].state_memory_vs_reference == 0.0 and measured["sgd"].step_ms > 0
     assert "Optimizer cost" in outcome.table
+
+
+def test_cost_measurement_gives_optimizers_the_training_steps_extra_args():
+    """Issue 16 (6): eval's cost loop passes every extra argument the training step passes
+    (it lacked `sampled_obj_fn`, so Sophia-G was timed on its fallback path)."""
+    import jax
+
+    from eval.cost import measure
+    from tasks.train import extra_args
+
+    seen = []
+
+    def update(updates, state, params=None, **extra):
+        seen.append(sorted(k for k, v in extra.items() if v is not None))
+        return jax.tree.map(jnp.zeros_like, updates), state
+
+    opt = optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+    measure("digits-mlp-relu32", opt, steps=1, repeats=1)
+    expected = sorted(extra_args(None, None, jnp.zeros(())))
+    assert seen and seen[0] == expected and "sampled_obj_fn" in expected

@@ -14,7 +14,9 @@ from lopt.programs.analysis import to_graph
 from lopt.programs.simplify import simplify
 from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, score
-from meta_train.search.job import Search, SearchConfig, funnel, top
+from meta_train.search.config import SearchConfig
+from meta_train.search.job import Search
+from meta_train.search.pipeline import funnel, top
 
 TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
                 "eval_batches": 1, "length": 16, "batch": 4}
@@ -199,7 +201,7 @@ def test_a_copied_search_folder_resumes_in_place(tmp_path):
     config.json was first written for; the original is left as it was."""
     import shutil
 
-    from meta_train.search.job import config_from_dir
+    from meta_train.search.config import config_from_dir
 
     original = tmp_path / "a" / "search"
     Search(tiny_config(tmp_path / "a"), progress=False).step()

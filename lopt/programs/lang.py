@@ -108,7 +108,6 @@ def format_program(program: Program) -> str:
 
 
 _TOKEN = re.compile(r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>[-+*/=(),:]))")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 
 
 def _tokens(text: str, line: int) -> list[tuple[str, str]]:
@@ -233,7 +232,3 @@ def parse(text: str) -> Program:
         if name not in defined:
             raise ProgramError(f"returned variable {name!r} is never assigned", number)
     return Program(tuple(statements), tuple(returned), uses_step)
-
-
-def valid_name(name: str) -> bool:
-    return bool(_IDENTIFIER.match(name)) and name not in RESERVED

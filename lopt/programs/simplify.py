@@ -23,7 +23,7 @@ import numpy as np
 from lopt.programs.analysis import NUM_INPUTS, Graph, check, from_graph, prune, to_graph
 from lopt.programs.functional import EXTREME_PROBES, functional_hashes, probe_values
 from lopt.programs.interpret import apply_tree
-from lopt.programs.lang import Const, Program, ProgramError, format_program
+from lopt.programs.lang import Const, Program, ProgramError
 from lopt.programs.library import FUNCTIONS
 
 FitnessFn = Callable[[list[Graph]], np.ndarray]
@@ -161,10 +161,3 @@ def simplify(program: Program, fitness: FitnessFn | None = None, tolerance: floa
     result = from_graph(graph)
     check(result)
     return result, notes
-
-
-def simplify_text(text: str, **kwargs) -> tuple[str, list[str]]:
-    from lopt.programs.lang import parse
-
-    program, notes = simplify(parse(text), **kwargs)
-    return format_program(program), notes

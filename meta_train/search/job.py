@@ -20,7 +20,7 @@ Files in `run.output_dir`:
     log.jsonl       one line per child: generation, id, parent, mutation, text, hashes, fitness,
                     how it was scored — enough to replay the search
     cache.jsonl     structural / functional hash -> fitness, shared across resumes
-    funnel.json     the funnel's re-evaluations; best.txt the best program after simplification
+    funnel.json, best.txt, summary.json   written after the search (meta_train.search.pipeline)
 
 Generation g draws from np.random.default_rng([seed, g]), so a search is deterministic per seed
 and a resumed search continues exactly as an uninterrupted one.
@@ -38,82 +38,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from lopt.config import ConfigError, from_dict
-from lopt.programs.analysis import Graph, check, from_graph, structural_hash
+from lopt.config import ConfigError
+from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import functional_hashes
 from lopt.programs.lang import format_program, parse
-from lopt.programs.seeds import SEEDS, seed
 from meta_train.search import mutation
-from meta_train.search.fitness import FitnessSpec, evaluator
-
-STRATEGIES = ("evolution", "random", "constants")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvolutionSection:
-    """strategy: 'evolution' (the paper's), 'random' (random programs: a baseline) or
-    'constants' (mutate only the seed's constants: the constant-tuning baseline).
-    seed_program: a name from lopt.programs.SEEDS or a path to a program file.
-    max_seconds: stop at the first generation boundary after this much time in this process
-    (0: no limit); `lopt search --resume` continues exactly where it stopped."""
-
-    strategy: str = "evolution"
-    seed_program: str = "adamw_paper"
-    population: int = 100
-    tournament: int = 2
-    children: int = 32
-    generations: int = 50
-    max_statements: int = 24
-    restart_after: int = 0
-    seed: int = 0
-    max_seconds: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class FunnelSection:
-    """Re-evaluate the `top` best distinct programs on bigger tasks (stage by stage), promoting
-    only those that beat AdamW tuned over `adamw_lrs` on the same stage."""
-
-    tasks: tuple[str, ...] = ()
-    steps: tuple[int, ...] = ()
-    top: int = 5
-    adamw_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchRunSection:
-    output_dir: str = "runs/search"
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    search: EvolutionSection = EvolutionSection()
-    fitness: FitnessSpec = FitnessSpec()
-    funnel: FunnelSection = FunnelSection()
-    run: SearchRunSection = SearchRunSection()
-
-    def __post_init__(self) -> None:
-        s = self.search
-        if s.strategy not in STRATEGIES:
-            raise ConfigError(f"search.strategy: unknown {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
-        if s.population < s.tournament or s.tournament < 1 or s.children < 1 or s.generations < 0:
-            raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
-        if s.children > s.population:
-            raise ConfigError("search.children must not exceed search.population (age-based removal)")
-        if self.fitness.length < s.max_statements:
-            raise ConfigError("fitness.length must be at least search.max_statements")
-        if len(self.funnel.tasks) != len(self.funnel.steps):
-            raise ConfigError("funnel.tasks and funnel.steps must have the same length")
-
-    def seed_program_text(self) -> str:
-        name = self.search.seed_program
-        if name in SEEDS:
-            return format_program(seed(name))
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"search.seed_program: {name!r} is neither a seed ({', '.join(SEEDS)}) nor a file")
-        return format_program(parse(path.read_text()))
-
+from meta_train.search.config import SearchConfig, without_location
+from meta_train.search.fitness import evaluator
 
 @dataclasses.dataclass
 class Member:
@@ -123,7 +54,7 @@ class Member:
     born: int
 
 
-def _json_float(x: float) -> float | None:
+def json_float(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
@@ -148,7 +79,7 @@ class Search:
             saved = self.dir / "config.json"
             if not saved.is_file():
                 raise ConfigError(f"{self.dir}: no search to resume (config.json missing)")
-            if _without_location(json.loads(saved.read_text())) != _without_location(json.loads(config_json)):
+            if without_location(json.loads(saved.read_text())) != without_location(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
             self._load()
         else:
@@ -175,15 +106,15 @@ class Search:
         self.counters = {"children": 0, "trained": 0, "structural_hits": 0, "functional_hits": 0,
                          "rejected": 0, "mutation_tries": 0, "seconds": 0.0}
         self._log([{"generation": 0, "id": 0, "parent": None, "mutation": "seed", "text": text,
-                    "structural": structural_hash(graph), "fitness": _json_float(fitness), "scored": "trained"}])
+                    "structural": structural_hash(graph), "fitness": json_float(fitness), "scored": "trained"}])
         self._save()
 
     def _save(self) -> None:
         state = {
-            "generation": self.generation, "next_id": self.next_id, "seed_fitness": _json_float(self.seed_fitness),
-            "best": dataclasses.asdict(self.best) | {"fitness": _json_float(self.best.fitness)},
+            "generation": self.generation, "next_id": self.next_id, "seed_fitness": json_float(self.seed_fitness),
+            "best": dataclasses.asdict(self.best) | {"fitness": json_float(self.best.fitness)},
             "since_improvement": self.since_improvement, "restarts": self.restarts, "counters": self.counters,
-            "population": [dataclasses.asdict(m) | {"fitness": _json_float(m.fitness)} for m in self.population],
+            "population": [dataclasses.asdict(m) | {"fitness": json_float(m.fitness)} for m in self.population],
         }
         _atomic_write(self.dir / "state.json", json.dumps(state))
 
@@ -252,7 +183,7 @@ class Search:
                 self.structural[hashes[i]] = fitness[i]
                 self.functional.setdefault(functional_of[i], fitness[i])
                 f.write(json.dumps({"structural": hashes[i], "functional": functional_of[i],
-                                    "fitness": _json_float(fitness[i])}) + "\n")
+                                    "fitness": json_float(fitness[i])}) + "\n")
         for i in pending:
             if fitness[i] is None:  # a duplicate within this batch
                 fitness[i], how[i] = fitness[first[hashes[i]]], "structural"
@@ -286,7 +217,7 @@ class Search:
             self.next_id += 1
             new_members.append(member)
             entries.append({"generation": self.generation, "id": member.id, "parent": parent, "mutation": description,
-                            "text": text, "structural": structural_hash(graph), "fitness": _json_float(fitness),
+                            "text": text, "structural": structural_hash(graph), "fitness": json_float(fitness),
                             "scored": scored})
             self.counters["children"] += 1
             key = {"trained": "trained", "structural": "structural_hits", "functional": "functional_hits",
@@ -341,71 +272,3 @@ class Search:
                             progs_s=f"{stats['programs_per_second']:.1f}", hits=f"{stats['cache_hit_rate']:.0%}")
         bar.close()
         return self.best
-
-
-def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
-    """The best distinct programs (by structural hash) in a search's log, best first."""
-    log = Path(directory) / "log.jsonl"
-    if not log.is_file():
-        raise ConfigError(f"{directory}: no search log (log.jsonl)")
-    best: dict[str, dict[str, Any]] = {}
-    for line in log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry["fitness"] is None:
-            continue
-        known = best.get(entry["structural"])
-        if known is None or entry["id"] < known["id"]:
-            best[entry["structural"]] = entry
-    return sorted(best.values(), key=lambda e: e["fitness"])[:count]
-
-
-def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -> list[dict[str, Any]]:
-    """Re-evaluate program texts stage by stage against tuned AdamW; a program reaches the next
-    stage only if it beats AdamW on this one. Returns one record per program."""
-    records = [{"text": text, "stages": [], "promoted": True} for text in candidates]
-    adamw = check(seed("adamw"))
-    for task, steps in zip(config.funnel.tasks, config.funnel.steps):
-        alive = [r for r in records if r["promoted"]]
-        if not alive:
-            break
-        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps, interpreter="jit")  # few programs
-        reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
-        scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
-        for record, value in zip(alive, scores):
-            beats = bool(value < reference)
-            record["stages"].append({"task": task, "steps": steps, "fitness": _json_float(value),
-                                     "adamw_fitness": _json_float(reference), "beats_adamw": beats})
-            record["promoted"] = beats
-        if progress:
-            print(f"funnel {task} ({steps} steps): {sum(r['promoted'] for r in alive)}/{len(alive)} beat tuned AdamW "
-                  f"(fitness {reference:.4f})")
-    return records
-
-
-def load_search_config(path: str | Path, overrides: list[str] = ()) -> SearchConfig:
-    from lopt.config import load_config
-
-    return load_config(SearchConfig, path, overrides)
-
-
-def _without_location(record: dict[str, Any]) -> dict[str, Any]:
-    """A config record without `run.output_dir`: a search folder can be moved or copied."""
-    return {**record, "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"}}
-
-
-def config_from_dir(directory: str | Path) -> SearchConfig:
-    """The config of the search in `directory`, pointed at `directory` itself (wherever the
-    search was started: a moved or copied folder resumes in place)."""
-    saved = Path(directory) / "config.json"
-    if not saved.is_file():
-        raise ConfigError(f"{directory}: no search to resume (config.json missing)")
-    config = from_dict(SearchConfig, json.loads(saved.read_text()), where=str(saved))
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=str(directory)))
-
-
-def simplified_text(text: str) -> str:
-    """The program after dead-code elimination, with generated names."""
-    return format_program(from_graph(check(parse(text))))

@@ -1,0 +1,97 @@
+"""The `lopt search` job config (TOML, see configs/search/), and reading it back from a search
+folder (`lopt search --resume DIR`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from lopt.config import ConfigError, from_dict
+from lopt.programs.lang import format_program, parse
+from lopt.programs.seeds import SEEDS, seed
+from meta_train.search.fitness import FitnessSpec
+
+STRATEGIES = ("evolution", "random", "constants")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionSection:
+    """strategy: 'evolution' (the paper's), 'random' (random programs: a baseline) or
+    'constants' (mutate only the seed's constants: the constant-tuning baseline).
+    seed_program: a name from lopt.programs.SEEDS or a path to a program file.
+    max_seconds: stop at the first generation boundary after this much time in this process
+    (0: no limit); `lopt search --resume` continues exactly where it stopped."""
+
+    strategy: str = "evolution"
+    seed_program: str = "adamw_paper"
+    population: int = 100
+    tournament: int = 2
+    children: int = 32
+    generations: int = 50
+    max_statements: int = 24
+    restart_after: int = 0
+    seed: int = 0
+    max_seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelSection:
+    """Re-evaluate the `top` best distinct programs on bigger tasks (stage by stage), promoting
+    only those that beat AdamW tuned over `adamw_lrs` on the same stage."""
+
+    tasks: tuple[str, ...] = ()
+    steps: tuple[int, ...] = ()
+    top: int = 5
+    adamw_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRunSection:
+    output_dir: str = "runs/search"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    search: EvolutionSection = EvolutionSection()
+    fitness: FitnessSpec = FitnessSpec()
+    funnel: FunnelSection = FunnelSection()
+    run: SearchRunSection = SearchRunSection()
+
+    def __post_init__(self) -> None:
+        s = self.search
+        if s.strategy not in STRATEGIES:
+            raise ConfigError(f"search.strategy: unknown {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if s.population < s.tournament or s.tournament < 1 or s.children < 1 or s.generations < 0:
+            raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
+        if s.children > s.population:
+            raise ConfigError("search.children must not exceed search.population (age-based removal)")
+        if self.fitness.length < s.max_statements:
+            raise ConfigError("fitness.length must be at least search.max_statements")
+        if len(self.funnel.tasks) != len(self.funnel.steps):
+            raise ConfigError("funnel.tasks and funnel.steps must have the same length")
+
+    def seed_program_text(self) -> str:
+        name = self.search.seed_program
+        if name in SEEDS:
+            return format_program(seed(name))
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"search.seed_program: {name!r} is neither a seed ({', '.join(SEEDS)}) nor a file")
+        return format_program(parse(path.read_text()))
+
+
+def without_location(record: dict[str, Any]) -> dict[str, Any]:
+    """A config record without `run.output_dir`: a search folder can be moved or copied."""
+    return {**record, "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"}}
+
+
+def config_from_dir(directory: str | Path) -> SearchConfig:
+    """The config of the search in `directory`, pointed at `directory` itself (wherever the
+    search was started: a moved or copied folder resumes in place)."""
+    saved = Path(directory) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"{directory}: no search to resume (config.json missing)")
+    config = from_dict(SearchConfig, json.loads(saved.read_text()), where=str(saved))
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=str(directory)))

@@ -1,0 +1,87 @@
+"""After a search: simplify the best program (dead code, then ablation scored by the search's own
+fitness), re-evaluate the best distinct programs stage by stage against tuned AdamW (the
+funnel), and write best.txt, funnel.json and summary.json. `lopt search` calls `finish`;
+`top` reads the best distinct programs of any search folder's log."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from lopt.config import ConfigError
+from lopt.programs.analysis import check
+from lopt.programs.lang import format_program, parse
+from lopt.programs.seeds import seed
+from lopt.programs.simplify import simplify
+from meta_train.search.config import SearchConfig
+from meta_train.search.fitness import evaluator
+from meta_train.search.job import json_float
+
+
+def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
+    """The best distinct programs (by structural hash) in a search's log, best first."""
+    log = Path(directory) / "log.jsonl"
+    if not log.is_file():
+        raise ConfigError(f"{directory}: no search log (log.jsonl)")
+    best: dict[str, dict[str, Any]] = {}
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry["fitness"] is None:
+            continue
+        known = best.get(entry["structural"])
+        if known is None or entry["id"] < known["id"]:
+            best[entry["structural"]] = entry
+    return sorted(best.values(), key=lambda e: e["fitness"])[:count]
+
+
+def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -> list[dict[str, Any]]:
+    """Re-evaluate program texts stage by stage against tuned AdamW; a program reaches the next
+    stage only if it beats AdamW on this one. Returns one record per program."""
+    records = [{"text": text, "stages": [], "promoted": True} for text in candidates]
+    adamw = check(seed("adamw"))
+    for task, steps in zip(config.funnel.tasks, config.funnel.steps):
+        alive = [r for r in records if r["promoted"]]
+        if not alive:
+            break
+        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps, interpreter="jit")  # few programs
+        reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
+        scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
+        for record, value in zip(alive, scores):
+            beats = bool(value < reference)
+            record["stages"].append({"task": task, "steps": steps, "fitness": json_float(value),
+                                     "adamw_fitness": json_float(reference), "beats_adamw": beats})
+            record["promoted"] = beats
+        if progress:
+            print(f"funnel {task} ({steps} steps): {sum(r['promoted'] for r in alive)}/{len(alive)} beat tuned AdamW "
+                  f"(fitness {reference:.4f})")
+    return records
+
+
+def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progress: bool = True,
+           say: Any = print) -> dict[str, Any]:
+    """Simplify the finished `search`'s best program, run the funnel (when the config has one)
+    and write best.txt, funnel.json and summary.json in its folder; returns the summary.
+    `say` receives the lines a user should see."""
+    config, best, stats = search.config, search.best, search.statistics()
+    output = Path(config.run.output_dir)
+    fitness = evaluator(config.fitness) if ablate else None
+    simplified, notes = simplify(parse(best.text), fitness=fitness, tolerance=tolerance)
+    (output / "best.txt").write_text(format_program(simplified))
+    say("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
+    say(format_program(simplified))
+    summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
+               "simplifications": notes, "seed_fitness": search.seed_fitness, "statistics": stats}
+    if config.funnel.tasks:
+        candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
+        records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
+        (output / "funnel.json").write_text(json.dumps(records, indent=2))
+        summary["funnel"] = records
+        say(f"wrote {output / 'funnel.json'}")
+    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    say(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
+    return summary
