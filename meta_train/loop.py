@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,18 +24,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 import lopt
 from lopt.config import ConfigError, from_dict
+from meta_train import run_folder
 from meta_train.config import MetaTrainConfig
 from meta_train.estimators import Estimator, make_estimator
 from meta_train.sharding import (
     population_mesh, population_placement, replicate, replicated_placement, shard_population,
 )
 from meta_train.truncation import TruncationSchedule
-from tasks import build, get_family, task_spec, train
+from meta_train.validation import Validation, adam_reference, held_out_loss
+from tasks import build, get_family, task_spec
 
 
 class MetaTrainState(NamedTuple):
@@ -223,108 +223,6 @@ class MetaTrainer:
         return self._validation.score(theta)
 
 
-def _checkpoint_manager(directory: Path, config: MetaTrainConfig):
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    return ocp.CheckpointManager(directory.absolute(), options=options)
-
-
-def _restore(manager, trainer: MetaTrainer) -> MetaTrainState | None:
-    if manager.latest_step() is None:
-        return None
-    # A SIGKILL can land while the newest step is being written: fall back to older steps.
-    failures = []
-    for step in sorted(manager.all_steps(), reverse=True):
-        # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
-        # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
-        abstract = trainer.abstract_state(max(step - 1, 0))
-        try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
-            return _with_empty(restored, abstract)
-        except Exception as error:  # orbax raises many types for a damaged step
-            failures.append(f"step {step}: {type(error).__name__}: {error}")
-            warnings.warn(f"{manager.directory}: could not restore checkpoint step {step}; trying an older one")
-    raise RuntimeError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
-
-
-def _without_empty(tree: Any) -> Any:
-    """`tree` with its zero-size arrays (e.g. the missing column factor of a vector's factored
-    accumulator) replaced by None: orbax refuses to write arrays of zero size."""
-    return jax.tree.map(lambda x: None if np.prod(x.shape) == 0 else x, tree)
-
-
-def _with_empty(restored: Any, template: Any) -> Any:
-    """Inverse of `_without_empty`: the zero-size arrays of `template` put back as zeros."""
-    leaves = jax.tree.leaves(restored, is_leaf=lambda x: x is None)
-    filled = [jnp.zeros(t.shape, t.dtype) if r is None else r for t, r in zip(jax.tree.leaves(template), leaves)]
-    return jax.tree.structure(template).unflatten(filled)
-
-
-def config_record(config: MetaTrainConfig) -> dict[str, Any]:
-    """The config as a run folder records it: JSON-ready, without `run.output_dir`, so a run
-    folder can be moved or named by a relative path and still resume."""
-    record = json.loads(json.dumps(dataclasses.asdict(config), default=list))
-    del record["run"]["output_dir"]
-    return record
-
-
-def _check_run_config(output: Path, config: MetaTrainConfig) -> None:
-    """Record the config in `output/config.json` at a run's start; a later call into the same
-    folder must match it (whatever the newest checkpoint holds)."""
-    path = output / "config.json"
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path} is not a readable run config ({error}); move it away to start a new run") from None
-        if saved != config_record(config):
-            raise ConfigError(
-                f"{output} holds a run with a different config; use another run.output_dir "
-                "or delete the old run to start over"
-            )
-        return
-    staging = output / ".config.json.tmp"
-    staging.write_text(json.dumps(config_record(config), indent=2))
-    os.replace(staging, path)
-
-
-def _save(manager, state: MetaTrainState) -> None:
-    """Checkpoint `state` (the run's config lives once in the run folder, `_check_run_config`)."""
-    manager.save(int(state.step), args=ocp.args.StandardSave(_without_empty(state)))
-    manager.wait_until_finished()
-
-
-def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None) -> None:
-    """Meta-loss and evaluation loss against outer step, from the JSONL log; dotted lines mark
-    where the task groups were resampled (the meta-loss jumps with the tasks)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    train_rows = [r for r in rows if "meta_loss" in r]
-    eval_rows = [r for r in rows if "eval_loss" in r]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].plot([r["step"] for r in train_rows], [r["meta_loss"] for r in train_rows], lw=1.2)
-    axes[0].set_title("meta-loss (mean inner loss over a window)")
-    axes[0].set_yscale("log")
-    if lifetime and train_rows:
-        for boundary in range(lifetime, train_rows[-1]["step"], lifetime):
-            axes[0].axvline(boundary, color="grey", ls=":", lw=0.8)
-    if eval_rows:
-        axes[1].plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="learned")
-        if "adam_loss" in eval_rows[0]:
-            axes[1].axhline(eval_rows[0]["adam_loss"], color="grey", ls="--", label="adam (lr 1e-3)")
-        axes[1].legend()
-        axes[1].set_yscale("log")
-    axes[1].set_title("held-out task: final train loss")
-    for axis in axes:
-        axis.set_xlabel("outer step")
-        axis.grid(alpha=0.3, which="both")
-    figure.tight_layout()
-    figure.savefig(figure_path, dpi=120)
-    plt.close(figure)
-
-
 def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) the job of `config`; returns a summary with the saved optimizer's path.
 
@@ -340,10 +238,10 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     except (FileExistsError, NotADirectoryError, PermissionError) as error:
         raise ConfigError(f"run.output_dir: cannot create {str(output)!r} ({error.strerror or error})") from None
     if lead:
-        _check_run_config(output, config)
+        run_folder.check_run_config(output, config)
     trainer = MetaTrainer(config)
-    manager = _checkpoint_manager(output / "checkpoints", config)
-    state = _restore(manager, trainer)
+    manager = run_folder.checkpoint_manager(output / "checkpoints", config)
+    state = run_folder.restore(manager, trainer)
     resumed = state is not None
     if not resumed and (output / "optimizer").exists():
         raise ConfigError(f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
@@ -353,12 +251,12 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     log_path = output / "metrics.jsonl"
     start_step = int(state.step)
     if lead and log_path.exists():
-        _truncate_log(log_path, start_step)
+        run_folder.truncate_log(log_path, start_step)
     log = log_path.open("a") if lead else open(os.devnull, "w")
     adam_loss = None
     bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
                disable=not progress, dynamic_ncols=True)
-    best_score = _best_score(output)
+    best_score = run_folder.best_score(output)
 
     def evaluate_and_keep_best(step: int) -> None:
         nonlocal best_score
@@ -375,7 +273,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
                       num_steps=config.estimator.max_horizon, overwrite=True)
 
     if lead and not resumed and config.run.eval_every:
-        adam_loss = _adam_reference(config)
+        adam_loss = adam_reference(config)
         evaluate_and_keep_best(0)
     window_start, window_steps = time.perf_counter(), 0
     steps_done = 0
@@ -397,15 +295,15 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
                 window_start, window_steps = time.perf_counter(), 0
             if config.run.eval_every and (step % config.run.eval_every == 0 or step == config.outer.steps):
                 if adam_loss is None:
-                    adam_loss = _adam_reference(config)
+                    adam_loss = adam_reference(config)
                 evaluate_and_keep_best(step)
             if step % config.run.checkpoint_every == 0 or step == config.outer.steps:
-                _save(manager, state)
+                run_folder.save(manager, state)
             if stop_after is not None and steps_done >= stop_after:
                 break
             if config.run.time_limit_s and time.perf_counter() - call_start > config.run.time_limit_s:
                 if step % config.run.checkpoint_every:
-                    _save(manager, state)
+                    run_folder.save(manager, state)
                 break
     finally:
         bar.close()
@@ -420,79 +318,8 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
              "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state.step)))},
             num_steps=config.estimator.max_horizon, overwrite=True,
         )
-        plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)
+        run_folder.plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)
         summary |= {"optimizer": str(path), "figure": str(output / "meta_training.png")}
         if (output / "best").exists():
             summary["best"] = str(output / "best")
     return summary
-
-
-class Validation:
-    """The validation tasks of `run.validation_tasks`, each compiled once with theta as an
-    argument (so a new theta costs a run, not a compile), scored against Adam 1e-3 from the
-    same keys."""
-
-    SEEDS = 2
-    LOSS_FLOOR = 1e-6
-
-    def __init__(self, config: MetaTrainConfig, meta_optimizer: Any):
-        self.num_steps = config.run.eval_steps
-        self.tasks = {name: build(task_spec(name)) for name in config.run.validation_tasks}
-        num_steps, keys = self.num_steps, jax.random.split(jax.random.key(54321), self.SEEDS)
-
-        def final_loss(opt, task):
-            losses = jax.vmap(lambda k: train(task, opt, k, num_steps=num_steps).train_loss)(keys)
-            return jnp.mean(losses[:, -max(1, num_steps // 10):])
-
-        self._learned = jax.jit(lambda theta, task: final_loss(meta_optimizer.transform(theta, num_steps=num_steps), task))
-        self.adam = {name: float(jax.jit(lambda task: final_loss(optax.adam(1e-3), task))(task))
-                     for name, task in self.tasks.items()}
-
-    def score(self, theta: Any) -> dict[str, float]:
-        scores = {}
-        for name, task in self.tasks.items():
-            loss = float(self._learned(theta, task))
-            # Losses are floored at LOSS_FLOOR: below it (a memorised dataset) differences are noise.
-            ratio = max(loss, self.LOSS_FLOOR) / max(self.adam[name], self.LOSS_FLOOR)
-            scores[f"validation/{name}"] = float(np.log(ratio)) if np.isfinite(loss) else float("inf")
-        scores["validation_score"] = float(np.mean(list(scores.values())))
-        return scores
-
-
-def _truncate_log(log_path: Path, step: int) -> None:
-    """Keep the log rows of outer steps up to `step` (the checkpoint a run resumes from, 0 for a
-    fresh start); rows a killed run wrote after its last checkpoint would repeat on resume.
-    A half-written last line is dropped too. Rewritten atomically."""
-    kept = []
-    for line in log_path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= step and (step or "eval_loss" not in row):
-            kept.append(line)
-    staging = log_path.with_suffix(".jsonl.tmp")
-    staging.write_text("".join(line + "\n" for line in kept))
-    os.replace(staging, log_path)
-
-
-def _best_score(output: Path) -> float | None:
-    """The validation score of the `best/` optimizer a run (being resumed) already saved."""
-    try:
-        return float(lopt.read_manifest(output / "best")["provenance"]["validation_score"])
-    except Exception:  # no best/ yet, or one written before validation scores were kept
-        return None
-
-
-def held_out_loss(config: MetaTrainConfig, opt: optax.GradientTransformation) -> float:
-    """Final train loss (mean of the last 10% of steps) of `run.eval_task` trained with `opt`
-    from a fixed key, so successive evaluations are comparable."""
-    run = config.run
-    task = build(task_spec(run.eval_task))
-    result = jax.jit(lambda t, k: train(t, opt, k, num_steps=run.eval_steps))(task, jax.random.key(12345))
-    losses = np.asarray(result.train_loss)
-    return float(losses[-max(1, len(losses) // 10):].mean())
-
-
-def _adam_reference(config: MetaTrainConfig) -> float:
-    return held_out_loss(config, optax.adam(1e-3))

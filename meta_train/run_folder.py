@@ -1,0 +1,154 @@
+"""A meta-training run folder: orbax checkpoints of the whole state, the run's config (checked on
+resume), the metrics log (cut back to the resumed step) and its figure.
+
+    <run.output_dir>/config.json      the config, without output_dir (a folder can be moved)
+    <run.output_dir>/checkpoints/     orbax steps (the newest two)
+    <run.output_dir>/metrics.jsonl    one row per log / eval step
+    <run.output_dir>/optimizer/, best/, meta_training.png   written by meta_train.loop
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+import lopt
+from lopt.config import ConfigError
+from meta_train.config import MetaTrainConfig
+
+
+def checkpoint_manager(directory: Path, config: MetaTrainConfig):
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def restore(manager: ocp.CheckpointManager, trainer: Any) -> Any:
+    """The newest checkpoint that restores onto `trainer.abstract_state` (None if there is none)."""
+    if manager.latest_step() is None:
+        return None
+    # A SIGKILL can land while the newest step is being written: fall back to older steps.
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
+        # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
+        abstract = trainer.abstract_state(max(step - 1, 0))
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
+            return _with_empty(restored, abstract)
+        except Exception as error:  # orbax raises many types for a damaged step
+            failures.append(f"step {step}: {type(error).__name__}: {error}")
+            warnings.warn(f"{manager.directory}: could not restore checkpoint step {step}; trying an older one")
+    raise RuntimeError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
+
+
+def _without_empty(tree: Any) -> Any:
+    """`tree` with its zero-size arrays (e.g. the missing column factor of a vector's factored
+    accumulator) replaced by None: orbax refuses to write arrays of zero size."""
+    return jax.tree.map(lambda x: None if np.prod(x.shape) == 0 else x, tree)
+
+
+def _with_empty(restored: Any, template: Any) -> Any:
+    """Inverse of `_without_empty`: the zero-size arrays of `template` put back as zeros."""
+    leaves = jax.tree.leaves(restored, is_leaf=lambda x: x is None)
+    filled = [jnp.zeros(t.shape, t.dtype) if r is None else r for t, r in zip(jax.tree.leaves(template), leaves)]
+    return jax.tree.structure(template).unflatten(filled)
+
+
+def config_record(config: MetaTrainConfig) -> dict[str, Any]:
+    """The config as a run folder records it: JSON-ready, without `run.output_dir`, so a run
+    folder can be moved or named by a relative path and still resume."""
+    record = json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    del record["run"]["output_dir"]
+    return record
+
+
+def check_run_config(output: Path, config: MetaTrainConfig) -> None:
+    """Record the config in `output/config.json` at a run's start; a later call into the same
+    folder must match it (whatever the newest checkpoint holds)."""
+    path = output / "config.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path} is not a readable run config ({error}); move it away to start a new run") from None
+        if saved != config_record(config):
+            raise ConfigError(
+                f"{output} holds a run with a different config; use another run.output_dir "
+                "or delete the old run to start over"
+            )
+        return
+    staging = output / ".config.json.tmp"
+    staging.write_text(json.dumps(config_record(config), indent=2))
+    os.replace(staging, path)
+
+
+def save(manager: ocp.CheckpointManager, state: Any) -> None:
+    """Checkpoint `state` (the run's config lives once in the run folder, `_check_run_config`)."""
+    manager.save(int(state.step), args=ocp.args.StandardSave(_without_empty(state)))
+    manager.wait_until_finished()
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Keep the log rows of outer steps up to `step` (the checkpoint a run resumes from, 0 for a
+    fresh start); rows a killed run wrote after its last checkpoint would repeat on resume.
+    A half-written last line is dropped too. Rewritten atomically."""
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step and (step or "eval_loss" not in row):
+            kept.append(line)
+    staging = log_path.with_suffix(".jsonl.tmp")
+    staging.write_text("".join(line + "\n" for line in kept))
+    os.replace(staging, log_path)
+
+
+def best_score(output: Path) -> float | None:
+    """The validation score of the `best/` optimizer a run (being resumed) already saved."""
+    try:
+        return float(lopt.read_manifest(output / "best")["provenance"]["validation_score"])
+    except Exception:  # no best/ yet, or one written before validation scores were kept
+        return None
+
+
+def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None) -> None:
+    """Meta-loss and evaluation loss against outer step, from the JSONL log; dotted lines mark
+    where the task groups were resampled (the meta-loss jumps with the tasks)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if "meta_loss" in r]
+    eval_rows = [r for r in rows if "eval_loss" in r]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot([r["step"] for r in train_rows], [r["meta_loss"] for r in train_rows], lw=1.2)
+    axes[0].set_title("meta-loss (mean inner loss over a window)")
+    axes[0].set_yscale("log")
+    if lifetime and train_rows:
+        for boundary in range(lifetime, train_rows[-1]["step"], lifetime):
+            axes[0].axvline(boundary, color="grey", ls=":", lw=0.8)
+    if eval_rows:
+        axes[1].plot([r["step"] for r in eval_rows], [r["eval_loss"] for r in eval_rows], "o-", label="learned")
+        if "adam_loss" in eval_rows[0]:
+            axes[1].axhline(eval_rows[0]["adam_loss"], color="grey", ls="--", label="adam (lr 1e-3)")
+        axes[1].legend()
+        axes[1].set_yscale("log")
+    axes[1].set_title("held-out task: final train loss")
+    for axis in axes:
+        axis.set_xlabel("outer step")
+        axis.grid(alpha=0.3, which="both")
+    figure.tight_layout()
+    figure.savefig(figure_path, dpi=120)
+    plt.close(figure)

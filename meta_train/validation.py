@@ -1,0 +1,60 @@
+"""Scoring theta on held-out tasks during meta-training: the single `run.eval_task` curve and
+the `run.validation_tasks` score that picks the `best/` checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from meta_train.config import MetaTrainConfig
+from tasks import build, task_spec, train
+
+
+class Validation:
+    """The validation tasks of `run.validation_tasks`, each compiled once with theta as an
+    argument (so a new theta costs a run, not a compile), scored against Adam 1e-3 from the
+    same keys."""
+
+    SEEDS = 2
+    LOSS_FLOOR = 1e-6
+
+    def __init__(self, config: MetaTrainConfig, meta_optimizer: Any):
+        self.num_steps = config.run.eval_steps
+        self.tasks = {name: build(task_spec(name)) for name in config.run.validation_tasks}
+        num_steps, keys = self.num_steps, jax.random.split(jax.random.key(54321), self.SEEDS)
+
+        def final_loss(opt, task):
+            losses = jax.vmap(lambda k: train(task, opt, k, num_steps=num_steps).train_loss)(keys)
+            return jnp.mean(losses[:, -max(1, num_steps // 10):])
+
+        self._learned = jax.jit(lambda theta, task: final_loss(meta_optimizer.transform(theta, num_steps=num_steps), task))
+        self.adam = {name: float(jax.jit(lambda task: final_loss(optax.adam(1e-3), task))(task))
+                     for name, task in self.tasks.items()}
+
+    def score(self, theta: Any) -> dict[str, float]:
+        scores = {}
+        for name, task in self.tasks.items():
+            loss = float(self._learned(theta, task))
+            # Losses are floored at LOSS_FLOOR: below it (a memorised dataset) differences are noise.
+            ratio = max(loss, self.LOSS_FLOOR) / max(self.adam[name], self.LOSS_FLOOR)
+            scores[f"validation/{name}"] = float(np.log(ratio)) if np.isfinite(loss) else float("inf")
+        scores["validation_score"] = float(np.mean(list(scores.values())))
+        return scores
+
+
+def held_out_loss(config: MetaTrainConfig, opt: optax.GradientTransformation) -> float:
+    """Final train loss (mean of the last 10% of steps) of `run.eval_task` trained with `opt`
+    from a fixed key, so successive evaluations are comparable."""
+    run = config.run
+    task = build(task_spec(run.eval_task))
+    result = jax.jit(lambda t, k: train(t, opt, k, num_steps=run.eval_steps))(task, jax.random.key(12345))
+    losses = np.asarray(result.train_loss)
+    return float(losses[-max(1, len(losses) // 10):].mean())
+
+
+def adam_reference(config: MetaTrainConfig) -> float:
+    return held_out_loss(config, optax.adam(1e-3))
