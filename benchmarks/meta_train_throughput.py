@@ -26,6 +26,7 @@ import optax
 
 from lopt.learned import small_mlp
 from meta_train.estimators import make_estimator
+from meta_train.sharding import population_mesh, replicate, shard_population
 from meta_train.truncation import TruncationSchedule
 from tasks import ClassificationTask, MLPSpec, build, train
 from tasks.datasets import ClassificationData
@@ -43,11 +44,16 @@ def w2_task(real: bool) -> ClassificationTask:
     return ClassificationTask(data, spec)
 
 
-def pes_throughput(task, population: int, reps: int, steps: int) -> float:
-    estimator = make_estimator("pes", small_mlp(), task, TruncationSchedule(10, 100, 100, "constant"),
-                          num_workers=population, sigma=0.01)
-    theta = small_mlp().init_meta(jax.random.key(0))
-    state = estimator.init(jax.random.key(1), theta)
+def pes_throughput(task, population: int, reps: int, steps: int, meta_optimizer=None) -> float:
+    """Inner steps per second of PES on `task`, the population spread over every local device
+    (as `lopt meta-train` does with run.shard_population)."""
+    meta_optimizer = meta_optimizer or small_mlp()
+    estimator = make_estimator("pes", meta_optimizer, task, TruncationSchedule(10, 100, 100, "constant"),
+                               num_workers=population, sigma=0.01)
+    theta = meta_optimizer.init_meta(jax.random.key(0))
+    mesh = population_mesh(population)
+    state = shard_population(estimator.init(jax.random.key(1), theta), mesh)
+    theta = replicate(theta, mesh)
     grad, state, _ = estimator.step(jax.random.key(2), theta, state)  # compile + warm-up
     jax.block_until_ready(grad)
     times = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from lopt.checkpoint import CheckpointError
@@ -215,9 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SEARCH_COMMANDS = ("run", "top", "-h", "--help")
+HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def split_host_cpus(environ: dict[str, str] | None = None) -> None:
+    """Expose one XLA CPU device per available core (at most 8), unless XLA_FLAGS already sets a
+    count. XLA's CPU backend runs one program's small batched matrix products on one core, so
+    meta-training on a CPU shards its population over these devices (run.shard_population) to
+    use every core: W2 on the 2-core CPU, 4.6k → 8.7k inner steps/s. Must run before JAX
+    creates its backend; accelerators are unaffected (the CPU devices then go unused)."""
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS", "")
+    if HOST_DEVICE_FLAG in flags:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1:
+        environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICE_FLAG}={min(cores, 8)}".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
+    split_host_cpus()
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] == "search" and argv[1] not in SEARCH_COMMANDS:
         argv.insert(1, "run")  # `lopt search CONFIG` / `lopt search --resume DIR`

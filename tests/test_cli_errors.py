@@ -4,6 +4,7 @@ on stderr naming the problem, before any work — no traceback, no output folder
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -65,3 +66,16 @@ def test_bad_files_and_folders(tmp_path, capsys):
     run(["search", "--resume", str(tmp_path)], capsys)
     run(["info", str(tmp_path / "missing")], capsys)
     run(["program", "check", str(tmp_path / "missing.txt")], capsys)
+
+
+def test_cli_exposes_one_cpu_device_per_core_unless_xla_flags_set_a_count():
+    from lopt.cli import HOST_DEVICE_FLAG, split_host_cpus
+
+    environ = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
+    split_host_cpus(environ)
+    cores = len(os.sched_getaffinity(0))
+    if cores > 1:
+        assert environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=true {HOST_DEVICE_FLAG}={min(cores, 8)}"
+    kept = {"XLA_FLAGS": f"{HOST_DEVICE_FLAG}=3"}
+    split_host_cpus(kept)
+    assert kept == {"XLA_FLAGS": f"{HOST_DEVICE_FLAG}=3"}
