@@ -154,3 +154,44 @@ def train(
         jnp.concatenate([initial_eval[None], eval_loss]),
         to_eval(opt_state, params),
     )
+
+
+class _NormState(NamedTuple):
+    l2: jax.Array
+    l1: jax.Array
+
+
+def _record_norms() -> optax.GradientTransformation:
+    """Identity on updates; its state keeps the global ℓ2 and ℓ1 norms of the last gradient."""
+    def update(updates, state, params=None):
+        leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(updates)]
+        return updates, _NormState(jnp.sqrt(sum(jnp.sum(x * x) for x in leaves)), sum(jnp.sum(jnp.abs(x)) for x in leaves))
+
+    return optax.GradientTransformation(lambda params: _NormState(jnp.zeros(()), jnp.zeros(())), update)
+
+
+class NormTrace(NamedTuple):
+    """One run's minibatch losses [T] and its gradients' global ℓ2 and ℓ1 norms [T]."""
+
+    train_loss: jax.Array
+    l2: jax.Array
+    l1: jax.Array
+
+
+def gradient_norms(task: Any, opt: optax.GradientTransformation, key: jax.Array, *, num_steps: int,
+                   before: optax.GradientTransformation | None = None) -> NormTrace:
+    """The run `train(task, chain(before, opt), key, num_steps=num_steps)` makes (same keys and
+    minibatches), recording each step's norms of what enters `opt`: the gradient, or with
+    `before` (e.g. `scale_by_adam()`) its output — what schedule refinement reads
+    (`lopt.hypergrad.refine`)."""
+    opt = optax.with_extra_args_support(optax.chain(before or optax.identity(), _record_norms(), opt))
+    init_key, data_key, _ = jax.random.split(key, 3)
+    params = task.init(init_key)
+
+    def step(carry, step_key):
+        params, opt_state = carry
+        params, opt_state, loss = train_step(task, opt, params, opt_state, step_key)
+        return (params, opt_state), (loss, opt_state[1].l2, opt_state[1].l1)
+
+    _, (losses, l2, l1) = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(data_key, num_steps))
+    return NormTrace(losses, l2, l1)

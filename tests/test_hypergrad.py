@@ -195,3 +195,41 @@ def test_bad_arguments_name_the_problem():
         hypergradient(optax.identity(), 0.1, 1.5, mode="multiplicative")
     with pytest.raises(ValueError, match="no hyperparameter"):
         stacked.sgd(0.1, learn=("momentum",))
+
+
+def test_refined_schedule_matches_the_papers_formula_and_is_linear_decay_for_constant_norms():
+    """w_t ∝ Ĝ_t⁻² Σ_{p>t} Ĝ_p⁻² (Defazio et al. 2023), computed here by a plain double loop."""
+    from lopt.hypergrad.refine import linear_decay, median_filter, refined_schedule, refined_weights
+
+    T = 12
+    np.testing.assert_allclose(refined_weights(np.full(T, 3.0), tau=0.1), (T - 1 - np.arange(T)) / (T - 1), atol=1e-12)
+    norms = np.array([5.0, 4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25])
+    expected = np.array([norms[t] ** -2 * sum(norms[p] ** -2 for p in range(t + 1, len(norms))) for t in range(len(norms))])
+    np.testing.assert_allclose(refined_weights(norms, tau=0.1), expected / expected.max(), rtol=1e-12)
+    noisy = np.array([1.0, 9.0, 1.0, 1.0, 2.0, 2.0])
+    brute = [np.median(np.pad(noisy, (1, 1), mode="edge")[i:i + 3]) for i in range(len(noisy))]
+    np.testing.assert_allclose(median_filter(noisy, 3), brute)
+    schedule = refined_schedule(0.5, np.array([0.2, 1.0, 0.0]))
+    np.testing.assert_allclose([float(schedule(t)) for t in (0, 1, 2, 7)], [0.1, 0.5, 0.0, 0.0], rtol=1e-6)
+    assert float(linear_decay(2.0, 10)(5)) == 1.0
+    first_power = np.array([norms[t] ** -1 * sum(norms[p] ** -1 for p in range(t + 1, len(norms))) for t in range(len(norms))])
+    np.testing.assert_allclose(refined_weights(norms, tau=0.1, power=1.0), first_power / first_power.max(), rtol=1e-12)
+    with pytest.raises(ValueError, match="finite and positive"):
+        refined_weights(np.array([1.0, np.nan]))
+
+
+def test_gradient_norms_trace_the_same_run_as_train():
+    import tasks
+    from tasks.train import gradient_norms
+
+    task = tasks.build(tasks.MLPSpec("digits", (8,), "tanh", 32))
+    key, opt = jax.random.key(3), optax.adam(1e-2)
+    traced = gradient_norms(task, opt, key, num_steps=5)
+    plain = tasks.train(task, opt, key, num_steps=5)
+    np.testing.assert_allclose(traced.train_loss, plain.train_loss, rtol=1e-6)
+    init_key, data_key, _ = jax.random.split(key, 3)
+    params = task.init(init_key)
+    first_key = jax.random.split(data_key, 5)[0]
+    grads = jax.grad(task.loss)(params, task.batch(first_key, "train"))
+    np.testing.assert_allclose(traced.l2[0], optax.tree.norm(grads), rtol=1e-5)
+    np.testing.assert_allclose(traced.l1[0], sum(np.abs(np.asarray(g)).sum() for g in jax.tree.leaves(grads)), rtol=1e-5)

@@ -1,13 +1,14 @@
 """Hypergradient learning-rate schedulers: online HD (Baydin et al. 2018), stacked
-hyperoptimizers (Chandra et al. 2022). The meta-learned LR controller is a learned optimizer:
+hyperoptimizers (Chandra et al. 2022), and schedule refinement from a previous run's gradient
+norms (Defazio et al. 2023). The meta-learned LR controller is a learned optimizer:
 `lopt.learned.LRController`."""
 
-from lopt.hypergrad import stacked
+from lopt.hypergrad import refine, stacked
 from lopt.hypergrad.online import (
     HypergradientState, adam_hd, adam_hd_log, current_learning_rate, hypergradient, sgd_hd, sgdn_hd,
 )
 
 __all__ = [
-    "stacked", "HypergradientState", "adam_hd", "adam_hd_log",
+    "refine", "stacked", "HypergradientState", "adam_hd", "adam_hd_log",
     "current_learning_rate", "hypergradient", "sgd_hd", "sgdn_hd",
 ]
