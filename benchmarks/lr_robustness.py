@@ -7,7 +7,8 @@ several embedded tasks, and count the decades of that range whose final train lo
 
 What "initial step size" means per method:
 - adam: its fixed learning rate (the reference: tuned Adam scores about one decade);
-- sgd_hd, sgdn_hd, adam_hd, adam_hd_log: the HD initial learning rate α_0 (Baydin et al. 2018);
+- sgd_hd, sgdn_hd, adam_hd, adam_hd_log, adam_hd_log_adam, adam_hd_tangent: the HD initial
+  learning rate α_0 (Baydin et al. 2018; the last two: lopt.hypergrad.online's modes);
 - schedule_free_adamw: its (constant) learning rate;
 - prodigy: its initial distance estimate d_0 (`estim_lr0`, default 1e-6), learning rate 1;
 - dog: its initial movement r_ε relative to 1 + ‖x_0‖ (`init_step=("heuristic", r)`);
@@ -37,11 +38,15 @@ import lopt
 from eval.metrics import final_loss
 from eval.runner import Candidate, sweep
 from lopt import baselines
-from lopt.hypergrad import adam_hd, adam_hd_log, sgd_hd, sgdn_hd
+from lopt.hypergrad import adam_hd, adam_hd_log, adam_hd_log_adam, adam_hd_tangent, sgd_hd, sgdn_hd
 
 GRID = tuple(float(f"{v:.1g}") for v in np.logspace(-6, 0, 13))
 TOLERANCE = 0.10
 DEFAULT_TASKS = ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "digits-conv-16-32")
+# The extended benchmark (GPU, `--tasks extended --steps 1000`): MLPs, conv nets and transformer
+# LMs, none of them a validation task (eval.suites "validation", where hyper_lr was chosen).
+EXTENDED_TASKS = ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "digits-conv-16-32", "mnist1d-conv-16-32",
+                  "pytext-transformer-32x2", "pytext-transformer-64x2")
 
 
 def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], str, str]]:
@@ -52,6 +57,9 @@ def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], 
         "sgdn_hd": (lambda lr: sgdn_hd(lr), "α_0 (β = 1e-3, μ = 0.9)"),
         "adam_hd": (lambda lr: adam_hd(lr), "α_0 (β = 1e-7)"),
         "adam_hd_log": (lambda lr: adam_hd_log(lr), "α_0 (β = 0.02, log-space)"),
+        "adam_hd_log_adam": (lambda lr: adam_hd_log_adam(lr, hyper_lr=0.1, tangent_decay=0.99),
+                             "α_0 (β = 0.1, μ = 0.99, Adam on log α)"),
+        "adam_hd_tangent": (lambda lr: adam_hd_tangent(lr), "α_0 (β = 0.2, μ = 0.99, log-space)"),
         "schedule_free_adamw": (lambda lr: optax.contrib.schedule_free_adamw(lr), "learning rate"),
         "prodigy": (lambda d0: optax.contrib.prodigy(1.0, estim_lr0=d0), "d_0"),
         "dog": (lambda r: optax.contrib.dog(1.0, init_step=("heuristic", r)), "r_ε (relative)"),
@@ -82,21 +90,25 @@ def decades_within(finals: np.ndarray, target: float, factor: float = 1 + TOLERA
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names, or `extended`")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--controller", action="append", default=[], help="a saved LR controller (repeatable)")
     parser.add_argument("--out", default="results/lr_robustness")
+    parser.add_argument("--merge", metavar="DIR", help="only merge DIR/*/lr_robustness.json (one run per task) into --out")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(sorted(Path(args.merge).glob("*/lr_robustness.json")), out)
+        return
     table = methods()
     for path in args.controller:
         table[f"controller:{Path(path).absolute().parent.name if Path(path).name == 'optimizer' else Path(path).name}"] = controller_method(path)
     adam_grid = baselines.spec("adam").lr_grid
     results: dict[str, Any] = {"grid": GRID, "tasks": {}, "device": jax.devices()[0].device_kind}
     start = time.perf_counter()
-    for task in args.tasks.split(","):
+    for task in (EXTENDED_TASKS if args.tasks == "extended" else args.tasks.split(",")):
         tuned = sweep(task, Candidate("adam-tuned", lambda lr: optax.adam(lr), adam_grid, "adam"),
                       num_steps=args.steps, eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
         target = float(np.nanmin(final_loss(tuned.train_loss).mean(axis=1)))
@@ -119,6 +131,19 @@ def main() -> None:
     print((out / "lr_robustness.md").read_text())
     print(f"wrote {out / 'lr_robustness.json'}, {out / 'lr_robustness.md'}, {out / 'lr_robustness.png'} "
           f"({results['seconds']:.0f}s on {results['device']})")
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One table and figure from per-task runs (e.g. one process per task on a GPU)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    if not parts:
+        raise SystemExit("nothing to merge: no */lr_robustness.json")
+    results = {**parts[0], "tasks": {t: e for part in parts for t, e in part["tasks"].items()},
+               "seconds": max(part["seconds"] for part in parts)}
+    (out / "lr_robustness.json").write_text(json.dumps(results, indent=2))
+    write_table(results, out / "lr_robustness.md")
+    plot(results, out / "lr_robustness.png")
+    print((out / "lr_robustness.md").read_text())
 
 
 def write_table(results: dict[str, Any], path: Path) -> None:

@@ -91,6 +91,31 @@ def test_adam_hd_matches_the_papers_equations():
     np.testing.assert_allclose(lrs, alphas, rtol=1e-5)
 
 
+def test_log_adam_mode_is_adam_on_the_log_learning_rate():
+    """ρ_t = ρ_{t−1} + β·m̂/√v̂ with m, v Adam's moments (0.9, 0.999) of h = g_t·d_{t−1};
+    α_t = α_0·exp(ρ_t); the inner direction is Adam's, all in float64 numpy."""
+    from lopt.hypergrad import adam_hd_log_adam
+
+    alpha0, beta, steps, b1, b2, eps = 1e-3, 0.05, 12, 0.9, 0.999, 1e-8
+    theta, previous, m, v, hm, hv, rho, expected, alphas = THETA0.copy(), np.zeros(3), 0.0, 0.0, 0.0, 0.0, 0.0, [], []
+    for t in range(1, steps + 1):
+        g = quadratic_grad(theta)
+        h = g @ previous
+        hm, hv = b1 * hm + (1 - b1) * h, b2 * hv + (1 - b2) * h * h
+        rho = rho + beta * (hm / (1 - b1**t)) / (np.sqrt(hv / (1 - b2**t)) + 1e-30)
+        alpha = alpha0 * np.exp(rho)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        direction = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        theta = theta - alpha * direction
+        previous = direction
+        expected.append(theta.copy())
+        alphas.append(alpha)
+    thetas, lrs = run_optax(adam_hd_log_adam(alpha0, hyper_lr=beta), steps)
+    np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(lrs, alphas, rtol=1e-5)
+    assert alphas[-1] > 1.5 * alpha0  # agreeing steps raise α by about e^β each
+
+
 def test_multiplicative_and_log_modes_follow_the_cosine_rule():
     alpha0, beta, steps = 0.05, 0.1, 6
     for mode in ("multiplicative", "log"):
@@ -233,3 +258,19 @@ def test_gradient_norms_trace_the_same_run_as_train():
     grads = jax.grad(task.loss)(params, task.batch(first_key, "train"))
     np.testing.assert_allclose(traced.l2[0], optax.tree.norm(grads), rtol=1e-5)
     np.testing.assert_allclose(traced.l1[0], sum(np.abs(np.asarray(g)).sum() for g in jax.tree.leaves(grads)), rtol=1e-5)
+
+
+def test_tangent_decay_accumulates_past_steps_in_the_hypergradient():
+    """With μ > 0 the hypergradient reads Z_{t−1} = μ·Z_{t−2} + d_{t−1} (log mode, SGD inner)."""
+    alpha0, beta, mu, steps = 0.05, 0.1, 0.9, 6
+    theta, tangent, rho, expected = THETA0.copy(), np.zeros(3), 0.0, []
+    for _ in range(steps):
+        g = quadratic_grad(theta)
+        rho += beta * (g @ tangent) / (np.linalg.norm(g) * np.linalg.norm(tangent) + 1e-30)
+        theta = theta - alpha0 * np.exp(rho) * g
+        tangent = mu * tangent + g
+        expected.append(theta.copy())
+    thetas, _ = run_optax(hypergradient(optax.identity(), alpha0, beta, mode="log", tangent_decay=mu), steps)
+    np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tangent_decay"):
+        hypergradient(optax.identity(), alpha0, beta, tangent_decay=1.0)

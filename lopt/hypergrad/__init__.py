@@ -5,10 +5,10 @@ norms (Defazio et al. 2023). The meta-learned LR controller is a learned optimiz
 
 from lopt.hypergrad import refine, stacked
 from lopt.hypergrad.online import (
-    HypergradientState, adam_hd, adam_hd_log, current_learning_rate, hypergradient, sgd_hd, sgdn_hd,
+    HypergradientState, adam_hd, adam_hd_log, adam_hd_log_adam, adam_hd_tangent, current_learning_rate, hypergradient, sgd_hd, sgdn_hd,
 )
 
 __all__ = [
-    "refine", "stacked", "HypergradientState", "adam_hd", "adam_hd_log",
+    "refine", "stacked", "HypergradientState", "adam_hd", "adam_hd_log", "adam_hd_log_adam", "adam_hd_tangent",
     "current_learning_rate", "hypergradient", "sgd_hd", "sgdn_hd",
 ]
