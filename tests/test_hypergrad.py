@@ -274,3 +274,38 @@ def test_tangent_decay_accumulates_past_steps_in_the_hypergradient():
     np.testing.assert_allclose(thetas, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="tangent_decay"):
         hypergradient(optax.identity(), alpha0, beta, tangent_decay=1.0)
+
+
+def test_fedhyper_round_matches_a_numpy_fedavg_with_hypergradient_rates():
+    """Two clients, least squares f_k(w) = ½‖A_k w − b_k‖² per batch, S = 3 local steps, two
+    rounds: local ρ_l += β_l·cos(g_s, g_{s−1}) per step, clients' ρ averaged by the server;
+    Δ = mean(x − y_S); ρ_g += β_g·cos(Δ_t, Δ_{t−1}); x ← x − η_g·e^{ρ_g}·Δ. β = 0 is FedAvg."""
+    from lopt.hypergrad import fedhyper
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(2, 2, 3, 4, 3))  # [round, client, step, rows, dim]
+    b = rng.normal(size=(2, 2, 3, 4))
+    loss = lambda w, batch: 0.5 * jnp.sum((batch["A"] @ w["w"] - batch["b"]) ** 2)  # noqa: E731
+    cos = lambda u, v: u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-30)  # noqa: E731
+    for beta_l, beta_g in ((0.0, 0.0), (0.3, 0.5)):
+        x, rho_g, rho_l, previous = np.array([0.5, -1.0, 2.0]), 0.0, 0.0, np.zeros(3)
+        state = fedhyper.init({"w": jnp.asarray(x, jnp.float32)})
+        for r in range(2):
+            deltas, rhos = [], []
+            for k in range(2):
+                y, rho, g_prev = x.copy(), rho_l, np.zeros(3)
+                for s in range(3):
+                    g = A[r, k, s].T @ (A[r, k, s] @ y - b[r, k, s])
+                    rho += beta_l * cos(g, g_prev)
+                    y = y - 0.05 * np.exp(rho) * g
+                    g_prev = g
+                deltas.append(x - y)
+                rhos.append(rho)
+            delta = np.mean(deltas, axis=0)
+            rho_g += beta_g * cos(delta, previous)
+            x = x - 0.7 * np.exp(rho_g) * delta
+            rho_l, previous = np.mean(rhos), delta
+            batches = {"A": jnp.asarray(A[r], jnp.float32), "b": jnp.asarray(b[r], jnp.float32)}
+            state, _ = fedhyper.round_step(state, batches, loss, local_lr=0.05, global_lr=0.7,
+                                           local_hyper_lr=beta_l, global_hyper_lr=beta_g)
+            np.testing.assert_allclose(state.params["w"], x, rtol=1e-4, atol=1e-5)
