@@ -306,14 +306,16 @@ def test_apollo_channel_scaling_and_norm_limiter(problem):
                 P = np.asarray(jax.random.normal(key, (rank, G.shape[0]), jnp.float32), np.float64) / math.sqrt(rank)
                 R = P @ G
                 m.setdefault(k, np.zeros_like(R)), v.setdefault(k, np.zeros_like(R))
-                R_tilde, m[k], v[k] = numpy_adam_leaf(R, m[k], v[k], t, b1, b2, eps)
+                m[k] = b1 * m[k] + (1 - b1) * R
+                v[k] = b2 * v[k] + (1 - b2) * R * R
+                R_tilde = m[k] / (np.sqrt(v[k]) + eps)  # the reference: no bias correction here
                 s = np.linalg.norm(R_tilde, axis=0) / np.linalg.norm(R, axis=0)
                 scaled = scale * G * s[None, :]
                 norm = np.linalg.norm(scaled)
                 if t > 1 and norm > gamma * prev[k]:
                     scaled, norm = scaled * gamma * prev[k] / norm, gamma * prev[k]
                 prev[k] = norm
-                u = unmat(scaled, SHAPES[k])
+                u = unmat(scaled * math.sqrt(1 - b2**t) / (1 - b1**t), SHAPES[k])  # ...but in the step size
             p = {**p, k: p[k] - lr * u}
         expected.append(p)
     actual = run(matrix.apollo(lr, b1, b2, eps, rank, interval, scale, gamma, seed=seed), params, grads)
@@ -637,3 +639,29 @@ def test_every_zoo_entry_trains_the_mlp_quadratic_and_rosenbrock_families(name):
 def test_every_zoo_entry_trains_the_conv_and_transformer_families(name):
     """As above on a conv net and a transformer (slow: their compiles take ~10 s each on CPU)."""
     _train_families(name, SLOW_FAMILIES)
+
+
+def test_adan_follows_the_papers_algorithm_not_optax_0_2_8():
+    """Xie et al. Algorithm 1 in numpy (optax β convention), with bias corrections: the gradient
+    difference is weighted by b2 = 0.92 in n and in the step (optax 0.2.8 uses 1 − b2)."""
+    from lopt.baselines import momentum
+
+    rng = np.random.default_rng(0)
+    params = _tree(rng)
+    grads = [_tree(rng, 0.1 * (1 + i)) for i in range(STEPS)]
+    lr, b1, b2, b3, eps = 0.01, 0.98, 0.92, 0.99, 1e-8
+    expected, p = [], dict(params)
+    m, v, n, previous = ({k: np.zeros(s) for k, s in SHAPES.items()} for _ in range(4))
+    for t, g in enumerate(grads, 1):
+        for k in SHAPES:
+            diff = g[k] - previous[k] if t > 1 else np.zeros(SHAPES[k])
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * diff
+            n[k] = b3 * n[k] + (1 - b3) * (g[k] + b2 * diff) ** 2
+            step = (m[k] / (1 - b1**t) + b2 * v[k] / (1 - b2**t)) / (np.sqrt(n[k] / (1 - b3**t)) + eps)
+            p = {**p, k: p[k] - lr * step}
+            previous[k] = g[k]
+        expected.append(p)
+    assert_trajectories(run(momentum.adan(lr), params, grads), expected)
+    optax_steps = run(optax.adan(lr), params, grads)
+    assert not np.allclose(optax_steps[-1]["matrix"], expected[-1]["matrix"], rtol=1e-3)

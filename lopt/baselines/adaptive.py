@@ -342,6 +342,9 @@ def scale_by_stable_spam(
     After a reset the moments' bias corrections count from the reset (otherwise the first
     steps after it would be divided by ~1 and shrink to ~0); the norm and threshold trackers
     are never reset. Defaults γ1 0.7, γ2 0.9, γ3 0.999, reset every 1,000 steps (the paper).
+    Timing convention: the moments are zeroed at the start of steps 1, N+1, 2N+1, ... (before
+    that step's gradient enters them); the peer implementation (pytorch-optimizer) resets after
+    step N's update, i.e. one step earlier — the same schedule shifted by one step.
 
     References:
       Huang et al., "Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam", 2025

@@ -119,7 +119,8 @@ def sophia_g(
     learning_rate: float | jax.Array = 1e-3, b1: float = 0.965, b2: float = 0.99, gamma: float = 0.05,
     weight_decay: float = 1e-4, update_interval: int = 10, batch_size: int = 128, seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-    """Sophia-G: `optax.contrib.sophia` (clipped m / max(γ ĥ, ε) with ĥ refreshed every k steps)
+    """Sophia-G: `optax.contrib.sophia` (clipped m̂ / max(γ ĥ, ε): optax bias-corrects the
+    momentum, m̂ = m / (1 − β1^t); ĥ refreshed every k steps)
     on the Gauss-Newton-Bartlett estimate (`gauss_newton_bartlett`). Defaults from the paper:
     β (0.965, 0.99), γ 0.05, k 10, λ 1e-4. `batch_size` is the estimator's B (set it to your
     minibatch size; it scales ĥ, and so the effective γ).

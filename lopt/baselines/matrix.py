@@ -48,7 +48,9 @@ def scale_by_conda(
     U is the thin SVD basis (k = min(out, in) columns: the full column space, Conda's default
     rank) refreshed every T steps, first at step 1. The second moment lives in the projected
     coordinates and is kept across basis refreshes, as the paper. T defaults to 200 (GaLore's
-    subspace interval, which Conda adopts).
+    subspace interval, which Conda adopts). Timing convention: the basis is recomputed at the
+    start of steps 1, T+1, 2T+1, ... from that step's momentum, as GaLore refreshes its
+    projector; the peer implementation (pytorch-optimizer) refreshes one step later.
 
     References:
       Wang et al., "Conda: Column-Normalized Adam for Training Large Language Models Faster",
@@ -209,9 +211,15 @@ def scale_by_apollo(
     in a random low-rank projection (Algorithm 1).
 
         R = P G,  P ∈ R^{r × out}, P_ij ~ N(0, 1/r), redrawn every T steps (first at step 1)
-        m, v: Adam moments of R;   R̃ = m̂ / (√v̂ + ε)
+        m, v: Adam moments of R;   R̃ = m / (√v + ε)   (uncorrected, as the reference code)
         s_j = ‖R̃[:, j]‖ / ‖R[:, j]‖    (one factor per input channel j)
         G̃ = α · G · diag(s);  if ‖G̃‖ > γ‖G̃_{t−1}‖: G̃ ← G̃ · γ‖G̃_{t−1}‖/‖G̃‖   (norm-growth limiter)
+        update = G̃ · √(1 − β2^t) / (1 − β1^t)   (Adam's bias correction, in the step size)
+
+    The limiter compares norms without bias correction and the correction multiplies the step
+    afterwards, as the reference implementation (GaLore's AdamW step) does: with the correction
+    inside R̃ the limiter sees norms that shrink as 1/(1 − β1^t) decays, and the two conventions
+    differed by 0.57 in the parameters at step 10 of the peer check (issue 21 (1)).
 
     P comes from `seed`, the tensor's position and ⌊(t−1)/T⌋, so it is never stored. The
     moments are kept across redraws, as the paper. Defaults: T 200, γ 1.01, α 1 (the paper's
@@ -250,13 +258,14 @@ def scale_by_apollo(
             P = jax.random.normal(key, (r, G.shape[0]), jnp.float32) / jnp.sqrt(r)
             R = P @ G
             _, m, v = _adam_leaf(R, m, v, b1, b2, eps, count)
-            R_tilde = (m / bias_correction(b1, count)) / (jnp.sqrt(v / bias_correction(b2, count)) + eps)
+            R_tilde = m / (jnp.sqrt(v) + eps)
             s = jnp.linalg.norm(R_tilde, axis=0) / jnp.maximum(jnp.linalg.norm(R, axis=0), TINY)
             scaled = scale * G * s[None, :]
             norm = jnp.linalg.norm(scaled)
             limit = norm_growth_limit * previous
             factor = jnp.where((count > 1) & (norm > limit), limit / jnp.maximum(norm, TINY), 1.0)
-            out_d.append(from_matrix(scaled * factor, g.shape))
+            correction = jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
+            out_d.append(from_matrix(scaled * factor * correction, g.shape))
             out_m.append(m), out_v.append(v), out_n.append(norm * factor)
         unflatten = lambda xs: jax.tree.unflatten(tree, xs)  # noqa: E731
         return unflatten(out_d), ScaleByApolloState(count, unflatten(out_m), unflatten(out_v), unflatten(out_n))
