@@ -57,8 +57,7 @@ def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], 
         "sgdn_hd": (lambda lr: sgdn_hd(lr), "α_0 (β = 1e-3, μ = 0.9)"),
         "adam_hd": (lambda lr: adam_hd(lr), "α_0 (β = 1e-7)"),
         "adam_hd_log": (lambda lr: adam_hd_log(lr), "α_0 (β = 0.02, log-space)"),
-        "adam_hd_log_adam": (lambda lr: adam_hd_log_adam(lr, hyper_lr=0.1, tangent_decay=0.99),
-                             "α_0 (β = 0.1, μ = 0.99, Adam on log α)"),
+        "adam_hd_log_adam": (lambda lr: adam_hd_log_adam(lr), "α_0 (β = 0.1, μ = 0.99, Adam on log α)"),
         "adam_hd_tangent": (lambda lr: adam_hd_tangent(lr), "α_0 (β = 0.2, μ = 0.99, log-space)"),
         "schedule_free_adamw": (lambda lr: optax.contrib.schedule_free_adamw(lr), "learning rate"),
         "prodigy": (lambda d0: optax.contrib.prodigy(1.0, estim_lr0=d0), "d_0"),
@@ -104,7 +103,9 @@ def main() -> None:
         return
     table = methods()
     for path in args.controller:
-        table[f"controller:{Path(path).absolute().parent.name if Path(path).name == 'optimizer' else Path(path).name}"] = controller_method(path)
+        where = Path(path).absolute()
+        label = f"{where.parent.name}/{where.name}" if where.name in ("optimizer", "best") else where.name
+        table[f"controller:{label}"] = controller_method(path)
     adam_grid = baselines.spec("adam").lr_grid
     results: dict[str, Any] = {"grid": GRID, "tasks": {}, "device": jax.devices()[0].device_kind}
     start = time.perf_counter()

@@ -8,7 +8,7 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 steps=${1:-1000}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 tasks=$(python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from lr_robustness import EXTENDED_TASKS; print(' '.join(EXTENDED_TASKS))")
-controller=(--controller checkpoints/lr-controller-pes-h100)
+controller=(--controller checkpoints/lr-controller-pes-h100 ${EXTRA_CONTROLLER:+--controller "$EXTRA_CONTROLLER"})
 pids=()
 for task in $tasks; do
   timeout ${TASK_LIMIT:-430} python3 benchmarks/lr_robustness.py --tasks "$task" --steps "$steps" "${controller[@]}" \

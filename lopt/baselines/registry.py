@@ -196,6 +196,11 @@ _ENTRIES = (
              "Baydin et al. 2018 (Adam-HD: initial LR 1e-3, hypergradient LR 1e-7)"),
     Baseline("adam_hd_log", _hd.adam_hd_log, 1e-3, {"hyper_lr": 0.02}, ADAPTIVE_GRID,
              "Adam with log-space normalised HD (lopt; cosine signal as Baydin et al.'s multiplicative rule)"),
+    Baseline("adam_hd_log_adam", _hd.adam_hd_log_adam, 1e-3, {"hyper_lr": 0.1, "tangent_decay": 0.99}, ADAPTIVE_GRID,
+             "Adam whose log LR is trained by Adam on the hypergradient along a decaying tangent (lopt; "
+             "Baydin et al. 2018, Chandra et al. 2022, Donini et al. 2020)"),
+    Baseline("adam_hd_tangent", _hd.adam_hd_tangent, 1e-3, {"hyper_lr": 0.2, "tangent_decay": 0.99}, ADAPTIVE_GRID,
+             "Adam with log-space normalised HD along a decaying tangent (lopt; Baydin et al. 2018, Donini et al. 2020)"),
 )
 
 _ZOO = (
