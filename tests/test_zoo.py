@@ -461,6 +461,25 @@ def test_polyak_momentum(problem):
         opt.update(params, opt.init(params), params)
 
 
+def test_aegd_follows_algorithm_1(problem):
+    """Liu & Tian 2020: v = g/(2√(f+c)), r ← r/(1 + 2ηv²) with r_0 = √(f_0 + c), θ ← θ − 2η r v."""
+    params, grads = problem
+    losses = [2.0, 1.5, 1.0, 0.8, 0.5, 0.01]
+    lr, c = 0.3, 1.0
+    expected, p = [], dict(params)
+    r = {k: np.full(s, math.sqrt(losses[0] + c)) for k, s in SHAPES.items()}
+    for loss, g in zip(losses, grads):
+        for k in SHAPES:
+            v = g[k] / (2 * math.sqrt(loss + c))
+            r[k] = r[k] / (1 + 2 * lr * v * v)
+            p = {**p, k: p[k] - 2 * lr * r[k] * v}
+        expected.append(p)
+    opt = momentum.aegd(lr, c)
+    assert_trajectories(run(opt, params, grads, extra=lambda i, p: {"loss": jnp.float32(losses[i])}), expected)
+    with pytest.raises(ValueError, match="loss"):
+        opt.update(params, opt.init(params), params)
+
+
 # ---------------------------------------------------------------- momentum relatives
 
 
@@ -606,7 +625,7 @@ def test_ranger21_components(problem):
 # ---------------------------------------------------------------- every family, default settings
 
 ZOO = ("adamp", "diffgrad", "exadam", "grams", "optimistic_amsgrad", "adamw_lh", "stable_spam", "conda", "swan",
-       "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "ranger21", "xgrad_adam",
+       "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "aegd", "ranger21", "xgrad_adam",
        "lookahead_adam", "gaf_adam", "sophia_g")
 FAST_FAMILIES = ("mnist1d-mlp-gelu64x2", "quadratic-10-cond100", "rosenbrock-2")
 SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of compiles per optimizer

@@ -206,3 +206,43 @@ def adan(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.98, b2: flo
     weighting of the gradient difference."""
     return optax.chain(scale_by_adan(b1, b2, b3, eps), optax.add_decayed_weights(weight_decay),
                        optax.scale_by_learning_rate(learning_rate))
+
+
+class AEGDState(NamedTuple):
+    energy: Any  # r, per parameter; NaN until the first step sets r_0 = √(f(θ_0) + c)
+
+
+def aegd(learning_rate: float | jax.Array = 0.1, c: float = 1.0) -> optax.GradientTransformationExtraArgs:
+    """AEGD, energy-adaptive gradient descent (Liu & Tian 2020), Algorithm 1:
+
+        v_t = ∇f(θ_t) / (2 √(f(θ_t) + c))            (the gradient of √(f + c))
+        r_{t+1} = r_t / (1 + 2η v_t²)                 (elementwise; r_0 = √(f(θ_0) + c))
+        θ_{t+1} = θ_t − 2η r_{t+1} v_t
+
+    The energy r only decreases, so the effective step 2η·r/(2√(f+c)) is stable for any η
+    (the paper's unconditional energy stability). f is the minibatch loss, read from the extra
+    argument `loss=`; c = 1 and η = 0.1 as the paper's defaults for deep networks.
+
+    References:
+      Liu & Tian, "AEGD: Adaptive Gradient Descent with Energy", arXiv:2010.05109, 2020.
+    """
+
+    def init(params):
+        return AEGDState(jax.tree.map(lambda p: jnp.full(jnp.shape(p), jnp.nan, jnp.float32), params))
+
+    def update(updates, state, params=None, *, loss=None, **extra):
+        del params, extra
+        if loss is None:
+            raise ValueError("aegd needs the minibatch loss: call update(..., loss=loss)")
+        root = jnp.sqrt(jnp.asarray(loss, jnp.float32) + c)
+
+        def leaf(g, r):
+            v = g.astype(jnp.float32) / (2 * root)
+            r = jnp.where(jnp.isnan(r), root, r) / (1 + 2 * learning_rate * v * v)
+            return (-2 * learning_rate * r * v).astype(g.dtype), r
+
+        leaves, tree = jax.tree.flatten(updates)
+        pairs = [leaf(g, r) for g, r in zip(leaves, tree.flatten_up_to(state.energy))]
+        return jax.tree.unflatten(tree, [s for s, _ in pairs]), AEGDState(jax.tree.unflatten(tree, [r for _, r in pairs]))
+
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -234,6 +234,8 @@ _ZOO = (
              "Xu et al. 2024 (momentum 0.9; g-SNR from the first gradient)"),
     Baseline("gravity", momentum.gravity, 0.1, {"alpha": 0.01, "beta": 0.9}, log_grid(1e-3, 1.0),
              "Bahrami & Zadeh 2021 (lr 0.1, alpha 0.01, beta 0.9)"),
+    Baseline("aegd", momentum.aegd, 0.1, {"c": 1.0}, log_grid(1e-3, 1.0),
+             "Liu & Tian 2020 (AEGD, Algorithm 1: c 1, learning rate 0.1; reads the minibatch loss)"),
     Baseline("polyak_momentum", momentum.polyak_momentum, 1.0, {"momentum": 0.9, "c": 1.0, "lower_bound": 0.0},
              log_grid(1e-2, 10.0), "Wang, Johansson & Zhang 2023 (ALR-SMAG; the LR caps the Polyak step)"),
     Baseline("ranger21", wrappers.ranger21, 1e-3, {"weight_decay": 1e-4, "normloss_factor": 1e-4},
