@@ -288,6 +288,31 @@ def test_swan_normalises_and_whitens(problem):
     assert_trajectories(run(matrix.swan(lr, eps=eps, whitening_steps=steps), params, grads), expected, rtol=1e-3, atol=1e-5)
 
 
+def test_sinkgd_alternates_row_and_column_normalisations(problem):
+    """Scetbon et al. 2025: L times X ← √n·X/‖rows‖, X ← √m·X/‖cols‖ (X ∈ R^{m×n}); θ ← θ − ηX;
+    Adam on the scalar and the vector."""
+    params, grads = problem
+    lr, L = 0.01, 3
+    expected, p = [], dict(params)
+    m, v = {k: np.zeros(s) for k, s in SHAPES.items()}, {k: np.zeros(s) for k, s in SHAPES.items()}
+    for t, g in enumerate(grads, 1):
+        for k in SHAPES:
+            if len(SHAPES[k]) < 2:
+                u, m[k], v[k] = numpy_adam_leaf(g[k], m[k], v[k], t)
+            else:
+                X = mat(g[k])
+                rows, cols = X.shape
+                for _ in range(L):
+                    X = math.sqrt(cols) * X / np.linalg.norm(X, axis=1, keepdims=True)
+                    X = math.sqrt(rows) * X / np.linalg.norm(X, axis=0, keepdims=True)
+                u = unmat(X, SHAPES[k])
+            p = {**p, k: p[k] - lr * u}
+        expected.append(p)
+    assert_trajectories(run(matrix.sinkgd(lr, iterations=L), params, grads), expected, rtol=1e-4, atol=1e-6)
+    X = np.asarray(matrix.sinkhorn_normalise(jnp.asarray(mat(grads[0]["conv"]), jnp.float32), 20))
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), math.sqrt(X.shape[1]), rtol=1e-3)
+
+
 def test_apollo_channel_scaling_and_norm_limiter(problem):
     params, grads = problem
     lr, b1, b2, eps, rank, interval, scale, gamma, seed = 0.01, 0.9, 0.999, 1e-8, 2, 3, 1.0, 1.01, 7
@@ -626,7 +651,7 @@ def test_ranger21_components(problem):
 
 ZOO = ("adamp", "diffgrad", "exadam", "grams", "optimistic_amsgrad", "adamw_lh", "stable_spam", "conda", "swan",
        "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "aegd", "ranger21", "xgrad_adam",
-       "lookahead_adam", "gaf_adam", "sophia_g")
+       "lookahead_adam", "gaf_adam", "sophia_g", "sinkgd", "adan")
 FAST_FAMILIES = ("mnist1d-mlp-gelu64x2", "quadratic-10-cond100", "rosenbrock-2")
 SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of compiles per optimizer
 

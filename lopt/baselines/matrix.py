@@ -107,9 +107,9 @@ def conda(learning_rate: float | jax.Array | optax.Schedule = 1e-3, b1: float = 
     )
 
 
-class ScaleBySwanState(NamedTuple):
+class StatelessMatrixState(NamedTuple):
     count: jax.Array
-    mu: Any   # Adam moments of rank ≤ 1 tensors; empty arrays for matrices (SWAN keeps no state)
+    mu: Any   # Adam moments of rank ≤ 1 tensors; empty arrays for matrices (no state kept)
     nu: Any
 
 
@@ -164,9 +164,16 @@ def scale_by_swan(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, whiteni
       LLM Training", ICML 2025 (arXiv:2412.13148).
     """
 
+    return _stateless_matrix_rule(lambda G: _swan_matrix(G, eps, whitening_steps), b1, b2, eps)
+
+
+def _stateless_matrix_rule(matrix_direction, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """`matrix_direction(G)` on every tensor of rank ≥ 2 (as a matrix, no state), Adam on the rest
+    (SWAN's and SinkGD's split)."""
+
     def init(params):
         state = jax.tree.map(lambda x: jnp.zeros_like(x) if x.ndim < 2 else jnp.zeros((0,), x.dtype), params)
-        return ScaleBySwanState(jnp.zeros([], jnp.int32), state, state)
+        return StatelessMatrixState(jnp.zeros([], jnp.int32), state, state)
 
     def update(updates, state, params=None):
         del params
@@ -175,12 +182,45 @@ def scale_by_swan(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, whiteni
         def leaf(g, m, v):
             if g.ndim < 2:
                 return _adam_leaf(g, m, v, b1, b2, eps, count)
-            return from_matrix(_swan_matrix(as_matrix(g), eps, whitening_steps), g.shape), m, v
+            return from_matrix(matrix_direction(as_matrix(g)), g.shape), m, v
 
         d, mu, nu = _split3(jax.tree.map(leaf, updates, state.mu, state.nu), updates)
-        return d, ScaleBySwanState(count, mu, nu)
+        return d, StatelessMatrixState(count, mu, nu)
 
     return optax.GradientTransformation(init, update)
+
+
+def sinkhorn_normalise(G: jax.Array, iterations: int, eps: float = TINY) -> jax.Array:
+    """SR-Sinkhorn (Scetbon et al. 2025): `iterations` alternations of X ← √n·Q(X)⁻¹X then
+    X ← √m·X·R(X)⁻¹ for X ∈ R^{m×n}, Q / R the diagonals of row / column ℓ2 norms; in the limit
+    every row has norm √n and every column norm √m (the matrix's RMS is 1)."""
+    m, n = G.shape
+    X = G.astype(jnp.float32)
+    for _ in range(iterations):
+        X = jnp.sqrt(n) * X / jnp.maximum(jnp.linalg.norm(X, axis=1, keepdims=True), eps)
+        X = jnp.sqrt(m) * X / jnp.maximum(jnp.linalg.norm(X, axis=0, keepdims=True), eps)
+    return X
+
+
+def scale_by_sinkgd(iterations: int = 5, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+                    ) -> optax.GradientTransformation:
+    """SinkGD direction (Gradient Multi-Normalization): each gradient matrix normalised by
+    `sinkhorn_normalise`, stateless; rank ≤ 1 tensors use Adam, as SWAN here. SinkGD generalises
+    SWAN's stateless recipe by replacing whitening with alternating row and column
+    normalisations (linear cost). L = `iterations` = 5 is lopt's default (the alternation settles
+    within a few passes; the paper leaves L a hyperparameter).
+
+    References:
+      Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM
+      Training", arXiv:2502.06742, 2025.
+    """
+    return _stateless_matrix_rule(lambda G: sinkhorn_normalise(G, iterations), b1, b2, eps)
+
+
+def sinkgd(learning_rate: float | jax.Array | optax.Schedule = 1e-3, iterations: int = 5, b1: float = 0.9,
+           b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """SinkGD (see `scale_by_sinkgd`)."""
+    return optax.chain(scale_by_sinkgd(iterations, b1, b2, eps), optax.scale_by_learning_rate(learning_rate))
 
 
 def swan(learning_rate: float | jax.Array | optax.Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,

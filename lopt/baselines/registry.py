@@ -224,6 +224,9 @@ _ZOO = (
              ADAPTIVE_GRID, "Wang et al. 2025 (full-rank subspace, refreshed every 200 steps)"),
     Baseline("swan", matrix.swan, 1e-3, {"eps": 1e-8, "whitening_steps": 10}, ADAPTIVE_GRID,
              "Ma et al. 2025 (GradNorm + GradWhitening by 10 Newton-Schulz steps, Adam on non-matrix tensors)"),
+    Baseline("sinkgd", matrix.sinkgd, 1e-3, {"iterations": 5}, ADAPTIVE_GRID,
+             "Scetbon et al. 2025 (SR-Sinkhorn row/column normalisation, stateless; L 5 is lopt's choice; "
+             "Adam on non-matrix tensors as swan)"),
     Baseline("apollo", matrix.apollo, 1e-3, {"update_interval": 200, "scale": 1.0, "norm_growth_limit": 1.01},
              ADAPTIVE_GRID, "Zhu et al. 2025 (channel-wise, rank fan_out/4, T 200, gamma 1.01)"),
     Baseline("adahessian", curvature.adahessian, 0.15, {"b1": 0.9, "b2": 0.999, "eps": 1e-4, "hessian_power": 1.0},
