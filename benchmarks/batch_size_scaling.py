@@ -17,13 +17,13 @@ from a bootstrap over seeds (resampled with replacement, the whole fit redone).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 
+from _report import pyplot, save_figure, write
 from tasks import ConvSpec, MLPSpec, build, train
 
 GRID = np.logspace(-5, 1, 25)  # quarter decades
@@ -109,20 +109,11 @@ def main() -> None:
         cells = [f"{results[f'{task_name}/{o}']['exponent']:.2f} [{results[f'{task_name}/{o}']['interval'][0]:.2f}, "
                  f"{results[f'{task_name}/{o}']['interval'][1]:.2f}]" for o in OPTIMIZERS]
         lines.append(f"| {task_name} | {cells[0]} | {cells[1]} |")
-    (out / "batch_size.md").write_text("\n".join(lines) + "\n")
-    (out / "batch_size.json").write_text(json.dumps(results, indent=2))
-    plot(results, sizes, out / "batch_size.png")
-    print("\n".join(lines))
-    print(f"wrote {out / 'batch_size.md'}, {out / 'batch_size.json'}, {out / 'batch_size.png'}")
+    write(out, "batch_size", lines, results, lambda path: plot(results, sizes, path))
 
 
 def plot(results: dict, sizes: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     for ax, opt_name in zip(axes, OPTIMIZERS):
         for key, entry in results.items():
             if key.endswith("/" + opt_name):
@@ -133,9 +124,7 @@ def plot(results: dict, sizes: list[int], path: Path) -> None:
                title=f"{opt_name}: prediction k = {reference}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

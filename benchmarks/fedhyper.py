@@ -14,13 +14,13 @@ a figure of test accuracy over rounds from the poorest initial LRs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _report import pyplot, save_figure, write
 from lopt.hypergrad import fedhyper
 from tasks import MLPSpec, build
 
@@ -117,20 +117,11 @@ def main() -> None:
                      f"{r['fedhyper']['poor_accuracy']:.3f} ({r['fedhyper']['poor_loss']:.3f}) | {r['best_tuned_fedavg']:.3f} |")
     wins = sum(r["fedhyper"]["poor_accuracy"] > r["fedavg"]["poor_accuracy"] for r in table)
     lines += ["", f"FedHyper beats FedAvg from initial LR {args.poor:g} on {wins} of {len(table)} datasets"]
-    (out / "fedhyper.md").write_text("\n".join(lines) + "\n")
-    (out / "fedhyper.json").write_text(json.dumps(table, indent=2))
-    plot(curves, out / "fedhyper.png", poor)
-    print("\n".join(lines))
-    print(f"wrote {out / 'fedhyper.md'}, {out / 'fedhyper.json'}, {out / 'fedhyper.png'}")
+    write(out, "fedhyper", lines, table, lambda path: plot(curves, path, poor))
 
 
 def plot(curves: dict, path: Path, poor: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(curves), figsize=(5.5 * len(curves), 7), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(curves), figsize=(5.5 * len(curves), 7), squeeze=False)
     for i, (dataset, results) in enumerate(curves.items()):
         for j, style in zip((max(poor - 1, 0), poor), (":", "-")):
             for name, color in (("fedavg", "C0"), ("fedhyper", "C1")):
@@ -143,9 +134,7 @@ def plot(curves: dict, path: Path, poor: int) -> None:
         for ax in axes[:, i]:
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ and both loss curves per task.
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 
+from _report import pyplot, save_figure, write
 from eval.metrics import final_loss
 from eval.runner import Candidate, run_keys, sweep
 from eval.suites import entry_spec
@@ -66,7 +67,7 @@ def main() -> None:
         norms = np.asarray(trace.l1 if args.norm == "l1" else trace.l2)
         weights = refined_weights(norms, args.tau, args.power)
         refined = sweep(task_name, Candidate("adam-refined", lambda lr: optax.adam(refined_schedule(lr, weights)), grid,
-                                             "refinement:" + json.dumps(np.round(weights, 6).tolist())),
+                                             "refinement:" + hashlib.sha256(weights.tobytes()).hexdigest()),
                         num_steps=steps, eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
         refined_finals = final_loss(refined.train_loss).mean(axis=1)
         best_refined = int(np.nanargmin(refined_finals))
@@ -87,20 +88,11 @@ def main() -> None:
     wins = sum(r["ratio"] <= MATCH for r in rows)
     lines += ["", f"refined matches (ratio ≤ {MATCH}) or beats linear decay on {wins} of {len(rows)} tasks; "
               "† a tuned LR at the grid's edge"]
-    (out / "refinement.md").write_text("\n".join(lines) + "\n")
-    (out / "refinement.json").write_text(json.dumps(rows, indent=2))
-    plot(curves, out / "refinement.png", steps)
-    print("\n".join(lines))
-    print(f"wrote {out / 'refinement.md'}, {out / 'refinement.json'}, {out / 'refinement.png'}")
+    write(out, "refinement", lines, rows, lambda path: plot(curves, path, steps))
 
 
 def plot(curves: dict, path: Path, steps: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(curves), figsize=(4.2 * len(curves), 6.4), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(curves), figsize=(4.2 * len(curves), 6.4), squeeze=False)
     t = np.arange(steps)
     for i, (task, c) in enumerate(curves.items()):
         top, bottom = axes[0][i], axes[1][i]
@@ -116,9 +108,7 @@ def plot(curves: dict, path: Path, steps: int) -> None:
         bottom.set(yscale="log", xlabel="step", ylabel="train loss (mean over seeds)")
         bottom.grid(alpha=0.3, which="both")
         bottom.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
