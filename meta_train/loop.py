@@ -157,7 +157,9 @@ class MetaTrainer:
             groups = [estimator.init(key, theta) for estimator, key in zip(estimators, keys)]
             return MetaTrainState(zero, theta, self.outer.init(theta), groups, zero, zero)
 
-        shapes = jax.eval_shape(build_state, self.initial_theta())
+        # theta's shapes are init_meta's (a saved init_from theta is checked against them on load),
+        # so no checkpoint is read per step tried
+        shapes = jax.eval_shape(build_state, jax.eval_shape(self.meta_optimizer.init_meta, jax.random.key(0)))
         placement = replicated_placement(shapes, self.mesh)._replace(
             groups=population_placement(shapes.groups, self.mesh))
         return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p), shapes, placement)

@@ -136,6 +136,7 @@ def hypergradient(
         if not per_tensor:
             dot, gg, dd = dot.sum(), gg.sum(), dd.sum()
         cosine = dot / (jnp.sqrt(gg * dd) + COSINE_EPS)
+        moments = state.hyper_moments
         if mode == "additive":
             rate = state.rate + hyper_lr * dot  # α_t = α_{t−1} − β·h_t with h_t = −<g_t, b·d_{t−1}>
         elif mode == "multiplicative":
@@ -161,10 +162,10 @@ def hypergradient(
         leaves, treedef = jax.tree.flatten(direction)
         rates = [learning_rate[i] if per_tensor else learning_rate for i in range(len(leaves))]
         updates = treedef.unflatten([(-r * d).astype(d.dtype) for r, d in zip(rates, leaves)])
-        previous = treedef.unflatten([tangent_decay * z + base * d.astype(jnp.float32)
-                                      for z, d in zip(treedef.flatten_up_to(state.previous_step), leaves)])
-        if mode != "log_adam":
-            moments = state.hyper_moments
+        steps = [base * d.astype(jnp.float32) for d in leaves]
+        if tangent_decay:  # μ = 0 (plain HD) reads no old tangent: one pass over memory fewer
+            steps = [tangent_decay * z + s for z, s in zip(treedef.flatten_up_to(state.previous_step), steps)]
+        previous = treedef.unflatten(steps)
         return updates, HypergradientState(state.count + 1, rate, learning_rate, previous, inner_state, moments)
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -47,7 +47,9 @@ def resolve(kernel: str, eligible: bool, on: str | None = None) -> str:
 def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, on: str | None = None) -> str:
     """The path of an MLP optimizer's large tensors: the network kernel only for wide networks
     without factored accumulators (the kernel reads full-size accumulators only)."""
-    return resolve(kernel, max(hidden_sizes) > WIDE_NETWORK and not factored if kernel == "auto" else True, on)
+    if kernel != "auto":
+        return kernel
+    return resolve(kernel, max(hidden_sizes) > WIDE_NETWORK and not factored, on)
 
 
 def matrix_kernel(kernel: str, p: jax.Array, min_size: int = KERNEL_MIN_SIZE, on: str | None = None) -> str:

@@ -124,7 +124,7 @@ class MLPOptimizer(LearnedKind):
     exp_mult: float = 1e-3
     use_loss_features: bool = False
     learn_decays: bool = True
-    fused_min_size: int = 1 << 16
+    fused_min_size: int = dispatch.KERNEL_MIN_SIZE
     concatenate_tensors: bool | None = None
     kernel: str = "auto"
 

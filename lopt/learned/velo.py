@@ -164,7 +164,7 @@ class VeLOOptimizer(LearnedKind):
     step_mult: float = 1e-3
     exp_mult: float = 1e-3
     rms_floor: float = 1e-2
-    fused_min_size: int = 1 << 16
+    fused_min_size: int = dispatch.KERNEL_MIN_SIZE
     kernel: str = "auto"
 
     def __post_init__(self) -> None:
