@@ -15,13 +15,19 @@ interrupted save never leaves a half-written checkpoint where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +37,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from lopt.config import describe_error
 from lopt.learned.base import from_config, to_config
 
 FORMAT = "lopt-optimizer"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 THETA_DIR = "theta"
+QUIET_WAIT_S = 2.0  # longest wait for a failed restore's late TensorStore callbacks
 
 
 class CheckpointError(Exception):
@@ -255,6 +263,45 @@ def _check_against_expected(manifest: dict[str, Any], expected: list[dict[str, A
             )
 
 
+@contextlib.contextmanager
+def quiet_failed_reads() -> Iterator[None]:
+    """Collect, silently, the read coroutines orbax leaves behind when one array fails.
+
+    When one array of a restore cannot be read, orbax raises from the first failure and drops the
+    other pending reads; Python reports each dropped coroutine through `sys.unraisablehook` when
+    it is collected, and their TensorStore callbacks then find orbax's event loop closed — dozens
+    of lines after the one error that matters. The hook is swapped only while the restore runs
+    and the garbage it left is collected.
+    """
+    previous = sys.unraisablehook
+    swallowed = [0]
+
+    def hook(report: Any) -> None:
+        dropped_read = inspect.iscoroutine(report.object) and report.exc_type in (GeneratorExit, Exception)
+        # TensorStore callbacks of the dropped reads then find orbax's event loop closed
+        late_callback = report.exc_type is RuntimeError and str(report.exc_value) == "Event loop is closed"
+        if dropped_read or late_callback:
+            swallowed[0] += 1
+        else:
+            previous(report)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException:
+        # The late callbacks arrive from TensorStore's threads after the restore has raised: wait
+        # (failure path only, at most `QUIET_WAIT_S`) until none has arrived for a while.
+        deadline, seen, still = time.monotonic() + QUIET_WAIT_S, -1, 0
+        while time.monotonic() < deadline and still < 4:
+            gc.collect()
+            still, seen = (still + 1, seen) if swallowed[0] == seen else (0, swallowed[0])
+            time.sleep(0.05)
+        raise
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
 def load_meta(path: str | Path) -> tuple[Any, Any]:
     """(meta_optimizer, theta) from checkpoint `path`, for use or for further meta-training."""
     meta_optimizer, theta, _ = _load(path)
@@ -280,9 +327,10 @@ def _load(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract)
     try:
-        theta = ocp.StandardCheckpointer().restore(path / THETA_DIR, target)
+        with quiet_failed_reads():
+            theta = ocp.StandardCheckpointer().restore(path / THETA_DIR, target)
     except Exception as error:  # orbax raises many types for damaged files
-        raise CheckpointError(f"{path / THETA_DIR}: arrays could not be read ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path / THETA_DIR}: arrays could not be read ({describe_error(error)})") from error
     stored = {entry["path"]: entry.get("sha256") for entry in manifest["arrays"]}
     for entry in describe_arrays(theta):
         if stored[entry["path"]] != entry["sha256"]:

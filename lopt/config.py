@@ -29,6 +29,14 @@ def short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def describe_error(error: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, cut to `limit` characters: orbax and TensorStore errors
+    embed whole multi-line specs that would bury the one line a user needs."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)

@@ -22,7 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import lopt
-from lopt.config import ConfigError
+from lopt.checkpoint import CheckpointError, quiet_failed_reads
+from lopt.config import ConfigError, describe_error
 from meta_train.config import MetaTrainConfig
 
 
@@ -42,12 +43,13 @@ def restore(manager: ocp.CheckpointManager, trainer: Any) -> Any:
         # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
         abstract = trainer.abstract_state(max(step - 1, 0))
         try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
+            with quiet_failed_reads():
+                restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
             return _with_empty(restored, abstract)
         except Exception as error:  # orbax raises many types for a damaged step
-            failures.append(f"step {step}: {type(error).__name__}: {error}")
+            failures.append(f"step {step}: {describe_error(error)}")
             warnings.warn(f"{manager.directory}: could not restore checkpoint step {step}; trying an older one")
-    raise RuntimeError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
+    raise CheckpointError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
 
 
 def _without_empty(tree: Any) -> Any:

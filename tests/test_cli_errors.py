@@ -79,3 +79,22 @@ def test_cli_exposes_one_cpu_device_per_core_unless_xla_flags_set_a_count():
     kept = {"XLA_FLAGS": f"{HOST_DEVICE_FLAG}=3"}
     split_host_cpus(kept)
     assert kept == {"XLA_FLAGS": f"{HOST_DEVICE_FLAG}=3"}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "flip"])
+def test_damaged_checkpoint_arrays_are_one_line(tmp_path, capsys, damage):
+    """Issue 17 (7): orbax/TensorStore errors carry whole multi-line specs; the CLI prints one
+    short line naming the checkpoint, whatever happened to the array files."""
+    import shutil
+
+    shutil.copytree("checkpoints/small-mlp-pes-h100", tmp_path / "ckpt")
+    chunk = sorted((tmp_path / "ckpt" / "theta" / "ocdbt.process_0" / "d").iterdir())[0]
+    data = chunk.read_bytes()
+    if damage == "truncate":
+        chunk.write_bytes(data[:10])
+    elif damage == "delete":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:])
+    err = run(["info", str(tmp_path / "ckpt")], capsys)
+    assert str(tmp_path / "ckpt" / "theta") in err and len(err) < 400, err

@@ -430,3 +430,36 @@ def test_resume_drops_log_rows_written_after_the_last_checkpoint(tmp_path):
     meta_train(config, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def _damage_every_chunk(step_directory):
+    for chunk in step_directory.rglob("d/*"):
+        if chunk.is_file():
+            chunk.write_bytes(chunk.read_bytes()[:7])
+
+
+def test_damaged_checkpoints_fall_back_then_fail_as_one_checkpoint_error(tmp_path, recwarn):
+    """Issue 17 (7): a damaged newest step falls back to the older one (a warning); when every
+    kept step is damaged the error is one CheckpointError line, not orbax's multi-line specs, and
+    the read coroutines orbax dropped are collected without reports."""
+    import sys
+
+    from lopt.checkpoint import CheckpointError
+
+    meta_train(tiny_config(tmp_path / "d", steps=12), progress=False, stop_after=6)
+    steps = sorted((tmp_path / "d" / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    assert len(steps) == 2
+    _damage_every_chunk(steps[-1])
+    reports = []
+    previous, sys.unraisablehook = sys.unraisablehook, reports.append
+    try:
+        resumed = meta_train(tiny_config(tmp_path / "d", steps=12), progress=False, stop_after=7)
+        assert resumed["resumed"] and any("trying an older one" in str(w.message) for w in recwarn)
+        for step in (tmp_path / "d" / "checkpoints").iterdir():
+            _damage_every_chunk(step)
+        with pytest.raises(CheckpointError, match="no checkpoint could be restored") as caught:
+            meta_train(tiny_config(tmp_path / "d", steps=12), progress=False)
+    finally:
+        sys.unraisablehook = previous
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 1000, str(caught.value)
+    assert reports == []
