@@ -25,7 +25,8 @@ META_TRAIN = [
 ]
 EVAL = ['suite="nope"', 'optimizers=["nope"]', 'learned=["/nonexistent"]', "num_steps=0", "eval_every=7",
         "seeds=0", 'tasks=["nope*x"]', 'tasks=["nope"]', "colour=1"]
-SEARCH = ["fitness.seeds=0", "fitness.steps=-1", "fitness.tasks=[]", "search.population=0",
+SEARCH = ["fitness.seeds=0", "fitness.steps=-1", "fitness.tasks=[]", 'fitness.tasks=["nope"]', 'funnel.tasks=["nope"]',
+          "search.population=0",
           'search.strategy="annealing"', "fitness.lr_multipliers=[]"]
 
 

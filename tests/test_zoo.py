@@ -651,7 +651,8 @@ def test_ranger21_components(problem):
 
 ZOO = ("adamp", "diffgrad", "exadam", "grams", "optimistic_amsgrad", "adamw_lh", "stable_spam", "conda", "swan",
        "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "aegd", "ranger21", "xgrad_adam",
-       "lookahead_adam", "gaf_adam", "sophia_g", "sinkgd", "adan")
+       "lookahead_adam", "gaf_adam", "sophia_g", "sinkgd", "adan", "galore", "fira", "frugal", "lion_k", "sania",
+       "innaprop", "switch_ema_adam", "gradient_noise_adam")
 FAST_FAMILIES = ("mnist1d-mlp-gelu64x2", "quadratic-10-cond100", "rosenbrock-2")
 SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of compiles per optimizer
 

@@ -48,3 +48,12 @@ def from_matrix(m: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def global_norm_sq(tree: Any) -> jax.Array:
     return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+
+
+def map_unzip(fn: Any, tree: Any, *rest: Any) -> tuple[Any, ...]:
+    """`fn` applied leaf by leaf to `tree` and `rest` (trees of the same structure, or with it as
+    a prefix), where `fn` returns a k-tuple per leaf: k trees, one per output."""
+    leaves, treedef = jax.tree.flatten(tree)
+    others = [treedef.flatten_up_to(other) for other in rest]
+    outputs = [fn(*args) for args in zip(leaves, *others)]
+    return tuple(jax.tree.unflatten(treedef, list(column)) for column in zip(*outputs))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import TINY, as_matrix, bias_correction, ema, from_matrix, increment, zeros_like
+from lopt.baselines._common import TINY, as_matrix, bias_correction, ema, from_matrix, increment, map_unzip, zeros_like
 
 ScalarOrSchedule = float | jax.Array | optax.Schedule
 
@@ -370,9 +370,7 @@ def scale_by_stable_spam(
             clipped = jnp.where(jnp.abs(g) > limit, g / jnp.maximum(g_max, TINY) * limit, g)
             return clipped, threshold
 
-        clipped = jax.tree.map(clip, updates, state.threshold)
-        outer = jax.tree.structure(updates)
-        g_tilde, threshold = jax.tree.transpose(outer, jax.tree.structure((0, 0)), clipped)
+        g_tilde, threshold = map_unzip(clip, updates, state.threshold)
 
         def normalise(g, mean, sq_mean):
             n = jnp.sqrt(jnp.sum(g * g))
@@ -381,8 +379,7 @@ def scale_by_stable_spam(
             scale = (mean / bias_correction(gamma1, t)) / (jnp.sqrt(sq_mean / bias_correction(gamma2, t)) + eps)
             return g / jnp.maximum(n, TINY) * scale, mean, sq_mean
 
-        normalised = jax.tree.map(normalise, g_tilde, state.norm_mean, state.norm_sq_mean)
-        g_hat, norm_mean, norm_sq_mean = jax.tree.transpose(outer, jax.tree.structure((0, 0, 0)), normalised)
+        g_hat, norm_mean, norm_sq_mean = map_unzip(normalise, g_tilde, state.norm_mean, state.norm_sq_mean)
         keep = jnp.where(reset, 0.0, 1.0)
         mu = ema(jax.tree.map(lambda m: keep * m, state.mu), g_hat, b1)
         nu = ema(jax.tree.map(lambda v: keep * v, state.nu), jax.tree.map(jnp.square, g_hat), b2)
@@ -401,3 +398,56 @@ def stable_spam(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: flo
         scale_by_stable_spam(b1, b2, eps, gamma1, gamma2, gamma3, reset_interval),
         optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate),
     )
+
+
+class InnapropState(NamedTuple):
+    count: jax.Array
+    psi: Any  # INNA's auxiliary variable ψ, initialised at (1 − αβ) θ_0
+    nu: Any   # RMSprop's second moment
+
+
+def innaprop(learning_rate: float = 1e-3, alpha: float = 0.1, beta: float = 0.9, sigma: float = 0.999,
+             eps: float = 1e-8, weight_decay: float = 0.01) -> optax.GradientTransformation:
+    """INNAprop (Bolte, Boustany, Pauwels & Purica 2024): the inertial Newton method INNA, whose
+    geometric damping β uses second-order information through time derivatives only, with its
+    gradient rescaled by RMSprop. With γ the learning rate (γ < β):
+
+        θ_t ← (1 − λγ) θ_t                                      decoupled weight decay
+        v_t = σ v_{t−1} + (1−σ) g_t²,   v̂_t = v_t / (1 − σ^t)
+        ψ_t = (1 − γ/β) ψ_{t−1} + γ (1/β − α) θ_t
+        θ_{t+1} = (1 + γ(1 − αβ)/(β − γ)) θ_t − γ/(β − γ) ψ_t − γβ g_t / (√v̂_t + ε)
+
+    ψ_0 = (1 − αβ) θ_0, so `init` reads the parameters. Defaults: (α, β) = (0.1, 0.9), the
+    paper's choice for short training; weight decay 0.01 and σ 0.999 (Adam's β2) as AdamW's.
+    The learning rate is fixed (a float): the recursion's coefficients divide by β − γ.
+
+    References:
+      Bolte, Boustany, Pauwels & Purica, "A second-order-like optimizer with adaptive gradient
+      scaling for deep learning", arXiv:2410.05871, 2024.
+    """
+    if not learning_rate < beta:
+        raise ValueError(f"innaprop needs learning_rate < beta (got {learning_rate} and {beta})")
+    gamma = learning_rate
+
+    def init(params):
+        return InnapropState(jnp.zeros([], jnp.int32), jax.tree.map(lambda p: (1 - alpha * beta) * p, params),
+                             zeros_like(params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("innaprop needs params: its update mixes θ and ψ")
+        count = increment(state.count)
+
+        def leaf(g, theta, psi, nu):
+            decayed = (1 - weight_decay * gamma) * theta
+            nu = sigma * nu + (1 - sigma) * g * g
+            scaled = g / (jnp.sqrt(nu / bias_correction(sigma, count)) + eps)
+            psi = (1 - gamma / beta) * psi + gamma * (1 / beta - alpha) * decayed
+            new = (1 + gamma * (1 - alpha * beta) / (beta - gamma)) * decayed - gamma / (beta - gamma) * psi \
+                - gamma * beta * scaled
+            return new - theta, psi, nu
+
+        step, psi, nu = map_unzip(leaf, updates, params, state.psi, state.nu)
+        return step, InnapropState(count, psi, nu)
+
+    return optax.GradientTransformation(init, update)

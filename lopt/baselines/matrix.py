@@ -14,18 +14,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import TINY, as_matrix, bias_correction, from_matrix, increment
+from lopt.baselines._common import TINY, as_matrix, bias_correction, from_matrix, increment, map_unzip
 
 
 def _adam_leaf(g, m, v, b1, b2, eps, count):
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
     return (m / bias_correction(b1, count)) / (jnp.sqrt(v / bias_correction(b2, count)) + eps), m, v
-
-
-def _split3(tree_of_triples: Any, like: Any):
-    outer = jax.tree.structure(like)
-    return jax.tree.transpose(outer, jax.tree.structure((0, 0, 0)), tree_of_triples)
 
 
 class ScaleByCondaState(NamedTuple):
@@ -90,9 +85,7 @@ def scale_by_conda(
             d = u @ (projected / (jnp.sqrt(v / bias_correction(b2, count)) + eps))
             return from_matrix(d, g.shape), m, v, u
 
-        results = jax.tree.map(leaf, updates, state.mu, state.nu, state.basis)
-        outer = jax.tree.structure(updates)
-        d, mu, nu, basis = jax.tree.transpose(outer, jax.tree.structure((0, 0, 0, 0)), results)
+        d, mu, nu, basis = map_unzip(leaf, updates, state.mu, state.nu, state.basis)
         return d, ScaleByCondaState(count, mu, nu, basis)
 
     return optax.GradientTransformation(init, update)
@@ -184,7 +177,7 @@ def _stateless_matrix_rule(matrix_direction, b1: float, b2: float, eps: float) -
                 return _adam_leaf(g, m, v, b1, b2, eps, count)
             return from_matrix(matrix_direction(as_matrix(g)), g.shape), m, v
 
-        d, mu, nu = _split3(jax.tree.map(leaf, updates, state.mu, state.nu), updates)
+        d, mu, nu = map_unzip(leaf, updates, state.mu, state.nu)
         return d, StatelessMatrixState(count, mu, nu)
 
     return optax.GradientTransformation(init, update)

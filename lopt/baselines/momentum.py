@@ -1,6 +1,6 @@
 """SGD-with-momentum relatives from the literature that optax does not ship (SGD-SaI, Gravity,
-the generalized Polyak step size with momentum, ALR-SMAG), and Adan (adaptive Nesterov momentum)
-as its paper writes it."""
+the generalized Polyak step size with momentum, ALR-SMAG, and SANIA's preconditioned Polyak
+step), Adan (adaptive Nesterov momentum) as its paper writes it, AEGD and the Lion-𝒦 family."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import TINY, global_norm_sq, increment, zeros_like
+from lopt.baselines._common import TINY, as_matrix, bias_correction, from_matrix, global_norm_sq, increment, map_unzip, zeros_like
 
 
 class SgdSaiState(NamedTuple):
@@ -192,9 +192,7 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
             m_hat, v_hat, n_hat = m / (1 - b1**t), v / (1 - b2**t), n / (1 - b3**t)
             return (m_hat + b2 * v_hat) / (jnp.sqrt(n_hat) + eps), m, v, n, g
 
-        leaves, tree = jax.tree.flatten(updates)
-        columns = list(zip(*[leaf(*args) for args in zip(leaves, *(tree.flatten_up_to(x) for x in state[1:]))]))
-        d, m, v, n, previous = (jax.tree.unflatten(tree, list(c)) for c in columns)
+        d, m, v, n, previous = map_unzip(leaf, updates, *state[1:])
         return d, ScaleByAdanState(count, m, v, n, previous)
 
     return optax.GradientTransformation(init, update)
@@ -241,8 +239,133 @@ def aegd(learning_rate: float | jax.Array = 0.1, c: float = 1.0) -> optax.Gradie
             r = jnp.where(jnp.isnan(r), root, r) / (1 + 2 * learning_rate * v * v)
             return (-2 * learning_rate * r * v).astype(g.dtype), r
 
-        leaves, tree = jax.tree.flatten(updates)
-        pairs = [leaf(g, r) for g, r in zip(leaves, tree.flatten_up_to(state.energy))]
-        return jax.tree.unflatten(tree, [s for s, _ in pairs]), AEGDState(jax.tree.unflatten(tree, [r for _, r in pairs]))
+        step, energy = map_unzip(leaf, updates, state.energy)
+        return step, AEGDState(energy)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _kappa_l1(c: jax.Array) -> jax.Array:
+    return jnp.sign(c)
+
+
+def _kappa_l2(c: jax.Array) -> jax.Array:
+    return c / jnp.maximum(jnp.linalg.norm(c), TINY)
+
+
+def _kappa_linf(c: jax.Array) -> jax.Array:
+    """A subgradient of ‖c‖_∞: sign(c_i) on the coordinates of largest |c_i|, split evenly."""
+    top = jnp.abs(c) == jnp.max(jnp.abs(c))
+    return jnp.where(top, jnp.sign(c), 0.0) / jnp.maximum(jnp.sum(top), 1)
+
+
+def _kappa_nuclear(c: jax.Array) -> jax.Array:
+    """∇‖C‖_* = U Vᵀ (the polar factor) of a kernel's matrix view; a vector's nuclear norm is its
+    ℓ2 norm."""
+    if c.ndim < 2:
+        return _kappa_l2(c)
+    U, _, Vh = jnp.linalg.svd(as_matrix(c), full_matrices=False)
+    return from_matrix(U @ Vh, c.shape)
+
+
+LION_KAPPAS = {"l1": _kappa_l1, "l2": _kappa_l2, "linf": _kappa_linf, "nuclear": _kappa_nuclear}
+
+
+class LionKState(NamedTuple):
+    momentum: Any
+
+
+def scale_by_lion_k(b1: float = 0.9, b2: float = 0.99, kappa: str = "l2") -> optax.GradientTransformation:
+    """The Lion-𝒦 direction ∇𝒦(β1 m + (1−β1) g), m ← β2 m + (1−β2) g (see `lion_k`)."""
+    if kappa not in LION_KAPPAS:
+        raise ValueError(f"lion_k: unknown kappa {kappa!r}; valid: {', '.join(LION_KAPPAS)}")
+    gradient_of_kappa = LION_KAPPAS[kappa]
+
+    def init(params):
+        return LionKState(zeros_like(params))
+
+    def update(updates, state, params=None):
+        del params
+        direction = jax.tree.map(lambda m, g: gradient_of_kappa(b1 * m + (1 - b1) * g), state.momentum, updates)
+        return direction, LionKState(jax.tree.map(lambda m, g: b2 * m + (1 - b2) * g, state.momentum, updates))
+
+    return optax.GradientTransformation(init, update)
+
+
+def lion_k(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9, b2: float = 0.99,
+           weight_decay: float = 0.0, kappa: str = "l2") -> optax.GradientTransformation:
+    """Lion-𝒦 (Chen, Liu, Liang & Liu 2023): Lion with sign(·) replaced by ∇𝒦 of a convex 𝒦.
+
+        m_{t+1} = β2 m_t − (1−β2) ∇f(x_t)
+        x_{t+1} = x_t + ε (∇𝒦(β1 m_t − (1−β1) ∇f(x_t)) − λ x_t)
+
+    written here with m holding +∇f (every 𝒦 below is even, so ∇𝒦 is odd). With λ > 0 and a
+    norm 𝒦 the iterates minimise f over the dual-norm ball ‖x‖_* ≤ 1/λ: the bound-constraint
+    view of decoupled weight decay.
+
+        kappa   ∇𝒦(c)                            constraint with weight decay λ
+        l1      sign(c)              (= Lion)    ‖x‖_∞ ≤ 1/λ  (a box)
+        l2      c / ‖c‖₂  per tensor             ‖x‖₂ ≤ 1/λ
+        linf    sign(c_i) on argmax |c_i|        ‖x‖₁ ≤ 1/λ
+        nuclear U Vᵀ of C = U Σ Vᵀ per kernel    spectral norm ≤ 1/λ  (Muon's geometry)
+
+    Defaults: β1 0.9, β2 0.99 (Lion's); 'l2' so the entry differs from the registry's lion.
+
+    References:
+      Chen, Liu, Liang & Liu, "Lion Secretly Solves Constrained Optimization, As Lyapunov
+      Predicts", ICLR 2024 (arXiv:2310.05898).
+    """
+    return optax.chain(scale_by_lion_k(b1, b2, kappa), optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
+class SaniaState(NamedTuple):
+    count: jax.Array
+    nu: Any  # the diagonal preconditioner's accumulator: Σ g² (AdaGrad-SQR) or its EMA (Adam-SQR)
+
+
+def sania(learning_rate: float | jax.Array = 1.0, preconditioner: str = "adam_sqr", b2: float = 0.999,
+          eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
+    """SANIA (Abdukhakimov et al. 2023): the Polyak step in the metric of a preconditioner B_t,
+
+        w_{t+1} = w_t − η · f(w_t) / ‖∇f(w_t)‖²_{B_t⁻¹} · B_t⁻¹ ∇f(w_t),   ‖g‖²_{B⁻¹} = gᵀ B⁻¹ g
+
+    (the closest point to w_t, in B_t's norm, where the loss's linearisation reaches f* = 0),
+    with the square-root-free diagonal preconditioners that make it scale invariant:
+
+        adagrad_sqr   B_t = diag(Σ_{s≤t} g_s²)
+        adam_sqr      B_t = diag(v_t / (1 − β2^t)),  v_t = β2 v_{t−1} + (1−β2) g_t²
+
+    Rescaling a coordinate of w by s rescales its gradient by 1/s and B by 1/s², so the step in
+    the original coordinates is unchanged: no learning rate to tune (η is a multiplier, 1 by
+    default). f is the minibatch loss (extra argument `loss=`); the step is global over the
+    pytree. ε = 1e-30 only guards coordinates whose gradient has been exactly zero (lopt's
+    choice): a larger ε breaks the invariance for coordinates whose gradients are below √ε.
+
+    References:
+      Abdukhakimov, Xiang, Kamzolov, Gower & Takáč, "SANIA: Polyak-type Optimization Framework
+      Leads to Scale Invariant Stochastic Algorithms", arXiv:2312.17369, 2023.
+    """
+    if preconditioner not in ("adam_sqr", "adagrad_sqr"):
+        raise ValueError(f"sania: unknown preconditioner {preconditioner!r}; valid: adam_sqr, adagrad_sqr")
+
+    def init(params):
+        return SaniaState(jnp.zeros([], jnp.int32), zeros_like(params))
+
+    def update(updates, state, params=None, *, loss=None, **extra):
+        del params, extra
+        if loss is None:
+            raise ValueError("sania needs the minibatch loss: call update(..., loss=loss)")
+        count = increment(state.count)
+        if preconditioner == "adagrad_sqr":
+            nu = jax.tree.map(lambda n, g: n + g * g, state.nu, updates)
+            diagonal = jax.tree.map(lambda n: n + eps, nu)
+        else:
+            nu = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * g * g, state.nu, updates)
+            diagonal = jax.tree.map(lambda n: n / bias_correction(b2, count) + eps, nu)
+        direction = jax.tree.map(lambda g, b: g / b, updates, diagonal)
+        metric = sum(jnp.sum(g * d) for g, d in zip(jax.tree.leaves(updates), jax.tree.leaves(direction)))
+        step = learning_rate * jnp.maximum(jnp.asarray(loss, jnp.float32), 0.0) / jnp.maximum(metric, TINY)
+        return jax.tree.map(lambda d: -step * d, direction), SaniaState(count, nu)
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import optax.contrib
 
-from lopt.baselines import adaptive, curvature, matrix, momentum, wrappers
+from lopt.baselines import adaptive, curvature, lowrank, matrix, momentum, wrappers
 from lopt.hypergrad import online as _hd
 
 EvalParamsFn = Callable[[Any, Any], Any]
@@ -123,6 +123,16 @@ def _lookahead_adam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps:
 def _gaf_adam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, num_microbatches: int = 4,
               threshold: float = 0.97):
     return wrappers.gradient_agreement_filter(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), num_microbatches, threshold)
+
+
+def _switch_ema_adam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, decay: float = 0.99,
+                     switch_period: int = 100):
+    return wrappers.switch_ema(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), decay, switch_period)
+
+
+def _gradient_noise_adam(learning_rate: Any, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eta: float = 0.01,
+                         gamma: float = 0.55, seed: int = 0):
+    return wrappers.gradient_noise(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), eta, gamma, seed)
 
 
 def _schedule_free_eval(opt_state: Any, params: Any) -> Any:
@@ -250,6 +260,27 @@ _ZOO = (
              "Zhang et al. 2019 (k 5, alpha 0.5, around adam)"),
     Baseline("gaf_adam", _gaf_adam, 1e-3, {"num_microbatches": 4, "threshold": 0.97}, ADAPTIVE_GRID,
              "Chaubard et al. 2024 (4 microbatches, cosine-distance threshold 0.97, around adam)"),
+    Baseline("galore", lowrank.galore, 0.01, {"density": 0.25, "update_interval": 200, "scale": 0.25}, ADAPTIVE_GRID,
+             "Zhao et al. 2024 (LLaMA-60M: rank 128 of 512, T 200, alpha 0.25, lr 0.01)"),
+    Baseline("fira", lowrank.fira, 0.01,
+             {"density": 0.25, "update_interval": 200, "scale": 0.25, "norm_growth_limit": 1.01}, ADAPTIVE_GRID,
+             "Chen et al. 2024 (LLaMA-60M script: rank 128 of 512, T 200, alpha 0.25, lr 0.01; limiter 1.01)"),
+    Baseline("frugal", lowrank.frugal, 1e-3, {"density": 0.25, "update_interval": 200, "free_scale": 1.0},
+             ADAPTIVE_GRID, "Zmushko et al. 2024 (density 0.25, T 200, state-free signSGD at the same LR; "
+             "SVD projection)"),
+    Baseline("lion_k", momentum.lion_k, 0.03, {"b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "kappa": "l2"},
+             log_grid(1e-3, 1.0), "Chen, Liu, Liang & Liu 2023 (Lion-K, K = l2 norm per tensor; Lion's betas; "
+             "lr 0.03 is lopt's: each tensor moves by lr in l2)"),
+    Baseline("sania", momentum.sania, 0.1, {"preconditioner": "adam_sqr", "b2": 0.999}, LR_FREE_GRID,
+             "Abdukhakimov et al. 2023 (SANIA Adam-SQR; reads the minibatch loss; multiplier 0.1 is lopt's: at 1 "
+             "an MLP diverges in its first steps, where the direction is ~1/g)"),
+    Baseline("innaprop", adaptive.innaprop, 1e-3,
+             {"alpha": 0.1, "beta": 0.9, "sigma": 0.999, "eps": 1e-8, "weight_decay": 0.01}, ADAPTIVE_GRID,
+             "Bolte et al. 2024 ((alpha, beta) = (0.1, 0.9), the paper's short-run choice; AdamW's decay)"),
+    Baseline("switch_ema_adam", _switch_ema_adam, 1e-3, {"decay": 0.99, "switch_period": 100}, ADAPTIVE_GRID,
+             "Li et al. 2024 (Switch EMA around adam; switch every 100 steps with decay 0.99, lopt's for epoch-free runs)"),
+    Baseline("gradient_noise_adam", _gradient_noise_adam, 1e-3, {"eta": 0.01, "gamma": 0.55}, ADAPTIVE_GRID,
+             "Neelakantan et al. 2015 (annealed Gaussian noise, eta 0.01, gamma 0.55, around adam)"),
 )
 
 REGISTRY: dict[str, Baseline] = {entry.name: entry for entry in (*_ENTRIES, *_ZOO)}

@@ -11,7 +11,7 @@ from typing import Any
 from lopt.config import ConfigError, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
-from meta_train.search.fitness import FitnessSpec
+from meta_train.search.fitness import FitnessSpec, check_task_names
 
 STRATEGIES = ("evolution", "random", "constants")
 
@@ -71,6 +71,7 @@ class SearchConfig:
             raise ConfigError("fitness.length must be at least search.max_statements")
         if len(self.funnel.tasks) != len(self.funnel.steps):
             raise ConfigError("funnel.tasks and funnel.steps must have the same length")
+        check_task_names("funnel.tasks", self.funnel.tasks)
 
     def seed_program_text(self) -> str:
         name = self.search.seed_program

@@ -62,8 +62,18 @@ class FitnessSpec:
             raise ConfigError(f"fitness.lr_multipliers: expected positive numbers, got {list(self.lr_multipliers)[:8]}")
         if not self.tasks:
             raise ConfigError("fitness.tasks: at least one proxy task is needed")
+        check_task_names("fitness.tasks", self.tasks)
         if not self.max_param_abs > 0:
             raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
+
+
+def check_task_names(key: str, names: tuple[str, ...]) -> None:
+    """ConfigError naming `key` unless every name is a named task."""
+    for name in names:
+        try:
+            task_spec(name)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {error}") from None
 
 
 def _keys(spec: FitnessSpec, task_name: str) -> jax.Array:
