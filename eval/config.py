@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lopt.config import ConfigError
+from lopt.config import ConfigError, check_output_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,5 +41,11 @@ class EvalConfig:
             raise ConfigError(f"num_steps must be positive, got {self.num_steps}")
         if self.eval_every < 0 or (self.eval_every and self.num_steps % self.eval_every):
             raise ConfigError(f"eval_every={self.eval_every} must divide num_steps={self.num_steps}")
+        check_output_dir("output_dir", self.output_dir)
         if self.seeds <= 0:
             raise ConfigError(f"seeds must be positive, got {self.seeds}")
+        for key in ("tasks", "optimizers", "learned"):
+            values = getattr(self, key)
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ConfigError(f"{key}: {', '.join(map(repr, repeated))} listed more than once")

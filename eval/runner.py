@@ -22,7 +22,7 @@ import optax
 import lopt
 from lopt.baselines import Baseline
 from eval.suites import entry_spec
-from tasks import build, train
+from tasks import BatchGrowth, build, train
 
 CACHE_FORMAT = 1
 
@@ -42,6 +42,7 @@ class Candidate:
     fingerprint: str
     eval_params: Callable[[Any, Any], Any] | None = None
     tuned: bool = True
+    batch_growth: BatchGrowth | None = None
 
 
 def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Candidate:
@@ -50,7 +51,8 @@ def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Cand
     Methods that schedule over the run (`baseline.run_length_argument`, e.g. Ranger21's
     warm-down) are told `num_steps`."""
     fingerprint = json.dumps(
-        {"name": baseline.name, "defaults": {k: repr(v) for k, v in baseline.defaults.items()}},
+        {"name": baseline.name, "defaults": {k: repr(v) for k, v in baseline.defaults.items()},
+         **({"batch_growth": list(baseline.batch_growth)} if baseline.batch_growth else {})},
         sort_keys=True,
     )
     make = baseline.make
@@ -58,7 +60,7 @@ def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Cand
         make = functools.partial(baseline.make, **{baseline.run_length_argument: num_steps})
     return Candidate(
         name=baseline.name, make=make, lr_grid=baseline.lr_grid,
-        fingerprint=fingerprint, eval_params=baseline.eval_params,
+        fingerprint=fingerprint, eval_params=baseline.eval_params, batch_growth=baseline.batch_growth,
     )
 
 
@@ -180,7 +182,7 @@ def sweep(
     def one_run(task, lr, key):
         result = train(
             task, candidate.make(lr), key, num_steps=num_steps, eval_every=eval_every,
-            eval_params_fn=candidate.eval_params,
+            eval_params_fn=candidate.eval_params, batch_growth=candidate.batch_growth,
         )
         return result.train_loss, result.eval_loss
 

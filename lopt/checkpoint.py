@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,18 +288,22 @@ def quiet_failed_reads() -> Iterator[None]:
 
     sys.unraisablehook = hook
     try:
-        yield
-    except BaseException:
-        # The late callbacks arrive from TensorStore's threads after the restore has raised: wait
-        # (failure path only, at most `QUIET_WAIT_S`) until none has arrived for a while.
-        deadline, seen, still = time.monotonic() + QUIET_WAIT_S, -1, 0
-        while time.monotonic() < deadline and still < 4:
-            gc.collect()
-            still, seen = (still + 1, seen) if swallowed[0] == seen else (0, swallowed[0])
-            time.sleep(0.05)
-        raise
+        with warnings.catch_warnings():  # collected, the dropped reads also warn "never awaited"
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+            try:
+                yield
+            except BaseException:
+                # The late callbacks arrive from TensorStore's threads after the restore raised:
+                # wait (failure path only, at most `QUIET_WAIT_S`) until none came for a while.
+                deadline, seen, still = time.monotonic() + QUIET_WAIT_S, -1, 0
+                while time.monotonic() < deadline and still < 4:
+                    gc.collect()
+                    still, seen = (still + 1, seen) if swallowed[0] == seen else (0, swallowed[0])
+                    time.sleep(0.05)
+                raise
+            finally:
+                gc.collect()
     finally:
-        gc.collect()
         sys.unraisablehook = previous
 
 

@@ -37,6 +37,12 @@ def describe_error(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_output_dir(key: str, value: str) -> None:
+    """An output folder must be named: an empty path would write into the working directory."""
+    if not str(value).strip():
+        raise ConfigError(f"{key}: empty; name the folder to write into")
+
+
 def _check_value(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -129,8 +135,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     for text in overrides:
         path, value = parse_override(text)
         node = result
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             child = node.get(part)
+            if child is not None and not isinstance(child, Mapping):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"{text.split('=', 1)[0].strip()}: {where} is {short(child)}, not a table")
             node[part] = dict(child) if isinstance(child, Mapping) else {}
             node = node[part]
         node[path[-1]] = value

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from lopt.checkpoint import CheckpointError, read_manifest
-from lopt.config import ConfigError, from_dict, short
+from lopt.config import ConfigError, check_output_dir, from_dict, short
 from lopt.learned import KINDS, PRESETS, to_config
 
 from meta_train.augment import Augmentation
@@ -87,6 +87,9 @@ class RunSection:
     time_limit_s: float = 0.0
     shard_population: bool = True
     distributed: bool = False
+
+    def __post_init__(self) -> None:
+        check_output_dir("run.output_dir", self.output_dir)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,12 +13,12 @@ from tasks.tasks import (
     RegressionSpec, RegressionTask,
     RosenbrockSpec, RosenbrockTask, TransformerSpec, build,
 )
-from tasks.train import TrainResult, evaluate, train, train_step
+from tasks.train import BatchGrowth, TrainResult, evaluate, train, train_step
 
 __all__ = [
     "Task", "TaskFamily", "TaskSpec", "FAMILIES", "NAMED_TASKS", "ConvFamily", "MLPFamily",
     "QuadraticFamily", "TransformerFamily", "get_family", "get_task", "task_spec",
     "ClassificationTask", "ConvSpec", "LanguageModelTask", "MLPSpec", "QuadraticSpec",
     "QuadraticTask", "RegressionSpec", "RegressionTask", "RosenbrockSpec", "RosenbrockTask", "TransformerSpec", "build",
-    "TrainResult", "evaluate", "train", "train_step",
+    "BatchGrowth", "TrainResult", "evaluate", "train", "train_step",
 ]

@@ -652,7 +652,7 @@ def test_ranger21_components(problem):
 ZOO = ("adamp", "diffgrad", "exadam", "grams", "optimistic_amsgrad", "adamw_lh", "stable_spam", "conda", "swan",
        "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "aegd", "ranger21", "xgrad_adam",
        "lookahead_adam", "gaf_adam", "sophia_g", "sinkgd", "adan", "galore", "fira", "frugal", "lion_k", "sania",
-       "innaprop", "switch_ema_adam", "gradient_noise_adam")
+       "innaprop", "switch_ema_adam", "gradient_noise_adam", "adadagrad")
 FAST_FAMILIES = ("mnist1d-mlp-gelu64x2", "quadratic-10-cond100", "rosenbrock-2")
 SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of compiles per optimizer
 
@@ -666,7 +666,8 @@ def _train_families(name, families):
     for task_name in families:
         task = tasks.build(tasks.task_spec(task_name))
         opt = entry.make(**({entry.run_length_argument: 40} if entry.run_length_argument else {}))
-        losses = np.asarray(jax.jit(lambda t: tasks.train(t, opt, jax.random.key(1), num_steps=40).train_loss)(task))
+        run = lambda t: tasks.train(t, opt, jax.random.key(1), num_steps=40, batch_growth=entry.batch_growth)  # noqa: E731
+        losses = np.asarray(jax.jit(lambda t: run(t).train_loss)(task))
         assert np.all(np.isfinite(losses)), f"{name} on {task_name}: {losses}"
         if task_name.startswith("mnist1d"):
             assert losses[-5:].mean() < losses[:5].mean(), f"{name} did not train {task_name}"

@@ -18,6 +18,7 @@ import optax.contrib
 
 from lopt.baselines import adaptive, curvature, lowrank, matrix, momentum, wrappers
 from lopt.hypergrad import online as _hd
+from tasks.train import BatchGrowth
 
 EvalParamsFn = Callable[[Any, Any], Any]
 
@@ -49,6 +50,8 @@ class Baseline:
       point differs from their output (schedule-free); None otherwise.
     run_length_argument: the factory's keyword for the run length (Ranger21's warm-down needs
       it); `lopt eval` passes its number of steps there. None when the method does not use it.
+    batch_growth: an adaptive batch-size scheme the training loop runs with this optimizer
+      (`tasks.train.BatchGrowth`: AdAdaGrad's tests); None for a fixed batch.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Baseline:
     source: str
     eval_params: EvalParamsFn | None = None
     run_length_argument: str | None = None
+    batch_growth: BatchGrowth | None = None
 
     def accepted_arguments(self) -> tuple[str, ...]:
         params = list(inspect.signature(self.factory).parameters)
@@ -279,6 +283,9 @@ _ZOO = (
              "Bolte et al. 2024 ((alpha, beta) = (0.1, 0.9), the paper's short-run choice; AdamW's decay)"),
     Baseline("switch_ema_adam", _switch_ema_adam, 1e-3, {"decay": 0.99, "switch_period": 100}, ADAPTIVE_GRID,
              "Li et al. 2024 (Switch EMA around adam; switch every 100 steps with decay 0.99, lopt's for epoch-free runs)"),
+    Baseline("adadagrad", optax.adagrad, 0.1, {"initial_accumulator_value": 0.0, "eps": 1e-8}, SGD_GRID,
+             "Lau, Liu & Kolar 2024 (AdAdaGrad: AdaGrad with the norm test, eta 0.5 (lopt's), batch growing "
+             "to 8x the task's)", batch_growth=BatchGrowth("norm", 0.5, 8)),
     Baseline("gradient_noise_adam", _gradient_noise_adam, 1e-3, {"eta": 0.01, "gamma": 0.55}, ADAPTIVE_GRID,
              "Neelakantan et al. 2015 (annealed Gaussian noise, eta 0.01, gamma 0.55, around adam)"),
 )

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lopt.config import ConfigError, from_dict
+from lopt.config import ConfigError, check_output_dir, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
 from meta_train.search.fitness import FitnessSpec, check_task_names
@@ -50,6 +50,9 @@ class FunnelSection:
 @dataclasses.dataclass(frozen=True)
 class SearchRunSection:
     output_dir: str = "runs/search"
+
+    def __post_init__(self) -> None:
+        check_output_dir("run.output_dir", self.output_dir)
 
 
 @dataclasses.dataclass(frozen=True)
