@@ -5,7 +5,7 @@
 # come back under $OUT as zoo_cache.tgz: copy them into results/eval/zoo/cache and run
 #   lopt eval configs/eval/zoo.toml --set measure_cost=false
 # anywhere to rebuild the report from the cache without training.
-# usage: OUT=dir PARTS=3 COST=galore,fira benchmarks/zoo_gpu.sh
+# usage: OUT=dir PARTS=3 COST=galore,fira [ONLY=0,2] benchmarks/zoo_gpu.sh
 set -uo pipefail
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"; PARTS=${PARTS:-3}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM_FRACTION:-0.2} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -13,6 +13,7 @@ lopt() { python3 -c "import sys; from lopt.cli import main; sys.exit(main())" "$
 names=$(python3 -c "import lopt.baselines as b; print(' '.join(b.names()))")
 pids=()
 for ((part = 0; part < PARTS; part++)); do
+  [[ -n ${ONLY:-} && ",$ONLY," != *",$part,"* ]] && continue  # ONLY=1,3: rerun some parts
   share=$(python3 -c "import sys; n = sys.argv[2:]; print(','.join(repr(x) for x in n[int(sys.argv[1])::$PARTS]))" $part $names)
   ( timeout ${EVAL_LIMIT:-540} python3 -c "import sys; from lopt.cli import main; sys.exit(main())" eval configs/eval/zoo.toml \
       --quiet --set "optimizers=[$share]" --set "output_dir='/tmp/zoo-$part'" --set measure_cost=false \

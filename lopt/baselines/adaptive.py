@@ -419,13 +419,14 @@ def innaprop(learning_rate: float = 1e-3, alpha: float = 0.1, beta: float = 0.9,
 
     ψ_0 = (1 − αβ) θ_0, so `init` reads the parameters. Defaults: (α, β) = (0.1, 0.9), the
     paper's choice for short training; weight decay 0.01 and σ 0.999 (Adam's β2) as AdamW's.
-    The learning rate is fixed (a float): the recursion's coefficients divide by β − γ.
+    The learning rate is a constant (a number, or a traced scalar in an LR sweep; not a schedule):
+    the recursion's coefficients divide by β − γ.
 
     References:
       Bolte, Boustany, Pauwels & Purica, "A second-order-like optimizer with adaptive gradient
       scaling for deep learning", arXiv:2410.05871, 2024.
     """
-    if not learning_rate < beta:
+    if isinstance(learning_rate, (int, float)) and not learning_rate < beta:  # a swept LR is traced
         raise ValueError(f"innaprop needs learning_rate < beta (got {learning_rate} and {beta})")
     gamma = learning_rate
 
