@@ -26,6 +26,21 @@ def ema(previous: Any, new: Any, decay: float | jax.Array) -> Any:
     return jax.tree.map(lambda p, n: decay * p + (1.0 - decay) * n, previous, new)
 
 
+def adam_leaf(g: jax.Array, m: jax.Array, v: jax.Array, b1: float, b2: float, eps: float, count: jax.Array):
+    """One tensor's Adam step (Kingma & Ba 2015, Algorithm 1): (m̂ / (√v̂ + ε), m, v)."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return (m / bias_correction(b1, count)) / (jnp.sqrt(v / bias_correction(b2, count)) + eps), m, v
+
+
+def uncorrected_adam_leaf(g: jax.Array, m: jax.Array, v: jax.Array, b1: float, b2: float, eps: float):
+    """(m / (√v + ε), m, v): the AdamW step of GaLore's reference code (and APOLLO's, Fira's),
+    whose bias correction √(1 − β2^t) / (1 − β1^t) multiplies the whole step afterwards."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return m / (jnp.sqrt(v) + eps), m, v
+
+
 def zeros_like(params: Any) -> Any:
     return jax.tree.map(jnp.zeros_like, params)
 

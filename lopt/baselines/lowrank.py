@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import as_matrix, bias_correction, from_matrix, increment, map_unzip
-from lopt.baselines.matrix import _adam_leaf
+from lopt.baselines._common import (
+    adam_leaf, as_matrix, bias_correction, from_matrix, increment, map_unzip, uncorrected_adam_leaf,
+)
 
 
 def projection_rank(shape: tuple[int, ...], density: float) -> int:
@@ -104,7 +105,7 @@ def _scale_by_low_rank(matrix_rule: MatrixRule, b1: float, b2: float, eps: float
 
         def leaf(g, mu, nu, P, limiter):
             if g.ndim < 2:
-                d, mu, nu = _adam_leaf(g, mu, nu, b1, b2, eps, count)
+                d, mu, nu = adam_leaf(g, mu, nu, b1, b2, eps, count)
                 return d, mu, nu, P, limiter
             G = as_matrix(g).astype(jnp.float32)
             P = jax.lax.cond(refresh, lambda: svd_projector(G, P.shape[1]), lambda: P)
@@ -115,14 +116,6 @@ def _scale_by_low_rank(matrix_rule: MatrixRule, b1: float, b2: float, eps: float
         return d, LowRankState(count, mu, nu, P, limiter)
 
     return optax.GradientTransformation(init, update)
-
-
-def _uncorrected_adam(R, mu, nu, b1, b2, eps):
-    """Moments of R and N = m / (√v + ε): the reference AdamW step of GaLore and Fira, whose
-    bias correction √(1 − β2^t) / (1 − β1^t) multiplies the whole step afterwards."""
-    mu = b1 * mu + (1 - b1) * R
-    nu = b2 * nu + (1 - b2) * R * R
-    return mu / (jnp.sqrt(nu) + eps), mu, nu
 
 
 def scale_by_galore(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density: float = 0.25,
@@ -143,7 +136,7 @@ def scale_by_galore(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, densi
 
     def rule(G, R, P, mu, nu, limiter, count, refresh):
         del refresh
-        N, mu, nu = _uncorrected_adam(R, mu, nu, b1, b2, eps)
+        N, mu, nu = uncorrected_adam_leaf(R, mu, nu, b1, b2, eps)
         correction = jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
         return scale * project_up(N, P, G.shape) * correction, mu, nu, limiter
 
@@ -173,7 +166,7 @@ def scale_by_fira(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density
 
     def rule(G, R, P, mu, nu, limiter, count, refresh):
         del refresh
-        N, mu, nu = _uncorrected_adam(R, mu, nu, b1, b2, eps)
+        N, mu, nu = uncorrected_adam_leaf(R, mu, nu, b1, b2, eps)
         rank_axis = 0 if projects_left(*G.shape) else 1
         phi = jnp.linalg.norm(N, axis=rank_axis, keepdims=True) / (jnp.linalg.norm(R, axis=rank_axis, keepdims=True) + 1e-8)
         S = (G - project_up(R, P, G.shape)) * phi
@@ -206,7 +199,7 @@ def scale_by_frugal(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, densi
     def rule(G, R, P, mu, nu, limiter, count, refresh):
         mu, nu = (jnp.where(refresh, jnp.zeros_like(x), x) for x in (mu, nu))
         local = (count - 1) % update_interval + 1
-        N, mu, nu = _adam_leaf(R, mu, nu, b1, b2, eps, local)
+        N, mu, nu = adam_leaf(R, mu, nu, b1, b2, eps, local)
         free = jnp.sign(G - project_up(R, P, G.shape))
         return project_up(N, P, G.shape) + free_scale * free, mu, nu, limiter
 

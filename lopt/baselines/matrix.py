@@ -14,13 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import TINY, as_matrix, bias_correction, from_matrix, increment, map_unzip
-
-
-def _adam_leaf(g, m, v, b1, b2, eps, count):
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
-    return (m / bias_correction(b1, count)) / (jnp.sqrt(v / bias_correction(b2, count)) + eps), m, v
+from lopt.baselines._common import (
+    TINY, adam_leaf, as_matrix, bias_correction, from_matrix, increment, map_unzip, uncorrected_adam_leaf,
+)
 
 
 class ScaleByCondaState(NamedTuple):
@@ -75,7 +71,7 @@ def scale_by_conda(
 
         def leaf(g, m, v, u):
             if g.ndim < 2:
-                d, m, v = _adam_leaf(g, m, v, b1, b2, eps, count)
+                d, m, v = adam_leaf(g, m, v, b1, b2, eps, count)
                 return d, m, v, u
             m = b1 * m + (1 - b1) * g
             M, G = as_matrix(m), as_matrix(g)
@@ -174,7 +170,7 @@ def _stateless_matrix_rule(matrix_direction, b1: float, b2: float, eps: float) -
 
         def leaf(g, m, v):
             if g.ndim < 2:
-                return _adam_leaf(g, m, v, b1, b2, eps, count)
+                return adam_leaf(g, m, v, b1, b2, eps, count)
             return from_matrix(matrix_direction(as_matrix(g)), g.shape), m, v
 
         d, mu, nu = map_unzip(leaf, updates, state.mu, state.nu)
@@ -282,7 +278,7 @@ def scale_by_apollo(
         out_d, out_m, out_v, out_n = [], [], [], []
         for index, (g, m, v, previous) in enumerate(zip(leaves, mus, nus, norms)):
             if g.ndim < 2:
-                d, m, v = _adam_leaf(g, m, v, b1, b2, eps, count)
+                d, m, v = adam_leaf(g, m, v, b1, b2, eps, count)
                 out_d.append(d), out_m.append(m), out_v.append(v), out_n.append(previous)
                 continue
             G = as_matrix(g)
@@ -290,8 +286,7 @@ def scale_by_apollo(
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), index), window)
             P = jax.random.normal(key, (r, G.shape[0]), jnp.float32) / jnp.sqrt(r)
             R = P @ G
-            _, m, v = _adam_leaf(R, m, v, b1, b2, eps, count)
-            R_tilde = m / (jnp.sqrt(v) + eps)
+            R_tilde, m, v = uncorrected_adam_leaf(R, m, v, b1, b2, eps)
             s = jnp.linalg.norm(R_tilde, axis=0) / jnp.maximum(jnp.linalg.norm(R, axis=0), TINY)
             scaled = scale * G * s[None, :]
             norm = jnp.linalg.norm(scaled)
