@@ -187,8 +187,10 @@ def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
     )
     assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
     out = capsys.readouterr().out
-    assert "programs/s" in out and "cache hit rate" in out
+    assert "programs/s" in out and "cache hit rate" in out and "adamw" in out and "lion" in out
     assert (tmp_path / "run" / "best.txt").is_file()
+    references = json.loads((tmp_path / "run" / "summary.json").read_text())["proxy_references"]
+    assert set(references) == {"adamw", "lion"} and all(v is None or v > -100 for v in references.values())
     assert main(["search", "--resume", str(tmp_path / "run"), "--quiet", "--no-ablate"]) == 0
     assert main(["search", "top", str(tmp_path / "run"), "-n", "2"]) == 0
     assert "#1  fitness" in capsys.readouterr().out

@@ -62,6 +62,17 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
     return records
 
 
+REFERENCES = ("adamw", "lion")
+
+
+def proxy_references(config: SearchConfig) -> dict[str, float]:
+    """The proxy fitness of AdamW and Lion as seed programs, scored exactly as every child (best
+    over the fitness LR multipliers): the engine check of a search is whether its best reaches
+    them (Chen et al. 2023 rediscovered Lion from an AdamW seed)."""
+    scores = evaluator(config.fitness)([check(seed(name)) for name in REFERENCES])
+    return {name: json_float(value) for name, value in zip(REFERENCES, scores)}
+
+
 def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progress: bool = True,
            say: Any = print) -> dict[str, Any]:
     """Simplify the finished `search`'s best program, run the funnel (when the config has one)
@@ -74,8 +85,12 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     (output / "best.txt").write_text(format_program(simplified))
     say("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
     say(format_program(simplified))
+    references = proxy_references(config)
+    say(f"proxy fitness (lower is better): best {best.fitness:.4f}, seed {search.seed_fitness:.4f}, "
+        + ", ".join(f"{name} {value:.4f}" for name, value in references.items()))
     summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
-               "simplifications": notes, "seed_fitness": search.seed_fitness, "statistics": stats}
+               "simplifications": notes, "seed_fitness": search.seed_fitness, "proxy_references": references,
+               "statistics": stats}
     if config.funnel.tasks:
         candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
         records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
