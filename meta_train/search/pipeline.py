@@ -63,13 +63,17 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
 
 
 REFERENCES = ("adamw", "lion")
+# The references read `lr` as their learning rate; children scale it by their own constants
+# (the AdamW seed by 1e-3), so the references are tuned over every half-decade from 1e-5 to 1.
+REFERENCE_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 
 def proxy_references(config: SearchConfig) -> dict[str, float]:
-    """The proxy fitness of AdamW and Lion as seed programs, scored exactly as every child (best
-    over the fitness LR multipliers): the engine check of a search is whether its best reaches
-    them (Chen et al. 2023 rediscovered Lion from an AdamW seed)."""
-    scores = evaluator(config.fitness)([check(seed(name)) for name in REFERENCES])
+    """The proxy fitness of AdamW and Lion (the seed programs `adamw`, `lion`) on the search's own
+    tasks, steps and seeds, each tuned over `REFERENCE_LRS`: the engine check of a search is
+    whether its best reaches them (Chen et al. 2023 found Lion from an AdamW seed)."""
+    spec = dataclasses.replace(config.fitness, lr_multipliers=REFERENCE_LRS, interpreter="jit")  # two programs
+    scores = evaluator(spec)([check(seed(name)) for name in REFERENCES])
     return {name: json_float(value) for name, value in zip(REFERENCES, scores)}
 
 
