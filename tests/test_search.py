@@ -244,3 +244,33 @@ def test_fitness_config_ranges_and_long_program_errors_are_short():
     with pytest.raises(ProgramError) as error:
         parse(huge)
     assert len(str(error.value)) < 400
+
+
+def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_path, capsys):
+    """Chen et al.'s meta-validation: every `every` generations the best programs not yet
+    validated are trained on the validation task and logged; resume keeps what was validated;
+    the summary's simplified program is the best by validation."""
+    config = tmp_path / "search.toml"
+    config.write_text(
+        "[search]\npopulation = 6\nchildren = 4\ngenerations = 4\nmax_statements = 16\n"
+        "[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = 20\nseeds = 1\nlr_multipliers = [1.0]\n"
+        "eval_batches = 1\nlength = 16\nbatch = 4\ninterpreter = \"jit\"\n"
+        "[validation]\ntask = \"rosenbrock-2\"\nsteps = 30\nevery = 2\ntop = 2\n"
+        f"[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
+    )
+    assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
+    out = capsys.readouterr().out
+    assert "best by meta-validation on rosenbrock-2" in out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert {r["generation"] for r in rows} == {2, 4} and all(len([r for r in rows if r["generation"] == g]) <= 2 for g in (2, 4))
+    assert len({r["text"] for r in rows}) == len(rows)  # each program validated once
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    best = min((r for r in rows if r["validation"] is not None), key=lambda r: r["validation"])
+    assert summary["best_validated"]["text"] == best["text"]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert set(state["validated"]) == {r["text"] for r in rows}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace('task = "rosenbrock-2"', 'task = "nope"').replace('/run"', '/other"'))
+    capsys.readouterr()
+    assert main(["search", str(bad), "--quiet"]) == 2
+    assert "validation.task" in capsys.readouterr().err

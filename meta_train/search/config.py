@@ -48,6 +48,20 @@ class FunnelSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValidationSection:
+    """Meta-validation (Chen et al. 2023, Sec. 2.3): every `every` generations the `top` best
+    distinct programs not yet validated are trained on `task` (meant to be 10–100× the proxy)
+    for `steps` steps, tuned over the fitness LR multipliers, and logged to validation.jsonl;
+    the search then reports, simplifies and funnels the best program *by validation*, so a
+    program that only games the proxy is not the one it ships. `task = ""` turns it off."""
+
+    task: str = ""
+    steps: int = 1000
+    every: int = 10
+    top: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchRunSection:
     output_dir: str = "runs/search"
 
@@ -60,6 +74,7 @@ class SearchConfig:
     search: EvolutionSection = EvolutionSection()
     fitness: FitnessSpec = FitnessSpec()
     funnel: FunnelSection = FunnelSection()
+    validation: ValidationSection = ValidationSection()
     run: SearchRunSection = SearchRunSection()
 
     def __post_init__(self) -> None:
@@ -75,6 +90,16 @@ class SearchConfig:
         if len(self.funnel.tasks) != len(self.funnel.steps):
             raise ConfigError("funnel.tasks and funnel.steps must have the same length")
         check_task_names("funnel.tasks", self.funnel.tasks)
+        v = self.validation
+        if v.task:
+            check_task_names("validation.task", (v.task,))
+            if v.steps < 1 or v.every < 1 or v.top < 1:
+                raise ConfigError("validation: steps, every and top must be positive")
+
+    def validation_spec(self) -> FitnessSpec:
+        """The fitness spec of the meta-validation task (one jit per program: few programs)."""
+        return dataclasses.replace(self.fitness, tasks=(self.validation.task,), steps=self.validation.steps,
+                                   interpreter="jit")
 
     def seed_program_text(self) -> str:
         name = self.search.seed_program

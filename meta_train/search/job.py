@@ -20,6 +20,8 @@ Files in `run.output_dir`:
     log.jsonl       one line per child: generation, id, parent, mutation, text, hashes, fitness,
                     how it was scored — enough to replay the search
     cache.jsonl     structural / functional hash -> fitness, shared across resumes
+    validation.jsonl  meta-validation scores of the best programs, every few generations
+                    (when [validation] names a task)
     funnel.json, best.txt, summary.json   written after the search (meta_train.search.pipeline)
 
 Generation g draws from np.random.default_rng([seed, g]), so a search is deterministic per seed
@@ -74,6 +76,8 @@ class Search:
         self.evaluate = evaluator(config.fitness)
         self.structural: dict[str, float] = {}
         self.functional: dict[str, float] = {}
+        self.validated: dict[str, float] = {}  # program text -> meta-validation fitness
+        self.best_validated: Member | None = None  # its `fitness` is the validation fitness
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         if resume:
             saved = self.dir / "config.json"
@@ -89,6 +93,7 @@ class Search:
             _atomic_write(self.dir / "config.json", config_json)
             (self.dir / "log.jsonl").write_text("")
             (self.dir / "cache.jsonl").write_text("")
+            (self.dir / "validation.jsonl").write_text("")
             self._start()
 
     # -- persistence ------------------------------------------------------------------------
@@ -115,6 +120,9 @@ class Search:
             "best": dataclasses.asdict(self.best) | {"fitness": json_float(self.best.fitness)},
             "since_improvement": self.since_improvement, "restarts": self.restarts, "counters": self.counters,
             "population": [dataclasses.asdict(m) | {"fitness": json_float(m.fitness)} for m in self.population],
+            "validated": {text: json_float(v) for text, v in self.validated.items()},
+            "best_validated": None if self.best_validated is None else
+            dataclasses.asdict(self.best_validated) | {"fitness": json_float(self.best_validated.fitness)},
         }
         _atomic_write(self.dir / "state.json", json.dumps(state))
 
@@ -127,18 +135,11 @@ class Search:
         self.since_improvement, self.restarts = state["since_improvement"], state["restarts"]
         self.counters = state["counters"]
         self.population = [Member(**(m | {"fitness": inf(m["fitness"])})) for m in state["population"]]
-        log = self.dir / "log.jsonl"
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        kept = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by the kill
-            if entry["generation"] > self.generation:
-                break
-            kept.append(line)
-        _atomic_write(log, "".join(line + "\n" for line in kept))
+        self.validated = {text: inf(v) for text, v in state.get("validated", {}).items()}
+        best_validated = state.get("best_validated")
+        self.best_validated = None if best_validated is None else Member(**(best_validated | {"fitness": inf(best_validated["fitness"])}))
+        for log in (self.dir / "log.jsonl", self.dir / "validation.jsonl"):
+            self._trim(log)
         for line in (self.dir / "cache.jsonl").read_text().splitlines():
             try:
                 entry = json.loads(line)
@@ -148,6 +149,21 @@ class Search:
             self.structural[entry["structural"]] = fitness
             if entry.get("functional"):
                 self.functional[entry["functional"]] = fitness
+
+    def _trim(self, log: Path) -> None:
+        """Drop the lines a killed generation wrote after the last saved state."""
+        if not log.is_file():
+            return
+        kept = []
+        for line in (line for line in log.read_text().splitlines() if line.strip()):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by the kill
+            if entry["generation"] > self.generation:
+                break
+            kept.append(line)
+        _atomic_write(log, "".join(line + "\n" for line in kept))
 
     def _log(self, entries: list[dict[str, Any]]) -> None:
         with open(self.dir / "log.jsonl", "a") as f:
@@ -240,8 +256,32 @@ class Search:
         self._log(entries)
         seconds = time.perf_counter() - start
         self.counters["seconds"] += seconds
+        validation = self.config.validation
+        if validation.task and self.generation % validation.every == 0:
+            self._validate()  # not counted in the search rate: it is the paper's separate check
         self._save()
         return {"generation": self.generation, "best": self.best.fitness, "seconds": seconds, "restart": restarted}
+
+    def _validate(self) -> None:
+        """Meta-validation of the best distinct programs not yet validated (ValidationSection)."""
+        ranked = sorted([self.best, *self.population], key=lambda m: (m.fitness, m.id))
+        pending: list[Member] = []
+        for member in ranked:
+            if member.text not in self.validated and np.isfinite(member.fitness) and \
+                    all(member.text != p.text for p in pending):
+                pending.append(member)
+            if len(pending) == self.config.validation.top:
+                break
+        if not pending:
+            return
+        scores = evaluator(self.config.validation_spec())([check(parse(m.text)) for m in pending])
+        with open(self.dir / "validation.jsonl", "a") as f:
+            for member, score in zip(pending, scores):
+                self.validated[member.text] = float(score)
+                f.write(json.dumps({"generation": self.generation, "id": member.id, "text": member.text,
+                                    "fitness": json_float(member.fitness), "validation": json_float(score)}) + "\n")
+                if np.isfinite(score) and (self.best_validated is None or score < self.best_validated.fitness):
+                    self.best_validated = Member(member.id, member.text, float(score), member.born)
 
     def statistics(self) -> dict[str, float]:
         c = self.counters
@@ -268,7 +308,8 @@ class Search:
             self.step()
             stats = self.statistics()
             bar.update(1)
-            bar.set_postfix(best=f"{self.best.fitness:.4f}", seed=f"{self.seed_fitness:.4f}",
+            validated = {} if self.best_validated is None else {"val": f"{self.best_validated.fitness:.4f}"}
+            bar.set_postfix(best=f"{self.best.fitness:.4f}", seed=f"{self.seed_fitness:.4f}", **validated,
                             progs_s=f"{stats['programs_per_second']:.1f}", hits=f"{stats['cache_hit_rate']:.0%}")
         bar.close()
         return self.best

@@ -1,5 +1,5 @@
-"""After a search: simplify the best program (dead code, then ablation scored by the search's own
-fitness), re-evaluate the best distinct programs stage by stage against tuned AdamW (the
+"""After a search: simplify the best program — by meta-validation when the search has it, else by
+proxy fitness — (dead code, then ablation scored by the search's own fitness), re-evaluate the best distinct programs stage by stage against tuned AdamW (the
 funnel), and write best.txt, funnel.json and summary.json. `lopt search` calls `finish`;
 `top` reads the best distinct programs of any search folder's log."""
 
@@ -84,8 +84,12 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     `say` receives the lines a user should see."""
     config, best, stats = search.config, search.best, search.statistics()
     output = Path(config.run.output_dir)
+    chosen = search.best_validated or best  # with meta-validation, its best is the one shipped
+    if search.best_validated is not None:
+        say(f"best by meta-validation on {config.validation.task}: id {chosen.id} (validation fitness "
+            f"{chosen.fitness:.4f}); best by proxy fitness: id {best.id}")
     fitness = evaluator(config.fitness) if ablate else None
-    simplified, notes = simplify(parse(best.text), fitness=fitness, tolerance=tolerance)
+    simplified, notes = simplify(parse(chosen.text), fitness=fitness, tolerance=tolerance)
     (output / "best.txt").write_text(format_program(simplified))
     say("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
     say(format_program(simplified))
@@ -95,6 +99,9 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
                "simplifications": notes, "seed_fitness": search.seed_fitness, "proxy_references": references,
                "statistics": stats}
+    if search.best_validated is not None:
+        summary["best_validated"] = {"id": chosen.id, "text": chosen.text, "validation_fitness": chosen.fitness,
+                                     "task": config.validation.task, "steps": config.validation.steps}
     if config.funnel.tasks:
         candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
         records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
