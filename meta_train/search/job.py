@@ -60,6 +60,16 @@ def json_float(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
+def _record(member: Member) -> dict[str, Any]:
+    """A member as JSON (non-finite fitness as null)."""
+    return dataclasses.asdict(member) | {"fitness": json_float(member.fitness)}
+
+
+def _member(record: dict[str, Any]) -> Member:
+    """Inverse of `_record` (null fitness back to +inf)."""
+    return Member(**(record | {"fitness": float("inf") if record["fitness"] is None else record["fitness"]}))
+
+
 def _atomic_write(path: Path, text: str) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(text)
@@ -117,12 +127,11 @@ class Search:
     def _save(self) -> None:
         state = {
             "generation": self.generation, "next_id": self.next_id, "seed_fitness": json_float(self.seed_fitness),
-            "best": dataclasses.asdict(self.best) | {"fitness": json_float(self.best.fitness)},
+            "best": _record(self.best),
             "since_improvement": self.since_improvement, "restarts": self.restarts, "counters": self.counters,
-            "population": [dataclasses.asdict(m) | {"fitness": json_float(m.fitness)} for m in self.population],
+            "population": [_record(m) for m in self.population],
             "validated": {text: json_float(v) for text, v in self.validated.items()},
-            "best_validated": None if self.best_validated is None else
-            dataclasses.asdict(self.best_validated) | {"fitness": json_float(self.best_validated.fitness)},
+            "best_validated": None if self.best_validated is None else _record(self.best_validated),
         }
         _atomic_write(self.dir / "state.json", json.dumps(state))
 
@@ -131,13 +140,12 @@ class Search:
         inf = lambda x: float("inf") if x is None else x  # noqa: E731
         self.generation, self.next_id = state["generation"], state["next_id"]
         self.seed_fitness = inf(state["seed_fitness"])
-        self.best = Member(**(state["best"] | {"fitness": inf(state["best"]["fitness"])}))
+        self.best = _member(state["best"])
         self.since_improvement, self.restarts = state["since_improvement"], state["restarts"]
         self.counters = state["counters"]
-        self.population = [Member(**(m | {"fitness": inf(m["fitness"])})) for m in state["population"]]
+        self.population = [_member(m) for m in state["population"]]
         self.validated = {text: inf(v) for text, v in state.get("validated", {}).items()}
-        best_validated = state.get("best_validated")
-        self.best_validated = None if best_validated is None else Member(**(best_validated | {"fitness": inf(best_validated["fitness"])}))
+        self.best_validated = None if state.get("best_validated") is None else _member(state["best_validated"])
         for log in (self.dir / "log.jsonl", self.dir / "validation.jsonl"):
             self._trim(log)
         for line in (self.dir / "cache.jsonl").read_text().splitlines():
