@@ -27,6 +27,35 @@ class LookaheadState(NamedTuple):
     inner_state: Any
 
 
+class SwitchEmaState(NamedTuple):
+    count: jax.Array
+    average: Any
+    inner_state: Any
+
+
+def _weight_averaging(inner: optax.GradientTransformation, name: str, state_type: type, combine: Any
+                      ) -> optax.GradientTransformationExtraArgs:
+    """The frame Lookahead and Switch EMA share: `inner` proposes fast weights θ + u; then
+    `combine(count, kept, fast) -> (target, kept)` decides the weights to move to and the averaged
+    weights to keep (initially θ_0); the update is target − θ. State: `state_type(count, kept,
+    inner_state)`."""
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params):
+        return state_type(jnp.zeros([], jnp.int32), params, inner.init(params))
+
+    def update(updates, state, params=None, **extra):
+        if params is None:
+            raise ValueError(f"{name} needs params (it averages weights)")
+        step, inner_state = inner.update(updates, state.inner_state, params, **extra)
+        count = increment(state.count)
+        fast = jax.tree.map(lambda w, u: w + u, params, step)
+        target, kept = combine(count, state[1], fast)
+        return jax.tree.map(lambda t, w: t - w, target, params), state_type(count, kept, inner_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def lookahead(inner: optax.GradientTransformation, sync_period: int = 5, alpha: float = 0.5
               ) -> optax.GradientTransformationExtraArgs:
     """Lookahead: k fast steps of `inner`, then the slow weights move a fraction α toward the
@@ -41,29 +70,13 @@ def lookahead(inner: optax.GradientTransformation, sync_period: int = 5, alpha: 
     References:
       Zhang, Lucas, Hinton & Ba, "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019.
     """
-    inner = optax.with_extra_args_support(inner)
 
-    def init(params):
-        return LookaheadState(jnp.zeros([], jnp.int32), params, inner.init(params))
-
-    def update(updates, state, params=None, **extra):
-        if params is None:
-            raise ValueError("lookahead needs params (it interpolates weights)")
-        step, inner_state = inner.update(updates, state.inner_state, params, **extra)
-        count = increment(state.count)
+    def combine(count, slow, fast):
         sync = count % sync_period == 0
-        fast = jax.tree.map(lambda w, u: w + u, params, step)
-        slow = jax.tree.map(lambda s, f: jnp.where(sync, s + alpha * (f - s), s), state.slow, fast)
-        target = jax.tree.map(lambda s, f: jnp.where(sync, s, f), slow, fast)
-        return jax.tree.map(lambda t, w: t - w, target, params), LookaheadState(count, slow, inner_state)
+        slow = jax.tree.map(lambda s, f: jnp.where(sync, s + alpha * (f - s), s), slow, fast)
+        return jax.tree.map(lambda s, f: jnp.where(sync, s, f), slow, fast), slow
 
-    return optax.GradientTransformationExtraArgs(init, update)
-
-
-class SwitchEmaState(NamedTuple):
-    count: jax.Array
-    average: Any
-    inner_state: Any
+    return _weight_averaging(inner, "lookahead", LookaheadState, combine)
 
 
 def switch_ema(inner: optax.GradientTransformation, decay: float = 0.99, switch_period: int = 100
@@ -82,23 +95,13 @@ def switch_ema(inner: optax.GradientTransformation, decay: float = 0.99, switch_
       Li, Wang, Tian, Wu, Liu, Zhang & Li, "Switch EMA: A Free Lunch for Better Flatness and
       Sharpness", arXiv:2402.09240, 2024.
     """
-    inner = optax.with_extra_args_support(inner)
 
-    def init(params):
-        return SwitchEmaState(jnp.zeros([], jnp.int32), params, inner.init(params))
-
-    def update(updates, state, params=None, **extra):
-        if params is None:
-            raise ValueError("switch_ema needs params (it averages weights)")
-        step, inner_state = inner.update(updates, state.inner_state, params, **extra)
-        count = increment(state.count)
+    def combine(count, average, fast):
+        average = jax.tree.map(lambda a, w: decay * a + (1 - decay) * w, average, fast)
         switch = count % switch_period == 0
-        new = jax.tree.map(lambda w, u: w + u, params, step)
-        average = jax.tree.map(lambda a, w: decay * a + (1 - decay) * w, state.average, new)
-        step = jax.tree.map(lambda u, a, w: jnp.where(switch, a - w, u), step, average, params)
-        return step, SwitchEmaState(count, average, inner_state)
+        return jax.tree.map(lambda a, f: jnp.where(switch, a, f), average, fast), average
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return _weight_averaging(inner, "switch_ema", SwitchEmaState, combine)
 
 
 def gradient_noise(inner: optax.GradientTransformation, eta: float = 0.01, gamma: float = 0.55, seed: int = 0
