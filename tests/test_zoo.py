@@ -267,9 +267,9 @@ def test_newton_schulz_converges_to_the_inverse_square_root():
     np.testing.assert_allclose(numpy_newton_schulz_inverse_sqrt(a, 30), exact, rtol=1e-6)
 
 
-def test_swan_normalises_and_whitens(problem):
-    params, grads = problem
-    lr, eps, steps = 0.01, 1e-8, 10
+def numpy_stateless_matrix_rule(params, grads, lr, direction):
+    """SWAN's and SinkGD's split in numpy: `direction(G)` on each kernel's [out, in] matrix (no
+    state), Adam on the scalar and the vector; θ ← θ − η·update."""
     expected, p = [], dict(params)
     m = {k: np.zeros(s) for k, s in SHAPES.items()}
     v = {k: np.zeros(s) for k, s in SHAPES.items()}
@@ -278,13 +278,23 @@ def test_swan_normalises_and_whitens(problem):
             if len(SHAPES[k]) < 2:
                 u, m[k], v[k] = numpy_adam_leaf(g[k], m[k], v[k], t)
             else:
-                G = mat(g[k])
-                normed = (G - G.mean(1, keepdims=True)) / (G.std(1, keepdims=True) + eps)
-                gram = normed @ normed.T + eps * np.eye(G.shape[0])
-                whitened = numpy_newton_schulz_inverse_sqrt(gram, steps) @ normed
-                u = unmat(whitened * np.linalg.norm(normed) / np.linalg.norm(whitened), SHAPES[k])
+                u = unmat(direction(mat(g[k])), SHAPES[k])
             p = {**p, k: p[k] - lr * u}
         expected.append(p)
+    return expected
+
+
+def test_swan_normalises_and_whitens(problem):
+    params, grads = problem
+    lr, eps, steps = 0.01, 1e-8, 10
+
+    def direction(G):
+        normed = (G - G.mean(1, keepdims=True)) / (G.std(1, keepdims=True) + eps)
+        gram = normed @ normed.T + eps * np.eye(G.shape[0])
+        whitened = numpy_newton_schulz_inverse_sqrt(gram, steps) @ normed
+        return whitened * np.linalg.norm(normed) / np.linalg.norm(whitened)
+
+    expected = numpy_stateless_matrix_rule(params, grads, lr, direction)
     assert_trajectories(run(matrix.swan(lr, eps=eps, whitening_steps=steps), params, grads), expected, rtol=1e-3, atol=1e-5)
 
 
@@ -293,21 +303,15 @@ def test_sinkgd_alternates_row_and_column_normalisations(problem):
     Adam on the scalar and the vector."""
     params, grads = problem
     lr, L = 0.01, 3
-    expected, p = [], dict(params)
-    m, v = {k: np.zeros(s) for k, s in SHAPES.items()}, {k: np.zeros(s) for k, s in SHAPES.items()}
-    for t, g in enumerate(grads, 1):
-        for k in SHAPES:
-            if len(SHAPES[k]) < 2:
-                u, m[k], v[k] = numpy_adam_leaf(g[k], m[k], v[k], t)
-            else:
-                X = mat(g[k])
-                rows, cols = X.shape
-                for _ in range(L):
-                    X = math.sqrt(cols) * X / np.linalg.norm(X, axis=1, keepdims=True)
-                    X = math.sqrt(rows) * X / np.linalg.norm(X, axis=0, keepdims=True)
-                u = unmat(X, SHAPES[k])
-            p = {**p, k: p[k] - lr * u}
-        expected.append(p)
+
+    def direction(X):
+        rows, cols = X.shape
+        for _ in range(L):
+            X = math.sqrt(cols) * X / np.linalg.norm(X, axis=1, keepdims=True)
+            X = math.sqrt(rows) * X / np.linalg.norm(X, axis=0, keepdims=True)
+        return X
+
+    expected = numpy_stateless_matrix_rule(params, grads, lr, direction)
     assert_trajectories(run(matrix.sinkgd(lr, iterations=L), params, grads), expected, rtol=1e-4, atol=1e-6)
     X = np.asarray(matrix.sinkhorn_normalise(jnp.asarray(mat(grads[0]["conv"]), jnp.float32), 20))
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), math.sqrt(X.shape[1]), rtol=1e-3)
