@@ -84,6 +84,7 @@ class Search:
         self.dir = Path(config.run.output_dir)
         self.progress = progress
         self.evaluate = evaluator(config.fitness)
+        self.evaluate_validation = evaluator(config.validation_spec()) if config.validation.task else None
         self.structural: dict[str, float] = {}
         self.functional: dict[str, float] = {}
         self.validated: dict[str, float] = {}  # program text -> meta-validation fitness
@@ -282,7 +283,7 @@ class Search:
                 break
         if not pending:
             return
-        scores = evaluator(self.config.validation_spec())([check(parse(m.text)) for m in pending])
+        scores = self.evaluate_validation([check(parse(m.text)) for m in pending])
         with open(self.dir / "validation.jsonl", "a") as f:
             for member, score in zip(pending, scores):
                 self.validated[member.text] = float(score)
