@@ -8,20 +8,30 @@ scores them. Times include compilation (the batched interpreter compiles once pe
 length; the per-program path compiles every program), measured after one warm-up batch.
 
     python benchmarks/search_throughput.py --programs 64 --batch 64 --steps 150
+
+With --config (e.g. configs/search/gpu.toml): its proxies instead, the floor (the same vmapped
+training loop with AdamW written directly: what the proxies cost without interpretation), and a
+real search of that config for --search-seconds with where its time goes (BENCHMARKS.md, W3).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lopt.programs import seed
+from lopt.programs import run_encoded, seed
 from meta_train.search import mutation
+from lopt.config import load_config
+from meta_train.search.config import SearchConfig
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator
+from meta_train.search.job import Search
 
 
 def children(count: int, rng_seed: int) -> list:
@@ -35,8 +45,50 @@ def children(count: int, rng_seed: int) -> list:
     return graphs
 
 
+def adamw_step(program, w, g, m, v, lr, t, sizes):
+    """The floor: AdamW (the seed's constants) written directly, ignoring the program, in the same
+    vmapped training loop as the interpreter (what the proxy tasks cost without interpretation)."""
+    del program, sizes
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    update = lr * 1e-3 * ((m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8) + 0.01 * w)
+    return update, m, v
+
+
+def rate(evaluate, graphs) -> float:
+    start = time.perf_counter()
+    evaluate(graphs)
+    return len(graphs) / (time.perf_counter() - start)
+
+
+def interpreter_rates(spec: FitnessSpec, programs: int) -> dict[str, float]:
+    """programs/s of the batched interpreter and of the floor on `spec`'s proxies, after warm-ups
+    that compile the encoding lengths children use."""
+    out = {}
+    for name, step in (("interpreter", run_encoded), ("floor", adamw_step)):
+        evaluator = BatchedEvaluator(spec, step)
+        for warm in (999, 998):
+            evaluator.losses(children(spec.batch, warm))
+        out[name] = rate(evaluator.losses, children(programs, 0))
+    return out
+
+
+def search_rate(config_path: str, seconds: float, output: str) -> dict[str, float]:
+    """A real `lopt search` (everything included) for about `seconds`: its rates and where its
+    time goes (mutation, functional-hash probes, training)."""
+    config = load_config(SearchConfig, config_path, [f"search.max_seconds={seconds}", f"run.output_dir={output!r}",
+                                                     "validation.task=''"])
+    if Path(output).exists():
+        shutil.rmtree(output)
+    search = Search(config, progress=False)
+    search.run()
+    return search.statistics()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a search config: measure its proxies and run it as a real search")
+    parser.add_argument("--search-seconds", type=float, default=120.0)
     parser.add_argument("--programs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32, help="programs per batched call")
     parser.add_argument("--jit-programs", type=int, default=8, help="programs timed through one jit each")
@@ -44,35 +96,40 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
-    spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=args.steps, seeds=args.seeds, batch=args.batch, length=32)
     device = jax.devices()[0].device_kind
-    batched = BatchedEvaluator(spec)
-    batched.losses(children(args.batch, 999))  # warm-up: compile the common encoding lengths
-    batched.losses(children(args.batch, 998))
-    graphs = children(args.programs, 0)
-    start = time.perf_counter()
-    batched.losses(graphs)
-    batched_rate = len(graphs) / (time.perf_counter() - start)
-    jitted = JitEvaluator(spec)
-    jitted.losses(children(1, 997))  # warm-up of the tracing machinery
-    subset = graphs[: args.jit_programs]
-    start = time.perf_counter()
-    jitted.losses(subset)
-    jit_rate = len(subset) / (time.perf_counter() - start)
-    runs = args.seeds * len(spec.lr_multipliers)
-    result = {
-        "device": device, "steps": args.steps, "runs_per_program": runs,
-        "batched_programs_per_s": batched_rate, "jit_programs_per_s": jit_rate,
-        "batched_inner_steps_per_s": batched_rate * runs * args.steps,
-        "jit_inner_steps_per_s": jit_rate * runs * args.steps,
-        "batched_over_jit": batched_rate / jit_rate,
-    }
-    print(f"search throughput on {device}: {args.steps} steps × {runs} runs per program")
-    print(f"  batched interpreter ({args.programs} programs, batch {args.batch}): {batched_rate:8.2f} programs/s "
+    if args.config:
+        spec = load_config(SearchConfig, args.config, []).fitness
+    else:
+        spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=args.steps, seeds=args.seeds, batch=args.batch,
+                           length=32)
+    runs = spec.seeds * len(spec.lr_multipliers) * len(spec.tasks)
+    per_program = runs * spec.steps
+    rates = interpreter_rates(spec, args.programs)
+    result = {"device": device, "tasks": list(spec.tasks), "steps": spec.steps, "runs_per_program": runs,
+              "batched_programs_per_s": rates["interpreter"], "floor_programs_per_s": rates["floor"],
+              "batched_inner_steps_per_s": rates["interpreter"] * per_program,
+              "floor_inner_steps_per_s": rates["floor"] * per_program}
+    print(f"search throughput on {device}: {', '.join(spec.tasks)}; {spec.steps} steps × {runs} runs per program")
+    print(f"  batched interpreter ({args.programs} programs, batch {spec.batch}): {rates['interpreter']:8.2f} programs/s "
           f"({result['batched_inner_steps_per_s']:,.0f} inner steps/s)")
-    print(f"  one jit per program ({len(subset)} programs):       {jit_rate:8.2f} programs/s "
-          f"({result['jit_inner_steps_per_s']:,.0f} inner steps/s)")
-    print(f"  batched / jit: {result['batched_over_jit']:.2f}x")
+    print(f"  floor (AdamW written directly, same loop):   {rates['floor']:8.2f} programs/s "
+          f"({result['floor_inner_steps_per_s']:,.0f} inner steps/s)")
+    if args.config:
+        stats = search_rate(args.config, args.search_seconds, "runs/search-throughput")
+        result["search"] = stats
+        print(f"  a real search ({args.search_seconds:.0f} s): {stats['programs_per_second']:.2f} programs/s, "
+              f"{stats['trained_per_second']:.2f} trained/s ({stats['trained_per_second'] * per_program:,.0f} "
+              f"inner steps/s); time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, "
+              f"training {stats['share_train']:.0%}; cache hits {stats['cache_hit_rate']:.0%}")
+    else:
+        jitted = JitEvaluator(spec)
+        jitted.losses(children(1, 997))  # warm-up of the tracing machinery
+        jit_rate = rate(jitted.losses, children(args.programs, 0)[: args.jit_programs])
+        result |= {"jit_programs_per_s": jit_rate, "jit_inner_steps_per_s": jit_rate * per_program,
+                   "batched_over_jit": rates["interpreter"] / jit_rate}
+        print(f"  one jit per program ({args.jit_programs} programs):       {jit_rate:8.2f} programs/s "
+              f"({result['jit_inner_steps_per_s']:,.0f} inner steps/s)")
+        print(f"  batched / jit: {result['batched_over_jit']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -41,7 +41,6 @@ def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "n
     squares and fourth powers stay inside float32, so the probe's own underflow is no difference)."""
     rng = np.random.default_rng(seed)
     size = sum(sizes)
-    segments = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
     curvature = rng.uniform(0.1, 2.0, size).astype(np.float32)
     scale = {"normal": 1.0, "zero": 1.0, "tiny": 1e-7, "huge": 1e8}[kind]
     w0 = rng.normal(size=size).astype(np.float32) * scale
@@ -50,22 +49,21 @@ def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "n
     if kind == "zero":
         first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         w0[first], noise[:, first], states[:, first] = 0.0, 0.0, 0.0
-    return (jnp.asarray(w0), jnp.asarray(curvature), jnp.asarray(noise), jnp.asarray(states),
-            jnp.asarray(segments), len(sizes))
+    return jnp.asarray(w0), jnp.asarray(curvature), jnp.asarray(noise), jnp.asarray(states), tuple(sizes)
 
 
 PROBES = ((0, (6, 3), False), (1, (4, 5), True))
 EXTREME_PROBES = PROBES + ((2, (5, 4), False, "zero"), (3, (4, 5), True, "tiny"), (4, (3, 6), True, "huge"))
 
 
-@functools.partial(jax.jit, static_argnums=(6,))
-def _run_probe(programs, w0, curvature, noise, states, segments, num_segments):
+@functools.partial(jax.jit, static_argnums=(5,))
+def _run_probe(programs, w0, curvature, noise, states, sizes):
     def one(program):
         def step(carry, inputs):
             w, m, v = carry
             t, eps = inputs
             g = curvature * w + eps
-            update, m, v = run_encoded(program, w, g, m, v, PROBE_LR, t, segments, num_segments)
+            update, m, v = run_encoded(program, w, g, m, v, PROBE_LR, t, sizes)
             return (w - update, m, v), jnp.stack([update, m, v])
 
         _, updates = jax.lax.scan(step, (w0, states[0], states[1]), (jnp.arange(1, PROBE_STEPS + 1, dtype=jnp.float32), noise))

@@ -8,8 +8,8 @@
 2. The batched interpreter: a program is data — a fixed-size encoding (opcode per statement,
    three argument slots each holding a register index or a constant, output registers) — and
    `run_encoded` executes it on flat parameter vectors with `lax.scan` over statements and
-   `lax.switch` over opcodes. Under `vmap` a whole population of programs runs in one compiled
-   call; a vmapped switch evaluates every branch, so each statement costs about one pass per
+   a select over every opcode's result. Under `vmap` a whole population of programs runs in one
+   compiled call; every opcode's result is computed, so each statement costs about one pass per
    library function (`benchmarks/search_throughput.py` measures where that beats one jit per
    program).
 
@@ -200,59 +200,59 @@ def stack_encoded(items: list[Encoded]) -> Encoded:
     return Encoded(*(np.stack(parts) for parts in zip(*items)))
 
 
-def _flat_branches(segments: jax.Array, num_segments: int):
-    """One function per opcode: (args [3, P], scalar flags [3]) -> [P]."""
+def _segment_bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    edges = np.cumsum([0, *sizes])
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
-    def reduce_sum(x):
-        return jnp.sum(x)
 
-    def global_norm(x, s):
-        return jnp.where(s, jnp.abs(x[0]), jnp.sqrt(reduce_sum(x * x)))
-
-    def product_sum(x, y, sx, sy):
-        return jnp.where(sx & sy, x[0] * y[0], reduce_sum(x * y))
-
-    def make(name):
+def _flat_results(args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...]) -> list[jax.Array]:
+    """Every library function's result on one statement's arguments (args [3, P], scalar flags
+    [3]), in opcode order, then NOP's zeros. The tree-level functions share three reductions
+    (Σa₀² per tensor, Σa₁², Σa₀a₁) instead of each reducing on its own: under `vmap` every
+    opcode's result is computed and selected, so each reduction saved is a pass saved per statement."""
+    a0, a1 = args[0], args[1]
+    s0, s1 = scalar[0], scalar[1]
+    bounds = _segment_bounds(sizes)
+    squares = a0 * a0
+    per_tensor = jnp.stack([jnp.sum(squares[lo:hi]) for lo, hi in bounds])  # Σa₀² of each tensor
+    norm0 = jnp.where(s0, jnp.abs(a0[0]), jnp.sqrt(jnp.sum(per_tensor)))
+    norm1 = jnp.where(s1, jnp.abs(a1[0]), jnp.sqrt(jnp.sum(a1 * a1)))
+    dot = jnp.where(s0 & s1, a0[0] * a1[0], jnp.sum(a0 * a1))
+    tensor_norms = jnp.repeat(jnp.sqrt(per_tensor), np.asarray(sizes), total_repeat_length=a0.shape[0])
+    special = {
+        "norm": jnp.where(s0, jnp.abs(a0), tensor_norms),
+        "global_norm": jnp.broadcast_to(norm0, a0.shape),
+        "dot": jnp.broadcast_to(dot, a0.shape),
+        "cosine_sim": jnp.broadcast_to(dot / (norm0 * norm1), a0.shape),
+        "clip_by_global_norm": a0 * jnp.minimum(1.0, jnp.abs(a1[0]) / norm0),
+    }
+    results = []
+    for name in NAMES:
         function = FUNCTIONS[name]
-        if function.kind == "elementwise":
-            return lambda a, s: function.fn(*(a[i] for i in range(function.arity)))
-        if name == "norm":
-            def norm(a, s):
-                sums = jax.ops.segment_sum(a[0] * a[0], segments, num_segments)
-                return jnp.where(s[0], jnp.abs(a[0]), jnp.sqrt(sums)[segments])
-            return norm
-        if name == "global_norm":
-            return lambda a, s: jnp.broadcast_to(global_norm(a[0], s[0]), a[0].shape)
-        if name == "dot":
-            return lambda a, s: jnp.broadcast_to(product_sum(a[0], a[1], s[0], s[1]), a[0].shape)
-        if name == "cosine_sim":
-            return lambda a, s: jnp.broadcast_to(
-                product_sum(a[0], a[1], s[0], s[1]) / (global_norm(a[0], s[0]) * global_norm(a[1], s[1])), a[0].shape)
-        if name == "clip_by_global_norm":
-            return lambda a, s: a[0] * jnp.minimum(1.0, jnp.abs(a[1][0]) / global_norm(a[0], s[0]))
-        raise AssertionError(name)
-
-    return [make(name) for name in NAMES] + [lambda a, s: jnp.zeros_like(a[0])]
+        results.append(function.fn(*(args[i] for i in range(function.arity))) if function.kind == "elementwise"
+                       else special[name])
+    return results + [jnp.zeros_like(a0)]
 
 
 def run_encoded(
     program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
-    segments: jax.Array, num_segments: int,
+    sizes: tuple[int, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One step of an encoded program on flat vectors [P]; returns (update, m, v).
 
-    segments: [P] int32 tensor index of each entry (for `norm`). vmap over `program` (and the
-    vectors) to run a population."""
+    sizes: the parameter tensors' sizes in the flat order (static; `norm` is per tensor). vmap
+    over `program` (and the vectors) to run a population."""
     size = w.shape[0]
+    if sum(sizes) != size:
+        raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
     inputs = jnp.stack([w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,))]).astype(jnp.float32)
     length = program.op.shape[0]
     registers = jnp.concatenate([inputs, jnp.zeros((length, size), jnp.float32)])
-    branches = _flat_branches(segments, num_segments)
 
     def body(registers, k):
         refs, consts = program.ref[k], program.const[k]
         args = jnp.stack([jnp.where(refs[j] >= 0, registers[jnp.maximum(refs[j], 0)], consts[j]) for j in range(MAX_ARGS)])
-        out = jax.lax.switch(program.op[k], branches, args, program.scalar[k])
+        out = jax.lax.select_n(program.op[k], *_flat_results(args, program.scalar[k], sizes))
         return registers.at[NUM_INPUTS + k].set(out), None
 
     registers, _ = jax.lax.scan(body, registers, jnp.arange(length))

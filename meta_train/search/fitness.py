@@ -93,10 +93,14 @@ def score(losses: np.ndarray) -> np.ndarray:
 
 
 class BatchedEvaluator:
-    """One compiled call per (task, batch of programs)."""
+    """One compiled call per (task, batch of programs).
 
-    def __init__(self, spec: FitnessSpec):
+    step: what computes a step from (program, w, g, m, v, lr, t, sizes); the interpreter, or for
+    `benchmarks/search_throughput.py`'s floor a fixed optimizer that ignores the program."""
+
+    def __init__(self, spec: FitnessSpec, step=run_encoded):
         self.spec = spec
+        self._step = step
         self._compiled: dict[tuple[str, int], object] = {}
 
     def _function(self, task_name: str, length: int):
@@ -112,8 +116,7 @@ class BatchedEvaluator:
         task = build(task_spec(task_name))
         example = task.init(jax.random.key(0))
         _, unravel = ravel_pytree(example)
-        sizes = [leaf.size for leaf in jax.tree.leaves(example)]
-        segments = jnp.asarray(np.repeat(np.arange(len(sizes)), sizes), jnp.int32)
+        sizes = tuple(leaf.size for leaf in jax.tree.leaves(example))
         keys = _keys(spec, task_name)
         lrs = jnp.asarray(spec.lr_multipliers, jnp.float32)
 
@@ -126,7 +129,7 @@ class BatchedEvaluator:
                 p, m, v = carry
                 t, k = inputs
                 grads = jax.grad(loss_fn)(p, task.batch(k, "train"))
-                update, m, v = run_encoded(program, p, grads, m, v, lr, t, segments, len(sizes))
+                update, m, v = self._step(program, p, grads, m, v, lr, t, sizes)
                 return (p - update, m, v), None
 
             zeros = jnp.zeros_like(params)

@@ -111,7 +111,11 @@ class Search:
     def _start(self) -> None:
         text = self.config.seed_program_text()
         graph = check(parse(text), self.config.search.max_statements)
+        self.counters = {"children": 0, "trained": 0, "structural_hits": 0, "functional_hits": 0,
+                         "rejected": 0, "mutation_tries": 0, "seconds": 0.0}
+        clock = time.perf_counter()
         (fitness,), _ = self._score([graph])
+        self._spent("seconds", clock)
         self.seed_fitness = fitness
         self.population = [Member(i, text, fitness, 0) for i in range(self.config.search.population)]
         self.next_id = len(self.population)
@@ -119,8 +123,6 @@ class Search:
         self.best = Member(0, text, fitness, 0)
         self.since_improvement = 0
         self.restarts = 0
-        self.counters = {"children": 0, "trained": 0, "structural_hits": 0, "functional_hits": 0,
-                         "rejected": 0, "mutation_tries": 0, "seconds": 0.0}
         self._log([{"generation": 0, "id": 0, "parent": None, "mutation": "seed", "text": text,
                     "structural": structural_hash(graph), "fitness": json_float(fitness), "scored": "trained"}])
         self._save()
@@ -190,7 +192,9 @@ class Search:
         for i in pending:
             first.setdefault(hashes[i], i)
         unique = sorted(first.values())
+        clock = time.perf_counter()
         probes = functional_hashes([graphs[i] for i in unique])
+        self._spent("probe_seconds", clock)
         train, functional_of = [], {}
         for i, (fhash, finite) in zip(unique, probes):
             functional_of[i] = fhash
@@ -201,8 +205,10 @@ class Search:
             else:
                 train.append(i)
         if train:
+            clock = time.perf_counter()
             for i, value in zip(train, self.evaluate([graphs[i] for i in train])):
                 fitness[i], how[i] = float(value), "trained"
+            self._spent("train_seconds", clock)
         with open(self.dir / "cache.jsonl", "a") as f:
             for i in unique:
                 self.structural[hashes[i]] = fitness[i]
@@ -235,6 +241,7 @@ class Search:
             self.counters["mutation_tries"] += tries
             children.append((parent, description, format_program(program)))
             graphs.append(graph)
+        self._spent("mutate_seconds", start)
         scores, how = self._score(graphs)
         entries, new_members = [], []
         for (parent, description, text), graph, fitness, scored in zip(children, graphs, scores, how):
@@ -271,6 +278,10 @@ class Search:
         self._save()
         return {"generation": self.generation, "best": self.best.fitness, "seconds": seconds, "restart": restarted}
 
+    def _spent(self, counter: str, since: float) -> None:
+        """Add the seconds since `since` to a timing counter (where a generation's time goes)."""
+        self.counters[counter] = self.counters.get(counter, 0.0) + time.perf_counter() - since
+
     def _validate(self) -> None:
         """Meta-validation of the best distinct programs not yet validated (ValidationSection)."""
         ranked = sorted([self.best, *self.population], key=lambda m: (m.fitness, m.id))
@@ -302,6 +313,7 @@ class Search:
             "rejected_rate": c["rejected"] / children,
             "children": c["children"],
             "trained": c["trained"],
+            **{f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9) for part in ("mutate", "probe", "train")},
         }
 
     def run(self) -> Member:
