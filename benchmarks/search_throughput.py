@@ -88,7 +88,7 @@ def search_rate(config_path: str, seconds: float, output: str) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="a search config: measure its proxies and run it as a real search")
-    parser.add_argument("--search-seconds", type=float, default=120.0)
+    parser.add_argument("--search-seconds", type=float, default=120.0, help="0: no real search")
     parser.add_argument("--programs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32, help="programs per batched call")
     parser.add_argument("--jit-programs", type=int, default=8, help="programs timed through one jit each")
@@ -103,25 +103,26 @@ def main() -> None:
         spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=args.steps, seeds=args.seeds, batch=args.batch,
                            length=32)
     runs = spec.seeds * len(spec.lr_multipliers) * len(spec.tasks)
-    per_program = runs * spec.steps
+    per_program = spec.inner_steps_per_program
     rates = interpreter_rates(spec, args.programs)
     result = {"device": device, "tasks": list(spec.tasks), "steps": spec.steps, "runs_per_program": runs,
               "batched_programs_per_s": rates["interpreter"], "floor_programs_per_s": rates["floor"],
               "batched_inner_steps_per_s": rates["interpreter"] * per_program,
               "floor_inner_steps_per_s": rates["floor"] * per_program}
-    print(f"search throughput on {device}: {', '.join(spec.tasks)}; {spec.steps} steps × {runs} runs per program")
+    print(f"search throughput on {device}: {', '.join(spec.tasks)}; {runs} runs per program, "
+          f"{per_program:,} inner steps in all (steps per task: {spec.steps})")
     print(f"  batched interpreter ({args.programs} programs, batch {spec.batch}): {rates['interpreter']:8.2f} programs/s "
           f"({result['batched_inner_steps_per_s']:,.0f} inner steps/s)")
     print(f"  floor (AdamW written directly, same loop):   {rates['floor']:8.2f} programs/s "
           f"({result['floor_inner_steps_per_s']:,.0f} inner steps/s)")
-    if args.config:
+    if args.config and args.search_seconds > 0:
         stats = search_rate(args.config, args.search_seconds, "runs/search-throughput")
         result["search"] = stats
         print(f"  a real search ({args.search_seconds:.0f} s): {stats['programs_per_second']:.2f} programs/s, "
               f"{stats['trained_per_second']:.2f} trained/s ({stats['trained_per_second'] * per_program:,.0f} "
               f"inner steps/s); time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, "
               f"training {stats['share_train']:.0%}; cache hits {stats['cache_hit_rate']:.0%}")
-    else:
+    elif not args.config:
         jitted = JitEvaluator(spec)
         jitted.losses(children(1, 997))  # warm-up of the tracing machinery
         jit_rate = rate(jitted.losses, children(args.programs, 0)[: args.jit_programs])

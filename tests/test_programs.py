@@ -61,7 +61,7 @@ def test_batched_interpreter_equals_tree_interpreter(name):
     graph = check(seed(name))
     leaves = jax.tree.leaves(PARAMS)
     sizes = tuple(leaf.size for leaf in leaves)
-    encoded = jax.tree.map(jnp.asarray, encode(graph, 16))
+    encoded = jax.tree.map(jnp.asarray, encode(graph))
     flat = lambda tree: jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(tree)])  # noqa: E731
     w, m, v = flat(PARAMS), jnp.zeros(sum(sizes)), jnp.zeros(sum(sizes))
     step = jax.jit(run_encoded, static_argnums=(7,))
@@ -108,11 +108,46 @@ def train(w, g, m, v, lr):
         opt = to_optax(program, 0.3)
         state = opt.init(PARAMS)._replace(m=m0) if opt.init(PARAMS).m != () else opt.init(PARAMS)
         expected, _ = opt.update(grads, state, PARAMS)
-        encoded = jax.tree.map(jnp.asarray, encode(check(program), 8))
+        encoded = jax.tree.map(jnp.asarray, encode(check(program)))
         update, _, _ = jax.jit(run_encoded, static_argnums=(7,))(
             encoded, _flat(PARAMS), _flat(grads), _flat(m0), jnp.zeros(sum(sizes)), 0.3, 1.0, sizes)
         np.testing.assert_allclose(-np.asarray(update), np.asarray(_flat(expected)), rtol=2e-5, atol=1e-6,
                                    err_msg=call)
+
+
+def test_the_schedule_respects_dependencies_and_slot_groups():
+    """Every statement lands in a slot of its function's group, after the slots of its
+    arguments; AdamW's nine arithmetic statements fit in two rounds; a chain of trigonometric
+    statements takes one round each (one trig slot per round) and still runs correctly."""
+    from lopt.programs.interpret import GROUP_OF, ROUND, rounds_needed, schedule
+    chain = parse("""
+def train(w, g, m, v, lr):
+  a = sin(g)
+  b = cos(a)
+  c = tan(b)
+  d = arctan(c)
+  update = lr * d
+  return update, m, v
+""")
+    for graph in (check(seed("adamw_paper")), check(seed("lion_raw")), check(chain)):
+        slots = schedule(graph)
+        assert len(set(slots)) == len(slots)
+        for i, (op, args) in enumerate(graph.nodes):
+            assert ROUND[slots[i] % len(ROUND)] == GROUP_OF[op]
+            for a in args:
+                if isinstance(a, int) and a >= 6:
+                    assert slots[a - 6] < slots[i]
+    assert rounds_needed(check(seed("adamw_paper"))) == 2
+    assert rounds_needed(check(chain)) == 5  # four trig rounds, then the final product
+    grads = gradient_sequence(1)[0]
+    expected, _ = to_optax(chain, 0.1).update(grads, to_optax(chain, 0.1).init(PARAMS), PARAMS)
+    sizes = tuple(leaf.size for leaf in jax.tree.leaves(PARAMS))
+    zeros = jnp.zeros(sum(sizes))
+    update, _, _ = run_encoded(jax.tree.map(jnp.asarray, encode(check(chain))), _flat(PARAMS), _flat(grads),
+                               zeros, zeros, 0.1, 1.0, sizes)
+    np.testing.assert_allclose(-np.asarray(update), np.asarray(_flat(expected)), rtol=2e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="needs 5 rounds"):
+        encode(check(chain), 2)
 
 
 def test_tree_level_functions_follow_their_definitions():

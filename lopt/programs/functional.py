@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs.analysis import Graph
-from lopt.programs.interpret import encode, run_encoded, stack_encoded
+from lopt.programs.interpret import encode_population, run_encoded
 
 PROBE_STEPS = 8
 PROBE_LR = 0.1
@@ -77,27 +77,22 @@ def _round(values: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(values), np.vectorize(lambda x: float(f"{x:.{SIGNIFICANT - 1}e}"))(values), np.nan)
 
 
-def probe_values(graphs: list[Graph], length: int | None = None, probes: tuple = PROBES) -> list[list[np.ndarray]]:
+def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.ndarray]]:
     """Per pruned graph, its [update, m, v] over every step of `probes`, rounded to
     SIGNIFICANT digits (non-finite values as NaN)."""
     if not graphs:
         return []
-    longest = max(len(g.nodes) for g in graphs)
-    length = length or max(8, int(2 ** np.ceil(np.log2(max(longest, 1)))))
     count = len(graphs)
-    padded = int(2 ** np.ceil(np.log2(count)))
-    encoded = [encode(g, length) for g in graphs]
-    encoded += [encoded[0]] * (padded - count)
-    batch = jax.tree.map(jnp.asarray, stack_encoded(encoded))
+    batch = jax.tree.map(jnp.asarray, encode_population(graphs, 1 << (count - 1).bit_length()))
     outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:count] for probe in probes]
     return [[_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)] for i in range(count)]
 
 
-def functional_hashes(graphs: list[Graph], length: int | None = None) -> list[tuple[str, bool]]:
+def functional_hashes(graphs: list[Graph]) -> list[tuple[str, bool]]:
     """(hash, finite) per pruned graph: the hash of its probe updates and states, and whether
     every probe update was finite."""
     results = []
-    for parts in probe_values(graphs, length):
+    for parts in probe_values(graphs):
         finite = bool(np.all(np.isfinite(parts[0])))
         digests = [hashlib.sha256((p.astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
         digest = hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]

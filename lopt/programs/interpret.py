@@ -5,13 +5,14 @@
    so XLA fuses each tensor's statements into one pass; tree-level functions reduce over all
    leaves. One jit per program.
 
-2. The batched interpreter: a program is data — a fixed-size encoding (opcode per statement,
-   three argument slots each holding a register index or a constant, output registers) — and
-   `run_encoded` executes it on flat parameter vectors with `lax.scan` over statements and
-   a select over every opcode's result. Under `vmap` a whole population of programs runs in one
-   compiled call; every opcode's result is computed, so each statement costs about one pass per
-   library function (`benchmarks/search_throughput.py` measures where that beats one jit per
-   program).
+2. The batched interpreter: a program is data — its statements scheduled into rounds of typed
+   slots (`ROUND`: six arithmetic slots and one each for exp/log, inverse, trigonometric and
+   tree-level functions), each slot holding an opcode within its group, three argument
+   registers or constants, and output registers — and `run_encoded` executes it on flat
+   parameter vectors with `lax.scan` over rounds. Under `vmap` a whole population of programs
+   runs in one compiled call; a slot computes every function of its group and selects, so the
+   grouping keeps the costly functions out of the arithmetic slots
+   (`benchmarks/search_throughput.py` measures it beside one jit per program and a floor).
 
 Both follow the library's semantics (lopt.programs.library), including scalar/tensor
 broadcasting, and agree to float tolerance (tests/test_programs.py).
@@ -28,7 +29,7 @@ import optax
 
 from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, STATE_INDEX, Graph, check, node_types
 from lopt.programs.lang import Const, Program
-from lopt.programs.library import FUNCTIONS, NAMES, OPCODES, SCALAR
+from lopt.programs.library import FUNCTIONS, NAMES, SCALAR
 
 # ---------------------------------------------------------------------------------------------
 # Tree interpreter (one program -> optax)
@@ -159,15 +160,34 @@ def substitute_constants(graph: Graph, values: Any) -> Graph:
 # Batched interpreter (programs as data)
 
 MAX_ARGS = 3
-NOP = len(NAMES)  # padding opcode: writes zeros
+
+# Slot groups: the library split by cost, so a slot computes only its group's functions. A
+# vmapped interpreter computes every function a slot may hold and selects, and a few functions
+# cost 10-25× a copy each on the CPU (cbrt, arccos, arcsin, tan, arctan, power, sin, cos), so a
+# slot that may hold anything costs ~170× a copy; an arithmetic slot costs about one copy.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "arith": ("add", "sub", "mul", "div", "max", "min", "clip", "interp", "abs", "negative", "sign", "square",
+              "cube", "sqrt", "reciprocal"),
+    "explog": ("exp", "exp2", "exp10", "expm1", "log", "log2", "log10", "log1p", "tanh", "cosh", "sinh"),
+    "inverse": ("arcsinh", "arccosh", "arctanh", "cbrt", "power"),
+    "trig": ("sin", "cos", "tan", "arcsin", "arccos", "arctan"),
+    "tree": ("norm", "global_norm", "dot", "cosine_sim", "clip_by_global_norm"),
+}
+GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+# One round of slots: arithmetic is cheap, so a round has six arithmetic slots (AdamW's
+# statements are all arithmetic and fit in two rounds) and one of each other group.
+ROUND = ("arith", "arith", "arith", "explog", "arith", "arith", "arith", "inverse", "trig", "tree")
+assert sorted(GROUP_OF) == sorted(NAMES), "every library function belongs to one slot group"
 
 
 class Encoded(NamedTuple):
-    """A program as arrays (leading population axis when stacked).
+    """A program as arrays (leading population axis when stacked), scheduled into rounds of
+    `ROUND`'s slots: S = rounds × len(ROUND) slots.
 
-    op: [L] int32 opcodes (NOP pads). ref: [L, 3] int32 register of each argument, −1 for a
-    constant. const: [L, 3] float32 constants. scalar: [L, 3] bool, argument is scalar-typed.
-    outputs: [3] int32 registers of (update, m, v). Registers 0..5 are the inputs.
+    op: [S] int32 index of the slot's function within its group (len(group) = NOP, writes
+    zeros). ref: [S, 3] int32 register of each argument, −1 for a constant. const: [S, 3]
+    float32 constants. scalar: [S, 3] bool, argument is scalar-typed. outputs: [3] int32 registers
+    of (update, m, v). Registers 0..5 are the inputs, register 6 + s holds slot s's result.
     """
 
     op: np.ndarray
@@ -177,27 +197,77 @@ class Encoded(NamedTuple):
     outputs: np.ndarray
 
 
-def encode(graph: Graph, length: int) -> Encoded:
-    """Encode a (pruned) graph into `length` statement slots."""
-    if len(graph.nodes) > length:
-        raise ValueError(f"program has {len(graph.nodes)} live statements; the encoding holds {length}")
+def schedule(graph: Graph) -> list[int]:
+    """The slot of each statement: list scheduling into repeated `ROUND`s. At each slot the
+    ready statement of the slot's group with the longest chain of statements after it goes
+    first (its arguments all computed in earlier slots). Every round has a slot of every group,
+    so each round places at least one statement: rounds ≤ statements."""
+    count = len(graph.nodes)
+    deps = [[a - NUM_INPUTS for a in args if isinstance(a, int) and a >= NUM_INPUTS] for _, args in graph.nodes]
+    after = [0] * count  # the longest chain of statements that reads this one
+    for i in reversed(range(count)):
+        for d in deps[i]:
+            after[d] = max(after[d], after[i] + 1)
+    slot_of = [-1] * count
+    remaining, slot = set(range(count)), 0
+    while remaining:
+        group = ROUND[slot % len(ROUND)]
+        ready = [i for i in remaining if GROUP_OF[graph.nodes[i][0]] == group
+                 and all(0 <= slot_of[d] < slot for d in deps[i])]
+        if ready:
+            chosen = max(ready, key=lambda i: (after[i], -i))
+            slot_of[chosen] = slot
+            remaining.remove(chosen)
+        slot += 1
+    return slot_of
+
+
+def rounds_needed(graph: Graph) -> int:
+    """Rounds of `ROUND` the schedule of `graph` fills (at least 1)."""
+    slots = schedule(graph)
+    return max(1, -(-(max(slots, default=-1) + 1) // len(ROUND)))
+
+
+def encode(graph: Graph, rounds: int | None = None) -> Encoded:
+    """Encode a (pruned) graph into `rounds` rounds of slots (None: as many as it needs)."""
+    needed = rounds_needed(graph)
+    rounds = needed if rounds is None else rounds
+    if needed > rounds:
+        raise ValueError(f"program needs {needed} rounds of slots; the encoding holds {rounds}")
+    slot_of = schedule(graph)
     types = node_types(graph)
-    op = np.full(length, NOP, np.int32)
-    ref = np.full((length, MAX_ARGS), -1, np.int32)
-    const = np.zeros((length, MAX_ARGS), np.float32)
-    scalar = np.ones((length, MAX_ARGS), bool)
+    size = rounds * len(ROUND)
+    op = np.array([len(GROUPS[ROUND[s % len(ROUND)]]) for s in range(size)], np.int32)
+    ref = np.full((size, MAX_ARGS), -1, np.int32)
+    const = np.zeros((size, MAX_ARGS), np.float32)
+    scalar = np.ones((size, MAX_ARGS), bool)
+    register = lambda node: node if node < NUM_INPUTS else NUM_INPUTS + slot_of[node - NUM_INPUTS]  # noqa: E731
     for i, (name, args) in enumerate(graph.nodes):
-        op[i] = OPCODES[name]
+        s = slot_of[i]
+        op[s] = GROUPS[GROUP_OF[name]].index(name)
         for j, a in enumerate(args):
             if isinstance(a, int):
-                ref[i, j], scalar[i, j] = a, types[a] == SCALAR
+                ref[s, j], scalar[s, j] = register(a), types[a] == SCALAR
             else:
-                const[i, j] = a.value
-    return Encoded(op, ref, const, scalar, np.asarray(graph.outputs, np.int32))
+                const[s, j] = a.value
+    return Encoded(op, ref, const, scalar, np.asarray([register(o) for o in graph.outputs], np.int32))
 
 
 def stack_encoded(items: list[Encoded]) -> Encoded:
     return Encoded(*(np.stack(parts) for parts in zip(*items)))
+
+
+def encode_population(graphs: list[Graph], count: int, max_statements: int | None = None) -> Encoded:
+    """The graphs encoded with one number of rounds (the most any needs: mutated AdamW programs
+    need 1-4, so few shapes compile) and stacked, padded to `count` programs with copies of the
+    first."""
+    if not graphs or len(graphs) > count:
+        raise ValueError(f"need 1..{count} programs, got {len(graphs)}")
+    if max_statements is not None and max(len(g.nodes) for g in graphs) > max_statements:
+        raise ValueError(f"a program has more than {max_statements} live statements")
+    rounds = max(rounds_needed(g) for g in graphs)
+    encoded = [encode(g, rounds) for g in graphs]
+    return stack_encoded(encoded + [encoded[0]] * (count - len(graphs)))
 
 
 def _segment_bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -205,33 +275,34 @@ def _segment_bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
-def _flat_results(args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...]) -> list[jax.Array]:
-    """Every library function's result on one statement's arguments (args [3, P], scalar flags
-    [3]), in opcode order, then NOP's zeros. The tree-level functions share three reductions
-    (Σa₀² per tensor, Σa₁², Σa₀a₁) instead of each reducing on its own: under `vmap` every
-    opcode's result is computed and selected, so each reduction saved is a pass saved per statement."""
+def _tree_results(args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...]) -> dict[str, jax.Array]:
+    """The tree-level functions on one slot's arguments (args [3, P], scalar flags [3]). They
+    share three reductions (Σa₀² per tensor, Σa₁², Σa₀a₁) instead of each reducing on its own."""
     a0, a1 = args[0], args[1]
     s0, s1 = scalar[0], scalar[1]
-    bounds = _segment_bounds(sizes)
     squares = a0 * a0
-    per_tensor = jnp.stack([jnp.sum(squares[lo:hi]) for lo, hi in bounds])  # Σa₀² of each tensor
+    per_tensor = jnp.stack([jnp.sum(squares[lo:hi]) for lo, hi in _segment_bounds(sizes)])  # Σa₀² of each tensor
     norm0 = jnp.where(s0, jnp.abs(a0[0]), jnp.sqrt(jnp.sum(per_tensor)))
     norm1 = jnp.where(s1, jnp.abs(a1[0]), jnp.sqrt(jnp.sum(a1 * a1)))
     dot = jnp.where(s0 & s1, a0[0] * a1[0], jnp.sum(a0 * a1))
     tensor_norms = jnp.repeat(jnp.sqrt(per_tensor), np.asarray(sizes), total_repeat_length=a0.shape[0])
-    special = {
+    return {
         "norm": jnp.where(s0, jnp.abs(a0), tensor_norms),
         "global_norm": jnp.broadcast_to(norm0, a0.shape),
         "dot": jnp.broadcast_to(dot, a0.shape),
         "cosine_sim": jnp.broadcast_to(dot / (norm0 * norm1), a0.shape),
         "clip_by_global_norm": a0 * jnp.minimum(1.0, jnp.abs(a1[0]) / norm0),
     }
-    results = []
-    for name in NAMES:
-        function = FUNCTIONS[name]
-        results.append(function.fn(*(args[i] for i in range(function.arity))) if function.kind == "elementwise"
-                       else special[name])
-    return results + [jnp.zeros_like(a0)]
+
+
+def _group_results(group: str, args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...]) -> list[jax.Array]:
+    """Each function of `group` on one slot's arguments, in the group's order, then NOP's zeros."""
+    if group == "tree":
+        tree = _tree_results(args, scalar, sizes)
+        results = [tree[name] for name in GROUPS[group]]
+    else:
+        results = [FUNCTIONS[name].fn(*(args[i] for i in range(FUNCTIONS[name].arity))) for name in GROUPS[group]]
+    return results + [jnp.zeros_like(args[0])]
 
 
 def run_encoded(
@@ -241,19 +312,24 @@ def run_encoded(
     """One step of an encoded program on flat vectors [P]; returns (update, m, v).
 
     sizes: the parameter tensors' sizes in the flat order (static; `norm` is per tensor). vmap
-    over `program` (and the vectors) to run a population."""
+    over `program` (and the vectors) to run a population: each slot computes only its group's
+    functions and selects the program's."""
     size = w.shape[0]
     if sum(sizes) != size:
         raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
     inputs = jnp.stack([w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,))]).astype(jnp.float32)
-    length = program.op.shape[0]
-    registers = jnp.concatenate([inputs, jnp.zeros((length, size), jnp.float32)])
+    slots = program.op.shape[0]
+    registers = jnp.concatenate([inputs, jnp.zeros((slots, size), jnp.float32)])
 
-    def body(registers, k):
-        refs, consts = program.ref[k], program.const[k]
-        args = jnp.stack([jnp.where(refs[j] >= 0, registers[jnp.maximum(refs[j], 0)], consts[j]) for j in range(MAX_ARGS)])
-        out = jax.lax.select_n(program.op[k], *_flat_results(args, program.scalar[k], sizes))
-        return registers.at[NUM_INPUTS + k].set(out), None
+    def one_round(registers, first):
+        for j, group in enumerate(ROUND):
+            s = first + j
+            refs, consts = program.ref[s], program.const[s]
+            args = jnp.stack([jnp.where(refs[a] >= 0, registers[jnp.maximum(refs[a], 0)], consts[a])
+                              for a in range(MAX_ARGS)])
+            out = jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes))
+            registers = jax.lax.dynamic_update_index_in_dim(registers, out, NUM_INPUTS + s, 0)
+        return registers, None
 
-    registers, _ = jax.lax.scan(body, registers, jnp.arange(length))
+    registers, _ = jax.lax.scan(one_round, registers, jnp.arange(0, slots, len(ROUND)))
     return tuple(registers[program.outputs[i]] for i in range(3))

@@ -79,7 +79,6 @@ FUNCTIONS.update({
 
 INFIX = {f.infix: f.name for f in FUNCTIONS.values() if f.infix}
 NAMES = tuple(FUNCTIONS)
-OPCODES = {name: i for i, name in enumerate(NAMES)}
 CONSTANTS = {"pi": float(np.pi), "e": float(np.e), "eps": 1e-8}
 
 

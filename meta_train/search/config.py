@@ -97,9 +97,10 @@ class SearchConfig:
                 raise ConfigError("validation: steps, every and top must be positive")
 
     def validation_spec(self) -> FitnessSpec:
-        """The fitness spec of the meta-validation task (one jit per program: few programs)."""
+        """The fitness spec of the meta-validation task: the batched interpreter on accelerators
+        (compiled once, reused at every validation), one jit per program on the CPU."""
         return dataclasses.replace(self.fitness, tasks=(self.validation.task,), steps=self.validation.steps,
-                                   interpreter="jit")
+                                   interpreter="auto", batch=self.validation.top)
 
     def seed_program_text(self) -> str:
         name = self.search.seed_program

@@ -29,21 +29,22 @@ from jax.flatten_util import ravel_pytree
 
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, from_graph
-from lopt.programs.interpret import encode, run_encoded, stack_encoded, to_optax
+from lopt.programs.interpret import encode_population, run_encoded, to_optax
 from tasks import build, task_spec
 from tasks.train import evaluate
 
 
 @dataclasses.dataclass(frozen=True)
 class FitnessSpec:
-    """tasks: named proxy tasks; steps: inner steps per run; seeds: runs per multiplier;
+    """tasks: named proxy tasks; steps: inner steps per run (one number, or one per task: long
+    enough on one proxy for momentum and adaptive scaling to matter); seeds: runs per multiplier;
     lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
-    averaged at the end; length: statement slots of the batched encoding (live statements);
+    averaged at the end; length: the most live statements a program may have (batched encoding);
     interpreter: 'batched', 'jit' or 'auto' (batched on accelerators, jit on CPU, where a
     vmapped switch over 42 functions costs more than compiling each program); batch: programs per compiled call (batched)."""
 
     tasks: tuple[str, ...] = ("digits-mlp-relu32",)
-    steps: int = 200
+    steps: int | tuple[int, ...] = 200
     seeds: int = 2
     lr_multipliers: tuple[float, ...] = (0.3, 1.0, 3.0)
     eval_batches: int = 4
@@ -54,10 +55,12 @@ class FitnessSpec:
     max_param_abs: float = 1e4
 
     def __post_init__(self) -> None:
-        for key in ("steps", "seeds", "eval_batches", "length", "batch"):
-            value = getattr(self, key)
+        steps = self.steps if isinstance(self.steps, tuple) else (self.steps,)
+        for key, value in [("steps", v) for v in steps] + [(k, getattr(self, k)) for k in ("seeds", "eval_batches", "length", "batch")]:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"fitness.{key}: {value!r} is not valid; expected a positive whole number")
+        if isinstance(self.steps, tuple) and len(self.steps) != len(self.tasks):
+            raise ConfigError(f"fitness.steps: {len(self.steps)} numbers for {len(self.tasks)} tasks; give one, or one per task")
         if not self.lr_multipliers or not all(m > 0 for m in self.lr_multipliers):
             raise ConfigError(f"fitness.lr_multipliers: expected positive numbers, got {list(self.lr_multipliers)[:8]}")
         if not self.tasks:
@@ -65,6 +68,16 @@ class FitnessSpec:
         check_task_names("fitness.tasks", self.tasks)
         if not self.max_param_abs > 0:
             raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
+
+
+    def task_steps(self, task_name: str) -> int:
+        """Inner steps of each run on `task_name`."""
+        return self.steps[self.tasks.index(task_name)] if isinstance(self.steps, tuple) else self.steps
+
+    @property
+    def inner_steps_per_program(self) -> int:
+        """Inner steps one program trains over every task, multiplier and seed."""
+        return sum(self.task_steps(t) for t in self.tasks) * len(self.lr_multipliers) * self.seeds
 
 
 def check_task_names(key: str, names: tuple[str, ...]) -> None:
@@ -103,13 +116,13 @@ class BatchedEvaluator:
         self._step = step
         self._compiled: dict[tuple[str, int], object] = {}
 
-    def _function(self, task_name: str, length: int):
-        """The compiled population call for a task and an encoding length (compiled lazily:
-        programs are padded to 8, 16, 32... live statements, since every slot costs a pass per
-        library function)."""
-        if (task_name, length) not in self._compiled:
-            self._compiled[task_name, length] = self._build(task_name)
-        return self._compiled[task_name, length]
+    def _function(self, task_name: str, slots: int):
+        """The compiled population call for a task and an encoding size (compiled lazily:
+        programs are padded to 1, 2, 4... rounds of slots, since every slot costs a pass per
+        function of its group)."""
+        if (task_name, slots) not in self._compiled:
+            self._compiled[task_name, slots] = self._build(task_name)
+        return self._compiled[task_name, slots]
 
     def _build(self, task_name: str):
         spec = self.spec
@@ -133,8 +146,9 @@ class BatchedEvaluator:
                 return (p - update, m, v), None
 
             zeros = jnp.zeros_like(params)
-            steps = jnp.arange(1, spec.steps + 1, dtype=jnp.float32)
-            (params, _, _), _ = jax.lax.scan(step, (params, zeros, zeros), (steps, jax.random.split(train_key, spec.steps)))
+            count = spec.task_steps(task_name)
+            steps = jnp.arange(1, count + 1, dtype=jnp.float32)
+            (params, _, _), _ = jax.lax.scan(step, (params, zeros, zeros), (steps, jax.random.split(train_key, count)))
             loss = evaluate(task, unravel(params), eval_key, spec.eval_batches)
             return jnp.where(jnp.max(jnp.abs(params)) <= spec.max_param_abs, loss, jnp.inf)
 
@@ -149,13 +163,10 @@ class BatchedEvaluator:
         out = np.zeros((len(graphs), len(spec.tasks), len(spec.lr_multipliers), spec.seeds), np.float32)
         for start in range(0, len(graphs), spec.batch):
             chunk = list(graphs[start:start + spec.batch])
-            longest = max(len(g.nodes) for g in chunk)
-            length = min(spec.length, max(8, 1 << max(longest - 1, 0).bit_length()))
-            encoded = [encode(g, length) for g in chunk]
-            encoded += [encoded[0]] * (spec.batch - len(chunk))  # fixed shapes: one compile
-            batch = jax.tree.map(jnp.asarray, stack_encoded(encoded))
+            batch = jax.tree.map(jnp.asarray, encode_population(chunk, spec.batch, spec.length))  # fixed shapes
+            rounds = batch.op.shape[1]
             for t, name in enumerate(spec.tasks):
-                out[start:start + len(chunk), t] = np.asarray(self._function(name, length)(batch))[: len(chunk)]
+                out[start:start + len(chunk), t] = np.asarray(self._function(name, rounds)(batch))[: len(chunk)]
         return out
 
     def __call__(self, graphs: Sequence[Graph]) -> np.ndarray:
@@ -185,7 +196,8 @@ class JitEvaluator:
                 updates, state = opt.update(grads, state, params)
                 return (jax.tree.map(jnp.add, params, updates), state), None
 
-            (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(train_key, spec.steps))
+            (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
+                                          jax.random.split(train_key, spec.task_steps(task_name)))
             loss = evaluate(task, params, eval_key, spec.eval_batches)
             largest = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)]))
             return jnp.where(largest <= spec.max_param_abs, loss, jnp.inf)
