@@ -3,7 +3,7 @@
 # (optional), run or resume the search for SECONDS, and copy the run folder to $OUT (carry it
 # back as runs/search-gpu to resume). FINISH=1 also runs the funnel, meta-validation pick,
 # simplification and summary (meta_train.search.pipeline.finish).
-#   SECONDS=450 MEASURE=1 bash benchmarks/search_gpu.sh
+#   SECONDS_LIMIT=450 MEASURE=1 bash benchmarks/search_gpu.sh
 set -euo pipefail
 export PYTHONPATH=$PWD
 RUN=runs/search-gpu
