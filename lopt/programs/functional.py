@@ -31,6 +31,7 @@ from lopt.programs.analysis import Graph
 from lopt.programs.interpret import encode_population, run_encoded
 
 PROBE_STEPS = 8
+PROBE_BATCH = 32  # programs per probe call: one shape per power-of-two number of rounds
 PROBE_LR = 0.1
 SIGNIFICANT = 4
 
@@ -80,12 +81,14 @@ def _round(values: np.ndarray) -> np.ndarray:
 def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.ndarray]]:
     """Per pruned graph, its [update, m, v] over every step of `probes`, rounded to
     SIGNIFICANT digits (non-finite values as NaN)."""
-    if not graphs:
-        return []
-    count = len(graphs)
-    batch = jax.tree.map(jnp.asarray, encode_population(graphs, 1 << (count - 1).bit_length()))
-    outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:count] for probe in probes]
-    return [[_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)] for i in range(count)]
+    values = []
+    for start in range(0, len(graphs), PROBE_BATCH):
+        chunk = graphs[start:start + PROBE_BATCH]
+        batch = jax.tree.map(jnp.asarray, encode_population(chunk, PROBE_BATCH, round_up=True))
+        outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:len(chunk)] for probe in probes]
+        values += [[_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)]
+                   for i in range(len(chunk))]
+    return values
 
 
 def functional_hashes(graphs: list[Graph]) -> list[tuple[str, bool]]:

@@ -257,15 +257,19 @@ def stack_encoded(items: list[Encoded]) -> Encoded:
     return Encoded(*(np.stack(parts) for parts in zip(*items)))
 
 
-def encode_population(graphs: list[Graph], count: int, max_statements: int | None = None) -> Encoded:
-    """The graphs encoded with one number of rounds (the most any needs: mutated AdamW programs
-    need 1-4, so few shapes compile) and stacked, padded to `count` programs with copies of the
-    first."""
+def encode_population(graphs: list[Graph], count: int, max_statements: int | None = None, *,
+                      round_up: bool = False) -> Encoded:
+    """The graphs encoded with one number of rounds (the most any needs — mutated AdamW programs
+    need 1-4, so few shapes compile — or with `round_up` the next power of two, for calls too
+    cheap to be worth a compile per shape) and stacked, padded to `count` programs with copies
+    of the first."""
     if not graphs or len(graphs) > count:
         raise ValueError(f"need 1..{count} programs, got {len(graphs)}")
     if max_statements is not None and max(len(g.nodes) for g in graphs) > max_statements:
         raise ValueError(f"a program has more than {max_statements} live statements")
     rounds = max(rounds_needed(g) for g in graphs)
+    if round_up:
+        rounds = 1 << (rounds - 1).bit_length()
     encoded = [encode(g, rounds) for g in graphs]
     return stack_encoded(encoded + [encoded[0]] * (count - len(graphs)))
 
