@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Program search on one GPU across device calls: measure the interpreter on the config's proxies
-# (optional), run or resume the search for SECONDS, and copy the run folder to $OUT (carry it
-# back as runs/search-gpu to resume). FINISH=1 also runs the funnel, meta-validation pick,
+# (optional), run or resume the search for SECONDS_LIMIT, and copy the run folder to $OUT as soon
+# as the search stops (carry it back as runs/search-gpu to resume): a call that runs out of time
+# in the funnel still returns the search. FINISH=1 also runs the funnel, meta-validation pick,
 # simplification and summary (meta_train.search.pipeline.finish).
 #   SECONDS_LIMIT=450 MEASURE=1 bash benchmarks/search_gpu.sh
 set -euo pipefail
@@ -12,7 +13,10 @@ if [ "${MEASURE:-0}" = 1 ]; then
     --json "$OUT/w3.json" 2>&1 | grep -v -i warning
 fi
 python - "$RUN" "${SECONDS_LIMIT:-450}" "${FINISH:-0}" <<'PY'
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 from lopt.config import load_config
 from meta_train.search.config import SearchConfig, config_from_dir
@@ -24,7 +28,6 @@ if (Path(run) / "state.json").exists():
     print(f"resumed at generation {search.generation}")
 else:
     search = Search(load_config(SearchConfig, "configs/search/gpu.toml", [f"run.output_dir='{run}'"]), progress=False)
-import time
 start = time.perf_counter()
 while search.generation < search.config.search.generations and time.perf_counter() - start < seconds:
     search.step()
@@ -37,7 +40,10 @@ print(f"generation {search.generation}: best {search.best.fitness:.4f} (seed {se
 print("best:", search.best.text.replace("\n", "; "))
 if search.best_validated is not None:
     print(f"best validated ({search.best_validated.fitness:.4f}):", search.best_validated.text.replace("\n", "; "))
+# Copied before the funnel: a call that times out there still returns the search.
+shutil.copytree(run, os.path.join(os.environ["OUT"], "search-gpu"), dirs_exist_ok=True)
+sys.stdout.flush()
 if final:
     finish(search, ablate=True, tolerance=0.01, progress=False)
 PY
-cp -r "$RUN" "$OUT/"
+cp -r "$RUN/." "$OUT/search-gpu/"
