@@ -102,11 +102,14 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _search_top(args: argparse.Namespace) -> int:
+    from lopt.programs import check, parse
+    from lopt.programs.motifs import motifs
     from meta_train.search.pipeline import top
 
     for rank, entry in enumerate(top(args.directory, args.n), start=1):
+        found = motifs(check(parse(entry["text"])))
         print(f"#{rank}  fitness {entry['fitness']:.4f}  (child {entry['id']}, generation {entry['generation']}, "
-              f"{entry['mutation']})")
+              f"{entry['mutation']}; motifs: {', '.join(found) or 'none'})")
         print(entry["text"])
     return 0
 

@@ -348,3 +348,33 @@ def test_only_live_states_take_memory():
     params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
     leaves = lambda name: [len(jax.tree.leaves(x)) for x in to_optax(seed(name), 1e-3).init(params)[1:]]  # noqa: E731
     assert leaves("adamw") == [2, 2] and leaves("lion") == [2, 0] and leaves("signsgd") == [0, 0]
+
+
+def test_motifs_name_the_ideas_in_known_programs():
+    """Lion's sign of an interpolated momentum, AdamW's second-moment normalisation, clipping,
+    and invariance to renaming and dead code (lopt.programs.motifs)."""
+    from lopt.programs.motifs import motifs
+    assert motifs(check(seed("lion"))) == ["momentum", "sign of an interpolated momentum", "decoupled weight decay"]
+    assert motifs(check(seed("adamw_paper_eps"))) == [
+        "momentum", "second moment", "adaptive normalisation", "decoupled weight decay"]
+    assert motifs(check(seed("sgd_momentum"))) == ["momentum"]
+    assert motifs(check(seed("signsgd"))) == ["sign descent"]
+    clipped = parse("""
+def train(w, g, m, v, lr):
+  junk = exp(w)
+  m = interp(g, m, 0.9)
+  c = clip(m, 0.5)
+  update = c * lr
+  return update, m, v
+""")
+    assert motifs(check(clipped)) == ["momentum", "update clipping"]
+    renamed = parse(str(seed("lion")).replace("direction", "d").replace("wd", "decay"))
+    assert motifs(check(renamed)) == motifs(check(seed("lion")))
+    # A momentum that never reaches the update and a state nobody reads are no motif.
+    stateless = parse("""
+def train(w, g, m, v, lr):
+  update = g * lr
+  m = interp(g, m, 0.9)
+  return update, m, v
+""")
+    assert motifs(check(stateless)) == []

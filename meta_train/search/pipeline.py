@@ -1,7 +1,8 @@
 """After a search: simplify the best program — by meta-validation when the search has it, else by
 proxy fitness — (dead code, then ablation scored by the search's own fitness), re-evaluate the best distinct programs stage by stage against tuned AdamW (the
-funnel), and write best.txt, funnel.json and summary.json. `lopt search` calls `finish`;
-`top` reads the best distinct programs of any search folder's log."""
+funnel), record which known motifs the best programs contain (`lopt.programs.motifs`), and
+write best.txt, funnel.json and summary.json. `lopt search` calls `finish`; `top` reads the best
+distinct programs of any search folder's log."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from lopt.config import ConfigError
 from lopt.programs.analysis import check
 from lopt.programs.lang import format_program, parse
+from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
 from meta_train.search.config import SearchConfig
@@ -63,6 +65,12 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
     return records
 
 
+def rediscovered(directory: str | Path, count: int = 20) -> dict[str, int]:
+    """How many of the `count` best distinct programs of a search's log contain each motif."""
+    found = [motifs(check(parse(entry["text"]))) for entry in top(directory, count)]
+    return {name: sum(name in names for names in found) for name in MOTIFS}
+
+
 REFERENCES = ("adamw", "lion")
 # The references read `lr` as their learning rate; children scale it by their own constants
 # (the AdamW seed by 1e-3), so the references are tuned over every half-decade from 1e-5 to 1.
@@ -97,9 +105,12 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     references = proxy_references(config)
     say(f"proxy fitness (lower is better): best {best.fitness:.4f}, seed {search.seed_fitness:.4f}, "
         + ", ".join(f"{name} {value:.4f}" for name, value in references.items()))
+    found, counts = motifs(check(simplified)), rediscovered(output)
+    say(f"motifs of the best program: {', '.join(found) or 'none'}; among the best 20 distinct programs: "
+        + ", ".join(f"{name} {n}" for name, n in counts.items() if n))
     summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
                "simplifications": notes, "seed_fitness": search.seed_fitness, "proxy_references": references,
-               "statistics": stats}
+               "statistics": stats, "motifs": found, "motifs_in_top_20": counts}
     if search.best_validated is not None:
         summary["best_validated"] = {"id": chosen.id, "text": chosen.text, "validation_fitness": chosen.fitness,
                                      "task": config.validation.task, "steps": config.validation.steps}

@@ -1,0 +1,117 @@
+"""Which known algorithmic ideas a program contains: the motifs Chen et al. (2023) read off the
+programs their search found (Lion's sign of an interpolated momentum, update clipping, Adam's
+second-moment normalisation, decoupled weight decay), detected on the pruned dataflow graph so
+renamings, reorderings and dead code do not matter.
+
+A search records these for its best programs (`meta_train.search.pipeline`), which answers "what
+did it rediscover?" without reading every program. Each motif is a property of the graph:
+
+- momentum: the next m (or v) is an average of the gradient and its own previous value;
+- second moment: a state averages the squared gradient (square(g), g·g);
+- adaptive normalisation: a division by a square root (or power) of a state;
+- sign of an interpolated momentum: sign() of a value that mixes the gradient with a state;
+- sign descent: sign() of a value that reads the gradient but no state;
+- update clipping: clip, clip_by_global_norm, tanh, arctan, or min/max with a constant on the
+  update's path;
+- decoupled weight decay: the weights w reach the update other than through the gradient;
+- norm scaling: a per-tensor or global norm on the update's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lopt.programs.analysis import GRAPH_INPUTS, Graph, prune
+from lopt.programs.lang import Const
+
+W, G, M, V = (GRAPH_INPUTS.index(name) for name in ("w", "g", "m", "v"))
+STATES = (M, V)
+
+
+def _reaches(graph: Graph, node: int) -> set[int]:
+    """Every node id (inputs included) that `node` reads, transitively, itself included."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(a for a in graph.args(current) if isinstance(a, int))
+    return seen
+
+
+def _nodes(graph: Graph) -> range:
+    return range(len(GRAPH_INPUTS), len(GRAPH_INPUTS) + len(graph.nodes))
+
+
+def _on_update_path(graph: Graph) -> set[int]:
+    return _reaches(graph, graph.outputs[0])
+
+
+def _is_square_of_g(graph: Graph, node: int) -> bool:
+    op, args = graph.op(node), graph.args(node)
+    return (op == "square" and args[0] == G) or (op == "mul" and args[0] == G and args[1] == G) or \
+        (op == "power" and args[0] == G and isinstance(args[1], Const) and args[1].value == 2.0)
+
+
+def _momentum(graph: Graph) -> bool:
+    return any(graph.outputs[1 + i] != state and {G, state} <= _reaches(graph, graph.outputs[1 + i])
+               for i, state in enumerate(STATES))
+
+
+def _second_moment(graph: Graph) -> bool:
+    return any(graph.outputs[1 + i] != state and state in _reaches(graph, graph.outputs[1 + i])
+               and any(_is_square_of_g(graph, n) for n in _reaches(graph, graph.outputs[1 + i]))
+               for i, state in enumerate(STATES))
+
+
+def _adaptive_normalisation(graph: Graph) -> bool:
+    path = _on_update_path(graph)
+    for node in path & set(_nodes(graph)):
+        op, args = graph.op(node), graph.args(node)
+        if op == "div" and isinstance(args[1], int):
+            denominator = _reaches(graph, args[1])
+            if any(graph.op(n) in ("sqrt", "power") for n in denominator) and denominator & set(STATES):
+                return True
+    return False
+
+
+def _sign_of(graph: Graph, wanted: Callable[[set[int]], bool]) -> bool:
+    return any(graph.op(n) == "sign" and isinstance(graph.args(n)[0], int) and wanted(_reaches(graph, graph.args(n)[0]))
+               for n in _on_update_path(graph) & set(_nodes(graph)))
+
+
+def _clipping(graph: Graph) -> bool:
+    for node in _on_update_path(graph) & set(_nodes(graph)):
+        op, args = graph.op(node), graph.args(node)
+        if op in ("clip", "clip_by_global_norm", "tanh", "arctan"):
+            return True
+        if op in ("min", "max") and any(isinstance(a, Const) for a in args):
+            return True
+    return False
+
+
+def _weight_decay(graph: Graph) -> bool:
+    return any(W in graph.args(n) and graph.op(n) in ("add", "sub", "mul", "interp")
+               for n in _on_update_path(graph) & set(_nodes(graph)))
+
+
+def _norm_scaling(graph: Graph) -> bool:
+    return any(graph.op(n) in ("norm", "global_norm", "cosine_sim") for n in _on_update_path(graph))
+
+
+MOTIFS: dict[str, Callable[[Graph], bool]] = {
+    "momentum": _momentum,
+    "second moment": _second_moment,
+    "adaptive normalisation": _adaptive_normalisation,
+    "sign of an interpolated momentum": lambda graph: _sign_of(graph, lambda r: G in r and bool(r & set(STATES))),
+    "sign descent": lambda graph: _sign_of(graph, lambda r: G in r and not r & set(STATES)),
+    "update clipping": _clipping,
+    "decoupled weight decay": _weight_decay,
+    "norm scaling": _norm_scaling,
+}
+
+
+def motifs(graph: Graph) -> list[str]:
+    """The names of the motifs (module docstring) the pruned `graph` contains, in MOTIFS order."""
+    graph = prune(graph)
+    return [name for name, present in MOTIFS.items() if present(graph)]
