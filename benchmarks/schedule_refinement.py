@@ -25,7 +25,7 @@ from eval.metrics import final_loss
 from eval.runner import Candidate, run_keys, sweep
 from eval.suites import entry_spec
 from lopt import baselines
-from lopt.hypergrad.refine import linear_decay, refined_schedule, refined_weights
+from lopt.hypergrad.refine import ADAM_POWER, linear_decay, refined_schedule, refined_weights
 from tasks import build
 from tasks.train import gradient_norms
 
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--norm", choices=("l1", "l2"), default="l1", help="which gradient norm G_t the rule reads")
     parser.add_argument("--trace", choices=("gradient", "direction"), default="direction",
                         help="the norms of the gradient, or of Adam's direction m̂/(√v̂+ε) (before the LR)")
-    parser.add_argument("--power", type=float, default=1.0, help="k in w_t ∝ G_t^-k Σ_{p>t} G_p^-k")
+    parser.add_argument("--power", type=float, default=ADAM_POWER,
+                        help="k in w_t ∝ G_t^-k Σ_{p>t} G_p^-k (default: lopt.hypergrad.refine.ADAM_POWER)")
     parser.add_argument("--out", default="results/refinement")
     args = parser.parse_args()
     out = Path(args.out)
