@@ -97,8 +97,8 @@ class SearchConfig:
                 raise ConfigError("validation: steps, every and top must be positive")
 
     def validation_spec(self) -> FitnessSpec:
-        """The fitness spec of the meta-validation task: the batched interpreter on accelerators
-        (compiled once, reused at every validation), one jit per program on the CPU."""
+        """The fitness spec of the meta-validation task (the batched interpreter: compiled once per
+        number of rounds, reused at every validation)."""
         return dataclasses.replace(self.fitness, tasks=(self.validation.task,), steps=self.validation.steps,
                                    interpreter="auto", batch=self.validation.top)
 

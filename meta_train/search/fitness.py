@@ -40,8 +40,9 @@ class FitnessSpec:
     enough on one proxy for momentum and adaptive scaling to matter); seeds: runs per multiplier;
     lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
     averaged at the end; length: the most live statements a program may have (batched encoding);
-    interpreter: 'batched', 'jit' or 'auto' (batched on accelerators, jit on CPU, where a
-    vmapped switch over 42 functions costs more than compiling each program); batch: programs per compiled call (batched)."""
+    interpreter: 'batched', 'jit' or 'auto' (= batched: with typed slots it beats one compile
+    per program on the CPU too: the CPU quickstart search, 2.0 against 0.33 programs/s); batch:
+    programs per compiled call (batched)."""
 
     tasks: tuple[str, ...] = ("digits-mlp-relu32",)
     steps: int | tuple[int, ...] = 200
@@ -214,10 +215,8 @@ class JitEvaluator:
 
 
 def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
-    """The evaluator `spec.interpreter` names ('auto': batched unless JAX runs on the CPU)."""
-    choice = spec.interpreter
-    if choice == "auto":
-        choice = "jit" if jax.default_backend() == "cpu" else "batched"
+    """The evaluator `spec.interpreter` names ('auto' is 'batched')."""
+    choice = "batched" if spec.interpreter == "auto" else spec.interpreter
     if choice == "batched":
         return BatchedEvaluator(spec)
     if choice == "jit":
