@@ -13,7 +13,7 @@ from lopt.programs import check, format_program, parse, seed, structural_hash
 from lopt.programs.analysis import to_graph
 from lopt.programs.simplify import simplify
 from meta_train.search import mutation
-from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, score
+from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
 from meta_train.search.pipeline import funnel, top
@@ -244,6 +244,23 @@ def test_fitness_config_ranges_and_long_program_errors_are_short():
     with pytest.raises(ProgramError) as error:
         parse(huge)
     assert len(str(error.value)) < 400
+
+
+def test_fitness_steps_per_task():
+    """fitness.steps may give one number per task (a long proxy beside short ones); the
+    evaluator trains each task that long, so a run of 1 step differs from one of 40."""
+    with pytest.raises(ConfigError, match="2 numbers for 1 tasks"):
+        from_dict(SearchConfig, {"fitness": {"tasks": ["quadratic-10-cond100"], "steps": [10, 20]}})
+    with pytest.raises(ConfigError, match="fitness.steps"):
+        from_dict(SearchConfig, {"fitness": {"tasks": ["quadratic-10-cond100", "rosenbrock-2"], "steps": [10, 0]}})
+    spec = FitnessSpec(tasks=("quadratic-10-cond100", "rosenbrock-2"), steps=(1, 40), seeds=1, lr_multipliers=(1.0,),
+                       eval_batches=1, batch=2)
+    assert spec.task_steps("rosenbrock-2") == 40 and spec.inner_steps_per_program == 41
+    graph = check(seed("adamw_paper_eps"))
+    long_run = evaluator(spec).losses([graph])[0, :, 0, 0]
+    short_run = evaluator(dataclasses.replace(spec, steps=1)).losses([graph])[0, :, 0, 0]
+    assert long_run[0] == pytest.approx(short_run[0], rel=1e-6)  # same 1-step run on the first task
+    assert long_run[1] < short_run[1]  # 40 steps of AdamW-paper-eps move rosenbrock further down
 
 
 def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_path, capsys):
