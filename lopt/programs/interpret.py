@@ -29,7 +29,7 @@ import optax
 
 from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, STATE_INDEX, Graph, check, node_types
 from lopt.programs.lang import Const, Program
-from lopt.programs.library import FUNCTIONS, NAMES, SCALAR
+from lopt.programs.library import FUNCTIONS, SCALAR
 
 # ---------------------------------------------------------------------------------------------
 # Tree interpreter (one program -> optax)
@@ -177,7 +177,6 @@ GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
 # One round of slots: arithmetic is cheap, so a round has six arithmetic slots (AdamW's
 # statements are all arithmetic and fit in two rounds) and one of each other group.
 ROUND = ("arith", "arith", "arith", "explog", "arith", "arith", "arith", "inverse", "trig", "tree")
-assert sorted(GROUP_OF) == sorted(NAMES), "every library function belongs to one slot group"
 
 
 class Encoded(NamedTuple):
@@ -222,19 +221,24 @@ def schedule(graph: Graph) -> list[int]:
     return slot_of
 
 
+def _rounds(slot_of: list[int]) -> int:
+    """Rounds of `ROUND` a schedule fills (at least 1)."""
+    return max(1, -(-(max(slot_of, default=-1) + 1) // len(ROUND)))
+
+
 def rounds_needed(graph: Graph) -> int:
     """Rounds of `ROUND` the schedule of `graph` fills (at least 1)."""
-    slots = schedule(graph)
-    return max(1, -(-(max(slots, default=-1) + 1) // len(ROUND)))
+    return _rounds(schedule(graph))
 
 
-def encode(graph: Graph, rounds: int | None = None) -> Encoded:
-    """Encode a (pruned) graph into `rounds` rounds of slots (None: as many as it needs)."""
-    needed = rounds_needed(graph)
+def encode(graph: Graph, rounds: int | None = None, slot_of: list[int] | None = None) -> Encoded:
+    """Encode a (pruned) graph into `rounds` rounds of slots (None: as many as it needs);
+    `slot_of`: its `schedule`, when the caller has it already."""
+    slot_of = schedule(graph) if slot_of is None else slot_of
+    needed = _rounds(slot_of)
     rounds = needed if rounds is None else rounds
     if needed > rounds:
         raise ValueError(f"program needs {needed} rounds of slots; the encoding holds {rounds}")
-    slot_of = schedule(graph)
     types = node_types(graph)
     size = rounds * len(ROUND)
     op = np.array([len(GROUPS[ROUND[s % len(ROUND)]]) for s in range(size)], np.int32)
@@ -267,10 +271,11 @@ def encode_population(graphs: list[Graph], count: int, max_statements: int | Non
         raise ValueError(f"need 1..{count} programs, got {len(graphs)}")
     if max_statements is not None and max(len(g.nodes) for g in graphs) > max_statements:
         raise ValueError(f"a program has more than {max_statements} live statements")
-    rounds = max(rounds_needed(g) for g in graphs)
+    schedules = [schedule(g) for g in graphs]
+    rounds = max(_rounds(slot_of) for slot_of in schedules)
     if round_up:
         rounds = 1 << (rounds - 1).bit_length()
-    encoded = [encode(g, rounds) for g in graphs]
+    encoded = [encode(g, rounds, slot_of) for g, slot_of in zip(graphs, schedules)]
     return stack_encoded(encoded + [encoded[0]] * (count - len(graphs)))
 
 

@@ -29,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, from_graph
-from lopt.programs.interpret import encode_population, run_encoded, to_optax
+from lopt.programs.interpret import ROUND, encode_population, run_encoded, to_optax
 from tasks import build, task_spec
 from tasks.train import evaluate
 
@@ -69,7 +69,6 @@ class FitnessSpec:
         check_task_names("fitness.tasks", self.tasks)
         if not self.max_param_abs > 0:
             raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
-
 
     def task_steps(self, task_name: str) -> int:
         """Inner steps of each run on `task_name`."""
@@ -117,13 +116,13 @@ class BatchedEvaluator:
         self._step = step
         self._compiled: dict[tuple[str, int], object] = {}
 
-    def _function(self, task_name: str, slots: int):
-        """The compiled population call for a task and an encoding size (compiled lazily:
-        programs are padded to 1, 2, 4... rounds of slots, since every slot costs a pass per
-        function of its group)."""
-        if (task_name, slots) not in self._compiled:
-            self._compiled[task_name, slots] = self._build(task_name)
-        return self._compiled[task_name, slots]
+    def _function(self, task_name: str, rounds: int):
+        """The compiled population call for a task and a number of rounds of slots (compiled
+        lazily: a batch is encoded with the most rounds any of its programs needs, since every
+        slot costs a pass per function of its group)."""
+        if (task_name, rounds) not in self._compiled:
+            self._compiled[task_name, rounds] = self._build(task_name)
+        return self._compiled[task_name, rounds]
 
     def _build(self, task_name: str):
         spec = self.spec
@@ -165,7 +164,7 @@ class BatchedEvaluator:
         for start in range(0, len(graphs), spec.batch):
             chunk = list(graphs[start:start + spec.batch])
             batch = jax.tree.map(jnp.asarray, encode_population(chunk, spec.batch, spec.length))  # fixed shapes
-            rounds = batch.op.shape[1]
+            rounds = batch.op.shape[1] // len(ROUND)
             for t, name in enumerate(spec.tasks):
                 out[start:start + len(chunk), t] = np.asarray(self._function(name, rounds)(batch))[: len(chunk)]
         return out
