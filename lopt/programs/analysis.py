@@ -65,7 +65,7 @@ def node_types(graph: Graph) -> list[str]:
     return types
 
 
-def _reads(graph: Graph, roots: set[int]) -> set[int]:
+def reads(graph: Graph, roots: set[int]) -> set[int]:
     """All node ids reachable from `roots` (inclusive)."""
     seen, stack = set(), list(roots)
     while stack:
@@ -81,7 +81,7 @@ def live_outputs(graph: Graph) -> tuple[bool, bool, bool]:
     """(update, m, v) liveness across iterations (module docstring)."""
     live = {0}
     while True:
-        reached = _reads(graph, {graph.outputs[i] for i in live})
+        reached = reads(graph, {graph.outputs[i] for i in live})
         grown = set(live)
         for slot, state in ((1, "m"), (2, "v")):
             if STATE_INDEX[state] in reached:
@@ -97,7 +97,7 @@ def prune(graph: Graph) -> Graph:
     live = live_outputs(graph)
     outputs = tuple(out if alive else STATE_INDEX[s] if s else out
                     for out, alive, s in zip(graph.outputs, live, (None, "m", "v")))
-    keep = sorted(n for n in _reads(graph, set(outputs)) if n >= NUM_INPUTS)
+    keep = sorted(n for n in reads(graph, set(outputs)) if n >= NUM_INPUTS)
     renumber = {i: i for i in range(NUM_INPUTS)}
     nodes = []
     for node in keep:
@@ -134,7 +134,7 @@ def check(program: Program, max_statements: int = DEFAULT_MAX_STATEMENTS) -> Gra
     if node_types(pruned)[pruned.outputs[0]] != TENSOR:
         raise ProgramError("the update is a scalar; it must depend on a tensor input")
     live = live_outputs(pruned)
-    reached = _reads(pruned, {o for o, alive in zip(pruned.outputs, live) if alive})
+    reached = reads(pruned, {o for o, alive in zip(pruned.outputs, live) if alive})
     if GRAPH_INPUTS.index("g") not in reached:
         raise ProgramError("the update never depends on the gradient g")
     return pruned

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lopt.programs.analysis import GRAPH_INPUTS, Graph, prune
+from lopt.programs.analysis import GRAPH_INPUTS, NUM_INPUTS, Graph, prune, reads
 from lopt.programs.lang import Const
 
 W, G, M, V = (GRAPH_INPUTS.index(name) for name in ("w", "g", "m", "v"))
@@ -30,21 +30,12 @@ STATES = (M, V)
 
 def _reaches(graph: Graph, node: int) -> set[int]:
     """Every node id (inputs included) that `node` reads, transitively, itself included."""
-    seen, stack = set(), [node]
-    while stack:
-        current = stack.pop()
-        if current not in seen:
-            seen.add(current)
-            stack.extend(a for a in graph.args(current) if isinstance(a, int))
-    return seen
-
-
-def _nodes(graph: Graph) -> range:
-    return range(len(GRAPH_INPUTS), len(GRAPH_INPUTS) + len(graph.nodes))
+    return reads(graph, {node})
 
 
 def _on_update_path(graph: Graph) -> set[int]:
-    return _reaches(graph, graph.outputs[0])
+    """The statements (not inputs) the update reads."""
+    return {n for n in _reaches(graph, graph.outputs[0]) if n >= NUM_INPUTS}
 
 
 def _is_square_of_g(graph: Graph, node: int) -> bool:
@@ -59,14 +50,16 @@ def _momentum(graph: Graph) -> bool:
 
 
 def _second_moment(graph: Graph) -> bool:
-    return any(graph.outputs[1 + i] != state and state in _reaches(graph, graph.outputs[1 + i])
-               and any(_is_square_of_g(graph, n) for n in _reaches(graph, graph.outputs[1 + i]))
-               for i, state in enumerate(STATES))
+    for i, state in enumerate(STATES):
+        read = _reaches(graph, graph.outputs[1 + i])
+        if graph.outputs[1 + i] != state and state in read and any(_is_square_of_g(graph, n) for n in read):
+            return True
+    return False
 
 
 def _adaptive_normalisation(graph: Graph) -> bool:
     path = _on_update_path(graph)
-    for node in path & set(_nodes(graph)):
+    for node in path:
         op, args = graph.op(node), graph.args(node)
         if op == "div" and isinstance(args[1], int):
             denominator = _reaches(graph, args[1])
@@ -77,11 +70,11 @@ def _adaptive_normalisation(graph: Graph) -> bool:
 
 def _sign_of(graph: Graph, wanted: Callable[[set[int]], bool]) -> bool:
     return any(graph.op(n) == "sign" and isinstance(graph.args(n)[0], int) and wanted(_reaches(graph, graph.args(n)[0]))
-               for n in _on_update_path(graph) & set(_nodes(graph)))
+               for n in _on_update_path(graph))
 
 
 def _clipping(graph: Graph) -> bool:
-    for node in _on_update_path(graph) & set(_nodes(graph)):
+    for node in _on_update_path(graph):
         op, args = graph.op(node), graph.args(node)
         if op in ("clip", "clip_by_global_norm", "tanh", "arctan"):
             return True
@@ -92,7 +85,7 @@ def _clipping(graph: Graph) -> bool:
 
 def _weight_decay(graph: Graph) -> bool:
     return any(W in graph.args(n) and graph.op(n) in ("add", "sub", "mul", "interp")
-               for n in _on_update_path(graph) & set(_nodes(graph)))
+               for n in _on_update_path(graph))
 
 
 def _norm_scaling(graph: Graph) -> bool:
