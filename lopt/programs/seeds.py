@@ -30,20 +30,6 @@ def train(w, g, m, v, lr):
   update = update * lr
   return update, m, v
 """,
-    "adamw_paper_eps": """
-def train(w, g, m, v, lr):
-  g2 = square(g)
-  m = interp(g, m, 0.9)
-  v = interp(g2, v, 0.999)
-  sqrt_v = sqrt(v)
-  denominator = sqrt_v + 1e-08
-  update = m / denominator
-  wd = w * 0.01
-  update = update + wd
-  lr = lr * 0.001
-  update = update * lr
-  return update, m, v
-""",
     "adamw": """
 def train(w, g, m, v, lr, t):
   m = interp(g, m, 0.9)
@@ -103,6 +89,10 @@ def train(w, g, m, v, lr):
   return update, m, v
 """,
 }
+
+# The paper's seed with Adam's ε in the denominator (module docstring).
+SEEDS["adamw_paper_eps"] = SEEDS["adamw_paper"].replace(
+    "  update = m / sqrt_v\n", "  denominator = sqrt_v + 1e-08\n  update = m / denominator\n")
 
 
 def seed(name: str) -> Program:
