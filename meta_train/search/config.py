@@ -97,10 +97,9 @@ class SearchConfig:
                 raise ConfigError("validation: steps, every and top must be positive")
 
     def validation_spec(self) -> FitnessSpec:
-        """The fitness spec of the meta-validation task (the batched interpreter: compiled once per
-        number of rounds, reused at every validation)."""
+        """The fitness spec of the meta-validation task (batches of `top` programs)."""
         return dataclasses.replace(self.fitness, tasks=(self.validation.task,), steps=self.validation.steps,
-                                   interpreter="auto", batch=self.validation.top)
+                                   batch=self.validation.top)
 
     def seed_program_text(self) -> str:
         name = self.search.seed_program
