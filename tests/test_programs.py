@@ -55,6 +55,10 @@ def test_seed_programs_equal_optax(name, reference):
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8), a, b)
 
 
+def _flat(tree):
+    return jnp.concatenate([jnp.reshape(x, -1) for x in jax.tree.leaves(tree)])
+
+
 @pytest.mark.parametrize("name", ["adamw", "lion", "sgd_momentum", "adamw_paper", "lion_raw"])
 def test_batched_interpreter_equals_tree_interpreter(name):
     """The encoded program on the flattened pytree gives the same updates as to_optax."""
@@ -62,18 +66,13 @@ def test_batched_interpreter_equals_tree_interpreter(name):
     leaves = jax.tree.leaves(PARAMS)
     sizes = tuple(leaf.size for leaf in leaves)
     encoded = jax.tree.map(jnp.asarray, encode(graph))
-    flat = lambda tree: jnp.concatenate([x.reshape(-1) for x in jax.tree.leaves(tree)])  # noqa: E731
-    w, m, v = flat(PARAMS), jnp.zeros(sum(sizes)), jnp.zeros(sum(sizes))
+    w, m, v = _flat(PARAMS), jnp.zeros(sum(sizes)), jnp.zeros(sum(sizes))
     step = jax.jit(run_encoded, static_argnums=(7,))
     expected = run(to_optax(seed(name), 3e-3), steps=6)
     for t, (grads, reference) in enumerate(zip(gradient_sequence(6), expected), start=1):
-        update, m, v = step(encoded, w, flat(grads), m, v, 3e-3, float(t), sizes)
-        np.testing.assert_allclose(-update, flat(reference), rtol=1e-5, atol=1e-7)
+        update, m, v = step(encoded, w, _flat(grads), m, v, 3e-3, float(t), sizes)
+        np.testing.assert_allclose(-update, _flat(reference), rtol=1e-5, atol=1e-7)
         w = w - update
-
-
-def _flat(tree):
-    return jnp.concatenate([jnp.reshape(x, -1) for x in jax.tree.leaves(tree)])
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
