@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,15 +73,15 @@ def interpreter_rates(spec: FitnessSpec, programs: int) -> dict[str, float]:
     return out
 
 
-def search_rate(config_path: str, seconds: float, output: str) -> dict[str, float]:
+def search_rate(config_path: str, seconds: float) -> dict[str, float]:
     """A real `lopt search` (everything included) for about `seconds`: its rates and where its
     time goes (mutation, functional-hash probes, training)."""
-    config = load_config(SearchConfig, config_path, [f"search.max_seconds={seconds}", f"run.output_dir={output!r}",
-                                                     "validation.task=''"])
-    if Path(output).exists():
-        shutil.rmtree(output)
-    search = Search(config, progress=False)
-    search.run()
+    with tempfile.TemporaryDirectory() as folder:
+        output = str(Path(folder) / "search")
+        config = load_config(SearchConfig, config_path, [f"search.max_seconds={seconds}", f"run.output_dir={output!r}",
+                                                         "validation.task=''"])
+        search = Search(config, progress=False)
+        search.run()
     return search.statistics()
 
 
@@ -116,7 +116,7 @@ def main() -> None:
     print(f"  floor (AdamW written directly, same loop):   {rates['floor']:8.2f} programs/s "
           f"({result['floor_inner_steps_per_s']:,.0f} inner steps/s)")
     if args.config and args.search_seconds > 0:
-        stats = search_rate(args.config, args.search_seconds, "runs/search-throughput")
+        stats = search_rate(args.config, args.search_seconds)
         result["search"] = stats
         print(f"  a real search ({args.search_seconds:.0f} s): {stats['programs_per_second']:.2f} programs/s, "
               f"{stats['trained_per_second']:.2f} trained/s ({stats['trained_per_second'] * per_program:,.0f} "
