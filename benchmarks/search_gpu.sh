@@ -7,6 +7,8 @@
 #   SECONDS_LIMIT=450 MEASURE=1 bash benchmarks/search_gpu.sh
 set -euo pipefail
 export PYTHONPATH=$PWD
+# Compiles persist across device calls (copied to $OUT/jax-cache; carry it back as runs/jax-cache).
+export JAX_COMPILATION_CACHE_DIR=$PWD/runs/jax-cache
 RUN=runs/search-gpu
 if [ "${MEASURE:-0}" = 1 ]; then
   python benchmarks/search_throughput.py --config configs/search/gpu.toml --search-seconds 0 --programs 128 \
@@ -42,8 +44,11 @@ if search.best_validated is not None:
     print(f"best validated ({search.best_validated.fitness:.4f}):", search.best_validated.text.replace("\n", "; "))
 # Copied before the funnel: a call that times out there still returns the search.
 shutil.copytree(run, os.path.join(os.environ["OUT"], "search-gpu"), dirs_exist_ok=True)
+if os.path.isdir("runs/jax-cache"):
+    shutil.copytree("runs/jax-cache", os.path.join(os.environ["OUT"], "jax-cache"), dirs_exist_ok=True)
 sys.stdout.flush()
 if final:
     finish(search, ablate=True, tolerance=0.01, progress=False)
 PY
 cp -r "$RUN/." "$OUT/search-gpu/"
+cp -r runs/jax-cache "$OUT/jax-cache" 2>/dev/null || true

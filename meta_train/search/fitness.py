@@ -29,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, from_graph
-from lopt.programs.interpret import ROUND, encode_population, run_encoded, to_optax
+from lopt.programs.interpret import ROUND, encode_population, run_encoded, run_unrolled, to_optax
 from tasks import build, task_spec
 from tasks.train import evaluate
 
@@ -40,9 +40,11 @@ class FitnessSpec:
     enough on one proxy for momentum and adaptive scaling to matter); seeds: runs per multiplier;
     lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
     averaged at the end; length: the most live statements a program may have (batched encoding);
-    interpreter: 'batched', 'jit' or 'auto' (= batched: with typed slots it beats one compile
-    per program on the CPU too: the CPU quickstart search, 2.0 against 0.33 programs/s); batch:
-    programs per compiled call (batched)."""
+    interpreter: 'batched' (a scan over rounds of slots with a register file), 'unrolled'
+    (the same population call with the slots unrolled and registers as values), 'jit' (one
+    compile per program) or 'auto' (= batched: with typed slots it beats one compile per program
+    on the CPU too: the CPU quickstart search, 2.0 against 0.33 programs/s); batch: programs per
+    compiled call (batched, unrolled)."""
 
     tasks: tuple[str, ...] = ("digits-mlp-relu32",)
     steps: int | tuple[int, ...] = 200
@@ -218,6 +220,8 @@ def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
     choice = "batched" if spec.interpreter == "auto" else spec.interpreter
     if choice == "batched":
         return BatchedEvaluator(spec)
+    if choice == "unrolled":
+        return BatchedEvaluator(spec, run_unrolled)
     if choice == "jit":
         return JitEvaluator(spec)
-    raise ValueError(f"fitness.interpreter must be 'batched', 'jit' or 'auto', got {spec.interpreter!r}")
+    raise ValueError(f"fitness.interpreter must be 'batched', 'unrolled', 'jit' or 'auto', got {spec.interpreter!r}")
