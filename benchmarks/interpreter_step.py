@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=2000)
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "floor"])
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     print(f"one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × {args.params:,} parameters")
@@ -67,6 +68,8 @@ def main() -> None:
     for rounds in args.rounds:
         programs = population(args.programs, rounds)
         for name, step in (("scan", run_encoded), ("unrolled", run_unrolled), ("floor", adamw_step)):
+            if name not in args.interpreters:
+                continue
             compile_s, ms = time_step(step, programs, args.runs, args.params, args.repeats)
             results.append({"rounds": rounds, "interpreter": name, "compile_s": compile_s, "step_ms": ms})
             print(f"  {rounds} rounds  {name:9s} compile {compile_s:6.1f} s   step {ms:8.3f} ms", flush=True)
