@@ -1,6 +1,7 @@
 """One optimizer step of a population of programs, by interpreter: the scan over rounds with a
-register file (`run_encoded`), the unrolled step with registers as values (`run_unrolled`), and
-AdamW written directly (the floor). No task: this isolates what interpretation costs per step,
+register file (`run_encoded`), the unrolled step with registers as values (`run_unrolled`), the
+Pallas kernel (`run_kernel`, on programs without tree-level statements; a GPU), and AdamW
+written directly (the floor). No task: this isolates what interpretation costs per step,
 at the shape of a GPU search's training call (programs × runs × parameters), and the compile
 time of each number of rounds.
 
@@ -22,13 +23,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from search_throughput import adamw_step, children  # noqa: E402
 
 from lopt.programs.interpret import encode, rounds_needed, run_encoded, run_unrolled, stack_encoded  # noqa: E402
+from lopt.programs.kernel import run_kernel, uses_tree  # noqa: E402
 
 
-def population(count: int, rounds: int):
-    """`count` children of the AdamW seed that fit in `rounds` rounds, encoded with exactly that many."""
+def population(count: int, rounds: int, tree: bool = True):
+    """`count` children of the AdamW seed that fit in `rounds` rounds (without tree-level
+    statements unless `tree`), encoded with exactly that many."""
     graphs, trial = [], 0
     while len(graphs) < count:
-        batch = [g for g in children(64, 1000 + trial) if rounds_needed(g) <= rounds]
+        batch = [g for g in children(64, 1000 + trial) if rounds_needed(g) <= rounds and (tree or not uses_tree(g))]
         graphs += batch[: count - len(graphs)]
         trial += 1
     return jax.tree.map(jnp.asarray, stack_encoded([encode(g, rounds) for g in graphs]))
@@ -60,16 +63,17 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=2000)
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "floor"])
+    parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "kernel", "floor"])
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     print(f"one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × {args.params:,} parameters")
     results = []
-    for rounds in args.rounds:
-        programs = population(args.programs, rounds)
-        for name, step in (("scan", run_encoded), ("unrolled", run_unrolled), ("floor", adamw_step)):
+    for rounds in args.rounds:  # the kernel runs the population without tree-level statements
+        mixed, elementwise = population(args.programs, rounds), population(args.programs, rounds, tree=False)
+        for name, step in (("scan", run_encoded), ("unrolled", run_unrolled), ("kernel", run_kernel), ("floor", adamw_step)):
             if name not in args.interpreters:
                 continue
+            programs = elementwise if name == "kernel" else mixed
             compile_s, ms = time_step(step, programs, args.runs, args.params, args.repeats)
             results.append({"rounds": rounds, "interpreter": name, "compile_s": compile_s, "step_ms": ms})
             print(f"  {rounds} rounds  {name:9s} compile {compile_s:6.1f} s   step {ms:8.3f} ms", flush=True)

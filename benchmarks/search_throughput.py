@@ -62,14 +62,16 @@ def rate(evaluate, graphs) -> float:
     return len(graphs) / (time.perf_counter() - start)
 
 
-def interpreter_rates(spec: FitnessSpec, programs: int, unrolled: bool) -> dict[str, float]:
+def interpreter_rates(spec: FitnessSpec, programs: int, unrolled: bool, kernel: bool = False) -> dict[str, float]:
     """programs/s of the batched interpreter (and with `unrolled` of the unrolled one) and of the
     floor on `spec`'s proxies, after warm-ups that compile the encoding lengths children use
-    (compile seconds reported apart)."""
+    (compile seconds reported apart); with `kernel` also the Pallas kernel evaluator (programs
+    with tree-level statements through the scan)."""
     out = {}
-    steps = [("interpreter", run_encoded)] + [("unrolled", run_unrolled)] * unrolled + [("floor", adamw_step)]
+    steps = ([("interpreter", run_encoded)] + [("unrolled", run_unrolled)] * unrolled + [("kernel", run_encoded)] * kernel
+             + [("floor", adamw_step)])
     for name, step in steps:
-        evaluator = BatchedEvaluator(spec, step)
+        evaluator = BatchedEvaluator(spec, step, kernel=name == "kernel")
         start = time.perf_counter()
         for warm in (999, 998):
             evaluator.losses(children(spec.batch, warm))
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--unrolled", action="store_true", help="also measure the unrolled interpreter")
+    parser.add_argument("--kernel", action="store_true", help="also measure the Pallas kernel interpreter")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     device = jax.devices()[0].device_kind
@@ -111,21 +114,23 @@ def main() -> None:
                            length=32)
     runs = spec.seeds * len(spec.lr_multipliers) * len(spec.tasks)
     per_program = spec.inner_steps_per_program
-    rates = interpreter_rates(spec, args.programs, args.unrolled)
+    rates = interpreter_rates(spec, args.programs, args.unrolled, args.kernel)
     result = {"device": device, "tasks": list(spec.tasks), "steps": spec.steps, "runs_per_program": runs,
               "batched_programs_per_s": rates["interpreter"], "floor_programs_per_s": rates["floor"],
               "batched_inner_steps_per_s": rates["interpreter"] * per_program,
               "floor_inner_steps_per_s": rates["floor"] * per_program,
               "warmup_s": {k[:-len("_warmup_s")]: v for k, v in rates.items() if k.endswith("_warmup_s")}}
-    if args.unrolled:
-        result |= {"unrolled_programs_per_s": rates["unrolled"], "unrolled_inner_steps_per_s": rates["unrolled"] * per_program}
+    for name in ("unrolled", "kernel"):
+        if getattr(args, name):
+            result |= {f"{name}_programs_per_s": rates[name], f"{name}_inner_steps_per_s": rates[name] * per_program}
     print(f"search throughput on {device}: {', '.join(spec.tasks)}; {runs} runs per program, "
           f"{per_program:,} inner steps in all (steps per task: {spec.steps})")
     print(f"  batched interpreter ({args.programs} programs, batch {spec.batch}): {rates['interpreter']:8.2f} programs/s "
           f"({result['batched_inner_steps_per_s']:,.0f} inner steps/s)")
-    if args.unrolled:
-        print(f"  unrolled interpreter:                        {rates['unrolled']:8.2f} programs/s "
-              f"({result['unrolled_inner_steps_per_s']:,.0f} inner steps/s)")
+    for name in ("unrolled", "kernel"):
+        if getattr(args, name):
+            print(f"  {name} interpreter:{' ' * (28 - len(name))}{rates[name]:8.2f} programs/s "
+                  f"({result[f'{name}_inner_steps_per_s']:,.0f} inner steps/s)")
     print(f"  floor (AdamW written directly, same loop):   {rates['floor']:8.2f} programs/s "
           f"({result['floor_inner_steps_per_s']:,.0f} inner steps/s)")
     if args.config and args.search_seconds > 0:

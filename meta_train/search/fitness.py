@@ -30,6 +30,7 @@ from jax.flatten_util import ravel_pytree
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, from_graph
 from lopt.programs.interpret import ROUND, encode_population, run_encoded, run_unrolled, to_optax
+from lopt.programs.kernel import run_kernel, uses_tree
 from tasks import build, task_spec
 from tasks.train import evaluate
 
@@ -40,11 +41,12 @@ class FitnessSpec:
     enough on one proxy for momentum and adaptive scaling to matter); seeds: runs per multiplier;
     lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
     averaged at the end; length: the most live statements a program may have (batched encoding);
-    interpreter: 'batched' (a scan over rounds of slots with a register file), 'unrolled'
-    (the same population call with the slots unrolled and registers as values), 'jit' (one
-    compile per program) or 'auto' (= batched: with typed slots it beats one compile per program
-    on the CPU too: the CPU quickstart search, 2.0 against 0.33 programs/s); batch: programs per
-    compiled call (batched, unrolled)."""
+    interpreter: 'batched' (a scan over rounds of slots with a register file), 'kernel' (a
+    Pallas kernel with the registers on chip, for programs without tree-level statements; the
+    others run 'batched'; lopt.programs.kernel), 'unrolled' (the population call with the slots
+    unrolled and registers as values), 'jit' (one compile per program) or 'auto' (= batched:
+    with typed slots it beats one compile per program on the CPU too: the CPU quickstart search,
+    2.0 against 0.33 programs/s); batch: programs per compiled call (all but jit)."""
 
     tasks: tuple[str, ...] = ("digits-mlp-relu32",)
     steps: int | tuple[int, ...] = 200
@@ -113,20 +115,21 @@ class BatchedEvaluator:
     step: what computes a step from (program, w, g, m, v, lr, t, sizes); the interpreter, or for
     `benchmarks/search_throughput.py`'s floor a fixed optimizer that ignores the program."""
 
-    def __init__(self, spec: FitnessSpec, step=run_encoded):
+    def __init__(self, spec: FitnessSpec, step=run_encoded, *, kernel: bool = False):
         self.spec = spec
         self._step = step
-        self._compiled: dict[tuple[str, int], object] = {}
+        self._kernel = kernel
+        self._compiled: dict[tuple[str, int, bool], object] = {}
 
-    def _function(self, task_name: str, rounds: int):
-        """The compiled population call for a task and a number of rounds of slots (compiled
+    def _function(self, task_name: str, rounds: int, kernel: bool = False):
+        """The compiled population call for a task, a number of rounds of slots (compiled
         lazily: a batch is encoded with the most rounds any of its programs needs, since every
-        slot costs a pass per function of its group)."""
-        if (task_name, rounds) not in self._compiled:
-            self._compiled[task_name, rounds] = self._build(task_name)
-        return self._compiled[task_name, rounds]
+        slot costs a pass per function of its group) and the step (`run_kernel` or `step`)."""
+        if (task_name, rounds, kernel) not in self._compiled:
+            self._compiled[task_name, rounds, kernel] = self._build(task_name, run_kernel if kernel else self._step)
+        return self._compiled[task_name, rounds, kernel]
 
-    def _build(self, task_name: str):
+    def _build(self, task_name: str, interpret_step):
         spec = self.spec
         task = build(task_spec(task_name))
         example = task.init(jax.random.key(0))
@@ -144,7 +147,7 @@ class BatchedEvaluator:
                 p, m, v = carry
                 t, k = inputs
                 grads = jax.grad(loss_fn)(p, task.batch(k, "train"))
-                update, m, v = self._step(program, p, grads, m, v, lr, t, sizes)
+                update, m, v = interpret_step(program, p, grads, m, v, lr, t, sizes)
                 return (p - update, m, v), None
 
             zeros = jnp.zeros_like(params)
@@ -160,15 +163,19 @@ class BatchedEvaluator:
         return jax.jit(lambda programs: over_programs(programs, lrs, keys))
 
     def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
-        """[programs, tasks, lrs, seeds] final test losses."""
+        """[programs, tasks, lrs, seeds] final test losses. With `kernel`, programs without
+        tree-level statements run in batches of their own through the kernel."""
         spec = self.spec
         out = np.zeros((len(graphs), len(spec.tasks), len(spec.lr_multipliers), spec.seeds), np.float32)
-        for start in range(0, len(graphs), spec.batch):
-            chunk = list(graphs[start:start + spec.batch])
-            batch = jax.tree.map(jnp.asarray, encode_population(chunk, spec.batch, spec.length))  # fixed shapes
-            rounds = batch.op.shape[1] // len(ROUND)
-            for t, name in enumerate(spec.tasks):
-                out[start:start + len(chunk), t] = np.asarray(self._function(name, rounds)(batch))[: len(chunk)]
+        split = [[i for i, g in enumerate(graphs) if not (self._kernel and not uses_tree(g))],
+                 [i for i, g in enumerate(graphs) if self._kernel and not uses_tree(g)]]
+        for kernel, indices in enumerate(split):
+            for start in range(0, len(indices), spec.batch):
+                chunk = indices[start:start + spec.batch]
+                batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], spec.batch, spec.length))
+                rounds = batch.op.shape[1] // len(ROUND)
+                for t, name in enumerate(spec.tasks):
+                    out[chunk, t] = np.asarray(self._function(name, rounds, bool(kernel))(batch))[: len(chunk)]
         return out
 
     def __call__(self, graphs: Sequence[Graph]) -> np.ndarray:
@@ -222,6 +229,8 @@ def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
         return BatchedEvaluator(spec)
     if choice == "unrolled":
         return BatchedEvaluator(spec, run_unrolled)
+    if choice == "kernel":
+        return BatchedEvaluator(spec, kernel=True)
     if choice == "jit":
         return JitEvaluator(spec)
-    raise ValueError(f"fitness.interpreter must be 'batched', 'unrolled', 'jit' or 'auto', got {spec.interpreter!r}")
+    raise ValueError(f"fitness.interpreter must be 'batched', 'kernel', 'unrolled', 'jit' or 'auto', got {spec.interpreter!r}")

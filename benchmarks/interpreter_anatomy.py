@@ -1,0 +1,83 @@
+"""Where a step of the batched interpreter (`run_encoded`) spends its time, by taking parts away:
+
+    full        the interpreter as it runs in a search
+    shared      every program reads the same argument registers (a dynamic slice of the
+                register file instead of a per-program gather)
+    add-only    every slot computes only `add` (no function groups, no select among them)
+    bare        both: the scan, the register file and its writes alone
+    floor       AdamW written directly
+
+Shapes as in a GPU search's training call (programs × runs × parameters, vmapped).
+
+    python benchmarks/interpreter_anatomy.py --programs 128 --runs 10 --params 9026 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from interpreter_step import population, time_step  # noqa: E402
+from search_throughput import adamw_step  # noqa: E402
+
+from lopt.programs import interpret  # noqa: E402
+from lopt.programs.interpret import MAX_ARGS, NUM_INPUTS, ROUND, _group_results  # noqa: E402
+
+
+def variant(shared_refs: bool, add_only: bool):
+    """run_encoded with the gather and/or the function groups taken away."""
+
+    def step(program, w, g, m, v, lr, t, sizes):
+        size = w.shape[0]
+        inputs = jnp.stack([w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,))])
+        slots = program.op.shape[0]
+        registers = jnp.concatenate([inputs, jnp.zeros((slots, size), jnp.float32)])
+
+        def one_round(registers, first):
+            for j, group in enumerate(ROUND):
+                s = first + j
+                refs, consts = program.ref[s], program.const[s]
+                if shared_refs:  # the same registers for every program: not batched under vmap
+                    table = (jnp.arange(MAX_ARGS * slots, dtype=jnp.int32).reshape(slots, MAX_ARGS) * 7) % (NUM_INPUTS + s)
+                    args = jnp.stack([jax.lax.dynamic_index_in_dim(registers, table[s, a], keepdims=False) for a in range(MAX_ARGS)])
+                else:
+                    args = jnp.stack([jnp.where(refs[a] >= 0, registers[jnp.maximum(refs[a], 0)], consts[a])
+                                      for a in range(MAX_ARGS)])
+                if add_only:
+                    out = args[0] + args[1]
+                else:
+                    out = jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes, program.op[s]))
+                registers = jax.lax.dynamic_update_index_in_dim(registers, out, NUM_INPUTS + s, 0)
+            return registers, None
+
+        registers, _ = jax.lax.scan(one_round, registers, jnp.arange(0, slots, len(ROUND)))
+        return tuple(registers[program.outputs[i]] for i in range(3))
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--programs", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--params", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    programs = population(args.programs, args.rounds)
+    print(f"anatomy of one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × "
+          f"{args.params:,} parameters, {args.rounds} rounds of {len(ROUND)} slots")
+    steps = {"full": interpret.run_encoded, "shared": variant(True, False), "add-only": variant(False, True),
+             "bare": variant(True, True), "floor": adamw_step}
+    for name, step in steps.items():
+        compile_s, ms = time_step(step, programs, args.runs, args.params, args.repeats)
+        print(f"  {name:9s} step {ms:8.3f} ms  (compile {compile_s:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
