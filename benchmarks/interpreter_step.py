@@ -11,6 +11,7 @@ time of each number of rounds.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "kernel", "floor"])
+    parser.add_argument("--kernel-blocks", type=int, nargs="+", default=[256], help="block sizes to time the kernel at")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     print(f"one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × {args.params:,} parameters")
@@ -74,9 +76,12 @@ def main() -> None:
             if name not in args.interpreters:
                 continue
             programs = elementwise if name == "kernel" else mixed
-            compile_s, ms = time_step(step, programs, args.runs, args.params, args.repeats)
-            results.append({"rounds": rounds, "interpreter": name, "compile_s": compile_s, "step_ms": ms})
-            print(f"  {rounds} rounds  {name:9s} compile {compile_s:6.1f} s   step {ms:8.3f} ms", flush=True)
+            for block in args.kernel_blocks if name == "kernel" else [None]:
+                timed = functools.partial(run_kernel, block=block) if block else step
+                compile_s, ms = time_step(timed, programs, args.runs, args.params, args.repeats)
+                label = f"{name} {block}" if block else name
+                results.append({"rounds": rounds, "interpreter": label, "compile_s": compile_s, "step_ms": ms})
+                print(f"  {rounds} rounds  {label:12s} compile {compile_s:6.1f} s   step {ms:8.3f} ms", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -38,9 +38,9 @@ while search.generation < search.config.search.generations and time.perf_counter
     search.step()
 stats = search.statistics()
 print(f"generation {search.generation}: best {search.best.fitness:.4f} (seed {search.seed_fitness:.4f}); "
-      f"{stats['children']} children, {stats['trained']} trained; {stats['programs_per_second']:.1f} programs/s, "
-      f"{stats['trained_per_second']:.1f} trained/s = {stats['trained_per_second'] * search.config.fitness.inner_steps_per_program:,.0f} "
-      f"inner steps/s; time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, training {stats['share_train']:.0%}; "
+      f"{stats['children']} children, {stats['trained']} trained, {stats['hurdle_stops']} stopped at the hurdle; "
+      f"{stats['programs_per_second']:.1f} programs/s, {stats['trained_per_second']:.1f} trained/s, "
+      f"{stats['inner_steps_per_second']:,.0f} inner steps/s; time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, training {stats['share_train']:.0%}; "
       f"{stats['cache_hit_rate']:.0%} cache hits; search seconds so far {search.counters['seconds']:.0f}")
 print("best:", search.best.text.replace("\n", "; "))
 if search.best_validated is not None:

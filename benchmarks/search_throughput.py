@@ -137,8 +137,8 @@ def main() -> None:
         stats = search_rate(args.config, args.search_seconds)
         result["search"] = stats
         print(f"  a real search ({args.search_seconds:.0f} s): {stats['programs_per_second']:.2f} programs/s, "
-              f"{stats['trained_per_second']:.2f} trained/s ({stats['trained_per_second'] * per_program:,.0f} "
-              f"inner steps/s); time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, "
+              f"{stats['trained_per_second']:.2f} trained/s, {stats['hurdle_stops']} stopped at the hurdle "
+              f"({stats['inner_steps_per_second']:,.0f} inner steps/s); time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, "
               f"training {stats['share_train']:.0%}; cache hits {stats['cache_hit_rate']:.0%}")
     elif not args.config:
         jitted = JitEvaluator(spec)

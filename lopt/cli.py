@@ -93,9 +93,10 @@ def _search(args: argparse.Namespace) -> int:
     best = search.run()
     stats = search.statistics()
     print(f"search finished at generation {search.generation}: best fitness {best.fitness:.4f} "
-          f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained, "
+          f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained"
+          + (f" and {stats['hurdle_stops']} stopped at the hurdle" if stats['hurdle_stops'] else "") + ", "
           f"{stats['programs_per_second']:.1f} programs/s ({stats['trained_per_second']:.1f} trained/s, "
-          f"{stats['trained_per_second'] * config.fitness.inner_steps_per_program:,.0f} inner steps/s), "
+          f"{stats['inner_steps_per_second']:,.0f} inner steps/s), "
           f"cache hit rate {stats['cache_hit_rate']:.1%}, rejected by the probe {stats['rejected_rate']:.1%}")
     finish(search, ablate=not args.no_ablate, tolerance=args.tolerance, progress=not args.quiet)
     return 0

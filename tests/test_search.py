@@ -84,6 +84,40 @@ def test_the_kernel_evaluator_agrees_and_sends_tree_programs_to_the_scan():
     assert sorted(key[2] for key in kernel._compiled) == [False, True]
 
 
+def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
+    """fitness.hurdle: a program whose first-task score is worse than the seed's by more than the
+    hurdle is never trained on the second task and scores +inf; the others score as without it."""
+    spec = FitnessSpec(**{**TINY_FITNESS, "tasks": ("quadratic-10-cond100", "digits-mlp-relu32"), "steps": (30, 5),
+                          "lr_multipliers": (1.0,), "hurdle": 0.5})
+    ascent = check(parse("def train(w, g, m, v, lr):\n  update = g * -0.01\n  return update, m, v\n"))
+    graphs = [check(seed("adamw_paper")), ascent]
+    plain = BatchedEvaluator(dataclasses.replace(spec, hurdle=0.0))
+    gated = BatchedEvaluator(spec)
+    seen = []
+    original = gated._task_losses
+    gated._task_losses = lambda g, t: seen.append((len(g), t)) or original(g, t)
+    gated.hurdle.set_reference(check(seed("adamw_paper")))
+    expected, got = plain(graphs), gated(graphs)
+    assert seen[-2:] == [(2, 0), (1, 1)]  # both on the first task, only AdamW on the second
+    assert got[0] == expected[0] and expected[1] > expected[0] + 0.5 and got[1] == np.inf
+    assert gated.hurdle.rejected == 1 and list(gated.hurdle.last_kept) == [True, False]
+    with pytest.raises(ConfigError, match="fitness.hurdle"):
+        FitnessSpec(hurdle=-1.0)
+
+
+def test_a_search_with_a_hurdle_counts_the_programs_it_stopped(tmp_path):
+    data = {"search": {"population": 6, "tournament": 2, "children": 6, "generations": 2, "max_statements": 16},
+            "fitness": {**TINY_FITNESS, "tasks": ["quadratic-10-cond100", "quadratic-10-cond100"], "hurdle": 1e-3},
+            "run": {"output_dir": str(tmp_path / "search")}}
+    search = Search(from_dict(SearchConfig, data), progress=False)
+    search.run()
+    stats = search.statistics()
+    entries = [json.loads(line) for line in (tmp_path / "search" / "log.jsonl").read_text().splitlines()]
+    logged = [e["scored"] for e in entries if e["mutation"] != "seed"]
+    assert stats["hurdle_stops"] == logged.count("hurdle") and stats["trained"] == logged.count("trained")
+    assert stats["hurdle_stops"] > 0
+
+
 def test_fitness_rejects_runs_that_blow_the_weights_up():
     """An evolved exploit: shift every weight by ~1e14 so a float32 cross-entropy reads 0."""
     exploit = check(parse("def train(w, g, m, v, lr):\n  a = g / g\n  b = a + 5e15\n  update = b * 0.04\n  return update, m, v\n"))

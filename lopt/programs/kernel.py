@@ -36,7 +36,11 @@ from lopt.programs.analysis import Graph
 from lopt.programs.interpret import GROUP_OF, GROUPS, MAX_ARGS, NUM_INPUTS, ROUND, Encoded
 from lopt.programs.library import FUNCTIONS
 
-BLOCK = 1024
+# Parameters per kernel instance. Every register stays live to the end of the step (a later slot
+# may read any of them), so a block holds (6 + slots) values: at 4 warps, 256 parameters are 2 per
+# thread, ~50 32-bit registers for 2 rounds, where 1,024 would spill (`benchmarks/interpreter_step.py
+# --kernel-blocks` times the choices).
+BLOCK = 256
 
 
 def uses_tree(graph: Graph) -> bool:

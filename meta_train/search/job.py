@@ -84,6 +84,8 @@ class Search:
         self.dir = Path(config.run.output_dir)
         self.progress = progress
         self.evaluate = evaluator(config.fitness)
+        if config.fitness.hurdle:  # the seed's first-task score is the hurdle's reference
+            self.evaluate.hurdle.set_reference(check(parse(config.seed_program_text()), config.search.max_statements))
         self.evaluate_validation = evaluator(config.validation_spec()) if config.validation.task else None
         self.structural: dict[str, float] = {}
         self.functional: dict[str, float] = {}
@@ -112,7 +114,7 @@ class Search:
         text = self.config.seed_program_text()
         graph = check(parse(text), self.config.search.max_statements)
         self.counters = {"children": 0, "trained": 0, "structural_hits": 0, "functional_hits": 0,
-                         "rejected": 0, "mutation_tries": 0, "seconds": 0.0}
+                         "rejected": 0, "hurdle_stops": 0, "mutation_tries": 0, "seconds": 0.0}
         clock = time.perf_counter()
         (fitness,), _ = self._score([graph])
         self._spent("seconds", clock)
@@ -145,7 +147,7 @@ class Search:
         self.seed_fitness = inf(state["seed_fitness"])
         self.best = _member(state["best"])
         self.since_improvement, self.restarts = state["since_improvement"], state["restarts"]
-        self.counters = state["counters"]
+        self.counters = {"hurdle_stops": 0, **state["counters"]}
         self.population = [_member(m) for m in state["population"]]
         self.validated = {text: inf(v) for text, v in state.get("validated", {}).items()}
         self.best_validated = None if state.get("best_validated") is None else _member(state["best_validated"])
@@ -206,8 +208,9 @@ class Search:
                 train.append(i)
         if train:
             clock = time.perf_counter()
-            for i, value in zip(train, self.evaluate([graphs[i] for i in train])):
-                fitness[i], how[i] = float(value), "trained"
+            values = self.evaluate([graphs[i] for i in train])
+            for i, value, kept in zip(train, values, self.evaluate.hurdle.last_kept):
+                fitness[i], how[i] = float(value), "trained" if kept else "hurdle"
             self._spent("train_seconds", clock)
         with open(self.dir / "cache.jsonl", "a") as f:
             for i in unique:
@@ -253,7 +256,7 @@ class Search:
                             "scored": scored})
             self.counters["children"] += 1
             key = {"trained": "trained", "structural": "structural_hits", "functional": "functional_hits",
-                   "rejected": "rejected"}[scored]
+                   "rejected": "rejected", "hurdle": "hurdle_stops"}[scored]
             self.counters[key] += 1
         self.population = self.population[len(new_members):] + new_members
         improved = min(new_members, key=lambda m: m.fitness)
@@ -303,6 +306,13 @@ class Search:
                 if np.isfinite(score) and (self.best_validated is None or score < self.best_validated.fitness):
                     self.best_validated = Member(member.id, member.text, float(score), member.born)
 
+    def _inner_steps(self) -> int:
+        """Inner steps of program training so far: every task for the trained, the first for
+        those the hurdle stopped."""
+        spec, c = self.config.fitness, self.counters
+        first = spec.task_steps(spec.tasks[0]) * len(spec.lr_multipliers) * spec.seeds
+        return c["trained"] * spec.inner_steps_per_program + c.get("hurdle_stops", 0) * first
+
     def statistics(self) -> dict[str, float]:
         c = self.counters
         children = max(c["children"], 1)
@@ -313,6 +323,8 @@ class Search:
             "rejected_rate": c["rejected"] / children,
             "children": c["children"],
             "trained": c["trained"],
+            "hurdle_stops": c.get("hurdle_stops", 0),  # trained on the first task only (fitness.hurdle)
+            "inner_steps_per_second": self._inner_steps() / max(c["seconds"], 1e-9),
             **{f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9) for part in ("mutate", "probe", "train")},
         }
 
