@@ -28,7 +28,7 @@ EVAL = ['suite="nope"', 'optimizers=["nope"]', 'learned=["/nonexistent"]', "num_
         'tasks=["digits-mlp-relu32", "digits-mlp-relu32"]']
 SEARCH = ["fitness.seeds=0", "fitness.steps=-1", "fitness.tasks=[]", 'fitness.tasks=["nope"]', 'funnel.tasks=["nope"]',
           "search.population=0",
-          'search.strategy="annealing"', "fitness.lr_multipliers=[]"]
+          'search.strategy="annealing"', "fitness.lr_multipliers=[]", 'fitness.interpreter="kernal"', "fitness.hurdle=-1"]
 
 
 def run(argv, capsys):

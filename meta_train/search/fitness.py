@@ -35,6 +35,9 @@ from tasks import build, task_spec
 from tasks.train import evaluate
 
 
+INTERPRETERS = ("auto", "batched", "kernel", "unrolled", "jit")
+
+
 @dataclasses.dataclass(frozen=True)
 class FitnessSpec:
     """tasks: named proxy tasks; steps: inner steps per run (one number, or one per task: long
@@ -81,6 +84,8 @@ class FitnessSpec:
         check_task_names("fitness.tasks", self.tasks)
         if not self.max_param_abs > 0:
             raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
+        if self.interpreter not in INTERPRETERS:
+            raise ConfigError(f"fitness.interpreter: {self.interpreter!r} is not one of {', '.join(INTERPRETERS)}")
         if not (isinstance(self.hurdle, (int, float)) and not isinstance(self.hurdle, bool) and 0 <= self.hurdle < float("inf")):
             raise ConfigError(f"fitness.hurdle: expected a number ≥ 0 (0: off), got {self.hurdle!r}")
 
