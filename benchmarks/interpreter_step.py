@@ -1,7 +1,7 @@
 """One optimizer step of a population of programs, by interpreter: the scan over rounds with a
 register file (`run_encoded`), the unrolled step with registers as values (`run_unrolled`), the
-Pallas kernel (`run_kernel`, on programs without tree-level statements; a GPU), and AdamW
-written directly (the floor). No task: this isolates what interpretation costs per step,
+Pallas kernel (`run_kernel`, on programs without tree-level statements; 'kernel-tree': with its
+tree passes on the mixed population; a GPU), and AdamW written directly (the floor). No task: this isolates what interpretation costs per step,
 at the shape of a GPU search's training call (programs × runs × parameters), and the compile
 time of each number of rounds.
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=2000)
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "kernel", "floor"])
+    parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "kernel", "kernel-tree", "floor"])
     parser.add_argument("--kernel-blocks", type=int, nargs="+", default=[256], help="block sizes to time the kernel at")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
@@ -72,12 +72,13 @@ def main() -> None:
     results = []
     for rounds in args.rounds:  # the kernel runs the population without tree-level statements
         mixed, elementwise = population(args.programs, rounds), population(args.programs, rounds, tree=False)
-        for name, step in (("scan", run_encoded), ("unrolled", run_unrolled), ("kernel", run_kernel), ("floor", adamw_step)):
+        for name, step in (("scan", run_encoded), ("unrolled", run_unrolled), ("kernel", run_kernel),
+                           ("kernel-tree", functools.partial(run_kernel, tree=True)), ("floor", adamw_step)):
             if name not in args.interpreters:
                 continue
             programs = elementwise if name == "kernel" else mixed
-            for block in args.kernel_blocks if name == "kernel" else [None]:
-                timed = functools.partial(run_kernel, block=block) if block else step
+            for block in args.kernel_blocks if name.startswith("kernel") else [None]:
+                timed = functools.partial(step, block=block) if block else step
                 compile_s, ms = time_step(timed, programs, args.runs, args.params, args.repeats)
                 label = f"{name} {block}" if block else name
                 results.append({"rounds": rounds, "interpreter": label, "compile_s": compile_s, "step_ms": ms})

@@ -71,17 +71,17 @@ def test_batched_and_per_program_jit_evaluators_agree():
     np.testing.assert_allclose(BatchedEvaluator(spec).losses(graphs), JitEvaluator(spec).losses(graphs), rtol=2e-3)
 
 
-def test_the_kernel_evaluator_agrees_and_sends_tree_programs_to_the_scan():
+def test_the_kernel_evaluator_agrees_with_the_scan():
     """interpreter 'kernel': programs without tree-level statements run through the Pallas
-    kernel (its interpreter on the CPU), the one with a global norm through run_encoded; the
-    losses equal the scan interpreter's."""
+    kernel (its interpreter on the CPU), the one with global clipping through the kernel's tree
+    passes, in a batch of its own; the losses equal the scan interpreter's."""
     spec = FitnessSpec(**{**TINY_FITNESS, "tasks": ("quadratic-10-cond100",), "lr_multipliers": (1.0, 3.0)})
     clipped = check(parse("def train(w, g, m, v, lr):\n  c = clip_by_global_norm(g, 1.0)\n  m = interp(c, m, 0.9)\n"
                           "  update = m * 0.05\n  return update, m, v\n"))
     graphs = [check(seed("adamw_paper")), clipped, check(seed("lion_raw"))]
     kernel = evaluator(dataclasses.replace(spec, interpreter="kernel"))
     np.testing.assert_allclose(kernel.losses(graphs), BatchedEvaluator(spec).losses(graphs), rtol=1e-4)
-    assert sorted(key[2] for key in kernel._compiled) == [False, True]
+    assert sorted(key[2] for key in kernel._compiled) == ["kernel", "kernel-tree"]
 
 
 def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():

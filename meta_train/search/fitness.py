@@ -19,6 +19,7 @@ measures both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Sequence
 
@@ -44,9 +45,9 @@ class FitnessSpec:
     enough on one proxy for momentum and adaptive scaling to matter); seeds: runs per multiplier;
     lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
     averaged at the end; length: the most live statements a program may have (batched encoding);
-    interpreter: 'batched' (a scan over rounds of slots with a register file), 'kernel' (a
-    Pallas kernel with the registers on chip, for programs without tree-level statements; the
-    others run 'batched'; lopt.programs.kernel), 'unrolled' (the population call with the slots
+    interpreter: 'batched' (a scan over rounds of slots with a register file), 'kernel' (Pallas
+    kernels with the registers on chip, lopt.programs.kernel; programs with tree-level
+    statements in batches of their own), 'unrolled' (the population call with the slots
     unrolled and registers as values), 'jit' (one compile per program) or 'auto' (= batched:
     with typed slots it beats one compile per program on the CPU too: the CPU quickstart search,
     2.0 against 0.33 programs/s); batch: programs per compiled call (all but jit);
@@ -183,13 +184,15 @@ class BatchedEvaluator:
         self._compiled: dict[tuple[str, int, bool], object] = {}
         self.hurdle = Hurdle(spec, lambda graphs: self._task_losses(graphs, 0))
 
-    def _function(self, task_name: str, rounds: int, kernel: bool = False):
+    def _function(self, task_name: str, rounds: int, kind: str = "step"):
         """The compiled population call for a task, a number of rounds of slots (compiled
         lazily: a batch is encoded with the most rounds any of its programs needs, since every
-        slot costs a pass per function of its group) and the step (`run_kernel` or `step`)."""
-        if (task_name, rounds, kernel) not in self._compiled:
-            self._compiled[task_name, rounds, kernel] = self._build(task_name, run_kernel if kernel else self._step)
-        return self._compiled[task_name, rounds, kernel]
+        slot costs a pass per function of its group) and the step: 'step' (the evaluator's),
+        'kernel' (`run_kernel`) or 'kernel-tree' (`run_kernel` with its tree passes)."""
+        if (task_name, rounds, kind) not in self._compiled:
+            steps = {"step": self._step, "kernel": run_kernel, "kernel-tree": functools.partial(run_kernel, tree=True)}
+            self._compiled[task_name, rounds, kind] = self._build(task_name, steps[kind])
+        return self._compiled[task_name, rounds, kind]
 
     def _build(self, task_name: str, interpret_step):
         spec = self.spec
@@ -226,17 +229,19 @@ class BatchedEvaluator:
 
     def _task_losses(self, graphs: Sequence[Graph], task: int) -> np.ndarray:
         """[programs, lrs, seeds] final test losses on one task, in fixed-shape batches; with
-        `kernel`, programs without tree-level statements in batches of their own."""
+        `kernel`, programs with tree-level statements in batches of their own (their kernel
+        makes a pass per round)."""
         spec = self.spec
         out = np.zeros((len(graphs), len(spec.lr_multipliers), spec.seeds), np.float32)
-        split = [[i for i, g in enumerate(graphs) if not (self._kernel and not uses_tree(g))],
-                 [i for i, g in enumerate(graphs) if self._kernel and not uses_tree(g)]]
-        for kernel, indices in enumerate(split):
+        kinds: dict[str, list[int]] = {}
+        for i, g in enumerate(graphs):
+            kinds.setdefault(("kernel-tree" if uses_tree(g) else "kernel") if self._kernel else "step", []).append(i)
+        for kind, indices in kinds.items():
             for start in range(0, len(indices), spec.batch):
                 chunk = indices[start:start + spec.batch]
                 batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], spec.batch, spec.length))
                 rounds = batch.op.shape[1] // len(ROUND)
-                out[chunk] = np.asarray(self._function(spec.tasks[task], rounds, bool(kernel))(batch))[: len(chunk)]
+                out[chunk] = np.asarray(self._function(spec.tasks[task], rounds, kind)(batch))[: len(chunk)]
         return out
 
     def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
