@@ -13,6 +13,8 @@ export PYTHONPATH=$PWD
 export JAX_COMPILATION_CACHE_DIR=$PWD/runs/jax-cache
 RUN=runs/search-gpu
 if [ "${MEASURE:-0}" = 1 ]; then
+  python benchmarks/interpreter_step.py --programs 128 --runs 6 --params 9026 --rounds 2 4 \
+    --interpreters scan kernel kernel-tree floor --kernel-blocks 256 1024 --json "$OUT/step.json" 2>&1 | grep -v -i warning
   python benchmarks/search_throughput.py --config configs/search/gpu.toml --search-seconds 0 --programs 128 \
     --kernel --json "$OUT/w3.json" 2>&1 | grep -v -i warning
 fi
