@@ -13,7 +13,7 @@ from lopt.programs import check, format_program, parse, seed, structural_hash
 from lopt.programs.analysis import to_graph
 from lopt.programs.simplify import simplify
 from meta_train.search import mutation
-from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, score
+from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
 from meta_train.search.pipeline import funnel, top
@@ -116,6 +116,11 @@ def test_a_search_with_a_hurdle_counts_the_programs_it_stopped(tmp_path):
     logged = [e["scored"] for e in entries if e["mutation"] != "seed"]
     assert stats["hurdle_stops"] == logged.count("hurdle") and stats["trained"] == logged.count("trained")
     assert stats["hurdle_stops"] > 0
+
+
+def test_partial_batches_pad_to_the_next_power_of_two_down_to_a_quarter():
+    assert [padded_batch(n, 128) for n in (1, 32, 33, 64, 65, 128)] == [32, 32, 64, 64, 128, 128]
+    assert [padded_batch(n, 4) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
 
 
 def test_fitness_rejects_runs_that_blow_the_weights_up():

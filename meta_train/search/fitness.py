@@ -157,6 +157,14 @@ def score(losses: np.ndarray) -> np.ndarray:
     return np.where(np.all(np.isfinite(per_task), axis=-1), per_task.mean(axis=-1), np.inf)
 
 
+def padded_batch(count: int, batch: int) -> int:
+    """Programs a compiled call holds for `count` programs: the next power of two, at least a
+    quarter of `batch` and at most `batch` (a partial batch — a generation's remainder, the
+    hurdle's survivors, the programs with tree-level statements — would otherwise train as many
+    padding copies as programs; three sizes at most compile per task)."""
+    return min(batch, max(batch // 4, 1, 1 << max(count - 1, 0).bit_length()))
+
+
 def _staged_losses(spec: FitnessSpec, hurdle: Hurdle, graphs: Sequence[Graph], task_losses) -> np.ndarray:
     """[programs, tasks, lrs, seeds]: every program on the first task, then the hurdle's
     survivors on the others (the rest +inf there)."""
@@ -239,7 +247,8 @@ class BatchedEvaluator:
         for kind, indices in kinds.items():
             for start in range(0, len(indices), spec.batch):
                 chunk = indices[start:start + spec.batch]
-                batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], spec.batch, spec.length))
+                batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], padded_batch(len(chunk), spec.batch),
+                                                                    spec.length))
                 rounds = batch.op.shape[1] // len(ROUND)
                 out[chunk] = np.asarray(self._function(spec.tasks[task], rounds, kind)(batch))[: len(chunk)]
         return out
