@@ -1,4 +1,5 @@
-"""Two interpreters for optimizer programs.
+"""Interpreters for optimizer programs (and `lopt.programs.kernel`, the batched one as a Pallas
+kernel for GPUs).
 
 1. `to_optax(program)`: the program as an ordinary `optax.GradientTransformationExtraArgs`
    (states m, v shaped like the parameters, float32). Elementwise functions run leaf by leaf,
@@ -14,8 +15,12 @@
    grouping keeps the costly functions out of the arithmetic slots
    (`benchmarks/search_throughput.py` measures it beside one jit per program and a floor).
 
-Both follow the library's semantics (lopt.programs.library), including scalar/tensor
-broadcasting, and agree to float tolerance (tests/test_programs.py).
+   `run_unrolled` is the same step with the slots unrolled and the registers held as values
+   (slower on a GPU: benchmarks/interpreter_step.py).
+
+All follow the library's semantics (lopt.programs.library), including scalar/tensor
+broadcasting, and agree to float tolerance (tests/test_programs.py); the batched interpreter
+computes the transcendental groups from shared calls, to float32 accuracy.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from lopt.learned.kernels import flat_table
 from lopt.programs.analysis import Graph
-from lopt.programs.interpret import GROUP_OF, GROUPS, MAX_ARGS, NUM_INPUTS, ROUND, Encoded
+from lopt.programs.interpret import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded
 from lopt.programs.library import FUNCTIONS
 
 # Parameters per kernel instance. Every register stays live to the end of the step (a later slot
@@ -241,4 +241,4 @@ def run_kernel(
     return update, m, v
 
 
-__all__ = ["BLOCK", "NUM_INPUTS", "run_kernel", "uses_tree"]
+__all__ = ["BLOCK", "run_kernel", "uses_tree"]
