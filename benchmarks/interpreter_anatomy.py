@@ -26,39 +26,23 @@ from interpreter_step import population, time_step  # noqa: E402
 from search_throughput import adamw_step  # noqa: E402
 
 from lopt.programs import interpret  # noqa: E402
-from lopt.programs.interpret import MAX_ARGS, NUM_INPUTS, ROUND, _group_results  # noqa: E402
+from lopt.programs.interpret import MAX_ARGS, NUM_INPUTS, ROUND, _gather_args, _slot_output, scan_rounds  # noqa: E402
 
 
 def variant(shared_refs: bool, add_only: bool):
-    """run_encoded with the gather and/or the function groups taken away."""
+    """run_encoded (`scan_rounds`) with the gather and/or the function groups taken away."""
 
-    def step(program, w, g, m, v, lr, t, sizes):
-        size = w.shape[0]
-        inputs = jnp.stack([w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,))])
-        slots = program.op.shape[0]
-        registers = jnp.concatenate([inputs, jnp.zeros((slots, size), jnp.float32)])
+    def read(registers, program, s):
+        if not shared_refs:
+            return _gather_args(registers, program, s)
+        # the same registers for every program: a dynamic slice, not batched under vmap
+        return jnp.stack([jax.lax.dynamic_index_in_dim(registers, (7 * (MAX_ARGS * s + a)) % (NUM_INPUTS + s), keepdims=False)
+                          for a in range(MAX_ARGS)])
 
-        def one_round(registers, first):
-            for j, group in enumerate(ROUND):
-                s = first + j
-                refs, consts = program.ref[s], program.const[s]
-                if shared_refs:  # the same registers for every program: not batched under vmap
-                    table = (jnp.arange(MAX_ARGS * slots, dtype=jnp.int32).reshape(slots, MAX_ARGS) * 7) % (NUM_INPUTS + s)
-                    args = jnp.stack([jax.lax.dynamic_index_in_dim(registers, table[s, a], keepdims=False) for a in range(MAX_ARGS)])
-                else:
-                    args = jnp.stack([jnp.where(refs[a] >= 0, registers[jnp.maximum(refs[a], 0)], consts[a])
-                                      for a in range(MAX_ARGS)])
-                if add_only:
-                    out = args[0] + args[1]
-                else:
-                    out = jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes, program.op[s]))
-                registers = jax.lax.dynamic_update_index_in_dim(registers, out, NUM_INPUTS + s, 0)
-            return registers, None
+    def compute(group, args, program, s, sizes):
+        return args[0] + args[1] if add_only else _slot_output(group, args, program, s, sizes)
 
-        registers, _ = jax.lax.scan(one_round, registers, jnp.arange(0, slots, len(ROUND)))
-        return tuple(registers[program.outputs[i]] for i in range(3))
-
-    return step
+    return lambda *arguments: scan_rounds(*arguments, read=read, compute=compute)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.programs import run_encoded, seed
+from lopt.programs import seed
 from lopt.programs.interpret import run_unrolled
 from meta_train.search import mutation
 from lopt.config import load_config
@@ -66,12 +66,14 @@ def interpreter_rates(spec: FitnessSpec, programs: int, unrolled: bool, kernel: 
     """programs/s of the batched interpreter (and with `unrolled` of the unrolled one) and of the
     floor on `spec`'s proxies, after warm-ups that compile the encoding lengths children use
     (compile seconds reported apart); with `kernel` also the Pallas kernel evaluator (programs
-    with tree-level statements through the scan)."""
+    with tree-level statements through its tree passes)."""
     out = {}
-    steps = ([("interpreter", run_encoded)] + [("unrolled", run_unrolled)] * unrolled + [("kernel", run_encoded)] * kernel
-             + [("floor", adamw_step)])
-    for name, step in steps:
-        evaluator = BatchedEvaluator(spec, step, kernel=name == "kernel")
+    evaluators = ([("interpreter", lambda: BatchedEvaluator(spec))]
+                  + [("unrolled", lambda: BatchedEvaluator(spec, run_unrolled))] * unrolled
+                  + [("kernel", lambda: BatchedEvaluator(spec, kernel=True))] * kernel
+                  + [("floor", lambda: BatchedEvaluator(spec, adamw_step))])
+    for name, make in evaluators:
+        evaluator = make()
         start = time.perf_counter()
         for warm in (999, 998):
             evaluator.losses(children(spec.batch, warm))

@@ -425,15 +425,25 @@ def _group_results(group: str, args: jax.Array, scalar: jax.Array, sizes: tuple[
     return results + [jnp.zeros_like(args[0])]
 
 
-def run_encoded(
-    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
-    sizes: tuple[int, ...],
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One step of an encoded program on flat vectors [P]; returns (update, m, v).
+def _gather_args(registers: jax.Array, program: Encoded, s: jax.Array) -> jax.Array:
+    """Slot s's arguments [3, P]: its registers read from the register file, or its constants."""
+    refs, consts = program.ref[s], program.const[s]
+    return jnp.stack([jnp.where(refs[a] >= 0, registers[jnp.maximum(refs[a], 0)], consts[a]) for a in range(MAX_ARGS)])
 
-    sizes: the parameter tensors' sizes in the flat order (static; `norm` is per tensor). vmap
-    over `program` (and the vectors) to run a population: each slot computes only its group's
-    functions and selects the program's."""
+
+def _slot_output(group: str, args: jax.Array, program: Encoded, s: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """Slot s's result: every function of its group, the program's selected."""
+    return jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes, program.op[s]))
+
+
+def scan_rounds(
+    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
+    sizes: tuple[int, ...], read=_gather_args, compute=_slot_output,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`run_encoded`'s machinery: a register file [6 + S, P] (inputs, then slot s's result in row
+    6 + s) carried through `lax.scan` over rounds, each slot `read`ing its arguments and writing
+    what `compute` makes of them. `benchmarks/interpreter_anatomy.py` swaps `read` and
+    `compute` to time the parts."""
     size = w.shape[0]
     if sum(sizes) != size:
         raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
@@ -444,15 +454,24 @@ def run_encoded(
     def one_round(registers, first):
         for j, group in enumerate(ROUND):
             s = first + j
-            refs, consts = program.ref[s], program.const[s]
-            args = jnp.stack([jnp.where(refs[a] >= 0, registers[jnp.maximum(refs[a], 0)], consts[a])
-                              for a in range(MAX_ARGS)])
-            out = jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes, program.op[s]))
+            out = compute(group, read(registers, program, s), program, s, sizes)
             registers = jax.lax.dynamic_update_index_in_dim(registers, out, NUM_INPUTS + s, 0)
         return registers, None
 
     registers, _ = jax.lax.scan(one_round, registers, jnp.arange(0, slots, len(ROUND)))
     return tuple(registers[program.outputs[i]] for i in range(3))
+
+
+def run_encoded(
+    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
+    sizes: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One step of an encoded program on flat vectors [P]; returns (update, m, v).
+
+    sizes: the parameter tensors' sizes in the flat order (static; `norm` is per tensor). vmap
+    over `program` (and the vectors) to run a population: each slot computes only its group's
+    functions and selects the program's."""
+    return scan_rounds(program, w, g, m, v, lr, t, sizes)
 
 
 def run_unrolled(
@@ -465,9 +484,10 @@ def run_unrolled(
     of a gather from and a write to a register file per slot. Same numbers as `run_encoded`.
 
     The cost moves from memory to arithmetic and compile time: slot s selects among 6 + s
-    registers, so a step is O(slots²) selects and its compile grows with the rounds. On a GPU,
-    where `run_encoded`'s register traffic dominates, that trade wins
-    (`benchmarks/search_throughput.py`); on the CPU the scan is the default."""
+    registers, so a step is O(slots²) selects and its compile grows with the rounds. Measured
+    (`benchmarks/interpreter_step.py`): on the CPU up to ~1.2-2.5× faster than the scan, on an
+    H200 2.4-5× slower (3.5 → 8.7 ms at 2 rounds, compile 12-55 s), so no default uses it;
+    `lopt.programs.kernel` is the GPU path."""
     size = w.shape[0]
     if sum(sizes) != size:
         raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
@@ -477,6 +497,5 @@ def run_unrolled(
         args = jnp.stack([jnp.where(refs[a] >= 0, jax.lax.select_n(jnp.clip(refs[a], 0, len(registers) - 1), *registers), consts[a])
                           for a in range(MAX_ARGS)])
         group = ROUND[s % len(ROUND)]
-        registers.append(jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes, program.op[s])))
-    stacked = registers
-    return tuple(jax.lax.select_n(program.outputs[i], *stacked) for i in range(3))
+        registers.append(_slot_output(group, args, program, s, sizes))
+    return tuple(jax.lax.select_n(program.outputs[i], *registers) for i in range(3))

@@ -306,14 +306,8 @@ class JitEvaluator:
 
 
 def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
-    """The evaluator `spec.interpreter` names ('auto' is 'batched')."""
-    choice = "batched" if spec.interpreter == "auto" else spec.interpreter
-    if choice == "batched":
-        return BatchedEvaluator(spec)
-    if choice == "unrolled":
-        return BatchedEvaluator(spec, run_unrolled)
-    if choice == "kernel":
-        return BatchedEvaluator(spec, kernel=True)
-    if choice == "jit":
-        return JitEvaluator(spec)
-    raise ValueError(f"fitness.interpreter must be 'batched', 'kernel', 'unrolled', 'jit' or 'auto', got {spec.interpreter!r}")
+    """The evaluator `spec.interpreter` names ('auto' is 'batched'; FitnessSpec admits only
+    INTERPRETERS)."""
+    make = {"auto": BatchedEvaluator, "batched": BatchedEvaluator, "jit": JitEvaluator,
+            "unrolled": lambda s: BatchedEvaluator(s, run_unrolled), "kernel": lambda s: BatchedEvaluator(s, kernel=True)}
+    return make[spec.interpreter](spec)
