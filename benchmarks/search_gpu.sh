@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Program search on one GPU across device calls: measure the interpreter on the config's proxies
-# (optional), run or resume the search for SECONDS_LIMIT, and pack the run folder and the compile
-# cache into $OUT/search-gpu.tgz as soon as the search stops (one file: a device call returns at
-# most 8; unpack it into runs/ and carry runs/search-gpu and runs/jax-cache back to resume): a
-# call that runs out of time in the funnel still returns the search. FINISH=1 also runs the
+# (optional), run or resume the search for SECONDS_LIMIT, and pack the run folder into
+# $OUT/search-gpu.tgz and the compile cache into $OUT/jax-cache.tgz as soon as the search stops
+# (a device call returns at most 8 files of at most 16 MiB each: the cache is left out when it
+# is larger; unpack both into runs/ and carry runs/search-gpu and runs/jax-cache back to
+# resume): a call that runs out of time in the funnel still returns the search. FINISH=1 also runs the
 # funnel, meta-validation pick, simplification and summary (meta_train.search.pipeline.finish).
 # INTERPRETER=kernel starts a new search with that fitness.interpreter.
 #   SECONDS_LIMIT=450 MEASURE=1 INTERPRETER=kernel bash benchmarks/search_gpu.sh
@@ -15,6 +16,10 @@ RUN=runs/search-gpu
 if [ "${MEASURE:-0}" = 1 ]; then
   python benchmarks/interpreter_step.py --programs 128 --runs 6 --params 9026 --rounds 2 4 \
     --interpreters scan kernel kernel-tree floor --kernel-blocks 256 1024 --json "$OUT/step.json" 2>&1 | grep -v -i warning
+  python benchmarks/proxy_cost.py --config configs/search/gpu.toml --programs 128 --repeats 1 --convs patches \
+    --json "$OUT/proxy_cost.json" 2>&1 | grep -v -i warning
+  python benchmarks/proxy_cost.py --config configs/search/gpu.toml --programs 128 --repeats 1 --convs lax \
+    --variants scan floor --json "$OUT/proxy_cost_lax.json" 2>&1 | grep -v -i warning
   python benchmarks/search_throughput.py --config configs/search/gpu.toml --search-seconds 0 --programs 128 \
     --kernel --json "$OUT/w3.json" 2>&1 | grep -v -i warning
 fi
@@ -42,15 +47,22 @@ stats = search.statistics()
 print(f"generation {search.generation}: best {search.best.fitness:.4f} (seed {search.seed_fitness:.4f}); "
       f"{stats['children']} children, {stats['trained']} trained, {stats['hurdle_stops']} stopped at the hurdle; "
       f"{stats['programs_per_second']:.1f} programs/s, {stats['trained_per_second']:.1f} trained/s, "
-      f"{stats['inner_steps_per_second']:,.0f} inner steps/s; time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, training {stats['share_train']:.0%}; "
+      f"{stats['inner_steps_per_second']:,.0f} inner steps/s ({stats['programs_per_second_compiled']:.1f} programs/s, {stats['inner_steps_per_second_compiled']:,.0f} leaving out compiles); "
+      f"time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, training {stats['share_train']:.0%}, compiling {stats['share_compile']:.0%}; "
       f"{stats['cache_hit_rate']:.0%} cache hits; search seconds so far {search.counters['seconds']:.0f}")
 print("best:", search.best.text.replace("\n", "; "))
 if search.best_validated is not None:
     print(f"best validated ({search.best_validated.fitness:.4f}):", search.best_validated.text.replace("\n", "; "))
 # Copied before the funnel: a call that times out there still returns the search.
 def pack():
-    folders = [name for name in ("search-gpu", "jax-cache") if os.path.isdir(os.path.join("runs", name))]
-    subprocess.run(["tar", "czf", os.path.join(os.environ["OUT"], "search-gpu.tgz"), "-C", "runs", *folders], check=True)
+    out = os.environ["OUT"]
+    subprocess.run(["tar", "czf", os.path.join(out, "search-gpu.tgz"), "-C", "runs", "search-gpu"], check=True)
+    if os.path.isdir("runs/jax-cache"):
+        cache = os.path.join(out, "jax-cache.tgz")
+        subprocess.run(["tar", "czf", cache, "-C", "runs", "jax-cache"], check=True)
+        if os.path.getsize(cache) > 15 * 2**20:  # over the device tool's limit per file
+            print(f"compile cache not returned: {os.path.getsize(cache) / 2**20:.0f} MiB packed")
+            os.remove(cache)
 pack()
 sys.stdout.flush()
 if final:

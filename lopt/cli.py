@@ -96,7 +96,8 @@ def _search(args: argparse.Namespace) -> int:
           f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained"
           + (f" and {stats['hurdle_stops']} stopped at the hurdle" if stats['hurdle_stops'] else "") + ", "
           f"{stats['programs_per_second']:.1f} programs/s ({stats['trained_per_second']:.1f} trained/s, "
-          f"{stats['inner_steps_per_second']:,.0f} inner steps/s), "
+          f"{stats['inner_steps_per_second']:,.0f} inner steps/s; "
+          f"{stats['inner_steps_per_second_compiled']:,.0f} leaving out {stats['share_compile']:.0%} of the time spent compiling), "
           f"cache hit rate {stats['cache_hit_rate']:.1%}, rejected by the probe {stats['rejected_rate']:.1%}")
     finish(search, ablate=not args.no_ablate, tolerance=args.tolerance, progress=not args.quiet)
     return 0

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import itertools
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -41,6 +45,40 @@ class MLP(nn.Module):
         return nn.Dense(self.num_outputs)(x)
 
 
+def patch_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+               dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs) -> jax.Array:
+    """`lax.conv_general_dilated` for channels-last inputs as strided slices and one matmul
+    (im2col): out[n, *p, o] = Σ_{k, i} x_pad[n, s·p + k, i] · w[k, i, o].
+
+    Why: a population of conv nets trained under `vmap` (program search, PES) has a kernel per
+    member, and XLA's batching rule for a convolution with a batched kernel is a grouped
+    convolution with one group per member, slow on GPUs; here a batched kernel is a batched
+    matmul. Plain convolutions (no dilation, no groups, channels-last) take this path; anything
+    else goes to `lax.conv_general_dilated`. The sums are the same, in another order."""
+    spatial = lhs.ndim - 2
+    channels_last = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    plain = (feature_group_count == 1 and not kwargs
+             and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+             and channels_last.lhs_spec == (0, lhs.ndim - 1, *range(1, lhs.ndim - 1))
+             and channels_last.rhs_spec == (rhs.ndim - 1, rhs.ndim - 2, *range(rhs.ndim - 2))
+             and channels_last.out_spec == channels_last.lhs_spec)
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                        feature_group_count, precision=precision, **kwargs)
+    window = rhs.shape[:spatial]
+    pads = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding) if isinstance(padding, str) else padding
+    x = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
+    out = [(x.shape[1 + d] - window[d]) // window_strides[d] + 1 for d in range(spatial)]
+    taps = [lax.slice(x, (0, *offset, 0), (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(offset, window_strides, out)), x.shape[-1]),
+                      (1, *window_strides, 1))
+            for offset in itertools.product(*map(range, window))]
+    patches = jnp.stack(taps, axis=-2).reshape(*x.shape[:1], *out, math.prod(window) * x.shape[-1])
+    return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+
+
+CONV = patch_conv  # how ConvNet convolves (benchmarks/proxy_cost.py swaps in lax.conv_general_dilated)
+
+
 class ConvNet(nn.Module):
     """Strided convolutions (1-D or 2-D, from the input's rank), global mean pool, Dense readout."""
 
@@ -54,7 +92,7 @@ class ConvNet(nn.Module):
         spatial = x.ndim - 2  # [batch, *spatial, channels]
         act = activation(self.activation)
         for width in self.channels:
-            x = nn.Conv(width, (self.kernel_size,) * spatial, strides=(2,) * spatial)(x)
+            x = nn.Conv(width, (self.kernel_size,) * spatial, strides=(2,) * spatial, conv_general_dilated=CONV)(x)
             x = act(x)
         x = x.mean(axis=tuple(range(1, 1 + spatial)))
         return nn.Dense(self.num_outputs)(x)

@@ -43,7 +43,8 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     for o in EVAL + ["num_steps=1.5", 'optimizers="adam"', "seeds=-3", 'output_dir=""']:
         where = [] if o.startswith("output_dir") else ["--set", f"output_dir={json.dumps(str(tmp / 'ev'))}"]
         cases.append(("eval " + o, ["eval", "configs/eval/quickstart.toml", "--quiet", "--set", o, *where]))
-    for o in SEARCH + ["search.population=1.5", "fitness.steps=true", 'search.mutations=["nope"]']:
+    for o in SEARCH + ["search.population=1.5", "fitness.steps=true", 'search.mutations=["nope"]', "fitness.precompile=[0]",
+              'fitness.precompile="2"']:
         cases.append(("search " + o, ["search", "configs/search/quickstart.toml", "--quiet", "--set", o,
                                       "--set", f"run.output_dir={json.dumps(str(tmp / 'se'))}"]))
     # files

@@ -11,6 +11,7 @@ from lopt.cli import main
 from lopt.config import ConfigError, from_dict
 from lopt.programs import check, format_program, parse, seed, structural_hash
 from lopt.programs.analysis import to_graph
+from lopt.programs.interpret import rounds_needed
 from lopt.programs.simplify import simplify
 from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
@@ -81,7 +82,7 @@ def test_the_kernel_evaluator_agrees_with_the_scan():
     graphs = [check(seed("adamw_paper")), clipped, check(seed("lion_raw"))]
     kernel = evaluator(dataclasses.replace(spec, interpreter="kernel"))
     np.testing.assert_allclose(kernel.losses(graphs), BatchedEvaluator(spec).losses(graphs), rtol=1e-4)
-    assert sorted(key[2] for key in kernel._compiled) == ["kernel", "kernel-tree"]
+    assert sorted(key[2] for key in kernel._executables) == ["kernel", "kernel-tree"]
 
 
 def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
@@ -103,6 +104,8 @@ def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
     assert gated.hurdle.rejected == 1 and list(gated.hurdle.last_kept) == [True, False]
     with pytest.raises(ConfigError, match="fitness.hurdle"):
         FitnessSpec(hurdle=-1.0)
+    with pytest.raises(ConfigError, match="fitness.precompile"):
+        FitnessSpec(precompile=(0,))
 
 
 def test_a_search_with_a_hurdle_counts_the_programs_it_stopped(tmp_path):
@@ -343,3 +346,17 @@ def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_pat
     capsys.readouterr()
     assert main(["search", str(bad), "--quiet"]) == 2
     assert "validation.task" in capsys.readouterr().err
+
+
+def test_precompiled_population_calls_are_reused_and_give_the_same_losses():
+    """fitness.precompile: every (task, rounds, kind, padded size) compiled ahead in threads; a
+    later evaluation compiles nothing more and equals an evaluator that compiled lazily."""
+    spec = FitnessSpec(**{**TINY_FITNESS, "tasks": ("quadratic-10-cond100",), "batch": 8})
+    graphs = [check(seed("adamw_paper")), check(seed("lion_raw"))]
+    rounds = max(rounds_needed(g) for g in graphs)
+    ahead = BatchedEvaluator(spec)
+    assert ahead.precompile([rounds, rounds + 1], workers=2) == 6  # padded sizes of a batch of 8: 2, 4, 8
+    compiled = ahead.compile_seconds
+    np.testing.assert_allclose(ahead.losses(graphs), BatchedEvaluator(spec).losses(graphs))
+    assert ahead.compile_seconds == compiled
+    assert ahead.precompile([rounds]) == 0

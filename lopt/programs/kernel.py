@@ -40,11 +40,11 @@ from lopt.programs.analysis import Graph
 from lopt.programs.interpret import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded
 from lopt.programs.library import FUNCTIONS
 
-# Parameters per kernel instance. Every register stays live to the end of the step (a later slot
-# may read any of them), so a block holds (6 + slots) values: at 4 warps, 256 parameters are 2 per
-# thread, ~50 32-bit registers for 2 rounds, where 1,024 would spill (`benchmarks/interpreter_step.py
-# --kernel-blocks` times the choices).
-BLOCK = 256
+# Parameters per kernel instance. Measured on an H200 (`benchmarks/interpreter_step.py
+# --kernel-blocks`, 128 programs × 6 runs × 9,026 parameters): 1,024 beats 256 everywhere, most
+# where programs are long (4 rounds: 0.79 against 2.24 ms; with tree passes 3.03 against 6.92 ms;
+# 2 rounds: 0.32 against 0.34 ms), since a block's scalar branch decisions are paid once per block.
+BLOCK = 1024
 
 
 def uses_tree(graph: Graph) -> bool:

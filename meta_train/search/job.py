@@ -108,6 +108,11 @@ class Search:
             (self.dir / "cache.jsonl").write_text("")
             (self.dir / "validation.jsonl").write_text("")
             self._start()
+        if config.fitness.precompile and hasattr(self.evaluate, "precompile"):
+            clock = time.perf_counter()
+            self.evaluate.precompile(config.fitness.precompile)
+            self._spent("compile_seconds", clock)
+            self._spent("seconds", clock)
 
     # -- persistence ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -207,8 +212,10 @@ class Search:
             else:
                 train.append(i)
         if train:
-            clock = time.perf_counter()
+            clock, compiling = time.perf_counter(), getattr(self.evaluate, "compile_seconds", 0.0)
             values = self.evaluate([graphs[i] for i in train])
+            self.counters["compile_seconds"] = (self.counters.get("compile_seconds", 0.0)
+                                                + getattr(self.evaluate, "compile_seconds", 0.0) - compiling)
             for i, value, kept in zip(train, values, self.evaluate.hurdle.last_kept):
                 fitness[i], how[i] = float(value), "trained" if kept else "hurdle"
             self._spent("train_seconds", clock)
@@ -325,7 +332,11 @@ class Search:
             "trained": c["trained"],
             "hurdle_stops": c.get("hurdle_stops", 0),  # trained on the first task only (fitness.hurdle)
             "inner_steps_per_second": self._inner_steps() / max(c["seconds"], 1e-9),
-            **{f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9) for part in ("mutate", "probe", "train")},
+            # the same, leaving out the seconds spent compiling population calls (paid once per shape)
+            "inner_steps_per_second_compiled": self._inner_steps() / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
+            "programs_per_second_compiled": c["children"] / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
+            **{f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9)
+               for part in ("mutate", "probe", "train", "compile")},  # compile: part of train and of precompiling
         }
 
     def run(self) -> Member:
