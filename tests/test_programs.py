@@ -426,3 +426,17 @@ def train(w, g, m, v, lr):
   return update, m, v
 """)
     assert motifs(check(stateless)) == []
+
+
+def test_probe_rounding_equals_decimal_formatting():
+    """The functional hash's rounding to 4 significant digits, vectorised, against Python's
+    decimal formatting (the earlier per-value implementation) over 1e-20..1e20, signs, zeros,
+    values that round up a decade, and non-finite values (NaN)."""
+    from lopt.programs.functional import _round
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-20, 20, 5000),
+                        [0.0, -0.0, 9.9996, -0.00099996, 1.0, 123456.0]]).astype(np.float32)
+    want = np.array([float(f"{v:.3e}") for v in x])
+    np.testing.assert_array_equal(_round(x), want)
+    np.testing.assert_array_equal(np.isnan(_round(np.array([np.inf, -np.inf, np.nan, 1.0]))), [True, True, True, False])

@@ -283,13 +283,16 @@ class BatchedEvaluator:
         kinds: dict[str, list[int]] = {}
         for i, g in enumerate(graphs):
             kinds.setdefault(("kernel-tree" if uses_tree(g) else "kernel") if self._kernel else "step", []).append(i)
-        for kind, indices in kinds.items():
+        pending = []  # every call is dispatched before any result is read: the host encodes the
+        for kind, indices in kinds.items():  # next batch while the device trains this one
             for start in range(0, len(indices), spec.batch):
                 chunk = indices[start:start + spec.batch]
                 count = padded_batch(len(chunk), spec.batch)
                 batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], count, spec.length))
                 rounds = batch.op.shape[1] // len(ROUND)
-                out[chunk] = np.asarray(self._executable(spec.tasks[task], rounds, kind, count)(batch))[: len(chunk)]
+                pending.append((chunk, self._executable(spec.tasks[task], rounds, kind, count)(batch)))
+        for chunk, losses in pending:
+            out[chunk] = np.asarray(losses)[: len(chunk)]
         return out
 
     def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
