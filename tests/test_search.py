@@ -360,3 +360,19 @@ def test_precompiled_population_calls_are_reused_and_give_the_same_losses():
     np.testing.assert_allclose(ahead.losses(graphs), BatchedEvaluator(spec).losses(graphs))
     assert ahead.compile_seconds == compiled
     assert ahead.precompile([rounds]) == 0
+
+
+def test_lr_scales_multiply_each_tasks_grid():
+    """fitness.lr_scales: task t's runs get lr_multipliers × lr_scales[t]; the same losses as a
+    spec whose multipliers carry the scale; a wrong count or a non-positive scale is an error."""
+    base = {**TINY_FITNESS, "tasks": ("quadratic-10-cond100", "digits-mlp-relu32"), "steps": 10}
+    scaled = FitnessSpec(**{**base, "lr_multipliers": (1.0, 3.0), "lr_scales": (0.5, 2.0)})
+    assert scaled.task_lrs("quadratic-10-cond100") == (0.5, 1.5) and scaled.task_lrs("digits-mlp-relu32") == (2.0, 6.0)
+    graphs = [check(seed("adamw_paper"))]
+    got = BatchedEvaluator(scaled).losses(graphs)
+    for t, multipliers in enumerate([(0.5, 1.5), (2.0, 6.0)]):
+        plain = BatchedEvaluator(FitnessSpec(**{**base, "lr_multipliers": multipliers}))
+        np.testing.assert_allclose(got[:, t], plain._task_losses(graphs, t), rtol=1e-6)
+    for bad in [(1.0,), (1.0, 0.0), (1.0, float("inf"))]:
+        with pytest.raises(ConfigError, match="fitness.lr_scales"):
+            FitnessSpec(**{**base, "lr_scales": bad})

@@ -99,7 +99,7 @@ class SearchConfig:
     def validation_spec(self) -> FitnessSpec:
         """The fitness spec of the meta-validation task (batches of `top` programs)."""
         return dataclasses.replace(self.fitness, tasks=(self.validation.task,), steps=self.validation.steps,
-                                   batch=self.validation.top)
+                                   batch=self.validation.top, lr_scales=(), precompile=())
 
     def seed_program_text(self) -> str:
         name = self.search.seed_program

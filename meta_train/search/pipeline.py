@@ -50,7 +50,8 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
         alive = [r for r in records if r["promoted"]]
         if not alive:
             break
-        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps, batch=config.funnel.top)
+        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps, batch=config.funnel.top, lr_scales=(),
+                                   precompile=())
         reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
         scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
         for record, value in zip(alive, scores):
@@ -80,7 +81,7 @@ def proxy_references(config: SearchConfig) -> dict[str, float]:
     """The proxy fitness of AdamW and Lion (the seed programs `adamw`, `lion`) on the search's own
     tasks, steps and seeds, each tuned over `REFERENCE_LRS`: the engine check of a search is
     whether its best reaches them (Chen et al. 2023 found Lion from an AdamW seed)."""
-    spec = dataclasses.replace(config.fitness, lr_multipliers=REFERENCE_LRS, interpreter="jit")  # two programs
+    spec = dataclasses.replace(config.fitness, lr_multipliers=REFERENCE_LRS, lr_scales=(), interpreter="jit")  # two programs
     scores = evaluator(spec)([check(seed(name)) for name in REFERENCES])
     return {name: json_float(value) for name, value in zip(REFERENCES, scores)}
 
