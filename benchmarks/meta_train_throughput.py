@@ -83,22 +83,14 @@ def step_split(task, runs: int = 8, steps: int = 10, reps: int = 100) -> dict[st
     task and, in turn, SGD, Adam, a learned optimizer with a 1-unit network (its features alone)
     and the 32×2 one: where an inner step of W2 goes, apart from PES. Every run shares θ here;
     inside PES each antithetic arm has its own."""
-    params = jax.vmap(task.init)(jax.random.split(jax.random.key(1), runs))
+    keys = jax.random.split(jax.random.key(1), runs)
 
     def timed(tx) -> float:
-        def one(p, k):
-            def step(carry, k):
-                p, st = carry
-                g = jax.grad(task.loss)(p, task.batch(k, "train"))
-                u, st = tx.update(g, st, p)
-                return (optax.apply_updates(p, u), st), None
-            return jax.lax.scan(step, (p, tx.init(p)), jax.random.split(k, steps))[0][0]
-
-        run = jax.jit(lambda params, key: jax.vmap(one)(params, jax.random.split(key, runs)))
-        jax.block_until_ready(run(params, jax.random.key(0)))
+        run = jax.jit(jax.vmap(lambda k: train(task, tx, k, num_steps=steps).train_loss))
+        jax.block_until_ready(run(keys))
         start = time.perf_counter()
         for _ in range(reps):
-            out = run(params, jax.random.key(0))
+            out = run(keys)
         jax.block_until_ready(out)
         return (time.perf_counter() - start) / reps / steps * 1e6
 

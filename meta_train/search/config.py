@@ -98,8 +98,7 @@ class SearchConfig:
 
     def validation_spec(self) -> FitnessSpec:
         """The fitness spec of the meta-validation task (batches of `top` programs)."""
-        return dataclasses.replace(self.fitness, tasks=(self.validation.task,), steps=self.validation.steps,
-                                   batch=self.validation.top, lr_scales=(), precompile=())
+        return self.fitness.for_tasks((self.validation.task,), self.validation.steps, batch=self.validation.top)
 
     def seed_program_text(self) -> str:
         name = self.search.seed_program

@@ -117,6 +117,11 @@ class FitnessSpec:
         """Inner steps of each run on `task_name`."""
         return self.steps[self.tasks.index(task_name)] if isinstance(self.steps, tuple) else self.steps
 
+    def for_tasks(self, tasks: tuple[str, ...], steps: int | tuple[int, ...], **changes) -> FitnessSpec:
+        """This spec on other tasks (meta-validation, funnel stages), without the settings that
+        were per task or per proxy shape (lr_scales, precompile)."""
+        return dataclasses.replace(self, tasks=tasks, steps=steps, lr_scales=(), precompile=(), **changes)
+
     def task_lrs(self, task_name: str) -> tuple[float, ...]:
         """The values fed to a program's `lr` input on `task_name`: the multipliers times its scale."""
         scale = self.lr_scales[self.tasks.index(task_name)] if self.lr_scales else 1.0
@@ -186,7 +191,7 @@ def score(losses: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _SEED_GRAPH() -> Graph:  # noqa: N802
+def _example_graph() -> Graph:
     """A one-statement program: encodable with any number of rounds (a compile's example)."""
     return check(parse("def train(w, g, m, v, lr):\n  update = g * lr\n  return update, m, v\n"))
 
@@ -231,6 +236,10 @@ class BatchedEvaluator:
     def _kinds(self) -> tuple[str, ...]:
         return ("kernel", "kernel-tree") if self._kernel else ("step",)
 
+    def _kind(self, graph: Graph) -> str:
+        """Which compiled step runs `graph` (one of `_kinds`)."""
+        return ("kernel-tree" if uses_tree(graph) else "kernel") if self._kernel else "step"
+
     def _executable(self, task_name: str, rounds: int, kind: str, count: int):
         """The compiled population call for a task, a number of rounds of slots (a batch is encoded
         with the most rounds any of its programs needs, since every slot costs a pass per function
@@ -239,7 +248,7 @@ class BatchedEvaluator:
         key = (task_name, rounds, kind, count)
         if key not in self._executables:
             steps = {"step": self._step, "kernel": run_kernel, "kernel-tree": functools.partial(run_kernel, tree=True)}
-            example = jax.tree.map(jnp.asarray, stack_encoded([encode(_SEED_GRAPH(), rounds)] * count))
+            example = jax.tree.map(jnp.asarray, stack_encoded([encode(_example_graph(), rounds)] * count))
             start = time.perf_counter()
             compiled = self._build(task_name, steps[kind]).lower(example).compile()
             with self._lock:
@@ -298,9 +307,11 @@ class BatchedEvaluator:
         out = np.zeros((len(graphs), len(spec.lr_multipliers), spec.seeds), np.float32)
         kinds: dict[str, list[int]] = {}
         for i, g in enumerate(graphs):
-            kinds.setdefault(("kernel-tree" if uses_tree(g) else "kernel") if self._kernel else "step", []).append(i)
-        pending = []  # every call is dispatched before any result is read: the host encodes the
-        for kind, indices in kinds.items():  # next batch while the device trains this one
+            kinds.setdefault(self._kind(g), []).append(i)
+        # Every call is dispatched before any result is read: the host encodes the next batch
+        # while the device trains this one.
+        pending = []
+        for kind, indices in kinds.items():
             for start in range(0, len(indices), spec.batch):
                 chunk = indices[start:start + spec.batch]
                 count = padded_batch(len(chunk), spec.batch)
@@ -323,10 +334,16 @@ class BatchedEvaluator:
 class JitEvaluator:
     """One compile per program: the program through `to_optax`, vmapped over lrs × seeds."""
 
+    compile_seconds = 0.0  # not counted: every program compiles its own runs
+
     def __init__(self, spec: FitnessSpec):
         self.spec = spec
         self._tasks = {name: build(task_spec(name)) for name in spec.tasks}
         self.hurdle = Hurdle(spec, lambda graphs: self._task_losses(graphs, 0))
+
+    def precompile(self, rounds: Sequence[int], workers: int | None = None) -> int:
+        """Nothing to compile ahead: the calls depend on each program."""
+        return 0
 
     def _one(self, graph: Graph, task_name: str) -> np.ndarray:
         spec, task = self.spec, self._tasks[task_name]

@@ -108,7 +108,7 @@ class Search:
             (self.dir / "cache.jsonl").write_text("")
             (self.dir / "validation.jsonl").write_text("")
             self._start()
-        if config.fitness.precompile and hasattr(self.evaluate, "precompile"):
+        if config.fitness.precompile:
             clock = time.perf_counter()
             self.evaluate.precompile(config.fitness.precompile)
             self._spent("compile_seconds", clock)
@@ -212,10 +212,10 @@ class Search:
             else:
                 train.append(i)
         if train:
-            clock, compiling = time.perf_counter(), getattr(self.evaluate, "compile_seconds", 0.0)
+            clock, compiling = time.perf_counter(), self.evaluate.compile_seconds
             values = self.evaluate([graphs[i] for i in train])
             self.counters["compile_seconds"] = (self.counters.get("compile_seconds", 0.0)
-                                                + getattr(self.evaluate, "compile_seconds", 0.0) - compiling)
+                                                + self.evaluate.compile_seconds - compiling)
             for i, value, kept in zip(train, values, self.evaluate.hurdle.last_kept):
                 fitness[i], how[i] = float(value), "trained" if kept else "hurdle"
             self._spent("train_seconds", clock)

@@ -50,8 +50,7 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
         alive = [r for r in records if r["promoted"]]
         if not alive:
             break
-        spec = dataclasses.replace(config.fitness, tasks=(task,), steps=steps, batch=config.funnel.top, lr_scales=(),
-                                   precompile=())
+        spec = config.fitness.for_tasks((task,), steps, batch=config.funnel.top)
         reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
         scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
         for record, value in zip(alive, scores):
