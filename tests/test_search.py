@@ -190,6 +190,19 @@ def test_funnel_promotes_only_programs_that_beat_tuned_adamw(tmp_path):
     assert records[0]["stages"][0]["adamw_fitness"] is not None
 
 
+def test_funnel_tunes_candidates_over_adamws_rates(tmp_path):
+    """AdamW that scales its lr input by the seeds' 1e-3 sees exactly the reference's rates, so it
+    ties tuned AdamW; with the proxy's 4 multipliers (the old funnel) it lost from the grid."""
+    config = dataclasses.replace(
+        tiny_config(tmp_path), funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)))
+    scaled = format_program(seed("adamw")).replace("  update = update * lr\n", "  lr = lr * 0.001\n  update = update * lr\n")
+    assert scaled != format_program(seed("adamw"))
+    stage = funnel(config, [scaled], progress=False)[0]["stages"][0]
+    assert abs(stage["fitness"] - stage["adamw_fitness"]) < 1e-3, stage
+    with pytest.raises(ConfigError, match="funnel.lr_multipliers"):
+        dataclasses.replace(config, funnel=dataclasses.replace(config.funnel, lr_multipliers=(1.0,)))
+
+
 def test_simplifier_removes_dead_code_and_finds_sign():
     program, notes = simplify(seed("lion_raw"))
     text = format_program(program)

@@ -42,15 +42,16 @@ def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
 
 
 def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -> list[dict[str, Any]]:
-    """Re-evaluate program texts stage by stage against tuned AdamW; a program reaches the next
-    stage only if it beats AdamW on this one. Returns one record per program."""
+    """Re-evaluate program texts stage by stage against tuned AdamW (the candidates over
+    `funnel.lr_multipliers`, AdamW over `funnel.adamw_lrs`); a program reaches the next stage
+    only if it beats AdamW on this one. Returns one record per program."""
     records = [{"text": text, "stages": [], "promoted": True} for text in candidates]
     adamw = check(seed("adamw"))
     for task, steps in zip(config.funnel.tasks, config.funnel.steps):
         alive = [r for r in records if r["promoted"]]
         if not alive:
             break
-        spec = config.fitness.for_tasks((task,), steps, batch=config.funnel.top)
+        spec = config.fitness.for_tasks((task,), steps, batch=config.funnel.top, lr_multipliers=config.funnel.lr_multipliers)
         reference = evaluator(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs))([adamw])[0]
         scores = evaluator(spec)([check(parse(r["text"])) for r in alive])
         for record, value in zip(alive, scores):
