@@ -17,7 +17,7 @@ from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
-from meta_train.search.pipeline import funnel, top
+from meta_train.search.pipeline import funnel, promoted_program, top
 
 TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
                 "eval_batches": 1, "length": 16, "batch": 4}
@@ -201,6 +201,17 @@ def test_funnel_tunes_candidates_over_adamws_rates(tmp_path):
     assert abs(stage["fitness"] - stage["adamw_fitness"]) < 1e-3, stage
     with pytest.raises(ConfigError, match="funnel.lr_multipliers"):
         dataclasses.replace(config, funnel=dataclasses.replace(config.funnel, lr_multipliers=(1.0,)))
+
+
+def test_the_program_shipped_after_the_funnel_is_the_promoted_one_with_the_largest_margin():
+    def record(text, stages, promoted):
+        return {"text": text, "promoted": promoted,
+                "stages": [{"fitness": f, "adamw_fitness": a, "beats_adamw": f < a} for f, a in stages]}
+
+    records = [record("a", [(-2.0, -2.1)], False), record("b", [(-2.2, -2.1), (-1.9, -1.8)], True),
+               record("c", [(-2.5, -2.1), (-1.81, -1.8)], True), record("d", [(-3.0, -2.1)], False)]
+    assert promoted_program(records) == "c"  # mean margins: b -0.1, c -0.205; d stopped at stage 2
+    assert promoted_program(records[:1]) is None
 
 
 def test_simplifier_removes_dead_code_and_finds_sign():

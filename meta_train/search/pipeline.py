@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lopt.config import ConfigError
 from lopt.programs.analysis import check
 from lopt.programs.lang import format_program, parse
@@ -71,6 +73,14 @@ def rediscovered(directory: str | Path, count: int = 20) -> dict[str, int]:
     return {name: sum(name in names for names in found) for name in MOTIFS}
 
 
+def promoted_program(records: list[dict[str, Any]]) -> str | None:
+    """The text of the program the funnel promoted through every stage by the largest mean
+    margin over tuned AdamW (log loss), or None when none was promoted."""
+    margins = {r["text"]: float(np.mean([s["fitness"] - s["adamw_fitness"] for s in r["stages"]]))
+               for r in records if r["promoted"] and r["stages"]}
+    return min(margins, key=margins.get) if margins else None
+
+
 REFERENCES = ("adamw", "lion")
 # The references read `lr` as their learning rate; children scale it by their own constants
 # (the AdamW seed by 1e-3), so the references are tuned over every half-decade from 1e-5 to 1.
@@ -114,12 +124,26 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     if search.best_validated is not None:
         summary["best_validated"] = {"id": chosen.id, "text": chosen.text, "validation_fitness": chosen.fitness,
                                      "task": config.validation.task, "steps": config.validation.steps}
+    summary["shipped"] = {"by": "meta-validation" if search.best_validated is not None else "proxy fitness",
+                          "text": format_program(simplified)}
     if config.funnel.tasks:
         candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
         records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
         (output / "funnel.json").write_text(json.dumps(records, indent=2))
         summary["funnel"] = records
         say(f"wrote {output / 'funnel.json'}")
+        promoted = promoted_program(records)
+        if promoted is not None and promoted != summary["shipped"]["text"]:
+            # A program that beat tuned AdamW on every larger stage is the better bet for tasks
+            # the search never saw than one that did not (Chen et al. 2023's funnel): ship it.
+            shipped, _ = simplify(parse(promoted))
+            summary["shipped"] = {"by": "funnel", "text": format_program(shipped)}
+            (output / "best.txt").write_text(format_program(shipped))
+            say("the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
+                + format_program(shipped))
+        elif promoted is None:
+            say("no program beat tuned AdamW on every funnel stage; best.txt is the "
+                + summary["shipped"]["by"] + " pick")
     (output / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     say(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
     return summary
