@@ -116,6 +116,15 @@ def _search_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meta_train.search.pipeline import plot_search
+
+    print(f"wrote {plot_search(args.directory, args.output or Path(args.directory) / 'curves.png')}")
+    return 0
+
+
 def _program(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -206,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("-n", type=int, default=10, help="how many programs")
     best.set_defaults(handler=_search_top)
 
+    curves = search_commands.add_parser("plot", help="draw a search's fitness and meta-validation curves")
+    curves.add_argument("directory", help="the search directory (its run.output_dir)")
+    curves.add_argument("-o", "--output", help="the PNG to write (default: DIRECTORY/curves.png)")
+    curves.set_defaults(handler=_search_plot)
+
     program = commands.add_parser("program", help="check, simplify or export an optimizer program file")
     program.add_argument("action", choices=("check", "simplify", "export"))
     program.add_argument("file", help="program text file")
@@ -221,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SEARCH_COMMANDS = ("run", "top", "-h", "--help")
+SEARCH_COMMANDS = ("run", "top", "plot", "-h", "--help")
 HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 

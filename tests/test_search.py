@@ -17,7 +17,7 @@ from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
-from meta_train.search.pipeline import funnel, promoted_program, top
+from meta_train.search.pipeline import curves, funnel, promoted_program, top
 
 TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
                 "eval_batches": 1, "length": 16, "batch": 4}
@@ -275,6 +275,31 @@ def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
     assert "#1  fitness" in capsys.readouterr().out
     assert main(["search", str(config), "--quiet"]) == 2  # refuses to overwrite
     assert to_graph(parse((tmp_path / "run" / "best.txt").read_text()))
+
+
+def test_search_curves_follow_the_log_and_plot(tmp_path, capsys):
+    """`lopt search plot`: the best so far is the running minimum of the log's finite fitness per
+    generation (computed here from log.jsonl directly), NaN-free, and a PNG is written."""
+    config = tmp_path / "search.toml"
+    config.write_text(
+        "[search]\npopulation = 6\nchildren = 4\ngenerations = 3\nmax_statements = 16\n"
+        "[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = 20\nseeds = 1\nlr_multipliers = [1.0]\n"
+        f"eval_batches = 1\nlength = 16\nbatch = 4\ninterpreter = \"jit\"\n[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
+    )
+    assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    data = curves(tmp_path / "run")
+    assert data["generation"] == [0, 1, 2, 3]
+    running = np.inf
+    for g, best in zip(data["generation"], data["best_so_far"]):
+        running = min([running] + [e["fitness"] for e in log if e["generation"] == g and e["fitness"] is not None])
+        assert best == pytest.approx(running)
+    assert data["trained_so_far"][-1] == sum(e["scored"] in ("trained", "hurdle", "seed") for e in log)
+    capsys.readouterr()
+    assert main(["search", "plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    assert main(["search", "plot", str(tmp_path / "nowhere")]) == 2
+    assert "no search log" in capsys.readouterr().err
 
 
 def test_a_copied_search_folder_resumes_in_place(tmp_path):

@@ -43,6 +43,96 @@ def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda e: e["fitness"])[:count]
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a torn last line (a search killed mid-write) is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def curves(directory: str | Path) -> dict[str, Any]:
+    """The search's fitness and meta-validation curves from its logs: per generation, the best
+    and the median proxy fitness of the children scored (trained, hurdle-stopped or answered by
+    a cache) and the best so far; the validation fitness of each meta-validated program and its
+    best so far; the number of programs trained (on at least one proxy) so far."""
+    directory = Path(directory)
+    entries = _jsonl(directory / "log.jsonl")
+    if not entries:
+        raise ConfigError(f"{directory}: no search log (log.jsonl) to plot")
+    by_generation: dict[int, list[float]] = {}
+    trained: dict[int, int] = {}
+    for e in entries:
+        finite = by_generation.setdefault(e["generation"], [])
+        if e["fitness"] is not None:
+            finite.append(e["fitness"])
+        if e.get("scored") in ("trained", "hurdle", "seed"):
+            trained[e["generation"]] = trained.get(e["generation"], 0) + 1
+    generations = sorted(by_generation)
+    # NaN where no child of a generation scored a finite fitness (all stopped at the hurdle or
+    # diverged): a gap in the per-generation curves, the best so far carried over.
+    best = [min(by_generation[g], default=np.nan) for g in generations]
+    validation = _jsonl(directory / "validation.jsonl")
+    scored = [(v["generation"], v["validation"]) for v in validation if v["validation"] is not None]
+    return {
+        "generation": generations,
+        "best": best,
+        "median": [float(np.median(by_generation[g])) if by_generation[g] else np.nan for g in generations],
+        "best_so_far": np.fmin.accumulate(best).tolist(),
+        "trained_so_far": np.cumsum([trained.get(g, 0) for g in generations]).tolist(),
+        "validation_generation": [g for g, _ in scored],
+        "validation": [v for _, v in scored],
+        "validation_best_so_far": np.minimum.accumulate([v for _, v in scored]).tolist() if scored else [],
+    }
+
+
+def plot_search(directory: str | Path, path: str | Path) -> Path:
+    """Draw `curves(directory)` to `path` (PNG): proxy fitness per generation with the seed's and
+    the tuned references' fitness (from summary.json when the search has finished), and the
+    meta-validation fitness of the programs validated (a gap between the two curves' trends is
+    meta-overfitting: Chen et al. 2023, Sec. 2.3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = curves(directory)
+    summary_path = Path(directory) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    panels = 2 if data["validation"] else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.2), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(data["generation"], data["median"], color="0.7", lw=0.8, label="median of the generation's children")
+    ax.plot(data["generation"], data["best"], color="tab:blue", lw=0.8, alpha=0.6, label="best of the generation")
+    ax.plot(data["generation"], data["best_so_far"], color="tab:blue", lw=2, label="best so far")
+    lines = {"seed": summary.get("seed_fitness"), **{f"{k} (tuned)": v for k, v in summary.get("proxy_references", {}).items()}}
+    for (name, value), color in zip(lines.items(), ("k", "tab:red", "tab:green", "tab:purple")):
+        if value is not None:
+            ax.axhline(value, color=color, ls="--", lw=1, label=f"{name} {value:.3f}")
+    low = float(np.nanmin(data["best_so_far"])) - 0.2
+    ax.set_ylim(low, max(low + 0.5, float(np.nanpercentile(data["median"], 75)) + 0.2))
+    ax.set_xlabel("generation")
+    ax.set_ylabel("proxy fitness (mean log test loss; lower is better)")
+    ax.set_title(f"{data['trained_so_far'][-1]:,} programs trained")
+    ax.legend(fontsize=7)
+    if panels == 2:
+        ax = axes[0][1]
+        ax.scatter(data["validation_generation"], data["validation"], s=12, color="tab:orange", label="validated program")
+        ax.step(data["validation_generation"], data["validation_best_so_far"], where="post", color="tab:orange", lw=2,
+                label="best so far")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("meta-validation fitness (lower is better)")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -> list[dict[str, Any]]:
     """Re-evaluate program texts stage by stage against tuned AdamW (the candidates over
     `funnel.lr_multipliers`, AdamW over `funnel.adamw_lrs`); a program reaches the next stage
