@@ -121,7 +121,7 @@ def test_load_needs_num_steps_when_none_was_stored(tmp_path):
     assert lopt.load(path, num_steps=5) is not None
 
 
-@pytest.mark.parametrize("name", ["small-mlp-pes-h100", "lr-controller-pes-h100", "program-search-h100"])
+@pytest.mark.parametrize("name", ["small-mlp-pes-h100", "lr-controller-pes-h100", "program-search-h200"])
 def test_shipped_optimizers_load_by_name_and_train(name):
     """The shipped checkpoints load by name (and as checkpoints/<name>) and take finite steps."""
     assert name in lopt.shipped()
