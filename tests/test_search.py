@@ -3,6 +3,7 @@ simplifier, and the `lopt search` / `lopt program` commands."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,13 +258,20 @@ def test_program_commands(tmp_path, capsys):
     assert "line 2: unknown function 'sqr'" in capsys.readouterr().err
 
 
-def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
+def search_toml(tmp_path, generations: int, steps: int, extra: str = "") -> Path:
+    """A tiny `lopt search` config on the quadratic (population 6, 4 children a generation)
+    writing to tmp_path/run; `extra` is appended to its [fitness] section (more sections may follow)."""
     config = tmp_path / "search.toml"
     config.write_text(
-        "[search]\npopulation = 6\nchildren = 4\ngenerations = 1\nmax_statements = 16\n"
-        "[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = 30\nseeds = 1\nlr_multipliers = [1.0]\n"
-        f"eval_batches = 1\nlength = 16\nbatch = 4\n[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
+        f"[search]\npopulation = 6\nchildren = 4\ngenerations = {generations}\nmax_statements = 16\n"
+        f"[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = {steps}\nseeds = 1\nlr_multipliers = [1.0]\n"
+        f"eval_batches = 1\nlength = 16\nbatch = 4\n{extra}[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
     )
+    return config
+
+
+def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
+    config = search_toml(tmp_path, generations=1, steps=30)
     assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
     out = capsys.readouterr().out
     assert "programs/s" in out and "cache hit rate" in out and "adamw" in out and "lion" in out
@@ -280,12 +288,7 @@ def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
 def test_search_curves_follow_the_log_and_plot(tmp_path, capsys):
     """`lopt search plot`: the best so far is the running minimum of the log's finite fitness per
     generation (computed here from log.jsonl directly), NaN-free, and a PNG is written."""
-    config = tmp_path / "search.toml"
-    config.write_text(
-        "[search]\npopulation = 6\nchildren = 4\ngenerations = 3\nmax_statements = 16\n"
-        "[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = 20\nseeds = 1\nlr_multipliers = [1.0]\n"
-        f"eval_batches = 1\nlength = 16\nbatch = 4\ninterpreter = \"jit\"\n[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
-    )
+    config = search_toml(tmp_path, generations=3, steps=20, extra='interpreter = "jit"\n')
     assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     data = curves(tmp_path / "run")
@@ -371,14 +374,8 @@ def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_pat
     """Chen et al.'s meta-validation: every `every` generations the best programs not yet
     validated are trained on the validation task and logged; resume keeps what was validated;
     the summary's simplified program is the best by validation."""
-    config = tmp_path / "search.toml"
-    config.write_text(
-        "[search]\npopulation = 6\nchildren = 4\ngenerations = 4\nmax_statements = 16\n"
-        "[fitness]\ntasks = [\"quadratic-10-cond100\"]\nsteps = 20\nseeds = 1\nlr_multipliers = [1.0]\n"
-        "eval_batches = 1\nlength = 16\nbatch = 4\ninterpreter = \"jit\"\n"
-        "[validation]\ntask = \"rosenbrock-2\"\nsteps = 30\nevery = 2\ntop = 2\n"
-        f"[run]\noutput_dir = \"{tmp_path / 'run'}\"\n"
-    )
+    config = search_toml(tmp_path, generations=4, steps=20,
+                         extra='interpreter = "jit"\n[validation]\ntask = "rosenbrock-2"\nsteps = 30\nevery = 2\ntop = 2\n')
     assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
     out = capsys.readouterr().out
     assert "best by meta-validation on rosenbrock-2" in out

@@ -24,25 +24,6 @@ from meta_train.search.fitness import evaluator
 from meta_train.search.job import json_float
 
 
-def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
-    """The best distinct programs (by structural hash) in a search's log, best first."""
-    log = Path(directory) / "log.jsonl"
-    if not log.is_file():
-        raise ConfigError(f"{directory}: no search log (log.jsonl)")
-    best: dict[str, dict[str, Any]] = {}
-    for line in log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry["fitness"] is None:
-            continue
-        known = best.get(entry["structural"])
-        if known is None or entry["id"] < known["id"]:
-            best[entry["structural"]] = entry
-    return sorted(best.values(), key=lambda e: e["fitness"])[:count]
-
-
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file; a torn last line (a search killed mid-write) is skipped."""
     records = []
@@ -52,6 +33,21 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
+    """The best distinct programs (by structural hash) in a search's log, best first."""
+    log = Path(directory) / "log.jsonl"
+    if not log.is_file():
+        raise ConfigError(f"{directory}: no search log (log.jsonl)")
+    best: dict[str, dict[str, Any]] = {}
+    for entry in _jsonl(log):
+        if entry["fitness"] is None:
+            continue
+        known = best.get(entry["structural"])
+        if known is None or entry["id"] < known["id"]:
+            best[entry["structural"]] = entry
+    return sorted(best.values(), key=lambda e: e["fitness"])[:count]
 
 
 def curves(directory: str | Path) -> dict[str, Any]:
