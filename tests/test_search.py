@@ -96,8 +96,8 @@ def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
     plain = BatchedEvaluator(dataclasses.replace(spec, hurdle=0.0))
     gated = BatchedEvaluator(spec)
     seen = []
-    original = gated._task_losses
-    gated._task_losses = lambda g, t: seen.append((len(g), t)) or original(g, t)
+    original = gated._dispatch
+    gated._dispatch = lambda g, t: seen.append((len(g), t)) or original(g, t)
     gated.hurdle.set_reference(check(seed("adamw_paper")))
     expected, got = plain(graphs), gated(graphs)
     assert seen[-2:] == [(2, 0), (1, 1)]  # both on the first task, only AdamW on the second
@@ -135,20 +135,31 @@ def test_fitness_rejects_runs_that_blow_the_weights_up():
     assert BatchedEvaluator(dataclasses.replace(spec, batch=1))([exploit])[0] == np.inf
 
 
-def test_search_is_deterministic_and_resumes_exactly(tmp_path):
-    straight = Search(tiny_config(tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_search_is_deterministic_and_resumes_exactly(tmp_path, overlap):
+    """Also with `search.overlap`, where state.json holds the next generation's children, already
+    launched when the search is killed, and a resume launches them again."""
+    # 16 children of a population of 16 seeds: 3 children of generation 2 equal ones of generation 1
+    config = lambda d: tiny_config(d, overlap=overlap, generations=3, children=16, population=16)  # noqa: E731
+    straight = Search(config(tmp_path / "a"), progress=False)
     straight.run()
-    interrupted = Search(dataclasses.replace(tiny_config(tmp_path / "b")), progress=False)
+    interrupted = Search(config(tmp_path / "b"), progress=False)
     interrupted.step()  # then "killed": a half-written log line is left behind
+    state = json.loads((tmp_path / "b" / "search" / "state.json").read_text())
+    assert (state["in_flight"] is not None) == overlap
     with open(tmp_path / "b" / "search" / "log.jsonl", "a") as f:
         f.write('{"generation": 2, "id": 99, "text": "cut')
-    resumed = Search(tiny_config(tmp_path / "b"), resume=True, progress=False)
+    resumed = Search(config(tmp_path / "b"), resume=True, progress=False)
     assert resumed.generation == 1
     resumed.run()
     read = lambda p: [json.loads(line) for line in (p / "search" / "log.jsonl").read_text().splitlines()]  # noqa: E731
     strip = lambda entries: [{k: v for k, v in e.items() if k != "scored"} for e in entries]  # noqa: E731
     assert strip(read(tmp_path / "a")) == strip(read(tmp_path / "b"))
     assert straight.best.fitness == resumed.best.fitness
+    # every structure is trained once, also when a child equals one of the generation in flight
+    trained = [e["structural"] for e in read(tmp_path / "a") if e["scored"] in ("trained", "hurdle", "rejected")]
+    assert len(trained) == len(set(trained))
+    assert json.loads((tmp_path / "a" / "search" / "state.json").read_text())["in_flight"] is None  # nothing past the end
     with pytest.raises(ConfigError, match="already holds a search"):
         Search(tiny_config(tmp_path / "a"), progress=False)
     with pytest.raises(ConfigError, match="differs"):
@@ -422,3 +433,20 @@ def test_lr_scales_multiply_each_tasks_grid():
     for bad in [(1.0,), (1.0, 0.0), (1.0, float("inf"))]:
         with pytest.raises(ConfigError, match="fitness.lr_scales"):
             FitnessSpec(**{**base, "lr_scales": bad})
+
+
+def test_batches_group_programs_by_rounds_and_start_at_the_fewest_precompiled():
+    """A batch runs as many rounds as its longest program: programs are batched in order of the
+    rounds they need (two 1-round and two 3-round programs in batches of 2 make one call of each,
+    not two of 3 rounds), and with `precompile` no batch is encoded with fewer rounds than its
+    smallest entry. The losses are the same either way."""
+    spec = FitnessSpec(**{**TINY_FITNESS, "batch": 2, "lr_multipliers": (1.0,)})
+    graphs = [check(seed(name)) for name in ("adamw", "signsgd", "lion_raw", "sgd_momentum")]  # 3, 1, 3, 1 rounds
+    grouped = BatchedEvaluator(spec)
+    losses = grouped.losses(graphs)
+    assert sorted(key[1] for key in grouped._executables) == [1, 3]
+    floored = BatchedEvaluator(dataclasses.replace(spec, precompile=(2,)))
+    np.testing.assert_allclose(floored.losses(graphs), losses, rtol=1e-5)
+    assert sorted(key[1] for key in floored._executables) == [2, 3]
+    one_by_one = np.concatenate([BatchedEvaluator(dataclasses.replace(spec, batch=1)).losses([g]) for g in graphs])
+    np.testing.assert_allclose(losses, one_by_one, rtol=1e-5)

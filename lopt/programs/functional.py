@@ -36,6 +36,7 @@ PROBE_LR = 0.1
 SIGNIFICANT = 4
 
 
+@functools.cache
 def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "normal"):
     """kind: 'normal'; 'zero' (the first coordinate of each tensor gets gradient 0 throughout,
     from zero states); 'tiny' / 'huge' (weights, noise and states scaled by 1e-7 / 1e8: their
@@ -50,7 +51,15 @@ def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "n
     if kind == "zero":
         first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         w0[first], noise[:, first], states[:, first] = 0.0, 0.0, 0.0
-    return jnp.asarray(w0), jnp.asarray(curvature), jnp.asarray(noise), jnp.asarray(states), tuple(sizes)
+    return (*jax.device_put((w0, curvature, noise, states), _host()), tuple(sizes))
+
+
+@functools.cache
+def _host() -> jax.Device:
+    """Where probes run: the CPU, also beside a GPU. The probes are tiny, and a search with
+    `search.overlap` probes the next generation while the GPU trains this one; on the GPU they
+    would wait in its queue behind that training."""
+    return jax.devices("cpu")[0]
 
 
 PROBES = ((0, (6, 3), False), (1, (4, 5), True))
@@ -99,7 +108,7 @@ def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.nd
     values = []
     for start in range(0, len(graphs), PROBE_BATCH):
         chunk = graphs[start:start + PROBE_BATCH]
-        batch = jax.tree.map(jnp.asarray, encode_population(chunk, PROBE_BATCH, round_up=True))
+        batch = jax.device_put(encode_population(chunk, PROBE_BATCH, round_up=True), _host())
         outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:len(chunk)] for probe in probes]
         values += [[_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)]
                    for i in range(len(chunk))]

@@ -267,17 +267,17 @@ def stack_encoded(items: list[Encoded]) -> Encoded:
 
 
 def encode_population(graphs: list[Graph], count: int, max_statements: int | None = None, *,
-                      round_up: bool = False) -> Encoded:
+                      round_up: bool = False, min_rounds: int = 1) -> Encoded:
     """The graphs encoded with one number of rounds (the most any needs — mutated AdamW programs
-    need 1-4, so few shapes compile — or with `round_up` the next power of two, for calls too
-    cheap to be worth a compile per shape) and stacked, padded to `count` programs with copies
-    of the first."""
+    need 1-4, so few shapes compile — at least `min_rounds`, or with `round_up` the next power of
+    two, for calls too cheap to be worth a compile per shape) and stacked, padded to `count`
+    programs with copies of the first."""
     if not graphs or len(graphs) > count:
         raise ValueError(f"need 1..{count} programs, got {len(graphs)}")
     if max_statements is not None and max(len(g.nodes) for g in graphs) > max_statements:
         raise ValueError(f"a program has more than {max_statements} live statements")
     schedules = [schedule(g) for g in graphs]
-    rounds = max(_rounds(slot_of) for slot_of in schedules)
+    rounds = max(min_rounds, *(_rounds(slot_of) for slot_of in schedules))
     if round_up:
         rounds = 1 << (rounds - 1).bit_length()
     encoded = [encode(g, rounds, slot_of) for g, slot_of in zip(graphs, schedules)]

@@ -22,7 +22,12 @@ class EvolutionSection:
     'constants' (mutate only the seed's constants: the constant-tuning baseline).
     seed_program: a name from lopt.programs.SEEDS or a path to a program file.
     max_seconds: stop at the first generation boundary after this much time in this process
-    (0: no limit); `lopt search --resume` continues exactly where it stopped."""
+    (0: no limit); `lopt search --resume` continues exactly where it stopped.
+    overlap: mutate and probe generation g + 1 on the host while the device trains generation g,
+    so the device is not idle while Python mutates (selection then sees the scores one
+    generation late, as the asynchronous workers of Real et al. 2019 and Chen et al. 2023 did;
+    a run is still deterministic per seed and resumes exactly). Off by default: on a CPU the
+    host and the "device" share the cores."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"
@@ -34,6 +39,7 @@ class EvolutionSection:
     restart_after: int = 0
     seed: int = 0
     max_seconds: float = 0.0
+    overlap: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

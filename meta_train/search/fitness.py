@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
-from lopt.programs.interpret import ROUND, encode, encode_population, run_encoded, run_unrolled, stack_encoded, to_optax
+from lopt.programs.interpret import ROUND, encode, encode_population, rounds_needed, run_encoded, run_unrolled, stack_encoded, to_optax
 from lopt.programs.kernel import run_kernel, uses_tree
 from tasks import build, task_spec
 from tasks.train import evaluate
@@ -204,18 +204,38 @@ def padded_batch(count: int, batch: int) -> int:
     return min(batch, max(batch // 4, 1, 1 << max(count - 1, 0).bit_length()))
 
 
-def _staged_losses(spec: FitnessSpec, hurdle: Hurdle, graphs: Sequence[Graph], task_losses) -> np.ndarray:
-    """[programs, tasks, lrs, seeds]: every program on the first task, then the hurdle's
-    survivors on the others (the rest +inf there)."""
-    out = np.full((len(graphs), len(spec.tasks), len(spec.lr_multipliers), spec.seeds), np.inf, np.float32)
-    if not graphs:
-        return out
-    out[:, 0] = task_losses(graphs, 0)
-    alive = np.flatnonzero(hurdle.survivors(out[:, 0]))
-    for t in range(1, len(spec.tasks)):
+class Staged:
+    """One population's losses in flight, so a search can mutate the next generation while the
+    device trains this one: the first task is dispatched at construction; `advance()` reads it,
+    applies the hurdle and dispatches the other tasks for the survivors; `losses()` reads those
+    ([programs, tasks, lrs, seeds], +inf on the tasks after the first for the programs the hurdle
+    stopped). `dispatch(graphs, task)` starts a task's runs and returns what reads their
+    [programs, lrs, seeds] losses (blocking there, not at the dispatch)."""
+
+    def __init__(self, spec: FitnessSpec, hurdle: Hurdle, graphs: Sequence[Graph], dispatch) -> None:
+        self.spec, self._hurdle, self._graphs, self._dispatch = spec, hurdle, list(graphs), dispatch
+        self.out = np.full((len(graphs), len(spec.tasks), len(spec.lr_multipliers), spec.seeds), np.inf, np.float32)
+        self.kept = np.ones(len(graphs), bool)  # which went on past the first task
+        self._first = dispatch(self._graphs, 0) if self._graphs else None
+        self._rest: list[tuple[int, np.ndarray, object]] = []
+
+    def advance(self) -> None:
+        """Read the first task (blocking until it is trained) and dispatch the others."""
+        if self._first is None:
+            return
+        self.out[:, 0], self._first = self._first(), None
+        self.kept = self._hurdle.survivors(self.out[:, 0])
+        alive = np.flatnonzero(self.kept)
         if len(alive):
-            out[alive, t] = task_losses([graphs[i] for i in alive], t)
-    return out
+            self._rest = [(t, alive, self._dispatch([self._graphs[i] for i in alive], t)) for t in range(1, len(self.spec.tasks))]
+
+    def losses(self) -> np.ndarray:
+        """[programs, tasks, lrs, seeds]: every task read (blocking until trained)."""
+        self.advance()
+        for t, alive, read in self._rest:
+            self.out[alive, t] = read()
+        self._rest = []
+        return self.out
 
 
 class BatchedEvaluator:
@@ -299,33 +319,51 @@ class BatchedEvaluator:
         over_programs = jax.vmap(over_lrs, in_axes=(0, None, None))
         return jax.jit(lambda programs: over_programs(programs, lrs, keys))
 
-    def _task_losses(self, graphs: Sequence[Graph], task: int) -> np.ndarray:
-        """[programs, lrs, seeds] final test losses on one task, in fixed-shape batches; with
-        `kernel`, programs with tree-level statements in batches of their own (their kernel
-        makes a pass per round)."""
+    def _dispatch(self, graphs: Sequence[Graph], task: int):
+        """Start one task's runs in fixed-shape batches (with `kernel`, programs with tree-level
+        statements in batches of their own: their kernel makes a pass per round); returns what
+        reads the [programs, lrs, seeds] final test losses. Every call is dispatched before any
+        result is read, so the host encodes the next batch while the device trains this one.
+
+        Programs are batched in order of the rounds they need (a batch runs as many rounds as its
+        longest program: a few 3-round programs would otherwise make every batch of 2-round ones
+        pay a third), and a batch is encoded with at least the fewest precompiled rounds (empty
+        slots cost less than a compile)."""
         spec = self.spec
-        out = np.zeros((len(graphs), len(spec.lr_multipliers), spec.seeds), np.float32)
         kinds: dict[str, list[int]] = {}
         for i, g in enumerate(graphs):
             kinds.setdefault(self._kind(g), []).append(i)
-        # Every call is dispatched before any result is read: the host encodes the next batch
-        # while the device trains this one.
         pending = []
         for kind, indices in kinds.items():
+            indices = sorted(indices, key=lambda i: rounds_needed(graphs[i]))
             for start in range(0, len(indices), spec.batch):
                 chunk = indices[start:start + spec.batch]
                 count = padded_batch(len(chunk), spec.batch)
-                batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], count, spec.length))
+                batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], count, spec.length,
+                                                                    min_rounds=min(spec.precompile, default=1)))
                 rounds = batch.op.shape[1] // len(ROUND)
                 pending.append((chunk, self._executable(spec.tasks[task], rounds, kind, count)(batch)))
-        for chunk, losses in pending:
-            out[chunk] = np.asarray(losses)[: len(chunk)]
-        return out
+
+        def read() -> np.ndarray:
+            out = np.zeros((len(graphs), len(spec.lr_multipliers), spec.seeds), np.float32)
+            for chunk, losses in pending:
+                out[chunk] = np.asarray(losses)[: len(chunk)]
+            return out
+
+        return read
+
+    def _task_losses(self, graphs: Sequence[Graph], task: int) -> np.ndarray:
+        """[programs, lrs, seeds] final test losses on one task."""
+        return self._dispatch(graphs, task)()
+
+    def start(self, graphs: Sequence[Graph]) -> Staged:
+        """The population's runs in flight (`Staged`): the first task dispatched."""
+        return Staged(self.spec, self.hurdle, graphs, self._dispatch)
 
     def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
         """[programs, tasks, lrs, seeds] final test losses (+inf on the tasks after the first
         for programs the hurdle stops)."""
-        return _staged_losses(self.spec, self.hurdle, graphs, self._task_losses)
+        return self.start(graphs).losses()
 
     def __call__(self, graphs: Sequence[Graph]) -> np.ndarray:
         return score(self.losses(graphs))
@@ -373,8 +411,12 @@ class JitEvaluator:
     def _task_losses(self, graphs: Sequence[Graph], task: int) -> np.ndarray:
         return np.stack([self._one(g, self.spec.tasks[task]) for g in graphs])
 
+    def start(self, graphs: Sequence[Graph]) -> Staged:
+        """As `BatchedEvaluator.start`, but each task trains when dispatched (one compile per program)."""
+        return Staged(self.spec, self.hurdle, graphs, lambda gs, task: (lambda out=self._task_losses(gs, task): out))
+
     def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
-        return _staged_losses(self.spec, self.hurdle, graphs, self._task_losses)
+        return self.start(graphs).losses()
 
     def __call__(self, graphs: Sequence[Graph]) -> np.ndarray:
         return score(self.losses(graphs))

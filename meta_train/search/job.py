@@ -26,6 +26,11 @@ Files in `run.output_dir`:
 
 Generation g draws from np.random.default_rng([seed, g]), so a search is deterministic per seed
 and a resumed search continues exactly as an uninterrupted one.
+
+With `search.overlap` the host mutates generation g + 1 from the population that has scores up
+to g − 1 while the device trains generation g (one `_Flight` in flight between generations;
+state.json keeps its children, so a resume relaunches them). A child of g + 1 equal to one of
+g (structurally or by its probe) is not trained: it takes that child's score when g lands.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from lopt.programs.functional import functional_hashes
 from lopt.programs.lang import format_program, parse
 from meta_train.search import mutation
 from meta_train.search.config import SearchConfig, without_location
-from meta_train.search.fitness import evaluator
+from meta_train.search.fitness import Staged, evaluator
+from meta_train.search.fitness import score as fitness_of
 
 @dataclasses.dataclass
 class Member:
@@ -54,6 +60,31 @@ class Member:
     text: str
     fitness: float
     born: int
+
+
+@dataclasses.dataclass
+class _Flight:
+    """A generation's children between mutation and their scores (`Search._launch`).
+
+    children: (parent id, mutation, text, mutation tries) per child; fitness/how: what the
+    caches answered at launch (None/'' where training or the generation before will);
+    unique: the first child of each structure the cache did not know; functional_of: their
+    probe hashes; train: the children dispatched to the device (`staged`); waiting: children
+    equal to one of the generation in flight before this one, answered from the cache when
+    this one lands."""
+
+    generation: int
+    children: list[tuple[int | None, str, str, int]]
+    graphs: list[Graph]
+    hashes: list[str]
+    fitness: list[float | None]
+    how: list[str]
+    first: dict[str, int]
+    unique: list[int]
+    functional_of: dict[int, str]
+    train: list[int]
+    waiting: list[int]
+    staged: Staged | None
 
 
 def json_float(x: float) -> float | None:
@@ -91,6 +122,7 @@ class Search:
         self.functional: dict[str, float] = {}
         self.validated: dict[str, float] = {}  # program text -> meta-validation fitness
         self.best_validated: Member | None = None  # its `fitness` is the validation fitness
+        self._flight: _Flight | None = None  # the generation launched ahead (search.overlap)
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         if resume:
             saved = self.dir / "config.json"
@@ -142,6 +174,9 @@ class Search:
             "population": [_record(m) for m in self.population],
             "validated": {text: json_float(v) for text, v in self.validated.items()},
             "best_validated": None if self.best_validated is None else _record(self.best_validated),
+            # the next generation's children, launched with `search.overlap` (relaunched on resume)
+            "in_flight": None if self._flight is None else [
+                {"parent": p, "mutation": d, "text": t, "tries": n} for p, d, t, n in self._flight.children],
         }
         _atomic_write(self.dir / "state.json", json.dumps(state))
 
@@ -156,6 +191,7 @@ class Search:
         self.population = [_member(m) for m in state["population"]]
         self.validated = {text: inf(v) for text, v in state.get("validated", {}).items()}
         self.best_validated = None if state.get("best_validated") is None else _member(state["best_validated"])
+        in_flight = state.get("in_flight")
         for log in (self.dir / "log.jsonl", self.dir / "validation.jsonl"):
             self._trim(log)
         for line in (self.dir / "cache.jsonl").read_text().splitlines():
@@ -167,6 +203,10 @@ class Search:
             self.structural[entry["structural"]] = fitness
             if entry.get("functional"):
                 self.functional[entry["functional"]] = fitness
+        if in_flight:
+            children = [(c["parent"], c["mutation"], c["text"], c["tries"]) for c in in_flight]
+            graphs = [check(parse(text), self.config.search.max_statements) for _, _, text, _ in children]
+            self._flight = self._launch(self.generation + 1, children, graphs, None)
 
     def _trim(self, log: Path) -> None:
         """Drop the lines a killed generation wrote after the last saved state."""
@@ -191,53 +231,89 @@ class Search:
     # -- scoring ------------------------------------------------------------------------------
     def _score(self, graphs: list[Graph]) -> tuple[list[float], list[str]]:
         """Fitness of each graph through the three filters; also how each was scored."""
+        return self._land(self._launch(0, [(None, "", "", 0)] * len(graphs), graphs, None))
+
+    def _train_clock(self, since: float, compiling: float) -> None:
+        """Count the seconds since `since` as training, and the evaluator's compiling since it
+        stood at `compiling` as compiling too."""
+        self.counters["compile_seconds"] = self.counters.get("compile_seconds", 0.0) + self.evaluate.compile_seconds - compiling
+        self._spent("train_seconds", since)
+
+    def _launch(self, generation: int, children: list[tuple[int | None, str, str, int]], graphs: list[Graph],
+                earlier: _Flight | None) -> _Flight:
+        """Answer what the caches can, probe the rest and dispatch the first task's training for
+        the survivors (not waiting for it); `earlier`: the generation still in flight."""
         hashes = [structural_hash(g) for g in graphs]
         fitness: list[float | None] = [self.structural.get(h) for h in hashes]
         how = ["structural" if f is not None else "" for f in fitness]
-        pending = [i for i, f in enumerate(fitness) if f is None]
-        first = {}
-        for i in pending:
-            first.setdefault(hashes[i], i)
+        first: dict[str, int] = {}
+        for i, f in enumerate(fitness):
+            if f is None:
+                first.setdefault(hashes[i], i)
         unique = sorted(first.values())
         clock = time.perf_counter()
         probes = functional_hashes([graphs[i] for i in unique])
         self._spent("probe_seconds", clock)
-        train, functional_of = [], {}
+        flying_structures = set() if earlier is None else {earlier.hashes[i] for i in earlier.unique}
+        flying_functions = set() if earlier is None else set(earlier.functional_of.values())
+        train, waiting, functional_of = [], [], {}
         for i, (fhash, finite) in zip(unique, probes):
             functional_of[i] = fhash
             if fhash in self.functional:
                 fitness[i], how[i] = self.functional[fhash], "functional"
+            elif hashes[i] in flying_structures or fhash in flying_functions:
+                waiting.append(i)
             elif not finite:
                 fitness[i], how[i] = float("inf"), "rejected"
             else:
                 train.append(i)
+        staged = None
         if train:
             clock, compiling = time.perf_counter(), self.evaluate.compile_seconds
-            values = self.evaluate([graphs[i] for i in train])
-            self.counters["compile_seconds"] = (self.counters.get("compile_seconds", 0.0)
-                                                + self.evaluate.compile_seconds - compiling)
-            for i, value, kept in zip(train, values, self.evaluate.hurdle.last_kept):
+            staged = self.evaluate.start([graphs[i] for i in train])
+            self._train_clock(clock, compiling)
+        return _Flight(generation, children, graphs, hashes, fitness, how, first, unique, functional_of, train, waiting, staged)
+
+    def _advance(self, flight: _Flight) -> None:
+        """Wait for the flight's first task and dispatch the rest for the hurdle's survivors."""
+        if flight.staged is not None:
+            clock, compiling = time.perf_counter(), self.evaluate.compile_seconds
+            flight.staged.advance()
+            self._train_clock(clock, compiling)
+
+    def _land(self, flight: _Flight) -> tuple[list[float], list[str]]:
+        """Wait for the flight's training and return every child's fitness and how it was
+        scored; the caches and cache.jsonl learn the new structures."""
+        fitness, how = flight.fitness, flight.how
+        if flight.staged is not None:
+            clock, compiling = time.perf_counter(), self.evaluate.compile_seconds
+            values = fitness_of(flight.staged.losses())
+            self._train_clock(clock, compiling)
+            for i, value, kept in zip(flight.train, values, flight.staged.kept):
                 fitness[i], how[i] = float(value), "trained" if kept else "hurdle"
-            self._spent("train_seconds", clock)
+        for i in flight.waiting:  # the generation before has landed: the caches know them now
+            known = self.structural.get(flight.hashes[i])
+            fitness[i], how[i] = (known, "structural") if known is not None else (self.functional[flight.functional_of[i]], "functional")
         with open(self.dir / "cache.jsonl", "a") as f:
-            for i in unique:
-                self.structural[hashes[i]] = fitness[i]
-                self.functional.setdefault(functional_of[i], fitness[i])
-                f.write(json.dumps({"structural": hashes[i], "functional": functional_of[i],
+            for i in flight.unique:
+                self.structural[flight.hashes[i]] = fitness[i]
+                self.functional.setdefault(flight.functional_of[i], fitness[i])
+                f.write(json.dumps({"structural": flight.hashes[i], "functional": flight.functional_of[i],
                                     "fitness": json_float(fitness[i])}) + "\n")
-        for i in pending:
-            if fitness[i] is None:  # a duplicate within this batch
-                fitness[i], how[i] = fitness[first[hashes[i]]], "structural"
+        for i, f in enumerate(fitness):
+            if f is None:  # a duplicate within this batch
+                fitness[i], how[i] = fitness[flight.first[flight.hashes[i]]], "structural"
         return [float(f) for f in fitness], how
 
     # -- evolution ----------------------------------------------------------------------------
-    def step(self) -> dict[str, Any]:
-        """One generation; returns its statistics."""
+    def _propose(self, generation: int) -> tuple[list[tuple[int | None, str, str, int]], list[Graph]]:
+        """Generation `generation`'s children from the population as it stands: (parent id,
+        mutation, text, tries) each, and their pruned graphs."""
         s = self.config.search
-        self.generation += 1
-        start = time.perf_counter()
-        rng = np.random.default_rng([s.seed, self.generation])
+        clock = time.perf_counter()
+        rng = np.random.default_rng([s.seed, generation])
         children, graphs = [], []
+        parsed: dict[str, Any] = {}  # a tournament winner is often drawn again: parse it once
         for _ in range(s.children):
             if s.strategy == "random":
                 program, graph = mutation.random_program(rng, s.max_statements - 1)
@@ -246,22 +322,38 @@ class Search:
                 picks = rng.choice(len(self.population), size=s.tournament, replace=False)
                 winner = min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born))
                 mode = "constants" if s.strategy == "constants" else "all"
-                program, description, graph, tries = mutation.mutate(parse(winner.text), rng, mode, s.max_statements)
+                if winner.text not in parsed:
+                    parsed[winner.text] = parse(winner.text)
+                program, description, graph, tries = mutation.mutate(parsed[winner.text], rng, mode, s.max_statements)
                 parent = winner.id
-            self.counters["mutation_tries"] += tries
-            children.append((parent, description, format_program(program)))
+            children.append((parent, description, format_program(program), tries))
             graphs.append(graph)
-        self._spent("mutate_seconds", start)
-        scores, how = self._score(graphs)
+        self._spent("mutate_seconds", clock)
+        return children, graphs
+
+    def step(self) -> dict[str, Any]:
+        """One generation; returns its statistics. With `search.overlap` the next generation is
+        mutated and launched before this one lands."""
+        s = self.config.search
+        start = time.perf_counter()
+        flight = self._flight or self._launch(self.generation + 1, *self._propose(self.generation + 1), None)
+        self._flight = None
+        if s.overlap and flight.generation < s.generations:
+            following = self._propose(flight.generation + 1)  # while the device trains `flight`'s first task
+            self._advance(flight)
+            self._flight = self._launch(flight.generation + 1, *following, flight)
+        scores, how = self._land(flight)
+        self.generation = flight.generation
         entries, new_members = [], []
-        for (parent, description, text), graph, fitness, scored in zip(children, graphs, scores, how):
+        for (parent, description, text, tries), graph_hash, fitness, scored in zip(flight.children, flight.hashes, scores, how):
             member = Member(self.next_id, text, fitness, self.generation)
             self.next_id += 1
             new_members.append(member)
             entries.append({"generation": self.generation, "id": member.id, "parent": parent, "mutation": description,
-                            "text": text, "structural": structural_hash(graph), "fitness": json_float(fitness),
+                            "text": text, "structural": graph_hash, "fitness": json_float(fitness),
                             "scored": scored})
             self.counters["children"] += 1
+            self.counters["mutation_tries"] += tries
             key = {"trained": "trained", "structural": "structural_hits", "functional": "functional_hits",
                    "rejected": "rejected", "hurdle": "hurdle_stops"}[scored]
             self.counters[key] += 1
