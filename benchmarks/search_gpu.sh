@@ -44,6 +44,11 @@ else:
 start = time.perf_counter()
 while search.generation < search.config.search.generations and time.perf_counter() - start < seconds:
     search.step()
+    if search.generation % 20 == 0:  # a trace in the call's log, should the call be cut short
+        s = search.statistics()
+        print(f"generation {search.generation}: best {search.best.fitness:.4f}, {s['children']} children, "
+              f"{s['trained'] + s['hurdle_stops']} trained, {s['inner_steps_per_second']:,.0f} inner steps/s, "
+              f"compiling {s['share_compile']:.0%}, {time.perf_counter() - start:.0f} s", flush=True)
 stats = search.statistics()
 print(f"generation {search.generation}: best {search.best.fitness:.4f} (seed {search.seed_fitness:.4f}); "
       f"{stats['children']} children, {stats['trained']} trained, {stats['hurdle_stops']} stopped at the hurdle; "
