@@ -7,13 +7,15 @@
 # carry runs/search-gpu and runs/jax-cache back to resume. A call that runs out of time in the
 # funnel still returns the search. FINISH=1 also runs the
 # funnel, meta-validation pick, simplification and summary (meta_train.search.pipeline.finish).
-# INTERPRETER=kernel starts a new search with that fitness.interpreter.
+# INTERPRETER=kernel starts a new search with that fitness.interpreter; RUN=runs/NAME searches in
+# another folder (packed as $OUT/NAME.tgz); OVERRIDES="search.children=512;search.seed=1" starts
+# it with those config overrides.
 #   SECONDS_LIMIT=450 MEASURE=1 INTERPRETER=kernel bash benchmarks/search_gpu.sh
 set -euo pipefail
 export PYTHONPATH=$PWD
 # Compiles persist across device calls (packed with the run; carry runs/jax-cache back).
 export JAX_COMPILATION_CACHE_DIR=$PWD/runs/jax-cache
-RUN=runs/search-gpu
+RUN=${RUN:-runs/search-gpu}
 if [ "${MEASURE:-0}" = 1 ]; then
   python benchmarks/interpreter_step.py --programs 128 --runs 6 --params 9026 --rounds 2 4 \
     --interpreters scan kernel kernel-tree floor --kernel-blocks 256 1024 --json "$OUT/step.json" 2>&1 | grep -v -i warning
@@ -24,7 +26,7 @@ if [ "${MEASURE:-0}" = 1 ]; then
   python benchmarks/search_throughput.py --config configs/search/gpu.toml --search-seconds 0 --programs 128 \
     --kernel --json "$OUT/w3.json" 2>&1 | grep -v -i warning
 fi
-python - "$RUN" "${SECONDS_LIMIT:-450}" "${FINISH:-0}" "${INTERPRETER:-}" <<'PY'
+python - "$RUN" "${SECONDS_LIMIT:-450}" "${FINISH:-0}" "${INTERPRETER:-}" "${OVERRIDES:-}" <<'PY'
 import os
 import subprocess
 import sys
@@ -35,20 +37,28 @@ from meta_train.search.config import SearchConfig, config_from_dir
 from meta_train.search.job import Search
 from meta_train.search.pipeline import finish
 run, seconds, final, interpreter = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+extra = [o for o in sys.argv[5].split(";") if o.strip()]
 if (Path(run) / "state.json").exists():
     search = Search(config_from_dir(run), resume=True, progress=False)
     print(f"resumed at generation {search.generation}")
 else:
-    overrides = [f"run.output_dir='{run}'"] + ([f"fitness.interpreter='{interpreter}'"] if interpreter else [])
+    overrides = [f"run.output_dir='{run}'"] + ([f"fitness.interpreter='{interpreter}'"] if interpreter else []) + extra
     search = Search(load_config(SearchConfig, "configs/search/gpu.toml", overrides), progress=False)
 start = time.perf_counter()
+window = (search._inner_steps(), search.counters["seconds"], search.counters.get("compile_seconds", 0.0),
+          search.counters["children"])
 while search.generation < search.config.search.generations and time.perf_counter() - start < seconds:
     search.step()
-    if search.generation % 20 == 0:  # a trace in the call's log, should the call be cut short
-        s = search.statistics()
+    if search.generation % 10 == 0:  # a trace in the call's log, should the call be cut short
+        s, c = search.statistics(), search.counters
+        now = (search._inner_steps(), c["seconds"], c.get("compile_seconds", 0.0), c["children"])
+        spent = max(now[1] - window[1], 1e-9)
         print(f"generation {search.generation}: best {search.best.fitness:.4f}, {s['children']} children, "
-              f"{s['trained'] + s['hurdle_stops']} trained, {s['inner_steps_per_second']:,.0f} inner steps/s, "
-              f"compiling {s['share_compile']:.0%}, {time.perf_counter() - start:.0f} s", flush=True)
+              f"{s['trained'] + s['hurdle_stops']} trained, {s['inner_steps_per_second']:,.0f} inner steps/s so far "
+              f"(compiling {s['share_compile']:.0%}); last 10 generations: {(now[0] - window[0]) / spent:,.0f} inner steps/s, "
+              f"{(now[3] - window[3]) / spent:.0f} children/s, {now[2] - window[2]:.0f} s compiling; "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        window = now
 stats = search.statistics()
 print(f"generation {search.generation}: best {search.best.fitness:.4f} (seed {search.seed_fitness:.4f}); "
       f"{stats['children']} children, {stats['trained']} trained, {stats['hurdle_stops']} stopped at the hurdle; "
@@ -62,7 +72,8 @@ if search.best_validated is not None:
 # Copied before the funnel: a call that times out there still returns the search.
 def pack():
     out = os.environ["OUT"]
-    subprocess.run(["tar", "czf", os.path.join(out, "search-gpu.tgz"), "-C", "runs", "search-gpu"], check=True)
+    name = os.path.basename(run.rstrip("/"))
+    subprocess.run(["tar", "czf", os.path.join(out, name + ".tgz"), "-C", os.path.dirname(run.rstrip("/")), name], check=True)
     if os.path.isdir("runs/jax-cache"):
         # In parts of 15 MiB (the device tool returns files of at most 16 MiB, 8 in all): without
         # the cache a resumed call spent 155 of its 190 search-seconds compiling again.

@@ -313,7 +313,7 @@ class Search:
         clock = time.perf_counter()
         rng = np.random.default_rng([s.seed, generation])
         children, graphs = [], []
-        parsed: dict[str, Any] = {}  # a tournament winner is often drawn again: parse it once
+        parsed: dict[str, tuple[Any, str]] = {}  # a tournament winner is often drawn again: parse and hash it once
         for _ in range(s.children):
             if s.strategy == "random":
                 program, graph = mutation.random_program(rng, s.max_statements - 1)
@@ -323,8 +323,10 @@ class Search:
                 winner = min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born))
                 mode = "constants" if s.strategy == "constants" else "all"
                 if winner.text not in parsed:
-                    parsed[winner.text] = parse(winner.text)
-                program, description, graph, tries = mutation.mutate(parsed[winner.text], rng, mode, s.max_statements)
+                    program = parse(winner.text)
+                    parsed[winner.text] = program, structural_hash(program)
+                parent_program, parent_hash = parsed[winner.text]
+                program, description, graph, tries = mutation.mutate(parent_program, rng, mode, s.max_statements, parent_hash)
                 parent = winner.id
             children.append((parent, description, format_program(program), tries))
             graphs.append(graph)

@@ -105,13 +105,14 @@ def validate(program: Program, max_statements: int = DEFAULT_MAX_STATEMENTS) -> 
 
 
 def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
-           max_statements: int = DEFAULT_MAX_STATEMENTS) -> tuple[Program, str, Graph, int]:
+           max_statements: int = DEFAULT_MAX_STATEMENTS, parent_hash: str | None = None) -> tuple[Program, str, Graph, int]:
     """A valid child that differs structurally from `parent`: (child, mutation, graph, tries).
+    `parent_hash`: the parent's structural hash, where the caller has it already.
 
     A parent whose live part is tiny (most statements dead) may have few new children; after
     MAX_TRIES the first valid child is returned even if it is structurally the parent (a cache
     hit, costing no training)."""
-    parent_hash = structural_hash(parent)
+    parent_hash = parent_hash or structural_hash(parent)
     fallback = None
     for tries in range(1, MAX_TRIES + 1):
         child, description = mutate_once(parent, rng, mode, max_statements)
