@@ -27,6 +27,7 @@ if [ "${MEASURE:-0}" = 1 ]; then
     --kernel --json "$OUT/w3.json" 2>&1 | grep -v -i warning
 fi
 python - "$RUN" "${SECONDS_LIMIT:-450}" "${FINISH:-0}" "${INTERPRETER:-}" "${OVERRIDES:-}" <<'PY'
+import dataclasses
 import os
 import subprocess
 import sys
@@ -39,7 +40,10 @@ from meta_train.search.pipeline import finish
 run, seconds, final, interpreter = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 extra = [o for o in sys.argv[5].split(";") if o.strip()]
 if (Path(run) / "state.json").exists():
-    search = Search(config_from_dir(run), resume=True, progress=False)
+    # search.workers is not part of what a resume must match: WORKERS sets it (default 8 of the 16 cores)
+    config = config_from_dir(run)
+    config = dataclasses.replace(config, search=dataclasses.replace(config.search, workers=int(os.environ.get("WORKERS", 8))))
+    search = Search(config, resume=True, progress=False)
     print(f"resumed at generation {search.generation}")
 else:
     overrides = [f"run.output_dir='{run}'"] + ([f"fitness.interpreter='{interpreter}'"] if interpreter else []) + extra

@@ -35,8 +35,10 @@ g (structurally or by its probe) is not trained: it takes that child's score whe
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -123,6 +125,7 @@ class Search:
         self.validated: dict[str, float] = {}  # program text -> meta-validation fitness
         self.best_validated: Member | None = None  # its `fitness` is the validation fitness
         self._flight: _Flight | None = None  # the generation launched ahead (search.overlap)
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None  # mutation workers (search.workers)
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         if resume:
             saved = self.dir / "config.json"
@@ -206,7 +209,7 @@ class Search:
         if in_flight:
             children = [(c["parent"], c["mutation"], c["text"], c["tries"]) for c in in_flight]
             graphs = [check(parse(text), self.config.search.max_statements) for _, _, text, _ in children]
-            self._flight = self._launch(self.generation + 1, children, graphs, None)
+            self._flight = self._launch(self.generation + 1, children, graphs, None, None)
 
     def _trim(self, log: Path) -> None:
         """Drop the lines a killed generation wrote after the last saved state."""
@@ -231,7 +234,7 @@ class Search:
     # -- scoring ------------------------------------------------------------------------------
     def _score(self, graphs: list[Graph]) -> tuple[list[float], list[str]]:
         """Fitness of each graph through the three filters; also how each was scored."""
-        return self._land(self._launch(0, [(None, "", "", 0)] * len(graphs), graphs, None))
+        return self._land(self._launch(0, [(None, "", "", 0)] * len(graphs), graphs, None, None))
 
     def _train_clock(self, since: float, compiling: float) -> None:
         """Count the seconds since `since` as training, and the evaluator's compiling since it
@@ -240,10 +243,11 @@ class Search:
         self._spent("train_seconds", since)
 
     def _launch(self, generation: int, children: list[tuple[int | None, str, str, int]], graphs: list[Graph],
-                earlier: _Flight | None) -> _Flight:
+                hashes: list[str] | None, earlier: _Flight | None) -> _Flight:
         """Answer what the caches can, probe the rest and dispatch the first task's training for
-        the survivors (not waiting for it); `earlier`: the generation still in flight."""
-        hashes = [structural_hash(g) for g in graphs]
+        the survivors (not waiting for it); `hashes`: the graphs' structural hashes where known;
+        `earlier`: the generation still in flight."""
+        hashes = hashes or [structural_hash(g) for g in graphs]
         fitness: list[float | None] = [self.structural.get(h) for h in hashes]
         how = ["structural" if f is not None else "" for f in fitness]
         first: dict[str, int] = {}
@@ -306,32 +310,47 @@ class Search:
         return [float(f) for f in fitness], how
 
     # -- evolution ----------------------------------------------------------------------------
-    def _propose(self, generation: int) -> tuple[list[tuple[int | None, str, str, int]], list[Graph]]:
+    def _propose(self, generation: int) -> tuple[list[tuple[int | None, str, str, int]], list[Graph], list[str]]:
         """Generation `generation`'s children from the population as it stands: (parent id,
-        mutation, text, tries) each, and their pruned graphs."""
+        mutation, text, tries) each, their pruned graphs and structural hashes. Tournaments draw
+        from the generation's generator; child k mutates with its own, [seed, generation, k]
+        (in `search.workers` processes when there are any)."""
         s = self.config.search
         clock = time.perf_counter()
         rng = np.random.default_rng([s.seed, generation])
-        children, graphs = [], []
-        parsed: dict[str, tuple[Any, str]] = {}  # a tournament winner is often drawn again: parse and hash it once
-        for _ in range(s.children):
-            if s.strategy == "random":
+        children, graphs, hashes = [], [], []
+        if s.strategy == "random":
+            for _ in range(s.children):
                 program, graph = mutation.random_program(rng, s.max_statements - 1)
-                parent, description, tries = None, "random", 1
-            else:
+                children.append((None, "random", format_program(program), 1))
+                graphs.append(graph)
+                hashes.append(structural_hash(graph))
+        else:
+            mode = "constants" if s.strategy == "constants" else "all"
+            winners = []
+            for _ in range(s.children):
                 picks = rng.choice(len(self.population), size=s.tournament, replace=False)
-                winner = min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born))
-                mode = "constants" if s.strategy == "constants" else "all"
-                if winner.text not in parsed:
-                    program = parse(winner.text)
-                    parsed[winner.text] = program, structural_hash(program)
-                parent_program, parent_hash = parsed[winner.text]
-                program, description, graph, tries = mutation.mutate(parent_program, rng, mode, s.max_statements, parent_hash)
-                parent = winner.id
-            children.append((parent, description, format_program(program), tries))
-            graphs.append(graph)
+                winners.append(min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born)))
+            jobs = ([w.text for w in winners], [(s.seed, generation, k) for k in range(s.children)],
+                    [mode] * s.children, [s.max_statements] * s.children)
+            if s.workers:
+                if self._pool is None:  # spawned, not forked: the parent runs JAX's threads
+                    self._pool = concurrent.futures.ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"))
+                made = list(self._pool.map(mutation.mutate_text, *jobs, chunksize=max(1, s.children // (4 * s.workers))))
+            else:
+                made = list(map(mutation.mutate_text, *jobs))
+            for winner, (text, description, tries, graph_hash) in zip(winners, made):
+                children.append((winner.id, description, text, tries))
+                graphs.append(check(parse(text), s.max_statements))
+                hashes.append(graph_hash)
         self._spent("mutate_seconds", clock)
-        return children, graphs
+        return children, graphs, hashes
+
+    def close(self) -> None:
+        """Stop the mutation workers (`search.workers`), if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def step(self) -> dict[str, Any]:
         """One generation; returns its statistics. With `search.overlap` the next generation is
@@ -450,4 +469,5 @@ class Search:
             bar.set_postfix(best=f"{self.best.fitness:.4f}", seed=f"{self.seed_fitness:.4f}", **validated,
                             progs_s=f"{stats['programs_per_second']:.1f}", hits=f"{stats['cache_hit_rate']:.0%}")
         bar.close()
+        self.close()
         return self.best

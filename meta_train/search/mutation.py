@@ -7,6 +7,7 @@ checks and differs structurally from its parent (the paper found search stalls w
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -126,6 +127,24 @@ def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
     if fallback is None:
         raise MutationError(f"no valid child after {MAX_TRIES} mutations of\n{format_program(parent)}")
     return (*fallback, MAX_TRIES)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parent(text: str) -> tuple[Program, str]:
+    """A parent's program and structural hash (tournament winners recur across children)."""
+    program = parse(text)
+    return program, structural_hash(program)
+
+
+def mutate_text(parent: str, seed: tuple[int, ...], mode: str = "all",
+                max_statements: int = DEFAULT_MAX_STATEMENTS) -> tuple[str, str, int, str]:
+    """`mutate` on a program text with a generator of its own (`np.random.default_rng(seed)`):
+    (child text, mutation, tries, child's structural hash). Text in, text out, so worker
+    processes can mutate a generation's children in parallel, each child the same whichever
+    process makes it."""
+    program, parent_hash = _parent(parent)
+    child, description, graph, tries = mutate(program, np.random.default_rng(seed), mode, max_statements, parent_hash)
+    return format_program(child), description, tries, structural_hash(graph)
 
 
 def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False) -> tuple[Program, Graph]:
