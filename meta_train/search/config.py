@@ -31,8 +31,7 @@ class EvolutionSection:
     workers: processes that mutate a generation's children in parallel (0: this process). Each
     child has its own generator, so the search is the same for any number of workers; a resume
     may change it. On a GPU machine the mutation of 256 children took ~0.45 s of host time a
-    generation, as long as the GPU's training of them. The workers are spawned processes: a
-    script that runs such a search needs Python's `if __name__ == "__main__":` guard."""
+    generation, as long as the GPU's training of them."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"

@@ -35,10 +35,8 @@ g (structurally or by its probe) is not trained: it takes that child's score whe
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -125,7 +123,7 @@ class Search:
         self.validated: dict[str, float] = {}  # program text -> meta-validation fitness
         self.best_validated: Member | None = None  # its `fitness` is the validation fitness
         self._flight: _Flight | None = None  # the generation launched ahead (search.overlap)
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None  # mutation workers (search.workers)
+        self._pool: mutation.Workers | None = None  # mutation processes (search.workers)
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         if resume:
             saved = self.dir / "config.json"
@@ -331,14 +329,12 @@ class Search:
             for _ in range(s.children):
                 picks = rng.choice(len(self.population), size=s.tournament, replace=False)
                 winners.append(min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born)))
-            jobs = ([w.text for w in winners], [(s.seed, generation, k) for k in range(s.children)],
-                    [mode] * s.children, [s.max_statements] * s.children)
+            jobs = [(w.text, (s.seed, generation, k), mode, s.max_statements) for k, w in enumerate(winners)]
             if s.workers:
-                if self._pool is None:  # spawned, not forked: the parent runs JAX's threads
-                    self._pool = concurrent.futures.ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"))
-                made = list(self._pool.map(mutation.mutate_text, *jobs, chunksize=max(1, s.children // (4 * s.workers))))
+                self._pool = self._pool or mutation.Workers(s.workers)
+                made = self._pool.map(jobs)
             else:
-                made = list(map(mutation.mutate_text, *jobs))
+                made = [mutation.mutate_text(*job) for job in jobs]
             for winner, (text, description, tries, graph_hash) in zip(winners, made):
                 children.append((winner.id, description, text, tries))
                 graphs.append(check(parse(text), s.max_statements))
@@ -349,7 +345,7 @@ class Search:
     def close(self) -> None:
         """Stop the mutation workers (`search.workers`), if any were started."""
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.close()
             self._pool = None
 
     def step(self) -> dict[str, Any]:

@@ -8,7 +8,12 @@ checks and differs structurally from its parent (the paper found search stalls w
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -162,3 +167,62 @@ def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step
         except ProgramError:
             continue
     raise MutationError("no valid random program found")
+
+
+class Workers:
+    """Processes that run `mutate_text` on chunks of a generation's children (`search.workers`).
+
+    Each is `python -m meta_train.search.mutation`, reading one JSON list of jobs per line and
+    writing one JSON list of results (or {"error": ...}) per line: text in and out, so nothing
+    depends on how the parent process was started (a script on stdin cannot be re-imported by
+    multiprocessing's spawn) and nothing is unpickled."""
+
+    def __init__(self, count: int) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+               "JAX_PLATFORMS": "cpu"}
+        self._processes = [subprocess.Popen([sys.executable, "-m", "meta_train.search.mutation"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
+
+    def map(self, jobs: list[tuple[str, tuple[int, ...], str, int]]) -> list[tuple[str, str, int, str]]:
+        """`mutate_text(*job)` for every job, in order, the jobs split evenly over the processes."""
+        count = len(self._processes)
+        bounds = [len(jobs) * k // count for k in range(count + 1)]
+        busy = []
+        for process, lo, hi in zip(self._processes, bounds[:-1], bounds[1:]):
+            if hi > lo:
+                process.stdin.write(json.dumps(jobs[lo:hi]) + "\n")
+                process.stdin.flush()
+                busy.append(process)
+        results: list[tuple[str, str, int, str]] = []
+        for process in busy:
+            line = process.stdout.readline()
+            if not line:
+                raise MutationError(f"a mutation worker exited (code {process.poll()})")
+            answer = json.loads(line)
+            if isinstance(answer, dict):
+                raise MutationError(answer["error"])
+            results += [tuple(r) for r in answer]
+        return results
+
+    def close(self) -> None:
+        for process in self._processes:
+            process.stdin.close()
+        for process in self._processes:
+            process.wait(timeout=30)
+
+
+def _serve() -> None:
+    """A worker's loop (`Workers`): a JSON list of `mutate_text` jobs per input line."""
+    for line in sys.stdin:
+        try:
+            answer = [mutate_text(parent, tuple(seed), mode, max_statements)
+                      for parent, seed, mode, max_statements in json.loads(line)]
+        except (MutationError, ProgramError) as error:
+            answer = {"error": str(error)}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve()
