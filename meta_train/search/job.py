@@ -124,6 +124,7 @@ class Search:
         self.best_validated: Member | None = None  # its `fitness` is the validation fitness
         self._flight: _Flight | None = None  # the generation launched ahead (search.overlap)
         self._pool: mutation.Workers | None = None  # mutation processes (search.workers)
+        self._relaunch: list[tuple[int | None, str, str, int]] = []  # in-flight children read back on resume
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         if resume:
             saved = self.dir / "config.json"
@@ -145,6 +146,11 @@ class Search:
             clock = time.perf_counter()
             self.evaluate.precompile(config.fitness.precompile)
             self._spent("compile_seconds", clock)
+            self._spent("seconds", clock)
+        if self._relaunch:  # the generation in flight when the search stopped (search.overlap), after the precompile
+            clock, children = time.perf_counter(), self._relaunch
+            graphs = [check(parse(text), config.search.max_statements) for _, _, text, _ in children]
+            self._flight = self._launch(self.generation + 1, children, graphs, None, None)
             self._spent("seconds", clock)
 
     # -- persistence ------------------------------------------------------------------------
@@ -204,10 +210,7 @@ class Search:
             self.structural[entry["structural"]] = fitness
             if entry.get("functional"):
                 self.functional[entry["functional"]] = fitness
-        if in_flight:
-            children = [(c["parent"], c["mutation"], c["text"], c["tries"]) for c in in_flight]
-            graphs = [check(parse(text), self.config.search.max_statements) for _, _, text, _ in children]
-            self._flight = self._launch(self.generation + 1, children, graphs, None, None)
+        self._relaunch = [(c["parent"], c["mutation"], c["text"], c["tries"]) for c in in_flight or []]
 
     def _trim(self, log: Path) -> None:
         """Drop the lines a killed generation wrote after the last saved state."""
