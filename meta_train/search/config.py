@@ -25,13 +25,13 @@ class EvolutionSection:
     (0: no limit); `lopt search --resume` continues exactly where it stopped.
     overlap: mutate and probe generation g + 1 on the host while the device trains generation g,
     so the device is not idle while Python mutates (selection then sees the scores one
-    generation late, as the asynchronous workers of Real et al. 2019 and Chen et al. 2023 did;
-    a run is still deterministic per seed and resumes exactly). Off by default: on a CPU the
+    generation late, as with the asynchronous workers of Real et al. 2019's regularized
+    evolution; a run is still deterministic per seed and resumes exactly). Off by default: on a CPU the
     host and the "device" share the cores.
     workers: processes that mutate a generation's children in parallel (0: this process). Each
     child has its own generator, so the search is the same for any number of workers; a resume
-    may change it. On a GPU machine the mutation of 256 children took ~0.45 s of host time a
-    generation, as long as the GPU's training of them."""
+    may change it. On the H200 machine the mutation of 256 children took 0.45 s of host time a
+    generation in this process and 0.23 s with 8 workers."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"
