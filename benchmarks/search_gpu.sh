@@ -49,13 +49,13 @@ else:
     overrides = [f"run.output_dir='{run}'"] + ([f"fitness.interpreter='{interpreter}'"] if interpreter else []) + extra
     search = Search(load_config(SearchConfig, "configs/search/gpu.toml", overrides), progress=False)
 start = time.perf_counter()
-window = (search._inner_steps(), search.counters["seconds"], search.counters.get("compile_seconds", 0.0),
+window = (search.inner_steps(), search.counters["seconds"], search.counters.get("compile_seconds", 0.0),
           search.counters["children"])
 while search.generation < search.config.search.generations and time.perf_counter() - start < seconds:
     search.step()
     if search.generation % 10 == 0:  # a trace in the call's log, should the call be cut short
         s, c = search.statistics(), search.counters
-        now = (search._inner_steps(), c["seconds"], c.get("compile_seconds", 0.0), c["children"])
+        now = (search.inner_steps(), c["seconds"], c.get("compile_seconds", 0.0), c["children"])
         spent = max(now[1] - window[1], 1e-9)
         print(f"generation {search.generation}: best {search.best.fitness:.4f}, {s['children']} children, "
               f"{s['trained'] + s['hurdle_stops']} trained, {s['inner_steps_per_second']:,.0f} inner steps/s so far "

@@ -136,9 +136,9 @@ class SearchConfig:
         return format_program(parse(path.read_text()))
 
 
-def without_location(record: dict[str, Any]) -> dict[str, Any]:
-    """A config record without `run.output_dir` (a search folder can be moved or copied) and
-    `search.workers` (the search is the same for any number)."""
+def resume_record(record: dict[str, Any]) -> dict[str, Any]:
+    """What of a config record a resume must match: all but `run.output_dir` (a search folder
+    can be moved or copied) and `search.workers` (the search is the same for any number)."""
     return {**record, "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"},
             "search": {k: v for k, v in record.get("search", {}).items() if k != "workers"}}
 

@@ -413,7 +413,11 @@ class JitEvaluator:
 
     def start(self, graphs: Sequence[Graph]) -> Staged:
         """As `BatchedEvaluator.start`, but each task trains when dispatched (one compile per program)."""
-        return Staged(self.spec, self.hurdle, graphs, lambda gs, task: (lambda out=self._task_losses(gs, task): out))
+        def dispatch(gs: Sequence[Graph], task: int):
+            losses = self._task_losses(gs, task)
+            return lambda: losses
+
+        return Staged(self.spec, self.hurdle, graphs, dispatch)
 
     def losses(self, graphs: Sequence[Graph]) -> np.ndarray:
         return self.start(graphs).losses()

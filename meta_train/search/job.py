@@ -50,7 +50,7 @@ from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import functional_hashes
 from lopt.programs.lang import format_program, parse
 from meta_train.search import mutation
-from meta_train.search.config import SearchConfig, without_location
+from meta_train.search.config import SearchConfig, resume_record
 from meta_train.search.fitness import Staged, evaluator
 from meta_train.search.fitness import score as fitness_of
 
@@ -68,8 +68,8 @@ class _Flight:
 
     children: (parent id, mutation, text, mutation tries) per child; fitness/how: what the
     caches answered at launch (None/'' where training or the generation before will);
-    unique: the first child of each structure the cache did not know; functional_of: their
-    probe hashes; train: the children dispatched to the device (`staged`); waiting: children
+    first: the first child of each structure the cache did not know (`unique` in order);
+    functional_of: their probe hashes; train: the children dispatched to the device (`staged`); waiting: children
     equal to one of the generation in flight before this one, answered from the cache when
     this one lands."""
 
@@ -80,11 +80,14 @@ class _Flight:
     fitness: list[float | None]
     how: list[str]
     first: dict[str, int]
-    unique: list[int]
     functional_of: dict[int, str]
     train: list[int]
     waiting: list[int]
     staged: Staged | None
+
+    @property
+    def unique(self) -> list[int]:
+        return sorted(self.first.values())
 
 
 def json_float(x: float) -> float | None:
@@ -130,7 +133,7 @@ class Search:
             saved = self.dir / "config.json"
             if not saved.is_file():
                 raise ConfigError(f"{self.dir}: no search to resume (config.json missing)")
-            if without_location(json.loads(saved.read_text())) != without_location(json.loads(config_json)):
+            if resume_record(json.loads(saved.read_text())) != resume_record(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
             self._load()
         else:
@@ -277,7 +280,7 @@ class Search:
             clock, compiling = time.perf_counter(), self.evaluate.compile_seconds
             staged = self.evaluate.start([graphs[i] for i in train])
             self._train_clock(clock, compiling)
-        return _Flight(generation, children, graphs, hashes, fitness, how, first, unique, functional_of, train, waiting, staged)
+        return _Flight(generation, children, graphs, hashes, fitness, how, first, functional_of, train, waiting, staged)
 
     def _advance(self, flight: _Flight) -> None:
         """Wait for the flight's first task and dispatch the rest for the hurdle's survivors."""
@@ -425,7 +428,7 @@ class Search:
                 if np.isfinite(score) and (self.best_validated is None or score < self.best_validated.fitness):
                     self.best_validated = Member(member.id, member.text, float(score), member.born)
 
-    def _inner_steps(self) -> int:
+    def inner_steps(self) -> int:
         """Inner steps of program training so far: every task for the trained, the first for
         those the hurdle stopped."""
         spec, c = self.config.fitness, self.counters
@@ -443,9 +446,9 @@ class Search:
             "children": c["children"],
             "trained": c["trained"],
             "hurdle_stops": c.get("hurdle_stops", 0),  # trained on the first task only (fitness.hurdle)
-            "inner_steps_per_second": self._inner_steps() / max(c["seconds"], 1e-9),
+            "inner_steps_per_second": self.inner_steps() / max(c["seconds"], 1e-9),
             # the same, leaving out the seconds spent compiling population calls (paid once per shape)
-            "inner_steps_per_second_compiled": self._inner_steps() / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
+            "inner_steps_per_second_compiled": self.inner_steps() / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
             "programs_per_second_compiled": c["children"] / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
             **{f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9)
                for part in ("mutate", "probe", "train", "compile")},  # compile: part of train and of precompiling
