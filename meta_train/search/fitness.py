@@ -21,11 +21,16 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +40,7 @@ from jax.flatten_util import ravel_pytree
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
-from lopt.programs.interpret import ROUND, encode, encode_population, rounds_needed, run_encoded, run_unrolled, stack_encoded, to_optax
+from lopt.programs.interpret import ROUND, Encoded, encode, encode_population, rounds_needed, run_encoded, run_unrolled, stack_encoded, to_optax
 from lopt.programs.kernel import run_kernel, uses_tree
 from tasks import build, task_spec
 from tasks.train import evaluate
@@ -238,16 +243,63 @@ class Staged:
         return self.out
 
 
+# What a lowered population call depends on besides the spec and its shape: the interpreter, the
+# kernel, the tasks and this module. A change to any of these files makes every stored lowering stale.
+_LOWERING_SOURCES = ("lopt/programs", "lopt/learned/kernels.py", "tasks", "meta_train/search/fitness.py")
+
+
+@functools.cache
+def _source_digest() -> str:
+    """sha256 over the files in `_LOWERING_SOURCES` (paths and bytes)."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for name in _LOWERING_SOURCES:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def default_lowered_dir() -> Path | None:
+    """Where population calls are kept lowered: `lopt-lowered/` inside JAX's persistent compilation
+    cache when one is set (`JAX_COMPILATION_CACHE_DIR`), else nowhere. JAX's cache keeps only the
+    XLA compile; a search resumed in a new process traced and lowered its 24 call shapes again
+    (Pallas' Triton lowering runs in Python: 140 of a resumed GPU call's 190 search-seconds)."""
+    cache = jax.config.jax_compilation_cache_dir
+    return Path(cache) / "lopt-lowered" if cache else None
+
+
+_FROM_JAX_CONFIG = object()  # BatchedEvaluator's default store: default_lowered_dir()
+
+
+def _spec_record(spec: FitnessSpec) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+def _spec_from_record(record: dict) -> FitnessSpec:
+    return FitnessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+
+
 class BatchedEvaluator:
     """One compiled call per (task, batch of programs).
 
     step: what computes a step from (program, w, g, m, v, lr, t, sizes); the interpreter, or for
-    `benchmarks/search_throughput.py`'s floor a fixed optimizer that ignores the program."""
+    `benchmarks/search_throughput.py`'s floor a fixed optimizer that ignores the program.
+    lowered_dir: where lowered calls are stored (`jax.export`, a versioned serialization, not a
+    pickle) and read back by a later process, so it compiles without tracing and lowering again
+    (and with JAX's persistent cache, without compiling); default `default_lowered_dir()`, None
+    for no store. Only the library's own steps are stored (a custom `step` is not part of the
+    key). platform: the one calls are lowered for (default: this process's; the lowering workers
+    of `precompile` run on the CPU and lower for the parent's)."""
 
-    def __init__(self, spec: FitnessSpec, step=run_encoded, *, kernel: bool = False):
+    def __init__(self, spec: FitnessSpec, step=run_encoded, *, kernel: bool = False,
+                 lowered_dir: Path | str | None | object = _FROM_JAX_CONFIG, platform: str | None = None):
         self.spec = spec
         self._step = step
         self._kernel = kernel
+        self._platform = platform or jax.export.default_export_platform()
+        lowered_dir = default_lowered_dir() if lowered_dir is _FROM_JAX_CONFIG else lowered_dir
+        self._lowered_dir = Path(lowered_dir) if lowered_dir is not None and step in (run_encoded, run_unrolled) else None
         self._executables: dict[tuple[str, int, str, int], object] = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0  # spent compiling population calls (in every thread)
@@ -267,22 +319,103 @@ class BatchedEvaluator:
         `run_kernel` with its tree passes) and a padded batch size; compiled when first asked for."""
         key = (task_name, rounds, kind, count)
         if key not in self._executables:
-            steps = {"step": self._step, "kernel": run_kernel, "kernel-tree": functools.partial(run_kernel, tree=True)}
-            example = jax.tree.map(jnp.asarray, stack_encoded([encode(_example_graph(), rounds)] * count))
             start = time.perf_counter()
-            compiled = self._build(task_name, steps[kind]).lower(example).compile()
+            compiled = self._lower(*key).compile()
             with self._lock:
                 self.compile_seconds += time.perf_counter() - start
                 self._executables.setdefault(key, compiled)
         return self._executables[key]
 
+    @staticmethod
+    def _example(rounds: int, count: int):
+        return jax.tree.map(jnp.asarray, stack_encoded([encode(_example_graph(), rounds)] * count))
+
+    def _traced(self, task_name: str, rounds: int, kind: str, count: int):
+        """The population call for a key, traced (not yet lowered)."""
+        interpret = self._platform not in ("cuda", "rocm")
+        steps = {"step": self._step, "kernel": functools.partial(run_kernel, interpret=interpret),
+                 "kernel-tree": functools.partial(run_kernel, tree=True, interpret=interpret)}
+        return self._build(task_name, steps[kind]), self._example(rounds, count)
+
+    def lowered_path(self, task_name: str, rounds: int, kind: str, count: int) -> Path | None:
+        """Where the lowered call for a key is stored (None without a store). The name hashes all
+        it depends on: the spec, the key, the platform, jax's version and `_source_digest()`."""
+        if self._lowered_dir is None:
+            return None
+        record = {"spec": _spec_record(self.spec), "key": [task_name, rounds, kind, count], "platform": self._platform,
+                  "jax": jax.__version__, "step": self._step.__name__, "sources": _source_digest()}
+        name = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:40]
+        return self._lowered_dir / f"{name}.jaxexport"
+
+    def store_lowered(self, task_name: str, rounds: int, kind: str, count: int):
+        """Lower a key's call and store it (`jax.export`, written to a temporary file and renamed);
+        returns the `jax.export.Exported`."""
+        fn, example = self._traced(task_name, rounds, kind, count)
+        # Over the Encoded fields as plain arguments (a serialized tree holds registered types only).
+        exported = jax.export.export(jax.jit(lambda *fields: fn(Encoded(*fields))), platforms=[self._platform], disabled_checks=[
+            jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*example)
+        path = self.lowered_path(task_name, rounds, kind, count)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        temporary.write_bytes(exported.serialize())
+        temporary.replace(path)
+        return exported
+
+    def _lower(self, task_name: str, rounds: int, kind: str, count: int):
+        """The key's call lowered: read back from the store when it is there (a file that does not
+        deserialize is lowered again and replaced), else traced, lowered and stored."""
+        path = self.lowered_path(task_name, rounds, kind, count)
+        if path is None:
+            fn, example = self._traced(task_name, rounds, kind, count)
+            return fn.lower(example)
+        exported = None
+        if path.is_file():
+            try:
+                exported = jax.export.deserialize(bytearray(path.read_bytes()))
+            except Exception:  # noqa: BLE001 - a truncated or foreign file: lower again
+                exported = None
+        if exported is None:
+            exported = self.store_lowered(task_name, rounds, kind, count)
+        return jax.jit(lambda encoded: exported.call(*encoded)).lower(self._example(rounds, count))
+
+    def _lower_elsewhere(self, keys: list[tuple[str, int, str, int]], workers: int) -> None:
+        """Lower and store `keys` in `workers` CPU processes (`python -m meta_train.search.fitness`),
+        whose Python-side tracing and lowering then run in parallel instead of behind one GIL."""
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        shares = [keys[i::workers] for i in range(workers)]
+        processes = []
+        for share in shares:
+            request = {"spec": _spec_record(self.spec), "kernel": self._kernel, "platform": self._platform,
+                       "lowered_dir": str(self._lowered_dir), "keys": share}
+            process = subprocess.Popen([sys.executable, "-m", "meta_train.search.fitness"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+            process.stdin.write(json.dumps(request))
+            process.stdin.close()
+            processes.append(process)
+        for process in processes:
+            error = process.stderr.read()
+            if process.wait() != 0:
+                raise RuntimeError(f"a lowering worker failed: {error.strip().splitlines()[-1] if error.strip() else process.returncode}")
+
     def precompile(self, rounds: Sequence[int], workers: int | None = None) -> int:
         """Compile ahead, in `workers` threads (XLA compiles outside the GIL), the population calls
-        for every task, kind, number of `rounds` and padded batch size; returns how many."""
+        for every task, kind, number of `rounds` and padded batch size; returns how many. With a
+        store (`lowered_dir`), the calls not stored yet are first lowered in as many CPU processes
+        (at most `workers`): on the GPU search's 24 shapes the lowering, in Python, took longer than
+        the compiles."""
         sizes = sorted({padded_batch(n, self.spec.batch) for n in range(1, self.spec.batch + 1)})
         keys = [(t, r, k, n) for t in self.spec.tasks for r in rounds for k in self._kinds() for n in sizes
                 if (t, r, k, n) not in self._executables]
-        with concurrent.futures.ThreadPoolExecutor(workers or min(len(keys), os.cpu_count() or 1) or 1) as pool:
+        threads = workers or min(len(keys), os.cpu_count() or 1) or 1
+        missing = [key for key in keys if self._lowered_dir is not None and not self.lowered_path(*key).is_file()]
+        if len(missing) > 1:
+            start = time.perf_counter()
+            self._lower_elsewhere(missing, min(len(missing), threads))
+            with self._lock:
+                self.compile_seconds += time.perf_counter() - start
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda key: self._executable(*key), keys))
         return len(keys)
 
@@ -432,3 +565,17 @@ def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
     make = {"auto": BatchedEvaluator, "batched": BatchedEvaluator, "jit": JitEvaluator,
             "unrolled": lambda s: BatchedEvaluator(s, run_unrolled), "kernel": lambda s: BatchedEvaluator(s, kernel=True)}
     return make[spec.interpreter](spec)
+
+
+def _lowering_worker() -> None:
+    """`python -m meta_train.search.fitness`: read one JSON request from stdin (a spec, whether the
+    kernel runs, the platform, the store and the keys) and store each key's lowered call."""
+    request = json.loads(sys.stdin.read())
+    evaluator = BatchedEvaluator(_spec_from_record(request["spec"]), kernel=request["kernel"],
+                                 lowered_dir=request["lowered_dir"], platform=request["platform"])
+    for task_name, rounds, kind, count in request["keys"]:
+        evaluator.store_lowered(task_name, rounds, kind, count)
+
+
+if __name__ == "__main__":
+    _lowering_worker()
