@@ -166,6 +166,29 @@ def test_search_is_deterministic_and_resumes_exactly(tmp_path, overlap):
         Search(tiny_config(tmp_path / "a", tournament=3), resume=True, progress=False)
 
 
+def test_a_search_precompiles_before_scoring_its_seed_and_resumes_to_the_same_log(tmp_path):
+    """fitness.precompile with a hurdle: the calls are compiled before the hurdle's reference and
+    the seed are scored (which then compile nothing), the time counts as compiling, and the search
+    (fresh, then resumed: precompiled again) logs what one without precompile logs."""
+    fitness = {**TINY_FITNESS, "tasks": ["quadratic-10-cond100", "digits-mlp-relu32"], "steps": [30, 10], "hurdle": 1.0, "batch": 2}
+    make = lambda d, **f: from_dict(SearchConfig, {  # noqa: E731
+        "search": {"population": 6, "tournament": 2, "children": 4, "generations": 2, "max_statements": 16},
+        "fitness": {**fitness, **f}, "run": {"output_dir": str(d)}})
+    plain = Search(make(tmp_path / "plain"), progress=False)
+    plain.run()
+    ahead = Search(make(tmp_path / "ahead", precompile=[2]), progress=False)
+    compiled = set(ahead.evaluate._executables)
+    assert len(compiled) == 4 and ahead.counters["compile_seconds"] > 0  # 2 tasks × padded sizes 1, 2
+    assert ahead.evaluate.hurdle.reference == plain.evaluate.hurdle.reference
+    ahead.step()
+    resumed = Search(make(tmp_path / "ahead", precompile=[2]), resume=True, progress=False)
+    assert resumed.counters["compile_seconds"] > ahead.counters["compile_seconds"]
+    resumed.run()
+    read = lambda d: [{k: v for k, v in json.loads(line).items() if k != "scored"}  # noqa: E731
+                      for line in (d / "log.jsonl").read_text().splitlines()]
+    assert read(tmp_path / "ahead") == read(tmp_path / "plain")
+
+
 def test_search_from_adamw_improves_on_the_seed_within_a_ci_budget(tmp_path):
     """The embedded proxy: an MLP on digits, 60 steps, with the seed's lr input at 0.3 (its
     step size is then too small for so short a run, which a CI-sized search can fix). With 4

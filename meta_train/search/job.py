@@ -118,8 +118,6 @@ class Search:
         self.dir = Path(config.run.output_dir)
         self.progress = progress
         self.evaluate = evaluator(config.fitness)
-        if config.fitness.hurdle:  # the seed's first-task score is the hurdle's reference
-            self.evaluate.hurdle.set_reference(check(parse(config.seed_program_text()), config.search.max_statements))
         self.evaluate_validation = evaluator(config.validation_spec()) if config.validation.task else None
         self.structural: dict[str, float] = {}
         self.functional: dict[str, float] = {}
@@ -135,10 +133,20 @@ class Search:
                 raise ConfigError(f"{self.dir}: no search to resume (config.json missing)")
             if resume_record(json.loads(saved.read_text())) != resume_record(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
+        elif (self.dir / "state.json").exists():
+            raise ConfigError(f"{self.dir} already holds a search; resume it with `lopt search --resume {self.dir}`")
+        # Precompiled first, so that the seed's scoring and the hurdle's reference find their calls compiled
+        # (and a fresh search's calls are lowered in parallel by precompile's workers, not one by one here).
+        compiling = 0.0
+        if config.fitness.precompile:
+            clock = time.perf_counter()
+            self.evaluate.precompile(config.fitness.precompile)
+            compiling = time.perf_counter() - clock
+        if config.fitness.hurdle:  # the seed's first-task score is the hurdle's reference
+            self.evaluate.hurdle.set_reference(check(parse(config.seed_program_text()), config.search.max_statements))
+        if resume:
             self._load()
         else:
-            if (self.dir / "state.json").exists():
-                raise ConfigError(f"{self.dir} already holds a search; resume it with `lopt search --resume {self.dir}`")
             self.dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.dir / "config.json", config_json)
             (self.dir / "log.jsonl").write_text("")
@@ -146,10 +154,8 @@ class Search:
             (self.dir / "validation.jsonl").write_text("")
             self._start()
         if config.fitness.precompile:
-            clock = time.perf_counter()
-            self.evaluate.precompile(config.fitness.precompile)
-            self._spent("compile_seconds", clock)
-            self._spent("seconds", clock)
+            for counter in ("compile_seconds", "seconds"):
+                self.counters[counter] = self.counters.get(counter, 0.0) + compiling
         if self._relaunch:  # the generation in flight when the search stopped (search.overlap), after the precompile
             clock, children = time.perf_counter(), self._relaunch
             graphs = [check(parse(text), config.search.max_statements) for _, _, text, _ in children]
