@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -384,20 +385,25 @@ class BatchedEvaluator:
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        shares = [keys[i::workers] for i in range(workers)]
         processes = []
-        for share in shares:
-            request = {"spec": _spec_record(self.spec), "kernel": self._kernel, "platform": self._platform,
-                       "lowered_dir": str(self._lowered_dir), "keys": share}
+        for share in [keys[i::workers] for i in range(workers)]:
+            request = {"spec": _spec_record(self.spec), "step": self._step.__name__, "kernel": self._kernel,
+                       "platform": self._platform, "lowered_dir": str(self._lowered_dir), "keys": share}
+            errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty worker never blocks on it
             process = subprocess.Popen([sys.executable, "-m", "meta_train.search.fitness"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+                                       stdout=subprocess.DEVNULL, stderr=errors, env=env, text=True)
             process.stdin.write(json.dumps(request))
             process.stdin.close()
-            processes.append(process)
-        for process in processes:
-            error = process.stderr.read()
+            processes.append((process, errors))
+        failures = []
+        for process, errors in processes:
             if process.wait() != 0:
-                raise RuntimeError(f"a lowering worker failed: {error.strip().splitlines()[-1] if error.strip() else process.returncode}")
+                errors.seek(0)
+                lines = errors.read().strip().splitlines()
+                failures.append(lines[-1] if lines else f"exit status {process.returncode}")
+            errors.close()
+        if failures:
+            raise RuntimeError(f"a lowering worker failed: {failures[0]}")
 
     def precompile(self, rounds: Sequence[int], workers: int | None = None) -> int:
         """Compile ahead, in `workers` threads (XLA compiles outside the GIL), the population calls
@@ -568,10 +574,11 @@ def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
 
 
 def _lowering_worker() -> None:
-    """`python -m meta_train.search.fitness`: read one JSON request from stdin (a spec, whether the
-    kernel runs, the platform, the store and the keys) and store each key's lowered call."""
+    """`python -m meta_train.search.fitness`: read one JSON request from stdin (a spec, the step,
+    whether the kernel runs, the platform, the store and the keys) and store each key's lowered call."""
     request = json.loads(sys.stdin.read())
-    evaluator = BatchedEvaluator(_spec_from_record(request["spec"]), kernel=request["kernel"],
+    step = {"run_encoded": run_encoded, "run_unrolled": run_unrolled}[request["step"]]
+    evaluator = BatchedEvaluator(_spec_from_record(request["spec"]), step, kernel=request["kernel"],
                                  lowered_dir=request["lowered_dir"], platform=request["platform"])
     for task_name, rounds, kind, count in request["keys"]:
         evaluator.store_lowered(task_name, rounds, kind, count)
