@@ -39,6 +39,7 @@ from meta_train.search.job import Search
 from meta_train.search.pipeline import finish
 run, seconds, final, interpreter = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 extra = [o for o in sys.argv[5].split(";") if o.strip()]
+ready = time.perf_counter()
 if (Path(run) / "state.json").exists():
     # search.workers is not part of what a resume must match: WORKERS sets it (default 8 of the 16 cores)
     config = config_from_dir(run)
@@ -49,6 +50,8 @@ else:
     overrides = [f"run.output_dir='{run}'"] + ([f"fitness.interpreter='{interpreter}'"] if interpreter else []) + extra
     search = Search(load_config(SearchConfig, "configs/search/gpu.toml", overrides), progress=False)
 start = time.perf_counter()
+print(f"ready in {start - ready:.0f} s (precompile and the seed or the relaunch; {search.counters.get('compile_seconds', 0.0):.0f} "
+      f"compile-seconds counted so far)", flush=True)
 window = (search.inner_steps(), search.counters["seconds"], search.counters.get("compile_seconds", 0.0),
           search.counters["children"])
 while search.generation < search.config.search.generations and time.perf_counter() - start < seconds:
