@@ -1,7 +1,7 @@
 """The search's store of lowered population calls (meta_train.search.fitness, `lowered_dir`): a
 later process compiles from the stored `jax.export` module instead of tracing and lowering again,
 with the same losses; a damaged file is lowered again; the key follows what the call depends on;
-`precompile` lowers the missing calls in CPU worker processes."""
+`precompile` lowers the missing calls in worker processes."""
 
 import numpy as np
 import pytest

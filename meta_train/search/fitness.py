@@ -291,7 +291,7 @@ class BatchedEvaluator:
     (and with JAX's persistent cache, without compiling); default `default_lowered_dir()`, None
     for no store. Only the library's own steps are stored (a custom `step` is not part of the
     key). platform: the one calls are lowered for (default: this process's; the lowering workers
-    of `precompile` run on the CPU and lower for the parent's)."""
+    of `precompile` lower for the parent's)."""
 
     def __init__(self, spec: FitnessSpec, step=run_encoded, *, kernel: bool = False,
                  lowered_dir: Path | str | None | object = _FROM_JAX_CONFIG, platform: str | None = None):
@@ -380,9 +380,11 @@ class BatchedEvaluator:
         return jax.jit(lambda encoded: exported.call(*encoded)).lower(self._example(rounds, count))
 
     def _lower_elsewhere(self, keys: list[tuple[str, int, str, int]], workers: int) -> None:
-        """Lower and store `keys` in `workers` CPU processes (`python -m meta_train.search.fitness`),
-        whose Python-side tracing and lowering then run in parallel instead of behind one GIL."""
-        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        """Lower and store `keys` in `workers` processes (`python -m meta_train.search.fitness`), whose
+        Python-side tracing and lowering then run in parallel instead of behind one GIL."""
+        # For the CPU, the workers run on the CPU. For a GPU they see it (Pallas' Triton lowering reads the
+        # device's compute capability) without taking its memory: they only lower, and the parent holds it.
+        env = dict(os.environ, **({"JAX_PLATFORMS": "cpu"} if self._platform == "cpu" else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}))
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         processes = []
@@ -408,7 +410,7 @@ class BatchedEvaluator:
     def precompile(self, rounds: Sequence[int], workers: int | None = None) -> int:
         """Compile ahead, in `workers` threads (XLA compiles outside the GIL), the population calls
         for every task, kind, number of `rounds` and padded batch size; returns how many. With a
-        store (`lowered_dir`), the calls not stored yet are first lowered in as many CPU processes
+        store (`lowered_dir`), the calls not stored yet are first lowered in as many worker processes
         (at most `workers`): on the GPU search's 24 shapes the lowering, in Python, took longer than
         the compiles."""
         sizes = sorted({padded_batch(n, self.spec.batch) for n in range(1, self.spec.batch + 1)})
