@@ -3,6 +3,8 @@ later process compiles from the stored `jax.export` module instead of tracing an
 with the same losses; a damaged file is lowered again; the key follows what the call depends on;
 `precompile` lowers the missing calls in worker processes."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_the_store_key_follows_spec_shape_platform_and_sources(tmp_path, monkeyp
     assert path.parent == tmp_path and path == BatchedEvaluator(SPEC, lowered_dir=tmp_path).lowered_path("digits-mlp-relu32", 2, "step", 4)
     others = {base.lowered_path("digits-mlp-relu32", 3, "step", 4), base.lowered_path("digits-mlp-relu32", 2, "kernel", 4),
               base.lowered_path("digits-mlp-relu32", 2, "step", 2),
-              BatchedEvaluator(FitnessSpec(**{**SPEC.__dict__, "steps": 9}), lowered_dir=tmp_path).lowered_path("digits-mlp-relu32", 2, "step", 4),
+              BatchedEvaluator(dataclasses.replace(SPEC, steps=9), lowered_dir=tmp_path).lowered_path("digits-mlp-relu32", 2, "step", 4),
               BatchedEvaluator(SPEC, lowered_dir=tmp_path, platform="cuda").lowered_path("digits-mlp-relu32", 2, "step", 4)}
     assert path not in others and len(others) == 5
     monkeypatch.setattr(fitness, "_source_digest", lambda: "another checkout")
