@@ -38,11 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lopt.config import ConfigError
+from lopt.config import ConfigError, from_dict
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
 from lopt.programs.interpret import ROUND, Encoded, encode, encode_population, rounds_needed, run_encoded, run_unrolled, stack_encoded, to_optax
 from lopt.programs.kernel import run_kernel, uses_tree
+from meta_train.search.mutation import worker_env
 from tasks import build, task_spec
 from tasks.train import evaluate
 
@@ -277,10 +278,6 @@ def _spec_record(spec: FitnessSpec) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
-def _spec_from_record(record: dict) -> FitnessSpec:
-    return FitnessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
-
-
 class BatchedEvaluator:
     """One compiled call per (task, batch of programs).
 
@@ -384,9 +381,7 @@ class BatchedEvaluator:
         Python-side tracing and lowering then run in parallel instead of behind one GIL."""
         # For the CPU, the workers run on the CPU. For a GPU they see it (Pallas' Triton lowering reads the
         # device's compute capability) without taking its memory: they only lower, and the parent holds it.
-        env = dict(os.environ, **({"JAX_PLATFORMS": "cpu"} if self._platform == "cpu" else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}))
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env = worker_env(**({"JAX_PLATFORMS": "cpu"} if self._platform == "cpu" else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}))
         processes = []
         for share in [keys[i::workers] for i in range(workers)]:
             request = {"spec": _spec_record(self.spec), "step": self._step.__name__, "kernel": self._kernel,
@@ -580,7 +575,7 @@ def _lowering_worker() -> None:
     whether the kernel runs, the platform, the store and the keys) and store each key's lowered call."""
     request = json.loads(sys.stdin.read())
     step = {"run_encoded": run_encoded, "run_unrolled": run_unrolled}[request["step"]]
-    evaluator = BatchedEvaluator(_spec_from_record(request["spec"]), step, kernel=request["kernel"],
+    evaluator = BatchedEvaluator(from_dict(FitnessSpec, request["spec"], where="lowering request"), step, kernel=request["kernel"],
                                  lowered_dir=request["lowered_dir"], platform=request["platform"])
     for task_name, rounds, kind, count in request["keys"]:
         evaluator.store_lowered(task_name, rounds, kind, count)

@@ -169,6 +169,14 @@ def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step
     raise MutationError("no valid random program found")
 
 
+def worker_env(**overrides: str) -> dict[str, str]:
+    """The environment of a search's worker process (`python -m meta_train.search.<module>`): this
+    one's, with the project's root first on PYTHONPATH (so the module is found however the parent
+    was started) and `overrides` set."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p), **overrides}
+
+
 class Workers:
     """Processes that run `mutate_text` on chunks of a generation's children (`search.workers`).
 
@@ -178,9 +186,7 @@ class Workers:
     multiprocessing's spawn) and nothing is unpickled."""
 
     def __init__(self, count: int) -> None:
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
-               "JAX_PLATFORMS": "cpu"}
+        env = worker_env(JAX_PLATFORMS="cpu")
         self._processes = [subprocess.Popen([sys.executable, "-m", "meta_train.search.mutation"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
 
