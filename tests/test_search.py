@@ -18,7 +18,7 @@ from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
-from meta_train.search.pipeline import curves, funnel, promoted_program, top
+from meta_train.search.pipeline import curves, funnel, promoted_program, top, validated
 
 TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
                 "eval_batches": 1, "length": 16, "batch": 4}
@@ -51,6 +51,41 @@ def test_constant_mutation_changes_only_constants():
         child, description, _, _ = mutation.mutate(parent, rng, "constants", 16)
         assert description.startswith("constant")
         assert [(s.target, s.op) for s in child.statements] == [(s.target, s.op) for s in parent.statements]
+
+
+# A child logged by a GPU search (2026-12-02) whose schedule needs 4 rounds of slots.
+FOUR_ROUNDS = """def train(w, g, m, v, lr):
+  g2 = square(g)
+  m = interp(g, m, 0.9)
+  v = interp(g2, v, 0.999)
+  g = exp(g2)
+  sqrt_v = sqrt(v)
+  sqrt_v = arcsinh(g2)
+  m = log1p(3.525022029876709)
+  lr = cosh(lr)
+  denominator = sqrt_v + 1e-08
+  update = m / g
+  wd = lr * 0.01
+  update = update + wd
+  lr = lr * 0.001
+  update = update * lr
+  return update, m, v
+"""
+
+
+def test_children_that_need_more_rounds_than_max_rounds_are_not_made(tmp_path):
+    parent = parse(FOUR_ROUNDS)
+    assert rounds_needed(check(parent)) == 4
+    free = [rounds_needed(mutation.mutate(parent, np.random.default_rng(k))[2]) for k in range(30)]
+    capped = [rounds_needed(mutation.mutate(parent, np.random.default_rng(k), max_rounds=3)[2]) for k in range(30)]
+    assert max(free) == 4 and max(capped) <= 3
+    text, _, _, _ = mutation.mutate_text(FOUR_ROUNDS, (0, 1, 2), "all", 24, 3)
+    assert rounds_needed(check(parse(text))) <= 3
+    rng = np.random.default_rng(3)
+    assert all(rounds_needed(mutation.random_program(rng, 20, max_rounds=2)[1]) <= 2 for _ in range(10))
+    for bad in (-1, 17, True, 2.5):
+        with pytest.raises(ConfigError, match="search.max_rounds"):
+            tiny_config(tmp_path, max_rounds=bad)
 
 
 def test_random_programs_are_valid():
@@ -441,6 +476,20 @@ def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_pat
     capsys.readouterr()
     assert main(["search", str(bad), "--quiet"]) == 2
     assert "validation.task" in capsys.readouterr().err
+
+
+def test_funnel_candidates_by_meta_validation_are_the_best_distinct_ones(tmp_path):
+    adamw, lion = format_program(seed("adamw")), format_program(seed("lion"))
+    renamed = adamw.replace("denominator", "den")
+    rows = [{"generation": 10, "id": 1, "text": adamw, "fitness": -1.0, "validation": 0.9},
+            {"generation": 10, "id": 2, "text": lion, "fitness": -1.0, "validation": 0.8},
+            {"generation": 20, "id": 3, "text": FOUR_ROUNDS, "fitness": -1.0, "validation": None},
+            {"generation": 20, "id": 4, "text": renamed, "fitness": -1.0, "validation": 0.7}]
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"torn')
+    assert structural_hash(parse(renamed)) == structural_hash(parse(adamw))
+    assert validated(tmp_path, 5) == [renamed, lion]
+    assert validated(tmp_path, 1) == [renamed] and validated(tmp_path, 0) == []
+    assert validated(tmp_path / "none", 3) == []
 
 
 def test_precompiled_population_calls_are_reused_and_give_the_same_losses():

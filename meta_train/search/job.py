@@ -331,7 +331,7 @@ class Search:
         children, graphs, hashes = [], [], []
         if s.strategy == "random":
             for _ in range(s.children):
-                program, graph = mutation.random_program(rng, s.max_statements - 1)
+                program, graph = mutation.random_program(rng, s.max_statements - 1, max_rounds=s.max_rounds)
                 children.append((None, "random", format_program(program), 1))
                 graphs.append(graph)
                 hashes.append(structural_hash(graph))
@@ -341,7 +341,7 @@ class Search:
             for _ in range(s.children):
                 picks = rng.choice(len(self.population), size=s.tournament, replace=False)
                 winners.append(min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born)))
-            jobs = [(w.text, (s.seed, generation, k), mode, s.max_statements) for k, w in enumerate(winners)]
+            jobs = [(w.text, (s.seed, generation, k), mode, s.max_statements, s.max_rounds) for k, w in enumerate(winners)]
             if s.workers:
                 self._pool = self._pool or mutation.Workers(s.workers)
                 made = self._pool.map(jobs)

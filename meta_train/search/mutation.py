@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lopt.programs.analysis import DEFAULT_MAX_STATEMENTS, Graph, check, structural_hash
+from lopt.programs.interpret import rounds_needed
 from lopt.programs.lang import Const, Program, ProgramError, Statement, Var, format_program, parse
 from lopt.programs.library import FUNCTIONS
 
@@ -111,9 +112,12 @@ def validate(program: Program, max_statements: int = DEFAULT_MAX_STATEMENTS) -> 
 
 
 def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
-           max_statements: int = DEFAULT_MAX_STATEMENTS, parent_hash: str | None = None) -> tuple[Program, str, Graph, int]:
+           max_statements: int = DEFAULT_MAX_STATEMENTS, parent_hash: str | None = None,
+           max_rounds: int = 0) -> tuple[Program, str, Graph, int]:
     """A valid child that differs structurally from `parent`: (child, mutation, graph, tries).
-    `parent_hash`: the parent's structural hash, where the caller has it already.
+    `parent_hash`: the parent's structural hash, where the caller has it already. `max_rounds`
+    (0: no limit): a child whose schedule needs more rounds of interpreter slots
+    (`lopt.programs.interpret.rounds_needed`) is not valid, like one over `max_statements`.
 
     A parent whose live part is tiny (most statements dead) may have few new children; after
     MAX_TRIES the first valid child is returned even if it is structurally the parent (a cache
@@ -125,6 +129,8 @@ def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
         try:
             graph = validate(child, max_statements)
         except ProgramError:
+            continue
+        if max_rounds and rounds_needed(graph) > max_rounds:
             continue
         if structural_hash(graph) != parent_hash:
             return child, description, graph, tries
@@ -142,17 +148,19 @@ def _parent(text: str) -> tuple[Program, str]:
 
 
 def mutate_text(parent: str, seed: tuple[int, ...], mode: str = "all",
-                max_statements: int = DEFAULT_MAX_STATEMENTS) -> tuple[str, str, int, str]:
+                max_statements: int = DEFAULT_MAX_STATEMENTS, max_rounds: int = 0) -> tuple[str, str, int, str]:
     """`mutate` on a program text with a generator of its own (`np.random.default_rng(seed)`):
     (child text, mutation, tries, child's structural hash). Text in, text out, so worker
     processes can mutate a generation's children in parallel, each child the same whichever
     process makes it."""
     program, parent_hash = _parent(parent)
-    child, description, graph, tries = mutate(program, np.random.default_rng(seed), mode, max_statements, parent_hash)
+    child, description, graph, tries = mutate(program, np.random.default_rng(seed), mode, max_statements, parent_hash,
+                                              max_rounds)
     return format_program(child), description, tries, structural_hash(graph)
 
 
-def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False) -> tuple[Program, Graph]:
+def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False,
+                   max_rounds: int = 0) -> tuple[Program, Graph]:
     """A random valid program (the random-search baseline): random statements, the last one
     assigning `update`; retried until valid."""
     for _ in range(MAX_TRIES * 10):
@@ -163,9 +171,11 @@ def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step
         last = _random_statement(rng, program, len(program.statements))
         program = Program(program.statements + (Statement("update", last.op, last.args),), program.returns, uses_step)
         try:
-            return program, validate(program, max_statements + 1)
+            graph = validate(program, max_statements + 1)
         except ProgramError:
             continue
+        if not max_rounds or rounds_needed(graph) <= max_rounds:
+            return program, graph
     raise MutationError("no valid random program found")
 
 
@@ -190,7 +200,7 @@ class Workers:
         self._processes = [subprocess.Popen([sys.executable, "-m", "meta_train.search.mutation"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
 
-    def map(self, jobs: list[tuple[str, tuple[int, ...], str, int]]) -> list[tuple[str, str, int, str]]:
+    def map(self, jobs: list[tuple[str, tuple[int, ...], str, int, int]]) -> list[tuple[str, str, int, str]]:
         """`mutate_text(*job)` for every job, in order, the jobs split evenly over the processes."""
         count = len(self._processes)
         bounds = [len(jobs) * k // count for k in range(count + 1)]
@@ -222,8 +232,8 @@ def _serve() -> None:
     """A worker's loop (`Workers`): a JSON list of `mutate_text` jobs per input line."""
     for line in sys.stdin:
         try:
-            answer = [mutate_text(parent, tuple(seed), mode, max_statements)
-                      for parent, seed, mode, max_statements in json.loads(line)]
+            answer = [mutate_text(parent, tuple(seed), mode, max_statements, max_rounds)
+                      for parent, seed, mode, max_statements, max_rounds in json.loads(line)]
         except (MutationError, ProgramError) as error:
             answer = {"error": str(error)}
         sys.stdout.write(json.dumps(answer) + "\n")

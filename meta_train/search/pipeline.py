@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lopt.config import ConfigError
-from lopt.programs.analysis import check
+from lopt.programs.analysis import check, structural_hash
 from lopt.programs.lang import format_program, parse
 from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
@@ -48,6 +48,19 @@ def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
         if known is None or entry["id"] < known["id"]:
             best[entry["structural"]] = entry
     return sorted(best.values(), key=lambda e: e["fitness"])[:count]
+
+
+def validated(directory: str | Path, count: int) -> list[str]:
+    """The texts of the `count` best distinct programs (by structural hash) by meta-validation
+    fitness in a search's validation.jsonl, best first (none without meta-validation)."""
+    best: dict[str, tuple[float, str]] = {}
+    for entry in _jsonl(Path(directory) / "validation.jsonl"):
+        if entry["validation"] is None:
+            continue
+        key = structural_hash(check(parse(entry["text"])))
+        if key not in best or entry["validation"] < best[key][0]:
+            best[key] = (entry["validation"], entry["text"])
+    return [text for _, text in sorted(best.values())[:count]]
 
 
 def curves(directory: str | Path) -> dict[str, Any]:
@@ -213,7 +226,8 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     summary["shipped"] = {"by": "meta-validation" if search.best_validated is not None else "proxy fitness",
                           "text": format_program(simplified)}
     if config.funnel.tasks:
-        candidates = [format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
+        candidates = ([format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
+                      + validated(output, config.funnel.validated))
         records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
         (output / "funnel.json").write_text(json.dumps(records, indent=2))
         summary["funnel"] = records
