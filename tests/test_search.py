@@ -18,7 +18,7 @@ from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
-from meta_train.search.pipeline import curves, funnel, promoted_program, top, validated
+from meta_train.search.pipeline import FUNNEL_TEST_SEED, curves, funnel, promoted_program, stage_scores, top, validated
 
 TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
                 "eval_batches": 1, "length": 16, "batch": 4}
@@ -273,6 +273,22 @@ def test_funnel_promotes_only_programs_that_beat_tuned_adamw(tmp_path):
     records = funnel(config, [format_program(seed("adamw")), diverging], progress=False)
     assert records[1]["promoted"] is False and records[1]["stages"][0]["fitness"] is None
     assert records[0]["stages"][0]["adamw_fitness"] is not None
+
+
+def test_a_funnel_stage_picks_the_rate_on_some_seeds_and_scores_it_on_others():
+    """No winner's curse: the rate is the best by median over the tuning seeds, the score is
+    log(median) at that rate over other seeds (checked against the evaluator's raw losses)."""
+    spec = FitnessSpec(tasks=("quadratic-10-cond100",), steps=30, seeds=2, lr_multipliers=(0.01, 0.1, 1.0),
+                       eval_batches=1, length=16, batch=4, interpreter="jit", seed=5)
+    graphs = [check(seed("adamw")), check(seed("lion"))]
+    scores, chosen = stage_scores(spec, graphs, 3)
+    tune = evaluator(dataclasses.replace(spec, seeds=3)).losses(graphs)[:, 0]
+    test = evaluator(dataclasses.replace(spec, seeds=3, seed=5 + FUNNEL_TEST_SEED)).losses(graphs)[:, 0]
+    assert not np.allclose(tune, test)  # other seeds
+    for i in range(2):
+        best = int(np.argmin(np.median(tune[i], axis=-1)))
+        assert chosen[i] == best
+        assert scores[i] == pytest.approx(np.log(np.median(test[i, best])), rel=1e-6)
 
 
 def test_funnel_tunes_candidates_over_adamws_rates(tmp_path):

@@ -66,12 +66,15 @@ class FunnelSection:
     loss on the first stage from the grids alone.)
     validated: also funnel the `validated` best distinct programs by meta-validation
     (validation.jsonl), which need not be among the `top` by proxy fitness: in two GPU searches
-    the held-out suite ranked the meta-validation pick above the proxy's best."""
+    the held-out suite ranked the meta-validation pick above the proxy's best.
+    seeds: each stage chooses every program's rate on this many seeds and scores it on as many
+    others (`meta_train.search.pipeline.stage_scores`); 3, as the program-search issue asks."""
 
     tasks: tuple[str, ...] = ()
     steps: tuple[int, ...] = ()
     top: int = 5
     validated: int = 0
+    seeds: int = 3
     adamw_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     lr_multipliers: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
@@ -120,8 +123,9 @@ class SearchConfig:
             raise ConfigError(f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {s.max_rounds!r}")
         if self.fitness.length < s.max_statements:
             raise ConfigError("fitness.length must be at least search.max_statements")
-        if self.funnel.top < 1 or self.funnel.validated < 0:
-            raise ConfigError(f"funnel: need top >= 1 and validated >= 0, got {self.funnel.top} and {self.funnel.validated}")
+        if self.funnel.top < 1 or self.funnel.validated < 0 or self.funnel.seeds < 1:
+            raise ConfigError(f"funnel: need top >= 1, validated >= 0 and seeds >= 1, got {self.funnel.top}, "
+                              f"{self.funnel.validated} and {self.funnel.seeds}")
         if len(self.funnel.tasks) != len(self.funnel.steps):
             raise ConfigError("funnel.tasks and funnel.steps must have the same length")
         check_task_names("funnel.tasks", self.funnel.tasks)
