@@ -266,7 +266,8 @@ def test_functional_hash_finds_sign_equal_to_m_over_its_magnitude():
 def train(w, g, m, v, lr):
   m = interp(g, m, 0.9)
   m2 = m * m
-  size = sqrt(m2)
+  root = sqrt(m2)
+  size = root + 1e-30
   d = m / size
   update = d * lr
   return update, m, v
@@ -275,6 +276,16 @@ def train(w, g, m, v, lr):
     assert structural_hash(sign) != structural_hash(ratio)
     (h1, ok1), (h2, ok2), (h3, _) = functional_hashes([check(sign), check(ratio), check(other)])
     assert ok1 and ok2 and h1 == h2 and h1 != h3
+
+
+def test_the_probe_tells_adam_without_epsilon_from_adam_and_rejects_it():
+    """Where a gradient is exactly zero from the start (a dead unit), m / sqrt(v) is 0/0; on the
+    normal probes it rounds like m / (sqrt(v) + 1e-8), which a search's cache then lent it."""
+    body = "def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n g2 = square(g)\n v = interp(g2, v, 0.999)\n r = sqrt(v)\n{}\n update = u * lr\n return update, m, v\n"
+    with_eps = parse(body.format(" d = r + 1e-08\n u = m / d"))
+    without = parse(body.format(" u = m / r"))
+    (h1, ok1), (h2, ok2) = functional_hashes([check(with_eps), check(without)])
+    assert ok1 and not ok2 and h1 != h2
 
 
 def test_functional_probe_flags_non_finite_programs():

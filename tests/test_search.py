@@ -270,8 +270,10 @@ def test_funnel_promotes_only_programs_that_beat_tuned_adamw(tmp_path):
     config = dataclasses.replace(
         tiny_config(tmp_path), funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)))
     diverging = "def train(w, g, m, v, lr):\n  update = g * 1000.0\n  return update, m, v\n"
-    records = funnel(config, [format_program(seed("adamw")), diverging], progress=False)
+    no_epsilon = "def train(w, g, m, v, lr):\n g2 = square(g)\n v = interp(g2, v, 0.999)\n r = sqrt(v)\n u = g / r\n update = u * lr\n return update, m, v\n"
+    records = funnel(config, [format_program(seed("adamw")), diverging, no_epsilon], progress=False)
     assert records[1]["promoted"] is False and records[1]["stages"][0]["fitness"] is None
+    assert records[2]["promoted"] is False and records[2]["stages"] == [] and "non-finite" in records[2]["rejected"]
     assert records[0]["stages"][0]["adamw_fitness"] is not None
 
 

@@ -13,9 +13,10 @@ every state value collide under both. The hash covers the update and both next s
 unordered pair, so swapping the roles of m and v does not matter): two programs whose updates
 agree only because a sign() hides how their momenta differ do not collide.
 
-`EXTREME_PROBES` are three more for the simplifier, whose rewrites must hold everywhere: one
-where some coordinates see an exactly zero gradient from zero states (where `m / (sqrt(v) + 1e-8)`
-gives 0 and `m / sqrt(v)` NaN), and ones with tiny (1e-7) and huge (1e8) gradients and states.
+`ZERO_PROBE`, part of the hash and of the finiteness check, gives some coordinates an exactly
+zero gradient from zero states (where `m / (sqrt(v) + 1e-8)` gives 0 and `m / sqrt(v)` NaN), as
+dead units and unused embedding rows do in real networks. `EXTREME_PROBES` add two more for the
+simplifier, whose rewrites must hold everywhere: tiny (1e-7) and huge (1e8) gradients and states.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def _host() -> jax.Device:
 
 
 PROBES = ((0, (6, 3), False), (1, (4, 5), True))
-EXTREME_PROBES = PROBES + ((2, (5, 4), False, "zero"), (3, (4, 5), True, "tiny"), (4, (3, 6), True, "huge"))
+# Coordinates whose gradient is exactly zero from the start: dead ReLU units, input pixels that
+# are always 0, embedding rows of tokens never seen. `m / sqrt(v)` is NaN there while
+# `m / (sqrt(v) + 1e-8)` is 0, and on the normal probes the two round to the same values.
+ZERO_PROBE = (2, (5, 4), False, "zero")
+EXTREME_PROBES = PROBES + (ZERO_PROBE, (3, (4, 5), True, "tiny"), (4, (3, 6), True, "huge"))
 
 
 @functools.partial(jax.jit, static_argnums=(5,))
@@ -117,9 +122,12 @@ def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.nd
 
 def functional_hashes(graphs: list[Graph]) -> list[tuple[str, bool]]:
     """(hash, finite) per pruned graph: the hash of its probe updates and states, and whether
-    every probe update was finite."""
+    every probe update was finite, on `PROBES` and `ZERO_PROBE`. Without the zero probe a search
+    cached `m / sqrt(v)` as `m / (sqrt(v) + ε)` and its funnel promoted it (GPU search,
+    2026-12-02); exported, it turned a digits MLP's weights to NaN at its second step (a dead
+    ReLU unit at initialisation)."""
     results = []
-    for parts in probe_values(graphs):
+    for parts in probe_values(graphs, PROBES + (ZERO_PROBE,)):
         finite = bool(np.all(np.isfinite(parts[0])))
         digests = [hashlib.sha256((p.astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
         digest = hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]

@@ -15,6 +15,7 @@ import numpy as np
 
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, structural_hash
+from lopt.programs.functional import functional_hashes
 from lopt.programs.lang import format_program, parse
 from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
@@ -170,8 +171,13 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
     """Re-evaluate program texts stage by stage against tuned AdamW (the candidates over
     `funnel.lr_multipliers`, AdamW over `funnel.adamw_lrs`, each rate chosen on `funnel.seeds`
     seeds and scored on as many others: `stage_scores`); a program reaches the next stage only if
-    it beats AdamW on this one. Returns one record per program."""
+    it beats AdamW on this one. A program whose update is not finite on the functional probes
+    (`lopt.programs.functional`: e.g. 0/0 where a gradient is exactly zero) enters no stage.
+    Returns one record per program."""
     records = [{"text": text, "stages": [], "promoted": True} for text in candidates]
+    for record, (_, finite) in zip(records, functional_hashes([check(parse(text)) for text in candidates])):
+        if not finite:
+            record.update(promoted=False, rejected="a non-finite update on the functional probes")
     adamw = check(seed("adamw"))
     for task, steps in zip(config.funnel.tasks, config.funnel.steps):
         alive = [r for r in records if r["promoted"]]
