@@ -145,7 +145,7 @@ def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
 
 
 def test_a_search_with_a_hurdle_counts_the_programs_it_stopped(tmp_path):
-    data = {"search": {"population": 6, "tournament": 2, "children": 6, "generations": 2, "max_statements": 16},
+    data = {"search": {"population": 6, "tournament": 2, "children": 6, "generations": 4, "max_statements": 16},
             "fitness": {**TINY_FITNESS, "tasks": ["quadratic-10-cond100", "quadratic-10-cond100"], "hurdle": 1e-3},
             "run": {"output_dir": str(tmp_path / "search")}}
     search = Search(from_dict(SearchConfig, data), progress=False)
