@@ -120,14 +120,15 @@ def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.nd
     return values
 
 
-def functional_hashes(graphs: list[Graph]) -> list[tuple[str, bool]]:
+def functional_hashes(graphs: list[Graph], probes: tuple = PROBES + (ZERO_PROBE,)) -> list[tuple[str, bool]]:
     """(hash, finite) per pruned graph: the hash of its probe updates and states, and whether
-    every probe update was finite, on `PROBES` and `ZERO_PROBE`. Without the zero probe a search
+    every probe update was finite, on `probes` (the simplifier, which may turn the original's NaN
+    into a number, compares on `PROBES` and checks the extremes apart). Without the zero probe a search
     cached `m / sqrt(v)` as `m / (sqrt(v) + ε)` and its funnel promoted it (GPU search,
     2026-12-02); exported, it turned a digits MLP's weights to NaN at its second step (a dead
     ReLU unit at initialisation)."""
     results = []
-    for parts in probe_values(graphs, PROBES + (ZERO_PROBE,)):
+    for parts in probe_values(graphs, probes):
         finite = bool(np.all(np.isfinite(parts[0])))
         digests = [hashlib.sha256((p.astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
         digest = hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]

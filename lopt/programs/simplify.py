@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs.analysis import NUM_INPUTS, Graph, check, from_graph, prune, to_graph
-from lopt.programs.functional import EXTREME_PROBES, functional_hashes, probe_values
+from lopt.programs.functional import EXTREME_PROBES, PROBES, functional_hashes, probe_values
 from lopt.programs.interpret import apply_tree
 from lopt.programs.lang import Const, Program, ProgramError
 from lopt.programs.library import FUNCTIONS
@@ -106,7 +106,7 @@ def rewrite_equivalences(graph: Graph) -> tuple[Graph, list[str]]:
         candidates = _equivalence_candidates(graph)
         if not candidates:
             return graph, notes
-        hashes = functional_hashes([graph] + [g for _, g in candidates])
+        hashes = functional_hashes([graph] + [g for _, g in candidates], PROBES)
         target, finite = hashes[0]
         if not finite:  # non-finite probe values make every such program look alike
             return graph, notes
