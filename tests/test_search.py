@@ -88,6 +88,22 @@ def test_children_that_need_more_rounds_than_max_rounds_are_not_made(tmp_path):
             tiny_config(tmp_path, max_rounds=bad)
 
 
+def test_children_nan_where_a_gradient_is_zero_are_rejected_only_when_asked(tmp_path):
+    """search.reject_nan_at_zero: m / sqrt(v) (0/0 at a dead unit) is trained by default — the
+    paper's seed is such a program — and rejected untrained with the flag; either way it no longer
+    shares a cache entry with m / (sqrt(v) + eps)."""
+    body = "def train(w, g, m, v, lr):\n  g2 = square(g)\n  v = interp(g2, v, 0.999)\n  r = sqrt(v)\n{}\n  update = u * lr\n  return update, m, v\n"
+    with_eps, without = (check(parse(body.format(x))) for x in ("  d = r + 1e-08\n  u = g / d", "  u = g / r"))
+    plain = Search(tiny_config(tmp_path / "a", seed_program="adamw_paper"), progress=False)
+    scores, how = plain._score([with_eps, without])
+    assert how == ["trained", "trained"] and np.all(np.isfinite(scores))
+    strict = Search(tiny_config(tmp_path / "b", seed_program="adamw_paper_eps", reject_nan_at_zero=True), progress=False)
+    scores, how = strict._score([with_eps, without])
+    assert how == ["trained", "rejected"] and np.isfinite(scores[0]) and scores[1] == np.inf
+    with pytest.raises(ConfigError, match="search.reject_nan_at_zero: the seed program 'adamw_paper'"):
+        Search(tiny_config(tmp_path / "c", seed_program="adamw_paper", reject_nan_at_zero=True), progress=False)
+
+
 def test_random_programs_are_valid():
     rng = np.random.default_rng(2)
     for _ in range(10):

@@ -120,17 +120,27 @@ def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.nd
     return values
 
 
+def probe_report(graphs: list[Graph]) -> list[tuple[str, bool, bool]]:
+    """(hash, finite, finite where gradients vanish) per pruned graph: the hash of its updates and
+    states on `PROBES` and `ZERO_PROBE`, whether every update on `PROBES` was finite, and whether
+    every update on `ZERO_PROBE` was. Without the zero probe in the hash a search cached
+    `m / sqrt(v)` as `m / (sqrt(v) + ε)` and its funnel promoted it (GPU search, 2026-12-02);
+    exported, it turned a digits MLP's weights to NaN at its first step (a dead ReLU unit)."""
+    normal = PROBE_STEPS * sum(sum(probe[1]) for probe in PROBES)  # the updates on PROBES come first
+    return [(_digest(parts), bool(np.all(np.isfinite(parts[0][:normal]))), bool(np.all(np.isfinite(parts[0][normal:]))))
+            for parts in probe_values(graphs, PROBES + (ZERO_PROBE,))]
+
+
+def _digest(parts: list[np.ndarray]) -> str:
+    """The hash of a program's probe [update, m, v] (the states as an unordered pair)."""
+    digests = [hashlib.sha256((p.astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
+    return hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]
+
+
 def functional_hashes(graphs: list[Graph], probes: tuple = PROBES + (ZERO_PROBE,)) -> list[tuple[str, bool]]:
     """(hash, finite) per pruned graph: the hash of its probe updates and states, and whether
     every probe update was finite, on `probes` (the simplifier, which may turn the original's NaN
-    into a number, compares on `PROBES` and checks the extremes apart). Without the zero probe a search
-    cached `m / sqrt(v)` as `m / (sqrt(v) + ε)` and its funnel promoted it (GPU search,
-    2026-12-02); exported, it turned a digits MLP's weights to NaN at its second step (a dead
-    ReLU unit at initialisation)."""
-    results = []
-    for parts in probe_values(graphs, probes):
-        finite = bool(np.all(np.isfinite(parts[0])))
-        digests = [hashlib.sha256((p.astype(np.float64) + 0.0).tobytes()).hexdigest() for p in parts]
-        digest = hashlib.sha256("".join([digests[0], *sorted(digests[1:])]).encode()).hexdigest()[:24]
-        results.append((digest, finite))
-    return results
+    into a number, compares on `PROBES` and checks the extremes apart)."""
+    if probes == PROBES + (ZERO_PROBE,):
+        return [(digest, finite and at_zero) for digest, finite, at_zero in probe_report(graphs)]
+    return [(_digest(parts), bool(np.all(np.isfinite(parts[0])))) for parts in probe_values(graphs, probes)]

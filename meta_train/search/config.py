@@ -26,6 +26,10 @@ class EvolutionSection:
     is a new compiled shape per task, kind and batch size: in a 100-generation GPU search
     (2026-12-02) 44 of 30,000 trained children needed 4 rounds, and their 10 compiles took 171 of
     the 415 search-seconds.
+    reject_nan_at_zero: also reject, untrained, children whose update is not finite where a
+    gradient is exactly zero from the start (`lopt.programs.functional.ZERO_PROBE`: dead units,
+    unused embedding rows), such as `m / sqrt(v)`. Off by default, since the paper's AdamW seed
+    (`adamw_paper`) is such a program; the funnel rejects them either way.
     max_seconds: stop at the first generation boundary after this much time in this process
     (0: no limit); `lopt search --resume` continues exactly where it stopped.
     overlap: mutate and probe generation g + 1 on the host while the device trains generation g,
@@ -46,6 +50,7 @@ class EvolutionSection:
     generations: int = 50
     max_statements: int = 24
     max_rounds: int = 0
+    reject_nan_at_zero: bool = False
     restart_after: int = 0
     seed: int = 0
     max_seconds: float = 0.0

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, structural_hash
-from lopt.programs.functional import functional_hashes
+from lopt.programs.functional import probe_report
 from lopt.programs.lang import format_program, parse
 from meta_train.search import mutation
 from meta_train.search.config import SearchConfig, resume_record
@@ -117,6 +117,11 @@ class Search:
         self.config = config
         self.dir = Path(config.run.output_dir)
         self.progress = progress
+        if config.search.reject_nan_at_zero:
+            ((_, finite, at_zero),) = probe_report([check(parse(config.seed_program_text()), config.search.max_statements)])
+            if finite and not at_zero:
+                raise ConfigError(f"search.reject_nan_at_zero: the seed program {config.search.seed_program!r} is not finite "
+                                  "where a gradient is exactly zero, so the search would reject it (use adamw_paper_eps)")
         self.evaluate = evaluator(config.fitness)
         self.evaluate_validation = evaluator(config.validation_spec()) if config.validation.task else None
         self.structural: dict[str, float] = {}
@@ -266,7 +271,8 @@ class Search:
                 first.setdefault(hashes[i], i)
         unique = sorted(first.values())
         clock = time.perf_counter()
-        probes = functional_hashes([graphs[i] for i in unique])
+        probes = [(fhash, finite and (at_zero or not self.config.search.reject_nan_at_zero))
+                  for fhash, finite, at_zero in probe_report([graphs[i] for i in unique])]
         self._spent("probe_seconds", clock)
         flying_structures = set() if earlier is None else {earlier.hashes[i] for i in earlier.unique}
         flying_functions = set() if earlier is None else set(earlier.functional_of.values())
