@@ -141,6 +141,4 @@ def functional_hashes(graphs: list[Graph], probes: tuple = PROBES + (ZERO_PROBE,
     """(hash, finite) per pruned graph: the hash of its probe updates and states, and whether
     every probe update was finite, on `probes` (the simplifier, which may turn the original's NaN
     into a number, compares on `PROBES` and checks the extremes apart)."""
-    if probes == PROBES + (ZERO_PROBE,):
-        return [(digest, finite and at_zero) for digest, finite, at_zero in probe_report(graphs)]
     return [(_digest(parts), bool(np.all(np.isfinite(parts[0])))) for parts in probe_values(graphs, probes)]

@@ -21,7 +21,7 @@ from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
 from meta_train.search.config import SearchConfig
-from meta_train.search.fitness import FitnessSpec, evaluator
+from meta_train.search.fitness import FitnessSpec, evaluator, task_scores
 from meta_train.search.job import json_float
 
 
@@ -157,10 +157,8 @@ def stage_scores(spec: FitnessSpec, graphs: list[Graph], seeds: int) -> tuple[np
     test = evaluator(dataclasses.replace(one_task, seed=spec.seed + FUNNEL_TEST_SEED)).losses(graphs)[:, 0]
     tune = np.where(np.isfinite(tune), tune, np.inf)
     chosen = np.argmin(np.median(tune, axis=-1), axis=-1)
-    at_chosen = test[np.arange(len(graphs)), chosen]  # [programs, seeds]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logged = np.log(np.maximum(np.median(np.where(np.isfinite(at_chosen), at_chosen, np.inf), axis=-1), 1e-30))
-    return np.where(np.isfinite(logged), logged, np.inf), chosen
+    at_chosen = test[np.arange(len(graphs)), chosen][:, None]  # [programs, 1 lr, seeds]
+    return task_scores(at_chosen), chosen
 
 
 # The funnel's test seeds are the fitness seed + this (the tuning seeds are the fitness seed's).
