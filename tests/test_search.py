@@ -571,3 +571,40 @@ def test_batches_group_programs_by_rounds_and_start_at_the_fewest_precompiled():
     assert sorted(key[1] for key in floored._executables) == [2, 3]
     one_by_one = np.concatenate([BatchedEvaluator(dataclasses.replace(spec, batch=1)).losses([g]) for g in graphs])
     np.testing.assert_allclose(losses, one_by_one, rtol=1e-5)
+
+
+def test_the_train_metric_is_the_evals_final_train_loss():
+    """fitness.metric = 'train' scores a run by the mean minibatch train loss of its last 10% of
+    steps (eval.metrics.final_loss, what `lopt eval` tunes and reports); both evaluators equal a
+    step-by-step Python loop of the program's optax transformation on the same keys."""
+    import jax
+
+    from eval.metrics import final_loss
+    from lopt.programs.interpret import to_optax
+    from meta_train.search.fitness import _keys
+    from tasks import build, task_spec
+
+    spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=25, seeds=2, lr_multipliers=(0.3, 3.0), eval_batches=1,
+                       batch=2, metric="train")
+    graph = check(seed("adamw_paper_eps"))
+    task = build(task_spec("digits-mlp-relu32"))
+    reference = np.zeros((2, 2))
+    for i, lr in enumerate(spec.task_lrs("digits-mlp-relu32")):
+        for j, key in enumerate(_keys(spec, "digits-mlp-relu32")):
+            init_key, train_key, _ = jax.random.split(key, 3)
+            params, opt = task.init(init_key), to_optax(seed("adamw_paper_eps"), lr)
+            state, losses = opt.init(params), []
+            for k in jax.random.split(train_key, 25):
+                loss, grads = jax.value_and_grad(task.loss)(params, task.batch(k, "train"))
+                updates, state = opt.update(grads, state, params)
+                params = jax.tree.map(lambda p, u: p + u, params, updates)
+                losses.append(float(loss))
+            reference[i, j] = final_loss(np.array(losses))  # the mean of the last round(2.5) = 2 steps
+    for make in (BatchedEvaluator, JitEvaluator):
+        np.testing.assert_allclose(make(spec).losses([graph])[0, 0], reference, rtol=2e-4)
+    test = JitEvaluator(dataclasses.replace(spec, metric="test")).losses([graph])[0, 0]
+    assert not np.allclose(test, reference, rtol=1e-2)  # the other metric is another number
+    with pytest.raises(ConfigError, match="fitness.metric: 'valid' is not one of test, train"):
+        from_dict(SearchConfig, {"fitness": {"metric": "valid"}})
+    with pytest.raises(ConfigError, match="funnel.metric: 'loss' is not one of test, train"):
+        from_dict(SearchConfig, {"funnel": {"metric": "loss"}})

@@ -11,7 +11,7 @@ from typing import Any
 from lopt.config import ConfigError, check_output_dir, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
-from meta_train.search.fitness import FitnessSpec, check_task_names
+from meta_train.search.fitness import METRICS, FitnessSpec, check_task_names
 
 STRATEGIES = ("evolution", "random", "constants")
 
@@ -73,15 +73,23 @@ class FunnelSection:
     (validation.jsonl), which need not be among the `top` by proxy fitness: in two GPU searches
     the held-out suite ranked the meta-validation pick above the proxy's best.
     seeds: each stage chooses every program's rate on this many seeds and scores it on as many
-    others (`meta_train.search.pipeline.stage_scores`); 3, as the program-search issue asks."""
+    others (`meta_train.search.pipeline.stage_scores`); 3, as the program-search issue asks.
+    metric: what the stages score (`FitnessSpec.metric`). 'train' (the default): the final train
+    loss that `lopt eval` tunes and reports on the held-out suite, the funnel's last stage — so
+    every stage asks the question the last one does. The funnel scored test loss until
+    2026-12-03; on 1,000 steps of 1,797 digits that mostly measures overfitting.
+    The grids reach 0.3 (× 300): by final train loss tuned AdamW chose 3e-2, then the top of a
+    grid ending there, on both stages of configs/search/gpu.toml (CPU, 2026-12-03), so the
+    reference was not tuned."""
 
     tasks: tuple[str, ...] = ()
     steps: tuple[int, ...] = ()
     top: int = 5
     validated: int = 0
     seeds: int = 3
-    adamw_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-    lr_multipliers: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+    adamw_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+    lr_multipliers: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+    metric: str = "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +142,8 @@ class SearchConfig:
         if len(self.funnel.tasks) != len(self.funnel.steps):
             raise ConfigError("funnel.tasks and funnel.steps must have the same length")
         check_task_names("funnel.tasks", self.funnel.tasks)
+        if self.funnel.metric not in METRICS:
+            raise ConfigError(f"funnel.metric: {self.funnel.metric!r} is not one of {', '.join(METRICS)}")
         if len(self.funnel.lr_multipliers) != len(self.funnel.adamw_lrs) or min(
                 (*self.funnel.lr_multipliers, *self.funnel.adamw_lrs), default=1.0) <= 0:
             raise ConfigError("funnel.lr_multipliers and funnel.adamw_lrs must be positive and as many "

@@ -181,13 +181,14 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
         alive = [r for r in records if r["promoted"]]
         if not alive:
             break
-        spec = config.fitness.for_tasks((task,), steps, batch=config.funnel.top, lr_multipliers=config.funnel.lr_multipliers)
+        spec = config.fitness.for_tasks((task,), steps, batch=config.funnel.top, lr_multipliers=config.funnel.lr_multipliers,
+                                        metric=config.funnel.metric)
         (reference,), (reference_lr,) = stage_scores(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs),
                                                      [adamw], config.funnel.seeds)
         scores, chosen = stage_scores(spec, [check(parse(r["text"])) for r in alive], config.funnel.seeds)
         for record, value, lr in zip(alive, scores, chosen):
             beats = bool(value < reference)
-            record["stages"].append({"task": task, "steps": steps, "fitness": json_float(value),
+            record["stages"].append({"task": task, "steps": steps, "fitness": json_float(value), "metric": config.funnel.metric,
                                      "adamw_fitness": json_float(reference), "beats_adamw": beats,
                                      "lr": config.funnel.lr_multipliers[int(lr)],
                                      "adamw_lr": config.funnel.adamw_lrs[int(reference_lr)]})
