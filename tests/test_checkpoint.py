@@ -6,6 +6,7 @@ import shutil
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import lopt
@@ -178,3 +179,20 @@ def test_overwrite_replaces_only_lopt_checkpoints_and_clears_killed_saves(tmp_pa
     lopt.save(tmp_path / "opt", meta, theta, num_steps=10)
     lopt.save(tmp_path / "opt", meta, theta, num_steps=10, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".opt.backup-mine", "mine", "opt"]
+
+
+def test_shipped_program_takes_the_hand_computed_adam_plus_sign_step():
+    """program-search-h200 is (m / (√v + ε) + c·sign(g)) · lr · 1e-3 (its model card): two steps
+    from zero states, computed by hand, equal the loaded optax transformation's."""
+    text = lopt.read_manifest("checkpoints/program-search-h200")["config"]["text"]
+    eps, c = (float(line.split()[-1]) for line in text.splitlines() if "x6 = x5 +" in line or "x8 = x1 *" in line)
+    opt = lopt.load("program-search-h200")
+    params = {"w": jnp.zeros(4)}
+    grads = [jnp.array([0.3, -2.0, 1e-4, 0.0]), jnp.array([-0.1, -1.0, 5e-4, 0.0])]
+    state, m, v = opt.init(params), np.zeros(4), np.zeros(4)
+    for g in grads:
+        updates, state = opt.update({"w": g}, state, params)
+        g = np.asarray(g, np.float64)
+        m, v = 0.1 * g + 0.9 * m, 0.001 * g * g + 0.999 * v
+        expected = -(m / (np.sqrt(v) + eps) + c * np.sign(g)) * 1e-3
+        np.testing.assert_allclose(np.asarray(updates["w"]), expected, rtol=1e-5, atol=1e-12)
