@@ -125,6 +125,26 @@ def _search_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_funnel(args: argparse.Namespace) -> int:
+    from lopt.config import load_config
+    from meta_train.search.config import SearchConfig, config_from_dir
+    from meta_train.search.pipeline import refunnel
+
+    if not os.path.isfile(os.path.join(args.directory, "config.json")):
+        raise ConfigError(f"{args.directory}: no search here (config.json missing)")
+    if args.config:
+        config = load_config(SearchConfig, args.config, args.set)
+    else:
+        import dataclasses
+
+        from lopt.config import apply_overrides, from_dict
+
+        saved = json.loads(json.dumps(dataclasses.asdict(config_from_dir(args.directory))))
+        config = from_dict(SearchConfig, apply_overrides(saved, args.set), where=f"{args.directory}/config.json with --set")
+    refunnel(args.directory, config, progress=not args.quiet)
+    return 0
+
+
 def _program(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -220,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("-o", "--output", help="the PNG to write (default: DIRECTORY/curves.png)")
     curves.set_defaults(handler=_search_plot)
 
+    again = search_commands.add_parser("funnel", help="run a finished search's funnel again (e.g. under a changed "
+                                       "funnel) and rewrite its funnel.json, best.txt and summary.json")
+    again.add_argument("directory", help="the search directory (its run.output_dir)")
+    again.add_argument("--config", help="take the funnel and fitness settings from this TOML config "
+                       "(default: the search's own config.json)")
+    again.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. fitness.interpreter='jit' on a CPU")
+    again.add_argument("--quiet", action="store_true", help="no progress output")
+    again.set_defaults(handler=_search_funnel)
+
     program = commands.add_parser("program", help="check, simplify or export an optimizer program file")
     program.add_argument("action", choices=("check", "simplify", "export"))
     program.add_argument("file", help="program text file")
@@ -235,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SEARCH_COMMANDS = ("run", "top", "plot", "-h", "--help")
+SEARCH_COMMANDS = ("run", "top", "plot", "funnel", "-h", "--help")
 HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 

@@ -61,6 +61,12 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
                   f"run.output_dir={json.dumps(str(tmp / 'blocker' / 'x'))}"]))
     cases.append(("search resume empty", ["search", "--resume", str(tmp)]))
     cases.append(("search top missing", ["search", "top", str(tmp / "nope")]))
+    cases.append(("search funnel missing", ["search", "funnel", str(tmp / "nope")]))
+    fake = tmp / "fake-search"
+    fake.mkdir()
+    (fake / "config.json").write_text("{not json")
+    cases.append(("search funnel corrupt config", ["search", "funnel", str(fake)]))
+    cases.append(("search resume corrupt config", ["search", "--resume", str(fake)]))
     cases.append(("info missing", ["info", str(tmp / "missing")]))
     cases.append(("info a file", ["info", str(tmp / "blocker")]))
     cases.append(("info dotdot", ["info", "checkpoints/.."]))

@@ -608,3 +608,33 @@ def test_the_train_metric_is_the_evals_final_train_loss():
         from_dict(SearchConfig, {"fitness": {"metric": "valid"}})
     with pytest.raises(ConfigError, match="funnel.metric: 'loss' is not one of test, train"):
         from_dict(SearchConfig, {"funnel": {"metric": "loss"}})
+
+
+def test_lopt_search_funnel_funnels_a_finished_search_again(tmp_path, capsys):
+    """`lopt search funnel DIR`: a finished search (here one without a funnel) is funnelled under
+    --set/--config settings; funnel.json, summary.json and best.txt are rewritten as `finish`
+    writes them, each stage scored by the funnel's metric; a folder without a finished search or
+    with a corrupt summary is a one-line error, and summary.json is left as it was."""
+    config = search_toml(tmp_path, generations=1, steps=20, extra='interpreter = "jit"\n')
+    assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
+    run = tmp_path / "run"
+    assert "funnel" not in json.loads((run / "summary.json").read_text())
+    stage = ["--set", "funnel.tasks=['quadratic-10-cond100']", "--set", "funnel.steps=[30]", "--set", "funnel.top=2"]
+    capsys.readouterr()
+    assert main(["search", "funnel", str(run), *stage, "--set", "funnel.metric='test'", "--quiet"]) == 0
+    records = json.loads((run / "funnel.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert records and summary["funnel"] == records
+    assert all(s["metric"] == "test" and s["task"] == "quadratic-10-cond100" for r in records for s in r["stages"])
+    assert (run / "best.txt").read_text() == summary["shipped"]["text"]
+    assert summary["shipped"]["by"] == ("funnel" if promoted_program(records) else "proxy fitness")
+    assert "wrote" in capsys.readouterr().out
+    assert main(["search", "funnel", str(run), *stage, "--quiet"]) == 0  # the default metric: train
+    assert all(s["metric"] == "train" for r in json.loads((run / "funnel.json").read_text()) for s in r["stages"])
+    assert main(["search", "funnel", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert main(["search", "funnel", str(run), "--quiet"]) == 2  # its own config has no funnel stages
+    assert "funnel.tasks: the config has no funnel stages" in capsys.readouterr().err
+    (run / "summary.json").write_text('{"simplified": 3}')
+    assert main(["search", "funnel", str(run), *stage, "--quiet"]) == 2
+    assert "not a search summary" in capsys.readouterr().err
+    assert (run / "summary.json").read_text() == '{"simplified": 3}'

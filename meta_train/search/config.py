@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lopt.config import ConfigError, check_output_dir, from_dict
+from lopt.config import ConfigError, check_output_dir, describe_error, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
 from meta_train.search.fitness import METRICS, FitnessSpec, check_task_names
@@ -182,5 +182,11 @@ def config_from_dir(directory: str | Path) -> SearchConfig:
     saved = Path(directory) / "config.json"
     if not saved.is_file():
         raise ConfigError(f"{directory}: no search to resume (config.json missing)")
-    config = from_dict(SearchConfig, json.loads(saved.read_text()), where=str(saved))
+    try:
+        data = json.loads(saved.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{saved}: not a search config ({describe_error(error)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{saved}: not a search config (a JSON object is needed)")
+    config = from_dict(SearchConfig, data, where=str(saved))
     return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=str(directory)))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lopt.config import ConfigError
+from lopt.config import ConfigError, describe_error
 from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import functional_hashes
 from lopt.programs.lang import format_program, parse
@@ -228,6 +228,59 @@ def proxy_references(config: SearchConfig) -> dict[str, float]:
     return {name: json_float(value) for name, value in zip(REFERENCES, scores)}
 
 
+def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any], progress: bool, say: Any) -> None:
+    """Funnel the search's candidates (the shipped pick, the `funnel.top` best by proxy fitness,
+    the `funnel.validated` best by meta-validation), write funnel.json, and where a program beat
+    tuned AdamW on every stage ship it: best.txt and `summary["shipped"]` (updated in place)."""
+    candidates = [summary["simplified"]] + [e["text"] for e in top(output, config.funnel.top)] + validated(output, config.funnel.validated)
+    records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
+    (output / "funnel.json").write_text(json.dumps(records, indent=2))
+    summary["funnel"] = records
+    say(f"wrote {output / 'funnel.json'}")
+    promoted = promoted_program(records)
+    if promoted is not None and promoted != summary["shipped"]["text"]:
+        # A program that beat tuned AdamW on every larger stage is the better bet for tasks
+        # the search never saw than one that did not (Chen et al. 2023's funnel): ship it.
+        shipped, _ = simplify(parse(promoted))
+        summary["shipped"] = {"by": "funnel", "text": format_program(shipped)}
+        (output / "best.txt").write_text(format_program(shipped))
+        say("the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
+            + format_program(shipped))
+    elif promoted is None:
+        by = summary["shipped"]["by"]
+        if by == "funnel":  # an earlier funnel's pick, which this one did not promote
+            by = "meta-validation" if "best_validated" in summary else "proxy fitness"
+            summary["shipped"] = {"by": by, "text": summary["simplified"]}
+            (output / "best.txt").write_text(summary["simplified"])
+        say(f"no program beat tuned AdamW on every funnel stage; best.txt is the {by} pick")
+
+
+def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True, say: Any = print) -> dict[str, Any]:
+    """Funnel a finished search in `directory` again under `config`'s funnel and fitness sections
+    (e.g. after the funnel changed: on 2026-12-03 it went from final test loss over 6 rates to
+    final train loss over 8), over the candidates `finish` funnels, and rewrite funnel.json,
+    best.txt and summary.json as `finish` writes them; returns the summary. The search itself
+    is not touched."""
+    output = Path(directory)
+    path = output / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"{directory}: no finished search (summary.json missing); finish it with `lopt search --resume {directory}`")
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{path}: not JSON ({describe_error(error)})") from None
+    shipped = summary.get("shipped") if isinstance(summary, dict) else None
+    if not (isinstance(summary, dict) and isinstance(summary.get("simplified"), str) and isinstance(shipped, dict)
+            and isinstance(shipped.get("text"), str) and isinstance(shipped.get("by"), str)):
+        raise ConfigError(f"{path}: not a search summary (needs 'simplified' and 'shipped' with 'text' and 'by')")
+    if not config.funnel.tasks:
+        raise ConfigError("funnel.tasks: the config has no funnel stages")
+    _funnel_and_ship(config, output, summary, progress, say)
+    path.write_text(json.dumps(summary, indent=2, default=float))
+    say(f"wrote {output / 'best.txt'}, {path}")
+    return summary
+
+
 def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progress: bool = True,
            say: Any = print) -> dict[str, Any]:
     """Simplify the finished `search`'s best program, run the funnel (when the config has one)
@@ -259,24 +312,7 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     summary["shipped"] = {"by": "meta-validation" if search.best_validated is not None else "proxy fitness",
                           "text": format_program(simplified)}
     if config.funnel.tasks:
-        candidates = ([format_program(simplified)] + [e["text"] for e in top(output, config.funnel.top)]
-                      + validated(output, config.funnel.validated))
-        records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
-        (output / "funnel.json").write_text(json.dumps(records, indent=2))
-        summary["funnel"] = records
-        say(f"wrote {output / 'funnel.json'}")
-        promoted = promoted_program(records)
-        if promoted is not None and promoted != summary["shipped"]["text"]:
-            # A program that beat tuned AdamW on every larger stage is the better bet for tasks
-            # the search never saw than one that did not (Chen et al. 2023's funnel): ship it.
-            shipped, _ = simplify(parse(promoted))
-            summary["shipped"] = {"by": "funnel", "text": format_program(shipped)}
-            (output / "best.txt").write_text(format_program(shipped))
-            say("the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
-                + format_program(shipped))
-        elif promoted is None:
-            say("no program beat tuned AdamW on every funnel stage; best.txt is the "
-                + summary["shipped"]["by"] + " pick")
+        _funnel_and_ship(config, output, summary, progress, say)
     (output / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     say(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
     return summary
