@@ -130,17 +130,7 @@ def _search_funnel(args: argparse.Namespace) -> int:
     from meta_train.search.config import SearchConfig, config_from_dir
     from meta_train.search.pipeline import refunnel
 
-    if not os.path.isfile(os.path.join(args.directory, "config.json")):
-        raise ConfigError(f"{args.directory}: no search here (config.json missing)")
-    if args.config:
-        config = load_config(SearchConfig, args.config, args.set)
-    else:
-        import dataclasses
-
-        from lopt.config import apply_overrides, from_dict
-
-        saved = json.loads(json.dumps(dataclasses.asdict(config_from_dir(args.directory))))
-        config = from_dict(SearchConfig, apply_overrides(saved, args.set), where=f"{args.directory}/config.json with --set")
+    config = load_config(SearchConfig, args.config, args.set) if args.config else config_from_dir(args.directory, args.set)
     refunnel(args.directory, config, progress=not args.quiet)
     return 0
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lopt.config import ConfigError, check_output_dir, describe_error, from_dict
+from lopt.config import ConfigError, apply_overrides, check_output_dir, describe_error, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
 from meta_train.search.fitness import METRICS, FitnessSpec, check_task_names
@@ -176,17 +177,18 @@ def resume_record(record: dict[str, Any]) -> dict[str, Any]:
             "search": {k: v for k, v in record.get("search", {}).items() if k != "workers"}}
 
 
-def config_from_dir(directory: str | Path) -> SearchConfig:
-    """The config of the search in `directory`, pointed at `directory` itself (wherever the
-    search was started: a moved or copied folder resumes in place)."""
+def config_from_dir(directory: str | Path, overrides: Sequence[str] = ()) -> SearchConfig:
+    """The config of the search in `directory` with `overrides` (`key=value`, as `--set` gives
+    them), pointed at `directory` itself (wherever the search was started: a moved or copied
+    folder resumes in place)."""
     saved = Path(directory) / "config.json"
     if not saved.is_file():
-        raise ConfigError(f"{directory}: no search to resume (config.json missing)")
+        raise ConfigError(f"{directory}: no search here (config.json missing)")
     try:
         data = json.loads(saved.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"{saved}: not a search config ({describe_error(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{saved}: not a search config (a JSON object is needed)")
-    config = from_dict(SearchConfig, data, where=str(saved))
+    config = from_dict(SearchConfig, apply_overrides(data, overrides), where=str(saved) + (" with --set" if overrides else ""))
     return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=str(directory)))

@@ -159,13 +159,29 @@ def tail_steps(count: int) -> int:
     return max(1, int(round(count * 0.1)))
 
 
-def run_score(metric: str, task, params, eval_key: jax.Array, eval_batches: int, tail_sum: jax.Array | None,
-              count: int) -> jax.Array:
-    """One run's score under `metric` (FitnessSpec.metric): the final parameters' test loss, or
-    the mean of the last `tail_steps(count)` minibatch train losses (their sum is `tail_sum`)."""
-    if metric == "train":
-        return tail_sum / tail_steps(count)
-    return evaluate(task, params, eval_key, eval_batches)
+def train_scan(metric: str, count: int, task, loss_fn, params_of, apply_update, state, train_key: jax.Array):
+    """Train `count` steps from `state` (`loss_fn(params_of(state), batch)`, then
+    `apply_update(state, grads, t)` at the 1-based step t) in one `lax.scan`; returns the final
+    state and, for the 'train' metric, the mean minibatch loss of the last `tail_steps(count)`
+    steps (None for 'test'). The 'test' metric carries no loss sum, so its traced call is the one
+    compile caches stored before the 'train' metric existed hold."""
+    tail_from = count - tail_steps(count)
+
+    def step(carry, inputs):
+        state, *tail = carry
+        t, k = inputs
+        batch = task.batch(k, "train")
+        if tail:
+            loss, grads = jax.value_and_grad(loss_fn)(params_of(state), batch)
+            tail = [tail[0] + jnp.where(t > tail_from, loss, 0.0)]
+        else:
+            grads = jax.grad(loss_fn)(params_of(state), batch)
+        return (apply_update(state, grads, t), *tail), None
+
+    carry = (state, jnp.zeros(())) if metric == "train" else (state,)
+    steps = jnp.arange(1, count + 1, dtype=jnp.float32)
+    (state, *tail), _ = jax.lax.scan(step, carry, (steps, jax.random.split(train_key, count)))
+    return state, (tail[0] / tail_steps(count) if tail else None)
 
 
 def check_task_names(key: str, names: tuple[str, ...]) -> None:
@@ -464,32 +480,15 @@ class BatchedEvaluator:
             params, _ = ravel_pytree(task.init(init_key))
             loss_fn = lambda p, batch: task.loss(unravel(p), batch)  # noqa: E731
 
-            count = spec.task_steps(task_name)
-            tail_from = count - tail_steps(count)  # steps t > tail_from count towards the 'train' metric
-
-            def step(carry, inputs):
-                p, m, v, tail = carry
-                t, k = inputs
-                loss, grads = jax.value_and_grad(loss_fn)(p, task.batch(k, "train"))
+            def apply_update(state, grads, t):
+                p, m, v = state
                 update, m, v = interpret_step(program, p, grads, m, v, lr, t, sizes)
-                return (p - update, m, v, tail + jnp.where(t > tail_from, loss, 0.0)), None
-
-            def test_step(carry, inputs):  # as `step` without the tail sum: the 'test' metric's
-                p, m, v = carry            # traced call is the one stored compile caches hold
-                t, k = inputs
-                grads = jax.grad(loss_fn)(p, task.batch(k, "train"))
-                update, m, v = interpret_step(program, p, grads, m, v, lr, t, sizes)
-                return (p - update, m, v), None
+                return p - update, m, v
 
             zeros = jnp.zeros_like(params)
-            steps = jnp.arange(1, count + 1, dtype=jnp.float32)
-            inputs = (steps, jax.random.split(train_key, count))
-            if spec.metric == "train":
-                (params, _, _, tail), _ = jax.lax.scan(step, (params, zeros, zeros, jnp.zeros(())), inputs)
-            else:
-                (params, _, _), _ = jax.lax.scan(test_step, (params, zeros, zeros), inputs)
-                tail = None
-            loss = run_score(spec.metric, task, unravel(params), eval_key, spec.eval_batches, tail, count)
+            (params, _, _), train_loss = train_scan(spec.metric, spec.task_steps(task_name), task, loss_fn, lambda s: s[0],
+                                                    apply_update, (params, zeros, zeros), train_key)
+            loss = evaluate(task, unravel(params), eval_key, spec.eval_batches) if train_loss is None else train_loss
             return jnp.where(jnp.max(jnp.abs(params)) <= spec.max_param_abs, loss, jnp.inf)
 
         over_seeds = jax.vmap(one_run, in_axes=(None, None, 0))
@@ -571,20 +570,14 @@ class JitEvaluator:
             opt = to_optax(program, lr)
             params = task.init(init_key)
 
-            count = spec.task_steps(task_name)
-            tail_from = count - tail_steps(count)
+            def apply_update(state, grads, t):
+                params, opt_state = state
+                updates, opt_state = opt.update(grads, opt_state, params)
+                return jax.tree.map(jnp.add, params, updates), opt_state
 
-            def step(carry, inputs):
-                params, state, tail = carry
-                t, k = inputs
-                loss, grads = jax.value_and_grad(task.loss)(params, task.batch(k, "train"))
-                updates, state = opt.update(grads, state, params)
-                return (jax.tree.map(jnp.add, params, updates), state, tail + jnp.where(t > tail_from, loss, 0.0)), None
-
-            steps = jnp.arange(1, count + 1)
-            (params, _, tail), _ = jax.lax.scan(step, (params, opt.init(params), jnp.zeros(())),
-                                                (steps, jax.random.split(train_key, count)))
-            loss = run_score(spec.metric, task, params, eval_key, spec.eval_batches, tail, count)
+            (params, _), train_loss = train_scan(spec.metric, spec.task_steps(task_name), task, task.loss, lambda s: s[0],
+                                                 apply_update, (params, opt.init(params)), train_key)
+            loss = evaluate(task, params, eval_key, spec.eval_batches) if train_loss is None else train_loss
             largest = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)]))
             return jnp.where(largest <= spec.max_param_abs, loss, jnp.inf)
 

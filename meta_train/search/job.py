@@ -135,7 +135,7 @@ class Search:
         if resume:
             saved = self.dir / "config.json"
             if not saved.is_file():
-                raise ConfigError(f"{self.dir}: no search to resume (config.json missing)")
+                raise ConfigError(f"{self.dir}: no search here (config.json missing)")
             if resume_record(json.loads(saved.read_text())) != resume_record(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
         elif (self.dir / "state.json").exists():
