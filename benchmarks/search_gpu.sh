@@ -41,9 +41,10 @@ run, seconds, final, interpreter = sys.argv[1], float(sys.argv[2]), sys.argv[3] 
 extra = [o for o in sys.argv[5].split(";") if o.strip()]
 ready = time.perf_counter()
 if (Path(run) / "state.json").exists():
-    # search.workers is not part of what a resume must match: WORKERS sets it (default 8 of the 16 cores)
+    # search.workers is not part of what a resume must match: WORKERS sets it (default: the search's own)
     config = config_from_dir(run)
-    config = dataclasses.replace(config, search=dataclasses.replace(config.search, workers=int(os.environ.get("WORKERS", 8))))
+    workers = int(os.environ.get("WORKERS", config.search.workers))
+    config = dataclasses.replace(config, search=dataclasses.replace(config.search, workers=workers))
     search = Search(config, resume=True, progress=False)
     print(f"resumed at generation {search.generation}")
 else:
