@@ -1,6 +1,7 @@
 """TOML configs into frozen dataclasses."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,16 @@ def test_nested_dataclasses_and_overrides():
     assert parse_override("a.b=hello world") == (["a", "b"], "hello world")
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("novalue")
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/*/*.toml")),
+                         ids=lambda p: "/".join(Path(p).parts[-2:]))
+def test_every_shipped_config_parses(path):
+    """Each config in configs/ loads into its job's dataclass (an edited default, say the GPU
+    search's children against its population, fails here rather than on the device)."""
+    from meta_train.config import MetaTrainConfig
+    from meta_train.search.config import SearchConfig
+
+    kind = {"eval": EvalConfig, "meta_train": MetaTrainConfig, "search": SearchConfig}[Path(path).parent.name]
+    config = load_config(kind, path)
+    assert dataclasses.is_dataclass(config)
