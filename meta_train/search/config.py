@@ -177,10 +177,10 @@ def resume_record(record: dict[str, Any]) -> dict[str, Any]:
             "search": {k: v for k, v in record.get("search", {}).items() if k != "workers"}}
 
 
-def config_from_dir(directory: str | Path, overrides: Sequence[str] = ()) -> SearchConfig:
-    """The config of the search in `directory` with `overrides` (`key=value`, as `--set` gives
-    them), pointed at `directory` itself (wherever the search was started: a moved or copied
-    folder resumes in place)."""
+def saved_config(directory: str | Path) -> dict[str, Any]:
+    """The config.json a search in `directory` wrote when it started, as a dict; a one-line
+    ConfigError where there is none or it is not a JSON object (resume and `lopt search
+    funnel` both read it through here)."""
     saved = Path(directory) / "config.json"
     if not saved.is_file():
         raise ConfigError(f"{directory}: no search here (config.json missing)")
@@ -190,5 +190,14 @@ def config_from_dir(directory: str | Path, overrides: Sequence[str] = ()) -> Sea
         raise ConfigError(f"{saved}: not a search config ({describe_error(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{saved}: not a search config (a JSON object is needed)")
-    config = from_dict(SearchConfig, apply_overrides(data, overrides), where=str(saved) + (" with --set" if overrides else ""))
+    return data
+
+
+def config_from_dir(directory: str | Path, overrides: Sequence[str] = ()) -> SearchConfig:
+    """The config of the search in `directory` with `overrides` (`key=value`, as `--set` gives
+    them), pointed at `directory` itself (wherever the search was started: a moved or copied
+    folder resumes in place)."""
+    data = saved_config(directory)
+    where = str(Path(directory) / "config.json") + (" with --set" if overrides else "")
+    config = from_dict(SearchConfig, apply_overrides(data, overrides), where=where)
     return dataclasses.replace(config, run=dataclasses.replace(config.run, output_dir=str(directory)))

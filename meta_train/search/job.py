@@ -50,7 +50,7 @@ from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import probe_report
 from lopt.programs.lang import format_program, parse
 from meta_train.search import mutation
-from meta_train.search.config import SearchConfig, resume_record
+from meta_train.search.config import SearchConfig, resume_record, saved_config
 from meta_train.search.fitness import Staged, evaluator
 from meta_train.search.fitness import score as fitness_of
 
@@ -104,7 +104,8 @@ def _member(record: dict[str, Any]) -> Member:
     return Member(**(record | {"fitness": float("inf") if record["fitness"] is None else record["fitness"]}))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves it half-written."""
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
@@ -133,10 +134,7 @@ class Search:
         self._relaunch: list[tuple[int | None, str, str, int]] = []  # in-flight children read back on resume
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         if resume:
-            saved = self.dir / "config.json"
-            if not saved.is_file():
-                raise ConfigError(f"{self.dir}: no search here (config.json missing)")
-            if resume_record(json.loads(saved.read_text())) != resume_record(json.loads(config_json)):
+            if resume_record(saved_config(self.dir)) != resume_record(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
         elif (self.dir / "state.json").exists():
             raise ConfigError(f"{self.dir} already holds a search; resume it with `lopt search --resume {self.dir}`")
@@ -153,7 +151,7 @@ class Search:
             self._load()
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.dir / "config.json", config_json)
+            atomic_write(self.dir / "config.json", config_json)
             (self.dir / "log.jsonl").write_text("")
             (self.dir / "cache.jsonl").write_text("")
             (self.dir / "validation.jsonl").write_text("")
@@ -199,7 +197,7 @@ class Search:
             "in_flight": None if self._flight is None else [
                 {"parent": p, "mutation": d, "text": t, "tries": n} for p, d, t, n in self._flight.children],
         }
-        _atomic_write(self.dir / "state.json", json.dumps(state))
+        atomic_write(self.dir / "state.json", json.dumps(state))
 
     def _load(self) -> None:
         state = json.loads((self.dir / "state.json").read_text())
@@ -239,7 +237,7 @@ class Search:
             if entry["generation"] > self.generation:
                 break
             kept.append(line)
-        _atomic_write(log, "".join(line + "\n" for line in kept))
+        atomic_write(log, "".join(line + "\n" for line in kept))
 
     def _log(self, entries: list[dict[str, Any]]) -> None:
         with open(self.dir / "log.jsonl", "a") as f:

@@ -22,7 +22,7 @@ from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
 from meta_train.search.config import SearchConfig
 from meta_train.search.fitness import FitnessSpec, evaluator, task_scores
-from meta_train.search.job import json_float
+from meta_train.search.job import atomic_write, json_float
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -234,7 +234,7 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
     tuned AdamW on every stage ship it: best.txt and `summary["shipped"]` (updated in place)."""
     candidates = [summary["simplified"]] + [e["text"] for e in top(output, config.funnel.top)] + validated(output, config.funnel.validated)
     records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
-    (output / "funnel.json").write_text(json.dumps(records, indent=2))
+    atomic_write(output / "funnel.json", json.dumps(records, indent=2))
     summary["funnel"] = records
     say(f"wrote {output / 'funnel.json'}")
     promoted = promoted_program(records)
@@ -243,7 +243,7 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
         # the search never saw than one that did not (Chen et al. 2023's funnel): ship it.
         shipped, _ = simplify(parse(promoted))
         summary["shipped"] = {"by": "funnel", "text": format_program(shipped)}
-        (output / "best.txt").write_text(format_program(shipped))
+        atomic_write(output / "best.txt", format_program(shipped))
         say("the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
             + format_program(shipped))
     elif promoted is None:
@@ -251,7 +251,7 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
         if by == "funnel":  # an earlier funnel's pick, which this one did not promote
             by = "meta-validation" if "best_validated" in summary else "proxy fitness"
             summary["shipped"] = {"by": by, "text": summary["simplified"]}
-            (output / "best.txt").write_text(summary["simplified"])
+            atomic_write(output / "best.txt", summary["simplified"])
         say(f"no program beat tuned AdamW on every funnel stage; best.txt is the {by} pick")
 
 
@@ -276,7 +276,7 @@ def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True,
     if not config.funnel.tasks:
         raise ConfigError("funnel.tasks: the config has no funnel stages")
     _funnel_and_ship(config, output, summary, progress, say)
-    path.write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write(path, json.dumps(summary, indent=2, default=float))
     say(f"wrote {output / 'best.txt'}, {path}")
     return summary
 
@@ -294,7 +294,7 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
             f"{chosen.fitness:.4f}); best by proxy fitness: id {best.id}")
     fitness = evaluator(config.fitness) if ablate else None
     simplified, notes = simplify(parse(chosen.text), fitness=fitness, tolerance=tolerance)
-    (output / "best.txt").write_text(format_program(simplified))
+    atomic_write(output / "best.txt", format_program(simplified))
     say("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
     say(format_program(simplified))
     references = proxy_references(config)
@@ -313,6 +313,6 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
                           "text": format_program(simplified)}
     if config.funnel.tasks:
         _funnel_and_ship(config, output, summary, progress, say)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write(output / "summary.json", json.dumps(summary, indent=2, default=float))
     say(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
     return summary
