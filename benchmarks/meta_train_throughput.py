@@ -48,10 +48,10 @@ def pes_throughput(task, population: int, reps: int, steps: int, meta_optimizer=
     """Inner steps per second of PES on `task`, the population spread over every local device
     (as `lopt meta-train` does with run.shard_population)."""
     meta_optimizer = meta_optimizer or small_mlp()
-    estimator = make_estimator("pes", meta_optimizer, task, TruncationSchedule(10, 100, 100, "constant"),
-                               num_workers=population, sigma=0.01)
-    theta = meta_optimizer.init_meta(jax.random.key(0))
     mesh = population_mesh(population)
+    estimator = make_estimator("pes", meta_optimizer, task, TruncationSchedule(10, 100, 100, "constant"),
+                               num_workers=population, sigma=0.01, mesh=mesh)
+    theta = meta_optimizer.init_meta(jax.random.key(0))
     state = shard_population(estimator.init(jax.random.key(1), theta), mesh)
     theta = replicate(theta, mesh)
     grad, state, _ = estimator.step(jax.random.key(2), theta, state)  # compile + warm-up

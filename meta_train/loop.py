@@ -118,7 +118,7 @@ class MetaTrainer:
             self._estimators[spec] = make_estimator(
                 est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, num_workers=est.num_workers,
                 sigma=est.sigma, divergence_factor=est.divergence_factor, meta_loss_split=est.meta_loss_split,
-                augmentation=self.config.tasks.augment, meta_objective=est.meta_objective,
+                augmentation=self.config.tasks.augment, meta_objective=est.meta_objective, mesh=self.mesh,
             )
         return self._estimators[spec]
 

