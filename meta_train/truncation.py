@@ -125,16 +125,17 @@ def unroll(task: Any, meta_optimizer: Any, theta: Theta, worker: Worker, length:
     else:
         test_batches = None
 
-    def step(carry, batches):
+    def step(carry, i):
+        # the batches are indexed, not scanned over: as scan inputs of a vmapped population
+        # they were transposed to step-major and copied once more (2 of 3 passes over them)
         params, opt_state, t = carry
-        batch, test_batch = batches
-        new_params, opt_state, loss = batch_step(task, opt, params, opt_state, batch)
-        if test_batch is not None:
-            loss = task.loss(params, test_batch)
+        new_params, opt_state, loss = batch_step(task, opt, params, opt_state, jax.tree.map(lambda b: b[i], batches))
+        if test_batches is not None:
+            loss = task.loss(params, jax.tree.map(lambda b: b[i], test_batches))
         return (new_params, opt_state, t + 1), loss
 
     (params, opt_state, t), losses = jax.lax.scan(step, (worker.params, worker.opt_state, worker.step),
-                                                  (batches, test_batches), length=length)
+                                                  jnp.arange(length))
     start_loss = jnp.where(jnp.isnan(worker.start_loss), jnp.mean(losses), worker.start_loss)
     return Worker(params, opt_state, t, worker.horizon, worker.episode_key, start_loss), losses
 
