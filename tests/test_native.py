@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.learned import native, per_param_mlp, small_mlp
-from lopt.learned import dispatch
+from lopt.learned import dispatch, factored_mlp, native, per_param_mlp, small_mlp
+from lopt.learned import features as F
 from meta_train.estimators import make_estimator
 from meta_train.sharding import population_mesh, replicate, shard_population
 from meta_train.truncation import TruncationSchedule
@@ -78,14 +78,66 @@ def test_kernel_derivatives_are_the_reference_ones():
     np.testing.assert_allclose(got_jvp, want_jvp, rtol=1e-5)
 
 
+def random_accumulators(key, sizes, num_momenta, num_rms, batch=()):
+    """(g, p, accumulators) per tensor; the last tensor's gradient and second moments are zero."""
+    tensors = []
+    for t, n in enumerate(sizes):
+        keys = jax.random.split(jax.random.fold_in(key, t), 2 + num_momenta + num_rms)
+        normal = lambda k, s=1.0: s * jax.random.normal(k, (*batch, n))
+        g = normal(keys[0], 0.2) * (t < len(sizes) - 1)
+        momenta = tuple(normal(k, 0.1) for k in keys[2:2 + num_momenta])
+        rms = tuple(jnp.square(normal(k, 0.1)) * (t < len(sizes) - 1) for k in keys[2 + num_momenta:])
+        tensors.append((g, normal(keys[1]), F.ParamAccumulators(momenta, rms, ())))
+    return tensors
+
+
+def reference_features_network(tensors, layers):
+    return [per_param_mlp.reference(F.normalised_features(g, p, acc, kernel=False), layers) for g, p, acc in tensors]
+
+
+@pytest.mark.parametrize("num_momenta,num_rms", [(3, 1), (1, 0), (2, 2)])
+def test_features_kernel_equals_normalised_features_and_reference_network(num_momenta, num_rms):
+    sizes = [16, 1, 7, 33, 250, 40]
+    tensors = random_accumulators(jax.random.key(10), sizes, num_momenta, num_rms)
+    num_features = F.AccumulatorConfig(tuple(np.linspace(0.5, 0.9, num_momenta)), tuple(np.linspace(0.9, 0.99, num_rms))).num_features
+    layers = random_layers(jax.random.key(11), [num_features, 32, 32, 2])
+    got = jax.jit(native.features_mlp)(tensors, layers)
+    for (direction, magnitude), want in zip(got, reference_features_network(tensors, layers)):
+        np.testing.assert_allclose(direction, want[0], rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(magnitude, want[1], rtol=2e-5, atol=2e-5)
+
+
+def test_features_kernel_under_vmap_and_grad_equals_reference():
+    runs = 3
+    tensors = random_accumulators(jax.random.key(12), [24, 5], 3, 1, batch=(runs,))
+    layers = random_layers(jax.random.key(13), [11, 8, 2], batch=(runs,))
+    got = jax.jit(jax.vmap(native.features_mlp))(tensors, layers)
+    want = jax.vmap(reference_features_network)(tensors, layers)
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
+
+    def objective(network):
+        return lambda tensors, layers: sum(jnp.sum(jnp.tanh(d) * m) for d, m in network(tensors, layers))
+
+    unbatched = jax.tree.map(lambda x: x[0], (tensors, layers))
+    got = jax.jit(jax.grad(objective(native.features_mlp), argnums=(0, 1)))(*unbatched)
+    want = jax.grad(objective(reference_features_network), argnums=(0, 1))(*unbatched)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_operands_name_the_problem():
     layers = random_layers(jax.random.key(6), [3, 4, 2])
     with pytest.raises(ValueError, match="expects 3 features, got 2"):
         native.mlp_tensors([[jnp.ones(5), jnp.ones(5)]], layers)
-    with pytest.raises(ValueError, match="features of tensor 0 differ in size"):
+    with pytest.raises(ValueError, match="inputs of tensor 0 differ in size"):
         native.mlp_tensors([[jnp.ones(5), jnp.ones(4), jnp.ones(5)]], layers)
-    with pytest.raises(ValueError, match="same nonzero number of features"):
+    with pytest.raises(ValueError, match="same nonzero number of inputs"):
         native.mlp_tensors([[jnp.ones(5)] * 3, [jnp.ones(2)] * 2], layers)
+    tensors = random_accumulators(jax.random.key(14), [5], 3, 1)
+    with pytest.raises(ValueError, match="expects 3 features, these accumulators give 11"):
+        native.features_mlp(tensors, layers)
+    factored = F.ParamAccumulators((jnp.ones(5),), (), (F.FactoredMoment(jnp.ones(5), jnp.ones(0)),))
+    with pytest.raises(ValueError, match="without factored moments"):
+        native.features_mlp([(jnp.ones(5), jnp.ones(5), factored)], layers)
 
 
 def test_wide_mlp_optimizer_uses_the_kernel_on_cpus_and_matches_xla():
@@ -93,16 +145,19 @@ def test_wide_mlp_optimizer_uses_the_kernel_on_cpus_and_matches_xla():
     assert small_mlp(hidden_sizes=(8, 8)).kernel_for_backend("cpu") == "xla"
     with pytest.raises(ValueError, match="runs on CPUs only"):
         small_mlp(kernel="native").kernel_for_backend("gpu")
-    meta = small_mlp()
-    theta = meta.init_meta(jax.random.key(7))
     params = {"w": jax.random.normal(jax.random.key(8), (6, 5)), "b": jnp.zeros((5,)), "s": jnp.ones(())}
     grads = jax.tree.map(lambda p: jnp.cos(p) + 0.1, params)
-    updates = {}
-    for kernel in ("native", "xla"):
-        opt = dataclasses.replace(meta, kernel=kernel).transform(theta, num_steps=10)
-        updates[kernel], _ = jax.jit(opt.update)(grads, opt.init(params), params)
-    chex.assert_trees_all_close(updates["native"], updates["xla"], rtol=1e-5, atol=1e-9)
-    assert float(jnp.abs(updates["native"]["w"]).sum()) > 0
+    # small_mlp: features and network in the kernel; factored_mlp: XLA's features, the kernel's network
+    for meta in (small_mlp(), factored_mlp(hidden_sizes=(32, 32))):
+        theta = meta.init_meta(jax.random.key(7))
+        updates = {}
+        for kernel in ("native", "xla"):
+            opt = dataclasses.replace(meta, kernel=kernel).transform(theta, num_steps=10)
+            state = opt.init(params)
+            for _ in range(3):
+                updates[kernel], state = jax.jit(opt.update)(grads, state, params)
+        chex.assert_trees_all_close(updates["native"], updates["xla"], rtol=2e-5, atol=1e-9)
+        assert float(jnp.abs(updates["native"]["w"]).sum()) > 0
 
 
 def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):

@@ -17,8 +17,9 @@ Presets:
   momentum, so memory matches SGD-with-momentum plus O(rows + columns).
 
 Speed (`kernel`): on GPUs, networks wider than 16 run per large tensor in the two Pallas
-kernels of `lopt.learned.kernels` (feature statistics; features + MLP on the tensor cores);
-elsewhere the network is unrolled elementwise math that XLA fuses. W1 on an H100 at 124M
+kernels of `lopt.learned.kernels` (feature statistics; features + MLP on the tensor cores); on
+CPUs in the native kernel of `lopt.learned.native` (features and network in one call for every
+tensor); elsewhere the network is unrolled elementwise math that XLA fuses. W1 on an H100 at 124M
 parameters: 2.1-2.7× adam for both presets (README, Benchmarks).
 """
 
@@ -211,11 +212,17 @@ class MLPOptimizer(LearnedKind):
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
             kernel = self.kernel_for_backend(dispatch.backend())
-            accumulators, inputs, steps = [], [], []
+            # the native CPU kernel computes the features too, unless they need factored moments
+            whole = kernel == "native" and not self.accumulators.factored_decays
+            accumulators, inputs, steps, native_inputs = [], [], [], []
             for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
                 g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
                 new_acc = F.update_accumulators(acc, g32, decays)
-                if kernel in ("pallas", "interpret") and p.size >= self.fused_min_size:
+                if whole:
+                    native_inputs.append((g32, p32, new_acc))
+                    steps.append(None)
+                    inputs.append(None)
+                elif kernel in ("pallas", "interpret") and p.size >= self.fused_min_size:
                     steps.append(self._kernel_pass(g32, p32, new_acc, layers, kernel == "interpret"))
                     inputs.append(None)
                 else:
@@ -231,6 +238,8 @@ class MLPOptimizer(LearnedKind):
                 [inputs[i] for i in pending], layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
                 concatenate, cpu_kernel=kernel == "native",
             ) if pending else []
+            if whole:
+                pending, outputs = range(len(steps)), native.features_mlp(native_inputs, layers)
             for i, (d, m) in zip(pending, outputs):
                 steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
             updates = [step.reshape(p.shape).astype(p.dtype) for step, p in zip(steps, param_leaves)]

@@ -36,11 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.learned import features as F
 from lopt.learned import per_param_mlp
 
 SOURCE = Path(__file__).with_name("native_mlp.cc")
-TARGET = "lopt_mlp_forward"
-SYMBOL = "LoptMlpForward"
+TARGETS = {"lopt_mlp_forward": "LoptMlpForward", "lopt_mlp_features_forward": "LoptMlpFeaturesForward"}
 
 
 def _flags() -> list[str]:
@@ -105,7 +105,8 @@ def _load() -> str:
         return "no C++ compiler found (set CXX)"
     try:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, SYMBOL)), platform="cpu")
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         return str(error)
     return ""
@@ -121,31 +122,69 @@ def unavailable_reason() -> str:
     return _load()
 
 
-Tensors = tuple[tuple[jax.Array, ...], ...]  # [tensor][feature] -> flat [n_t] features
+Tensors = tuple[tuple[jax.Array, ...], ...]  # [tensor][input] -> flat [n_t] arrays
 
 
-def _forward(inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...]) -> list[tuple[jax.Array, jax.Array]]:
+def _call(target: str, inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...], **attributes: int,
+          ) -> list[tuple[jax.Array, jax.Array]]:
     results = []
-    for features in inputs:
-        shape = jax.ShapeDtypeStruct(features[0].shape, jnp.float32)
+    for arrays in inputs:
+        shape = jax.ShapeDtypeStruct(arrays[0].shape, jnp.float32)
         results += [shape, shape]
-    call = jax.ffi.ffi_call(TARGET, tuple(results), vmap_method="broadcast_all")
-    flat = call(*[f for features in inputs for f in features], *[a for layer in layers for a in layer],
-                num_tensors=np.int64(len(inputs)), num_features=np.int64(len(inputs[0])))
+    call = jax.ffi.ffi_call(target, tuple(results), vmap_method="broadcast_all")
+    flat = call(*[a for arrays in inputs for a in arrays], *[a for layer in layers for a in layer],
+                num_tensors=np.int64(len(inputs)), num_inputs=np.int64(len(inputs[0])),
+                **{k: np.int64(v) for k, v in attributes.items()})
     return [(flat[2 * t], flat[2 * t + 1]) for t in range(len(inputs))]
+
+
+def _reference_network(inputs: Tensors, layers) -> list[tuple[jax.Array, jax.Array]]:
+    return [per_param_mlp.reference(list(features), layers) for features in inputs]
+
+
+def _reference_features_network(inputs: Tensors, layers, num_momenta: int) -> list[tuple[jax.Array, jax.Array]]:
+    outputs = []
+    for g, p, *state in inputs:
+        acc = F.ParamAccumulators(tuple(state[:num_momenta]), tuple(state[num_momenta:]), ())
+        outputs.append(per_param_mlp.reference(F.normalised_features(g, p, acc, kernel=False), layers))
+    return outputs
 
 
 @jax.custom_jvp
 def _network(inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...]) -> list[tuple[jax.Array, jax.Array]]:
-    return _forward(inputs, layers)
+    return _call("lopt_mlp_forward", inputs, layers)
 
 
 @_network.defjvp
 def _network_jvp(primals, tangents):
-    (inputs, layers), (dinputs, dlayers) = primals, tangents
-    reference = lambda inputs, layers: [per_param_mlp.reference(list(features), layers) for features in inputs]
-    _, tangent_out = jax.jvp(reference, (inputs, layers), (dinputs, dlayers))
-    return _forward(inputs, layers), tangent_out
+    _, tangent_out = jax.jvp(_reference_network, primals, tangents)
+    return _network(*primals), tangent_out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _features_network(inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...], num_momenta: int,
+                      ) -> list[tuple[jax.Array, jax.Array]]:
+    return _call("lopt_mlp_features_forward", inputs, layers, num_momenta=num_momenta)
+
+
+@_features_network.defjvp
+def _features_network_jvp(num_momenta, primals, tangents):
+    reference = lambda inputs, layers: _reference_features_network(inputs, layers, num_momenta)
+    _, tangent_out = jax.jvp(reference, primals, tangents)
+    return _features_network(*primals, num_momenta), tangent_out
+
+
+def _check(inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp.Layer], what: str,
+           ) -> tuple[Tensors, tuple[per_param_mlp.Layer, ...]]:
+    if not available():
+        raise RuntimeError(f"lopt's native CPU kernel is unavailable: {unavailable_reason()}")
+    if not inputs or len({len(arrays) for arrays in inputs}) != 1 or not inputs[0]:
+        raise ValueError(f"native.{what} needs the same nonzero number of inputs for every tensor")
+    flat = tuple(tuple(jnp.asarray(a, jnp.float32).reshape(-1) for a in arrays) for arrays in inputs)
+    for t, arrays in enumerate(flat):
+        if len({a.size for a in arrays}) != 1:
+            raise ValueError(f"native.{what}: the inputs of tensor {t} differ in size")
+    return flat, tuple((jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)) for w, b in layers)
 
 
 def mlp_tensors(inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp.Layer],
@@ -153,15 +192,7 @@ def mlp_tensors(inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_para
     """`per_param_mlp.reference`'s network on several tensors' features in one call of the CPU
     kernel: inputs[t][f] is feature f of tensor t (any shape, read flat); returns (direction,
     magnitude) per tensor, flat [n_t]. Needs `available()`."""
-    if not available():
-        raise RuntimeError(f"lopt's native CPU kernel is unavailable: {unavailable_reason()}")
-    if not inputs or len({len(features) for features in inputs}) != 1 or not inputs[0]:
-        raise ValueError("native.mlp_tensors needs the same nonzero number of features for every tensor")
-    flat = tuple(tuple(jnp.asarray(f, jnp.float32).reshape(-1) for f in features) for features in inputs)
-    for t, features in enumerate(flat):
-        if len({f.size for f in features}) != 1:
-            raise ValueError(f"native.mlp_tensors: the features of tensor {t} differ in size")
-    cast = tuple((jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)) for w, b in layers)
+    flat, cast = _check(inputs, layers, "mlp_tensors")
     if cast[0][0].shape[0] != len(flat[0]):
         raise ValueError(f"the network's first layer expects {cast[0][0].shape[0]} features, got {len(flat[0])}")
     return _network(flat, cast)
@@ -171,3 +202,23 @@ def mlp(features: Sequence[jax.Array], layers: Sequence[per_param_mlp.Layer]) ->
     """`per_param_mlp.reference`'s network on one tensor's flat [N] features through the CPU
     kernel: (direction, magnitude), each [N]."""
     return mlp_tensors([features], layers)[0]
+
+
+def features_mlp(tensors: Sequence[tuple[jax.Array, jax.Array, F.ParamAccumulators]],
+                 layers: Sequence[per_param_mlp.Layer]) -> list[tuple[jax.Array, jax.Array]]:
+    """`features.normalised_features` and the network in one call of the CPU kernel, for each
+    (g, p, updated accumulators) in `tensors` (accumulators without factored moments, the same
+    decays for every tensor); returns (direction, magnitude) per tensor, flat. The features never
+    reach memory: the kernel computes them in each of its two passes over a tensor."""
+    accumulators = [acc for _, _, acc in tensors]
+    if any(acc.factored for acc in accumulators):
+        raise ValueError("native.features_mlp takes accumulators without factored moments")
+    num_momenta = len(accumulators[0].momentum)
+    if len({(len(acc.momentum), len(acc.rms)) for acc in accumulators}) != 1 or num_momenta == 0:
+        raise ValueError("native.features_mlp needs one momentum or more and the same accumulators for every tensor")
+    flat, cast = _check([(g, p, *acc.momentum, *acc.rms) for g, p, acc in tensors], layers, "features_mlp")
+    num_rms = len(accumulators[0].rms)
+    num_features = 3 + num_momenta + num_rms + (num_momenta + 1 if num_rms else 0)
+    if cast[0][0].shape[0] != num_features:
+        raise ValueError(f"the network's first layer expects {cast[0][0].shape[0]} features, these accumulators give {num_features}")
+    return _features_network(flat, cast, num_momenta)

@@ -6,16 +6,29 @@
 // width H x N is written to memory. XLA runs the same network as separate matrix products,
 // bias additions and ReLUs over [H, N] intermediates (lopt.learned.per_param_mlp.reference).
 //
-// Operands (row-major float32; B is any number of leading batch entries, e.g. PES arms), for
-// T parameter tensors of n_t elements and F features:
-//   x_tf     [B, n_t]          feature f of tensor t, tensor-major (t = 0: every f, then t = 1...)
-//   w_l, b_l [B, in, out], [B, out] for each layer l, in order
-// Attributes: num_tensors (T), num_features (F).
-// Results: direction_t, magnitude_t [B, n_t] for each tensor t: the last layer's first two
-// outputs. Hidden layers use ReLU. Passing each feature of each tensor as its own operand
-// saves XLA the stacking, transposing and concatenating passes of one [B, F, N] operand.
+// Two targets, both over T parameter tensors of n_t elements (row-major float32; B is any number
+// of leading batch entries, e.g. PES arms; every operand has them):
+//
+// LoptMlpForward: the network on given features.
+//   operands  x_tf [B, n_t]  feature f of tensor t, tensor-major (t = 0: every f, then t = 1...)
+//             w_l, b_l [B, in, out], [B, out] for each layer l, in order
+//   attributes num_tensors (T), num_inputs (F, the features per tensor)
+//
+// LoptMlpFeaturesForward: the features too, from each tensor's gradient, parameters and
+// (already updated) accumulators, in two passes over the tensor: the features' mean squares, then
+// the features divided by their root-mean-square and the network. The features are
+// lopt.learned.features.raw_features without factored accumulators (M momenta, R rms):
+//   g, clip(g, +-0.1), p, m_k, g rsqrt(v_r + 1e-12), [m_k rsqrt(v_0 + 1e-12), rsqrt(v_0 + 1e-12)]
+// each divided by rsqrt(mean over the tensor of its square + 1e-18).
+//   operands  g_t, p_t, m_t0 .. m_t(M-1), v_t0 .. v_t(R-1) [B, n_t], tensor-major; the layers
+//   attributes num_tensors (T), num_inputs (2 + M + R), num_momenta (M)
+//
+// Results of both: direction_t, magnitude_t [B, n_t] for each tensor t, the last layer's first
+// two outputs. Hidden layers use ReLU. Each array is its own operand, so XLA neither stacks,
+// transposes nor concatenates anything for the call.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -63,94 +76,205 @@ inline void Dense(const Vec* in, const Layer& layer, int64_t units, bool relu, V
   for (; u0 < units; ++u0) Units<1>(in, layer, u0, relu, out);
 }
 
-ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors,
-                   int64_t num_features) {
-  if (num_tensors < 1 || num_features < 1)
-    return ffi::Error::InvalidArgument("lopt mlp: num_tensors and num_features must be positive");
-  const int64_t num_inputs = num_tensors * num_features;
-  const int64_t num_params = static_cast<int64_t>(args.size()) - num_inputs;
+// The operands and results of one call, checked against each other.
+struct Call {
+  int64_t num_tensors = 0, num_inputs = 0, batch = 1;
+  std::vector<const float*> inputs;  // [tensor * num_inputs + i]
+  std::vector<int64_t> sizes;        // elements per tensor
+  std::vector<const float*> weights, biases;
+  std::vector<int64_t> fan_in, fan_out;
+  std::vector<float*> outputs;  // direction, magnitude of each tensor
+  int64_t width = 0;            // widest layer input or output
+};
+
+ffi::Error Parse(ffi::RemainingArgs& args, ffi::RemainingRets& rets, int64_t num_tensors, int64_t num_inputs,
+                 int64_t num_features, Call& call) {
+  if (num_tensors < 1 || num_inputs < 1)
+    return ffi::Error::InvalidArgument("lopt mlp: num_tensors and num_inputs must be positive");
+  call.num_tensors = num_tensors;
+  call.num_inputs = num_inputs;
+  const int64_t count = num_tensors * num_inputs;
+  const int64_t num_params = static_cast<int64_t>(args.size()) - count;
   if (num_params < 2 || num_params % 2 != 0)
-    return ffi::Error::InvalidArgument("lopt mlp: layers must come as (weights, bias) pairs after the features");
+    return ffi::Error::InvalidArgument("lopt mlp: layers must come as (weights, bias) pairs after the inputs");
   if (static_cast<int64_t>(rets.size()) != 2 * num_tensors)
     return ffi::Error::InvalidArgument("lopt mlp: two results per tensor expected");
 
-  std::vector<const float*> inputs(num_inputs);
-  std::vector<int64_t> sizes(num_tensors);
+  call.inputs.resize(count);
+  call.sizes.resize(num_tensors);
   int64_t batch = -1;
   for (int64_t t = 0; t < num_tensors; ++t) {
-    for (int64_t f = 0; f < num_features; ++f) {
-      auto x = args.get<ffi::Buffer<ffi::F32>>(t * num_features + f);
+    for (int64_t i = 0; i < num_inputs; ++i) {
+      auto x = args.get<ffi::Buffer<ffi::F32>>(t * num_inputs + i);
       if (x.has_error()) return x.error();
       const auto dims = x->dimensions();
-      if (dims.size() == 0) return ffi::Error::InvalidArgument("lopt mlp: features must be [..., n]");
+      if (dims.size() == 0) return ffi::Error::InvalidArgument("lopt mlp: inputs must be [..., n]");
       const int64_t n = dims[dims.size() - 1];
       const int64_t b = n == 0 ? 0 : static_cast<int64_t>(x->element_count()) / n;
-      if (f == 0) sizes[t] = n;
-      if (n != sizes[t] || (batch >= 0 && b != batch && n > 0))
-        return ffi::Error::InvalidArgument("lopt mlp: the features of a tensor differ in shape");
+      if (i == 0) call.sizes[t] = n;
+      if (n != call.sizes[t] || (batch >= 0 && b != batch && n > 0))
+        return ffi::Error::InvalidArgument("lopt mlp: the inputs of a tensor differ in shape");
       if (n > 0) batch = b;
-      inputs[t * num_features + f] = x->typed_data();
+      call.inputs[t * num_inputs + i] = x->typed_data();
     }
   }
-  if (batch < 0) batch = 1;
+  call.batch = batch < 0 ? 1 : batch;
 
   const int64_t num_layers = num_params / 2;
-  std::vector<const float*> weights(num_layers), biases(num_layers);
-  std::vector<int64_t> fan_in(num_layers), fan_out(num_layers);
-  int64_t width = num_features;
+  call.width = num_features;
   for (int64_t l = 0; l < num_layers; ++l) {
-    auto w = args.get<ffi::Buffer<ffi::F32>>(num_inputs + 2 * l);
-    auto b = args.get<ffi::Buffer<ffi::F32>>(num_inputs + 2 * l + 1);
+    auto w = args.get<ffi::Buffer<ffi::F32>>(count + 2 * l);
+    auto b = args.get<ffi::Buffer<ffi::F32>>(count + 2 * l + 1);
     if (w.has_error()) return w.error();
     if (b.has_error()) return b.error();
     const auto wd = w->dimensions();
     if (wd.size() < 2) return ffi::Error::InvalidArgument("lopt mlp: weights must be [..., in, out]");
     const int64_t in = wd[wd.size() - 2], out = wd[wd.size() - 1];
-    const int64_t expected_in = l == 0 ? num_features : fan_out[l - 1];
-    if (in != expected_in || static_cast<int64_t>(w->element_count()) != batch * in * out ||
-        static_cast<int64_t>(b->element_count()) != batch * out)
+    const int64_t expected_in = l == 0 ? num_features : call.fan_out.back();
+    if (in != expected_in || static_cast<int64_t>(w->element_count()) != call.batch * in * out ||
+        static_cast<int64_t>(b->element_count()) != call.batch * out)
       return ffi::Error::InvalidArgument("lopt mlp: layer " + std::to_string(l) + " does not fit its input");
-    weights[l] = w->typed_data();
-    biases[l] = b->typed_data();
-    fan_in[l] = in;
-    fan_out[l] = out;
-    width = std::max(width, out);
+    call.weights.push_back(w->typed_data());
+    call.biases.push_back(b->typed_data());
+    call.fan_in.push_back(in);
+    call.fan_out.push_back(out);
+    call.width = std::max(call.width, out);
   }
-  if (fan_out.back() < 2) return ffi::Error::InvalidArgument("lopt mlp: the last layer needs two outputs");
+  if (call.fan_out.back() < 2) return ffi::Error::InvalidArgument("lopt mlp: the last layer needs two outputs");
 
-  std::vector<float*> outputs(2 * num_tensors);
+  call.outputs.resize(2 * num_tensors);
   for (int64_t r = 0; r < 2 * num_tensors; ++r) {
     auto out = rets.get<ffi::Buffer<ffi::F32>>(r);
     if (out.has_error()) return out.error();
-    if (static_cast<int64_t>((*out)->element_count()) != batch * sizes[r / 2])
+    if (static_cast<int64_t>((*out)->element_count()) != call.batch * call.sizes[r / 2])
       return ffi::Error::InvalidArgument("lopt mlp: a result does not match its tensor");
-    outputs[r] = (*out)->typed_data();
+    call.outputs[r] = (*out)->typed_data();
   }
+  return ffi::Error::Success();
+}
 
-  std::unique_ptr<Vec[]> ping(new Vec[width]), pong(new Vec[width]);
-  std::vector<Layer> layers(num_layers);
-  for (int64_t e = 0; e < batch; ++e) {
-    for (int64_t l = 0; l < num_layers; ++l)
-      layers[l] = {weights[l] + e * fan_in[l] * fan_out[l], biases[l] + e * fan_out[l], fan_in[l], fan_out[l]};
+// The network on one tile whose features are in ping[0 .. F); returns the buffer holding the
+// last layer's outputs (direction in [0], magnitude in [1]).
+inline const Vec* Network(const std::vector<Layer>& layers, Vec* ping, Vec* pong) {
+  Vec *in = ping, *out = pong;
+  for (size_t l = 0; l + 1 < layers.size(); ++l) {
+    Dense(in, layers[l], layers[l].out, true, out);
+    std::swap(in, out);
+  }
+  Dense(in, layers.back(), 2, false, out);
+  return out;
+}
+
+// Loads lanes [n0, n0 + lanes) of x, zero beyond.
+inline Vec Load(const float* x, int64_t n0, int64_t lanes) {
+  Vec v = Vec{};
+  std::memcpy(&v, x + n0, lanes * sizeof(float));
+  return v;
+}
+
+inline Vec Rsqrt(Vec x) {
+  Vec r;
+  for (int64_t l = 0; l < kLanes; ++l) r[l] = 1.0f / std::sqrt(x[l] + 1e-12f);
+  return r;
+}
+
+// Features of one tile (see the header) into f[0 .. 3 + M + R (+ M + 1 when R > 0)).
+inline void TileFeatures(const float* const* in, int64_t num_momenta, int64_t num_rms, int64_t n0, int64_t lanes,
+                         Vec* f) {
+  const Vec g = Load(in[0], n0, lanes);
+  const Vec clip = Vec{} + 0.1f;
+  int64_t k = 0;
+  f[k++] = g;
+  f[k++] = g > clip ? clip : (g < -clip ? -clip : g);
+  f[k++] = Load(in[1], n0, lanes);
+  for (int64_t m = 0; m < num_momenta; ++m) f[k++] = Load(in[2 + m], n0, lanes);
+  if (num_rms == 0) return;
+  Vec first = Vec{};
+  for (int64_t r = 0; r < num_rms; ++r) {
+    const Vec inverse = Rsqrt(Load(in[2 + num_momenta + r], n0, lanes));
+    if (r == 0) first = inverse;
+    f[k++] = g * inverse;
+  }
+  for (int64_t m = 0; m < num_momenta; ++m) f[k++] = f[3 + m] * first;
+  f[k++] = first;
+}
+
+void Store(const Vec* out, float* dir, float* mag, int64_t n0, int64_t lanes) {
+  std::memcpy(dir + n0, &out[0], lanes * sizeof(float));
+  std::memcpy(mag + n0, &out[1], lanes * sizeof(float));
+}
+
+std::vector<Layer> EntryLayers(const Call& call, int64_t e) {
+  std::vector<Layer> layers(call.weights.size());
+  for (size_t l = 0; l < layers.size(); ++l)
+    layers[l] = {call.weights[l] + e * call.fan_in[l] * call.fan_out[l], call.biases[l] + e * call.fan_out[l],
+                 call.fan_in[l], call.fan_out[l]};
+  return layers;
+}
+
+ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors, int64_t num_inputs) {
+  Call call;
+  if (auto error = Parse(args, rets, num_tensors, num_inputs, num_inputs, call); error.failure()) return error;
+  std::unique_ptr<Vec[]> ping(new Vec[call.width]), pong(new Vec[call.width]);
+  for (int64_t e = 0; e < call.batch; ++e) {
+    const std::vector<Layer> layers = EntryLayers(call, e);
     for (int64_t t = 0; t < num_tensors; ++t) {
-      const int64_t n = sizes[t];
-      const float* const* x = inputs.data() + t * num_features;
-      float* dir = outputs[2 * t] + e * n;
-      float* mag = outputs[2 * t + 1] + e * n;
+      const int64_t n = call.sizes[t];
+      const float* const* x = call.inputs.data() + t * num_inputs;
+      float* dir = call.outputs[2 * t] + e * n;
+      float* mag = call.outputs[2 * t + 1] + e * n;
       for (int64_t n0 = 0; n0 < n; n0 += kLanes) {
         const int64_t lanes = std::min(kLanes, n - n0);
-        for (int64_t f = 0; f < num_features; ++f) {
-          if (lanes < kLanes) ping[f] = Vec{};
-          std::memcpy(&ping[f], x[f] + e * n + n0, lanes * sizeof(float));
+        for (int64_t f = 0; f < num_inputs; ++f) ping[f] = Load(x[f] + e * n, n0, lanes);
+        Store(Network(layers, ping.get(), pong.get()), dir, mag, n0, lanes);
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error FeaturesForward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors,
+                           int64_t num_inputs, int64_t num_momenta) {
+  const int64_t num_rms = num_inputs - 2 - num_momenta;
+  if (num_momenta < 1 || num_rms < 0)
+    return ffi::Error::InvalidArgument("lopt mlp: needs g, p, at least one momentum and num_inputs = 2 + M + R");
+  const int64_t num_features = 3 + num_momenta + num_rms + (num_rms > 0 ? num_momenta + 1 : 0);
+  Call call;
+  if (auto error = Parse(args, rets, num_tensors, num_inputs, num_features, call); error.failure()) return error;
+  std::unique_ptr<Vec[]> ping(new Vec[call.width]), pong(new Vec[call.width]), squares(new Vec[num_features]);
+  std::vector<const float*> in(num_inputs);
+  std::vector<float> scale(num_features);
+  for (int64_t e = 0; e < call.batch; ++e) {
+    const std::vector<Layer> layers = EntryLayers(call, e);
+    for (int64_t t = 0; t < num_tensors; ++t) {
+      const int64_t n = call.sizes[t];
+      if (n == 0) continue;
+      for (int64_t i = 0; i < num_inputs; ++i) in[i] = call.inputs[t * num_inputs + i] + e * n;
+      float* dir = call.outputs[2 * t] + e * n;
+      float* mag = call.outputs[2 * t + 1] + e * n;
+      // pass 1: each feature's mean square over the tensor (lanes past the end masked out)
+      for (int64_t f = 0; f < num_features; ++f) squares[f] = Vec{};
+      for (int64_t n0 = 0; n0 < n; n0 += kLanes) {
+        const int64_t lanes = std::min(kLanes, n - n0);
+        TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, ping.get());
+        if (lanes == kLanes) {
+          for (int64_t f = 0; f < num_features; ++f) squares[f] += ping[f] * ping[f];
+        } else {
+          for (int64_t f = 0; f < num_features; ++f)
+            for (int64_t l = 0; l < lanes; ++l) squares[f][l] += ping[f][l] * ping[f][l];
         }
-        Vec *in = ping.get(), *out = pong.get();
-        for (int64_t l = 0; l + 1 < num_layers; ++l) {
-          Dense(in, layers[l], fan_out[l], true, out);
-          std::swap(in, out);
-        }
-        Dense(in, layers.back(), 2, false, out);
-        std::memcpy(dir + n0, &out[0], lanes * sizeof(float));
-        std::memcpy(mag + n0, &out[1], lanes * sizeof(float));
+      }
+      for (int64_t f = 0; f < num_features; ++f) {
+        float total = 0.0f;
+        for (int64_t l = 0; l < kLanes; ++l) total += squares[f][l];
+        scale[f] = 1.0f / std::sqrt(total / static_cast<float>(n) + 1e-18f);
+      }
+      // pass 2: normalised features through the network
+      for (int64_t n0 = 0; n0 < n; n0 += kLanes) {
+        const int64_t lanes = std::min(kLanes, n - n0);
+        TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, ping.get());
+        for (int64_t f = 0; f < num_features; ++f) ping[f] *= scale[f];
+        Store(Network(layers, ping.get(), pong.get()), dir, mag, n0, lanes);
       }
     }
   }
@@ -164,4 +288,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpForward, Forward,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("num_tensors")
-                                  .Attr<int64_t>("num_features"));
+                                  .Attr<int64_t>("num_inputs"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpFeaturesForward, FeaturesForward,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("num_tensors")
+                                  .Attr<int64_t>("num_inputs")
+                                  .Attr<int64_t>("num_momenta"));
