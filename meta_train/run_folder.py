@@ -135,9 +135,11 @@ def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None)
     train_rows = [r for r in rows if "meta_loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].plot([r["step"] for r in train_rows], [r["meta_loss"] for r in train_rows], lw=1.2)
-    axes[0].set_title("meta-loss (mean inner loss over a window)")
-    axes[0].set_yscale("log")
+    meta_losses = [r["meta_loss"] for r in train_rows]
+    axes[0].plot([r["step"] for r in train_rows], meta_losses, lw=1.2)
+    axes[0].set_title("meta-loss (the estimator's objective over a window)")
+    if meta_losses and min(meta_losses) > 0:  # a log-loss objective goes negative below loss 1
+        axes[0].set_yscale("log")
     if lifetime and train_rows:
         for boundary in range(lifetime, train_rows[-1]["step"], lifetime):
             axes[0].axvline(boundary, color="grey", ls=":", lw=0.8)

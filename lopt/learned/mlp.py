@@ -114,8 +114,11 @@ class MLPOptimizer(LearnedKind):
       the widest hidden layer exceeds 16 (see `apply_shared_network` for the measurements).
     kernel: how large tensors run the per-parameter pass. "xla": jnp that XLA fuses; "pallas":
       the Pallas kernel of `lopt.learned.kernels` (GPU; matrix products for the hidden layers);
-      "interpret": that kernel through Pallas' interpreter (tests on CPU); "auto": "pallas" on
-      GPUs for networks wider than 16 without factored accumulators, else "xla".
+      "interpret": that kernel through Pallas' interpreter (tests on CPU); "native": the CPU
+      kernel of `lopt.learned.native` for every tensor (features and network in it, or the
+      network alone with factored accumulators); "auto": "pallas" on GPUs for networks wider
+      than 16 without factored accumulators, "native" on CPUs for networks wider than 16 when
+      the kernel builds, else "xla".
     """
 
     kind: ClassVar[str] = "mlp"
