@@ -107,6 +107,18 @@ def test_features_kernel_equals_normalised_features_and_reference_network(num_mo
         np.testing.assert_allclose(magnitude, want[1], rtol=2e-5, atol=2e-5)
 
 
+def test_large_tensors_split_over_threads_equal_reference():
+    # ≥ 2^16 elements per call: the kernel splits the work into chunks on XLA's thread pool, and
+    # the per-tensor mean squares are summed from chunk sums
+    tensors = random_accumulators(jax.random.key(15), [70_001, 4_099], 3, 1)
+    layers = random_layers(jax.random.key(16), [11, 32, 32, 2])
+    got = jax.jit(native.features_mlp)(tensors, layers)
+    want = reference_features_network(tensors, layers)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4)
+    features = [F.normalised_features(g, p, acc, kernel=False) for g, p, acc in tensors]
+    chex.assert_trees_all_close(jax.jit(native.mlp_tensors)(features, layers), want, rtol=1e-4, atol=1e-4)
+
+
 def test_features_kernel_under_vmap_and_grad_equals_reference():
     runs = 3
     tensors = random_accumulators(jax.random.key(12), [24, 5], 3, 1, batch=(runs,))

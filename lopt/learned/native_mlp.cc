@@ -28,6 +28,9 @@
 // transposes nor concatenates anything for the call.
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -212,72 +215,161 @@ std::vector<Layer> EntryLayers(const Call& call, int64_t e) {
   return layers;
 }
 
-ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors, int64_t num_inputs) {
+// The work of a call in fixed chunks of at most kChunk elements of one tensor of one batch entry.
+// The chunks do not depend on the number of threads, and per-chunk sums are added in chunk
+// order, so a call gives the same bits on one thread or many.
+constexpr int64_t kChunk = 256 * kLanes;
+// Calls smaller than this stay on the calling thread (W2's 4 x 2,410 parameters among them:
+// there each XLA CPU device is busy with its own share of the population).
+constexpr int64_t kParallelMin = 1 << 16;
+
+struct Chunk {
+  int64_t entry, tensor, begin, end;
+};
+
+std::vector<Chunk> Chunks(const Call& call) {
+  std::vector<Chunk> chunks;
+  for (int64_t e = 0; e < call.batch; ++e)
+    for (int64_t t = 0; t < call.num_tensors; ++t)
+      for (int64_t n0 = 0; n0 < call.sizes[t]; n0 += kChunk)
+        chunks.push_back({e, t, n0, std::min(call.sizes[t], n0 + kChunk)});
+  return chunks;
+}
+
+// body(i) for i in [0, n), on the calling thread and up to num_threads - 1 tasks of XLA's
+// intra-op pool. The caller claims work too and waits only for chunks already claimed: XLA runs
+// the CPU devices' programs on the same pool, so a queued task may start only after another
+// device's program (which may wait on this one at a collective) lets go of its thread.
+struct Work {
+  std::atomic<int64_t> next{0}, completed{0};
+  int64_t n = 0;
+  std::function<void(int64_t)> body;
+};
+
+void Drain(Work& work) {
+  for (int64_t i; (i = work.next.fetch_add(1)) < work.n;) {
+    work.body(i);
+    work.completed.fetch_add(1);
+  }
+}
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, bool parallel, std::function<void(int64_t)> body) {
+  const int64_t helpers = parallel ? std::min(pool.num_threads() - 1, n - 1) : 0;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  auto work = std::make_shared<Work>();
+  work->n = n;
+  work->body = std::move(body);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { Drain(*work); });
+  Drain(*work);
+  while (work->completed.load() < n) std::this_thread::yield();
+}
+
+int64_t TotalElements(const Call& call) {
+  int64_t total = 0;
+  for (int64_t n : call.sizes) total += n;
+  return total * call.batch;
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors,
+                   int64_t num_inputs) {
   Call call;
   if (auto error = Parse(args, rets, num_tensors, num_inputs, num_inputs, call); error.failure()) return error;
-  std::unique_ptr<Vec[]> ping(new Vec[call.width]), pong(new Vec[call.width]);
-  for (int64_t e = 0; e < call.batch; ++e) {
-    const std::vector<Layer> layers = EntryLayers(call, e);
-    for (int64_t t = 0; t < num_tensors; ++t) {
-      const int64_t n = call.sizes[t];
-      const float* const* x = call.inputs.data() + t * num_inputs;
-      float* dir = call.outputs[2 * t] + e * n;
-      float* mag = call.outputs[2 * t + 1] + e * n;
-      for (int64_t n0 = 0; n0 < n; n0 += kLanes) {
-        const int64_t lanes = std::min(kLanes, n - n0);
-        for (int64_t f = 0; f < num_inputs; ++f) ping[f] = Load(x[f] + e * n, n0, lanes);
-        Store(Network(layers, ping.get(), pong.get()), dir, mag, n0, lanes);
-      }
+  const std::vector<Chunk> chunks = Chunks(call);
+  ParallelFor(pool, chunks.size(), TotalElements(call) >= kParallelMin, [&](int64_t i) {
+    const Chunk& c = chunks[i];
+    const std::vector<Layer> layers = EntryLayers(call, c.entry);
+    std::unique_ptr<Vec[]> ping(new Vec[call.width]), pong(new Vec[call.width]);
+    const int64_t n = call.sizes[c.tensor];
+    const float* const* x = call.inputs.data() + c.tensor * num_inputs;
+    float* dir = call.outputs[2 * c.tensor] + c.entry * n;
+    float* mag = call.outputs[2 * c.tensor + 1] + c.entry * n;
+    for (int64_t n0 = c.begin; n0 < c.end; n0 += kLanes) {
+      const int64_t lanes = std::min(kLanes, c.end - n0);
+      for (int64_t f = 0; f < num_inputs; ++f) ping[f] = Load(x[f] + c.entry * n, n0, lanes);
+      Store(Network(layers, ping.get(), pong.get()), dir, mag, n0, lanes);
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error FeaturesForward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors,
-                           int64_t num_inputs, int64_t num_momenta) {
+ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                           int64_t num_tensors, int64_t num_inputs, int64_t num_momenta) {
   const int64_t num_rms = num_inputs - 2 - num_momenta;
   if (num_momenta < 1 || num_rms < 0)
     return ffi::Error::InvalidArgument("lopt mlp: needs g, p, at least one momentum and num_inputs = 2 + M + R");
   const int64_t num_features = 3 + num_momenta + num_rms + (num_rms > 0 ? num_momenta + 1 : 0);
   Call call;
   if (auto error = Parse(args, rets, num_tensors, num_inputs, num_features, call); error.failure()) return error;
-  std::unique_ptr<Vec[]> ping(new Vec[call.width]), pong(new Vec[call.width]), squares(new Vec[num_features]);
-  std::vector<const float*> in(num_inputs);
-  std::vector<float> scale(num_features);
-  for (int64_t e = 0; e < call.batch; ++e) {
-    const std::vector<Layer> layers = EntryLayers(call, e);
-    for (int64_t t = 0; t < num_tensors; ++t) {
-      const int64_t n = call.sizes[t];
-      if (n == 0) continue;
-      for (int64_t i = 0; i < num_inputs; ++i) in[i] = call.inputs[t * num_inputs + i] + e * n;
-      float* dir = call.outputs[2 * t] + e * n;
-      float* mag = call.outputs[2 * t + 1] + e * n;
-      // pass 1: each feature's mean square over the tensor (lanes past the end masked out)
-      for (int64_t f = 0; f < num_features; ++f) squares[f] = Vec{};
-      for (int64_t n0 = 0; n0 < n; n0 += kLanes) {
-        const int64_t lanes = std::min(kLanes, n - n0);
-        TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, ping.get());
-        if (lanes == kLanes) {
-          for (int64_t f = 0; f < num_features; ++f) squares[f] += ping[f] * ping[f];
-        } else {
-          for (int64_t f = 0; f < num_features; ++f)
-            for (int64_t l = 0; l < lanes; ++l) squares[f][l] += ping[f][l] * ping[f][l];
-        }
-      }
-      for (int64_t f = 0; f < num_features; ++f) {
-        float total = 0.0f;
-        for (int64_t l = 0; l < kLanes; ++l) total += squares[f][l];
-        scale[f] = 1.0f / std::sqrt(total / static_cast<float>(n) + 1e-18f);
-      }
-      // pass 2: normalised features through the network
-      for (int64_t n0 = 0; n0 < n; n0 += kLanes) {
-        const int64_t lanes = std::min(kLanes, n - n0);
-        TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, ping.get());
-        for (int64_t f = 0; f < num_features; ++f) ping[f] *= scale[f];
-        Store(Network(layers, ping.get(), pong.get()), dir, mag, n0, lanes);
+  const std::vector<Chunk> chunks = Chunks(call);
+  const bool parallel = TotalElements(call) >= kParallelMin;
+  auto inputs_of = [&](const Chunk& c, std::vector<const float*>& in) {
+    const int64_t n = call.sizes[c.tensor];
+    for (int64_t i = 0; i < num_inputs; ++i) in[i] = call.inputs[c.tensor * num_inputs + i] + c.entry * n;
+  };
+
+  // pass 1: each chunk's sums of the features' squares (lanes past the end masked out)
+  std::vector<float> partial(chunks.size() * num_features);
+  ParallelFor(pool, chunks.size(), parallel, [&](int64_t i) {
+    const Chunk& c = chunks[i];
+    std::vector<const float*> in(num_inputs);
+    inputs_of(c, in);
+    std::unique_ptr<Vec[]> f(new Vec[num_features]), squares(new Vec[num_features]);
+    for (int64_t k = 0; k < num_features; ++k) squares[k] = Vec{};
+    for (int64_t n0 = c.begin; n0 < c.end; n0 += kLanes) {
+      const int64_t lanes = std::min(kLanes, c.end - n0);
+      TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, f.get());
+      if (lanes == kLanes) {
+        for (int64_t k = 0; k < num_features; ++k) squares[k] += f[k] * f[k];
+      } else {
+        for (int64_t k = 0; k < num_features; ++k)
+          for (int64_t l = 0; l < lanes; ++l) squares[k][l] += f[k][l] * f[k][l];
       }
     }
+    for (int64_t k = 0; k < num_features; ++k) {
+      float total = 0.0f;
+      for (int64_t l = 0; l < kLanes; ++l) total += squares[k][l];
+      partial[i * num_features + k] = total;
+    }
+  });
+
+  // per tensor and entry: 1 / root-mean-square of each feature, from the chunk sums in order
+  std::vector<float> scale(chunks.size() * num_features);
+  for (size_t first = 0; first < chunks.size();) {
+    size_t last = first;
+    while (last < chunks.size() && chunks[last].entry == chunks[first].entry &&
+           chunks[last].tensor == chunks[first].tensor)
+      ++last;
+    const float n = static_cast<float>(call.sizes[chunks[first].tensor]);
+    for (int64_t k = 0; k < num_features; ++k) {
+      float total = 0.0f;
+      for (size_t i = first; i < last; ++i) total += partial[i * num_features + k];
+      const float inverse = 1.0f / std::sqrt(total / n + 1e-18f);
+      for (size_t i = first; i < last; ++i) scale[i * num_features + k] = inverse;
+    }
+    first = last;
   }
+
+  // pass 2: normalised features through the network
+  ParallelFor(pool, chunks.size(), parallel, [&](int64_t i) {
+    const Chunk& c = chunks[i];
+    std::vector<const float*> in(num_inputs);
+    inputs_of(c, in);
+    const std::vector<Layer> layers = EntryLayers(call, c.entry);
+    std::unique_ptr<Vec[]> ping(new Vec[call.width]), pong(new Vec[call.width]);
+    const int64_t n = call.sizes[c.tensor];
+    float* dir = call.outputs[2 * c.tensor] + c.entry * n;
+    float* mag = call.outputs[2 * c.tensor + 1] + c.entry * n;
+    const float* s = scale.data() + i * num_features;
+    for (int64_t n0 = c.begin; n0 < c.end; n0 += kLanes) {
+      const int64_t lanes = std::min(kLanes, c.end - n0);
+      TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, ping.get());
+      for (int64_t k = 0; k < num_features; ++k) ping[k] *= s[k];
+      Store(Network(layers, ping.get(), pong.get()), dir, mag, n0, lanes);
+    }
+  });
   return ffi::Error::Success();
 }
 
@@ -285,6 +377,7 @@ ffi::Error FeaturesForward(ffi::RemainingArgs args, ffi::RemainingRets rets, int
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpForward, Forward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("num_tensors")
@@ -292,6 +385,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpForward, Forward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpFeaturesForward, FeaturesForward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("num_tensors")
