@@ -311,7 +311,8 @@ ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
   };
 
   // pass 1: each chunk's sums of the features' squares (lanes past the end masked out)
-  std::vector<float> partial(chunks.size() * num_features);
+  // (float within a chunk's lanes, at most 256 terms each; double across lanes and chunks)
+  std::vector<double> partial(chunks.size() * num_features);
   ParallelFor(pool, chunks.size(), parallel, [&](int64_t i) {
     const Chunk& c = chunks[i];
     std::vector<const float*> in(num_inputs);
@@ -329,7 +330,7 @@ ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
       }
     }
     for (int64_t k = 0; k < num_features; ++k) {
-      float total = 0.0f;
+      double total = 0.0;
       for (int64_t l = 0; l < kLanes; ++l) total += squares[k][l];
       partial[i * num_features + k] = total;
     }
@@ -342,11 +343,12 @@ ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
     while (last < chunks.size() && chunks[last].entry == chunks[first].entry &&
            chunks[last].tensor == chunks[first].tensor)
       ++last;
-    const float n = static_cast<float>(call.sizes[chunks[first].tensor]);
+    const double n = static_cast<double>(call.sizes[chunks[first].tensor]);
     for (int64_t k = 0; k < num_features; ++k) {
-      float total = 0.0f;
+      double total = 0.0;
       for (size_t i = first; i < last; ++i) total += partial[i * num_features + k];
-      const float inverse = 1.0f / std::sqrt(total / n + 1e-18f);
+      const float mean = static_cast<float>(total / n);
+      const float inverse = 1.0f / std::sqrt(mean + 1e-18f);
       for (size_t i = first; i < last; ++i) scale[i * num_features + k] = inverse;
     }
     first = last;
