@@ -463,3 +463,18 @@ def test_damaged_checkpoints_fall_back_then_fail_as_one_checkpoint_error(tmp_pat
         sys.unraisablehook = previous
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 1000, str(caught.value)
     assert reports == []
+
+
+def test_window_batches_are_the_steps_own_batches_drawn_at_once_or_in_the_step(monkeypatch):
+    from meta_train import truncation
+    from tasks import MLPSpec, build
+
+    task = build(MLPSpec("digits", (8,), "relu", 16))
+    keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(3), t))(jnp.arange(4))
+    expected = [task.batch(keys[i], "train") for i in range(4)]
+    at_once = truncation.window_batches(task, keys, "train")
+    monkeypatch.setattr(truncation, "WINDOW_BATCH_BYTES", 0)  # too big to draw at once: per step
+    per_step = truncation.window_batches(task, keys, "train")
+    for i, want in enumerate(expected):
+        chex.assert_trees_all_equal(at_once(i), want)
+        chex.assert_trees_all_equal(jax.jit(per_step)(i), want)

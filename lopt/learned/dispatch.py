@@ -1,6 +1,6 @@
 """Where each tensor's per-parameter work runs: fused XLA, the Pallas kernels of
-`lopt.learned.kernels` (GPUs) or the CPU kernel of `lopt.learned.native`. Every learned kind asks here, so the choice and its one size threshold
-live in one place.
+`lopt.learned.kernels` (GPUs) or the CPU kernel of `lopt.learned.native`. Every learned kind
+asks here, so the choice and its one size threshold live in one place.
 
 Measured reasons for the rules (H100 / H200, BENCHMARKS.md W1):
 - Kernels pay off only on GPUs and only for large tensors: below KERNEL_MIN_SIZE elements a
