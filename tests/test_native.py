@@ -180,6 +180,12 @@ def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):
     assert native._load.__wrapped__() == "turned off by LOPT_NATIVE=0"
     monkeypatch.setattr(native, "_load", lambda: "turned off by LOPT_NATIVE=0")
     assert dispatch.network_kernel("auto", (32, 32), False, "cpu") == "xla"
+    monkeypatch.delenv("LOPT_NATIVE")
+    monkeypatch.setattr(native, "_load", lambda: "no C++ compiler found (set CXX)")
+    with pytest.warns(RuntimeWarning, match="unavailable \\(no C\\+\\+ compiler found"):
+        assert dispatch.network_kernel("auto", (32, 32), False, "cpu") == "xla"
+    monkeypatch.setenv("LOPT_NATIVE", "0")
+    monkeypatch.setattr(native, "_load", lambda: "turned off by LOPT_NATIVE=0")
     with pytest.raises(RuntimeError, match="unavailable: turned off"):
         native.mlp([jnp.ones(3)], random_layers(jax.random.key(9), [1, 4, 2]))
 

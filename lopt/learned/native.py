@@ -29,6 +29,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,9 +113,19 @@ def _load() -> str:
     return ""
 
 
+@functools.cache
+def _warn_once(reason: str) -> None:
+    warnings.warn(f"lopt: the native CPU kernel is unavailable ({reason}); the learned optimizers use XLA's "
+                  "slower path (LOPT_NATIVE=0 silences this)", RuntimeWarning, stacklevel=3)
+
+
 def available() -> bool:
-    """Whether the kernel is built and registered (building it on the first call)."""
-    return not _load()
+    """Whether the kernel is built and registered (building it on the first call). Says once,
+    as a warning, why not, unless LOPT_NATIVE=0 turned it off."""
+    reason = _load()
+    if reason and os.environ.get("LOPT_NATIVE", "1") != "0":
+        _warn_once(reason)
+    return not reason
 
 
 def unavailable_reason() -> str:
