@@ -57,7 +57,7 @@ def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, o
         return kernel
     wide = max(hidden_sizes) > WIDE_NETWORK
     if on == "cpu":
-        from lopt.learned import native  # builds the kernel on first use
+        from lopt.learned import native  # here: native imports features, which imports dispatch
         return "native" if wide and native.available() else "xla"
     return resolve(kernel, wide and not factored, on)
 

@@ -215,34 +215,28 @@ class MLPOptimizer(LearnedKind):
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
             kernel = self.kernel_for_backend(dispatch.backend())
-            # the native CPU kernel computes the features too, unless they need factored moments
-            whole = kernel == "native" and not self.accumulators.factored_decays
-            accumulators, inputs, steps, native_inputs = [], [], [], []
-            for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
-                g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
-                new_acc = F.update_accumulators(acc, g32, decays)
-                if whole:
-                    native_inputs.append((g32, p32, new_acc))
-                    steps.append(None)
-                    inputs.append(None)
-                elif kernel in ("pallas", "interpret") and p.size >= self.fused_min_size:
-                    steps.append(self._kernel_pass(g32, p32, new_acc, layers, kernel == "interpret"))
-                    inputs.append(None)
-                else:
-                    steps.append(None)
-                    inputs.append(F.normalised_features(g32, p32, new_acc,
-                                                        kernel=None if self.kernel == "auto" else False))
-                accumulators.append(new_acc)
-            concatenate = self.concatenate_tensors
-            if concatenate is None:
-                concatenate = max(self.hidden_sizes) > 16
-            pending = [i for i, x in enumerate(inputs) if x is not None]
-            outputs = apply_shared_network(
-                [inputs[i] for i in pending], layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
-                concatenate, cpu_kernel=kernel == "native",
-            ) if pending else []
-            if whole:
-                pending, outputs = range(len(steps)), native.features_mlp(native_inputs, layers)
+            tensors = [(g.astype(jnp.float32), p.astype(jnp.float32)) for g, p in zip(grad_leaves, param_leaves)]
+            accumulators = [F.update_accumulators(acc, g32, decays) for (g32, _), acc in zip(tensors, state.accumulators)]
+            steps: list[jax.Array | None] = [None] * len(tensors)
+            if kernel == "native" and not self.accumulators.factored_decays:
+                # the native CPU kernel computes the features too (not the factored ones)
+                pending = range(len(tensors))
+                outputs = native.features_mlp([(g32, p32, acc) for (g32, p32), acc in zip(tensors, accumulators)], layers)
+            else:
+                inputs = {}
+                for i, ((g32, p32), acc) in enumerate(zip(tensors, accumulators)):
+                    if kernel in ("pallas", "interpret") and p32.size >= self.fused_min_size:
+                        steps[i] = self._kernel_pass(g32, p32, acc, layers, kernel == "interpret")
+                    else:
+                        inputs[i] = F.normalised_features(g32, p32, acc, kernel=None if self.kernel == "auto" else False)
+                concatenate = self.concatenate_tensors
+                if concatenate is None:
+                    concatenate = max(self.hidden_sizes) > 16
+                pending = list(inputs)
+                outputs = apply_shared_network(
+                    list(inputs.values()), layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
+                    concatenate, cpu_kernel=kernel == "native",
+                ) if pending else []
             for i, (d, m) in zip(pending, outputs):
                 steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
             updates = [step.reshape(p.shape).astype(p.dtype) for step, p in zip(steps, param_leaves)]

@@ -41,6 +41,7 @@ from lopt.learned import features as F
 from lopt.learned import per_param_mlp
 
 SOURCE = Path(__file__).with_name("native_mlp.cc")
+TURNED_OFF = "turned off by LOPT_NATIVE=0"
 TARGETS = {"lopt_mlp_forward": "LoptMlpForward", "lopt_mlp_features_forward": "LoptMlpFeaturesForward"}
 
 
@@ -100,7 +101,7 @@ def _build(compiler: str) -> Path:
 def _load() -> str:
     """Build and register the kernel once per process; '' on success, else why not."""
     if os.environ.get("LOPT_NATIVE", "1") == "0":
-        return "turned off by LOPT_NATIVE=0"
+        return TURNED_OFF
     compiler = _compiler()
     if compiler is None:
         return "no C++ compiler found (set CXX)"
@@ -123,7 +124,7 @@ def available() -> bool:
     """Whether the kernel is built and registered (building it on the first call). Says once,
     as a warning, why not, unless LOPT_NATIVE=0 turned it off."""
     reason = _load()
-    if reason and os.environ.get("LOPT_NATIVE", "1") != "0":
+    if reason and reason != TURNED_OFF:
         _warn_once(reason)
     return not reason
 
