@@ -46,7 +46,7 @@ TARGETS = {"lopt_mlp_forward": "LoptMlpForward", "lopt_mlp_features_forward": "L
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-march=native", "-std=gnu++17", "-shared", "-fPIC", "-w"]
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-std=gnu++17", "-shared", "-fPIC", "-w"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.append("-mprefer-vector-width=512")  # one 16-lane tile per zmm register
     return flags
@@ -109,9 +109,28 @@ def _load() -> str:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        _AMX.append(library.LoptAmxEnable(ctypes.c_int(os.environ.get("LOPT_NATIVE_AMX", "1") != "0")))
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         return str(error)
     return ""
+
+
+_AMX: list[int] = []  # what LoptAmxEnable answered: 1 on, 0 no AMX (or LOPT_NATIVE_AMX=0), -errno refused
+
+
+def amx() -> str:
+    """Whether the kernel's hidden layers of at most 32 x 32 run as AMX bfloat16 tile products
+    (three-part split, near float32; see native_mlp.cc): 'on', or why not."""
+    if not available():
+        return f"off: {unavailable_reason()}"
+    answer = _AMX[0]
+    if answer == 1:
+        return "on"
+    if answer == 0:
+        if os.environ.get("LOPT_NATIVE_AMX", "1") == "0":
+            return "off: turned off by LOPT_NATIVE_AMX=0"
+        return "off: this CPU or compiler has no AMX-BF16"
+    return f"off: Linux refused the tile registers ({os.strerror(-answer)})"
 
 
 @functools.cache
@@ -134,6 +153,18 @@ def unavailable_reason() -> str:
     return _load()
 
 
+# jax_default_matmul_precision settings that name float32 (or float64) FMAs as the algorithm; under
+# any other (JAX's default among them) the AMX path runs, which is float32-accurate too (six
+# bfloat16 products, like BF16_BF16_F32_X6; see native_mlp.cc).
+FMA_PRECISIONS = ("F32_F32_F32", "F64_F64_F64")
+
+
+def exact_matmuls() -> bool:
+    """Whether calls traced now run every layer as float32 FMAs: when AMX is off, or
+    `jax.default_matmul_precision("F32_F32_F32")` asks for that algorithm."""
+    return amx() != "on" or jax.config.jax_default_matmul_precision in FMA_PRECISIONS
+
+
 Tensors = tuple[tuple[jax.Array, ...], ...]  # [tensor][input] -> flat [n_t] arrays
 
 
@@ -146,7 +177,7 @@ def _call(target: str, inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...],
     call = jax.ffi.ffi_call(target, tuple(results), vmap_method="broadcast_all")
     flat = call(*[a for arrays in inputs for a in arrays], *[a for layer in layers for a in layer],
                 num_tensors=np.int64(len(inputs)), num_inputs=np.int64(len(inputs[0])),
-                **{k: np.int64(v) for k, v in attributes.items()})
+                exact=np.int64(exact_matmuls()), **{k: np.int64(v) for k, v in attributes.items()})
     return [(flat[2 * t], flat[2 * t + 1]) for t in range(len(inputs))]
 
 
