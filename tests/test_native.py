@@ -3,6 +3,9 @@ reference network, under jit, vmap (per-run and shared weights), grad and jvp; t
 that uses it; what happens when it cannot be built; the sharded PES step that runs it."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -170,6 +173,48 @@ def test_wide_mlp_optimizer_uses_the_kernel_on_cpus_and_matches_xla():
                 updates[kernel], state = jax.jit(opt.update)(grads, state, params)
         chex.assert_trees_all_close(updates["native"], updates["xla"], rtol=2e-5, atol=1e-9)
         assert float(jnp.abs(updates["native"]["w"]).sum()) > 0
+
+
+def float64_network(features, layers):
+    h = np.stack([np.asarray(f, np.float64) for f in features], axis=-1)
+    for i, (w, b) in enumerate(layers):
+        h = h @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+        h = np.maximum(h, 0.0) if i < len(layers) - 1 else h
+    return h[..., 0], h[..., 1]
+
+
+@pytest.mark.skipif(native.amx() != "on", reason=f"AMX: {native.amx()}")
+@pytest.mark.parametrize("hidden", [(32, 32), (24, 17), (5, 19, 3)])
+def test_amx_layers_are_float32_accurate(hidden):
+    # heavy-tailed features (as 1/sqrt(v) ones are): large terms cancel inside the hidden layers,
+    # where an error relative to each term shows most
+    num_features, sizes = 11, [4_099, 37]
+    keys = jax.random.split(jax.random.key(20), 2)
+    inputs = [list(jax.random.t(k, 2.0, (num_features, n))) for k, n in zip(keys, sizes)]
+    layers = random_layers(jax.random.key(21), [num_features, *hidden, 2])
+    run = jax.jit(native.mlp_tensors)
+    assert not native.fmas_only()
+    tiles = run(inputs, layers)
+    with jax.default_matmul_precision("F32_F32_F32"):
+        assert native.fmas_only()
+        fmas = jax.jit(native.mlp_tensors)(inputs, layers)
+    for features, amx_out, fma_out in zip(inputs, tiles, fmas):
+        for got_amx, got_fma, want in zip(amx_out, fma_out, float64_network(features, layers)):
+            scale = np.abs(want).max()
+            amx_error, fma_error = np.abs(got_amx - want).max(), np.abs(got_fma - want).max()
+            assert amx_error <= 4 * fma_error + 1e-7 * scale, (amx_error, fma_error)
+            assert np.abs(got_amx - want).mean() <= 2 * np.abs(got_fma - want).mean() + 1e-8 * scale
+    # the tiles ran: their roundings differ from the FMAs'
+    assert any(not np.array_equal(a, f) for t_a, t_f in zip(tiles, fmas) for a, f in zip(t_a, t_f))
+
+
+def test_amx_status_and_switch_off():
+    assert native.amx() == "on" or native.amx().startswith("off: ")
+    code = "from lopt.learned import native; print(native.amx()); print(native.fmas_only())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LOPT_NATIVE_AMX": "0"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["off: turned off by LOPT_NATIVE_AMX=0", "True"]
 
 
 def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):

@@ -25,7 +25,9 @@
 //
 // Results of both: direction_t, magnitude_t [B, n_t] for each tensor t, the last layer's first
 // two outputs. Hidden layers use ReLU. Each array is its own operand, so XLA neither stacks,
-// transposes nor concatenates anything for the call.
+// transposes nor concatenates anything for the call. Attribute fmas_only (both): 1 keeps every
+// layer on float32 FMAs; 0 lets hidden layers of 16-32 inputs and at most 32 outputs run on AMX
+// tiles where LoptAmxEnable turned them on (float32-accurate as well; see "AMX" below).
 
 #include <algorithm>
 #include <atomic>
@@ -243,12 +245,12 @@ struct Plan {
   bool tiles = false;  // whether any layer runs on AMX
 };
 
-Plan MakePlan(std::vector<Layer> layers, bool exact) {
+Plan MakePlan(std::vector<Layer> layers, bool fmas_only) {
   Plan plan;
   plan.layers = std::move(layers);
 #ifdef LOPT_AMX
   plan.amx.resize(plan.layers.size());
-  for (size_t l = 0; g_amx && !exact && l + 1 < plan.layers.size(); ++l) {
+  for (size_t l = 0; g_amx && !fmas_only && l + 1 < plan.layers.size(); ++l) {
     if (!AmxLayer(plan.layers[l])) continue;
     plan.amx[l].reset(new AmxWeights);
     PackWeights(plan.layers[l], *plan.amx[l]);
@@ -419,7 +421,7 @@ inline void Store(const Vec* out, float* dir, float* mag, int64_t n0, int64_t la
 }
 
 // Each batch entry's network (its own weights when the call is batched over PES arms).
-std::vector<Plan> EntryPlans(const Call& call, bool exact) {
+std::vector<Plan> EntryPlans(const Call& call, bool fmas_only) {
   std::vector<Plan> plans;
   plans.reserve(call.batch);
   for (int64_t e = 0; e < call.batch; ++e) {
@@ -427,7 +429,7 @@ std::vector<Plan> EntryPlans(const Call& call, bool exact) {
     for (size_t l = 0; l < layers.size(); ++l)
       layers[l] = {call.weights[l] + e * call.fan_in[l] * call.fan_out[l], call.biases[l] + e * call.fan_out[l],
                    call.fan_in[l], call.fan_out[l]};
-    plans.push_back(MakePlan(std::move(layers), exact));
+    plans.push_back(MakePlan(std::move(layers), fmas_only));
   }
   return plans;
 }
@@ -494,11 +496,11 @@ int64_t TotalElements(const Call& call) {
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t num_tensors,
-                   int64_t num_inputs, int64_t exact) {
+                   int64_t num_inputs, int64_t fmas_only) {
   Call call;
   if (auto error = Parse(args, rets, num_tensors, num_inputs, num_inputs, call); error.failure()) return error;
   const std::vector<Chunk> chunks = Chunks(call);
-  const std::vector<Plan> plans = EntryPlans(call, exact != 0);
+  const std::vector<Plan> plans = EntryPlans(call, fmas_only != 0);
   ParallelFor(pool, chunks.size(), TotalElements(call) >= kParallelMin, [&](int64_t i) {
     const Chunk& c = chunks[i];
     const Plan& plan = plans[c.entry];
@@ -518,7 +520,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remaining
 }
 
 ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                           int64_t num_tensors, int64_t num_inputs, int64_t num_momenta, int64_t exact) {
+                           int64_t num_tensors, int64_t num_inputs, int64_t num_momenta, int64_t fmas_only) {
   const int64_t num_rms = num_inputs - 2 - num_momenta;
   if (num_momenta < 1 || num_rms < 0)
     return ffi::Error::InvalidArgument("lopt mlp: needs g, p, at least one momentum and num_inputs = 2 + M + R");
@@ -577,7 +579,7 @@ ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
   }
 
   // pass 2: normalised features through the network
-  const std::vector<Plan> plans = EntryPlans(call, exact != 0);
+  const std::vector<Plan> plans = EntryPlans(call, fmas_only != 0);
   ParallelFor(pool, chunks.size(), parallel, [&](int64_t i) {
     const Chunk& c = chunks[i];
     std::vector<const float*> in(num_inputs);
@@ -608,7 +610,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpForward, Forward,
                                   .RemainingRets()
                                   .Attr<int64_t>("num_tensors")
                                   .Attr<int64_t>("num_inputs")
-                                  .Attr<int64_t>("exact"));
+                                  .Attr<int64_t>("fmas_only"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpFeaturesForward, FeaturesForward,
                               ffi::Ffi::Bind()
@@ -618,12 +620,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LoptMlpFeaturesForward, FeaturesForward,
                                   .Attr<int64_t>("num_tensors")
                                   .Attr<int64_t>("num_inputs")
                                   .Attr<int64_t>("num_momenta")
-                                  .Attr<int64_t>("exact"));
+                                  .Attr<int64_t>("fmas_only"));
 
 // Asks Linux for the AMX tile registers (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) and
-// turns the tile path on when `want` and it is granted. Returns 1 when on, 0 when this build or
-// CPU has no AMX or `want` is 0, else -errno of the refused request. Call before any kernel call.
+// turns the tile path on when `want` and they are granted, off otherwise. Returns 1 when on, 0
+// when this build or CPU has no AMX or `want` is 0, else -errno of the refused request. Called
+// by lopt.learned.native when it loads the library, before any kernel call.
 extern "C" int LoptAmxEnable(int want) {
+  g_amx = false;
 #ifdef LOPT_AMX
   if (!want) return 0;
   constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
