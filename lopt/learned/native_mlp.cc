@@ -117,9 +117,11 @@ inline void Dense(const Vec* in, const Layer& layer, int64_t units, bool relu, V
 // --- AMX: hidden layers of at most 32 x 32 as bfloat16 tile products, six per product ----------
 //
 // Where the CPU has AMX (Intel Sapphire Rapids and later) and Linux grants the process its tile
-// registers (LoptAmxEnable), a hidden layer with 16 to 32 inputs and at most 32 outputs runs as
-// tile products instead of FMAs: W2's 32 -> 32 layer, 71% of the network's multiply-adds, takes
-// ~131 ns per tile of 16 parameters instead of ~246 ns on the development CPU.
+// registers (LoptAmxEnable), a hidden layer with 16 to 32 inputs, at most 32 outputs and at least
+// 512 weights (AmxLayer) runs as tile products instead of FMAs: W2's 32 -> 32 layer, 71% of the
+// network's multiply-adds, takes 118-142 ns per tile of 16 parameters instead of 176-204 ns on
+// the development CPU. (Issuing one tile's products early and finishing them after the next
+// tile's FMA layers gained nothing: the core's out-of-order window overlaps them already.)
 //
 // Precision is float32's, by the six-product scheme of XLA's BF16_BF16_F32_X6 algorithm (Henry,
 // Tang & Heinecke, "Leveraging the bfloat16 Artificial Intelligence Datatype For Higher-Precision
@@ -146,7 +148,14 @@ struct alignas(64) AmxWeights {
   uint16_t part[3][kAmxWidth][kAmxWidth];  // [part][unit][input]
 };
 
-inline bool AmxLayer(const Layer& layer) { return layer.in >= 16 && layer.in <= kAmxWidth && layer.out <= kAmxWidth; }
+// Layers worth tiles: 16 to 32 inputs, at most 32 outputs and at least 512 multiply-adds per
+// parameter. A tile pass has a fixed cost of ~60 ns per 16 parameters (splitting and pairing the
+// activations, loading the tiles), so smaller layers are faster as FMAs (development CPU, ns per
+// 16 parameters, FMAs / tiles: 32x32 176-204 / 118-142, 16x32 109 / 93, 24x17 90 / 111, 16x16
+// 55 / 63; 11x32 82 / 85 with both parts of a narrow layer's split sharing a tile row).
+inline bool AmxLayer(const Layer& layer) {
+  return layer.in >= 16 && layer.in <= kAmxWidth && layer.out <= kAmxWidth && layer.in * layer.out >= 512;
+}
 
 // x = part1 + part2 + part3 exactly (float32 x, truncation), each part's top 16 bits returned.
 inline void Split3(__m512i x, __m512i& p1, __m512i& p2, __m512i& p3) {
