@@ -32,6 +32,7 @@ import functools
 from typing import Any, ClassVar, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
@@ -67,6 +68,16 @@ class WindowResult(NamedTuple):
     loss: jax.Array
     bad: jax.Array
     reset: jax.Array
+
+
+class Totals(NamedTuple):
+    """Sums over a population's workers (see `Estimator._totals`)."""
+
+    grad: Any
+    loss: jax.Array
+    count: jax.Array
+    diverged: jax.Array
+    resets: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -135,35 +146,54 @@ class Estimator:
 
     def _population_step(self, task, key, theta, state):
         keys = jax.random.split(key, self.num_workers)
-        result = self._workers(task, keys, theta, state)
-        good = ~result.bad
-        count = jnp.maximum(jnp.sum(good), 1)
-        grad = jax.tree.map(
-            lambda g: jnp.sum(jnp.where(good.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), axis=0) / count,
-            result.grad,
-        )
+        totals, new_state = self._workers(task, keys, theta, state)
+        count = jnp.maximum(totals.count, 1.0)
+        grad = jax.tree.map(lambda g: g / count, totals.grad)
         # NaN when no worker counted: a mean over nobody is not a loss of 0
-        loss = jnp.where(jnp.any(good), jnp.sum(jnp.where(good, result.loss, 0.0)) / count, jnp.nan)
+        loss = jnp.where(totals.count > 0, totals.loss / count, jnp.nan)
         metrics = {
             "meta_loss": loss,
-            "diverged": jnp.sum(result.bad),
-            "resets": jnp.sum(result.reset),
+            "diverged": totals.diverged.astype(jnp.int32),
+            "resets": totals.resets.astype(jnp.int32),
             "inner_steps": jnp.int32(self.inner_steps_per_step),
         }
-        return grad, result.state, metrics
+        return grad, new_state, metrics
 
-    def _workers(self, task, keys, theta, state) -> WindowResult:
-        """Every worker's window: vmapped, and split over `mesh` when there is one."""
+    @staticmethod
+    def _totals(result: WindowResult) -> Totals:
+        """Sums over the workers of `result`: gradients and meta-losses of those that did not
+        diverge, how many did, how many diverged and reset (counts as float32, exact to 2^24)."""
+        good = ~result.bad
+        grad = jax.tree.map(
+            lambda g: jnp.sum(jnp.where(good.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), axis=0), result.grad)
+        return Totals(grad, jnp.sum(jnp.where(good, result.loss, 0.0)), jnp.sum(good.astype(jnp.float32)),
+                      jnp.sum(result.bad.astype(jnp.float32)), jnp.sum(result.reset.astype(jnp.float32)))
+
+    def _workers(self, task, keys, theta, state) -> tuple[Totals, Any]:
+        """Every worker's window, vmapped and split over `mesh` when there is one: the workers'
+        totals and their new states.
+
+        Under the mesh every device sums its own workers and one all-reduce adds the devices'
+        totals, flattened into one vector: one rendezvous of the devices a step. Left to jit's
+        partitioner, each sum over the sharded axis was an all-reduce of its own (three a step,
+        independent in the graph, which XLA may start in any order)."""
         def run(task, theta, keys, state):
-            return jax.vmap(lambda k, s: self._worker_step(task, k, theta, s))(keys, state)
+            result = jax.vmap(lambda k, s: self._worker_step(task, k, theta, s))(keys, state)
+            return self._totals(result), result.state
 
         if self.mesh is None:
             return run(task, theta, keys, state)
+
+        def run_and_add(task, theta, keys, state):
+            totals, new_state = run(task, theta, keys, state)
+            flat, unflatten = jax.flatten_util.ravel_pytree(totals)
+            return unflatten(jax.lax.psum(flat, AXIS)), new_state
+
         split, whole = PartitionSpec(AXIS), PartitionSpec()
         # check_vma off: a worker's state holds constants (e.g. a VeLO loss-state flag set to
         # True) that the varying-axis check would type apart from the carried values
-        return jax.shard_map(run, mesh=self.mesh, in_specs=(whole, whole, split, split), out_specs=split,
-                             check_vma=False)(task, theta, keys, state)
+        return jax.shard_map(run_and_add, mesh=self.mesh, in_specs=(whole, whole, split, split),
+                             out_specs=(whole, split), check_vma=False)(task, theta, keys, state)
 
     def _reset(self, task, theta, worker: Worker, key: jax.Array) -> tuple[Worker, jax.Array]:
         return reset_if_done(task, self.meta_optimizer, theta, self.schedule, worker, key, jnp.bool_(False),

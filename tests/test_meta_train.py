@@ -3,6 +3,7 @@ sharding, exact resume, and the command line."""
 
 import dataclasses
 import json
+import re
 from typing import ClassVar
 
 import chex
@@ -16,7 +17,7 @@ from lopt.config import ConfigError
 from meta_train.config import MetaTrainConfig, OuterSection, RunSection, TasksSection, EstimatorSection, OptimizerSection
 from meta_train.estimators import make_estimator
 from meta_train.loop import MetaTrainer, meta_train
-from meta_train.sharding import population_mesh, shard_population
+from meta_train.sharding import population_mesh, replicate, shard_population
 from meta_train.truncation import TruncationSchedule
 
 
@@ -165,6 +166,25 @@ def test_sharded_population_step_equals_single_device():
     g2, s2, _ = estimator.step(jax.random.key(1), theta, sharded)
     chex.assert_trees_all_close(g1, g2, rtol=1e-5)
     chex.assert_trees_all_close(s1, s2, rtol=1e-5)
+
+
+def test_population_mesh_step_adds_devices_in_one_all_reduce():
+    # under the mesh each device sums its workers and one all-reduce adds the devices' totals
+    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    mesh = population_mesh(8)
+    plain = make_estimator("pes", LearnedLR(), TASK, schedule, num_workers=8, sigma=0.05)
+    split = make_estimator("pes", LearnedLR(), TASK, schedule, num_workers=8, sigma=0.05, mesh=mesh)
+    theta = LearnedLR().init_meta(None)
+    state = plain.init(jax.random.key(0), theta)
+    args = (jax.random.key(1), replicate(theta, mesh), shard_population(state, mesh))
+    g1, s1, m1 = plain.step(jax.random.key(1), theta, state)
+    g2, s2, m2 = split.step(*args)
+    chex.assert_trees_all_close(g1, g2, rtol=1e-5)
+    chex.assert_trees_all_close(s1, s2, rtol=1e-5)
+    chex.assert_trees_all_close(m1, m2, rtol=1e-5)
+    hlo = split._compiled_step.lower(TASK, *args).compile().as_text()
+    collectives = [line for line in hlo.splitlines() if re.search(r"= .*\b(all-reduce|all-reduce-start|all-gather|reduce-scatter)\(", line)]
+    assert len(collectives) == 1, collectives
 
 
 def tiny_config(output_dir, steps=6):
