@@ -26,8 +26,9 @@
 // Results of both: direction_t, magnitude_t [B, n_t] for each tensor t, the last layer's first
 // two outputs. Hidden layers use ReLU. Each array is its own operand, so XLA neither stacks,
 // transposes nor concatenates anything for the call. Attribute fmas_only (both): 1 keeps every
-// layer on float32 FMAs; 0 lets hidden layers of 16-32 inputs and at most 32 outputs run on AMX
-// tiles where LoptAmxEnable turned them on (float32-accurate as well; see "AMX" below).
+// layer on float32 FMAs; 0 lets the hidden layers AmxLayer picks (16-32 inputs, at most 32
+// outputs, at least 512 weights) run on AMX tiles where LoptAmxEnable turned them on
+// (float32-accurate as well; see "AMX" below).
 
 #include <algorithm>
 #include <atomic>
@@ -218,12 +219,12 @@ inline void AmxDense(const Vec* in, const Layer& layer, const AmxWeights& a, Vec
   alignas(64) uint32_t b[3][16][kLanes];  // [part][row r: units 2r, 2r + 1][lane]
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   const int64_t rows = (layer.in + 1) / 2;
-  for (int64_t r = 0; r < 16; ++r) {
-    __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
-    if (r < rows) {
-      std::memcpy(&x0, &in[2 * r], sizeof(Vec));
-      if (2 * r + 1 < layer.in) std::memcpy(&x1, &in[2 * r + 1], sizeof(Vec));
-    }
+  for (int64_t r = rows; r < 16; ++r)  // past the inputs: zeros, which meet zero weights
+    for (int j = 0; j < 3; ++j) _mm512_store_si512(b[j][r], _mm512_setzero_si512());
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512i x0, x1 = _mm512_setzero_si512();
+    std::memcpy(&x0, &in[2 * r], sizeof(Vec));
+    if (2 * r + 1 < layer.in) std::memcpy(&x1, &in[2 * r + 1], sizeof(Vec));
     __m512i p0[3], p1[3];
     Split3(x0, p0[0], p0[1], p0[2]);
     Split3(x1, p1[0], p1[1], p1[2]);
