@@ -108,7 +108,6 @@ class MetaTrainer:
         self.groups = GroupTasks(config)
         self.outer = outer_optimizer(config)
         self._estimators: dict[Any, Estimator] = {}
-        self._apply = jax.jit(self._apply_gradient)
         self._finish = jax.jit(self._finish_step)
         self.mesh = population_mesh(config.estimator.num_workers) if config.run.shard_population else None
         self._validation: Validation | None = None

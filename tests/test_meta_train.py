@@ -148,7 +148,7 @@ def test_non_finite_outer_gradient_is_skipped():
     trainer = MetaTrainer(tiny_config("/unused"))
     theta = {"w": jnp.ones(3)}
     outer_state = trainer.outer.init(theta)
-    new_theta, _, finite, _ = trainer._apply(theta, outer_state, {"w": jnp.array([1.0, jnp.nan, 0.0])})
+    new_theta, _, finite, _ = jax.jit(trainer._apply_gradient)(theta, outer_state, {"w": jnp.array([1.0, jnp.nan, 0.0])})
     assert not bool(finite)
     chex.assert_trees_all_equal(new_theta, theta)
 
@@ -338,7 +338,7 @@ def test_nan_outer_learning_rate_never_reaches_theta_and_is_counted():
     config now refuses up front) leaves theta unchanged and finite, and each step is counted."""
     trainer = MetaTrainer(tiny_config("/unused", steps=3))
     trainer.outer = optax.chain(optax.clip(3.0), optax.adam(float("nan")))
-    trainer._apply = jax.jit(trainer._apply_gradient)
+    trainer._finish = jax.jit(trainer._finish_step)  # traced again with the new outer optimizer
     state = trainer.initial_state()
     state = state._replace(outer_state=trainer.outer.init(state.theta))
     theta = state.theta

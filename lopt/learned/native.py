@@ -118,30 +118,36 @@ def _load() -> str:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-        global _amx_answer
-        _amx_answer = library.LoptAmxEnable(ctypes.c_int(os.environ.get("LOPT_NATIVE_AMX", "1") != "0"))
+        global _amx_status
+        _amx_status = _amx_enable(library)
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
         return str(error)
     return ""
 
 
-_amx_answer = 0  # what LoptAmxEnable answered: 1 on, 0 no AMX (or LOPT_NATIVE_AMX=0), -errno refused
+_amx_status = "off: the kernel is not loaded"
 
 
-def amx() -> str:
-    """Whether the kernel's hidden layers of 16-32 inputs and at most 32 outputs run as AMX
-    bfloat16 tile products (six over an exact three-part split, float32-accurate; see
-    native_mlp.cc): 'on', or 'off: <why>'."""
-    if not available():
-        return f"off: {unavailable_reason()}"
-    answer = _amx_answer
+def _amx_enable(library: ctypes.CDLL) -> str:
+    """Turns the tile path on unless LOPT_NATIVE_AMX=0, and says how it went (see `amx`)."""
+    if os.environ.get("LOPT_NATIVE_AMX", "1") == "0":
+        library.LoptAmxEnable(ctypes.c_int(0))
+        return "off: turned off by LOPT_NATIVE_AMX=0"
+    answer = library.LoptAmxEnable(ctypes.c_int(1))  # 1 on, 0 no AMX, -errno refused
     if answer == 1:
         return "on"
     if answer == 0:
-        if os.environ.get("LOPT_NATIVE_AMX", "1") == "0":
-            return "off: turned off by LOPT_NATIVE_AMX=0"
         return "off: this CPU or compiler has no AMX-BF16"
     return f"off: Linux refused the tile registers ({os.strerror(-answer)})"
+
+
+def amx() -> str:
+    """Whether the kernel's hidden layers of 16-32 inputs, at most 32 outputs and at least 512
+    weights run as AMX bfloat16 tile products (six over an exact three-part split,
+    float32-accurate; see native_mlp.cc): 'on', or 'off: <why>'."""
+    if not available():
+        return f"off: {unavailable_reason()}"
+    return _amx_status
 
 
 @functools.cache

@@ -447,6 +447,23 @@ std::vector<Plan> EntryPlans(const Call& call, bool fmas_only) {
 // Vecs per activation buffer: the widest layer, and a whole AMX output tile pair.
 int64_t Room(const Call& call) { return std::max<int64_t>(call.width, 32); }
 
+// The network over the tiles of one chunk (see Chunks below) of tensor `tensor`, entry `entry`:
+// fill(n0, lanes, x) writes the tile's features into x; the results go to the tensor's outputs.
+template <typename Fill>
+void NetworkTiles(const Call& call, const Plan& plan, int64_t entry, int64_t tensor, int64_t begin, int64_t end,
+                  const Fill& fill) {
+  const ChunkTiles tiles(plan);
+  std::unique_ptr<Vec[]> ping(new Vec[Room(call)]), pong(new Vec[Room(call)]);
+  const int64_t n = call.sizes[tensor];
+  float* dir = call.outputs[2 * tensor] + entry * n;
+  float* mag = call.outputs[2 * tensor + 1] + entry * n;
+  for (int64_t n0 = begin; n0 < end; n0 += kLanes) {
+    const int64_t lanes = std::min(kLanes, end - n0);
+    fill(n0, lanes, ping.get());
+    Store(Network(plan, ping.get(), pong.get()), dir, mag, n0, lanes);
+  }
+}
+
 // The work of a call in fixed chunks of at most kChunk elements of one tensor of one batch entry.
 // The chunks do not depend on the number of threads, and per-chunk sums are added in chunk
 // order, so a call gives the same bits on one thread or many.
@@ -513,18 +530,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remaining
   const std::vector<Plan> plans = EntryPlans(call, fmas_only != 0);
   ParallelFor(pool, chunks.size(), TotalElements(call) >= kParallelMin, [&](int64_t i) {
     const Chunk& c = chunks[i];
-    const Plan& plan = plans[c.entry];
-    const ChunkTiles tiles(plan);
-    std::unique_ptr<Vec[]> ping(new Vec[Room(call)]), pong(new Vec[Room(call)]);
     const int64_t n = call.sizes[c.tensor];
     const float* const* x = call.inputs.data() + c.tensor * num_inputs;
-    float* dir = call.outputs[2 * c.tensor] + c.entry * n;
-    float* mag = call.outputs[2 * c.tensor + 1] + c.entry * n;
-    for (int64_t n0 = c.begin; n0 < c.end; n0 += kLanes) {
-      const int64_t lanes = std::min(kLanes, c.end - n0);
-      for (int64_t f = 0; f < num_inputs; ++f) ping[f] = Load(x[f] + c.entry * n, n0, lanes);
-      Store(Network(plan, ping.get(), pong.get()), dir, mag, n0, lanes);
-    }
+    NetworkTiles(call, plans[c.entry], c.entry, c.tensor, c.begin, c.end, [&](int64_t n0, int64_t lanes, Vec* f) {
+      for (int64_t k = 0; k < num_inputs; ++k) f[k] = Load(x[k] + c.entry * n, n0, lanes);
+    });
   });
   return ffi::Error::Success();
 }
@@ -594,19 +604,11 @@ ffi::Error FeaturesForward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::R
     const Chunk& c = chunks[i];
     std::vector<const float*> in(num_inputs);
     inputs_of(c, in);
-    const Plan& plan = plans[c.entry];
-    const ChunkTiles tiles(plan);
-    std::unique_ptr<Vec[]> ping(new Vec[Room(call)]), pong(new Vec[Room(call)]);
-    const int64_t n = call.sizes[c.tensor];
-    float* dir = call.outputs[2 * c.tensor] + c.entry * n;
-    float* mag = call.outputs[2 * c.tensor + 1] + c.entry * n;
     const float* s = scale.data() + i * num_features;
-    for (int64_t n0 = c.begin; n0 < c.end; n0 += kLanes) {
-      const int64_t lanes = std::min(kLanes, c.end - n0);
-      TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, ping.get());
-      for (int64_t k = 0; k < num_features; ++k) ping[k] *= s[k];
-      Store(Network(plan, ping.get(), pong.get()), dir, mag, n0, lanes);
-    }
+    NetworkTiles(call, plans[c.entry], c.entry, c.tensor, c.begin, c.end, [&](int64_t n0, int64_t lanes, Vec* f) {
+      TileFeatures(in.data(), num_momenta, num_rms, n0, lanes, f);
+      for (int64_t k = 0; k < num_features; ++k) f[k] *= s[k];
+    });
   });
   return ffi::Error::Success();
 }
