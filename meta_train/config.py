@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from lopt.checkpoint import CheckpointError, read_manifest
@@ -55,6 +56,8 @@ class EstimatorSection:
     divergence_factor: float = 10.0
     meta_loss_split: str = "train"
     meta_objective: str = "loss"
+    objective_tail: float = 1.0
+    trainable: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +79,9 @@ class RunSection:
     only process 0 logs and shows progress. validation_tasks: named tasks held out from training
     and from the test suites; every eval scores theta on them (mean log of final loss ÷ Adam
     1e-3's) and the best-scoring theta is saved as `best/` beside `optimizer/`. time_limit_s: stop
-    (with a checkpoint) after this many seconds in this call, to resume in the next (0: none)."""
+    (with a checkpoint) after this many seconds in this call, to resume in the next (0: none).
+    fuse_groups: every group's population step and the outer update as one compiled program
+    (one dispatch a step; False runs the groups one program after another)."""
     output_dir: str = "runs/meta-train"
     checkpoint_every: int = 50
     log_every: int = 10
@@ -84,9 +89,11 @@ class RunSection:
     eval_task: str = "digits-mlp-relu32"
     eval_steps: int = 500
     validation_tasks: tuple[str, ...] = ()
+    validation_seeds: int = 2
     time_limit_s: float = 0.0
     shard_population: bool = True
     distributed: bool = False
+    fuse_groups: bool = True
 
     def __post_init__(self) -> None:
         check_output_dir("run.output_dir", self.output_dir)
@@ -119,6 +126,11 @@ class MetaTrainConfig:
         if self.optimizer.init_from and self.optimizer.options:
             raise ConfigError("optimizer.options: not allowed with optimizer.init_from (the saved optimizer's own "
                               "constructor arguments are used); remove one of them")
+        if self.estimator.trainable:
+            try:
+                re.compile(self.estimator.trainable)
+            except re.error as error:
+                raise ConfigError(f"estimator.trainable: not a regular expression ({error})") from None
         if self.estimator.kind not in ESTIMATORS:
             raise ConfigError(f"estimator.kind: unknown estimator {self.estimator.kind!r}; valid: {', '.join(ESTIMATORS)}")
         if self.estimator.meta_objective not in META_OBJECTIVES:
@@ -135,6 +147,8 @@ class MetaTrainConfig:
              0 < est.truncation_length <= est.min_horizon <= est.max_horizon,
              "0 < truncation_length <= min_horizon <= max_horizon"),
             ("estimator.schedule", est.schedule, est.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("estimator.objective_tail", est.objective_tail, 0 < est.objective_tail <= 1,
+             "a fraction in (0, 1]: the last part of each episode whose losses count"),
             ("estimator.divergence_factor", est.divergence_factor, est.divergence_factor > 1, "a number above 1"),
             ("estimator.meta_loss_split", est.meta_loss_split, est.meta_loss_split in ("train", "test"), "train or test"),
             ("outer.seed", self.outer.seed, 0 <= self.outer.seed < 2**32, "a whole number in [0, 2**32)"),
@@ -142,6 +156,7 @@ class MetaTrainConfig:
              "a finite non-negative number"),
             ("outer.clip", self.outer.clip, self.outer.clip > 0, "a positive number"),
             ("run.eval_every", run.eval_every, run.eval_every >= 0, "0 (no evaluation) or a positive number"),
+            ("run.validation_seeds", run.validation_seeds, run.validation_seeds > 0, "a positive whole number"),
             ("run.eval_steps", run.eval_steps, run.eval_steps > 0, "a positive whole number"),
             ("run.time_limit_s", run.time_limit_s, run.time_limit_s >= 0, "0 (none) or a positive number"),
         ]

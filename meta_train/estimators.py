@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -88,7 +89,15 @@ class Estimator:
     step as an argument). schedule: truncation length and horizons. augmentation: per-episode
     reparameterisation of the task (meta_train.augment). meta_objective: 'loss' (mean inner loss
     over a window) or 'log_loss' (mean log loss: comparable across tasks whose losses differ by
-    orders of magnitude, and blind to loss rescaling). mesh: the population's one-axis device
+    orders of magnitude, and blind to loss rescaling). objective_tail: only the inner steps in the
+    last `objective_tail` fraction of each episode count towards the meta-gradient (1: every
+    step, the area under the loss curve; small: the final loss, which is what a user of the
+    optimizer, and the validation score, measure). PES and NRES stay unbiased for the weighted
+    episode objective: a late window's ± difference is credited to every perturbation of its
+    episode. trainable: a regular expression over theta's paths (`jax.tree_util.keystr`, e.g.
+    "schedule|log_learning_rate"); only matching leaves are perturbed and get a gradient, the rest
+    stay at their values (empty: all of theta). Perturbing a part whose meta-gradient is not
+    resolved at the budget only adds noise to the ± loss differences of the parts that are. mesh: the population's one-axis device
     mesh (`meta_train.sharding.population_mesh`), or None. With a mesh each device runs its
     share of the workers under `shard_map`; without one, jit's partitioner splits the vmapped
     population by the state's sharding, and it would run a custom call such as the native CPU
@@ -108,8 +117,14 @@ class Estimator:
     augmentation: Augmentation = NO_AUGMENTATION
     meta_objective: str = "loss"
     mesh: jax.sharding.Mesh | None = None
+    objective_tail: float = 1.0
+    trainable: str = ""
 
     def __post_init__(self) -> None:
+        if self.trainable:
+            re.compile(self.trainable)
+        if not 0.0 < self.objective_tail <= 1.0:
+            raise ValueError(f"objective_tail must lie in (0, 1], got {self.objective_tail}")
         if self.meta_objective not in META_OBJECTIVES:
             raise ValueError(f"unknown meta_objective {self.meta_objective!r}; valid: {', '.join(META_OBJECTIVES)}")
         if self.meta_loss_split not in ("train", "test"):
@@ -203,20 +218,43 @@ class Estimator:
         return unroll(task, self.meta_optimizer, theta, worker, self.schedule.truncation_length, self.meta_loss_split,
                       self.augmentation)
 
-    def _objective(self, losses: jax.Array) -> jax.Array:
-        """The window's meta-loss from its per-step inner losses."""
-        if self.meta_objective == "log_loss":
-            return jnp.mean(jnp.log(jnp.maximum(losses, LOG_LOSS_FLOOR)))
-        return jnp.mean(losses)
+    def _objective(self, losses: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+        """The window's meta-loss from its per-step inner losses (each times its weight)."""
+        values = jnp.log(jnp.maximum(losses, LOG_LOSS_FLOOR)) if self.meta_objective == "log_loss" else losses
+        return jnp.mean(values if weights is None else weights * values)
+
+    def _tail_weights(self, worker: Worker) -> jax.Array | None:
+        """Per step of the window starting at `worker`: 1 for steps in the episode's last
+        `objective_tail` fraction, else 0 (None when every step counts)."""
+        if self.objective_tail >= 1.0:
+            return None
+        steps = worker.step + jnp.arange(self.schedule.truncation_length)
+        first = (1.0 - self.objective_tail) * worker.horizon.astype(jnp.float32)
+        return (steps.astype(jnp.float32) >= first).astype(jnp.float32)
 
     def _antithetic(self, task, theta, epsilon, positive: Worker, negative: Worker):
-        """Both arms of a window: (positive worker, negative worker, L̄⁺ − L̄⁻, L̄⁺, diverged)."""
+        """Both arms of a window: (positive worker, negative worker, weighted L̄⁺ − L̄⁻, L̄⁺
+        unweighted (the logged meta-loss), diverged)."""
         factor = self.divergence_factor
+        weights = self._tail_weights(positive)
         pos_worker, pos_losses = self._unroll(task, _add(theta, epsilon), positive)
         neg_worker, neg_losses = self._unroll(task, _add(theta, epsilon, -1.0), negative)
         pos_objective = self._objective(pos_losses)
+        difference = self._objective(pos_losses, weights) - self._objective(neg_losses, weights)
         bad = diverged(pos_losses, pos_worker.start_loss, factor) | diverged(neg_losses, neg_worker.start_loss, factor)
-        return pos_worker, neg_worker, pos_objective - self._objective(neg_losses), pos_objective, bad
+        return pos_worker, neg_worker, difference, pos_objective, bad
+
+    def _mask(self, tree: Any) -> Any:
+        """`tree` with the leaves of frozen meta-parameters (not matching `trainable`) zeroed."""
+        if not self.trainable:
+            return tree
+        pattern = re.compile(self.trainable)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: x if pattern.search(jax.tree_util.keystr(path)) else jnp.zeros_like(x), tree)
+
+    def _perturbation(self, key: jax.Array, theta: Theta) -> Any:
+        """ε ~ N(0, σ²I) over the trainable part of theta (zero elsewhere)."""
+        return self._mask(tree_normal(key, theta, self.sigma))
 
     def _es_gradient(self, direction: Any, difference: jax.Array) -> Any:
         return jax.tree.map(lambda d: d * difference / (2.0 * self.sigma**2), direction)
@@ -267,11 +305,14 @@ class TruncatedBackprop(Estimator):
         reset_key, _ = jax.random.split(key)
         positive, reset = self._reset(task, theta, state.positive, reset_key)
 
+        weights = self._tail_weights(positive)
+
         def window_loss(theta):
             worker, losses = self._unroll(task, theta, positive)
-            return self._objective(losses), (worker, losses)
+            return self._objective(losses, weights), (worker, losses)
 
         (loss, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
+        grad = self._mask(grad)
         bad = diverged(losses, worker.start_loss, self.divergence_factor)
         worker = jax.lax.stop_gradient(worker)
         return WindowResult(grad, SingleWorkerState(self._mark(worker, bad)), loss, bad, reset)
@@ -288,7 +329,7 @@ class AntitheticES(Estimator):
     def _worker_step(self, task, key, theta, state):
         reset_key, noise_key = jax.random.split(key)
         positive, reset = self._reset(task, theta, state.positive, reset_key)
-        epsilon = tree_normal(noise_key, theta, self.sigma)
+        epsilon = self._perturbation(noise_key, theta)
         pos_worker, _, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, positive)
         return WindowResult(self._es_gradient(epsilon, difference), SingleWorkerState(self._mark(pos_worker, bad)),
                             loss, bad, reset)
@@ -307,7 +348,7 @@ class PES(Estimator):
         reset_key, noise_key = jax.random.split(key)
         positive, reset = self._reset(task, theta, state.positive, reset_key)
         negative, _ = self._reset(task, theta, state.negative, reset_key)
-        epsilon = tree_normal(noise_key, theta, self.sigma)
+        epsilon = self._perturbation(noise_key, theta)
         pos_worker, neg_worker, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, negative)
         kept = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), state.accumulator)
         accumulator = _add(kept, epsilon)
@@ -328,7 +369,7 @@ class NRES(Estimator):
         positive, reset = self._reset(task, theta, state.positive, reset_key)
         negative, _ = self._reset(task, theta, state.negative, reset_key)
         episode_noise = jax.random.fold_in(jax.random.wrap_key_data(positive.episode_key), NRES_TAG)
-        epsilon = tree_normal(episode_noise, theta, self.sigma)
+        epsilon = self._perturbation(episode_noise, theta)
         pos_worker, neg_worker, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, negative)
         new_state = NRESState(self._mark(pos_worker, bad), self._mark(neg_worker, bad))
         return WindowResult(self._es_gradient(epsilon, difference), new_state, loss, bad, reset)

@@ -109,6 +109,7 @@ class MetaTrainer:
         self.outer = outer_optimizer(config)
         self._estimators: dict[Any, Estimator] = {}
         self._finish = jax.jit(self._finish_step)
+        self._fused_steps: dict[tuple[Any, ...], Any] = {}
         self.mesh = population_mesh(config.estimator.num_workers) if config.run.shard_population else None
         self._validation: Validation | None = None
 
@@ -119,6 +120,7 @@ class MetaTrainer:
                 est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, num_workers=est.num_workers,
                 sigma=est.sigma, divergence_factor=est.divergence_factor, meta_loss_split=est.meta_loss_split,
                 augmentation=self.config.tasks.augment, meta_objective=est.meta_objective, mesh=self.mesh,
+                objective_tail=est.objective_tail, trainable=est.trainable,
             )
         return self._estimators[spec]
 
@@ -175,22 +177,53 @@ class MetaTrainer:
 
     def step(self, state: MetaTrainState, step: int) -> tuple[MetaTrainState, dict[str, Any]]:
         """One outer step over every group. `step` is state.step as a Python int (kept by the
-        caller, so no step waits on the device); the metrics stay on the device until logged."""
+        caller, so no step waits on the device); the metrics stay on the device until logged.
+
+        With `run.fuse_groups` (the default) every group's population step and the step's tail
+        are one compiled program, so a mixed task distribution costs one dispatch a step and XLA
+        schedules the groups' work together; otherwise each group is its own program, then the
+        tail (same keys, same results up to the order XLA adds floats)."""
         key = jax.random.fold_in(jax.random.fold_in(_root(self.config), 3), step)
-        grads, group_states, metrics = [], [], []
-        for g, group_state in enumerate(state.groups):
-            spec = self.groups.spec(g, step)
-            if step > 0 and self.groups.epoch(step) != self.groups.epoch(step - 1):
-                group_state = self.group_state(g, step, state.theta)
-            grad, group_state, m = self.estimator(spec).step(jax.random.fold_in(key, g), state.theta, group_state)
-            grads.append(grad)
-            group_states.append(group_state)
-            metrics.append(m)
-        count, theta, outer_state, skipped, diverged, summary = self._finish(
-            state.step, state.theta, state.outer_state, state.skipped, state.diverged, grads, metrics)
-        new_state = MetaTrainState(step=count, theta=theta, outer_state=outer_state, groups=group_states,
+        specs = tuple(self.groups.spec(g, step) for g in range(self.config.tasks.num_groups))
+        groups = list(state.groups)
+        if step > 0 and self.groups.epoch(step) != self.groups.epoch(step - 1):
+            groups = [self.group_state(g, step, state.theta) for g in range(len(groups))]
+        if self.config.run.fuse_groups:
+            tasks = [self.groups.task(spec) for spec in specs]
+            count, theta, outer_state, skipped, diverged, group_states, summary = self._fused(specs)(
+                tasks, key, state.step, state.theta, state.outer_state, state.skipped, state.diverged, groups)
+        else:
+            grads, group_states, metrics = [], [], []
+            for g, (spec, group_state) in enumerate(zip(specs, groups)):
+                grad, group_state, m = self.estimator(spec).step(jax.random.fold_in(key, g), state.theta, group_state)
+                grads.append(grad)
+                group_states.append(group_state)
+                metrics.append(m)
+            count, theta, outer_state, skipped, diverged, summary = self._finish(
+                state.step, state.theta, state.outer_state, state.skipped, state.diverged, grads, metrics)
+        new_state = MetaTrainState(step=count, theta=theta, outer_state=outer_state, groups=list(group_states),
                                    skipped=skipped, diverged=diverged)
         return new_state, summary
+
+    def _fused(self, specs: tuple[Any, ...]) -> Any:
+        """The whole outer step for the groups training `specs`, compiled once per tuple of specs."""
+        if specs not in self._fused_steps:
+            estimators = [self.estimator(spec) for spec in specs]
+
+            def outer_step(tasks, key, count, theta, outer_state, skipped, diverged, groups):
+                grads, group_states, metrics = [], [], []
+                for g, (estimator, task, group_state) in enumerate(zip(estimators, tasks, groups)):
+                    grad, group_state, m = estimator._population_step(task, jax.random.fold_in(key, g), theta,
+                                                                      group_state)
+                    grads.append(grad)
+                    group_states.append(group_state)
+                    metrics.append(m)
+                count, theta, outer_state, skipped, diverged, summary = self._finish_step(
+                    count, theta, outer_state, skipped, diverged, grads, metrics)
+                return count, theta, outer_state, skipped, diverged, group_states, summary
+
+            self._fused_steps[specs] = jax.jit(outer_step)
+        return self._fused_steps[specs]
 
     def _finish_step(self, count, theta, outer_state, skipped, diverged, grads, metrics):
         """What follows the groups' estimator steps, as one program (`_finish`): the mean

@@ -36,8 +36,8 @@ def population_placement(state: Any, mesh: jax.sharding.Mesh | None) -> Any:
 
 def shard_population(state: Any, mesh: jax.sharding.Mesh | None) -> Any:
     """Place each leaf's leading axis across the mesh (scalars and empty leaves replicated)."""
-    if mesh is None:
-        return state
+    # committed even on one device: jit keys its cache on committedness, so an uncommitted first
+    # state (from eager ops) made the second outer step compile the whole step again
     return jax.tree.map(jax.device_put, state, population_placement(state, mesh))
 
 
@@ -50,5 +50,5 @@ def replicated_placement(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
     if mesh is None:
-        return tree
+        return jax.device_put(tree, jax.devices()[0])  # committed, as in `shard_population`
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

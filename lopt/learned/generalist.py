@@ -26,6 +26,20 @@ weights are small random values), so meta-training starts from Adam's direction 
 on matrices after step 3 — instead of from a random rule (Celo's `celo_adam` and
 learned_optimization's `nn_adam` start learned rules from Adam in the same spirit).
 `init="random"` is Celo2's truncated-normal start.
+
+Two further ways to give meta-training room without giving up the hand-designed start:
+
+- `nominal=True`: d = x_adam + f_θ(features), the hand-designed direction plus a learned
+  correction — the "nominal term" of Harrison, Metz & Sohl-Dickstein 2022 ("A closer look at
+  learned optimization: stability, robustness, and inductive biases"; learned_optimization's
+  `adafac_nominal`). The network is a normal-scale random MLP whose output layer starts at a tenth
+  of LeCun scale, so at θ₀ the rule is (nearly) the Adam-direction start, yet every hidden unit is
+  alive and an ES perturbation of any weight moves the update at first order.
+- `schedule_knots=K`: a learned schedule on top of the hand-written one,
+  η(t) = exp(θ_lr) · schedule(t/T) · exp(s(t/T)), s the piecewise-linear interpolation of K
+  learned log-multipliers at evenly spaced points of training progress (clipped to ±4), zero at
+  θ₀. Celo (Moudgil et al. 2025) meta-trains a step-size head in its own phase for the same reason:
+  the step length carries most of what a short meta-training budget can learn.
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 GRADIENT_CLIP = 1000.0
 OUTPUT_EPS = 1e-12
 INITS = ("adam", "random")
+MAX_SCHEDULE_LOG_MULTIPLIER = 4.0  # the learned schedule scales η(t) by at most e^±4 (~55×)
 SCHEDULES = ("cosine", "linear", "constant")
 FUSED_MIN_SIZE = 1 << 16  # elements; as MLPOptimizer.fused_min_size: unrolled network above, matmuls below
 LR_MULTIPLIERS = (1 / 10, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 10.0)
@@ -100,6 +115,15 @@ def schedule_factor(step: jax.Array, num_steps: Any, kind: str, warmup_fraction:
     return ramp * decay
 
 
+def learned_schedule(knots: jax.Array, step: jax.Array, num_steps: Any) -> jax.Array:
+    """exp(s(t/T)): s interpolates the log-multipliers `knots` (at evenly spaced points of
+    progress 0..1) linearly, clipped to ±MAX_SCHEDULE_LOG_MULTIPLIER; 1 at knots = 0."""
+    progress = (step.astype(jnp.float32) + 1.0) / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    points = jnp.linspace(0.0, 1.0, knots.shape[0])
+    log_multiplier = jnp.interp(jnp.clip(progress, 0.0, 1.0), points, knots)
+    return jnp.exp(jnp.clip(log_multiplier, -MAX_SCHEDULE_LOG_MULTIPLIER, MAX_SCHEDULE_LOG_MULTIPLIER))
+
+
 class GeneralistState(NamedTuple):
     """The learned rule's state: each matrix's accumulators, in leaf order of the tensors it
     handles (the others are AdamW's, in optax's own state beside this one)."""
@@ -123,6 +147,8 @@ class GeneralistOptimizer(LearnedKind):
     weight_decay: decoupled weight decay λ (multiplied by η(t)).
     schedule, warmup_fraction, final_lr_fraction: η(t)'s shape over the run of `num_steps`.
     init: 'adam' (start from Adam's direction) or 'random' (Celo2's start).
+    nominal: add Adam's direction to the network's output (the nominal term; needs init='random').
+    schedule_knots: learned log-multipliers of η over training progress (0: none).
     """
 
     kind: ClassVar[str] = "generalist"
@@ -140,8 +166,15 @@ class GeneralistOptimizer(LearnedKind):
     warmup_fraction: float = 0.05
     final_lr_fraction: float = 0.0
     init: str = "adam"
+    nominal: bool = False
+    schedule_knots: int = 0
 
     def __post_init__(self) -> None:
+        if self.nominal and self.init == "adam":
+            raise ValueError("nominal=True adds Adam's direction to the network's output, so the network must not "
+                             "carry it as well: use init='random' with nominal=True")
+        if not 0 <= self.schedule_knots <= 64 or self.schedule_knots == 1:
+            raise ValueError(f"schedule_knots must be 0 (no learned schedule) or 2..64, got {self.schedule_knots}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 2:
             raise ValueError(f"hidden_sizes must be widths of at least 2, got {self.hidden_sizes}")
         if self.init not in INITS:
@@ -170,7 +203,8 @@ class GeneralistOptimizer(LearnedKind):
             f"m{self.accumulators.momentum_decays[0]}_rsqrt_v{self.accumulators.rms_decays[0]}")
 
     def init_meta(self, key: jax.Array) -> dict[str, Any]:
-        """theta: {'layers': [{'w', 'b'}, ...], 'log_learning_rate': []}.
+        """theta: {'layers': [{'w', 'b'}, ...], 'log_learning_rate': [], 'schedule': [K] (with
+        schedule_knots=K)}.
 
         init='adam': hidden units 0 and 1 of each layer carry relu(+x) and relu(−x) of the Adam
         feature x, the direction output is their difference (so d = x exactly), and every other
@@ -180,8 +214,10 @@ class GeneralistOptimizer(LearnedKind):
         keys = jax.random.split(key, len(sizes) - 1)
         scale = 1.0 if self.init == "random" else 1e-4
         layers = []
-        for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
-            layers.append({"w": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * np.sqrt(scale / fan_in),
+        for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+            # the nominal term's correction starts small (output layer at 0.1 x LeCun) but alive
+            layer_scale = scale * (1e-2 if self.nominal and i == len(sizes) - 2 else 1.0)
+            layers.append({"w": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * np.sqrt(layer_scale / fan_in),
                            "b": jnp.zeros((fan_out,), jnp.float32)})
         if self.init == "adam":
             x = self.adam_feature
@@ -194,7 +230,10 @@ class GeneralistOptimizer(LearnedKind):
                 else:
                     w = w.at[0, 0].set(1.0).at[1, 0].set(-1.0)
                 layers[i] = {**layers[i], "w": w}
-        return {"layers": layers, "log_learning_rate": jnp.log(jnp.float32(self.learning_rate))}
+        theta = {"layers": layers, "log_learning_rate": jnp.log(jnp.float32(self.learning_rate))}
+        if self.schedule_knots:
+            theta["schedule"] = jnp.zeros((self.schedule_knots,), jnp.float32)
+        return theta
 
     lr_tuning_grid: ClassVar[tuple[float, ...]] = LR_MULTIPLIERS
 
@@ -215,6 +254,8 @@ class GeneralistOptimizer(LearnedKind):
         network = per_param_mlp.fused if g.size >= FUSED_MIN_SIZE else per_param_mlp.reference
         direction, _ = network([f.reshape(-1) for f in inputs], layers)
         direction = direction.reshape(g.shape)
+        if self.nominal:
+            direction = direction + inputs[self.adam_feature]
         if self.orthogonalize:
             direction = newton_schulz(as_matrix(direction), self.ns_steps).reshape(g.shape)
         return unit_rms(direction)
@@ -253,8 +294,11 @@ class GeneralistOptimizer(LearnedKind):
                                                                     p.shape) else "adam", params)
 
         def learning_rate(count):
-            return jnp.exp(theta["log_learning_rate"]) * schedule_factor(
+            rate = jnp.exp(theta["log_learning_rate"]) * schedule_factor(
                 count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction)
+            if self.schedule_knots:
+                rate = rate * learned_schedule(theta["schedule"], count, num_steps)
+            return rate
 
         return optax.with_extra_args_support(optax.chain(
             optax.clip(GRADIENT_CLIP),
