@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import optax.contrib
 
-from lopt.baselines import adaptive, curvature, lowrank, matrix, momentum, wrappers
+from lopt.baselines import adaptive, curvature, lowrank, matrix, momentum, orthogonal, wrappers
 from lopt.hypergrad import online as _hd
 from tasks.train import BatchGrowth
 
@@ -97,6 +97,23 @@ def _adamw_cosine(learning_rate: Any, num_steps: int = 1000, warmup_fraction: fl
     warmup = max(1, int(round(warmup_fraction * num_steps)))
     shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(num_steps, warmup + 1), 0.0)
     return optax.adamw(lambda count: learning_rate * shape(count), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
+def _muon_cosine(learning_rate: Any, num_steps: int = 1000, beta: float = 0.95):
+    """optax's Muon on the generalist's warm-up + cosine schedule."""
+    return optax.contrib.muon(orthogonal.warmup_cosine(learning_rate, num_steps), beta=beta)
+
+
+def _normuon_cosine(learning_rate: Any, num_steps: int = 1000, beta: float = 0.95, beta2: float = 0.95):
+    return orthogonal.normuon(orthogonal.warmup_cosine(learning_rate, num_steps), beta=beta, beta2=beta2)
+
+
+def _adamuon_cosine(learning_rate: Any, num_steps: int = 1000, beta: float = 0.95, beta2: float = 0.95):
+    return orthogonal.adamuon(orthogonal.warmup_cosine(learning_rate, num_steps), beta=beta, beta2=beta2)
+
+
+def _ortho_adam_cosine(learning_rate: Any, num_steps: int = 1000, b1: float = 0.9, b2: float = 0.95):
+    return orthogonal.ortho_adam(orthogonal.warmup_cosine(learning_rate, num_steps), b1=b1, b2=b2)
 
 
 def _mechanic(learning_rate: Any, weight_decay: float = 0.01):
@@ -191,6 +208,20 @@ _ENTRIES = (
     Baseline("muon", _adam_for_muon, 2e-2, {"beta": 0.95}, log_grid(1e-3, 1.0),
              "Jordan et al. 2024 (momentum 0.95, Newton-Schulz orthogonalisation; on non-matrix tensors optax's "
              "Adam branch with nesterov=True, i.e. NAdam)"),
+    Baseline("muon_cosine", _muon_cosine, 2e-2, {"beta": 0.95}, log_grid(1e-3, 1.0),
+             "Jordan et al. 2024, on the generalist's schedule (linear warm-up over 5%, cosine decay to 0)",
+             run_length_argument="num_steps"),
+    Baseline("normuon", orthogonal.normuon, 2e-2, {"beta": 0.95, "beta2": 0.95}, log_grid(1e-3, 1.0),
+             "Li et al. 2025, arXiv 2510.05491 (momentum 0.95, per-neuron second moment 0.95; NAdam elsewhere)"),
+    Baseline("normuon_cosine", _normuon_cosine, 2e-2, {"beta": 0.95, "beta2": 0.95}, log_grid(1e-3, 1.0),
+             "Li et al. 2025 on the generalist's warm-up + cosine schedule", run_length_argument="num_steps"),
+    Baseline("adamuon", orthogonal.adamuon, 3e-3, {"beta": 0.95, "beta2": 0.95}, ADAPTIVE_GRID,
+             "Si et al. 2025, arXiv 2507.11005 (momentum, Newton-Schulz, elementwise second moment, RMS 0.2)"),
+    Baseline("adamuon_cosine", _adamuon_cosine, 3e-3, {"beta": 0.95, "beta2": 0.95}, ADAPTIVE_GRID,
+             "Si et al. 2025 on the generalist's warm-up + cosine schedule", run_length_argument="num_steps"),
+    Baseline("ortho_adam_cosine", _ortho_adam_cosine, 3e-3, {"b1": 0.9, "b2": 0.95}, ADAPTIVE_GRID,
+             "lopt: the generalist's hand-designed start (Newton-Schulz of Adam's direction, unit RMS, "
+             "warm-up + cosine; Adam 0.9/0.95 elsewhere)", run_length_argument="num_steps"),
     Baseline("sophia", _sophia, 1e-3, {"b1": 0.965, "b2": 0.99, "gamma": 0.01}, ADAPTIVE_GRID,
              "Liu et al. 2023 (Sophia-H: Hutchinson diagonal every 10 steps, gamma 0.01; optax bias-corrects m)"),
     Baseline("prodigy", optax.contrib.prodigy, 1.0, {"betas": (0.9, 0.999), "weight_decay": 0.0},
