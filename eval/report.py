@@ -194,6 +194,52 @@ def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def test_loss_table(cells: Sequence[Cell]) -> str:
+    """Rows: optimizers; columns: tasks (final test loss at the LR tuned on train loss, mean ±
+    std over seeds), and the fraction of tasks where the row beats tuned adam's test loss. Train
+    loss can reward memorising the training set; test loss cannot."""
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    if not any(math.isfinite(c.final_eval_mean) for c in cells):
+        return ""
+    adam = {c.task: c.final_eval_mean for c in cells if c.optimizer == REFERENCE}
+    best = {t: min((c.final_eval_mean for c in cells if c.task == t and math.isfinite(c.final_eval_mean)),
+                   default=float("nan")) for t in tasks}
+    lines = ["| optimizer | " + " | ".join(tasks) + " | beats adam (test) |", "|" + "---|" * (len(tasks) + 2)]
+    for name in dict.fromkeys(c.optimizer for c in cells):
+        row, wins, counted = [name], 0, 0
+        for task in tasks:
+            cell = next((c for c in cells if c.task == task and c.optimizer == name), None)
+            if cell is None:
+                row.append("—")
+                continue
+            text = _format(cell.final_eval_mean, cell.final_eval_std)
+            row.append(f"**{text}**" if cell.final_eval_mean == best[task] else text)
+            if task in adam and math.isfinite(adam[task]):
+                counted += 1
+                wins += bool(cell.final_eval_mean < adam[task])
+        row.append(f"{wins / counted:.0%}" if counted and name != REFERENCE else "—")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Final test loss (the last evaluation of the run) at the LR tuned per task on train loss, "
+              "mean ± std over seeds."]
+    return "\n".join(lines)
+
+
+def head_to_head(cells: Sequence[Cell], name: str) -> str:
+    """For optimizer `name`: against every other row, on how many tasks it has the lower mean
+    final train loss, and the lower mean final test loss (a diverged run loses)."""
+    mine = {c.task: c for c in cells if c.optimizer == name}
+    lines = [f"| {name} against | wins by train loss | wins by test loss |", "|---|---:|---:|"]
+    lower = lambda a, b: (a < b) if math.isfinite(a) and math.isfinite(b) else math.isfinite(a)
+    for other in dict.fromkeys(c.optimizer for c in cells):
+        if other == name:
+            continue
+        theirs = {c.task: c for c in cells if c.optimizer == other and c.task in mine}
+        train = sum(lower(mine[t].final_train_mean, c.final_train_mean) for t, c in theirs.items())
+        test = sum(lower(mine[t].final_eval_mean, c.final_eval_mean) for t, c in theirs.items())
+        lines.append(f"| {other} | {train} of {len(theirs)} | {test} of {len(theirs)} |")
+    return "\n".join(lines)
+
+
 def write_json(path: Path, cells: Sequence[Cell], config: dict) -> None:
     """All numbers, atomically (temp file + rename)."""
     payload = {

@@ -100,6 +100,12 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     cells = report.summarise(sweeps, costs)
     title = f"{config.suite if not config.tasks else 'custom tasks'}: {config.num_steps} steps, {config.seeds} seeds"
     table = report.markdown_table(cells, title=title)
+    tests = report.test_loss_table(cells)
+    if tests:
+        table += "\n\n#### Test loss\n\n" + tests
+    for candidate in candidates:
+        if candidate.learned:
+            table += "\n\n#### Head to head\n\n" + report.head_to_head(cells, candidate.name)
     costs_text = report.cost_table(cells)
     if costs_text:
         table += "\n\n#### Optimizer cost\n\n" + costs_text

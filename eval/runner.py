@@ -43,6 +43,7 @@ class Candidate:
     eval_params: Callable[[Any, Any], Any] | None = None
     tuned: bool = True
     batch_growth: BatchGrowth | None = None
+    learned: bool = False  # a saved learned optimizer (reports add its head-to-head table)
 
 
 def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Candidate:
@@ -86,14 +87,14 @@ def learned_candidates(path: str, num_steps: int, name: str | None = None) -> li
     label = name or f"learned:{where.parent.name if where.name == 'optimizer' else where.name}"
     candidates = [Candidate(
         name=label, make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
-        lr_grid=(1.0,), fingerprint=fingerprint, tuned=False,
+        lr_grid=(1.0,), fingerprint=fingerprint, tuned=False, learned=True,
     )]
     grid = tuple(meta_optimizer.lr_tuning_grid)
     if grid:
         candidates.append(Candidate(
             name=f"{label} (LR-tuned)",
             make=lambda lr: meta_optimizer.transform(meta_optimizer.scale_learning_rate(theta, lr), num_steps=num_steps),
-            lr_grid=grid, fingerprint=fingerprint + "|lr-sweep", tuned=True,
+            lr_grid=grid, fingerprint=fingerprint + "|lr-sweep", tuned=True, learned=True,
         ))
     return candidates
 
