@@ -77,10 +77,18 @@ PY
 )
   echo "held-out: validation picks $winner"
   if [[ -n $winner ]]; then
-    timeout ${HELDOUT_LIMIT:-240} python3 -c "import sys; from lopt.cli import main; sys.exit(main())" eval \
-      configs/eval/generalisation.toml --quiet --set "learned=['runs/recipes/$winner/best', 'checkpoints/generalist']" \
-      --set "optimizers=['adam']" --set "output_dir='results/heldout'" > "$OUT/heldout.log" 2>&1
-    tail -n 30 "$OUT/heldout.log"; cp results/heldout/results.md results/heldout/results.json "$OUT/" 2>/dev/null
+    # two processes, each half of the suite (the GPU is launch-bound, so they overlap)
+    halves=("['digits-mlp-relu256x3','mnist1d-mlp-relu128x4','mnist1d-mlp-silu512','digits-mlp-gelu32x6','mnist1d-mlp-tanh256x2','digits-mlp-relu128x2-mse','regression-mlp-relu128x2*5']"
+            "['digits-conv-32-64-128','mnist1d-conv-64-128','pytext-transformer-64x3','pytext-transformer-128x2','regression-mlp-relu128x2','mnist1d-mlp-gelu128x3*5']")
+    hp=()
+    for i in 0 1; do
+      ( XLA_PYTHON_CLIENT_MEM_FRACTION=0.4 timeout ${HELDOUT_LIMIT:-240} python3 -c "import sys; from lopt.cli import main; sys.exit(main())" eval \
+        configs/eval/generalisation.toml --quiet --set "learned=['runs/recipes/$winner/best', 'checkpoints/generalist']" \
+        --set "optimizers=['adam']" --set "tasks=${halves[$i]}" --set "output_dir='results/heldout$i'" > "$OUT/heldout$i.log" 2>&1
+        cp results/heldout$i/results.json "$OUT/heldout$i.json" 2>/dev/null ) & hp+=($!)
+    done
+    for pid in "${hp[@]}"; do wait "$pid"; done
+    for i in 0 1; do tail -n 40 "$OUT/heldout$i.log" | grep -v -i warning; done
   fi
 fi
 for f in "$OUT"/signal-*.log; do [[ -f $f ]] && { echo "== $f"; grep -v -i warning "$f" | tail -n 14; }; done
