@@ -41,6 +41,11 @@ def _meta_train(args: argparse.Namespace) -> int:
         print(f"resumed from the checkpoint in {config.run.output_dir}")
     print(f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped, "
           f"{summary['diverged']} diverged worker windows masked)")
+    if "validation_start" in summary:
+        start, best = summary["validation_start"], summary["validation_best"]
+        print(f"validation score (mean log of final loss ÷ Adam 1e-3's, lower is better; ± seed spread): "
+              f"start {start['score']:.3f} ± {start['spread']:.3f} (step {start['step']}), "
+              f"best {best['score']:.3f} ± {best['spread']:.3f} (step {best['step']})")
     for key in ("optimizer", "best", "log", "figure"):
         if key in summary:
             print(f"wrote {key}: {summary[key]}")

@@ -22,7 +22,9 @@ class OptimizerSection:
     lr_controller, generalist); options:
     constructor overrides. init_from: a saved optimizer (path or shipped name) whose theta starts
     meta-training — fine-tuning it (`lopt meta-train --init`); its kind and constructor
-    arguments replace preset and options."""
+    arguments replace preset, and `options` then override those arguments: meta-parameters the
+    saved theta lacks (a head the options add) start at their `init_meta` values, every other
+    one at its saved value."""
 
     preset: str = "small_mlp"
     options: dict = dataclasses.field(default_factory=dict)
@@ -123,9 +125,6 @@ class MetaTrainConfig:
                 read_manifest(self.optimizer.init_from)
             except CheckpointError as error:
                 raise ConfigError(f"optimizer.init_from: {error}") from None
-        if self.optimizer.init_from and self.optimizer.options:
-            raise ConfigError("optimizer.options: not allowed with optimizer.init_from (the saved optimizer's own "
-                              "constructor arguments are used); remove one of them")
         if self.estimator.trainable:
             try:
                 re.compile(self.estimator.trainable)
@@ -190,16 +189,20 @@ class MetaTrainConfig:
                     raise ConfigError(f"tasks.family_options.datasets: {error}") from None
 
     def build_meta_optimizer(self) -> Any:
-        """The preset with `options` applied, validated like any config table (or, with
-        `init_from`, the saved optimizer's own meta-optimizer)."""
+        """The preset with `options` applied, validated like any config table; with `init_from`,
+        the saved optimizer's own meta-optimizer, its constructor arguments overridden by
+        `options` (e.g. `schedule_knots` adds a learned schedule to a trained generalist)."""
         if self.optimizer.init_from:
             import lopt
             from lopt.checkpoint import CheckpointError
 
             try:
-                return lopt.load_meta(self.optimizer.init_from)[0]
+                saved = lopt.load_meta(self.optimizer.init_from)[0]
             except (CheckpointError, FileNotFoundError, ValueError) as error:
                 raise ConfigError(f"optimizer.init_from: {error}") from None
+            if not self.optimizer.options:
+                return saved
+            return from_dict(type(saved), {**to_config(saved), **self.optimizer.options}, where="optimizer.options")
         base = PRESETS[self.optimizer.preset]()
         merged = {**to_config(base), **self.optimizer.options}
         return from_dict(KINDS[base.kind], merged, where="optimizer.options")

@@ -60,6 +60,25 @@ def _root(config: MetaTrainConfig) -> jax.Array:
     return jax.random.key(config.outer.seed)
 
 
+def merge_saved_theta(fresh: Any, saved: Any, where: str) -> Any:
+    """`fresh` (init_meta of the optimizer with the config's options) with every leaf the saved
+    theta also has, at the same path, replaced by the saved value. A saved leaf whose shape the
+    options changed is an error: its trained values would not carry over."""
+    saved_leaves = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+
+    def pick(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name not in saved_leaves:
+            return leaf
+        if saved_leaves[name].shape != leaf.shape:
+            raise ConfigError(f"optimizer.options: they change the shape of {name} from "
+                              f"{tuple(saved_leaves[name].shape)} to {tuple(leaf.shape)}, so {where}'s trained "
+                              "values cannot start it")
+        return saved_leaves[name]
+
+    return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
 class GroupTasks:
     """Which task each group trains at each outer step (deterministic in seed, group, epoch)."""
 
@@ -134,9 +153,13 @@ class MetaTrainer:
 
     def initial_theta(self) -> Any:
         """theta at outer step 0: `optimizer.init_from`'s saved theta, or a fresh init_meta."""
-        if self.config.optimizer.init_from:
-            return lopt.load_meta(self.config.optimizer.init_from)[1]
-        return self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0))
+        fresh = self.meta_optimizer.init_meta(jax.random.fold_in(_root(self.config), 0))
+        if not self.config.optimizer.init_from:
+            return fresh
+        saved = lopt.load_meta(self.config.optimizer.init_from)[1]
+        if not self.config.optimizer.options:
+            return saved
+        return merge_saved_theta(fresh, saved, self.config.optimizer.init_from)
 
     def initial_state(self) -> MetaTrainState:
         theta = replicate(self.initial_theta(), self.mesh)
@@ -362,7 +385,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         bar.close()
         log.close()
     summary = {"steps": int(state.step), "resumed": resumed, "log": str(log_path), "skipped": int(state.skipped),
-               "diverged": int(state.diverged)}
+               "diverged": int(state.diverged), **run_folder.validation_summary(log_path)}
     if int(state.step) >= config.outer.steps:
         path = lopt.save(
             output / "optimizer", trainer.meta_optimizer, state.theta,

@@ -116,6 +116,19 @@ def truncate_log(log_path: Path, step: int) -> None:
     os.replace(staging, log_path)
 
 
+def validation_summary(log_path: Path) -> dict[str, dict[str, float]]:
+    """{'validation_start': {...}, 'validation_best': {...}} from the log's validation rows
+    (score, seed spread, step), or {} when the run scores no validation tasks."""
+    if not log_path.exists():
+        return {}
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("validation_score") is not None]
+    if not rows:
+        return {}
+    pick = lambda r: {"score": r["validation_score"], "spread": r.get("validation_seed_spread", 0.0), "step": r["step"]}
+    return {"validation_start": pick(rows[0]), "validation_best": pick(min(rows, key=lambda r: r["validation_score"]))}
+
+
 def best_score(output: Path) -> float | None:
     """The validation score of the `best/` optimizer a run (being resumed) already saved."""
     try:
@@ -134,7 +147,8 @@ def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None)
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train_rows = [r for r in rows if "meta_loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    validation_rows = [r for r in eval_rows if r.get("validation_score") is not None]
+    figure, axes = plt.subplots(1, 3 if validation_rows else 2, figsize=(15 if validation_rows else 10, 3.6))
     meta_losses = [r["meta_loss"] for r in train_rows]
     axes[0].plot([r["step"] for r in train_rows], meta_losses, lw=1.2)
     axes[0].set_title("meta-loss (the estimator's objective over a window)")
@@ -150,6 +164,14 @@ def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None)
         axes[1].legend()
         axes[1].set_yscale("log")
     axes[1].set_title("held-out task: final train loss")
+    if validation_rows:
+        steps = [r["step"] for r in validation_rows]
+        score = np.array([r["validation_score"] for r in validation_rows])
+        spread = np.array([r.get("validation_seed_spread", 0.0) for r in validation_rows])
+        axes[2].plot(steps, score, "o-", color="C2")
+        axes[2].fill_between(steps, score - spread, score + spread, color="C2", alpha=0.2, label="± seed spread")
+        axes[2].set_title("validation score (mean log final loss ÷ adam's; lower is better)")
+        axes[2].legend()
     for axis in axes:
         axis.set_xlabel("outer step")
         axis.grid(alpha=0.3, which="both")
