@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import lopt.baselines
+from lopt import jobdir
 from eval import cost, report
 from eval.config import EvalConfig
 from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidates, sweep
@@ -73,8 +74,7 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     start = time.perf_counter()
     task_names = resolve_tasks(config)
     candidates = resolve_candidates(config) + list(extra or [])
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = jobdir.claim(config.output_dir, "eval", key="output_dir")
     cache_dir = output / "cache" if config.cache else None
 
     sweeps = []

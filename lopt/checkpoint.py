@@ -24,6 +24,7 @@ import inspect
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -83,10 +84,15 @@ def save(
     num_steps: the training length `lopt.load` assumes when none is given.
     """
     path = Path(path).absolute()
+    for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(theta):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(f"theta{jax.tree_util.keystr(leaf_path)} holds non-finite values (NaN or inf); "
+                             "lopt saves only finite meta-parameters")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if path.exists() and not is_lopt_checkpoint(path):
-        raise FileExistsError(f"{path} exists and is not a lopt optimizer checkpoint; lopt replaces only its own")
+        raise FileExistsError(f"{path} exists and is not a lopt optimizer checkpoint exactly as lopt wrote it (a manifest that "
+                              "validates, its theta/ arrays as saved and nothing else); lopt replaces only its own")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -109,6 +115,9 @@ def save(
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / THETA_DIR, jax.tree.map(jnp.asarray, theta))
         checkpointer.wait_until_finished()
+        # what lopt wrote under theta/, so that an overwrite can tell its own files from a user's
+        manifest["files"] = _listing(staging / THETA_DIR)
+        text = json.dumps(manifest, indent=2, default=str)
         (staging / MANIFEST).write_text(text)
         if path.exists():
             retired = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
@@ -123,11 +132,34 @@ def save(
     return path
 
 
+def _listing(root: Path) -> dict[str, int]:
+    """Relative path -> size of every regular file under `root` (sorted)."""
+    return {str(f.relative_to(root)): f.stat().st_size for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def check_plain_tree(path: Path) -> None:
+    """Raise CheckpointError unless everything under `path` is a regular file or a directory (a
+    FIFO, socket or device would block or misbehave when read; a link may point anywhere)."""
+    for entry in [path, *path.rglob("*")]:
+        mode = entry.lstat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file or directory"
+            raise CheckpointError(f"{entry}: {kind}; a checkpoint holds only plain files and directories")
+
+
 def is_lopt_checkpoint(path: Path) -> bool:
-    """Whether `path` is a directory lopt.save wrote (its manifest names lopt's format)."""
+    """Whether `path` is exactly a checkpoint lopt.save wrote: a manifest that validates, a
+    theta/ directory, nothing else at the top, only plain files and directories, and (for
+    checkpoints that record it) exactly the files lopt wrote under theta/. Only such a folder may
+    be replaced by `save(..., overwrite=True)`."""
     try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError, RecursionError):
+        if not path.is_dir() or path.is_symlink() or {e.name for e in path.iterdir()} != {MANIFEST, THETA_DIR}:
+            return False
+        check_plain_tree(path)
+        manifest = read_manifest(path)
+        files = manifest.get("files")
+        return files is None or files == _listing(path / THETA_DIR)
+    except (OSError, ValueError, AttributeError, RecursionError, CheckpointError):
         return False
 
 
@@ -184,6 +216,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint directory (shipped optimizers: {names})")
     if not file.is_file():
         raise CheckpointError(f"{path}: missing {MANIFEST}")
+    check_plain_tree(path)
     try:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -237,6 +270,10 @@ def _check_schema(manifest: dict[str, Any], file: Path) -> None:
         fail(f"'num_steps' must be a positive whole number or null, got {str(num_steps)[:40]!r}")
     if not isinstance(manifest["arrays"], list):
         fail("'arrays' must be a list of array entries")
+    files = manifest.get("files")
+    if files is not None and not (isinstance(files, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in files.items())):
+        fail("'files' must be a table of file names and sizes")
     for i, entry in enumerate(manifest["arrays"]):
         if not isinstance(entry, dict):
             fail(f"arrays[{i}] must be a table")

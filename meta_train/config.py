@@ -125,6 +125,8 @@ class MetaTrainConfig:
                 read_manifest(self.optimizer.init_from)
             except CheckpointError as error:
                 raise ConfigError(f"optimizer.init_from: {error}") from None
+        if self.optimizer.options:
+            self.build_meta_optimizer()  # options are checked now, before any folder is made
         if self.estimator.trainable:
             try:
                 re.compile(self.estimator.trainable)

@@ -27,6 +27,7 @@ import optax
 from tqdm.auto import tqdm
 
 import lopt
+from lopt import jobdir
 from lopt.config import ConfigError, from_dict
 from meta_train import run_folder
 from meta_train.config import MetaTrainConfig
@@ -299,10 +300,10 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     lead = jax.process_index() == 0
     progress = progress and lead
     output = Path(config.run.output_dir)
-    try:
+    if lead:
+        jobdir.claim(output, "meta-train")
+    else:
         output.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError, PermissionError) as error:
-        raise ConfigError(f"run.output_dir: cannot create {str(output)!r} ({error.strerror or error})") from None
     if lead:
         run_folder.check_run_config(output, config)
     trainer = MetaTrainer(config)

@@ -50,6 +50,7 @@ from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import probe_report
 from lopt.programs.lang import format_program, parse
 from meta_train.search import mutation
+from lopt import jobdir
 from meta_train.search.config import SearchConfig, resume_record, saved_config
 from meta_train.search.fitness import Staged, evaluator
 from meta_train.search.fitness import score as fitness_of
@@ -133,11 +134,16 @@ class Search:
         self._pool: mutation.Workers | None = None  # mutation processes (search.workers)
         self._relaunch: list[tuple[int | None, str, str, int]] = []  # in-flight children read back on resume
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+        # before anything is read or written: the folder is a search's, or new, or empty
+        jobdir.claim(self.dir, "search")
         if resume:
             if resume_record(saved_config(self.dir)) != resume_record(json.loads(config_json)):
                 raise ConfigError(f"{self.dir}: the config differs from the one this search started with")
         elif (self.dir / "state.json").exists():
             raise ConfigError(f"{self.dir} already holds a search; resume it with `lopt search --resume {self.dir}`")
+        elif any((self.dir / name).exists() for name in ("config.json", "log.jsonl", "cache.jsonl", "best.txt")):
+            raise ConfigError(f"{self.dir} holds a search that stopped before its first generation was saved (no "
+                              "state.json), so it cannot be resumed; delete the folder or use another to start afresh")
         # Precompiled first, so that the seed's scoring and the hurdle's reference find their calls compiled
         # (and a fresh search's calls are lowered in parallel by precompile's workers, not one by one here).
         compiling = 0.0
@@ -200,7 +206,19 @@ class Search:
         atomic_write(self.dir / "state.json", json.dumps(state))
 
     def _load(self) -> None:
-        state = json.loads((self.dir / "state.json").read_text())
+        """Read state.json back (a one-line ConfigError when it is missing or damaged)."""
+        path = self.dir / "state.json"
+        if not path.is_file():
+            raise ConfigError(f"{self.dir} holds a search that stopped before its first generation was saved (no "
+                              "state.json), so it cannot be resumed; delete the folder or use another to start afresh")
+        try:
+            state = json.loads(path.read_text())
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as error:
+            raise ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); the search cannot "
+                              "be resumed from it") from None
+
+    def _restore(self, state: dict) -> None:
         inf = lambda x: float("inf") if x is None else x  # noqa: E731
         self.generation, self.next_id = state["generation"], state["next_id"]
         self.seed_fitness = inf(state["seed_fitness"])
