@@ -43,6 +43,8 @@ def resolve_candidates(config: EvalConfig) -> list[Candidate]:
                     learning_rate = float(fixed)
                 except ValueError:
                     raise ValueError(f"{name!r}: the text after '@' must be a learning rate") from None
+                if not (0.0 < learning_rate < float("inf")):
+                    raise ValueError(f"{name!r}: the learning rate after '@' must be a finite positive number")
                 candidates.append(fixed_lr_candidate(entry, learning_rate, config.num_steps))
             else:
                 candidates.append(baseline_candidate(entry, config.num_steps))

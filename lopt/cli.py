@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -189,6 +190,23 @@ def _program(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(low: float, *, strict: bool, what: str):
+    """An argparse type: a finite float above `low` (strict) or at least `low`, else one line."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+TOLERANCE = _number(0.0, strict=False, what="a finite non-negative number")
+POSITIVE = _number(0.0, strict=True, what="a finite positive number")
+
+
 def _add_job(commands, name: str, handler, help_text: str, example_config: str, example_override: str) -> None:
     """A subcommand that runs a TOML job config with --set overrides and a progress bar."""
     job = commands.add_parser(name, help=help_text)
@@ -220,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = search_commands.add_parser("run", help="run (or --resume) a search job")
     run.add_argument("config", nargs="?", help="TOML config, e.g. configs/search/quickstart.toml")
     run.add_argument("--resume", metavar="DIR", help="continue the search in DIR after an interruption")
-    run.add_argument("--tolerance", type=float, default=0.01, help="ablation tolerance of the final simplification")
+    run.add_argument("--tolerance", type=TOLERANCE, default=0.01, help="ablation tolerance of the final simplification")
     run.add_argument("--no-ablate", action="store_true", help="simplify the best program without ablation runs")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -250,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     program.add_argument("file", help="program text file")
     program.add_argument("out", nargs="?", help="with export: the checkpoint directory to write")
     program.add_argument("--ablate", metavar="SEARCH_CONFIG", help="simplify: also ablate statements, scored by this config's fitness")
-    program.add_argument("--tolerance", type=float, default=0.01, help="simplify: allowed fitness loss per ablation")
-    program.add_argument("--learning-rate", type=float, default=1.0, help="export: the value of the program's lr input")
+    program.add_argument("--tolerance", type=TOLERANCE, default=0.01, help="simplify: allowed fitness loss per ablation")
+    program.add_argument("--learning-rate", type=POSITIVE, default=1.0, help="export: the value of the program's lr input")
     program.add_argument("--overwrite", action="store_true", help="export: replace an existing checkpoint")
     program.set_defaults(handler=_program)
 

@@ -9,6 +9,7 @@ Overrides are `dotted.key=value` strings whose value is read as a TOML value (`3
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+MAX_INT = 2**31 - 1  # every count lopt takes (steps, workers, widths, seeds) fits an int32
+MAX_NESTING = 64  # deeper TOML is not a config (tomllib recurses once per level)
 
 
 class ConfigError(ValueError):
@@ -79,10 +82,14 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {short(value)}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where}: {short(value)} is not a finite number")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {short(value)}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{where}: {short(value)} is out of range (at most {MAX_INT:,} in size)")
         return value
     if annotation in (str, bool):
         if not isinstance(value, annotation):
@@ -114,6 +121,25 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
         raise ConfigError(f"{where}: {error}") from None
 
 
+def _nesting(text: str) -> int:
+    """The deepest nesting of [ and { in `text`, outside quoted strings (a cheap bound checked
+    before tomllib, which recurses once per level)."""
+    depth = deepest = 0
+    quote = None
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into (['a', 'b'], value), the value read as TOML where it parses."""
     if "=" not in text:
@@ -122,6 +148,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
+    if _nesting(raw) > MAX_NESTING:
+        raise ConfigError(f"override {key!r}: its value is nested more than {MAX_NESTING} levels deep")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -152,7 +180,16 @@ def load_config(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if _nesting(text) > MAX_NESTING:
+            raise ConfigError(f"{path}: nested more than {MAX_NESTING} levels deep; not a config")
+        data = tomllib.loads(text)
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder") from None
+    except PermissionError as error:
+        raise ConfigError(f"config file {str(path)!r}: no permission to read it ({error.strerror})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply; not a config") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except tomllib.TOMLDecodeError as error:

@@ -190,6 +190,25 @@ class MetaTrainer:
             groups=population_placement(shapes.groups, self.mesh))
         return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p), shapes, placement)
 
+    def check_memory(self, headroom: float = 0.8) -> None:
+        """Refuse, in one line, a population whose state alone would not fit the devices (e.g.
+        estimator.num_workers=1e9), before anything is allocated: the state's size comes from
+        abstract shapes, the memory from the device (or the host's RAM for CPU devices)."""
+        shapes = self.abstract_state(0)
+        needed = sum(np.prod(x.shape, dtype=np.float64) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+        devices = self.mesh.devices.size if self.mesh is not None else 1
+        device = jax.devices()[0]
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and stats.get("bytes_limit"):
+            available = float(stats["bytes_limit"]) * devices
+        else:
+            available = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        if needed > headroom * available:
+            raise ConfigError(
+                f"estimator.num_workers: {self.config.estimator.num_workers:,} workers x {self.config.tasks.num_groups} "
+                f"groups need about {needed / 2**30:,.1f} GiB for their inner runs' state alone; these devices have "
+                f"{available / 2**30:,.1f} GiB: use fewer workers")
+
     def _apply_gradient(self, theta, outer_state, grads):
         all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
         updates, new_outer = self.outer.update(grads, outer_state, theta)
@@ -300,13 +319,13 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     lead = jax.process_index() == 0
     progress = progress and lead
     output = Path(config.run.output_dir)
+    trainer = MetaTrainer(config)
+    trainer.check_memory()  # before the run folder is made: a refused job leaves nothing behind
     if lead:
         jobdir.claim(output, "meta-train")
+        run_folder.check_run_config(output, config)
     else:
         output.mkdir(parents=True, exist_ok=True)
-    if lead:
-        run_folder.check_run_config(output, config)
-    trainer = MetaTrainer(config)
     manager = run_folder.checkpoint_manager(output / "checkpoints", config)
     state = run_folder.restore(manager, trainer)
     resumed = state is not None

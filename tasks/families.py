@@ -23,8 +23,30 @@ def _choice(key: jax.Array, options: Sequence[Any]) -> Any:
     return options[int(jax.random.randint(key, (), 0, len(options)))]
 
 
+MAX_OPTION = 1 << 16  # widths, depths, batch sizes, dims: larger is a typo, not a task
+
+
 class _BuildsTasks:
-    """Every family builds its specs the same way: `tasks.build`."""
+    """Every family builds its specs the same way: `tasks.build`; and checks its options when
+    made (a config's `family_options` fail at parse time, naming the field, not when a task of
+    that size is first built minutes later)."""
+
+    def __post_init__(self) -> None:
+        from tasks.models import ACTIVATIONS
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, tuple):
+                continue
+            if not value:
+                raise ValueError(f"{field.name}: empty; give at least one option")
+            for option in value:
+                if field.name == "activations" and option not in ACTIVATIONS:
+                    raise ValueError(f"{field.name}: unknown activation {option!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+                if isinstance(option, bool) or (isinstance(option, int) and not 1 <= option <= MAX_OPTION):
+                    raise ValueError(f"{field.name}: {option!r} is not a whole number in 1..{MAX_OPTION}")
+                if isinstance(option, float) and not (option >= 0 and option < float("inf")):
+                    raise ValueError(f"{field.name}: {option!r} is not a finite non-negative number")
 
     def build(self, spec: TaskSpec) -> Any:
         return build(spec)
@@ -107,6 +129,11 @@ class QuadraticFamily(_BuildsTasks):
     dims: tuple[int, ...] = (4, 10, 32)
     max_log10_condition: float = 3.0
     noise_scales: tuple[float, ...] = (0.0, 0.1, 1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.max_log10_condition <= 12.0:
+            raise ValueError(f"max_log10_condition: {self.max_log10_condition!r} is not in 0..12")
 
     def sample(self, key: jax.Array) -> QuadraticSpec:
         k = jax.random.split(key, 4)

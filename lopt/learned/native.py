@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt import cache_files
 from lopt.learned import features as F
 from lopt.learned import per_param_mlp
 
@@ -91,9 +93,14 @@ def _build(compiler: str) -> Path:
     ]).encode()).hexdigest()[:20]
     folder = cache_dir()
     library = folder / f"lopt_mlp_{key}.so"
-    if library.exists():
+    try:
+        cache_files.private_folder(folder)
+    except cache_files.UntrustedCache as error:
+        raise RuntimeError(f"{error} (set LOPT_CACHE_DIR)") from None
+    if cache_files.read_verified(library) is not None:
         return library
-    folder.mkdir(parents=True, exist_ok=True)
+    print(f"lopt: building the native CPU kernel into {folder} (once per compiler, flags and jax version)",
+          file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as scratch:
         partial = Path(scratch) / library.name
         command = [compiler, *_flags(), f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)]
@@ -102,7 +109,7 @@ def _build(compiler: str) -> Path:
             lines = done.stderr.strip().splitlines() or ["no output"]
             first_error = next((line.strip() for line in lines if "error" in line.lower()), lines[-1].strip())
             raise RuntimeError(f"{Path(compiler).name} failed on {SOURCE.name}: {first_error}")
-        os.replace(partial, library)  # atomic: a concurrent build leaves one whole library
+        cache_files.write_verified(library, partial.read_bytes())
     return library
 
 

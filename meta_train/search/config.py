@@ -131,6 +131,11 @@ class SearchConfig:
             raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
         if s.children > s.population:
             raise ConfigError("search.children must not exceed search.population (age-based removal)")
+        for name in ("max_seconds", "max_rounds", "restart_after", "seed"):
+            if getattr(s, name) < 0:
+                raise ConfigError(f"search.{name}: {getattr(s, name)!r} is negative; expected 0 (none) or more")
+        if s.max_statements < 1:
+            raise ConfigError(f"search.max_statements: {s.max_statements!r}; expected at least 1")
         if isinstance(s.workers, bool) or not isinstance(s.workers, int) or not 0 <= s.workers <= 256:
             raise ConfigError(f"search.workers: expected a whole number from 0 (this process) to 256, got {s.workers!r}")
         if isinstance(s.max_rounds, bool) or not isinstance(s.max_rounds, int) or not 0 <= s.max_rounds <= 16:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from lopt import cache_files
 from lopt.config import ConfigError, from_dict
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
@@ -397,10 +398,10 @@ class BatchedEvaluator:
         exported = jax.export.export(jax.jit(lambda *fields: fn(Encoded(*fields))), platforms=[self._platform], disabled_checks=[
             jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*example)
         path = self.lowered_path(task_name, rounds, kind, count)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_bytes(exported.serialize())
-        temporary.replace(path)
+        try:
+            cache_files.write_verified(path, bytes(exported.serialize()))
+        except cache_files.UntrustedCache:
+            pass  # a shared store is neither read nor written: the call is lowered in this process
         return exported
 
     def _lower(self, task_name: str, rounds: int, kind: str, count: int):
@@ -411,10 +412,11 @@ class BatchedEvaluator:
             fn, example = self._traced(task_name, rounds, kind, count)
             return fn.lower(example)
         exported = None
-        if path.is_file():
+        data = cache_files.read_verified(path)  # None unless lopt wrote it into a private folder
+        if data is not None:
             try:
-                exported = jax.export.deserialize(bytearray(path.read_bytes()))
-            except Exception:  # noqa: BLE001 - a truncated or foreign file: lower again
+                exported = jax.export.deserialize(bytearray(data))
+            except Exception:  # noqa: BLE001 - written by another jax version: lower again
                 exported = None
         if exported is None:
             exported = self.store_lowered(task_name, rounds, kind, count)
