@@ -61,7 +61,8 @@ def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Cand
         make = functools.partial(baseline.make, **{baseline.run_length_argument: num_steps})
     return Candidate(
         name=baseline.name, make=make, lr_grid=baseline.lr_grid,
-        fingerprint=fingerprint, eval_params=baseline.eval_params, batch_growth=baseline.batch_growth,
+        fingerprint=fingerprint, eval_params=baseline.eval_params,
+        batch_growth=BatchGrowth(*baseline.batch_growth) if baseline.batch_growth else None,
     )
 
 

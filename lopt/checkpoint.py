@@ -16,6 +16,7 @@ interrupted save never leaves a half-written checkpoint where a good one was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import hashlib
@@ -97,7 +98,7 @@ def save(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": meta_optimizer.kind,
-        "config": to_config(meta_optimizer),
+        "config": saved_config(meta_optimizer),
         "num_steps": num_steps,
         "arrays": describe_arrays(theta),
         "provenance": {
@@ -344,18 +345,33 @@ def quiet_failed_reads() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def load_meta(path: str | Path) -> tuple[Any, Any]:
-    """(meta_optimizer, theta) from checkpoint `path`, for use or for further meta-training."""
-    meta_optimizer, theta, _ = _load(path)
+def load_meta(path: str | Path, *, kernel: str | None = None) -> tuple[Any, Any]:
+    """(meta_optimizer, theta) from checkpoint `path`, for use or for further meta-training
+    (`kernel` as in `load`)."""
+    meta_optimizer, theta, _ = _load(path, kernel=kernel)
     return meta_optimizer, theta
 
 
-def _load(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(meta_optimizer, theta, manifest) of checkpoint `path`, the manifest read once."""
+RUNTIME_FIELDS = ("kernel",)  # how an optimizer runs, not what it computes: never saved
+
+
+def saved_config(meta_optimizer: Any) -> dict[str, Any]:
+    """The constructor arguments a checkpoint records: those of the rule, without RUNTIME_FIELDS."""
+    return {k: v for k, v in to_config(meta_optimizer).items() if k not in RUNTIME_FIELDS}
+
+
+def _load(path: str | Path, kernel: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(meta_optimizer, theta, manifest) of checkpoint `path`, the manifest read once. A runtime
+    field an older checkpoint recorded (its `kernel`) is replaced by `kernel` or the default."""
     path = resolve(path).absolute()
     manifest = read_manifest(path)
+    config = {k: v for k, v in manifest["config"].items() if k not in RUNTIME_FIELDS}
     try:
-        meta_optimizer = from_config(manifest["kind"], manifest["config"])
+        meta_optimizer = from_config(manifest["kind"], config)
+        if kernel is not None:
+            if not any(f.name == "kernel" for f in dataclasses.fields(meta_optimizer)):
+                raise ValueError(f"kind {manifest['kind']!r} runs on no kernels; drop kernel=")
+            meta_optimizer = dataclasses.replace(meta_optimizer, kernel=kernel)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path / MANIFEST}: {error}") from error
     abstract = jax.eval_shape(meta_optimizer.init_meta, jax.random.key(0))
@@ -380,16 +396,21 @@ def _load(path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     return meta_optimizer, theta, manifest
 
 
-def load(path: str | Path, num_steps: int | None = None) -> optax.GradientTransformationExtraArgs:
+def load(path: str | Path, num_steps: int | None = None, *, kernel: str | None = None
+         ) -> optax.GradientTransformationExtraArgs:
     """A ready optax transformation from checkpoint `path` — a directory, or the name of a
     shipped optimizer (`lopt.shipped()` lists them; "checkpoints/<name>" works too).
 
     num_steps: the length of the training run it will be used for (its progress features read
     step / num_steps); defaults to the length stored at save time. Optimizers that read no
     training progress (found programs: `reads_progress = False`) need none.
+    kernel: for kinds that run on kernels, which one (`lopt.learned.dispatch.KERNELS`); by
+    default "auto", chosen for the platform where the optimizer runs. A checkpoint records the
+    rule and its weights, never the backend it was trained on, so one written on a CPU runs on
+    a GPU and the reverse.
     """
     path = resolve(path)
-    meta_optimizer, theta, manifest = _load(path)
+    meta_optimizer, theta, manifest = _load(path, kernel=kernel)
     if num_steps is None:
         num_steps = manifest.get("num_steps")
         if num_steps is None and not meta_optimizer.reads_progress:

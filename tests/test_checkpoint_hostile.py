@@ -106,3 +106,28 @@ def test_special_file_inside_a_checkpoint_is_refused_without_reading(saved_theta
             lopt.load_meta(path)
         with pytest.raises(CheckpointError, match="not a regular file"):
             lopt.read_manifest(path)
+
+
+@pytest.mark.parametrize("written_with", ["native", "pallas", "interpret", "xla"])
+def test_a_checkpoint_runs_wherever_it_is_loaded(tmp_path, written_with):
+    """The kernel is chosen where the optimizer runs, never saved: a theta trained with the CPU's
+    native kernel or a GPU's Pallas one (an older manifest that recorded it is simulated by
+    writing the field back) loads and steps here with the platform's choice, or the one asked for."""
+    import json
+
+    import optax
+
+    meta = small_mlp(hidden_sizes=(4,), kernel=written_with if written_with != "pallas" else "xla")
+    theta = meta.init_meta(jax.random.key(0))
+    path = lopt.save(tmp_path / "ckpt", meta, theta, num_steps=10)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert "kernel" not in manifest["config"]
+    manifest["config"]["kernel"] = written_with  # as a checkpoint from before this rule recorded it
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded, _ = lopt.load_meta(path)
+    assert loaded.kernel == "auto"
+    assert lopt.load_meta(path, kernel="xla")[0].kernel == "xla"
+    opt = lopt.load(path)
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros((2,))}
+    updates, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(optax.apply_updates(params, updates)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optax
@@ -18,7 +18,6 @@ import optax.contrib
 
 from lopt.baselines import adaptive, curvature, lowrank, matrix, momentum, orthogonal, wrappers
 from lopt.hypergrad import online as _hd
-from tasks.train import BatchGrowth
 
 EvalParamsFn = Callable[[Any, Any], Any]
 
@@ -36,6 +35,16 @@ LION_GRID = log_grid(1e-5, 3e-2)
 LR_FREE_GRID = log_grid(0.03, 10.0)
 
 
+class GrowthRule(NamedTuple):
+    """An adaptive batch-size rule as data (Lau, Liu & Kolar 2024's AdAdaGrad): `test` ('norm' or
+    'inner_product'), its `constant`, and the largest batch as a multiple of the task's. lopt
+    itself never trains a model; `tasks.train.BatchGrowth(*rule)` is the loop that runs it."""
+
+    test: str = "norm"
+    constant: float = 0.5
+    max_multiple: int = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class Baseline:
     """A registered optimizer.
@@ -50,8 +59,9 @@ class Baseline:
       point differs from their output (schedule-free); None otherwise.
     run_length_argument: the factory's keyword for the run length (Ranger21's warm-down needs
       it); `lopt eval` passes its number of steps there. None when the method does not use it.
-    batch_growth: an adaptive batch-size scheme the training loop runs with this optimizer
-      (`tasks.train.BatchGrowth`: AdAdaGrad's tests); None for a fixed batch.
+    batch_growth: an adaptive batch-size scheme the training loop runs with this optimizer, as
+      plain data (`GrowthRule`: AdAdaGrad's test, its constant and the largest batch multiple;
+      the training loop, `tasks.train.BatchGrowth`, implements it); None for a fixed batch.
     """
 
     name: str
@@ -62,7 +72,7 @@ class Baseline:
     source: str
     eval_params: EvalParamsFn | None = None
     run_length_argument: str | None = None
-    batch_growth: BatchGrowth | None = None
+    batch_growth: GrowthRule | None = None
 
     def accepted_arguments(self) -> tuple[str, ...]:
         params = list(inspect.signature(self.factory).parameters)
@@ -316,7 +326,7 @@ _ZOO = (
              "Li et al. 2024 (Switch EMA around adam; switch every 100 steps with decay 0.99, lopt's for epoch-free runs)"),
     Baseline("adadagrad", optax.adagrad, 0.1, {"initial_accumulator_value": 0.0, "eps": 1e-8}, SGD_GRID,
              "Lau, Liu & Kolar 2024 (AdAdaGrad: AdaGrad with the norm test, eta 0.5 (lopt's), batch growing "
-             "to 8x the task's)", batch_growth=BatchGrowth("norm", 0.5, 8)),
+             "to 8x the task's)", batch_growth=GrowthRule("norm", 0.5, 8)),
     Baseline("gradient_noise_adam", _gradient_noise_adam, 1e-3, {"eta": 0.01, "gamma": 0.55}, ADAPTIVE_GRID,
              "Neelakantan et al. 2015 (annealed Gaussian noise, eta 0.01, gamma 0.55, around adam)"),
 )
