@@ -314,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ProgramError) as error:
         print(f"lopt {args.command}: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # permissions, a read-only or full disk, a folder where a file goes
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"lopt {args.command}: cannot read or write{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

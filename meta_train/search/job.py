@@ -144,6 +144,8 @@ class Search:
         elif any((self.dir / name).exists() for name in ("config.json", "log.jsonl", "cache.jsonl", "best.txt")):
             raise ConfigError(f"{self.dir} holds a search that stopped before its first generation was saved (no "
                               "state.json), so it cannot be resumed; delete the folder or use another to start afresh")
+        if resume:  # a missing or damaged state is reported before minutes of compiling
+            self._load()
         # Precompiled first, so that the seed's scoring and the hurdle's reference find their calls compiled
         # (and a fresh search's calls are lowered in parallel by precompile's workers, not one by one here).
         compiling = 0.0
@@ -153,9 +155,7 @@ class Search:
             compiling = time.perf_counter() - clock
         if config.fitness.hurdle:  # the seed's first-task score is the hurdle's reference
             self.evaluate.hurdle.set_reference(check(parse(config.seed_program_text()), config.search.max_statements))
-        if resume:
-            self._load()
-        else:
+        if not resume:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.dir / "config.json", config_json)
             (self.dir / "log.jsonl").write_text("")

@@ -25,14 +25,29 @@ from meta_train.search.fitness import FitnessSpec, evaluator, task_scores
 from meta_train.search.job import atomic_write, json_float
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a torn last line (a search killed mid-write) is skipped."""
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
+def _jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file that are objects holding the `required` keys; a torn
+    last line (a search killed mid-write) is skipped. A file that is not UTF-8 text, or in which
+    no line is such a record while some line is not, is a one-line ConfigError."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a lopt search log (not UTF-8 text)") from None
+    records, rejected = [], 0
+    for line in lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            rejected += 1
             continue
+        if isinstance(record, dict) and all(key in record for key in required):
+            records.append(record)
+        elif line.strip():
+            rejected += 1
+    if rejected > 1 and not records:
+        raise ConfigError(f"{path}: not a lopt search log (no line is a record with {', '.join(required) or 'data'})")
     return records
 
 
@@ -42,8 +57,10 @@ def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
     if not log.is_file():
         raise ConfigError(f"{directory}: no search log (log.jsonl)")
     best: dict[str, dict[str, Any]] = {}
-    for entry in _jsonl(log):
-        if entry["fitness"] is None:
+    for entry in _jsonl(log, ("fitness", "structural", "id", "text", "generation", "mutation")):
+        if (not isinstance(entry["fitness"], int | float) or isinstance(entry["fitness"], bool)
+                or not isinstance(entry["id"], int) or not isinstance(entry["structural"], str)
+                or not isinstance(entry["text"], str)):
             continue
         known = best.get(entry["structural"])
         if known is None or entry["id"] < known["id"]:
@@ -55,8 +72,8 @@ def validated(directory: str | Path, count: int) -> list[str]:
     """The texts of the `count` best distinct programs (by structural hash) by meta-validation
     fitness in a search's validation.jsonl, best first (none without meta-validation)."""
     best: dict[str, tuple[float, str]] = {}
-    for entry in _jsonl(Path(directory) / "validation.jsonl"):
-        if entry["validation"] is None:
+    for entry in _jsonl(Path(directory) / "validation.jsonl", ("validation", "text")):
+        if not isinstance(entry["validation"], int | float) or isinstance(entry["validation"], bool):
             continue
         key = structural_hash(check(parse(entry["text"])))
         if key not in best or entry["validation"] < best[key][0]:
@@ -70,7 +87,9 @@ def curves(directory: str | Path) -> dict[str, Any]:
     a cache) and the best so far; the validation fitness of each meta-validated program and its
     best so far; the number of programs trained (on at least one proxy) so far."""
     directory = Path(directory)
-    entries = _jsonl(directory / "log.jsonl")
+    number = lambda x: isinstance(x, int | float) and not isinstance(x, bool)  # noqa: E731
+    entries = [e for e in _jsonl(directory / "log.jsonl", ("generation", "fitness"))
+               if isinstance(e["generation"], int) and (e["fitness"] is None or number(e["fitness"]))]
     if not entries:
         raise ConfigError(f"{directory}: no search log (log.jsonl) to plot")
     by_generation: dict[int, list[float]] = {}
@@ -85,8 +104,8 @@ def curves(directory: str | Path) -> dict[str, Any]:
     # NaN where no child of a generation scored a finite fitness (all stopped at the hurdle or
     # diverged): a gap in the per-generation curves, the best so far carried over.
     best = [min(by_generation[g], default=np.nan) for g in generations]
-    validation = _jsonl(directory / "validation.jsonl")
-    scored = [(v["generation"], v["validation"]) for v in validation if v["validation"] is not None]
+    validation = _jsonl(directory / "validation.jsonl", ("generation", "validation"))
+    scored = [(v["generation"], v["validation"]) for v in validation if number(v["validation"])]
     return {
         "generation": generations,
         "best": best,
