@@ -170,7 +170,7 @@ def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None)
         spread = np.array([r.get("validation_seed_spread", 0.0) for r in validation_rows])
         axes[2].plot(steps, score, "o-", color="C2")
         axes[2].fill_between(steps, score - spread, score + spread, color="C2", alpha=0.2, label="± seed spread")
-        axes[2].set_title("validation score (mean log final loss ÷ adam's; lower is better)")
+        axes[2].set_title("validation score (lower is better)")
         axes[2].legend()
     for axis in axes:
         axis.set_xlabel("outer step")

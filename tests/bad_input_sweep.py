@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 import sys
@@ -132,6 +133,85 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     good = tmp / "good.txt"
     good.write_text("update = sign(g)")
     cases.append(("program export onto plain dir", ["program", "export", str(good), str(tmp / "plain"), "--overwrite"]))
+    cases += second_pass_cases(tmp, base, good)
+    return cases
+
+
+def second_pass_cases(tmp: Path, base: Path, good: Path) -> list[tuple[str, list[str]]]:
+    """Issue 40's classes: values checked at parse time, file-system errors, folders of another
+    job kind or holding a user's files, special files in checkpoints, damaged search state."""
+    cases = []
+    mt = ["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(tmp / 'mt3'))}"]
+    family = ['tasks.family_options={activations=["nope"]}', "tasks.family_options={widths=[0]}",
+              "tasks.family_options={widths=[]}", "tasks.family_options={depths=[-1]}",
+              "tasks.family_options={batch_sizes=[0]}", "tasks.family_options={widths=[100000000]}",
+              "estimator.max_horizon=100000000000000000000", "estimator.max_horizon=100000000000",
+              "estimator.sigma=inf", "estimator.sigma=nan", "outer.learning_rate=inf", "outer.clip=-inf",
+              "estimator.num_workers=1000000000", "estimator.objective_tail=0", "estimator.objective_tail=2",
+              'estimator.trainable="(("', "run.validation_seeds=0", "x=" + "[" * 50000 + "]" * 50000]
+    cases += [("meta-train " + o[:60], [*mt, "--set", o]) for o in family]
+    ev = ["eval", "configs/eval/quickstart.toml", "--quiet", "--set", f"output_dir={json.dumps(str(tmp / 'ev3'))}"]
+    for o in ['optimizers=["adam@nan"]', 'optimizers=["adam@1e400"]', 'optimizers=["sgd@-1"]', 'optimizers=["adam@0"]',
+              "num_steps=100000000000000000000", "seeds=3000000000"]:
+        cases.append(("eval " + o, [*ev, "--set", o]))
+    se = ["search", "configs/search/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(tmp / 'se3'))}"]
+    for o in ["search.max_seconds=-1", "search.seed=-4", "search.restart_after=-1", "search.max_statements=0"]:
+        cases.append(("search " + o, [*se, "--set", o]))
+    for flag in (["--learning-rate", "-1"], ["--learning-rate", "inf"], ["--learning-rate", "nan"]):
+        cases.append(("program export " + " ".join(flag), ["program", "export", str(good), str(tmp / "exp"), *flag]))
+    cases.append(("program simplify --tolerance -1", ["program", "simplify", str(good), "--tolerance", "-1"]))
+    deep = tmp / "deep.toml"
+    deep.write_text("x = " + "[" * 50000 + "]" * 50000)
+    cases += [(f"{cmd} 50,000-deep toml", [cmd, str(deep), "--quiet"]) for cmd in ("meta-train", "eval", "search")]
+    # file system: outputs under a file, or through a link
+    for cmd, key in (("eval", "output_dir"), ("search", "run.output_dir")):
+        config = "configs/eval/quickstart.toml" if cmd == "eval" else "configs/search/quickstart.toml"
+        cases.append((f"{cmd} output under a file", [cmd, config, "--quiet", "--set",
+                                                      f"{key}={json.dumps(str(tmp / 'blocker' / 'x'))}"]))
+    cases.append(("program export under a file", ["program", "export", str(good), str(tmp / "blocker" / "x")]))
+    # folders of another job kind, or holding a user's files
+    run = tmp / "a-meta-train-run"
+    run.mkdir()
+    (run / ".lopt-job").write_text('{"job": "meta-train"}')
+    (run / "config.json").write_text('{"mine": 1}')
+    cases.append(("search into a meta-train run", [*se[:-2], "--set", f"run.output_dir={json.dumps(str(run))}"]))
+    (tmp / "linked").symlink_to(run)
+    cases.append(("search through a link", [*se[:-2], "--set", f"run.output_dir={json.dumps(str(tmp / 'linked'))}"]))
+    mine = tmp / "users-results"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    cases.append(("eval into a user's folder", [*ev[:-2], "--set", f"output_dir={json.dumps(str(mine))}"]))
+    finished = tmp / "finished-search"
+    finished.mkdir()
+    (finished / ".lopt-job").write_text('{"job": "search"}')
+    (finished / "log.jsonl").write_text('{"fitness": 1.0}\n')
+    cases.append(("search into a search without state.json", [*se[:-2], "--set", f"run.output_dir={json.dumps(str(finished))}"]))
+    cases.append(("search resume without state.json", ["search", "--resume", str(finished)]))
+    only_format = tmp / "only-format"
+    (only_format / "theta").mkdir(parents=True)
+    (only_format / "manifest.json").write_text('{"format": "lopt-optimizer"}')
+    cases.append(("export --overwrite onto a format-only manifest", ["program", "export", str(good), str(only_format), "--overwrite"]))
+    users = tmp / "ck-with-user-file"
+    shutil.copytree(base, users)
+    (users / "theta" / "notes.txt").write_text("mine")
+    cases.append(("export --overwrite onto a checkpoint holding a user's file",
+                  ["program", "export", str(good), str(users), "--overwrite"]))
+    # special files in a checkpoint (a FIFO would block a reader)
+    fifo = tmp / "ck-fifo"
+    shutil.copytree(base, fifo)
+    (fifo / "theta" / "_METADATA").unlink()
+    os.mkfifo(fifo / "theta" / "_METADATA")
+    cases.append(("info with a FIFO for theta/_METADATA", ["info", str(fifo)]))
+    cases.append(("eval learned with a FIFO", [*ev, "--set", f"learned=[{json.dumps(str(fifo))}]"]))
+    # damaged search state and logs
+    damaged = tmp / "damaged-search"
+    damaged.mkdir()
+    (damaged / "state.json").write_text('{"generation": 3}')
+    (damaged / "log.jsonl").write_bytes(b"\xff\xfe\x00garbage\n{]\n")
+    cases.append(("search top binary log", ["search", "top", str(damaged)]))
+    (damaged / "log.jsonl").write_text('{"a": 1}\n[1, 2]\n"text"\n')
+    cases.append(("search top keyless log", ["search", "top", str(damaged)]))
+    cases.append(("search plot keyless log", ["search", "plot", str(damaged)]))
     return cases
 
 
@@ -169,13 +249,26 @@ def main_sweep() -> int:
     tmp = Path(tempfile.mkdtemp())
     cases = build_cases(tmp)
     failures = [(label, why) for label, argv in cases if (why := run_case(argv)) is not None]
-    tracebacks = sum(why.startswith("traceback") for _, why in failures)
-    print(f"bad inputs tried: {len(cases)}; clean one-line errors: {len(cases) - len(failures)}; "
-          f"tracebacks: {tracebacks}; other: {len(failures) - tracebacks}")
     for label, why in failures:
         print(f" - {label}: {why}")
-    if not (tmp / "plain" / "keep.txt").exists():
-        print(" - program export --overwrite deleted a folder lopt did not write")
+    kept = {"program export --overwrite deleted a folder lopt did not write": tmp / "plain" / "keep.txt",
+            "search replaced a meta-train run's config": tmp / "a-meta-train-run" / "config.json",
+            "eval wrote into a user's folder": tmp / "users-results" / "thesis.tex",
+            "export --overwrite deleted a user's file in a checkpoint": tmp / "ck-with-user-file" / "theta" / "notes.txt",
+            "export --overwrite replaced a format-only manifest": tmp / "only-format" / "manifest.json"}
+    lost = [what for what, path in kept.items() if not path.exists()]
+    lost += ["search wrote into a meta-train run" for _ in [0] if (tmp / "a-meta-train-run" / "log.jsonl").exists()]
+    lost += ["search rewrote a finished search's log" for _ in [0]
+             if (tmp / "finished-search" / "log.jsonl").read_text() != '{"fitness": 1.0}\n']
+    for what in lost:
+        print(f" - {what}")
+    tracebacks = sum(why.startswith("traceback") for _, why in failures)
+    hangs = sum(why.startswith("accepted: still working") for _, why in failures)
+    # an abort (a C++ CHECK, SIGABRT) would have ended this process before this line
+    print(f"bad inputs tried: {len(cases)}; clean one-line errors: {len(cases) - len(failures)}; "
+          f"tracebacks: {tracebacks}; aborts: 0; hangs: {hangs}; files lost: {len(lost)}; "
+          f"other: {len(failures) - tracebacks - hangs}")
+    if lost:
         return 1
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failures else 0
