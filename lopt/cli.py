@@ -207,6 +207,14 @@ TOLERANCE = _number(0.0, strict=False, what="a finite non-negative number")
 POSITIVE = _number(0.0, strict=True, what="a finite positive number")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes end in one line naming the command and the problem (`--help`
+    shows the usage); argparse's default prints the usage block first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_job(commands, name: str, handler, help_text: str, example_config: str, example_override: str) -> None:
     """A subcommand that runs a TOML job config with --set overrides and a progress bar."""
     job = commands.add_parser(name, help=help_text)
@@ -218,7 +226,7 @@ def _add_job(commands, name: str, handler, help_text: str, example_config: str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lopt", description="Learned optimizers in JAX.")
+    parser = OneLineParser(prog="lopt", description="Learned optimizers in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_job(commands, "eval", _eval, "evaluate optimizers on a suite of tasks",
              "configs/eval/embedded-small.toml", "num_steps=200")
