@@ -126,3 +126,45 @@ def test_damaged_or_missing_search_state_is_one_line(tmp_path, capsys):
         assert main(["search", "--resume", str(run), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "damaged" in err[0], (state, err)
+
+
+JOB_CONFIGS = {"meta-train": ("configs/meta_train/quickstart.toml", "run.output_dir"),
+               "eval": ("configs/eval/quickstart.toml", "output_dir"),
+               "search": ("configs/search/quickstart.toml", "run.output_dir")}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(JOB_CONFIGS)), below=st.lists(NAMES, min_size=1, max_size=3))
+def test_an_output_folder_below_a_file_is_one_line(tmp_path_factory, capsys, kind, below):
+    """File-system errors (here: a regular file where a folder must be) end in one line."""
+    tmp = tmp_path_factory.mktemp("fs")
+    (tmp / "afile").write_text("x")
+    target = tmp.joinpath("afile", *below)
+    config, key = JOB_CONFIGS[kind]
+    code = main([kind, config, "--quiet", "--set", f"{key}={json.dumps(str(target))}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert (tmp / "afile").read_text() == "x"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=st.dictionaries(st.sampled_from(["generation", "next_id", "seed_fitness", "best", "population",
+                                              "counters", "since_improvement", "restarts", "junk"]),
+                             st.one_of(st.integers(), st.none(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
+                                       st.dictionaries(NAMES, st.integers(), max_size=2)), max_size=9))
+def test_generated_damaged_search_states_are_one_line(tmp_path_factory, capsys, state):
+    import dataclasses
+
+    from lopt.config import load_config
+    from meta_train.search.config import SearchConfig
+
+    run = tmp_path_factory.mktemp("se")
+    config = load_config(SearchConfig, "configs/search/quickstart.toml", [f"run.output_dir={json.dumps(str(run))}"])
+    jobdir.claim(run, "search")
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
+    for name in ("log.jsonl", "cache.jsonl", "validation.jsonl"):
+        (run / name).write_text("")
+    (run / "state.json").write_text(json.dumps(state))
+    code = main(["search", "--resume", str(run), "--quiet"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "damaged" in err[0], (state, err)
