@@ -670,7 +670,8 @@ def _train_families(name, families):
     for task_name in families:
         task = tasks.build(tasks.task_spec(task_name))
         opt = entry.make(**({entry.run_length_argument: 40} if entry.run_length_argument else {}))
-        run = lambda t: tasks.train(t, opt, jax.random.key(1), num_steps=40, batch_growth=tasks.BatchGrowth(*entry.batch_growth))  # noqa: E731
+        growth = tasks.BatchGrowth(*entry.batch_growth) if entry.batch_growth else None
+        run = lambda t: tasks.train(t, opt, jax.random.key(1), num_steps=40, batch_growth=growth)  # noqa: E731
         losses = np.asarray(jax.jit(lambda t: run(t).train_loss)(task))
         assert np.all(np.isfinite(losses)), f"{name} on {task_name}: {losses}"
         if task_name.startswith("mnist1d"):
