@@ -157,28 +157,38 @@ def _format(mean: float, std: float) -> str:
     return f"{mean:.3g} ± {std:.2g}"
 
 
+def _best_per_task(cells: Sequence[Cell], tasks: Sequence[str], metric: str) -> dict[str, float]:
+    """Per task, the lowest finite `<metric>_mean` of any optimizer (NaN when none is finite)."""
+    return {t: min((getattr(c, f"{metric}_mean") for c in cells
+                    if c.task == t and math.isfinite(getattr(c, f"{metric}_mean"))), default=float("nan"))
+            for t in tasks}
+
+
+def _cell_text(cells: Sequence[Cell], name: str, task: str, metric: str, best: dict[str, float]) -> tuple[str, Cell | None]:
+    """`mean ± std` of `metric` for optimizer `name` on `task`, bold where it is the task's best."""
+    cell = next((c for c in cells if c.task == task and c.optimizer == name), None)
+    if cell is None:
+        return "—", None
+    mean = getattr(cell, f"{metric}_mean")
+    text = _format(mean, getattr(cell, f"{metric}_std"))
+    return (f"**{text}**" if mean == best[task] else text), cell
+
+
 def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
     """Rows: optimizers by score; columns: tasks (final train loss at the tuned LR, mean ± std
     over seeds; bold = best on the task; † = tuned LR at the edge of the grid)."""
     tasks = list(dict.fromkeys(c.task for c in cells))
     agg = scores(cells)
     order = sorted(agg, key=lambda n: (not math.isfinite(agg[n]["loss_ratio_vs_adam"]), agg[n]["loss_ratio_vs_adam"]))
-    best = {t: min((c.final_train_mean for c in cells if c.task == t and math.isfinite(c.final_train_mean)),
-                   default=float("nan")) for t in tasks}
+    best = _best_per_task(cells, tasks, "final_train")
     lines = [f"### {title}", ""] if title else []
     header = ["optimizer", *tasks, "loss ÷ adam (geo-mean)", "loss ÷ adam (IQM, 95% CI)", "speedup (IQM)", "beats adam"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in order:
         row = [name]
         for task in tasks:
-            cell = next((c for c in cells if c.task == task and c.optimizer == name), None)
-            if cell is None:
-                row.append("—")
-                continue
-            text = _format(cell.final_train_mean, cell.final_train_std)
-            if cell.final_train_mean == best[task]:
-                text = f"**{text}**"
-            row.append(text + (" †" if cell.lr_at_grid_edge else ""))
+            text, cell = _cell_text(cells, name, task, "final_train", best)
+            row.append(text + (" †" if cell is not None and cell.lr_at_grid_edge else ""))
         ratio, a = agg[name]["loss_ratio_vs_adam"], agg[name]
         interval = (f"{a['loss_ratio_iqm']:.3g} [{a['loss_ratio_iqm_low']:.3g}, {a['loss_ratio_iqm_high']:.3g}]"
                     if math.isfinite(a["loss_ratio_iqm"]) else "—")
@@ -202,19 +212,14 @@ def test_loss_table(cells: Sequence[Cell]) -> str:
     if not any(math.isfinite(c.final_eval_mean) for c in cells):
         return ""
     adam = {c.task: c.final_eval_mean for c in cells if c.optimizer == REFERENCE}
-    best = {t: min((c.final_eval_mean for c in cells if c.task == t and math.isfinite(c.final_eval_mean)),
-                   default=float("nan")) for t in tasks}
+    best = _best_per_task(cells, tasks, "final_eval")
     lines = ["| optimizer | " + " | ".join(tasks) + " | beats adam (test) |", "|" + "---|" * (len(tasks) + 2)]
     for name in dict.fromkeys(c.optimizer for c in cells):
         row, wins, counted = [name], 0, 0
         for task in tasks:
-            cell = next((c for c in cells if c.task == task and c.optimizer == name), None)
-            if cell is None:
-                row.append("—")
-                continue
-            text = _format(cell.final_eval_mean, cell.final_eval_std)
-            row.append(f"**{text}**" if cell.final_eval_mean == best[task] else text)
-            if task in adam and math.isfinite(adam[task]):
+            text, cell = _cell_text(cells, name, task, "final_eval", best)
+            row.append(text)
+            if cell is not None and task in adam and math.isfinite(adam[task]):
                 counted += 1
                 wins += bool(cell.final_eval_mean < adam[task])
         row.append(f"{wins / counted:.0%}" if counted and name != REFERENCE else "—")

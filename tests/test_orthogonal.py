@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,21 +15,10 @@ import pytest
 import lopt.baselines as baselines
 from lopt.baselines import orthogonal
 from lopt.learned import generalist as generalist_preset
+from test_generalist import numpy_newton_schulz  # Muon's iteration in float64 numpy
 
 generalist_module = importlib.import_module("lopt.learned.generalist")  # the package re-exports a function of that name
 
-A, B, C = generalist_module.MUON_COEFFICIENTS
-
-
-def ns_numpy(x: np.ndarray, steps: int = 5) -> np.ndarray:
-    """Muon's quintic Newton–Schulz in float64 (Jordan et al. 2024)."""
-    transpose = x.shape[0] > x.shape[1]
-    x = x.T if transpose else x
-    x = x / (np.linalg.norm(x) + 1e-7)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = A * x + (B * gram + C * gram @ gram) @ x
-    return x.T if transpose else x
 
 
 def normuon_numpy(grads: list[np.ndarray], beta=0.95, beta2=0.95, eps=1e-10) -> list[np.ndarray]:
@@ -39,7 +29,7 @@ def normuon_numpy(grads: list[np.ndarray], beta=0.95, beta2=0.95, eps=1e-10) -> 
     out = []
     for g in grads:
         m = beta * m + (1 - beta) * g
-        o = ns_numpy((1 - beta) * g + beta * m)
+        o = numpy_newton_schulz((1 - beta) * g + beta * m)
         v = beta2 * v + (1 - beta2) * (o**2).mean(axis=0)
         n = o / (np.sqrt(v) + eps)
         n = n * np.linalg.norm(o) / (np.linalg.norm(n) + eps)
@@ -54,7 +44,7 @@ def adamuon_numpy(grads: list[np.ndarray], beta=0.95, beta2=0.95, eps=1e-8, rms=
     out = []
     for g in grads:
         m = beta * m + (1 - beta) * g
-        o = ns_numpy((1 - beta) * g + beta * m)
+        o = numpy_newton_schulz((1 - beta) * g + beta * m)
         v = beta2 * v + (1 - beta2) * o**2
         n = o / (np.sqrt(v) + eps)
         out.append(n * rms * np.sqrt(o.size) / (np.linalg.norm(n) + eps))
@@ -68,7 +58,7 @@ def ortho_adam_numpy(grads: list[np.ndarray], b1=0.9, b2=0.95, eps=1e-8) -> list
     for g in grads:
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g**2
-        d = ns_numpy(m / np.sqrt(v + eps))
+        d = numpy_newton_schulz(m / np.sqrt(v + eps))
         out.append(d / np.sqrt(np.mean(d**2) + generalist_module.OUTPUT_EPS))
     return out
 
@@ -122,9 +112,7 @@ def test_ortho_adam_is_the_generalists_start():
         grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
         u1, s_learned = learned.update(grads, s_learned, params)
         u2, s_base = baseline.update(grads, s_base, params)
-        chex_close = jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                                          rtol=1e-3, atol=1e-7), u1, u2)
-        del chex_close
+        chex.assert_trees_all_close(u1, u2, rtol=1e-3, atol=1e-7)
         params = optax.apply_updates(params, u1)
 
 
