@@ -25,16 +25,21 @@ declare -A RECIPE=(
   [celo2]="optimizer.options.init='random' optimizer.options.schedule='constant' optimizer.options.learning_rate=1e-3"
   [schedule-tail]="optimizer.options.schedule_knots=8 estimator.trainable='schedule|log_learning_rate' estimator.objective_tail=0.2"
   [schedule-mean]="optimizer.options.schedule_knots=8 estimator.trainable='schedule|log_learning_rate'"
+  # the network alone (step length frozen): is its meta-gradient resolved once the step length's
+  # far larger loss differences no longer ride on every perturbation?
+  [adam-net]="optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
+  [nominal-net]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
+  [nominal-net-s03]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.sigma=0.03"
 )
 sets() { for o in $1; do printf -- '--set\n%s\n' "$o"; done; }
 
 if [[ $STAGES == *throughput* ]]; then
   timeout ${THROUGHPUT_LIMIT:-300} python3 benchmarks/meta_train_mixed.py throughput --workers ${WORKERS:-128,512,1024} \
-    --both --single 256 --reps 3 --steps 3 2>&1 | grep -v -i warning | tee "$OUT/w2_mixed.log"
+    ${BOTH---both} --single 256 --reps 3 --steps 3 2>&1 | grep -v -i warning | tee "$OUT/w2_mixed.log"
 fi
 pids=()
 if [[ $STAGES == *signal* ]]; then
-  for name in adam-tail nominal-tail; do
+  for name in ${SIGNALS:-adam-tail nominal-tail}; do
     mapfile -t extra < <(sets "${RECIPE[$name]}")
     ( XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout ${SIGNAL_LIMIT:-300} python3 benchmarks/meta_train_mixed.py signal \
         --steps ${SIGNAL_STEPS:-12} "${extra[@]}" --set estimator.num_workers=${WORKERS_RUN:-256} \

@@ -67,6 +67,7 @@ def optimizers(names: list[str], num_steps: int, widths: list[int], checkpoints:
         "factored_mlp (4x2)": factored_mlp(),
         "velo (lstm 512, bank 256)": VeLOOptimizer(),
         "generalist (8x2, Newton-Schulz)": generalist(),
+        "generalist (8x2, Newton-Schulz in bf16)": generalist(ns_dtype="bfloat16"),
     }
     chosen = {"adam": optax.with_extra_args_support(optax.adam(1e-3))}
     for name, meta in metas.items():

@@ -14,7 +14,7 @@ import lopt
 from eval.runner import learned_candidates
 from eval.suites import SUITES, parse_entry
 from lopt.learned import generalist
-from lopt.learned.generalist import newton_schulz, schedule_factor
+from lopt.learned.generalist import newton_schulz, newton_schulz_many, schedule_factor
 from meta_train.augment import Augmentation
 from meta_train.estimators import make_estimator
 from meta_train.truncation import TruncationSchedule
@@ -119,6 +119,42 @@ def test_bad_generalist_configs_name_the_problem():
         generalist(schedule="step")
     with pytest.raises(ValueError, match="adam_paths"):
         generalist(adam_paths="(")
+    with pytest.raises(ValueError, match="ns_dtype"):
+        generalist(ns_dtype="float16")
+
+
+def test_batched_newton_schulz_is_each_matrix_on_its_own():
+    """Same-shape matrices share one vmapped iteration; each keeps its own norm (scaled copies
+    give the same orthogonal factor), and the order of the input list is kept."""
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=s).astype(np.float32) for s in [(6, 4), (4, 9), (6, 4), (6, 4), (5, 5)]]
+    xs[2] = 100.0 * xs[0]
+    out = newton_schulz_many([jnp.asarray(x) for x in xs])
+    for x, o in zip(xs, out):
+        assert o.shape == x.shape
+        np.testing.assert_allclose(np.asarray(o), numpy_newton_schulz(x.astype(np.float64)), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(out[2]), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_newton_schulz_stays_near_float32():
+    """Muon's bf16 iteration: float32 out, within a few percent of the float64 reference, and
+    the generalist's unit-RMS update with it stays within a few percent of float32's."""
+    x = np.random.default_rng(4).normal(size=(64, 96)).astype(np.float32)
+    out = newton_schulz(jnp.asarray(x), dtype=jnp.bfloat16)
+    assert out.dtype == jnp.float32
+    reference = numpy_newton_schulz(x.astype(np.float64))
+    relative = np.linalg.norm(np.asarray(out) - reference) / np.linalg.norm(reference)
+    assert 1e-3 < relative < 0.1  # bf16 really ran (not exact), and is close
+    params = {"w": jnp.asarray(x), "b": jnp.zeros((96,))}
+    grads = jax.tree.map(lambda p: 0.01 * jnp.cos(p + 1.0), params)
+    updates = {}
+    for dtype in ("float32", "bfloat16"):
+        meta = generalist(ns_dtype=dtype)
+        opt = meta.transform(meta.init_meta(jax.random.key(0)), num_steps=10)
+        updates[dtype], _ = opt.update(grads, opt.init(params), params)
+    w32, w16 = np.asarray(updates["float32"]["w"]), np.asarray(updates["bfloat16"]["w"])
+    assert 1e-3 < np.linalg.norm(w16 - w32) / np.linalg.norm(w32) < 0.1
+    np.testing.assert_array_equal(np.asarray(updates["float32"]["b"]), np.asarray(updates["bfloat16"]["b"]))
 
 
 def test_reparameterised_task_scales_parameters_and_gradients_inversely():
