@@ -58,9 +58,9 @@ def tuned_log_lr(mean_losses: np.ndarray) -> float:
     grid point when the minimum is at an edge or the parabola opens downwards)."""
     logs = np.log10(GRID)
     i = int(np.argmin(mean_losses))
-    if i in (0, len(GRID) - 1) or not np.all(np.isfinite(mean_losses[i - 1:i + 2])):
+    if i in (0, len(GRID) - 1) or not np.all(np.isfinite(mean_losses[i - 1 : i + 2])):
         return float(logs[i])
-    y = np.log(mean_losses[i - 1:i + 2])
+    y = np.log(mean_losses[i - 1 : i + 2])
     curvature = y[0] - 2 * y[1] + y[2]
     if curvature <= 0:
         return float(logs[i])
@@ -71,8 +71,10 @@ def tuned_log_lr(mean_losses: np.ndarray) -> float:
 def exponent(losses: dict[int, np.ndarray], seed_index: np.ndarray | None = None) -> tuple[float, list[float]]:
     """Slope of log η* on log B (and the tuned log10 η per batch size) from [grid, seeds] losses."""
     sizes = sorted(losses)
-    tuned = [tuned_log_lr(losses[b][:, seed_index].mean(axis=1) if seed_index is not None else losses[b].mean(axis=1))
-             for b in sizes]
+    tuned = [
+        tuned_log_lr(losses[b][:, seed_index].mean(axis=1) if seed_index is not None else losses[b].mean(axis=1))
+        for b in sizes
+    ]
     slope = np.polyfit(np.log10(sizes), tuned, 1)[0]
     return float(slope), tuned
 
@@ -98,16 +100,29 @@ def main() -> None:
             slope, tuned = exponent(losses)
             boot = [exponent(losses, rng.integers(0, args.seeds, args.seeds))[0] for _ in range(args.bootstrap)]
             low, high = np.percentile(boot, [2.5, 97.5])
-            results[f"{task_name}/{opt_name}"] = {"exponent": slope, "interval": [float(low), float(high)],
-                                                  "tuned_log10_lr": dict(zip(map(str, sizes), tuned))}
-            print(f"{task_name:24s} {opt_name:5s} exponent {slope:+.2f} [{low:+.2f}, {high:+.2f}]  tuned lr "
-                  + " ".join(f"B{b}:{10 ** t:.2g}" for b, t in zip(sizes, tuned)), flush=True)
-    lines = [f"Exponent k in η* ∝ B^k, {args.steps} steps, {args.seeds} seeds, batch sizes {sizes}; "
-             "95% bootstrap interval over seeds. Prediction (Granziol et al. 2022): SGD 1, Adam 0.5.", "",
-             "| task | SGD | Adam |", "|---|---:|---:|"]
+            results[f"{task_name}/{opt_name}"] = {
+                "exponent": slope,
+                "interval": [float(low), float(high)],
+                "tuned_log10_lr": dict(zip(map(str, sizes), tuned)),
+            }
+            print(
+                f"{task_name:24s} {opt_name:5s} exponent {slope:+.2f} [{low:+.2f}, {high:+.2f}]  tuned lr "
+                + " ".join(f"B{b}:{10**t:.2g}" for b, t in zip(sizes, tuned)),
+                flush=True,
+            )
+    lines = [
+        f"Exponent k in η* ∝ B^k, {args.steps} steps, {args.seeds} seeds, batch sizes {sizes}; "
+        "95% bootstrap interval over seeds. Prediction (Granziol et al. 2022): SGD 1, Adam 0.5.",
+        "",
+        "| task | SGD | Adam |",
+        "|---|---:|---:|",
+    ]
     for task_name in args.tasks.split(","):
-        cells = [f"{results[f'{task_name}/{o}']['exponent']:.2f} [{results[f'{task_name}/{o}']['interval'][0]:.2f}, "
-                 f"{results[f'{task_name}/{o}']['interval'][1]:.2f}]" for o in OPTIMIZERS]
+        cells = [
+            f"{results[f'{task_name}/{o}']['exponent']:.2f} [{results[f'{task_name}/{o}']['interval'][0]:.2f}, "
+            f"{results[f'{task_name}/{o}']['interval'][1]:.2f}]"
+            for o in OPTIMIZERS
+        ]
         lines.append(f"| {task_name} | {cells[0]} | {cells[1]} |")
     write(out, "batch_size", lines, results, lambda path: plot(results, sizes, path))
 
@@ -117,11 +132,20 @@ def plot(results: dict, sizes: list[int], path: Path) -> None:
     for ax, opt_name in zip(axes, OPTIMIZERS):
         for key, entry in results.items():
             if key.endswith("/" + opt_name):
-                ax.plot(sizes, [10 ** entry["tuned_log10_lr"][str(b)] for b in sizes], "o-",
-                        label=f"{key.split('/')[0]} (k = {entry['exponent']:.2f})")
+                ax.plot(
+                    sizes,
+                    [10 ** entry["tuned_log10_lr"][str(b)] for b in sizes],
+                    "o-",
+                    label=f"{key.split('/')[0]} (k = {entry['exponent']:.2f})",
+                )
         reference = 1.0 if opt_name == "sgd" else 0.5
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tuned learning rate",
-               title=f"{opt_name}: prediction k = {reference}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="batch size",
+            ylabel="tuned learning rate",
+            title=f"{opt_name}: prediction k = {reference}",
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     save_figure(fig, path)

@@ -44,7 +44,9 @@ def client_indices(labels: np.ndarray, clients: int, per_client: int, alpha: flo
 def run(task_name: str, spec: MLPSpec, args: argparse.Namespace) -> dict:
     task = build(spec)
     data = task.data
-    indices = jnp.asarray(client_indices(np.asarray(data.train_y), args.clients, args.per_client, args.alpha, args.seed))
+    indices = jnp.asarray(
+        client_indices(np.asarray(data.train_y), args.clients, args.per_client, args.alpha, args.seed)
+    )
     test = {"x": data.test_x, "y": data.test_y}
     K, S, B = args.clients, args.local_steps, args.batch
 
@@ -60,8 +62,9 @@ def run(task_name: str, spec: MLPSpec, args: argparse.Namespace) -> dict:
             picks = jax.random.randint(round_key, (K, S, B), 0, indices.shape[1])
             chosen = jnp.take_along_axis(indices[:, None, :], picks.reshape(K, 1, S * B), axis=2).reshape(K, S, B)
             batches = {"x": data.train_x[chosen], "y": data.train_y[chosen]}
-            state, m = fedhyper.round_step(state, batches, task.loss, local_lr=local_lr, local_hyper_lr=local_beta,
-                                           global_hyper_lr=global_beta)
+            state, m = fedhyper.round_step(
+                state, batches, task.loss, local_lr=local_lr, local_hyper_lr=local_beta, global_hyper_lr=global_beta
+            )
             return state, (task.loss(state.params, test), accuracy(state.params), m["local_lr"], m["global_lr"])
 
         _, curves = jax.lax.scan(one_round, state, jax.random.split(data_key, args.rounds))
@@ -70,11 +73,18 @@ def run(task_name: str, spec: MLPSpec, args: argparse.Namespace) -> dict:
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
     results = {}
     for name, (local_beta, global_beta) in METHODS.items():
-        runs = jax.jit(jax.vmap(jax.vmap(lambda lr, k: train(lr, local_beta, global_beta, k), in_axes=(None, 0)),
-                                in_axes=(0, None)))(jnp.asarray(GRID, jnp.float32), keys)
+        runs = jax.jit(
+            jax.vmap(
+                jax.vmap(lambda lr, k: train(lr, local_beta, global_beta, k), in_axes=(None, 0)), in_axes=(0, None)
+            )
+        )(jnp.asarray(GRID, jnp.float32), keys)
         loss, acc, local_lr, global_lr = (np.asarray(x) for x in runs)  # [grid, seeds, rounds]
-        results[name] = {"test_loss": loss.mean(1), "test_accuracy": acc.mean(1), "local_lr": local_lr.mean(1),
-                         "global_lr": global_lr.mean(1)}
+        results[name] = {
+            "test_loss": loss.mean(1),
+            "test_accuracy": acc.mean(1),
+            "local_lr": local_lr.mean(1),
+            "global_lr": global_lr.mean(1),
+        }
         finals = " ".join(f"{lr:g}:{a:.3f}" for lr, a in zip(GRID, acc.mean(1)[:, -1]))
         print(f"{task_name:10s} {name:9s} final test accuracy by initial client LR  {finals}", flush=True)
     return results
@@ -104,17 +114,24 @@ def main() -> None:
         best_fedavg = float(np.max(results["fedavg"]["test_accuracy"][:, -1]))
         row = {"dataset": dataset, "best_tuned_fedavg": best_fedavg}
         for name in METHODS:
-            row[name] = {"poor_accuracy": float(results[name]["test_accuracy"][poor, -1]),
-                         "poor_loss": float(results[name]["test_loss"][poor, -1]),
-                         "accuracy_by_lr": results[name]["test_accuracy"][:, -1].tolist()}
+            row[name] = {
+                "poor_accuracy": float(results[name]["test_accuracy"][poor, -1]),
+                "poor_loss": float(results[name]["test_loss"][poor, -1]),
+                "accuracy_by_lr": results[name]["test_accuracy"][:, -1].tolist(),
+            }
         table.append(row)
-    lines = [f"{args.clients} clients (Dirichlet α = {args.alpha}), {args.rounds} rounds × {args.local_steps} local steps, "
-             f"batch {args.batch}, {args.seeds} seeds; final global test accuracy (loss)", "",
-             f"| dataset | FedAvg from {args.poor:g} | FedHyper from {args.poor:g} | FedAvg, best LR of the grid |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"{args.clients} clients (Dirichlet α = {args.alpha}), {args.rounds} rounds × {args.local_steps} local steps, "
+        f"batch {args.batch}, {args.seeds} seeds; final global test accuracy (loss)",
+        "",
+        f"| dataset | FedAvg from {args.poor:g} | FedHyper from {args.poor:g} | FedAvg, best LR of the grid |",
+        "|---|---:|---:|---:|",
+    ]
     for r in table:
-        lines.append(f"| {r['dataset']} | {r['fedavg']['poor_accuracy']:.3f} ({r['fedavg']['poor_loss']:.3f}) | "
-                     f"{r['fedhyper']['poor_accuracy']:.3f} ({r['fedhyper']['poor_loss']:.3f}) | {r['best_tuned_fedavg']:.3f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['fedavg']['poor_accuracy']:.3f} ({r['fedavg']['poor_loss']:.3f}) | "
+            f"{r['fedhyper']['poor_accuracy']:.3f} ({r['fedhyper']['poor_loss']:.3f}) | {r['best_tuned_fedavg']:.3f} |"
+        )
     wins = sum(r["fedhyper"]["poor_accuracy"] > r["fedavg"]["poor_accuracy"] for r in table)
     lines += ["", f"FedHyper beats FedAvg from initial LR {args.poor:g} on {wins} of {len(table)} datasets"]
     write(out, "fedhyper", lines, table, lambda path: plot(curves, path, poor))

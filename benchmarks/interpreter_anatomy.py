@@ -36,8 +36,12 @@ def variant(shared_refs: bool, add_only: bool):
         if not shared_refs:
             return _gather_args(registers, program, s)
         # the same registers for every program: a dynamic slice, not batched under vmap
-        return jnp.stack([jax.lax.dynamic_index_in_dim(registers, (7 * (MAX_ARGS * s + a)) % (NUM_INPUTS + s), keepdims=False)
-                          for a in range(MAX_ARGS)])
+        return jnp.stack(
+            [
+                jax.lax.dynamic_index_in_dim(registers, (7 * (MAX_ARGS * s + a)) % (NUM_INPUTS + s), keepdims=False)
+                for a in range(MAX_ARGS)
+            ]
+        )
 
     def compute(group, args, program, s, sizes):
         return args[0] + args[1] if add_only else _slot_output(group, args, program, s, sizes)
@@ -54,10 +58,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     programs = population(args.programs, args.rounds)
-    print(f"anatomy of one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × "
-          f"{args.params:,} parameters, {args.rounds} rounds of {len(ROUND)} slots")
-    steps = {"full": interpret.run_encoded, "shared": variant(True, False), "add-only": variant(False, True),
-             "bare": variant(True, True), "floor": adamw_step}
+    print(
+        f"anatomy of one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × "
+        f"{args.params:,} parameters, {args.rounds} rounds of {len(ROUND)} slots"
+    )
+    steps = {
+        "full": interpret.run_encoded,
+        "shared": variant(True, False),
+        "add-only": variant(False, True),
+        "bare": variant(True, True),
+        "floor": adamw_step,
+    }
     for name, step in steps.items():
         compile_s, ms = time_step(step, programs, args.runs, args.params, args.repeats)
         print(f"  {name:9s} step {ms:8.3f} ms  (compile {compile_s:.1f} s)", flush=True)

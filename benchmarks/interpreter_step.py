@@ -1,9 +1,9 @@
 """One optimizer step of a population of programs, by interpreter: the scan over rounds with a
 register file (`run_encoded`), the unrolled step with registers as values (`run_unrolled`), the
-Pallas kernel (`run_kernel`, on programs without tree-level statements; 'kernel-tree': with its
-tree passes on the mixed population; a GPU), and AdamW written directly (the floor). No task: this isolates what interpretation costs per step,
-at the shape of a GPU search's training call (programs × runs × parameters), and the compile
-time of each number of rounds.
+Pallas kernel (`run_kernel`, on programs without tree-level statements; 'kernel-tree': with its tree
+passes on the mixed population; a GPU), and AdamW written directly (the floor). No task: this
+isolates what interpretation costs per step, at the shape of a GPU search's training call (programs
+× runs × parameters), and the compile time of each number of rounds.
 
     python benchmarks/interpreter_step.py --programs 128 --runs 10 --params 8900 --rounds 2 3 4
 """
@@ -64,16 +64,29 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=2000)
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--interpreters", nargs="+", default=["scan", "unrolled", "floor"], choices=["scan", "unrolled", "kernel", "kernel-tree", "floor"])
+    parser.add_argument(
+        "--interpreters",
+        nargs="+",
+        default=["scan", "unrolled", "floor"],
+        choices=["scan", "unrolled", "kernel", "kernel-tree", "floor"],
+    )
     parser.add_argument("--kernel-blocks", type=int, nargs="+", default=[256], help="block sizes to time the kernel at")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
-    print(f"one step on {jax.devices()[0].device_kind}: {args.programs} programs × {args.runs} runs × {args.params:,} parameters")
+    print(
+        f"one step on {jax.devices()[0].device_kind}: "
+        f"{args.programs} programs × {args.runs} runs × {args.params:,} parameters"
+    )
     results = []
     for rounds in args.rounds:  # the kernel runs the population without tree-level statements
         mixed, elementwise = population(args.programs, rounds), population(args.programs, rounds, tree=False)
-        for name, step in (("scan", run_encoded), ("unrolled", run_unrolled), ("kernel", run_kernel),
-                           ("kernel-tree", functools.partial(run_kernel, tree=True)), ("floor", adamw_step)):
+        for name, step in (
+            ("scan", run_encoded),
+            ("unrolled", run_unrolled),
+            ("kernel", run_kernel),
+            ("kernel-tree", functools.partial(run_kernel, tree=True)),
+            ("floor", adamw_step),
+        ):
             if name not in args.interpreters:
                 continue
             programs = elementwise if name == "kernel" else mixed

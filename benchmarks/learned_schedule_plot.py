@@ -26,7 +26,8 @@ def step_sizes(path: str, num_steps: int) -> np.ndarray:
     meta, theta = lopt.load_meta(path)
     steps = jnp.arange(num_steps)
     rate = jnp.exp(theta["log_learning_rate"]) * generalist.schedule_factor(
-        steps, num_steps, meta.schedule, meta.warmup_fraction, meta.final_lr_fraction)
+        steps, num_steps, meta.schedule, meta.warmup_fraction, meta.final_lr_fraction
+    )
     if "schedule" in theta:
         rate = rate * generalist.learned_schedule(theta["schedule"], steps, num_steps)
     return np.asarray(rate)
@@ -42,8 +43,10 @@ def main() -> None:
     for path in args.checkpoints:
         rates = step_sizes(path, args.num_steps)
         axis.plot(np.arange(args.num_steps) / args.num_steps, rates, label=path)
-        print(f"{path}: peak {rates.max():.3g} at {rates.argmax() / args.num_steps:.0%} of the run; "
-              f"mean {rates.mean():.3g}; last 10% mean {rates[-args.num_steps // 10:].mean():.3g}")
+        print(
+            f"{path}: peak {rates.max():.3g} at {rates.argmax() / args.num_steps:.0%} of the run; "
+            f"mean {rates.mean():.3g}; last 10% mean {rates[-args.num_steps // 10 :].mean():.3g}"
+        )
     axis.set_xlabel("training progress t / T")
     axis.set_ylabel("step size η(t)")
     axis.set_title("generalist step size over a run")

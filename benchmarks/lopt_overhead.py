@@ -44,19 +44,30 @@ def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
         shapes = {"wte": (50257, 768), "wpe": (1024, 768), "ln_f_scale": (768,), "ln_f_bias": (768,)}
         for b in range(12):
             shapes |= {
-                f"h{b}_attn_qkv": (768, 2304), f"h{b}_attn_qkv_bias": (2304,),
-                f"h{b}_attn_proj": (768, 768), f"h{b}_attn_proj_bias": (768,),
-                f"h{b}_mlp_fc": (768, 3072), f"h{b}_mlp_fc_bias": (3072,),
-                f"h{b}_mlp_proj": (3072, 768), f"h{b}_mlp_proj_bias": (768,),
-                f"h{b}_ln1_scale": (768,), f"h{b}_ln1_bias": (768,),
-                f"h{b}_ln2_scale": (768,), f"h{b}_ln2_bias": (768,),
+                f"h{b}_attn_qkv": (768, 2304),
+                f"h{b}_attn_qkv_bias": (2304,),
+                f"h{b}_attn_proj": (768, 768),
+                f"h{b}_attn_proj_bias": (768,),
+                f"h{b}_mlp_fc": (768, 3072),
+                f"h{b}_mlp_fc_bias": (3072,),
+                f"h{b}_mlp_proj": (3072, 768),
+                f"h{b}_mlp_proj_bias": (768,),
+                f"h{b}_ln1_scale": (768,),
+                f"h{b}_ln1_bias": (768,),
+                f"h{b}_ln2_scale": (768,),
+                f"h{b}_ln2_bias": (768,),
             }
         return shapes
     raise ValueError(f"unknown size {size!r}; valid: 1M, 10M, 124M")
 
 
-def optimizers(names: list[str], num_steps: int, widths: list[int], checkpoints: tuple[str, ...] = (),
-               baselines: tuple[str, ...] = ()) -> dict[str, optax.GradientTransformationExtraArgs]:
+def optimizers(
+    names: list[str],
+    num_steps: int,
+    widths: list[int],
+    checkpoints: tuple[str, ...] = (),
+    baselines: tuple[str, ...] = (),
+) -> dict[str, optax.GradientTransformationExtraArgs]:
     """adam plus the learned optimizers at their literature sizes (random theta: cost, not quality),
     and small_mlp at each extra hidden width in `widths` (to see how cost scales with width)."""
     key = jax.random.key(0)
@@ -73,7 +84,7 @@ def optimizers(names: list[str], num_steps: int, widths: list[int], checkpoints:
     for name, meta in metas.items():
         if "width" in name or any(name.startswith(n) and (("unfused" in name) == ("unfused" in n)) for n in names):
             chosen[name] = meta.transform(meta.init_meta(key), num_steps=num_steps)
-    for name in (lopt.baselines.names() if tuple(baselines) == ("all",) else baselines):
+    for name in lopt.baselines.names() if tuple(baselines) == ("all",) else baselines:
         entry = lopt.baselines.spec(name)
         run_length = {entry.run_length_argument: num_steps} if entry.run_length_argument else {}
         chosen[name] = entry.make(**run_length)
@@ -93,19 +104,36 @@ def tree_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def benchmark(size: str, names: list[str], reps: int, steps: int, widths: list[int],
-              checkpoints: tuple[str, ...] = (), baselines: tuple[str, ...] = ()) -> list[dict]:
+def benchmark(
+    size: str,
+    names: list[str],
+    reps: int,
+    steps: int,
+    widths: list[int],
+    checkpoints: tuple[str, ...] = (),
+    baselines: tuple[str, ...] = (),
+) -> list[dict]:
     shapes = parameter_shapes(size)
     keys = jax.random.split(jax.random.key(1), len(shapes))
     params = {k: 0.02 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(keys, shapes.items())}
-    grads = {k: 0.01 * jax.random.normal(key, s, jnp.float32) for key, (k, s) in zip(jax.random.split(keys[0], len(shapes)), shapes.items())}
+    grads = {
+        k: 0.01 * jax.random.normal(key, s, jnp.float32)
+        for key, (k, s) in zip(jax.random.split(keys[0], len(shapes)), shapes.items())
+    }
     count = sum(p.size for p in params.values())
     rows, runners = [], {}
     for name, opt in optimizers(names, 10_000, widths, checkpoints, baselines).items():
+
         def step(params, state, grads, opt=opt):
             updates, state = opt.update(
-                grads, state, params, loss=jnp.float32(1.0), obj_fn=quadratic,
-                microbatch_grads_fn=lambda p, m: jax.tree.map(lambda g: jnp.stack([g * (1 + 0.1 * i) for i in range(m)]), grads),
+                grads,
+                state,
+                params,
+                loss=jnp.float32(1.0),
+                obj_fn=quadratic,
+                microbatch_grads_fn=lambda p, m: jax.tree.map(
+                    lambda g: jnp.stack([g * (1 + 0.1 * i) for i in range(m)]), grads
+                ),
             )
             return optax.apply_updates(params, updates), state
 
@@ -118,7 +146,7 @@ def benchmark(size: str, names: list[str], reps: int, steps: int, widths: list[i
         own_params, state = jax.block_until_ready(compiled(own_params, state, grads))  # warm-up
         runners[name] = [compiled, own_params, state, [], compile_seconds, tree_bytes(state)]
     for _ in range(reps):  # interleaved
-        for name, runner in runners.items():
+        for runner in runners.values():
             compiled, own_params, state = runner[:3]
             start = time.perf_counter()
             for _ in range(steps):
@@ -130,15 +158,28 @@ def benchmark(size: str, names: list[str], reps: int, steps: int, widths: list[i
     adam_time = statistics.median(runners["adam"][3])
     for name, runner in runners.items():
         median = statistics.median(runner[3])
-        rows.append({
-            "size": size, "parameters": count, "optimizer": name, "median_ms": 1e3 * median,
-            "ratio_to_adam": median / adam_time, "compile_s": runner[4], "state_mb": runner[5] / 2**20,
-        })
-    rows.append({
-        "size": size, "parameters": count, "optimizer": "adam on one flat vector (bandwidth reference)",
-        "median_ms": 1e3 * flat_adam, "ratio_to_adam": flat_adam / adam_time, "compile_s": float("nan"),
-        "state_mb": 2 * count * 4 / 2**20,
-    })
+        rows.append(
+            {
+                "size": size,
+                "parameters": count,
+                "optimizer": name,
+                "median_ms": 1e3 * median,
+                "ratio_to_adam": median / adam_time,
+                "compile_s": runner[4],
+                "state_mb": runner[5] / 2**20,
+            }
+        )
+    rows.append(
+        {
+            "size": size,
+            "parameters": count,
+            "optimizer": "adam on one flat vector (bandwidth reference)",
+            "median_ms": 1e3 * flat_adam,
+            "ratio_to_adam": flat_adam / adam_time,
+            "compile_s": float("nan"),
+            "state_mb": 2 * count * 4 / 2**20,
+        }
+    )
     return rows
 
 
@@ -170,7 +211,11 @@ def main() -> None:
     parser.add_argument("--optimizers", default="small_mlp,factored_mlp,velo,generalist")
     parser.add_argument("--widths", default="", help="extra small_mlp hidden widths, e.g. 4,8,16")
     parser.add_argument("--checkpoint", action="append", default=[], help="also time a saved optimizer (repeatable)")
-    parser.add_argument("--baselines", default="", help="also time these lopt.baselines entries, e.g. lion,adamw; 'all' for the whole registry")
+    parser.add_argument(
+        "--baselines",
+        default="",
+        help="also time these lopt.baselines entries, e.g. lion,adamw; 'all' for the whole registry",
+    )
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -183,11 +228,21 @@ def main() -> None:
     for size in args.sizes.split(","):
         widths = [int(w) for w in args.widths.split(",") if w]
         extra = tuple(b for b in args.baselines.split(",") if b)
-        for row in benchmark(size, [n for n in args.optimizers.split(",") if n], args.reps, args.steps, widths,
-                             tuple(args.checkpoint), extra):
+        for row in benchmark(
+            size,
+            [n for n in args.optimizers.split(",") if n],
+            args.reps,
+            args.steps,
+            widths,
+            tuple(args.checkpoint),
+            extra,
+        ):
             rows.append(row)
-            print(f"| {row['size']} ({row['parameters'] / 1e6:.1f}M) | {row['optimizer']} | {row['median_ms']:.3f} | "
-                  f"{row['ratio_to_adam']:.2f} | {row['compile_s']:.1f} | {row['state_mb']:.1f} |", flush=True)
+            print(
+                f"| {row['size']} ({row['parameters'] / 1e6:.1f}M) | {row['optimizer']} | {row['median_ms']:.3f} | "
+                f"{row['ratio_to_adam']:.2f} | {row['compile_s']:.1f} | {row['state_mb']:.1f} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": device, "rows": rows}, handle, indent=2)

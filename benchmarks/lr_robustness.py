@@ -45,8 +45,14 @@ TOLERANCE = 0.10
 DEFAULT_TASKS = ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "digits-conv-16-32")
 # The extended benchmark (GPU, `--tasks extended --steps 1000`): MLPs, conv nets and transformer
 # LMs, none of them a validation task (eval.suites "validation", where hyper_lr was chosen).
-EXTENDED_TASKS = ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "digits-conv-16-32", "mnist1d-conv-16-32",
-                  "pytext-transformer-32x2", "pytext-transformer-64x2")
+EXTENDED_TASKS = (
+    "digits-mlp-tanh64x2",
+    "mnist1d-mlp-gelu64x2",
+    "digits-conv-16-32",
+    "mnist1d-conv-16-32",
+    "pytext-transformer-32x2",
+    "pytext-transformer-64x2",
+)
 
 
 def methods() -> dict[str, tuple[Callable[[Any], optax.GradientTransformation], str, str]]:
@@ -94,7 +100,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--controller", action="append", default=[], help="a saved LR controller (repeatable)")
     parser.add_argument("--out", default="results/lr_robustness")
-    parser.add_argument("--merge", metavar="DIR", help="only merge DIR/*/lr_robustness.json (one run per task) into --out")
+    parser.add_argument(
+        "--merge", metavar="DIR", help="only merge DIR/*/lr_robustness.json (one run per task) into --out"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,17 +117,30 @@ def main() -> None:
     adam_grid = baselines.spec("adam").lr_grid
     results: dict[str, Any] = {"grid": GRID, "tasks": {}, "device": jax.devices()[0].device_kind}
     start = time.perf_counter()
-    for task in (EXTENDED_TASKS if args.tasks == "extended" else args.tasks.split(",")):
-        tuned = sweep(task, Candidate("adam-tuned", lambda lr: optax.adam(lr), adam_grid, "adam"),
-                      num_steps=args.steps, eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
+    for task in EXTENDED_TASKS if args.tasks == "extended" else args.tasks.split(","):
+        tuned = sweep(
+            task,
+            Candidate("adam-tuned", lambda lr: optax.adam(lr), adam_grid, "adam"),
+            num_steps=args.steps,
+            eval_every=0,
+            num_seeds=args.seeds,
+            cache_dir=out / "cache",
+        )
         target = float(np.nanmin(final_loss(tuned.train_loss).mean(axis=1)))
         entry = {"tuned_adam_final": target, "methods": {}}
         for name, (make, varied, fingerprint) in table.items():
-            result = sweep(task, Candidate(name, make, GRID, fingerprint), num_steps=args.steps,
-                           eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
+            result = sweep(
+                task,
+                Candidate(name, make, GRID, fingerprint),
+                num_steps=args.steps,
+                eval_every=0,
+                num_seeds=args.seeds,
+                cache_dir=out / "cache",
+            )
             finals = final_loss(result.train_loss).mean(axis=1)
             entry["methods"][name] = {
-                "varied": varied, "finals": [None if not np.isfinite(v) else float(v) for v in finals],
+                "varied": varied,
+                "finals": [None if not np.isfinite(v) else float(v) for v in finals],
                 "decades": decades_within(finals, target),
                 "decades_within_2x": decades_within(finals, target, 2.0),
             }
@@ -130,8 +151,10 @@ def main() -> None:
     write_table(results, out / "lr_robustness.md")
     plot(results, out / "lr_robustness.png")
     print((out / "lr_robustness.md").read_text())
-    print(f"wrote {out / 'lr_robustness.json'}, {out / 'lr_robustness.md'}, {out / 'lr_robustness.png'} "
-          f"({results['seconds']:.0f}s on {results['device']})")
+    print(
+        f"wrote {out / 'lr_robustness.json'}, {out / 'lr_robustness.md'}, {out / 'lr_robustness.png'} "
+        f"({results['seconds']:.0f}s on {results['device']})"
+    )
 
 
 def merge(paths: list[Path], out: Path) -> None:
@@ -139,8 +162,11 @@ def merge(paths: list[Path], out: Path) -> None:
     parts = [json.loads(p.read_text()) for p in paths]
     if not parts:
         raise SystemExit("nothing to merge: no */lr_robustness.json")
-    results = {**parts[0], "tasks": {t: e for part in parts for t, e in part["tasks"].items()},
-               "seconds": max(part["seconds"] for part in parts)}
+    results = {
+        **parts[0],
+        "tasks": {t: e for part in parts for t, e in part["tasks"].items()},
+        "seconds": max(part["seconds"] for part in parts),
+    }
     (out / "lr_robustness.json").write_text(json.dumps(results, indent=2))
     write_table(results, out / "lr_robustness.md")
     plot(results, out / "lr_robustness.png")
@@ -180,10 +206,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
         entry = results["tasks"][task]
         for name, method in entry["methods"].items():
             finals = np.array([np.nan if v is None else v for v in method["finals"]])
-            ax.plot(grid, finals, marker="o", ms=3, label=f"{name} ({method['decades']:.1f})",
-                    linestyle="--" if name == "adam" else "-")
-        ax.axhline(entry["tuned_adam_final"] * (1 + TOLERANCE), color="k", lw=0.8, ls=":",
-                   label="tuned adam +10%")
+            ax.plot(
+                grid,
+                finals,
+                marker="o",
+                ms=3,
+                label=f"{name} ({method['decades']:.1f})",
+                linestyle="--" if name == "adam" else "-",
+            )
+        ax.axhline(entry["tuned_adam_final"] * (1 + TOLERANCE), color="k", lw=0.8, ls=":", label="tuned adam +10%")
         ax.set(xscale="log", yscale="log", title=task, xlabel="initial step size", ylabel="final train loss")
         ax.grid(alpha=0.3, which="both")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="method (decades)")

@@ -64,21 +64,30 @@ def throughput(args: argparse.Namespace) -> None:
     from meta_train_throughput import pes_throughput, w2_task  # noqa: PLC0415 (a sibling script)
 
     device = jax.devices()[0]
-    print(f"W2-mixed on {device.platform}: {device.device_kind} (jax {jax.__version__}, {len(jax.devices())} device(s)); "
-          f"config {args.config}")
+    print(
+        f"W2-mixed on {device.platform}: {device.device_kind} (jax {jax.__version__}, {len(jax.devices())} device(s)); "
+        f"config {args.config}"
+    )
     print("| workers / group | groups | fused | inner steps / outer step | inner steps / s | first step (s) |")
     print("|---:|---:|---|---:|---:|---:|")
     for workers in map(int, args.workers.split(",")):
         for fused in (False, True) if args.both else (True,):
-            trainer = trainer_for(args.config, [*args.set, f"estimator.num_workers={workers}",
-                                                f"run.fuse_groups={'true' if fused else 'false'}"])
+            trainer = trainer_for(
+                args.config,
+                [*args.set, f"estimator.num_workers={workers}", f"run.fuse_groups={'true' if fused else 'false'}"],
+            )
             rate, first = outer_throughput(trainer, args.reps, args.steps)
-            print(f"| {workers} | {trainer.config.tasks.num_groups} | {'one program' if fused else 'per group'} | "
-                  f"{trainer.inner_steps_per_outer_step(0):,} | {rate:,.0f} | {first:.1f} |", flush=True)
+            print(
+                f"| {workers} | {trainer.config.tasks.num_groups} | {'one program' if fused else 'per group'} | "
+                f"{trainer.inner_steps_per_outer_step(0):,} | {rate:,.0f} | {first:.1f} |",
+                flush=True,
+            )
     if args.single:
         rate = pes_throughput(w2_task(False), args.single, 5, 10)
-        print(f"\nsingle-task W2 (small_mlp, 2,410 parameters, truncation 10), population {args.single}, same process: "
-              f"{rate:,.0f} inner steps/s")
+        print(
+            f"\nsingle-task W2 (small_mlp, 2,410 parameters, truncation 10), population {args.single}, same process: "
+            f"{rate:,.0f} inner steps/s"
+        )
 
 
 def signal(args: argparse.Namespace) -> None:
@@ -90,8 +99,10 @@ def signal(args: argparse.Namespace) -> None:
         """The mean over `args.steps` outer steps of the groups' mean PES estimate, from
         populations of their own (independent inner runs and perturbations per replica)."""
         root = jax.random.fold_in(_root(trainer.config), 7000 + replica)
-        states = [shard_population(trainer.estimator(spec).init(jax.random.fold_in(root, g), theta), trainer.mesh)
-                  for g, spec in enumerate(specs)]
+        states = [
+            shard_population(trainer.estimator(spec).init(jax.random.fold_in(root, g), theta), trainer.mesh)
+            for g, spec in enumerate(specs)
+        ]
         total = None
         for s in range(args.steps):
             key = jax.random.fold_in(jax.random.fold_in(root, 99), s)
@@ -103,8 +114,10 @@ def signal(args: argparse.Namespace) -> None:
     first, second = mean_estimate(0), mean_estimate(1)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(theta)]
     cosine = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-    print(f"PES signal at theta_0: two independent populations, {args.steps} outer steps each, theta fixed "
-          f"({' '.join(args.set) or 'config as is'})")
+    print(
+        f"PES signal at theta_0: two independent populations, {args.steps} outer steps each, theta fixed "
+        f"({' '.join(args.set) or 'config as is'})"
+    )
     print("| tensor | size | cos(replica 1, replica 2) | rms of mean |")
     print("|---|---:|---:|---:|")
     for path, a, b in zip(paths, first, second):

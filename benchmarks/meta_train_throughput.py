@@ -39,8 +39,9 @@ def w2_task(real: bool) -> ClassificationTask:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4096, 8, 8, 1)).astype(np.float32)
     y = rng.integers(0, 10, size=4096).astype(np.int32)
-    data = ClassificationData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(x[:512]), jnp.asarray(y[:512]),
-                              name="synthetic", num_classes=10)
+    data = ClassificationData(
+        jnp.asarray(x), jnp.asarray(y), jnp.asarray(x[:512]), jnp.asarray(y[:512]), name="synthetic", num_classes=10
+    )
     return ClassificationTask(data, spec)
 
 
@@ -49,8 +50,15 @@ def pes_throughput(task, population: int, reps: int, steps: int, meta_optimizer=
     (as `lopt meta-train` does with run.shard_population)."""
     meta_optimizer = meta_optimizer or small_mlp()
     mesh = population_mesh(population)
-    estimator = make_estimator("pes", meta_optimizer, task, TruncationSchedule(10, 100, 100, "constant"),
-                               num_workers=population, sigma=0.01, mesh=mesh)
+    estimator = make_estimator(
+        "pes",
+        meta_optimizer,
+        task,
+        TruncationSchedule(10, 100, 100, "constant"),
+        num_workers=population,
+        sigma=0.01,
+        mesh=mesh,
+    )
     theta = meta_optimizer.init_meta(jax.random.key(0))
     state = shard_population(estimator.init(jax.random.key(1), theta), mesh)
     theta = replicate(theta, mesh)
@@ -97,9 +105,14 @@ def step_split(task, runs: int = 8, steps: int = 10, reps: int = 100) -> dict[st
     # the 1-unit network in the same kernel as the full one, so the difference is the network's
     kernel = "native" if jax.default_backend() == "cpu" and native.available() else "auto"
     tiny, full = small_mlp(hidden_sizes=(1,), kernel=kernel), small_mlp()
-    return {"task + sgd": timed(optax.sgd(0.01)), "task + adam": timed(optax.adam(1e-3)),
-            "task + learned, 1-unit network (features)": timed(tiny.transform(tiny.init_meta(jax.random.key(0)), num_steps=100)),
-            "task + learned, 32×2 network": timed(full.transform(full.init_meta(jax.random.key(0)), num_steps=100))}
+    return {
+        "task + sgd": timed(optax.sgd(0.01)),
+        "task + adam": timed(optax.adam(1e-3)),
+        "task + learned, 1-unit network (features)": timed(
+            tiny.transform(tiny.init_meta(jax.random.key(0)), num_steps=100)
+        ),
+        "task + learned, 32×2 network": timed(full.transform(full.init_meta(jax.random.key(0)), num_steps=100)),
+    }
 
 
 def main() -> None:
@@ -111,12 +124,16 @@ def main() -> None:
     parser.add_argument("--inner-populations", default="1,8")
     parser.add_argument("--split", action="store_true", help="also: where an inner step goes (task, features, network)")
     args = parser.parse_args()
-    device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} (jax {jax.__version__}, {len(jax.devices())} device(s))"
+    first = jax.devices()[0]
+    device = f"{first.platform}: {first.device_kind} (jax {jax.__version__}, {len(jax.devices())} device(s))"
     task = w2_task(args.real)
     data = "embedded digits" if args.real else "synthetic N(0,1)"
     if jax.default_backend() == "cpu":
         device += f"; native kernel: {'on' if native.available() else 'off'}, AMX {native.amx()}"
-    print(f"W2 PES meta-training throughput on {device}, {data}; reference (learned_optimization, 2-core CPU): 7,600 inner steps/s")
+    print(
+        f"W2 PES meta-training throughput on {device}, {data}; "
+        "reference (learned_optimization, 2-core CPU): 7,600 inner steps/s"
+    )
     print("| population | inner steps / s | × reference |")
     print("|---:|---:|---:|")
     for population in map(int, args.populations.split(",")):

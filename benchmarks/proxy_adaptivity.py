@@ -32,22 +32,32 @@ SGD = "def train(w, g, m, v, lr):\n  update = g * lr\n  return update, m, v\n"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="digits-mlp-relu32,mnist1d-mlp-gelu64x2,pytext-transformer-32x1,"
-                                           "mnist1d-conv-16-32,regression-mlp-tanh64x3,digits-conv-16-32")
+    parser.add_argument(
+        "--tasks",
+        default="digits-mlp-relu32,mnist1d-mlp-gelu64x2,pytext-transformer-32x1,"
+        "mnist1d-conv-16-32,regression-mlp-tanh64x3,digits-conv-16-32",
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args()
     programs = {"sgd": parse(SGD), "sgd_momentum": seed("sgd_momentum"), "adamw": seed("adamw"), "lion": seed("lion")}
-    print(f"search fitness (lower is better), {args.steps} steps, {args.seeds} seeds, LR tuned over {list(REFERENCE_LRS)}")
+    print(
+        f"search fitness (lower is better), {args.steps} steps, {args.seeds} seeds, LR tuned over {list(REFERENCE_LRS)}"
+    )
     for task in args.tasks.split(","):
         start = time.perf_counter()
-        spec = FitnessSpec(tasks=(task,), steps=args.steps, seeds=args.seeds, lr_multipliers=REFERENCE_LRS,
-                           interpreter="jit")
+        spec = FitnessSpec(
+            tasks=(task,), steps=args.steps, seeds=args.seeds, lr_multipliers=REFERENCE_LRS, interpreter="jit"
+        )
         scores = evaluator(spec)([check(p) for p in programs.values()])
         gap = scores[0] - scores[2]
-        print(f"{task:28s} " + "  ".join(f"{n} {s:.3f}" for n, s in zip(programs, scores))
-              + f"  (sgd − adamw {gap:+.3f}: {'rewards adaptivity' if gap > 0.05 else 'rewards SGD'}; "
-              f"{time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{task:28s} "
+            + "  ".join(f"{n} {s:.3f}" for n, s in zip(programs, scores))
+            + f"  (sgd − adamw {gap:+.3f}: {'rewards adaptivity' if gap > 0.05 else 'rewards SGD'}; "
+            f"{time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,16 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(SearchConfig, args.config, [])
     grid = tuple(float(10 ** (k / 4)) for k in range(int(4 * args.decades[0]), int(4 * args.decades[1]) + 1))
-    spec = dataclasses.replace(config.fitness, lr_multipliers=grid, lr_scales=(), hurdle=0.0, precompile=(), batch=1,
-                               interpreter="batched")
+    spec = dataclasses.replace(
+        config.fitness, lr_multipliers=grid, lr_scales=(), hurdle=0.0, precompile=(), batch=1, interpreter="batched"
+    )
     losses = BatchedEvaluator(spec).losses([check(parse(config.seed_program_text()))])[0]  # [tasks, lrs, seeds]
     with np.errstate(divide="ignore", invalid="ignore"):
         logged = np.log(np.median(np.where(np.isfinite(losses), losses, np.inf), axis=-1))
-    print(f"seed {config.search.seed_program} on the proxies of {args.config} (median log test loss of "
-          f"{spec.seeds} seeds per lr input):")
+    print(
+        f"seed {config.search.seed_program} on the proxies of {args.config} (median log test loss of "
+        f"{spec.seeds} seeds per lr input):"
+    )
     print("| lr input | " + " | ".join(spec.tasks) + " |")
     print("|---:|" + "---:|" * len(spec.tasks))
     for i, lr in enumerate(grid):
@@ -45,7 +48,9 @@ def main() -> None:
     print(f"fitness at the tuned values (the seed tuned per task): {np.mean(np.min(logged, axis=1)):.4f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"grid": grid, "tasks": list(spec.tasks), "log_loss": logged.tolist(), "tuned": best}, f, indent=2)
+            json.dump(
+                {"grid": grid, "tasks": list(spec.tasks), "log_loss": logged.tolist(), "tuned": best}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tau", type=float, default=0.1, help="median-filter width as a fraction of the run")
     parser.add_argument("--norm", choices=("l1", "l2"), default="l1", help="which gradient norm G_t the rule reads")
-    parser.add_argument("--trace", choices=("gradient", "direction"), default="direction",
-                        help="the norms of the gradient, or of Adam's direction m̂/(√v̂+ε) (before the LR)")
-    parser.add_argument("--power", type=float, default=ADAM_POWER,
-                        help="k in w_t ∝ G_t^-k Σ_{p>t} G_p^-k (default: lopt.hypergrad.refine.ADAM_POWER)")
+    parser.add_argument(
+        "--trace",
+        choices=("gradient", "direction"),
+        default="direction",
+        help="the norms of the gradient, or of Adam's direction m̂/(√v̂+ε) (before the LR)",
+    )
+    parser.add_argument(
+        "--power",
+        type=float,
+        default=ADAM_POWER,
+        help="k in w_t ∝ G_t^-k Σ_{p>t} G_p^-k (default: lopt.hypergrad.refine.ADAM_POWER)",
+    )
     parser.add_argument("--out", default="results/refinement")
     args = parser.parse_args()
     out = Path(args.out)
@@ -52,43 +60,87 @@ def main() -> None:
     steps = args.steps
     rows, curves = [], {}
     for task_name in args.tasks.split(","):
-        linear = sweep(task_name, Candidate("adam-linear-decay", lambda lr: optax.adam(linear_decay(lr, steps)), grid,
-                                            "refinement:linear"),
-                       num_steps=steps, eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
+        linear = sweep(
+            task_name,
+            Candidate("adam-linear-decay", lambda lr: optax.adam(linear_decay(lr, steps)), grid, "refinement:linear"),
+            num_steps=steps,
+            eval_every=0,
+            num_seeds=args.seeds,
+            cache_dir=out / "cache",
+        )
         linear_finals = final_loss(linear.train_loss).mean(axis=1)
         best = int(np.nanargmin(linear_finals))
         task = build(entry_spec(task_name))
         key = run_keys(task_name, 0, args.seeds)[0]
         if args.trace == "direction":
-            first = lambda k: gradient_norms(task, optax.scale_by_learning_rate(linear_decay(grid[best], steps)), k,
-                                             num_steps=steps, before=optax.scale_by_adam())
+            first = lambda k: gradient_norms(
+                task,
+                optax.scale_by_learning_rate(linear_decay(grid[best], steps)),
+                k,
+                num_steps=steps,
+                before=optax.scale_by_adam(),
+            )
         else:
             first = lambda k: gradient_norms(task, optax.adam(linear_decay(grid[best], steps)), k, num_steps=steps)
         trace = jax.jit(first)(key)
         norms = np.asarray(trace.l1 if args.norm == "l1" else trace.l2)
         weights = refined_weights(norms, args.tau, args.power)
-        refined = sweep(task_name, Candidate("adam-refined", lambda lr: optax.adam(refined_schedule(lr, weights)), grid,
-                                             "refinement:" + hashlib.sha256(weights.tobytes()).hexdigest()),
-                        num_steps=steps, eval_every=0, num_seeds=args.seeds, cache_dir=out / "cache")
+        refined = sweep(
+            task_name,
+            Candidate(
+                "adam-refined",
+                lambda lr: optax.adam(refined_schedule(lr, weights)),
+                grid,
+                "refinement:" + hashlib.sha256(weights.tobytes()).hexdigest(),
+            ),
+            num_steps=steps,
+            eval_every=0,
+            num_seeds=args.seeds,
+            cache_dir=out / "cache",
+        )
         refined_finals = final_loss(refined.train_loss).mean(axis=1)
         best_refined = int(np.nanargmin(refined_finals))
         ratio = refined_finals[best_refined] / linear_finals[best]
-        rows.append({"task": task_name, "linear_lr": grid[best], "linear_final": float(linear_finals[best]),
-                     "refined_lr": grid[best_refined], "refined_final": float(refined_finals[best_refined]),
-                     "ratio": float(ratio), "edge": best_refined in (0, len(grid) - 1) or best in (0, len(grid) - 1)})
-        curves[task_name] = {"weights": weights, "norms": norms,
-                             "linear": linear.train_loss[best].mean(axis=0), "refined": refined.train_loss[best_refined].mean(axis=0)}
-        print(f"{task_name:24s} linear decay {linear_finals[best]:.4g} (lr {grid[best]:g})  refined "
-              f"{refined_finals[best_refined]:.4g} (lr {grid[best_refined]:g})  ratio {ratio:.3f}", flush=True)
-    lines = [f"Adam, {steps} steps, {args.seeds} seeds, LR tuned per schedule over {list(grid)}; τ = {args.tau}, "
-             f"G_t = {args.norm} norm of the {args.trace}, k = {args.power:g}", "",
-             "| task | linear decay (lr) | refined (lr) | refined ÷ linear |", "|---|---:|---:|---:|"]
+        rows.append(
+            {
+                "task": task_name,
+                "linear_lr": grid[best],
+                "linear_final": float(linear_finals[best]),
+                "refined_lr": grid[best_refined],
+                "refined_final": float(refined_finals[best_refined]),
+                "ratio": float(ratio),
+                "edge": best_refined in (0, len(grid) - 1) or best in (0, len(grid) - 1),
+            }
+        )
+        curves[task_name] = {
+            "weights": weights,
+            "norms": norms,
+            "linear": linear.train_loss[best].mean(axis=0),
+            "refined": refined.train_loss[best_refined].mean(axis=0),
+        }
+        print(
+            f"{task_name:24s} linear decay {linear_finals[best]:.4g} (lr {grid[best]:g})  refined "
+            f"{refined_finals[best_refined]:.4g} (lr {grid[best_refined]:g})  ratio {ratio:.3f}",
+            flush=True,
+        )
+    lines = [
+        f"Adam, {steps} steps, {args.seeds} seeds, LR tuned per schedule over {list(grid)}; τ = {args.tau}, "
+        f"G_t = {args.norm} norm of the {args.trace}, k = {args.power:g}",
+        "",
+        "| task | linear decay (lr) | refined (lr) | refined ÷ linear |",
+        "|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['linear_final']:.4g} ({r['linear_lr']:g}) | {r['refined_final']:.4g} "
-                     f"({r['refined_lr']:g}) | {r['ratio']:.3f}{' †' if r['edge'] else ''} |")
+        lines.append(
+            f"| {r['task']} | {r['linear_final']:.4g} ({r['linear_lr']:g}) | {r['refined_final']:.4g} "
+            f"({r['refined_lr']:g}) | {r['ratio']:.3f}{' †' if r['edge'] else ''} |"
+        )
     wins = sum(r["ratio"] <= MATCH for r in rows)
-    lines += ["", f"refined matches (ratio ≤ {MATCH}) or beats linear decay on {wins} of {len(rows)} tasks; "
-              "† a tuned LR at the grid's edge"]
+    lines += [
+        "",
+        f"refined matches (ratio ≤ {MATCH}) or beats linear decay on {wins} of {len(rows)} tasks; "
+        "† a tuned LR at the grid's edge",
+    ]
     write(out, "refinement", lines, rows, lambda path: plot(curves, path, steps))
 
 

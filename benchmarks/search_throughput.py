@@ -72,10 +72,12 @@ def interpreter_rates(spec: FitnessSpec, programs: int, unrolled: bool, kernel: 
     (compile seconds reported apart); with `kernel` also the Pallas kernel evaluator (programs
     with tree-level statements through its tree passes)."""
     out = {}
-    evaluators = ([("interpreter", lambda: BatchedEvaluator(spec))]
-                  + [("unrolled", lambda: BatchedEvaluator(spec, run_unrolled))] * unrolled
-                  + [("kernel", lambda: BatchedEvaluator(spec, kernel=True))] * kernel
-                  + [("floor", lambda: BatchedEvaluator(spec, adamw_step))])
+    evaluators = (
+        [("interpreter", lambda: BatchedEvaluator(spec))]
+        + [("unrolled", lambda: BatchedEvaluator(spec, run_unrolled))] * unrolled
+        + [("kernel", lambda: BatchedEvaluator(spec, kernel=True))] * kernel
+        + [("floor", lambda: BatchedEvaluator(spec, adamw_step))]
+    )
     for name, make in evaluators:
         evaluator = make()
         start = time.perf_counter()
@@ -83,7 +85,10 @@ def interpreter_rates(spec: FitnessSpec, programs: int, unrolled: bool, kernel: 
             evaluator.losses(children(spec.batch, warm))
         out[f"{name}_warmup_s"] = time.perf_counter() - start
         out[name] = rate(evaluator.losses, children(programs, 0))
-        print(f"  ({name}: warm-up with compiles {out[f'{name}_warmup_s']:.1f} s, then {out[name]:.2f} programs/s)", flush=True)
+        print(
+            f"  ({name}: warm-up with compiles {out[f'{name}_warmup_s']:.1f} s, then {out[name]:.2f} programs/s)",
+            flush=True,
+        )
     return out
 
 
@@ -92,8 +97,11 @@ def search_rate(config_path: str, seconds: float) -> dict[str, float]:
     time goes (mutation, functional-hash probes, training)."""
     with tempfile.TemporaryDirectory() as folder:
         output = str(Path(folder) / "search")
-        config = load_config(SearchConfig, config_path, [f"search.max_seconds={seconds}", f"run.output_dir={output!r}",
-                                                         "validation.task=''"])
+        config = load_config(
+            SearchConfig,
+            config_path,
+            [f"search.max_seconds={seconds}", f"run.output_dir={output!r}", "validation.task=''"],
+        )
         search = Search(config, progress=False)
         search.run()
     return search.statistics()
@@ -116,44 +124,67 @@ def main() -> None:
     if args.config:
         spec = load_config(SearchConfig, args.config, []).fitness
     else:
-        spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=args.steps, seeds=args.seeds, batch=args.batch,
-                           length=32)
+        spec = FitnessSpec(
+            tasks=("digits-mlp-relu32",), steps=args.steps, seeds=args.seeds, batch=args.batch, length=32
+        )
     runs = spec.seeds * len(spec.lr_multipliers) * len(spec.tasks)
     per_program = spec.inner_steps_per_program
     rates = interpreter_rates(spec, args.programs, args.unrolled, args.kernel)
-    result = {"device": device, "tasks": list(spec.tasks), "steps": spec.steps, "runs_per_program": runs,
-              "batched_programs_per_s": rates["interpreter"], "floor_programs_per_s": rates["floor"],
-              "batched_inner_steps_per_s": rates["interpreter"] * per_program,
-              "floor_inner_steps_per_s": rates["floor"] * per_program,
-              "warmup_s": {k[:-len("_warmup_s")]: v for k, v in rates.items() if k.endswith("_warmup_s")}}
+    result = {
+        "device": device,
+        "tasks": list(spec.tasks),
+        "steps": spec.steps,
+        "runs_per_program": runs,
+        "batched_programs_per_s": rates["interpreter"],
+        "floor_programs_per_s": rates["floor"],
+        "batched_inner_steps_per_s": rates["interpreter"] * per_program,
+        "floor_inner_steps_per_s": rates["floor"] * per_program,
+        "warmup_s": {k[: -len("_warmup_s")]: v for k, v in rates.items() if k.endswith("_warmup_s")},
+    }
     for name in ("unrolled", "kernel"):
         if getattr(args, name):
             result |= {f"{name}_programs_per_s": rates[name], f"{name}_inner_steps_per_s": rates[name] * per_program}
-    print(f"search throughput on {device}: {', '.join(spec.tasks)}; {runs} runs per program, "
-          f"{per_program:,} inner steps in all (steps per task: {spec.steps})")
-    print(f"  batched interpreter ({args.programs} programs, batch {spec.batch}): {rates['interpreter']:8.2f} programs/s "
-          f"({result['batched_inner_steps_per_s']:,.0f} inner steps/s)")
+    print(
+        f"search throughput on {device}: {', '.join(spec.tasks)}; {runs} runs per program, "
+        f"{per_program:,} inner steps in all (steps per task: {spec.steps})"
+    )
+    print(
+        f"  batched interpreter ({args.programs} programs, batch {spec.batch}): {rates['interpreter']:8.2f} programs/s "
+        f"({result['batched_inner_steps_per_s']:,.0f} inner steps/s)"
+    )
     for name in ("unrolled", "kernel"):
         if getattr(args, name):
-            print(f"  {name} interpreter:{' ' * (28 - len(name))}{rates[name]:8.2f} programs/s "
-                  f"({result[f'{name}_inner_steps_per_s']:,.0f} inner steps/s)")
-    print(f"  floor (AdamW written directly, same loop):   {rates['floor']:8.2f} programs/s "
-          f"({result['floor_inner_steps_per_s']:,.0f} inner steps/s)")
+            print(
+                f"  {name} interpreter:{' ' * (28 - len(name))}{rates[name]:8.2f} programs/s "
+                f"({result[f'{name}_inner_steps_per_s']:,.0f} inner steps/s)"
+            )
+    print(
+        f"  floor (AdamW written directly, same loop):   {rates['floor']:8.2f} programs/s "
+        f"({result['floor_inner_steps_per_s']:,.0f} inner steps/s)"
+    )
     if args.config and args.search_seconds > 0:
         stats = search_rate(args.config, args.search_seconds)
         result["search"] = stats
-        print(f"  a real search ({args.search_seconds:.0f} s): {stats['programs_per_second']:.2f} programs/s, "
-              f"{stats['trained_per_second']:.2f} trained/s, {stats['hurdle_stops']} stopped at the hurdle "
-              f"({stats['inner_steps_per_second']:,.0f} inner steps/s); time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, "
-              f"training {stats['share_train']:.0%}; cache hits {stats['cache_hit_rate']:.0%}")
+        print(
+            f"  a real search ({args.search_seconds:.0f} s): {stats['programs_per_second']:.2f} programs/s, "
+            f"{stats['trained_per_second']:.2f} trained/s, {stats['hurdle_stops']} stopped at the hurdle "
+            f"({stats['inner_steps_per_second']:,.0f} inner steps/s); "
+            f"time: mutation {stats['share_mutate']:.0%}, probes {stats['share_probe']:.0%}, "
+            f"training {stats['share_train']:.0%}; cache hits {stats['cache_hit_rate']:.0%}"
+        )
     elif not args.config:
         jitted = JitEvaluator(spec)
         jitted.losses(children(1, 997))  # warm-up of the tracing machinery
         jit_rate = rate(jitted.losses, children(args.programs, 0)[: args.jit_programs])
-        result |= {"jit_programs_per_s": jit_rate, "jit_inner_steps_per_s": jit_rate * per_program,
-                   "batched_over_jit": rates["interpreter"] / jit_rate}
-        print(f"  one jit per program ({args.jit_programs} programs):       {jit_rate:8.2f} programs/s "
-              f"({result['jit_inner_steps_per_s']:,.0f} inner steps/s)")
+        result |= {
+            "jit_programs_per_s": jit_rate,
+            "jit_inner_steps_per_s": jit_rate * per_program,
+            "batched_over_jit": rates["interpreter"] / jit_rate,
+        }
+        print(
+            f"  one jit per program ({args.jit_programs} programs):       {jit_rate:8.2f} programs/s "
+            f"({result['jit_inner_steps_per_s']:,.0f} inner steps/s)"
+        )
         print(f"  batched / jit: {result['batched_over_jit']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:

@@ -39,8 +39,9 @@ def state_bytes(opt: optax.GradientTransformation, params: Any) -> int:
     return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes)))
 
 
-def measure(task_name: str, opt: optax.GradientTransformation, *, steps: int = 10, repeats: int = 5,
-            seed: int = 0) -> Cost:
+def measure(
+    task_name: str, opt: optax.GradientTransformation, *, steps: int = 10, repeats: int = 5, seed: int = 0
+) -> Cost:
     """Median time per optimizer update over `repeats` timed loops of `steps` updates each."""
     task = build(entry_spec(task_name))
     opt = optax.with_extra_args_support(opt)

@@ -17,7 +17,7 @@ import numpy as np
 def final_loss(train_loss: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """Mean of the last `fraction` of the steps along the last axis; NaN if any is non-finite."""
     steps = train_loss.shape[-1]
-    tail = train_loss[..., -max(1, int(round(steps * fraction))):]
+    tail = train_loss[..., -max(1, int(round(steps * fraction))) :]
     return np.where(np.all(np.isfinite(tail), axis=-1), tail.mean(axis=-1), np.nan)
 
 
@@ -51,9 +51,7 @@ def smooth(curve: np.ndarray, window: int) -> np.ndarray:
     # float64: a float32 running sum of large early losses cancels catastrophically against a
     # tiny final loss (a curve then never "reaches" its own final value).
     cumulative = np.cumsum(np.asarray(curve, np.float64), axis=-1)
-    shifted = np.concatenate(
-        [np.zeros_like(cumulative[..., :window]), cumulative[..., :-window]], axis=-1
-    )
+    shifted = np.concatenate([np.zeros_like(cumulative[..., :window]), cumulative[..., :-window]], axis=-1)
     counts = np.minimum(np.arange(1, curve.shape[-1] + 1), window)
     return (cumulative - shifted) / counts
 
@@ -96,8 +94,9 @@ def iqm(values: np.ndarray) -> float:
     return float(np.sum(weights[kept] * values[kept]) / np.sum(weights))
 
 
-def bootstrap_interval(values: np.ndarray, statistic=iqm, resamples: int = 2000, level: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: np.ndarray, statistic=iqm, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic` over resamples (with replacement) of `values`."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:

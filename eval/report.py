@@ -71,19 +71,28 @@ def summarise(sweeps: Sequence[Sweep], costs: Mapping[tuple[str, str], Cost] | N
             steps = metrics.steps_to_target(runs.mean(axis=0), target)
             if steps is not None and reference_steps[s.task] is not None:
                 speedup = reference_steps[s.task] / steps
-        cells.append(Cell(
-            task=s.task, optimizer=s.optimizer, tuned_lr=float(s.lrs[index]),
-            lr_at_grid_edge=len(s.lrs) > 1 and index in (0, len(s.lrs) - 1),
-            final_train_mean=float(np.mean(final)), final_train_std=float(np.std(final)),
-            final_eval_mean=float(np.mean(evals[:, -1])), final_eval_std=float(np.std(evals[:, -1])),
-            best_eval_mean=float(np.mean(np.nanmin(np.where(np.isfinite(evals), evals, np.nan), axis=-1)))
-            if np.any(np.isfinite(evals)) else float("nan"),
-            divergence_rate_tuned=float(metrics.diverged(runs).mean()),
-            divergence_rate_grid=float(metrics.diverged(s.train_loss).mean()),
-            steps_to_reference=steps, speedup_vs_reference=speedup,
-            run_seconds=s.run_seconds, compile_seconds=s.compile_seconds,
-            **_cost_fields(costs.get((s.task, s.optimizer)), costs.get((s.task, REFERENCE))),
-        ))
+        cells.append(
+            Cell(
+                task=s.task,
+                optimizer=s.optimizer,
+                tuned_lr=float(s.lrs[index]),
+                lr_at_grid_edge=len(s.lrs) > 1 and index in (0, len(s.lrs) - 1),
+                final_train_mean=float(np.mean(final)),
+                final_train_std=float(np.std(final)),
+                final_eval_mean=float(np.mean(evals[:, -1])),
+                final_eval_std=float(np.std(evals[:, -1])),
+                best_eval_mean=float(np.mean(np.nanmin(np.where(np.isfinite(evals), evals, np.nan), axis=-1)))
+                if np.any(np.isfinite(evals))
+                else float("nan"),
+                divergence_rate_tuned=float(metrics.diverged(runs).mean()),
+                divergence_rate_grid=float(metrics.diverged(s.train_loss).mean()),
+                steps_to_reference=steps,
+                speedup_vs_reference=speedup,
+                run_seconds=s.run_seconds,
+                compile_seconds=s.compile_seconds,
+                **_cost_fields(costs.get((s.task, s.optimizer)), costs.get((s.task, REFERENCE))),
+            )
+        )
     return cells
 
 
@@ -93,8 +102,9 @@ def _cost_fields(cost: Cost | None, reference: Cost | None) -> dict:
     fields = {"step_ms": 1e3 * cost.step_seconds, "state_bytes": cost.state_bytes}
     if reference is not None:
         fields["step_time_vs_reference"] = cost.step_seconds / reference.step_seconds
-        fields["state_memory_vs_reference"] = (cost.state_bytes / reference.state_bytes
-                                               if reference.state_bytes else None)
+        fields["state_memory_vs_reference"] = (
+            cost.state_bytes / reference.state_bytes if reference.state_bytes else None
+        )
     return fields
 
 
@@ -107,21 +117,28 @@ def cost_table(cells: Sequence[Cell]) -> str:
         if not mine:
             continue
         memory = [c.state_memory_vs_reference for c in mine if c.state_memory_vs_reference is not None]
-        rows.append((
-            float(np.median([c.step_time_vs_reference for c in mine])),
-            f"| {name} | {np.median([c.step_ms for c in mine]):.3g} | "
-            f"{np.median([c.step_time_vs_reference for c in mine]):.2f}× | "
-            f"{max(c.state_bytes for c in mine) / 1024:.1f} | "
-            + (f"{np.median(memory):.2f}× |" if memory else "— |"),
-        ))
+        rows.append(
+            (
+                float(np.median([c.step_time_vs_reference for c in mine])),
+                f"| {name} | {np.median([c.step_ms for c in mine]):.3g} | "
+                f"{np.median([c.step_time_vs_reference for c in mine]):.2f}× | "
+                f"{max(c.state_bytes for c in mine) / 1024:.1f} | "
+                + (f"{np.median(memory):.2f}× |" if memory else "— |"),
+            )
+        )
     if not rows:
         return ""
-    lines = ["| optimizer | update ms (median over tasks) | update time ÷ adam | state KiB (largest task) | state ÷ adam |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| optimizer | update ms (median over tasks) | update time ÷ adam | state KiB (largest task) | state ÷ adam |",
+        "|---|---:|---:|---:|---:|",
+    ]
     lines += [row for _, row in sorted(rows)]
-    lines += ["", "Update time: `update` + `apply_updates` with a fixed gradient, compiled, model forward/backward "
-              "excluded (extra passes an optimizer requests, e.g. AdaHessian's Hessian-vector product, are "
-              "included); median of timed loops, adam measured in the same process."]
+    lines += [
+        "",
+        "Update time: `update` + `apply_updates` with a fixed gradient, compiled, model forward/backward "
+        "excluded (extra passes an optimizer requests, e.g. AdaHessian's Hessian-vector product, are "
+        "included); median of timed loops, adam measured in the same process.",
+    ]
     return "\n".join(lines)
 
 
@@ -159,12 +176,22 @@ def _format(mean: float, std: float) -> str:
 
 def _best_per_task(cells: Sequence[Cell], tasks: Sequence[str], metric: str) -> dict[str, float]:
     """Per task, the lowest finite `<metric>_mean` of any optimizer (NaN when none is finite)."""
-    return {t: min((getattr(c, f"{metric}_mean") for c in cells
-                    if c.task == t and math.isfinite(getattr(c, f"{metric}_mean"))), default=float("nan"))
-            for t in tasks}
+    return {
+        t: min(
+            (
+                getattr(c, f"{metric}_mean")
+                for c in cells
+                if c.task == t and math.isfinite(getattr(c, f"{metric}_mean"))
+            ),
+            default=float("nan"),
+        )
+        for t in tasks
+    }
 
 
-def _cell_text(cells: Sequence[Cell], name: str, task: str, metric: str, best: dict[str, float]) -> tuple[str, Cell | None]:
+def _cell_text(
+    cells: Sequence[Cell], name: str, task: str, metric: str, best: dict[str, float]
+) -> tuple[str, Cell | None]:
     """`mean ± std` of `metric` for optimizer `name` on `task`, bold where it is the task's best."""
     cell = next((c for c in cells if c.task == task and c.optimizer == name), None)
     if cell is None:
@@ -190,17 +217,27 @@ def markdown_table(cells: Sequence[Cell], *, title: str = "") -> str:
             text, cell = _cell_text(cells, name, task, "final_train", best)
             row.append(text + (" †" if cell is not None and cell.lr_at_grid_edge else ""))
         ratio, a = agg[name]["loss_ratio_vs_adam"], agg[name]
-        interval = (f"{a['loss_ratio_iqm']:.3g} [{a['loss_ratio_iqm_low']:.3g}, {a['loss_ratio_iqm_high']:.3g}]"
-                    if math.isfinite(a["loss_ratio_iqm"]) else "—")
-        row += [f"{ratio:.3f}" if math.isfinite(ratio) else "—", interval,
-                f"{a['speedup_iqm']:.2f}×" if math.isfinite(a["speedup_iqm"]) else "—",
-                f"{a['fraction_beating_adam']:.0%}" if name != REFERENCE else "—"]
+        interval = (
+            f"{a['loss_ratio_iqm']:.3g} [{a['loss_ratio_iqm_low']:.3g}, {a['loss_ratio_iqm_high']:.3g}]"
+            if math.isfinite(a["loss_ratio_iqm"])
+            else "—"
+        )
+        row += [
+            f"{ratio:.3f}" if math.isfinite(ratio) else "—",
+            interval,
+            f"{a['speedup_iqm']:.2f}×" if math.isfinite(a["speedup_iqm"]) else "—",
+            f"{a['fraction_beating_adam']:.0%}" if name != REFERENCE else "—",
+        ]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Final train loss (mean over the last 10% of steps) at the LR tuned per task on train loss, "
-              "mean ± std over seeds; `learned:` rows are untuned (their own step size); `(LR-tuned)` rows get their kind's multiplier sweep. "
-              "† tuned LR at the edge of its grid. IQM: interquartile mean over tasks, bootstrap 95% interval. "
-              "Speedup: steps tuned adam needs to reach its final loss ÷ steps this optimizer needs to reach "
-              "it (0 if never)."]
+    lines += [
+        "",
+        "Final train loss (mean over the last 10% of steps) at the LR tuned per task on train loss, "
+        "mean ± std over seeds; `learned:` rows are untuned (their own step size); "
+        "`(LR-tuned)` rows get their kind's multiplier sweep. "
+        "† tuned LR at the edge of its grid. IQM: interquartile mean over tasks, bootstrap 95% interval. "
+        "Speedup: steps tuned adam needs to reach its final loss ÷ steps this optimizer needs to reach "
+        "it (0 if never).",
+    ]
     return "\n".join(lines)
 
 
@@ -224,8 +261,11 @@ def test_loss_table(cells: Sequence[Cell]) -> str:
                 wins += bool(cell.final_eval_mean < adam[task])
         row.append(f"{wins / counted:.0%}" if counted and name != REFERENCE else "—")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Final test loss (the last evaluation of the run) at the LR tuned per task on train loss, "
-              "mean ± std over seeds."]
+    lines += [
+        "",
+        "Final test loss (the last evaluation of the run) at the LR tuned per task on train loss, "
+        "mean ± std over seeds.",
+    ]
     return "\n".join(lines)
 
 
@@ -249,8 +289,10 @@ def write_json(path: Path, cells: Sequence[Cell], config: dict) -> None:
     """All numbers, atomically (temp file + rename)."""
     payload = {
         "config": config,
-        "cells": [{k: _finite_or_none(v) if isinstance(v, float) else v
-                   for k, v in dataclasses.asdict(c).items()} for c in cells],
+        "cells": [
+            {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(c).items()}
+            for c in cells
+        ],
         "scores": {k: {m: _finite_or_none(v) for m, v in s.items()} for k, s in scores(cells).items()},
     }
     temporary = path.with_suffix(".tmp")
@@ -272,6 +314,7 @@ def _plotted_optimizers(cells: Sequence[Cell], limit: int, sweeps: Sequence[Swee
 def _panels(count: int):
     """A figure with one axis per task, three to a row."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -307,9 +350,16 @@ def plot_curves(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cell], *, l
             smoothed = metrics.smooth(runs, window)
             steps = np.arange(1, runs.shape[-1] + 1)
             style = "-" if name == REFERENCE or i < 10 else "--"
-            axis.plot(steps, smoothed.mean(0), style, color=colours(i % colours.N), lw=1.6 if name != REFERENCE else 2.4,
-                      label=f"{name} (untuned)" if len(s.lrs) == 1
-                      else f"{name} (lr {s.lrs[metrics.tuned_index(s.train_loss)]:.3g})")
+            axis.plot(
+                steps,
+                smoothed.mean(0),
+                style,
+                color=colours(i % colours.N),
+                lw=1.6 if name != REFERENCE else 2.4,
+                label=f"{name} (untuned)"
+                if len(s.lrs) == 1
+                else f"{name} (lr {s.lrs[metrics.tuned_index(s.train_loss)]:.3g})",
+            )
             axis.fill_between(steps, smoothed.min(0), smoothed.max(0), color=colours(i % colours.N), alpha=0.15)
         axis.set_yscale("log")
         axis.set_title(task, fontsize=10)
@@ -324,8 +374,9 @@ def plot_lr_sensitivity(path: Path, sweeps: Sequence[Sweep], cells: Sequence[Cel
     """Final train loss against learning rate (log-log), one panel per task; diverged runs are
     drawn at the top of the panel as crosses."""
     tasks = list(dict.fromkeys(s.task for s in sweeps))
-    chosen = [n for n in _plotted_optimizers(cells, limit, sweeps)
-              if any(len(s.lrs) > 1 for s in sweeps if s.optimizer == n)]
+    chosen = [
+        n for n in _plotted_optimizers(cells, limit, sweeps) if any(len(s.lrs) > 1 for s in sweeps if s.optimizer == n)
+    ]
     plt, figure, axes = _panels(len(tasks))
     colours = plt.get_cmap("tab10" if len(chosen) <= 10 else "tab20")
     for axis, task in zip(axes, tasks):

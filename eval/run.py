@@ -85,10 +85,17 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     for task_name, candidate in bar:
         bar.set_postfix_str(f"{task_name} / {candidate.name}")
         multiplier = parse_entry(task_name)[1]
-        sweeps.append(sweep(
-            task_name, candidate, num_steps=config.num_steps * multiplier, eval_every=config.eval_every * multiplier,
-            num_seeds=config.seeds, seed=config.seed, cache_dir=cache_dir,
-        ))
+        sweeps.append(
+            sweep(
+                task_name,
+                candidate,
+                num_steps=config.num_steps * multiplier,
+                eval_every=config.eval_every * multiplier,
+                num_seeds=config.seeds,
+                seed=config.seed,
+                cache_dir=cache_dir,
+            )
+        )
     bar.close()
 
     costs = {}

@@ -52,16 +52,22 @@ def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Cand
     Methods that schedule over the run (`baseline.run_length_argument`, e.g. Ranger21's
     warm-down) are told `num_steps`."""
     fingerprint = json.dumps(
-        {"name": baseline.name, "defaults": {k: repr(v) for k, v in baseline.defaults.items()},
-         **({"batch_growth": list(baseline.batch_growth)} if baseline.batch_growth else {})},
+        {
+            "name": baseline.name,
+            "defaults": {k: repr(v) for k, v in baseline.defaults.items()},
+            **({"batch_growth": list(baseline.batch_growth)} if baseline.batch_growth else {}),
+        },
         sort_keys=True,
     )
     make = baseline.make
     if baseline.run_length_argument is not None and num_steps is not None:
         make = functools.partial(baseline.make, **{baseline.run_length_argument: num_steps})
     return Candidate(
-        name=baseline.name, make=make, lr_grid=baseline.lr_grid,
-        fingerprint=fingerprint, eval_params=baseline.eval_params,
+        name=baseline.name,
+        make=make,
+        lr_grid=baseline.lr_grid,
+        fingerprint=fingerprint,
+        eval_params=baseline.eval_params,
         batch_growth=BatchGrowth(*baseline.batch_growth) if baseline.batch_growth else None,
     )
 
@@ -82,21 +88,41 @@ def learned_candidates(path: str, num_steps: int, name: str | None = None) -> li
     of multipliers like the baselines, named `<name> (LR-tuned)`."""
     manifest = lopt.read_manifest(path)
     meta_optimizer, theta = lopt.load_meta(path)
-    fingerprint = json.dumps({"kind": manifest["kind"], "config": manifest.get("config"),
-                              "arrays": [a["sha256"] for a in manifest["arrays"]]}, sort_keys=True, default=str)
+    fingerprint = json.dumps(
+        {
+            "kind": manifest["kind"],
+            "config": manifest.get("config"),
+            "arrays": [a["sha256"] for a in manifest["arrays"]],
+        },
+        sort_keys=True,
+        default=str,
+    )
     where = Path(path).absolute()
     label = name or f"learned:{where.parent.name if where.name == 'optimizer' else where.name}"
-    candidates = [Candidate(
-        name=label, make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
-        lr_grid=(1.0,), fingerprint=fingerprint, tuned=False, learned=True,
-    )]
+    candidates = [
+        Candidate(
+            name=label,
+            make=lambda lr: meta_optimizer.transform(theta, num_steps=num_steps),
+            lr_grid=(1.0,),
+            fingerprint=fingerprint,
+            tuned=False,
+            learned=True,
+        )
+    ]
     grid = tuple(meta_optimizer.lr_tuning_grid)
     if grid:
-        candidates.append(Candidate(
-            name=f"{label} (LR-tuned)",
-            make=lambda lr: meta_optimizer.transform(meta_optimizer.scale_learning_rate(theta, lr), num_steps=num_steps),
-            lr_grid=grid, fingerprint=fingerprint + "|lr-sweep", tuned=True, learned=True,
-        ))
+        candidates.append(
+            Candidate(
+                name=f"{label} (LR-tuned)",
+                make=lambda lr: meta_optimizer.transform(
+                    meta_optimizer.scale_learning_rate(theta, lr), num_steps=num_steps
+                ),
+                lr_grid=grid,
+                fingerprint=fingerprint + "|lr-sweep",
+                tuned=True,
+                learned=True,
+            )
+        )
     return candidates
 
 
@@ -127,8 +153,12 @@ def run_keys(task_name: str, seed: int, num_seeds: int) -> jax.Array:
 def cache_path(cache_dir: Path, task_name: str, candidate: Candidate, settings: dict) -> Path:
     key = json.dumps(
         {
-            "format": CACHE_FORMAT, "lopt": lopt.__version__, "task": entry_spec(task_name).describe(),
-            "optimizer": candidate.fingerprint, "lrs": candidate.lr_grid, **settings,
+            "format": CACHE_FORMAT,
+            "lopt": lopt.__version__,
+            "task": entry_spec(task_name).describe(),
+            "optimizer": candidate.fingerprint,
+            "lrs": candidate.lr_grid,
+            **settings,
         },
         sort_keys=True,
     )
@@ -140,9 +170,13 @@ def _read_cache(path: Path, task_name: str, candidate: Candidate) -> Sweep | Non
     try:
         with np.load(path, allow_pickle=False) as data:
             return Sweep(
-                task=task_name, optimizer=candidate.name, lrs=data["lrs"],
-                train_loss=data["train_loss"], eval_loss=data["eval_loss"],
-                compile_seconds=float(data["compile_seconds"]), run_seconds=float(data["run_seconds"]),
+                task=task_name,
+                optimizer=candidate.name,
+                lrs=data["lrs"],
+                train_loss=data["train_loss"],
+                eval_loss=data["eval_loss"],
+                compile_seconds=float(data["compile_seconds"]),
+                run_seconds=float(data["run_seconds"]),
                 cached=True,
             )
     except (OSError, KeyError, ValueError):
@@ -153,8 +187,12 @@ def _write_cache(path: Path, sweep: Sweep) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp.npz")
     np.savez(
-        temporary, lrs=sweep.lrs, train_loss=sweep.train_loss, eval_loss=sweep.eval_loss,
-        compile_seconds=sweep.compile_seconds, run_seconds=sweep.run_seconds,
+        temporary,
+        lrs=sweep.lrs,
+        train_loss=sweep.train_loss,
+        eval_loss=sweep.eval_loss,
+        compile_seconds=sweep.compile_seconds,
+        run_seconds=sweep.run_seconds,
     )
     os.replace(temporary, path)
 
@@ -183,8 +221,13 @@ def sweep(
 
     def one_run(task, lr, key):
         result = train(
-            task, candidate.make(lr), key, num_steps=num_steps, eval_every=eval_every,
-            eval_params_fn=candidate.eval_params, batch_growth=candidate.batch_growth,
+            task,
+            candidate.make(lr),
+            key,
+            num_steps=num_steps,
+            eval_every=eval_every,
+            eval_params_fn=candidate.eval_params,
+            batch_growth=candidate.batch_growth,
         )
         return result.train_loss, result.eval_loss
 
@@ -198,9 +241,13 @@ def sweep(
     run_seconds = time.perf_counter() - start
 
     result = Sweep(
-        task=task_name, optimizer=candidate.name, lrs=np.asarray(candidate.lr_grid),
-        train_loss=np.asarray(train_loss), eval_loss=np.asarray(eval_loss),
-        compile_seconds=compile_seconds, run_seconds=run_seconds,
+        task=task_name,
+        optimizer=candidate.name,
+        lrs=np.asarray(candidate.lr_grid),
+        train_loss=np.asarray(train_loss),
+        eval_loss=np.asarray(eval_loss),
+        compile_seconds=compile_seconds,
+        run_seconds=run_seconds,
     )
     if path is not None:
         _write_cache(path, result)

@@ -20,11 +20,7 @@ from __future__ import annotations
 from tasks import TaskSpec, task_spec
 
 SUITES: dict[str, tuple[str, ...]] = {
-    "embedded-small": (
-        "digits-mlp-tanh64x2",
-        "mnist1d-mlp-gelu64x2",
-        "quadratic-10-cond100",
-    ),
+    "embedded-small": ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "quadratic-10-cond100"),
     "embedded-full": (
         "digits-mlp-relu32",
         "digits-mlp-tanh64x2",
@@ -42,11 +38,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "mnist1d-conv-16-32",
         "pytext-transformer-64x2",
     ),
-    "embedded-ood": (
-        "digits-mlp-relu256x3",
-        "mnist1d-mlp-relu128x4",
-        "pytext-transformer-64x2",
-    ),
+    "embedded-ood": ("digits-mlp-relu256x3", "mnist1d-mlp-relu128x4", "pytext-transformer-64x2"),
     "generalisation": (
         "digits-mlp-relu256x3",
         "mnist1d-mlp-relu128x4",
@@ -68,12 +60,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "digits-mlp-relu128x2-mse",
         "regression-mlp-relu128x2",
     ),
-    "validation": (
-        "digits-mlp-silu96x2",
-        "mnist1d-conv-48",
-        "pytext-transformer-48x2",
-        "regression-mlp-tanh64x3",
-    ),
+    "validation": ("digits-mlp-silu96x2", "mnist1d-conv-48", "pytext-transformer-48x2", "regression-mlp-tanh64x3"),
 }
 
 

@@ -29,8 +29,9 @@ def private_folder(folder: Path) -> Path:
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise UntrustedCache(f"{folder} belongs to another user; lopt loads cached code only from its own folder")
     if info.st_mode & 0o022:
-        raise UntrustedCache(f"{folder} is writable by other users; lopt loads cached code only from a private "
-                             "folder (chmod go-w it)")
+        raise UntrustedCache(
+            f"{folder} is writable by other users; lopt loads cached code only from a private folder (chmod go-w it)"
+        )
     return folder
 
 

@@ -63,10 +63,14 @@ def describe_arrays(theta: Any) -> list[dict[str, Any]]:
     entries = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
         array = np.asarray(leaf)
-        entries.append({
-            "path": _path_name(path), "shape": list(array.shape), "dtype": str(array.dtype),
-            "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),
-        })
+        entries.append(
+            {
+                "path": _path_name(path),
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+                "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),
+            }
+        )
     return entries
 
 
@@ -87,13 +91,17 @@ def save(
     path = Path(path).absolute()
     for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(theta):
         if not np.all(np.isfinite(np.asarray(leaf))):
-            raise ValueError(f"theta{jax.tree_util.keystr(leaf_path)} holds non-finite values (NaN or inf); "
-                             "lopt saves only finite meta-parameters")
+            raise ValueError(
+                f"theta{jax.tree_util.keystr(leaf_path)} holds non-finite values (NaN or inf); "
+                "lopt saves only finite meta-parameters"
+            )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if path.exists() and not is_lopt_checkpoint(path):
-        raise FileExistsError(f"{path} exists and is not a lopt optimizer checkpoint exactly as lopt wrote it (a manifest that "
-                              "validates, its theta/ arrays as saved and nothing else); lopt replaces only its own")
+        raise FileExistsError(
+            f"{path} exists and is not a lopt optimizer checkpoint exactly as lopt wrote it (a manifest that "
+            "validates, its theta/ arrays as saved and nothing else); lopt replaces only its own"
+        )
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -103,7 +111,7 @@ def save(
         "arrays": describe_arrays(theta),
         "provenance": {
             **(meta or {}),
-            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "jax_version": jax.__version__,
         },
     }
@@ -168,7 +176,7 @@ def _remove_leftovers(path: Path) -> None:
     """Staging and retired copies of `path` that an earlier, killed save left behind (only the
     names lopt.save itself makes: `.<name>.tmp-<8 hex>` and `.<name>.old-<8 hex>`)."""
     for leftover in path.parent.glob(f".{path.name}.*-*"):
-        tag, _, suffix = leftover.name[len(path.name) + 2:].partition("-")
+        tag, _, suffix = leftover.name[len(path.name) + 2 :].partition("-")
         if tag in ("tmp", "old") and len(suffix) == 8 and all(c in "0123456789abcdef" for c in suffix):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
@@ -227,8 +235,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if _depth(manifest) > MAX_MANIFEST_DEPTH:
         raise CheckpointError(f"{file}: manifest is nested deeper than {MAX_MANIFEST_DEPTH} levels")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a lopt optimizer manifest (format {manifest.get('format')!r})"
-                              if isinstance(manifest, dict) else f"{file}: not a lopt optimizer manifest")
+        raise CheckpointError(
+            f"{file}: not a lopt optimizer manifest (format {manifest.get('format')!r})"
+            if isinstance(manifest, dict)
+            else f"{file}: not a lopt optimizer manifest"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -259,6 +270,7 @@ def _depth(value: Any) -> int:
 
 def _check_schema(manifest: dict[str, Any], file: Path) -> None:
     """Types of the manifest's fields, so a hand-edited file fails here with its key named."""
+
     def fail(what: str) -> None:
         raise CheckpointError(f"{file}: {what}")
 
@@ -272,8 +284,10 @@ def _check_schema(manifest: dict[str, Any], file: Path) -> None:
     if not isinstance(manifest["arrays"], list):
         fail("'arrays' must be a list of array entries")
     files = manifest.get("files")
-    if files is not None and not (isinstance(files, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in files.items())):
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in files.items())
+    ):
         fail("'files' must be a table of file names and sizes")
     for i, entry in enumerate(manifest["arrays"]):
         if not isinstance(entry, dict):
@@ -396,8 +410,9 @@ def _load(path: str | Path, kernel: str | None = None) -> tuple[Any, Any, dict[s
     return meta_optimizer, theta, manifest
 
 
-def load(path: str | Path, num_steps: int | None = None, *, kernel: str | None = None
-         ) -> optax.GradientTransformationExtraArgs:
+def load(
+    path: str | Path, num_steps: int | None = None, *, kernel: str | None = None
+) -> optax.GradientTransformationExtraArgs:
     """A ready optax transformation from checkpoint `path` — a directory, or the name of a
     shipped optimizer (`lopt.shipped()` lists them; "checkpoints/<name>" works too).
 

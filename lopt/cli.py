@@ -40,13 +40,17 @@ def _meta_train(args: argparse.Namespace) -> int:
     summary = meta_train(config, progress=not args.quiet)
     if summary["resumed"]:
         print(f"resumed from the checkpoint in {config.run.output_dir}")
-    print(f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped, "
-          f"{summary['diverged']} diverged worker windows masked)")
+    print(
+        f"meta-training finished at outer step {summary['steps']} ({summary['skipped']} non-finite steps skipped, "
+        f"{summary['diverged']} diverged worker windows masked)"
+    )
     if "validation_start" in summary:
         start, best = summary["validation_start"], summary["validation_best"]
-        print(f"validation score (mean log of final loss ÷ Adam 1e-3's, lower is better; ± seed spread): "
-              f"start {start['score']:.3f} ± {start['spread']:.3f} (step {start['step']}), "
-              f"best {best['score']:.3f} ± {best['spread']:.3f} (step {best['step']})")
+        print(
+            f"validation score (mean log of final loss ÷ Adam 1e-3's, lower is better; ± seed spread): "
+            f"start {start['score']:.3f} ± {start['spread']:.3f} (step {start['step']}), "
+            f"best {best['score']:.3f} ± {best['spread']:.3f} (step {best['step']})"
+        )
     for key in ("optimizer", "best", "log", "figure"):
         if key in summary:
             print(f"wrote {key}: {summary[key]}")
@@ -98,13 +102,17 @@ def _search(args: argparse.Namespace) -> int:
         raise ConfigError("give a search config or --resume DIR")
     best = search.run()
     stats = search.statistics()
-    print(f"search finished at generation {search.generation}: best fitness {best.fitness:.4f} "
-          f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained"
-          + (f" and {stats['hurdle_stops']} stopped at the hurdle" if stats['hurdle_stops'] else "") + ", "
-          f"{stats['programs_per_second']:.1f} programs/s ({stats['trained_per_second']:.1f} trained/s, "
-          f"{stats['inner_steps_per_second']:,.0f} inner steps/s; "
-          f"{stats['inner_steps_per_second_compiled']:,.0f} leaving out {stats['share_compile']:.0%} of the time spent compiling), "
-          f"cache hit rate {stats['cache_hit_rate']:.1%}, rejected by the probe {stats['rejected_rate']:.1%}")
+    print(
+        f"search finished at generation {search.generation}: best fitness {best.fitness:.4f} "
+        f"(seed {search.seed_fitness:.4f}); {stats['children']} children, {stats['trained']} trained"
+        + (f" and {stats['hurdle_stops']} stopped at the hurdle" if stats['hurdle_stops'] else "")
+        + ", "
+        f"{stats['programs_per_second']:.1f} programs/s ({stats['trained_per_second']:.1f} trained/s, "
+        f"{stats['inner_steps_per_second']:,.0f} inner steps/s; "
+        f"{stats['inner_steps_per_second_compiled']:,.0f} leaving out "
+        f"{stats['share_compile']:.0%} of the time spent compiling), "
+        f"cache hit rate {stats['cache_hit_rate']:.1%}, rejected by the probe {stats['rejected_rate']:.1%}"
+    )
     finish(search, ablate=not args.no_ablate, tolerance=args.tolerance, progress=not args.quiet)
     return 0
 
@@ -116,8 +124,10 @@ def _search_top(args: argparse.Namespace) -> int:
 
     for rank, entry in enumerate(top(args.directory, args.n), start=1):
         found = motifs(check(parse(entry["text"])))
-        print(f"#{rank}  fitness {entry['fitness']:.4f}  (child {entry['id']}, generation {entry['generation']}, "
-              f"{entry['mutation']}; motifs: {', '.join(found) or 'none'})")
+        print(
+            f"#{rank}  fitness {entry['fitness']:.4f}  (child {entry['id']}, generation {entry['generation']}, "
+            f"{entry['mutation']}; motifs: {', '.join(found) or 'none'})"
+        )
         print(entry["text"])
     return 0
 
@@ -136,7 +146,9 @@ def _search_funnel(args: argparse.Namespace) -> int:
     from meta_train.search.config import SearchConfig, config_from_dir
     from meta_train.search.pipeline import refunnel
 
-    config = load_config(SearchConfig, args.config, args.set) if args.config else config_from_dir(args.directory, args.set)
+    config = (
+        load_config(SearchConfig, args.config, args.set) if args.config else config_from_dir(args.directory, args.set)
+    )
     refunnel(args.directory, config, progress=not args.quiet)
     return 0
 
@@ -159,9 +171,11 @@ def _program(args: argparse.Namespace) -> int:
         return 2
     if args.action == "check":
         ((functional, finite),) = functional_hashes([graph])
-        print(f"{path}: valid; {len(program.statements)} statements, {redundant_fraction(program):.0%} redundant; "
-              f"structural hash {structural_hash(program)}, functional hash {functional}"
-              f"{'' if finite else ' (non-finite on the probe)'}")
+        print(
+            f"{path}: valid; {len(program.statements)} statements, {redundant_fraction(program):.0%} redundant; "
+            f"structural hash {structural_hash(program)}, functional hash {functional}"
+            f"{'' if finite else ' (non-finite on the probe)'}"
+        )
         return 0
     if args.action == "simplify":
         from lopt.programs.simplify import simplify
@@ -192,6 +206,7 @@ def _program(args: argparse.Namespace) -> int:
 
 def _number(low: float, *, strict: bool, what: str):
     """An argparse type: a finite float above `low` (strict) or at least `low`, else one line."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -200,6 +215,7 @@ def _number(low: float, *, strict: bool, what: str):
         if not math.isfinite(value) or (value <= low if strict else value < low):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return value
+
     return parse
 
 
@@ -219,8 +235,13 @@ def _add_job(commands, name: str, handler, help_text: str, example_config: str, 
     """A subcommand that runs a TOML job config with --set overrides and a progress bar."""
     job = commands.add_parser(name, help=help_text)
     job.add_argument("config", help=f"TOML config, e.g. {example_config}")
-    job.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help=f"override a config key (repeatable), e.g. --set {example_override}")
+    job.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key (repeatable), e.g. --set {example_override}",
+    )
     job.add_argument("--quiet", action="store_true", help="no progress bar")
     job.set_defaults(handler=handler)
 
@@ -228,20 +249,37 @@ def _add_job(commands, name: str, handler, help_text: str, example_config: str, 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="lopt", description="Learned optimizers in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_job(commands, "eval", _eval, "evaluate optimizers on a suite of tasks",
-             "configs/eval/embedded-small.toml", "num_steps=200")
-    _add_job(commands, "meta-train", _meta_train, "meta-train a learned optimizer (resumes if interrupted)",
-             "configs/meta_train/quickstart.toml", "outer.steps=100")
+    _add_job(
+        commands,
+        "eval",
+        _eval,
+        "evaluate optimizers on a suite of tasks",
+        "configs/eval/embedded-small.toml",
+        "num_steps=200",
+    )
+    _add_job(
+        commands,
+        "meta-train",
+        _meta_train,
+        "meta-train a learned optimizer (resumes if interrupted)",
+        "configs/meta_train/quickstart.toml",
+        "outer.steps=100",
+    )
     commands.choices["meta-train"].add_argument(
-        "--init", metavar="CHECKPOINT",
-        help="start from this saved optimizer's theta (a path or shipped name): fine-tune it on the config's tasks")
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this saved optimizer's theta (a path or shipped name): fine-tune it on the config's tasks",
+    )
 
     info = commands.add_parser("info", help="describe a saved optimizer checkpoint")
     info.add_argument("path", help="checkpoint directory, e.g. runs/quickstart/optimizer")
     info.set_defaults(handler=_info)
 
-    search = commands.add_parser("search", help="search for optimizer programs (regularized evolution); "
-                                 "`lopt search CONFIG` is short for `lopt search run CONFIG`")
+    search = commands.add_parser(
+        "search",
+        help="search for optimizer programs (regularized evolution); "
+        "`lopt search CONFIG` is short for `lopt search run CONFIG`",
+    )
     search_commands = search.add_subparsers(dest="search_command", required=True)
     run = search_commands.add_parser("run", help="run (or --resume) a search job")
     run.add_argument("config", nargs="?", help="TOML config, e.g. configs/search/quickstart.toml")
@@ -261,13 +299,23 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("-o", "--output", help="the PNG to write (default: DIRECTORY/curves.png)")
     curves.set_defaults(handler=_search_plot)
 
-    again = search_commands.add_parser("funnel", help="run a finished search's funnel again (e.g. under a changed "
-                                       "funnel) and rewrite its funnel.json, best.txt and summary.json")
+    again = search_commands.add_parser(
+        "funnel",
+        help="run a finished search's funnel again (e.g. under a changed "
+        "funnel) and rewrite its funnel.json, best.txt and summary.json",
+    )
     again.add_argument("directory", help="the search directory (its run.output_dir)")
-    again.add_argument("--config", help="take the funnel and fitness settings from this TOML config "
-                       "(default: the search's own config.json)")
-    again.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. fitness.interpreter='jit' on a CPU")
+    again.add_argument(
+        "--config",
+        help="take the funnel and fitness settings from this TOML config (default: the search's own config.json)",
+    )
+    again.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. fitness.interpreter='jit' on a CPU",
+    )
     again.add_argument("--quiet", action="store_true", help="no progress output")
     again.set_defaults(handler=_search_funnel)
 
@@ -275,9 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     program.add_argument("action", choices=("check", "simplify", "export"))
     program.add_argument("file", help="program text file")
     program.add_argument("out", nargs="?", help="with export: the checkpoint directory to write")
-    program.add_argument("--ablate", metavar="SEARCH_CONFIG", help="simplify: also ablate statements, scored by this config's fitness")
-    program.add_argument("--tolerance", type=TOLERANCE, default=0.01, help="simplify: allowed fitness loss per ablation")
-    program.add_argument("--learning-rate", type=POSITIVE, default=1.0, help="export: the value of the program's lr input")
+    program.add_argument(
+        "--ablate", metavar="SEARCH_CONFIG", help="simplify: also ablate statements, scored by this config's fitness"
+    )
+    program.add_argument(
+        "--tolerance", type=TOLERANCE, default=0.01, help="simplify: allowed fitness loss per ablation"
+    )
+    program.add_argument(
+        "--learning-rate", type=POSITIVE, default=1.0, help="export: the value of the program's lr input"
+    )
     program.add_argument("--overwrite", action="store_true", help="export: replace an existing checkpoint")
     program.set_defaults(handler=_program)
 

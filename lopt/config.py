@@ -104,9 +104,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(fields)}"
-        )
+        raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(fields)}")
     kwargs = {}
     for name, field in fields.items():
         if name in data:

@@ -20,10 +20,33 @@ MARKER = ".lopt-job"
 
 # what each job kind writes at the top of its folder
 JOB_FILES: dict[str, frozenset[str]] = {
-    "meta-train": frozenset({"config.json", ".config.json.tmp", "checkpoints", "metrics.jsonl", "metrics.jsonl.tmp",
-                             "optimizer", "best", "meta_training.png"}),
-    "search": frozenset({"config.json", "state.json", "log.jsonl", "cache.jsonl", "validation.jsonl", "funnel.json",
-                         "best.txt", "summary.json", "curves.png", "program", "jax-cache"}),
+    "meta-train": frozenset(
+        {
+            "config.json",
+            ".config.json.tmp",
+            "checkpoints",
+            "metrics.jsonl",
+            "metrics.jsonl.tmp",
+            "optimizer",
+            "best",
+            "meta_training.png",
+        }
+    ),
+    "search": frozenset(
+        {
+            "config.json",
+            "state.json",
+            "log.jsonl",
+            "cache.jsonl",
+            "validation.jsonl",
+            "funnel.json",
+            "best.txt",
+            "summary.json",
+            "curves.png",
+            "program",
+            "jax-cache",
+        }
+    ),
     "eval": frozenset({"results.md", "results.json", "loss_curves.png", "lr_sensitivity.png", "cache"}),
 }
 
@@ -61,8 +84,9 @@ def claim(folder: str | Path, kind: str, key: str = "run.output_dir", extra: Ite
         foreign = sorted(entries - JOB_FILES[kind] - set(extra) - {MARKER})
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise ConfigError(f"{key}: {folder} holds files a lopt {kind} job did not write ({shown}); "
-                              "use an empty or new folder")
+            raise ConfigError(
+                f"{key}: {folder} holds files a lopt {kind} job did not write ({shown}); use an empty or new folder"
+            )
         try:
             staging = folder / f"{MARKER}.tmp"
             staging.write_text(json.dumps({"job": kind}))

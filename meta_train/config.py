@@ -84,6 +84,7 @@ class RunSection:
     (with a checkpoint) after this many seconds in this call, to resume in the next (0: none).
     fuse_groups: every group's population step and the outer update as one compiled program
     (one dispatch a step; False runs the groups one program after another)."""
+
     output_dir: str = "runs/meta-train"
     checkpoint_every: int = 50
     log_every: int = 10
@@ -111,7 +112,9 @@ class MetaTrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer.preset not in PRESETS:
-            raise ConfigError(f"optimizer.preset: unknown preset {self.optimizer.preset!r}; valid: {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"optimizer.preset: unknown preset {self.optimizer.preset!r}; valid: {', '.join(PRESETS)}"
+            )
         for name in ("steps", "checkpoint_every", "log_every"):
             section = self.outer if name == "steps" else self.run
             if getattr(section, name) <= 0:
@@ -133,10 +136,14 @@ class MetaTrainConfig:
             except re.error as error:
                 raise ConfigError(f"estimator.trainable: not a regular expression ({error})") from None
         if self.estimator.kind not in ESTIMATORS:
-            raise ConfigError(f"estimator.kind: unknown estimator {self.estimator.kind!r}; valid: {', '.join(ESTIMATORS)}")
+            raise ConfigError(
+                f"estimator.kind: unknown estimator {self.estimator.kind!r}; valid: {', '.join(ESTIMATORS)}"
+            )
         if self.estimator.meta_objective not in META_OBJECTIVES:
-            raise ConfigError(f"estimator.meta_objective: unknown objective {self.estimator.meta_objective!r}; "
-                              f"valid: {', '.join(META_OBJECTIVES)}")
+            raise ConfigError(
+                f"estimator.meta_objective: unknown objective {self.estimator.meta_objective!r}; "
+                f"valid: {', '.join(META_OBJECTIVES)}"
+            )
 
     def _check_ranges(self) -> None:
         """Numbers that would otherwise fail deep inside a compiled step, or be silently meaningless."""
@@ -144,17 +151,33 @@ class MetaTrainConfig:
         checks = [
             ("estimator.num_workers", est.num_workers, est.num_workers > 0, "a positive whole number"),
             ("estimator.sigma", est.sigma, est.sigma > 0, "a positive number"),
-            ("estimator.truncation_length", est.truncation_length,
-             0 < est.truncation_length <= est.min_horizon <= est.max_horizon,
-             "0 < truncation_length <= min_horizon <= max_horizon"),
+            (
+                "estimator.truncation_length",
+                est.truncation_length,
+                0 < est.truncation_length <= est.min_horizon <= est.max_horizon,
+                "0 < truncation_length <= min_horizon <= max_horizon",
+            ),
             ("estimator.schedule", est.schedule, est.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-            ("estimator.objective_tail", est.objective_tail, 0 < est.objective_tail <= 1,
-             "a fraction in (0, 1]: the last part of each episode whose losses count"),
+            (
+                "estimator.objective_tail",
+                est.objective_tail,
+                0 < est.objective_tail <= 1,
+                "a fraction in (0, 1]: the last part of each episode whose losses count",
+            ),
             ("estimator.divergence_factor", est.divergence_factor, est.divergence_factor > 1, "a number above 1"),
-            ("estimator.meta_loss_split", est.meta_loss_split, est.meta_loss_split in ("train", "test"), "train or test"),
+            (
+                "estimator.meta_loss_split",
+                est.meta_loss_split,
+                est.meta_loss_split in ("train", "test"),
+                "train or test",
+            ),
             ("outer.seed", self.outer.seed, 0 <= self.outer.seed < 2**32, "a whole number in [0, 2**32)"),
-            ("outer.learning_rate", self.outer.learning_rate, 0 <= self.outer.learning_rate < float("inf"),
-             "a finite non-negative number"),
+            (
+                "outer.learning_rate",
+                self.outer.learning_rate,
+                0 <= self.outer.learning_rate < float("inf"),
+                "a finite non-negative number",
+            ),
             ("outer.clip", self.outer.clip, self.outer.clip > 0, "a positive number"),
             ("run.eval_every", run.eval_every, run.eval_every >= 0, "0 (no evaluation) or a positive number"),
             ("run.validation_seeds", run.validation_seeds, run.validation_seeds > 0, "a positive whole number"),
@@ -170,8 +193,11 @@ class MetaTrainConfig:
         from tasks import get_family, task_spec
         from tasks.datasets import load
 
-        for key, names in (("run.eval_task", (self.run.eval_task,)), ("run.validation_tasks", self.run.validation_tasks),
-                           ("tasks.names", self.tasks.names)):
+        for key, names in (
+            ("run.eval_task", (self.run.eval_task,)),
+            ("run.validation_tasks", self.run.validation_tasks),
+            ("tasks.names", self.tasks.names),
+        ):
             for name in names:
                 try:
                     task_spec(name)

@@ -40,7 +40,13 @@ from jax.sharding import PartitionSpec
 from meta_train.augment import Augmentation
 from meta_train.sharding import AXIS
 from meta_train.truncation import (
-    NO_AUGMENTATION, TruncationSchedule, Worker, diverged, initial_worker, reset_if_done, unroll,
+    NO_AUGMENTATION,
+    TruncationSchedule,
+    Worker,
+    diverged,
+    initial_worker,
+    reset_if_done,
+    unroll,
 )
 
 Theta = Any
@@ -85,24 +91,24 @@ class Totals(NamedTuple):
 class Estimator:
     """A meta-gradient estimator for one task and one population (the shared base).
 
-    sigma: the ES perturbation scale. task: the inner task (a pytree, passed to the compiled
-    step as an argument). schedule: truncation length and horizons. augmentation: per-episode
+    sigma: the ES perturbation scale. task: the inner task (a pytree, passed to the compiled step as
+    an argument). schedule: truncation length and horizons. augmentation: per-episode
     reparameterisation of the task (meta_train.augment). meta_objective: 'loss' (mean inner loss
     over a window) or 'log_loss' (mean log loss: comparable across tasks whose losses differ by
     orders of magnitude, and blind to loss rescaling). objective_tail: only the inner steps in the
-    last `objective_tail` fraction of each episode count towards the meta-gradient (1: every
-    step, the area under the loss curve; small: the final loss, which is what a user of the
-    optimizer, and the validation score, measure). PES and NRES stay unbiased for the weighted
-    episode objective: a late window's ± difference is credited to every perturbation of its
-    episode. trainable: a regular expression over theta's paths (`jax.tree_util.keystr`, e.g.
+    last `objective_tail` fraction of each episode count towards the meta-gradient (1: every step,
+    the area under the loss curve; small: the final loss, which is what a user of the optimizer, and
+    the validation score, measure). PES and NRES stay unbiased for the weighted episode objective: a
+    late window's ± difference is credited to every perturbation of its episode. trainable: a
+    regular expression over theta's paths (`jax.tree_util.keystr`, e.g.
     "schedule|log_learning_rate"); only matching leaves are perturbed and get a gradient, the rest
     stay at their values (empty: all of theta). Perturbing a part whose meta-gradient is not
-    resolved at the budget only adds noise to the ± loss differences of the parts that are. mesh: the population's one-axis device
-    mesh (`meta_train.sharding.population_mesh`), or None. With a mesh each device runs its
-    share of the workers under `shard_map`; without one, jit's partitioner splits the vmapped
-    population by the state's sharding, and it would run a custom call such as the native CPU
-    kernel (`lopt.learned.native`) whole on every device instead (W2 on the 2-core CPU: 7.3k
-    inner steps/s against 15k+ under shard_map).
+    resolved at the budget only adds noise to the ± loss differences of the parts that are. mesh:
+    the population's one-axis device mesh (`meta_train.sharding.population_mesh`), or None. With a
+    mesh each device runs its share of the workers under `shard_map`; without one, jit's partitioner
+    splits the vmapped population by the state's sharding, and it would run a custom call such as
+    the native CPU kernel (`lopt.learned.native`) whole on every device instead (W2 on the 2-core
+    CPU: 7.3k inner steps/s against 15k+ under shard_map).
     """
 
     kind: ClassVar[str]
@@ -148,8 +154,9 @@ class Estimator:
     # -- shared ------------------------------------------------------------------------------
     def init(self, key: jax.Array, theta: Theta) -> Any:
         keys = jax.random.split(key, self.num_workers)
-        workers = jax.vmap(lambda k: initial_worker(self.task, self.meta_optimizer, theta, self.schedule, k,
-                                                    self.augmentation))(keys)
+        workers = jax.vmap(
+            lambda k: initial_worker(self.task, self.meta_optimizer, theta, self.schedule, k, self.augmentation)
+        )(keys)
         return self._initial_state(workers, theta)
 
     def step(self, key: jax.Array, theta: Theta, state: Any) -> tuple[Theta, Any, dict[str, jax.Array]]:
@@ -180,9 +187,15 @@ class Estimator:
         diverge, how many did, how many diverged and reset (counts as float32, exact to 2^24)."""
         good = ~result.bad
         grad = jax.tree.map(
-            lambda g: jnp.sum(jnp.where(good.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), axis=0), result.grad)
-        return Totals(grad, jnp.sum(jnp.where(good, result.loss, 0.0)), jnp.sum(good.astype(jnp.float32)),
-                      jnp.sum(result.bad.astype(jnp.float32)), jnp.sum(result.reset.astype(jnp.float32)))
+            lambda g: jnp.sum(jnp.where(good.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), axis=0), result.grad
+        )
+        return Totals(
+            grad,
+            jnp.sum(jnp.where(good, result.loss, 0.0)),
+            jnp.sum(good.astype(jnp.float32)),
+            jnp.sum(result.bad.astype(jnp.float32)),
+            jnp.sum(result.reset.astype(jnp.float32)),
+        )
 
     def _workers(self, task, keys, theta, state) -> tuple[Totals, Any]:
         """Every worker's window, vmapped and split over `mesh` when there is one: the workers'
@@ -192,6 +205,7 @@ class Estimator:
         totals, flattened into one vector: one rendezvous of the devices a step. Left to jit's
         partitioner, each sum over the sharded axis was an all-reduce of its own (three a step,
         independent in the graph, which XLA may start in any order)."""
+
         def run(task, theta, keys, state):
             result = jax.vmap(lambda k, s: self._worker_step(task, k, theta, s))(keys, state)
             return self._totals(result), result.state
@@ -207,16 +221,29 @@ class Estimator:
         split, whole = PartitionSpec(AXIS), PartitionSpec()
         # check_vma off: a worker's state holds constants (e.g. a VeLO loss-state flag set to
         # True) that the varying-axis check would type apart from the carried values
-        return jax.shard_map(run_and_add, mesh=self.mesh, in_specs=(whole, whole, split, split),
-                             out_specs=(whole, split), check_vma=False)(task, theta, keys, state)
+        return jax.shard_map(
+            run_and_add,
+            mesh=self.mesh,
+            in_specs=(whole, whole, split, split),
+            out_specs=(whole, split),
+            check_vma=False,
+        )(task, theta, keys, state)
 
     def _reset(self, task, theta, worker: Worker, key: jax.Array) -> tuple[Worker, jax.Array]:
-        return reset_if_done(task, self.meta_optimizer, theta, self.schedule, worker, key, jnp.bool_(False),
-                             self.augmentation)
+        return reset_if_done(
+            task, self.meta_optimizer, theta, self.schedule, worker, key, jnp.bool_(False), self.augmentation
+        )
 
     def _unroll(self, task, theta, worker):
-        return unroll(task, self.meta_optimizer, theta, worker, self.schedule.truncation_length, self.meta_loss_split,
-                      self.augmentation)
+        return unroll(
+            task,
+            self.meta_optimizer,
+            theta,
+            worker,
+            self.schedule.truncation_length,
+            self.meta_loss_split,
+            self.augmentation,
+        )
 
     def _objective(self, losses: jax.Array, weights: jax.Array | None = None) -> jax.Array:
         """The window's meta-loss from its per-step inner losses (each times its weight)."""
@@ -250,7 +277,8 @@ class Estimator:
             return tree
         pattern = re.compile(self.trainable)
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: x if pattern.search(jax.tree_util.keystr(path)) else jnp.zeros_like(x), tree)
+            lambda path, x: x if pattern.search(jax.tree_util.keystr(path)) else jnp.zeros_like(x), tree
+        )
 
     def _perturbation(self, key: jax.Array, theta: Theta) -> Any:
         """ε ~ N(0, σ²I) over the trainable part of theta (zero elsewhere)."""
@@ -331,8 +359,9 @@ class AntitheticES(Estimator):
         positive, reset = self._reset(task, theta, state.positive, reset_key)
         epsilon = self._perturbation(noise_key, theta)
         pos_worker, _, difference, loss, bad = self._antithetic(task, theta, epsilon, positive, positive)
-        return WindowResult(self._es_gradient(epsilon, difference), SingleWorkerState(self._mark(pos_worker, bad)),
-                            loss, bad, reset)
+        return WindowResult(
+            self._es_gradient(epsilon, difference), SingleWorkerState(self._mark(pos_worker, bad)), loss, bad, reset
+        )
 
 
 @estimator_kind
@@ -375,8 +404,9 @@ class NRES(Estimator):
         return WindowResult(self._es_gradient(epsilon, difference), new_state, loss, bad, reset)
 
 
-def make_estimator(kind: str, meta_optimizer: Any, task: Any, schedule: TruncationSchedule, *args: Any,
-                   **options: Any) -> Estimator:
+def make_estimator(
+    kind: str, meta_optimizer: Any, task: Any, schedule: TruncationSchedule, *args: Any, **options: Any
+) -> Estimator:
     """The estimator called `kind` (one of ESTIMATORS) with the base class's fields."""
     if kind not in ESTIMATORS:
         raise ValueError(f"unknown estimator {kind!r}; valid estimators: {', '.join(ESTIMATORS)}")

@@ -32,9 +32,7 @@ from lopt.config import ConfigError, from_dict
 from meta_train import run_folder
 from meta_train.config import MetaTrainConfig
 from meta_train.estimators import Estimator, make_estimator
-from meta_train.sharding import (
-    population_mesh, population_placement, replicate, replicated_placement, shard_population,
-)
+from meta_train.sharding import population_mesh, population_placement, replicate, replicated_placement, shard_population
 from meta_train.truncation import TruncationSchedule
 from meta_train.validation import Validation, adam_reference, held_out_loss
 from tasks import build, get_family, task_spec
@@ -72,9 +70,11 @@ def merge_saved_theta(fresh: Any, saved: Any, where: str) -> Any:
         if name not in saved_leaves:
             return leaf
         if saved_leaves[name].shape != leaf.shape:
-            raise ConfigError(f"optimizer.options: they change the shape of {name} from "
-                              f"{tuple(saved_leaves[name].shape)} to {tuple(leaf.shape)}, so {where}'s trained "
-                              "values cannot start it")
+            raise ConfigError(
+                f"optimizer.options: they change the shape of {name} from "
+                f"{tuple(saved_leaves[name].shape)} to {tuple(leaf.shape)}, so {where}'s trained "
+                "values cannot start it"
+            )
         return saved_leaves[name]
 
     return jax.tree_util.tree_map_with_path(pick, fresh)
@@ -137,10 +137,19 @@ class MetaTrainer:
         if spec not in self._estimators:
             est = self.config.estimator
             self._estimators[spec] = make_estimator(
-                est.kind, self.meta_optimizer, self.groups.task(spec), self.schedule, num_workers=est.num_workers,
-                sigma=est.sigma, divergence_factor=est.divergence_factor, meta_loss_split=est.meta_loss_split,
-                augmentation=self.config.tasks.augment, meta_objective=est.meta_objective, mesh=self.mesh,
-                objective_tail=est.objective_tail, trainable=est.trainable,
+                est.kind,
+                self.meta_optimizer,
+                self.groups.task(spec),
+                self.schedule,
+                num_workers=est.num_workers,
+                sigma=est.sigma,
+                divergence_factor=est.divergence_factor,
+                meta_loss_split=est.meta_loss_split,
+                augmentation=self.config.tasks.augment,
+                meta_objective=est.meta_objective,
+                mesh=self.mesh,
+                objective_tail=est.objective_tail,
+                trainable=est.trainable,
             )
         return self._estimators[spec]
 
@@ -166,9 +175,12 @@ class MetaTrainer:
         theta = replicate(self.initial_theta(), self.mesh)
         zero = replicate(jnp.zeros((), jnp.int32), self.mesh)
         return MetaTrainState(
-            step=zero, theta=theta, outer_state=replicate(self.outer.init(theta), self.mesh),
+            step=zero,
+            theta=theta,
+            outer_state=replicate(self.outer.init(theta), self.mesh),
             groups=[self.group_state(g, 0, theta) for g in range(self.config.tasks.num_groups)],
-            skipped=zero, diverged=zero,
+            skipped=zero,
+            diverged=zero,
         )
 
     def abstract_state(self, trained_at: int) -> MetaTrainState:
@@ -187,7 +199,8 @@ class MetaTrainer:
         # so no checkpoint is read per step tried
         shapes = jax.eval_shape(build_state, jax.eval_shape(self.meta_optimizer.init_meta, jax.random.key(0)))
         placement = replicated_placement(shapes, self.mesh)._replace(
-            groups=population_placement(shapes.groups, self.mesh))
+            groups=population_placement(shapes.groups, self.mesh)
+        )
         return jax.tree.map(lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p), shapes, placement)
 
     def check_memory(self, headroom: float = 0.8) -> None:
@@ -204,10 +217,11 @@ class MetaTrainer:
         else:
             available = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         if needed > headroom * available:
+            workers, groups = self.config.estimator.num_workers, self.config.tasks.num_groups
             raise ConfigError(
-                f"estimator.num_workers: {self.config.estimator.num_workers:,} workers x {self.config.tasks.num_groups} "
-                f"groups need about {needed / 2**30:,.1f} GiB for their inner runs' state alone; these devices have "
-                f"{available / 2**30:,.1f} GiB: use fewer workers")
+                f"estimator.num_workers: {workers:,} workers x {groups} groups need about {needed / 2**30:,.1f} GiB "
+                f"for their inner runs' state alone; these devices have {available / 2**30:,.1f} GiB: use fewer workers"
+            )
 
     def _apply_gradient(self, theta, outer_state, grads):
         all_finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -234,7 +248,8 @@ class MetaTrainer:
         if self.config.run.fuse_groups:
             tasks = [self.groups.task(spec) for spec in specs]
             count, theta, outer_state, skipped, diverged, group_states, summary = self._fused(specs)(
-                tasks, key, state.step, state.theta, state.outer_state, state.skipped, state.diverged, groups)
+                tasks, key, state.step, state.theta, state.outer_state, state.skipped, state.diverged, groups
+            )
         else:
             grads, group_states, metrics = [], [], []
             for g, (spec, group_state) in enumerate(zip(specs, groups)):
@@ -243,9 +258,16 @@ class MetaTrainer:
                 group_states.append(group_state)
                 metrics.append(m)
             count, theta, outer_state, skipped, diverged, summary = self._finish(
-                state.step, state.theta, state.outer_state, state.skipped, state.diverged, grads, metrics)
-        new_state = MetaTrainState(step=count, theta=theta, outer_state=outer_state, groups=list(group_states),
-                                   skipped=skipped, diverged=diverged)
+                state.step, state.theta, state.outer_state, state.skipped, state.diverged, grads, metrics
+            )
+        new_state = MetaTrainState(
+            step=count,
+            theta=theta,
+            outer_state=outer_state,
+            groups=list(group_states),
+            skipped=skipped,
+            diverged=diverged,
+        )
         return new_state, summary
 
     def _fused(self, specs: tuple[Any, ...]) -> Any:
@@ -256,13 +278,15 @@ class MetaTrainer:
             def outer_step(tasks, key, count, theta, outer_state, skipped, diverged, groups):
                 grads, group_states, metrics = [], [], []
                 for g, (estimator, task, group_state) in enumerate(zip(estimators, tasks, groups)):
-                    grad, group_state, m = estimator._population_step(task, jax.random.fold_in(key, g), theta,
-                                                                      group_state)
+                    grad, group_state, m = estimator._population_step(
+                        task, jax.random.fold_in(key, g), theta, group_state
+                    )
                     grads.append(grad)
                     group_states.append(group_state)
                     metrics.append(m)
                 count, theta, outer_state, skipped, diverged, summary = self._finish_step(
-                    count, theta, outer_state, skipped, diverged, grads, metrics)
+                    count, theta, outer_state, skipped, diverged, grads, metrics
+                )
                 return count, theta, outer_state, skipped, diverged, group_states, summary
 
             self._fused_steps[specs] = jax.jit(outer_step)
@@ -281,8 +305,9 @@ class MetaTrainer:
         counted = jnp.isfinite(losses)
         summary = {
             # mean over the groups whose window counted any worker; NaN when none did
-            "meta_loss": jnp.where(jnp.any(counted), jnp.sum(jnp.where(counted, losses, 0.0))
-                                   / jnp.maximum(jnp.sum(counted), 1), jnp.nan),
+            "meta_loss": jnp.where(
+                jnp.any(counted), jnp.sum(jnp.where(counted, losses, 0.0)) / jnp.maximum(jnp.sum(counted), 1), jnp.nan
+            ),
             "diverged": sum(m["diverged"] for m in metrics),
             "diverged_total": diverged,
             "resets": sum(m["resets"] for m in metrics),
@@ -292,8 +317,9 @@ class MetaTrainer:
         return count + 1, theta, outer_state, skipped, diverged, summary
 
     def inner_steps_per_outer_step(self, step: int) -> int:
-        return sum(self.estimator(self.groups.spec(g, step)).inner_steps_per_step
-                   for g in range(self.config.tasks.num_groups))
+        return sum(
+            self.estimator(self.groups.spec(g, step)).inner_steps_per_step for g in range(self.config.tasks.num_groups)
+        )
 
     def evaluate(self, theta: Any) -> float:
         """Final train loss of the held-out eval task trained with theta."""
@@ -330,8 +356,10 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     state = run_folder.restore(manager, trainer)
     resumed = state is not None
     if not resumed and (output / "optimizer").exists():
-        raise ConfigError(f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
-                          "move it away or use another run.output_dir")
+        raise ConfigError(
+            f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
+            "move it away or use another run.output_dir"
+        )
     if state is None:
         state = trainer.initial_state()
     log_path = output / "metrics.jsonl"
@@ -340,23 +368,42 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         run_folder.truncate_log(log_path, start_step)
     log = log_path.open("a") if lead else open(os.devnull, "w")
     adam_loss = None
-    bar = tqdm(total=config.outer.steps, initial=start_step, desc="lopt meta-train", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.outer.steps,
+        initial=start_step,
+        desc="lopt meta-train",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     best_score = run_folder.best_score(output)
 
     def evaluate_and_keep_best(step: int) -> None:
         nonlocal best_score
-        row = {"step": step, "eval_loss": trainer.evaluate(state.theta), "adam_loss": adam_loss,
-               **trainer.validate(state.theta)}
+        row = {
+            "step": step,
+            "eval_loss": trainer.evaluate(state.theta),
+            "adam_loss": adam_loss,
+            **trainer.validate(state.theta),
+        }
         log.write(json.dumps(row) + "\n")
         log.flush()
         score = row.get("validation_score")
         if lead and score is not None and np.isfinite(score) and (best_score is None or score < best_score):
             best_score = score
-            lopt.save(output / "best", trainer.meta_optimizer, state.theta,
-                      {"config": dataclasses.asdict(config), "outer_steps": step, "validation_score": score,
-                       "validation": {k: v for k, v in row.items() if k.startswith("validation/")}},
-                      num_steps=config.estimator.max_horizon, overwrite=True)
+            lopt.save(
+                output / "best",
+                trainer.meta_optimizer,
+                state.theta,
+                {
+                    "config": dataclasses.asdict(config),
+                    "outer_steps": step,
+                    "validation_score": score,
+                    "validation": {k: v for k, v in row.items() if k.startswith("validation/")},
+                },
+                num_steps=config.estimator.max_horizon,
+                overwrite=True,
+            )
 
     if lead and not resumed and config.run.eval_every:
         adam_loss = adam_reference(config)
@@ -404,15 +451,27 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
     finally:
         bar.close()
         log.close()
-    summary = {"steps": int(state.step), "resumed": resumed, "log": str(log_path), "skipped": int(state.skipped),
-               "diverged": int(state.diverged), **run_folder.validation_summary(log_path)}
+    summary = {
+        "steps": int(state.step),
+        "resumed": resumed,
+        "log": str(log_path),
+        "skipped": int(state.skipped),
+        "diverged": int(state.diverged),
+        **run_folder.validation_summary(log_path),
+    }
     if int(state.step) >= config.outer.steps:
         path = lopt.save(
-            output / "optimizer", trainer.meta_optimizer, state.theta,
-            {"config": dataclasses.asdict(config), "estimator": config.estimator.kind,
-             "outer_steps": int(state.step),
-             "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state.step)))},
-            num_steps=config.estimator.max_horizon, overwrite=True,
+            output / "optimizer",
+            trainer.meta_optimizer,
+            state.theta,
+            {
+                "config": dataclasses.asdict(config),
+                "estimator": config.estimator.kind,
+                "outer_steps": int(state.step),
+                "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state.step))),
+            },
+            num_steps=config.estimator.max_horizon,
+            overwrite=True,
         )
         run_folder.plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)
         summary |= {"optimizer": str(path), "figure": str(output / "meta_training.png")}

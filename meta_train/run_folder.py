@@ -48,7 +48,9 @@ def restore(manager: ocp.CheckpointManager, trainer: Any) -> Any:
             return _with_empty(restored, abstract)
         except Exception as error:  # orbax raises many types for a damaged step
             failures.append(f"step {step}: {describe_error(error)}")
-            warnings.warn(f"{manager.directory}: could not restore checkpoint step {step}; trying an older one")
+            warnings.warn(
+                f"{manager.directory}: could not restore checkpoint step {step}; trying an older one", stacklevel=2
+            )
     raise CheckpointError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
 
 
@@ -81,7 +83,9 @@ def check_run_config(output: Path, config: MetaTrainConfig) -> None:
         try:
             saved = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path} is not a readable run config ({error}); move it away to start a new run") from None
+            raise ConfigError(
+                f"{path} is not a readable run config ({error}); move it away to start a new run"
+            ) from None
         if saved != config_record(config):
             raise ConfigError(
                 f"{output} holds a run with a different config; use another run.output_dir "
@@ -141,6 +145,7 @@ def plot_metrics(log_path: Path, figure_path: Path, lifetime: int | None = None)
     """Meta-loss and evaluation loss against outer step, from the JSONL log; dotted lines mark
     where the task groups were resampled (the meta-loss jumps with the tasks)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -45,8 +45,10 @@ class TruncationSchedule:
         if self.kind not in ("constant", "log_uniform"):
             raise ValueError(f"unknown truncation schedule {self.kind!r}; valid: constant, log_uniform")
         if not 0 < self.truncation_length <= self.min_horizon <= self.max_horizon:
-            raise ValueError("need 0 < truncation_length <= min_horizon <= max_horizon, got "
-                             f"{self.truncation_length}, {self.min_horizon}, {self.max_horizon}")
+            raise ValueError(
+                "need 0 < truncation_length <= min_horizon <= max_horizon, got "
+                f"{self.truncation_length}, {self.min_horizon}, {self.max_horizon}"
+            )
 
     def sample(self, key: jax.Array) -> jax.Array:
         """A horizon (int32, a multiple of truncation_length)."""
@@ -75,19 +77,37 @@ def _transform(meta_optimizer: Any, theta: Theta, horizon: jax.Array) -> optax.G
     return optax.with_extra_args_support(meta_optimizer.transform(theta, num_steps=horizon))
 
 
-def new_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule, key: jax.Array,
-               augmentation: Augmentation = NO_AUGMENTATION) -> Worker:
+def new_worker(
+    task: Any,
+    meta_optimizer: Any,
+    theta: Theta,
+    schedule: TruncationSchedule,
+    key: jax.Array,
+    augmentation: Augmentation = NO_AUGMENTATION,
+) -> Worker:
     """A fresh inner run at step 0 (its parameters in the episode's augmented space)."""
     init_key, horizon_key, episode_key = jax.random.split(key, 3)
     horizon = schedule.sample(horizon_key)
     params = augmentation.wrap(task, jax.random.key_data(episode_key)).init(init_key)
     opt_state = _transform(meta_optimizer, theta, horizon).init(params)
-    return Worker(params, opt_state, jnp.zeros((), jnp.int32), horizon, jax.random.key_data(episode_key),
-                  jnp.full((), jnp.nan, jnp.float32))
+    return Worker(
+        params,
+        opt_state,
+        jnp.zeros((), jnp.int32),
+        horizon,
+        jax.random.key_data(episode_key),
+        jnp.full((), jnp.nan, jnp.float32),
+    )
 
 
-def initial_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule, key: jax.Array,
-                   augmentation: Augmentation = NO_AUGMENTATION) -> Worker:
+def initial_worker(
+    task: Any,
+    meta_optimizer: Any,
+    theta: Theta,
+    schedule: TruncationSchedule,
+    key: jax.Array,
+    augmentation: Augmentation = NO_AUGMENTATION,
+) -> Worker:
     """A fresh inner run whose step counter starts at a random whole-window offset."""
     worker_key, offset_key = jax.random.split(key)
     worker = new_worker(task, meta_optimizer, theta, schedule, worker_key, augmentation)
@@ -96,9 +116,16 @@ def initial_worker(task: Any, meta_optimizer: Any, theta: Theta, schedule: Trunc
     return worker._replace(step=offset)
 
 
-def reset_if_done(task: Any, meta_optimizer: Any, theta: Theta, schedule: TruncationSchedule,
-                  worker: Worker, key: jax.Array, force: jax.Array,
-                  augmentation: Augmentation = NO_AUGMENTATION) -> tuple[Worker, jax.Array]:
+def reset_if_done(
+    task: Any,
+    meta_optimizer: Any,
+    theta: Theta,
+    schedule: TruncationSchedule,
+    worker: Worker,
+    key: jax.Array,
+    force: jax.Array,
+    augmentation: Augmentation = NO_AUGMENTATION,
+) -> tuple[Worker, jax.Array]:
     """Replace the worker by a fresh run if it reached its horizon (or `force`); returns (worker, reset)."""
     reset = (worker.step >= worker.horizon) | force
     fresh = new_worker(task, meta_optimizer, theta, schedule, key, augmentation)
@@ -126,8 +153,15 @@ def window_batches(task: Any, keys: jax.Array, split: str) -> Callable[[jax.Arra
     return lambda i: jax.tree.map(lambda b: b[i], batches)
 
 
-def unroll(task: Any, meta_optimizer: Any, theta: Theta, worker: Worker, length: int,
-           meta_loss_split: str = "train", augmentation: Augmentation = NO_AUGMENTATION) -> tuple[Worker, jax.Array]:
+def unroll(
+    task: Any,
+    meta_optimizer: Any,
+    theta: Theta,
+    worker: Worker,
+    length: int,
+    meta_loss_split: str = "train",
+    augmentation: Augmentation = NO_AUGMENTATION,
+) -> tuple[Worker, jax.Array]:
     """Advance one worker `length` steps with the optimizer of `theta`.
 
     Returns the new worker and the per-step meta-losses [length]: the minibatch train loss
@@ -150,8 +184,9 @@ def unroll(task: Any, meta_optimizer: Any, theta: Theta, worker: Worker, length:
             loss = task.loss(params, test_batch(i))
         return (new_params, opt_state, t + 1), loss
 
-    (params, opt_state, t), losses = jax.lax.scan(step, (worker.params, worker.opt_state, worker.step),
-                                                  jnp.arange(length))
+    (params, opt_state, t), losses = jax.lax.scan(
+        step, (worker.params, worker.opt_state, worker.step), jnp.arange(length)
+    )
     start_loss = jnp.where(jnp.isnan(worker.start_loss), jnp.mean(losses), worker.start_loss)
     return Worker(params, opt_state, t, worker.horizon, worker.episode_key, start_loss), losses
 

@@ -29,11 +29,15 @@ class Validation:
 
         def final_loss(opt, task):
             losses = jax.vmap(lambda k: train(task, opt, k, num_steps=num_steps).train_loss)(keys)
-            return jnp.mean(losses[:, -max(1, num_steps // 10):], axis=1)  # per seed
+            return jnp.mean(losses[:, -max(1, num_steps // 10) :], axis=1)  # per seed
 
-        self._learned = jax.jit(lambda theta, task: final_loss(meta_optimizer.transform(theta, num_steps=num_steps), task))
-        self.adam = {name: float(jnp.mean(jax.jit(lambda task: final_loss(optax.adam(1e-3), task))(task)))
-                     for name, task in self.tasks.items()}
+        self._learned = jax.jit(
+            lambda theta, task: final_loss(meta_optimizer.transform(theta, num_steps=num_steps), task)
+        )
+        self.adam = {
+            name: float(jnp.mean(jax.jit(lambda task: final_loss(optax.adam(1e-3), task))(task)))
+            for name, task in self.tasks.items()
+        }
 
     def score(self, theta: Any) -> dict[str, float]:
         """Per task, log(final loss ÷ Adam's), both means over the seeds; 'validation_score' is
@@ -61,7 +65,7 @@ def held_out_loss(config: MetaTrainConfig, opt: optax.GradientTransformation) ->
     task = build(task_spec(run.eval_task))
     result = jax.jit(lambda t, k: train(t, opt, k, num_steps=run.eval_steps))(task, jax.random.key(12345))
     losses = np.asarray(result.train_loss)
-    return float(losses[-max(1, len(losses) // 10):].mean())
+    return float(losses[-max(1, len(losses) // 10) :].mean())
 
 
 def adam_reference(config: MetaTrainConfig) -> float:

@@ -32,9 +32,7 @@ class TaskSpec:
 
     def describe(self) -> str:
         """A short human-readable label, stable across runs (used in tables and cache keys)."""
-        fields = ", ".join(
-            f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-        )
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
         return f"{self.kind}({fields})"
 
 

@@ -14,9 +14,7 @@ from typing import Any
 import jax
 
 from tasks.base import TaskSpec
-from tasks.tasks import (
-    ConvSpec, MLPSpec, QuadraticSpec, RegressionSpec, RosenbrockSpec, TransformerSpec, build,
-)
+from tasks.tasks import ConvSpec, MLPSpec, QuadraticSpec, RegressionSpec, RosenbrockSpec, TransformerSpec, build
 
 
 def _choice(key: jax.Array, options: Sequence[Any]) -> Any:
@@ -42,7 +40,9 @@ class _BuildsTasks:
                 raise ValueError(f"{field.name}: empty; give at least one option")
             for option in value:
                 if field.name == "activations" and option not in ACTIVATIONS:
-                    raise ValueError(f"{field.name}: unknown activation {option!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+                    raise ValueError(
+                        f"{field.name}: unknown activation {option!r}; valid: {', '.join(sorted(ACTIVATIONS))}"
+                    )
                 if isinstance(option, bool) or (isinstance(option, int) and not 1 <= option <= MAX_OPTION):
                     raise ValueError(f"{field.name}: {option!r} is not a whole number in 1..{MAX_OPTION}")
                 if isinstance(option, float) and not (option >= 0 and option < float("inf")):
@@ -146,10 +146,7 @@ class QuadraticFamily(_BuildsTasks):
         )
 
 
-FAMILIES = {
-    family.name: family
-    for family in (MLPFamily(), ConvFamily(), TransformerFamily(), QuadraticFamily())
-}
+FAMILIES = {family.name: family for family in (MLPFamily(), ConvFamily(), TransformerFamily(), QuadraticFamily())}
 
 NAMED_TASKS: dict[str, TaskSpec] = {
     "digits-mlp-relu32": MLPSpec("digits", (32,), "relu", 128),

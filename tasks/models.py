@@ -45,8 +45,18 @@ class MLP(nn.Module):
         return nn.Dense(self.num_outputs)(x)
 
 
-def patch_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-               dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs) -> jax.Array:
+def patch_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    **kwargs,
+) -> jax.Array:
     """`lax.conv_general_dilated` for channels-last inputs as strided slices and one matmul
     (im2col): out[n, *p, o] = Σ_{k, i} x_pad[n, s·p + k, i] · w[k, i, o].
 
@@ -57,21 +67,43 @@ def patch_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dila
     else goes to `lax.conv_general_dilated`. The sums are the same, in another order."""
     spatial = lhs.ndim - 2
     channels_last = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    plain = (feature_group_count == 1 and not kwargs
-             and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
-             and channels_last.lhs_spec == (0, lhs.ndim - 1, *range(1, lhs.ndim - 1))
-             and channels_last.rhs_spec == (rhs.ndim - 1, rhs.ndim - 2, *range(rhs.ndim - 2))
-             and channels_last.out_spec == channels_last.lhs_spec)
+    plain = (
+        feature_group_count == 1
+        and not kwargs
+        and all(d == 1 for d in (lhs_dilation or ()))
+        and all(d == 1 for d in (rhs_dilation or ()))
+        and channels_last.lhs_spec == (0, lhs.ndim - 1, *range(1, lhs.ndim - 1))
+        and channels_last.rhs_spec == (rhs.ndim - 1, rhs.ndim - 2, *range(rhs.ndim - 2))
+        and channels_last.out_spec == channels_last.lhs_spec
+    )
     if not plain:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                                        feature_group_count, precision=precision, **kwargs)
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
     window = rhs.shape[:spatial]
-    pads = lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding) if isinstance(padding, str) else padding
+    pads = (
+        lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding) if isinstance(padding, str) else padding
+    )
     x = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
     out = [(x.shape[1 + d] - window[d]) // window_strides[d] + 1 for d in range(spatial)]
-    taps = [lax.slice(x, (0, *offset, 0), (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(offset, window_strides, out)), x.shape[-1]),
-                      (1, *window_strides, 1))
-            for offset in itertools.product(*map(range, window))]
+    taps = [
+        lax.slice(
+            x,
+            (0, *offset, 0),
+            (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(offset, window_strides, out)), x.shape[-1]),
+            (1, *window_strides, 1),
+        )
+        for offset in itertools.product(*map(range, window))
+    ]
     patches = jnp.stack(taps, axis=-2).reshape(*x.shape[:1], *out, math.prod(window) * x.shape[-1])
     return jnp.dot(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
@@ -126,9 +158,7 @@ class TransformerLM(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         x = nn.Embed(self.vocab_size, self.model_dim)(tokens)
-        positions = self.param(
-            "positions", nn.initializers.normal(0.02), (self.max_length, self.model_dim)
-        )
+        positions = self.param("positions", nn.initializers.normal(0.02), (self.max_length, self.model_dim))
         x = x + positions[: tokens.shape[1]]
         for _ in range(self.num_layers):
             x = TransformerBlock(self.model_dim, self.num_heads)(x)

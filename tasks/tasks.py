@@ -156,9 +156,7 @@ class LanguageModelTask:
     @property
     def model(self) -> TransformerLM:
         s = self.spec
-        return TransformerLM(
-            self.data.vocab_size, s.model_dim, s.num_layers, s.num_heads, s.sequence_length
-        )
+        return TransformerLM(self.data.vocab_size, s.model_dim, s.num_layers, s.num_heads, s.sequence_length)
 
     def init(self, key: jax.Array) -> dict:
         dummy = jnp.zeros((1, self.spec.sequence_length), jnp.int32)

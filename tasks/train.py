@@ -75,22 +75,14 @@ class BatchGrowth(NamedTuple):
 
 
 def train_step(
-    task: Any,
-    opt: optax.GradientTransformationExtraArgs,
-    params: Params,
-    opt_state: OptState,
-    key: jax.Array,
+    task: Any, opt: optax.GradientTransformationExtraArgs, params: Params, opt_state: OptState, key: jax.Array
 ) -> tuple[Params, OptState, jax.Array]:
     """One inner step: sample a batch from `key`, take the gradient, apply the optimizer."""
     return batch_step(task, opt, params, opt_state, task.batch(key, "train"))
 
 
 def batch_step(
-    task: Any,
-    opt: optax.GradientTransformationExtraArgs,
-    params: Params,
-    opt_state: OptState,
-    batch: Any,
+    task: Any, opt: optax.GradientTransformationExtraArgs, params: Params, opt_state: OptState, batch: Any
 ) -> tuple[Params, OptState, jax.Array]:
     """One inner step on a given minibatch (`train_step` draws it from a key)."""
     loss, grads = jax.value_and_grad(task.loss)(params, batch)
@@ -221,7 +213,9 @@ def train(
         if batch_growth is None:
             params, opt_state, loss = train_step(task, opt, params, opt_state, step_key)
         else:
-            params, opt_state, loss, halves = growing_batch_step(task, opt, batch_growth, params, opt_state, halves, step_key)
+            params, opt_state, loss, halves = growing_batch_step(
+                task, opt, batch_growth, params, opt_state, halves, step_key
+            )
         return (params, opt_state, halves), (loss, halves)
 
     start = (params, opt_state, jnp.asarray(2, jnp.int32))
@@ -252,9 +246,12 @@ class _NormState(NamedTuple):
 
 def _record_norms() -> optax.GradientTransformation:
     """Identity on updates; its state keeps the global ℓ2 and ℓ1 norms of the last gradient."""
+
     def update(updates, state, params=None):
         leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(updates)]
-        return updates, _NormState(jnp.sqrt(sum(jnp.sum(x * x) for x in leaves)), sum(jnp.sum(jnp.abs(x)) for x in leaves))
+        return updates, _NormState(
+            jnp.sqrt(sum(jnp.sum(x * x) for x in leaves)), sum(jnp.sum(jnp.abs(x)) for x in leaves)
+        )
 
     return optax.GradientTransformation(lambda params: _NormState(jnp.zeros(()), jnp.zeros(())), update)
 
@@ -267,8 +264,14 @@ class NormTrace(NamedTuple):
     l1: jax.Array
 
 
-def gradient_norms(task: Any, opt: optax.GradientTransformation, key: jax.Array, *, num_steps: int,
-                   before: optax.GradientTransformation | None = None) -> NormTrace:
+def gradient_norms(
+    task: Any,
+    opt: optax.GradientTransformation,
+    key: jax.Array,
+    *,
+    num_steps: int,
+    before: optax.GradientTransformation | None = None,
+) -> NormTrace:
     """The run `train(task, chain(before, opt), key, num_steps=num_steps)` makes (same keys and
     minibatches), recording each step's norms of what enters `opt`: the gradient, or with
     `before` (e.g. `scale_by_adam()`) its output — what schedule refinement reads

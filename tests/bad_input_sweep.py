@@ -36,18 +36,46 @@ GUARD_S = 25
 def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     """(label, argv) for every bad input; writes the files and folders they need under `tmp`."""
     cases = []
-    for o in META_TRAIN + ['estimator.num_workers="4"', "outer.steps=1.5", 'tasks.names="x"', "run=[]",
-                           "tasks.lifetime=1e30", 'run.output_dir=""', "estimator.truncation_length=true",
-                           'optimizer.options={hidden_sizes="32"}', "optimizer.options={step_mult=-1}", 'run.output_dir="  "']:
+    for o in META_TRAIN + [
+        'estimator.num_workers="4"',
+        "outer.steps=1.5",
+        'tasks.names="x"',
+        "run=[]",
+        "tasks.lifetime=1e30",
+        'run.output_dir=""',
+        "estimator.truncation_length=true",
+        'optimizer.options={hidden_sizes="32"}',
+        "optimizer.options={step_mult=-1}",
+        'run.output_dir="  "',
+    ]:
         where = [] if o.startswith("run.output_dir") else ["--set", f"run.output_dir={json.dumps(str(tmp / 'mt'))}"]
-        cases.append(("meta-train " + o, ["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", o, *where]))
+        cases.append(
+            ("meta-train " + o, ["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", o, *where])
+        )
     for o in EVAL + ["num_steps=1.5", 'optimizers="adam"', "seeds=-3", 'output_dir=""']:
         where = [] if o.startswith("output_dir") else ["--set", f"output_dir={json.dumps(str(tmp / 'ev'))}"]
         cases.append(("eval " + o, ["eval", "configs/eval/quickstart.toml", "--quiet", "--set", o, *where]))
-    for o in SEARCH + ["search.population=1.5", "fitness.steps=true", 'search.mutations=["nope"]', "fitness.precompile=[0]",
-              'fitness.precompile="2"']:
-        cases.append(("search " + o, ["search", "configs/search/quickstart.toml", "--quiet", "--set", o,
-                                      "--set", f"run.output_dir={json.dumps(str(tmp / 'se'))}"]))
+    for o in SEARCH + [
+        "search.population=1.5",
+        "fitness.steps=true",
+        'search.mutations=["nope"]',
+        "fitness.precompile=[0]",
+        'fitness.precompile="2"',
+    ]:
+        cases.append(
+            (
+                "search " + o,
+                [
+                    "search",
+                    "configs/search/quickstart.toml",
+                    "--quiet",
+                    "--set",
+                    o,
+                    "--set",
+                    f"run.output_dir={json.dumps(str(tmp / 'se'))}",
+                ],
+            )
+        )
     # files
     (tmp / "bin.toml").write_bytes(b"\xff\xfe[outer]")
     (tmp / "syntax.toml").write_text("[outer\nsteps=")
@@ -58,8 +86,18 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     for name in ["bin.toml", "syntax.toml", "list.toml", "adir.toml", "missing.toml"]:
         for cmd in ["meta-train", "eval", "search"]:
             cases.append((f"{cmd} file {name}", [cmd, str(tmp / name), "--quiet"]))
-    cases.append(("meta-train output under a file", ["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set",
-                  f"run.output_dir={json.dumps(str(tmp / 'blocker' / 'x'))}"]))
+    cases.append(
+        (
+            "meta-train output under a file",
+            [
+                "meta-train",
+                "configs/meta_train/quickstart.toml",
+                "--quiet",
+                "--set",
+                f"run.output_dir={json.dumps(str(tmp / 'blocker' / 'x'))}",
+            ],
+        )
+    )
     cases.append(("search resume empty", ["search", "--resume", str(tmp)]))
     cases.append(("search top missing", ["search", "top", str(tmp / "nope")]))
     cases.append(("search funnel missing", ["search", "funnel", str(tmp / "nope")]))
@@ -94,8 +132,12 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         edit(m)
         (d / "manifest.json").write_text(json.dumps(m))
         cases.append(("manifest " + label, ["info", str(d)]))
-    for label, data in {"nested": b"[" * 100000 + b"]" * 100000, "not json": b"{", "array": b"[]",
-                        "binary": b"\xff\xfe"}.items():
+    for label, data in {
+        "nested": b"[" * 100000 + b"]" * 100000,
+        "not json": b"{",
+        "array": b"[]",
+        "binary": b"\xff\xfe",
+    }.items():
         d = tmp / f"ck-{len(cases)}"
         shutil.copytree(base, d)
         (d / "manifest.json").write_bytes(data)
@@ -115,12 +157,31 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         else:
             shutil.rmtree(d / "theta")
         cases.append(("arrays " + label, ["info", str(d)]))
-        cases.append(("eval learned arrays " + label, ["eval", "configs/eval/quickstart.toml", "--quiet", "--set",
-                      f"learned=[{json.dumps(str(d))}]", "--set", f"output_dir={json.dumps(str(tmp / 'ev2'))}"]))
+        cases.append(
+            (
+                "eval learned arrays " + label,
+                [
+                    "eval",
+                    "configs/eval/quickstart.toml",
+                    "--quiet",
+                    "--set",
+                    f"learned=[{json.dumps(str(d))}]",
+                    "--set",
+                    f"output_dir={json.dumps(str(tmp / 'ev2'))}",
+                ],
+            )
+        )
     # programs
-    for label, text in {"syntax": "update = (g +", "unknown fn": "update = frob(g)", "huge const": "update = g * " + "1" * 1000000,
-                        "no update": "m = g", "binary": None, "deep": "update = " + "(" * 5000 + "g" + ")" * 5000,
-                        "undefined": "update = m", "empty": ""}.items():
+    for label, text in {
+        "syntax": "update = (g +",
+        "unknown fn": "update = frob(g)",
+        "huge const": "update = g * " + "1" * 1000000,
+        "no update": "m = g",
+        "binary": None,
+        "deep": "update = " + "(" * 5000 + "g" + ")" * 5000,
+        "undefined": "update = m",
+        "empty": "",
+    }.items():
         f = tmp / f"p{len(cases)}.txt"
         if text is None:
             f.write_bytes(b"\xff\xfeupdate")
@@ -141,20 +202,51 @@ def second_pass_cases(tmp: Path, base: Path, good: Path) -> list[tuple[str, list
     """Issue 40's classes: values checked at parse time, file-system errors, folders of another
     job kind or holding a user's files, special files in checkpoints, damaged search state."""
     cases = []
-    mt = ["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(tmp / 'mt3'))}"]
-    family = ['tasks.family_options={activations=["nope"]}', "tasks.family_options={widths=[0]}",
-              "tasks.family_options={widths=[]}", "tasks.family_options={depths=[-1]}",
-              "tasks.family_options={batch_sizes=[0]}", "tasks.family_options={widths=[100000000]}",
-              "estimator.max_horizon=100000000000000000000", "estimator.max_horizon=100000000000",
-              "estimator.sigma=inf", "estimator.sigma=nan", "outer.learning_rate=inf", "outer.clip=-inf",
-              "estimator.num_workers=1000000000", "estimator.objective_tail=0", "estimator.objective_tail=2",
-              'estimator.trainable="(("', "run.validation_seeds=0", "x=" + "[" * 50000 + "]" * 50000]
+    mt = [
+        "meta-train",
+        "configs/meta_train/quickstart.toml",
+        "--quiet",
+        "--set",
+        f"run.output_dir={json.dumps(str(tmp / 'mt3'))}",
+    ]
+    family = [
+        'tasks.family_options={activations=["nope"]}',
+        "tasks.family_options={widths=[0]}",
+        "tasks.family_options={widths=[]}",
+        "tasks.family_options={depths=[-1]}",
+        "tasks.family_options={batch_sizes=[0]}",
+        "tasks.family_options={widths=[100000000]}",
+        "estimator.max_horizon=100000000000000000000",
+        "estimator.max_horizon=100000000000",
+        "estimator.sigma=inf",
+        "estimator.sigma=nan",
+        "outer.learning_rate=inf",
+        "outer.clip=-inf",
+        "estimator.num_workers=1000000000",
+        "estimator.objective_tail=0",
+        "estimator.objective_tail=2",
+        'estimator.trainable="(("',
+        "run.validation_seeds=0",
+        "x=" + "[" * 50000 + "]" * 50000,
+    ]
     cases += [("meta-train " + o[:60], [*mt, "--set", o]) for o in family]
     ev = ["eval", "configs/eval/quickstart.toml", "--quiet", "--set", f"output_dir={json.dumps(str(tmp / 'ev3'))}"]
-    for o in ['optimizers=["adam@nan"]', 'optimizers=["adam@1e400"]', 'optimizers=["sgd@-1"]', 'optimizers=["adam@0"]',
-              "num_steps=100000000000000000000", "seeds=3000000000"]:
+    for o in [
+        'optimizers=["adam@nan"]',
+        'optimizers=["adam@1e400"]',
+        'optimizers=["sgd@-1"]',
+        'optimizers=["adam@0"]',
+        "num_steps=100000000000000000000",
+        "seeds=3000000000",
+    ]:
         cases.append(("eval " + o, [*ev, "--set", o]))
-    se = ["search", "configs/search/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(tmp / 'se3'))}"]
+    se = [
+        "search",
+        "configs/search/quickstart.toml",
+        "--quiet",
+        "--set",
+        f"run.output_dir={json.dumps(str(tmp / 'se3'))}",
+    ]
     for o in ["search.max_seconds=-1", "search.seed=-4", "search.restart_after=-1", "search.max_statements=0"]:
         cases.append(("search " + o, [*se, "--set", o]))
     for flag in (["--learning-rate", "-1"], ["--learning-rate", "inf"], ["--learning-rate", "nan"]):
@@ -166,8 +258,12 @@ def second_pass_cases(tmp: Path, base: Path, good: Path) -> list[tuple[str, list
     # file system: outputs under a file, or through a link
     for cmd, key in (("eval", "output_dir"), ("search", "run.output_dir")):
         config = "configs/eval/quickstart.toml" if cmd == "eval" else "configs/search/quickstart.toml"
-        cases.append((f"{cmd} output under a file", [cmd, config, "--quiet", "--set",
-                                                      f"{key}={json.dumps(str(tmp / 'blocker' / 'x'))}"]))
+        cases.append(
+            (
+                f"{cmd} output under a file",
+                [cmd, config, "--quiet", "--set", f"{key}={json.dumps(str(tmp / 'blocker' / 'x'))}"],
+            )
+        )
     cases.append(("program export under a file", ["program", "export", str(good), str(tmp / "blocker" / "x")]))
     # folders of another job kind, or holding a user's files
     run = tmp / "a-meta-train-run"
@@ -185,17 +281,28 @@ def second_pass_cases(tmp: Path, base: Path, good: Path) -> list[tuple[str, list
     finished.mkdir()
     (finished / ".lopt-job").write_text('{"job": "search"}')
     (finished / "log.jsonl").write_text('{"fitness": 1.0}\n')
-    cases.append(("search into a search without state.json", [*se[:-2], "--set", f"run.output_dir={json.dumps(str(finished))}"]))
+    cases.append(
+        ("search into a search without state.json", [*se[:-2], "--set", f"run.output_dir={json.dumps(str(finished))}"])
+    )
     cases.append(("search resume without state.json", ["search", "--resume", str(finished)]))
     only_format = tmp / "only-format"
     (only_format / "theta").mkdir(parents=True)
     (only_format / "manifest.json").write_text('{"format": "lopt-optimizer"}')
-    cases.append(("export --overwrite onto a format-only manifest", ["program", "export", str(good), str(only_format), "--overwrite"]))
+    cases.append(
+        (
+            "export --overwrite onto a format-only manifest",
+            ["program", "export", str(good), str(only_format), "--overwrite"],
+        )
+    )
     users = tmp / "ck-with-user-file"
     shutil.copytree(base, users)
     (users / "theta" / "notes.txt").write_text("mine")
-    cases.append(("export --overwrite onto a checkpoint holding a user's file",
-                  ["program", "export", str(good), str(users), "--overwrite"]))
+    cases.append(
+        (
+            "export --overwrite onto a checkpoint holding a user's file",
+            ["program", "export", str(good), str(users), "--overwrite"],
+        )
+    )
     # special files in a checkpoint (a FIFO would block a reader)
     fifo = tmp / "ck-fifo"
     shutil.copytree(base, fifo)
@@ -221,6 +328,7 @@ class StillWorking(Exception):
 
 def run_case(argv: list[str]) -> str | None:
     """None for a clean one-line error, else what went wrong."""
+
     def alarm(*_):
         raise StillWorking
 
@@ -251,23 +359,30 @@ def main_sweep() -> int:
     failures = [(label, why) for label, argv in cases if (why := run_case(argv)) is not None]
     for label, why in failures:
         print(f" - {label}: {why}")
-    kept = {"program export --overwrite deleted a folder lopt did not write": tmp / "plain" / "keep.txt",
-            "search replaced a meta-train run's config": tmp / "a-meta-train-run" / "config.json",
-            "eval wrote into a user's folder": tmp / "users-results" / "thesis.tex",
-            "export --overwrite deleted a user's file in a checkpoint": tmp / "ck-with-user-file" / "theta" / "notes.txt",
-            "export --overwrite replaced a format-only manifest": tmp / "only-format" / "manifest.json"}
+    kept = {
+        "program export --overwrite deleted a folder lopt did not write": tmp / "plain" / "keep.txt",
+        "search replaced a meta-train run's config": tmp / "a-meta-train-run" / "config.json",
+        "eval wrote into a user's folder": tmp / "users-results" / "thesis.tex",
+        "export --overwrite deleted a user's file in a checkpoint": tmp / "ck-with-user-file" / "theta" / "notes.txt",
+        "export --overwrite replaced a format-only manifest": tmp / "only-format" / "manifest.json",
+    }
     lost = [what for what, path in kept.items() if not path.exists()]
     lost += ["search wrote into a meta-train run" for _ in [0] if (tmp / "a-meta-train-run" / "log.jsonl").exists()]
-    lost += ["search rewrote a finished search's log" for _ in [0]
-             if (tmp / "finished-search" / "log.jsonl").read_text() != '{"fitness": 1.0}\n']
+    lost += [
+        "search rewrote a finished search's log"
+        for _ in [0]
+        if (tmp / "finished-search" / "log.jsonl").read_text() != '{"fitness": 1.0}\n'
+    ]
     for what in lost:
         print(f" - {what}")
     tracebacks = sum(why.startswith("traceback") for _, why in failures)
     hangs = sum(why.startswith("accepted: still working") for _, why in failures)
     # an abort (a C++ CHECK, SIGABRT) would have ended this process before this line
-    print(f"bad inputs tried: {len(cases)}; clean one-line errors: {len(cases) - len(failures)}; "
-          f"tracebacks: {tracebacks}; aborts: 0; hangs: {hangs}; files lost: {len(lost)}; "
-          f"other: {len(failures) - tracebacks - hangs}")
+    print(
+        f"bad inputs tried: {len(cases)}; clean one-line errors: {len(cases) - len(failures)}; "
+        f"tracebacks: {tracebacks}; aborts: 0; hangs: {hangs}; files lost: {len(lost)}; "
+        f"other: {len(failures) - tracebacks - hangs}"
+    )
     if lost:
         return 1
     shutil.rmtree(tmp, ignore_errors=True)

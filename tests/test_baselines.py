@@ -22,9 +22,17 @@ def test_every_entry_trains_a_small_task_without_nan(name, small_task):
     One compiled call: the default LR and the grid are vmapped together."""
     entry = baselines.spec(name)
     lrs = jnp.asarray((entry.learning_rate, *entry.lr_grid), jnp.float32)
-    losses = np.asarray(jax.jit(jax.vmap(lambda lr: tasks.train(
-        small_task, entry.make(lr), jax.random.key(0), num_steps=150, eval_params_fn=entry.eval_params
-    ).train_loss))(lrs))
+    losses = np.asarray(
+        jax.jit(
+            jax.vmap(
+                lambda lr: (
+                    tasks.train(
+                        small_task, entry.make(lr), jax.random.key(0), num_steps=150, eval_params_fn=entry.eval_params
+                    ).train_loss
+                )
+            )
+        )(lrs)
+    )
     assert np.all(np.isfinite(losses[0])), name
     start, end = losses[:, :10].mean(1), losses[:, -10:].mean(1)
     assert np.nanmin(np.where(np.isfinite(end), end / start, np.inf)) < 0.9, name
@@ -51,7 +59,9 @@ def test_sgd_first_step_by_hand():
 
 def test_learning_rate_can_be_traced_for_vmapped_sweeps(small_task):
     lrs = jnp.array([1e-3, 1e-2])
-    run = jax.vmap(lambda lr: tasks.train(small_task, baselines.get("lion", lr=lr), jax.random.key(0), num_steps=5).train_loss)
+    run = jax.vmap(
+        lambda lr: tasks.train(small_task, baselines.get("lion", lr=lr), jax.random.key(0), num_steps=5).train_loss
+    )
     losses = jax.jit(run)(lrs)
     assert losses.shape == (2, 5) and not np.allclose(losses[0, -1], losses[1, -1])
 

@@ -30,7 +30,7 @@ def numpy_next_halves(test, constant, params, key, halves, max_multiple):
     """The test's wanted count from the half-batch gradients g_j = p − mean(x of half j)."""
     task = MeanTask()
     xs = [np.asarray(task.batch(k)["x"], np.float64) for k in jax.random.split(key, max_multiple)]
-    g = np.stack([params - x[h * 4:(h + 1) * 4].mean(0) for x in xs for h in (0, 1)])[:halves]
+    g = np.stack([params - x[h * 4 : (h + 1) * 4].mean(0) for x in xs for h in (0, 1)])[:halves]
     mean = g.mean(0)
     if test == "norm":
         variance = np.sum((g - mean) ** 2) / (halves - 1)
@@ -48,16 +48,23 @@ def test_one_step_follows_the_test_and_averages_the_active_half_batches(test, ha
     params = jnp.array([0.9, -1.0, 0.7])  # near μ: a small mean gradient, the batch must grow
     key = jax.random.key(7)
     new_params, _, _, next_halves = growing_batch_step(
-        MeanTask(), optax.with_extra_args_support(optax.sgd(1.0)), growth, params, optax.sgd(1.0).init(params),
-        jnp.asarray(halves), key)
+        MeanTask(),
+        optax.with_extra_args_support(optax.sgd(1.0)),
+        growth,
+        params,
+        optax.sgd(1.0).init(params),
+        jnp.asarray(halves),
+        key,
+    )
     expected_halves, mean = numpy_next_halves(test, 0.3, np.asarray(params, np.float64), key, halves, 4)
     assert int(next_halves) == expected_halves
     np.testing.assert_allclose(np.asarray(new_params), np.asarray(params) - mean, rtol=1e-5)
 
 
 def test_batch_grows_monotonically_as_the_gradient_shrinks():
-    result = jax.jit(lambda k: train(MeanTask(), optax.adagrad(0.3), k, num_steps=60,
-                                     batch_growth=BatchGrowth("norm", 0.5, 8)))(jax.random.key(0))
+    result = jax.jit(
+        lambda k: train(MeanTask(), optax.adagrad(0.3), k, num_steps=60, batch_growth=BatchGrowth("norm", 0.5, 8))
+    )(jax.random.key(0))
     multiple = np.asarray(result.batch_multiple)
     assert multiple[0] == 1.0 and np.all(np.diff(multiple) >= 0) and multiple[-1] == 8.0, multiple
     assert train(MeanTask(), optax.sgd(0.1), jax.random.key(0), num_steps=3).batch_multiple is None

@@ -24,8 +24,11 @@ def updates_of(opt, steps=3):
     return out
 
 
-@pytest.mark.parametrize("meta", [small_mlp(hidden_sizes=(4, 4)), factored_mlp(), velo_small(lstm_hidden=8, bank_size=4)],
-                         ids=["mlp", "factored", "velo"])
+@pytest.mark.parametrize(
+    "meta",
+    [small_mlp(hidden_sizes=(4, 4)), factored_mlp(), velo_small(lstm_hidden=8, bank_size=4)],
+    ids=["mlp", "factored", "velo"],
+)
 def test_round_trip_gives_identical_updates(tmp_path, meta):
     theta = meta.init_meta(jax.random.key(3))
     path = lopt.save(tmp_path / "opt", meta, theta, {"estimator": "pes", "outer_steps": 7}, num_steps=50)
@@ -62,7 +65,11 @@ def test_missing_or_broken_manifest(saved):
 
 def test_unknown_kind_and_newer_version(saved):
     edit_manifest(saved, lambda m: m.update(kind="transformer_lopt"))
-    with pytest.raises(CheckpointError, match="unknown learned-optimizer kind 'transformer_lopt'; known kinds: generalist, lr_controller, mlp, program, velo"):
+    with pytest.raises(
+        CheckpointError,
+        match="unknown learned-optimizer kind 'transformer_lopt'; "
+        "known kinds: generalist, lr_controller, mlp, program, velo",
+    ):
         lopt.load(saved)
     edit_manifest(saved, lambda m: m.update(kind="mlp", format_version=99))
     with pytest.raises(CheckpointError, match="format version 99 is newer"):
@@ -71,7 +78,9 @@ def test_unknown_kind_and_newer_version(saved):
 
 def test_config_that_no_longer_matches_the_arrays(saved):
     edit_manifest(saved, lambda m: m["config"].update(hidden_sizes=[8, 4]))
-    with pytest.raises(CheckpointError, match=r"array layers/0/b is float32\[4\], but this optimizer.s config expects float32\[8\]"):
+    with pytest.raises(
+        CheckpointError, match=r"array layers/0/b is float32\[4\], but this optimizer.s config expects float32\[8\]"
+    ):
         lopt.load(saved)
     edit_manifest(saved, lambda m: m["config"].update(hidden_sizes=[4, 4], hiden=3))
     with pytest.raises(CheckpointError, match="unknown key 'hiden'"):
@@ -130,7 +139,9 @@ def test_shipped_optimizers_load_by_name_and_train(name):
     assert lopt.read_manifest(f"checkpoints/{name}")["kind"] in ("mlp", "lr_controller", "program")
     params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
     state = opt.init(params)
-    updates, _ = opt.update(jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params), state, params, loss=jnp.float32(1.0))
+    updates, _ = opt.update(
+        jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params), state, params, loss=jnp.float32(1.0)
+    )
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
@@ -139,13 +150,16 @@ def test_unknown_shipped_name_lists_the_shipped_ones():
         lopt.load("no-such-optimizer")
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda m: m.update(arrays="../../etc/passwd"), "'arrays' must be a list"),
-    (lambda m: m["arrays"][0].pop("shape"), "lacks a list 'shape'"),
-    (lambda m: m["arrays"][0].pop("path"), "lacks a str 'path'"),
-    (lambda m: m.update(num_steps="abc"), "'num_steps' must be a positive whole number"),
-    (lambda m: m.update(kind=["mlp"]), "'kind' must be a string"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda m: m.update(arrays="../../etc/passwd"), "'arrays' must be a list"),
+        (lambda m: m["arrays"][0].pop("shape"), "lacks a list 'shape'"),
+        (lambda m: m["arrays"][0].pop("path"), "lacks a str 'path'"),
+        (lambda m: m.update(num_steps="abc"), "'num_steps' must be a positive whole number"),
+        (lambda m: m.update(kind=["mlp"]), "'kind' must be a string"),
+    ],
+)
 def test_hand_edited_manifests_are_checkpoint_errors(saved, change, message):
     """Issue 17 (7): malformed manifest fields fail with the field named, not a TypeError or
     KeyError from inside the loader."""

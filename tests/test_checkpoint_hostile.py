@@ -21,7 +21,8 @@ from lopt.checkpoint import CheckpointError, is_lopt_checkpoint
 from lopt.learned import small_mlp
 
 NAMES = st.text(string.ascii_letters + string.digits + "_-.", min_size=1, max_size=12).filter(
-    lambda n: n not in (".", ".."))
+    lambda n: n not in (".", "..")
+)
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -11,24 +11,72 @@ import pytest
 from lopt.cli import main
 
 META_TRAIN = [
-    'estimator.kind="reinforce"', 'estimator.schedule="cosine"', "estimator.sigma=0", "estimator.sigma=-1",
-    "estimator.num_workers=0", "estimator.truncation_length=0", "estimator.min_horizon=5",
-    "estimator.max_horizon=1", 'estimator.meta_objective="sqrt"', 'estimator.meta_loss_split="val"',
-    "estimator.divergence_factor=0.5", 'tasks.family="nope"', 'tasks.family_options={datasets=["nope"]}',
-    'tasks.family_options={widths="x"}', "tasks.family_options={colour=3}", 'tasks.names=["nope-task"]',
-    "tasks.num_groups=0", "tasks.lifetime=-2", 'run.eval_task="nope-task"', 'run.validation_tasks=["x"]',
-    "run.eval_steps=0", "run.eval_every=-1", "run.log_every=0", "run.checkpoint_every=0",
-    "outer.seed=99999999999999999999", "outer.seed=-1", "outer.learning_rate=nan", "outer.learning_rate=inf",
-    "outer.clip=0", "outer.steps=0", 'optimizer.preset="adamw"', "optimizer.options={hidden_sizes=[0]}",
-    "optimizer.options={hiden=3}", 'optimizer.init_from="/nonexistent"', "run.time_limit_s=-5", "unknown.key=1",
-    "estimator=3", "tasks.augment={tensor_log10=9}", "tasks.augment={colour=1}", "run=[]",
+    'estimator.kind="reinforce"',
+    'estimator.schedule="cosine"',
+    "estimator.sigma=0",
+    "estimator.sigma=-1",
+    "estimator.num_workers=0",
+    "estimator.truncation_length=0",
+    "estimator.min_horizon=5",
+    "estimator.max_horizon=1",
+    'estimator.meta_objective="sqrt"',
+    'estimator.meta_loss_split="val"',
+    "estimator.divergence_factor=0.5",
+    'tasks.family="nope"',
+    'tasks.family_options={datasets=["nope"]}',
+    'tasks.family_options={widths="x"}',
+    "tasks.family_options={colour=3}",
+    'tasks.names=["nope-task"]',
+    "tasks.num_groups=0",
+    "tasks.lifetime=-2",
+    'run.eval_task="nope-task"',
+    'run.validation_tasks=["x"]',
+    "run.eval_steps=0",
+    "run.eval_every=-1",
+    "run.log_every=0",
+    "run.checkpoint_every=0",
+    "outer.seed=99999999999999999999",
+    "outer.seed=-1",
+    "outer.learning_rate=nan",
+    "outer.learning_rate=inf",
+    "outer.clip=0",
+    "outer.steps=0",
+    'optimizer.preset="adamw"',
+    "optimizer.options={hidden_sizes=[0]}",
+    "optimizer.options={hiden=3}",
+    'optimizer.init_from="/nonexistent"',
+    "run.time_limit_s=-5",
+    "unknown.key=1",
+    "estimator=3",
+    "tasks.augment={tensor_log10=9}",
+    "tasks.augment={colour=1}",
+    "run=[]",
 ]
-EVAL = ['suite="nope"', 'optimizers=["nope"]', 'learned=["/nonexistent"]', "num_steps=0", "eval_every=7",
-        "seeds=0", 'tasks=["nope*x"]', 'tasks=["nope"]', "colour=1", 'optimizers=["adam", "adam"]',
-        'tasks=["digits-mlp-relu32", "digits-mlp-relu32"]']
-SEARCH = ["fitness.seeds=0", "fitness.steps=-1", "fitness.tasks=[]", 'fitness.tasks=["nope"]', 'funnel.tasks=["nope"]',
-          "search.population=0",
-          'search.strategy="annealing"', "fitness.lr_multipliers=[]", 'fitness.interpreter="kernal"', "fitness.hurdle=-1"]
+EVAL = [
+    'suite="nope"',
+    'optimizers=["nope"]',
+    'learned=["/nonexistent"]',
+    "num_steps=0",
+    "eval_every=7",
+    "seeds=0",
+    'tasks=["nope*x"]',
+    'tasks=["nope"]',
+    "colour=1",
+    'optimizers=["adam", "adam"]',
+    'tasks=["digits-mlp-relu32", "digits-mlp-relu32"]',
+]
+SEARCH = [
+    "fitness.seeds=0",
+    "fitness.steps=-1",
+    "fitness.tasks=[]",
+    'fitness.tasks=["nope"]',
+    'funnel.tasks=["nope"]',
+    "search.population=0",
+    'search.strategy="annealing"',
+    "fitness.lr_multipliers=[]",
+    'fitness.interpreter="kernal"',
+    "fitness.hurdle=-1",
+]
 
 
 def run(argv, capsys):
@@ -41,30 +89,65 @@ def run(argv, capsys):
 
 @pytest.mark.parametrize("override", META_TRAIN)
 def test_bad_meta_train_override(tmp_path, capsys, override):
-    run(["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", override,
-         "--set", f"run.output_dir={json.dumps(str(tmp_path / 'run'))}"], capsys)
+    run(
+        [
+            "meta-train",
+            "configs/meta_train/quickstart.toml",
+            "--quiet",
+            "--set",
+            override,
+            "--set",
+            f"run.output_dir={json.dumps(str(tmp_path / 'run'))}",
+        ],
+        capsys,
+    )
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override", EVAL)
 def test_bad_eval_override(tmp_path, capsys, override):
-    run(["eval", "configs/eval/quickstart.toml", "--quiet", "--set", override,
-         "--set", f"output_dir={json.dumps(str(tmp_path / 'out'))}"], capsys)
+    run(
+        [
+            "eval",
+            "configs/eval/quickstart.toml",
+            "--quiet",
+            "--set",
+            override,
+            "--set",
+            f"output_dir={json.dumps(str(tmp_path / 'out'))}",
+        ],
+        capsys,
+    )
 
 
 @pytest.mark.parametrize("override", SEARCH)
 def test_bad_search_override(tmp_path, capsys, override):
-    run(["search", "configs/search/quickstart.toml", "--quiet", "--set", override,
-         "--set", f"run.output_dir={json.dumps(str(tmp_path / 'search'))}"], capsys)
+    run(
+        [
+            "search",
+            "configs/search/quickstart.toml",
+            "--quiet",
+            "--set",
+            override,
+            "--set",
+            f"run.output_dir={json.dumps(str(tmp_path / 'search'))}",
+        ],
+        capsys,
+    )
     assert not (tmp_path / "search").exists()
 
 
-@pytest.mark.parametrize("command,config,key", [
-    ("meta-train", "configs/meta_train/quickstart.toml", "run.output_dir"),
-    ("eval", "configs/eval/quickstart.toml", "output_dir"),
-    ("search", "configs/search/quickstart.toml", "run.output_dir"),
-])
-def test_an_empty_output_folder_is_refused_not_the_working_directory(tmp_path, capsys, monkeypatch, command, config, key):
+@pytest.mark.parametrize(
+    "command,config,key",
+    [
+        ("meta-train", "configs/meta_train/quickstart.toml", "run.output_dir"),
+        ("eval", "configs/eval/quickstart.toml", "output_dir"),
+        ("search", "configs/search/quickstart.toml", "run.output_dir"),
+    ],
+)
+def test_an_empty_output_folder_is_refused_not_the_working_directory(
+    tmp_path, capsys, monkeypatch, command, config, key
+):
     monkeypatch.chdir(tmp_path)
     assert key in run([command, os.path.join(os.path.dirname(__file__), "..", config), "--set", f'{key}=""'], capsys)
     assert list(tmp_path.iterdir()) == []
@@ -108,9 +191,19 @@ def test_damaged_checkpoint_arrays_are_one_line(tmp_path, capsys, damage):
     elif damage == "delete":
         chunk.unlink()
     else:
-        chunk.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:])
+        chunk.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :])
     err = run(["info", str(tmp_path / "ckpt")], capsys)
     assert str(tmp_path / "ckpt" / "theta") in err and len(err) < 400, err
-    err = run(["eval", "configs/eval/quickstart.toml", "--quiet", "--set", f"learned=[{json.dumps(str(tmp_path / 'ckpt'))}]",
-               "--set", f"output_dir={json.dumps(str(tmp_path / 'out'))}"], capsys)  # warnings included
+    err = run(
+        [
+            "eval",
+            "configs/eval/quickstart.toml",
+            "--quiet",
+            "--set",
+            f"learned=[{json.dumps(str(tmp_path / 'ckpt'))}]",
+            "--set",
+            f"output_dir={json.dumps(str(tmp_path / 'out'))}",
+        ],
+        capsys,
+    )  # warnings included
     assert "learned:" in err and "never awaited" not in err, err

@@ -61,8 +61,11 @@ def test_nested_dataclasses_and_overrides():
         parse_override("novalue")
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/*/*.toml")),
-                         ids=lambda p: "/".join(Path(p).parts[-2:]))
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/*/*.toml")),
+    ids=lambda p: "/".join(Path(p).parts[-2:]),
+)
 def test_every_shipped_config_parses(path):
     """Each config in configs/ loads into its job's dataclass (an edited default, say the GPU
     search's children against its population, fails here rather than on the device)."""

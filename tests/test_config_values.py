@@ -37,25 +37,29 @@ KEYS = [k for k in numeric_keys(MetaTrainConfig) if not k[0].startswith("tasks.a
 
 
 @SETTINGS
-@given(key=st.sampled_from([k for k, kind in KEYS if kind is float]),
-       value=st.sampled_from(["nan", "inf", "-inf", "+inf"]))
+@given(
+    key=st.sampled_from([k for k, kind in KEYS if kind is float]), value=st.sampled_from(["nan", "inf", "-inf", "+inf"])
+)
 def test_non_finite_numbers_are_refused_by_key(key, value):
     with pytest.raises(ConfigError, match=key.split(".")[-1]):
         load_config(MetaTrainConfig, CONFIG, [f"{key}={value}"])
 
 
 @SETTINGS
-@given(key=st.sampled_from([k for k, kind in KEYS if kind is int]),
-       value=st.integers(MAX_INT + 1, 10**30) | st.integers(-(10**30), -MAX_INT - 1))
+@given(
+    key=st.sampled_from([k for k, kind in KEYS if kind is int]),
+    value=st.integers(MAX_INT + 1, 10**30) | st.integers(-(10**30), -MAX_INT - 1),
+)
 def test_counts_beyond_int32_are_refused_by_key(key, value):
     with pytest.raises(ConfigError, match=key.split(".")[-1]):
         load_config(MetaTrainConfig, CONFIG, [f"{key}={value}"])
 
 
 @SETTINGS
-@given(field=st.sampled_from(["widths", "depths", "batch_sizes"]),
-       bad=st.one_of(st.integers(max_value=0), st.integers(min_value=1 << 17, max_value=MAX_INT),
-                     st.just([])))
+@given(
+    field=st.sampled_from(["widths", "depths", "batch_sizes"]),
+    bad=st.one_of(st.integers(max_value=0), st.integers(min_value=1 << 17, max_value=MAX_INT), st.just([])),
+)
 def test_bad_family_options_fail_when_read(field, bad):
     value = "[]" if bad == [] else f"[{bad}]"
     with pytest.raises(ConfigError, match=field):
@@ -63,8 +67,11 @@ def test_bad_family_options_fail_when_read(field, bad):
 
 
 @SETTINGS
-@given(name=st.text(string.ascii_lowercase, min_size=1, max_size=10).filter(
-    lambda n: n not in ("relu", "tanh", "gelu", "silu", "elu", "sigmoid", "softplus", "swish")))
+@given(
+    name=st.text(string.ascii_lowercase, min_size=1, max_size=10).filter(
+        lambda n: n not in ("relu", "tanh", "gelu", "silu", "elu", "sigmoid", "softplus", "swish")
+    )
+)
 def test_unknown_activations_fail_when_read(name):
     with pytest.raises(ConfigError, match="activation"):
         load_config(MetaTrainConfig, CONFIG, [f'tasks.family_options={{activations=["{name}"]}}'])

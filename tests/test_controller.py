@@ -38,7 +38,9 @@ def test_controller_meta_gradient_reaches_every_layer_and_vmaps(small_task):
     theta = jax.tree.map(lambda x: x + 0.01, theta)  # move off the zero output layer
 
     def meta_loss(theta, key):
-        return tasks.train(small_task, controller.transform(theta, num_steps=30), key, num_steps=30).train_loss[-5:].mean()
+        return (
+            tasks.train(small_task, controller.transform(theta, num_steps=30), key, num_steps=30).train_loss[-5:].mean()
+        )
 
     grads = jax.jit(jax.grad(meta_loss))(theta, jax.random.key(2))
     for leaf in jax.tree.leaves(grads):

@@ -45,10 +45,12 @@ def _build_local_tfds(tmp_path):
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Tensor(shape=(6, 6, 1), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=3),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=(6, 6, 1), dtype=np.uint8),
+                        "label": tfds.features.ClassLabel(num_classes=3),
+                    }
+                ),
             )
 
         def _split_generators(self, dl_manager):
@@ -57,8 +59,14 @@ def _build_local_tfds(tmp_path):
         def _generate_examples(self, count, seed):
             rng = np.random.default_rng(seed)
             for i in range(count):
-                yield i, {"image": np.full((6, 6, 1), 20 * (i % 3), np.uint8)
-                          + rng.integers(0, 5, (6, 6, 1), dtype=np.uint8), "label": i % 3}
+                yield (
+                    i,
+                    {
+                        "image": np.full((6, 6, 1), 20 * (i % 3), np.uint8)
+                        + rng.integers(0, 5, (6, 6, 1), dtype=np.uint8),
+                        "label": i % 3,
+                    },
+                )
 
     builder = LoptTinyImages(data_dir=str(tmp_path), file_format="array_record")
     builder.download_and_prepare()

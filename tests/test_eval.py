@@ -15,11 +15,13 @@ from lopt.cli import main
 
 
 def test_final_loss_and_divergence_by_hand():
-    curves = np.array([
-        [4.0] * 10 + [1.0] * 10,           # final 1.0, converged
-        [1.0] * 10 + [2.0] * 10,           # ends above its start: diverged
-        [1.0] * 19 + [np.nan],             # non-finite: diverged
-    ])
+    curves = np.array(
+        [
+            [4.0] * 10 + [1.0] * 10,  # final 1.0, converged
+            [1.0] * 10 + [2.0] * 10,  # ends above its start: diverged
+            [1.0] * 19 + [np.nan],  # non-finite: diverged
+        ]
+    )
     np.testing.assert_allclose(metrics.final_loss(curves)[:2], [1.0, 2.0])
     assert np.isnan(metrics.final_loss(curves)[2])
     np.testing.assert_array_equal(metrics.diverged(curves), [False, True, True])
@@ -82,8 +84,14 @@ def test_summary_speedup_and_table_by_hand():
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    return EvalConfig(tasks=("quadratic-10-cond100",), optimizers=("adam", "sgd"), num_steps=40,
-                      eval_every=20, seeds=2, output_dir=str(tmp_path / "out"))
+    return EvalConfig(
+        tasks=("quadratic-10-cond100",),
+        optimizers=("adam", "sgd"),
+        num_steps=40,
+        eval_every=20,
+        seeds=2,
+        output_dir=str(tmp_path / "out"),
+    )
 
 
 def test_tiny_suite_end_to_end_and_cache_reuse(tiny_config):
@@ -99,6 +107,7 @@ def test_tiny_suite_end_to_end_and_cache_reuse(tiny_config):
         np.testing.assert_array_equal(a.train_loss, b.train_loss)
     # one more optimizer trains only that one
     import dataclasses
+
     third = run_eval(dataclasses.replace(tiny_config, optimizers=("adam", "sgd", "lion")), progress=False)
     assert [s.cached for s in third.sweeps] == [True, True, False]
 

@@ -14,7 +14,14 @@ import pytest
 import lopt
 from lopt.learned import base as learned_base
 from meta_train import estimators
-from meta_train.config import EstimatorSection, MetaTrainConfig, OptimizerSection, OuterSection, RunSection, TasksSection
+from meta_train.config import (
+    EstimatorSection,
+    MetaTrainConfig,
+    OptimizerSection,
+    OuterSection,
+    RunSection,
+    TasksSection,
+)
 from meta_train.loop import meta_train
 from meta_train.truncation import diverged
 
@@ -65,8 +72,9 @@ def registered(monkeypatch):
             difference = self._objective(losses) - self._objective(base_losses)
             bad = diverged(losses, moved.start_loss, self.divergence_factor)
             grad = jax.tree.map(lambda e: e * difference / self.sigma**2, epsilon)
-            return estimators.WindowResult(grad, estimators.SingleWorkerState(self._mark(moved, bad)),
-                                           self._objective(losses), bad, reset)
+            return estimators.WindowResult(
+                grad, estimators.SingleWorkerState(self._mark(moved, bad)), self._objective(losses), bad, reset
+            )
 
     monkeypatch.setitem(estimators.ESTIMATORS, ForwardDifferenceES.kind, ForwardDifferenceES)
     return ForwardDifferenceES
@@ -76,11 +84,18 @@ def test_a_new_kind_and_estimator_need_no_change_elsewhere(registered, tmp_path)
     config = MetaTrainConfig(
         optimizer=OptimizerSection("scaled_sign_test", {"initial_log_lr": -3.0}),
         tasks=TasksSection(names=("quadratic-10-cond100",), num_groups=1, lifetime=10),
-        estimator=EstimatorSection(kind="forward_es_test", num_workers=2, truncation_length=5, min_horizon=10,
-                                   max_horizon=10),
+        estimator=EstimatorSection(
+            kind="forward_es_test", num_workers=2, truncation_length=5, min_horizon=10, max_horizon=10
+        ),
         outer=OuterSection(steps=2, learning_rate=1e-2),
-        run=RunSection(output_dir=str(tmp_path / "run"), checkpoint_every=1, log_every=1, eval_every=0,
-                       eval_task="quadratic-10-cond100", eval_steps=10),
+        run=RunSection(
+            output_dir=str(tmp_path / "run"),
+            checkpoint_every=1,
+            log_every=1,
+            eval_every=0,
+            eval_task="quadratic-10-cond100",
+            eval_steps=10,
+        ),
     )
     summary = meta_train(config, progress=False)
     meta, theta = lopt.load_meta(summary["optimizer"])

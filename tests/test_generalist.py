@@ -51,15 +51,20 @@ def test_schedule_factor_by_hand():
     np.testing.assert_allclose(values, expected, atol=1e-6)
     assert float(schedule_factor(jnp.int32(50), total, "constant", 0.0, 0.0)) == 1.0
     # no warm-up still ramps over one step: progress after it is (t + 1 − 1) / (total − 1)
-    np.testing.assert_allclose(float(schedule_factor(jnp.int32(49), total, "linear", 0.0, 0.2)),
-                               0.2 + 0.8 * (1 - 49 / 99), atol=1e-6)
+    np.testing.assert_allclose(
+        float(schedule_factor(jnp.int32(49), total, "linear", 0.0, 0.2)), 0.2 + 0.8 * (1 - 49 / 99), atol=1e-6
+    )
 
 
 def _params():
     rng = np.random.default_rng(1)
-    return {"dense": {"kernel": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
-                      "bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32)},
-            "embed": {"embedding": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}}
+    return {
+        "dense": {
+            "kernel": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+        },
+        "embed": {"embedding": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)},
+    }
 
 
 def test_adam_start_is_normalised_adam_direction_orthogonalised_on_matrices():
@@ -84,8 +89,9 @@ def test_adam_start_is_normalised_adam_direction_orthogonalised_on_matrices():
     reference = optax.adam(1e-2, b1=0.9, b2=0.95, eps=1e-8)
     expected, _ = reference.update(grads, reference.init(params), params)
     for path in (("dense", "bias"), ("embed", "embedding")):
-        np.testing.assert_allclose(np.asarray(updates[path[0]][path[1]]), np.asarray(expected[path[0]][path[1]]),
-                                   rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(
+            np.asarray(updates[path[0]][path[1]]), np.asarray(expected[path[0]][path[1]]), rtol=1e-5, atol=1e-8
+        )
 
 
 def test_scale_learning_rate_scales_every_update_and_survives_save_load(tmp_path):
@@ -93,7 +99,9 @@ def test_scale_learning_rate_scales_every_update_and_survives_save_load(tmp_path
     theta = meta.init_meta(jax.random.key(0))
     params = _params()
     grads = jax.tree.map(lambda p: jnp.cos(p), params)
-    base, _ = meta.transform(theta, num_steps=50).update(grads, meta.transform(theta, num_steps=50).init(params), params)
+    base, _ = meta.transform(theta, num_steps=50).update(
+        grads, meta.transform(theta, num_steps=50).init(params), params
+    )
     scaled_opt = meta.transform(meta.scale_learning_rate(theta, 3.0), num_steps=50)
     scaled, _ = scaled_opt.update(grads, scaled_opt.init(params), params)
     chex.assert_trees_all_close(scaled, jax.tree.map(lambda u: 3.0 * u, base), rtol=1e-5)
@@ -183,13 +191,16 @@ def test_log_loss_objective_is_blind_to_loss_rescaling():
     theta = meta.init_meta(jax.random.key(0))
     schedule = TruncationSchedule(5, 10, 10, "constant")
     task = get_task("quadratic-10-cond100")
-    estimator = make_estimator("antithetic_es", meta, task, schedule, 2, 0.01, 1e9, "train",
-                          Augmentation(loss_log10=2.0), "log_loss")
+    estimator = make_estimator(
+        "antithetic_es", meta, task, schedule, 2, 0.01, 1e9, "train", Augmentation(loss_log10=2.0), "log_loss"
+    )
     positive, negative = jnp.asarray([0.3, 0.2, 0.1]), jnp.asarray([0.5, 0.25, 0.2])
     for k in (1e-2, 1.0, 37.0):
         np.testing.assert_allclose(
             float(estimator._objective(k * positive) - estimator._objective(k * negative)),
-            float(np.mean(np.log([0.3, 0.2, 0.1])) - np.mean(np.log([0.5, 0.25, 0.2]))), rtol=1e-5)
+            float(np.mean(np.log([0.3, 0.2, 0.1])) - np.mean(np.log([0.5, 0.25, 0.2]))),
+            rtol=1e-5,
+        )
     state = estimator.init(jax.random.key(1), theta)
     grad, _, metrics = estimator.step(jax.random.key(2), theta, state)
     assert np.isfinite(float(metrics["meta_loss"])) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))

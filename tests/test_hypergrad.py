@@ -229,15 +229,19 @@ def test_refined_schedule_matches_the_papers_formula_and_is_linear_decay_for_con
     T = 12
     np.testing.assert_allclose(refined_weights(np.full(T, 3.0), tau=0.1), (T - 1 - np.arange(T)) / (T - 1), atol=1e-12)
     norms = np.array([5.0, 4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25])
-    expected = np.array([norms[t] ** -2 * sum(norms[p] ** -2 for p in range(t + 1, len(norms))) for t in range(len(norms))])
+    expected = np.array(
+        [norms[t] ** -2 * sum(norms[p] ** -2 for p in range(t + 1, len(norms))) for t in range(len(norms))]
+    )
     np.testing.assert_allclose(refined_weights(norms, tau=0.1), expected / expected.max(), rtol=1e-12)
     noisy = np.array([1.0, 9.0, 1.0, 1.0, 2.0, 2.0])
-    brute = [np.median(np.pad(noisy, (1, 1), mode="edge")[i:i + 3]) for i in range(len(noisy))]
+    brute = [np.median(np.pad(noisy, (1, 1), mode="edge")[i : i + 3]) for i in range(len(noisy))]
     np.testing.assert_allclose(median_filter(noisy, 3), brute)
     schedule = refined_schedule(0.5, np.array([0.2, 1.0, 0.0]))
     np.testing.assert_allclose([float(schedule(t)) for t in (0, 1, 2, 7)], [0.1, 0.5, 0.0, 0.0], rtol=1e-6)
     assert float(linear_decay(2.0, 10)(5)) == 1.0
-    first_power = np.array([norms[t] ** -1 * sum(norms[p] ** -1 for p in range(t + 1, len(norms))) for t in range(len(norms))])
+    first_power = np.array(
+        [norms[t] ** -1 * sum(norms[p] ** -1 for p in range(t + 1, len(norms))) for t in range(len(norms))]
+    )
     np.testing.assert_allclose(refined_weights(norms, tau=0.1, power=1.0), first_power / first_power.max(), rtol=1e-12)
     with pytest.raises(ValueError, match="finite and positive"):
         refined_weights(np.array([1.0, np.nan]))
@@ -257,7 +261,9 @@ def test_gradient_norms_trace_the_same_run_as_train():
     first_key = jax.random.split(data_key, 5)[0]
     grads = jax.grad(task.loss)(params, task.batch(first_key, "train"))
     np.testing.assert_allclose(traced.l2[0], optax.tree.norm(grads), rtol=1e-5)
-    np.testing.assert_allclose(traced.l1[0], sum(np.abs(np.asarray(g)).sum() for g in jax.tree.leaves(grads)), rtol=1e-5)
+    np.testing.assert_allclose(
+        traced.l1[0], sum(np.abs(np.asarray(g)).sum() for g in jax.tree.leaves(grads)), rtol=1e-5
+    )
 
 
 def test_tangent_decay_accumulates_past_steps_in_the_hypergradient():
@@ -306,6 +312,7 @@ def test_fedhyper_round_matches_a_numpy_fedavg_with_hypergradient_rates():
             x = x - 0.7 * np.exp(rho_g) * delta
             rho_l, previous = np.mean(rhos), delta
             batches = {"A": jnp.asarray(A[r], jnp.float32), "b": jnp.asarray(b[r], jnp.float32)}
-            state, _ = fedhyper.round_step(state, batches, loss, local_lr=0.05, global_lr=0.7,
-                                           local_hyper_lr=beta_l, global_hyper_lr=beta_g)
+            state, _ = fedhyper.round_step(
+                state, batches, loss, local_lr=0.05, global_lr=0.7, local_hyper_lr=beta_l, global_hyper_lr=beta_g
+            )
             np.testing.assert_allclose(state.params["w"], x, rtol=1e-4, atol=1e-5)

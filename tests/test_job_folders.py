@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import string
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,8 +47,10 @@ def test_a_folder_of_another_job_kind_is_refused(tmp_path_factory, owner, other)
 
 
 @SETTINGS
-@given(kind=st.sampled_from(KINDS), names=st.sets(st.sampled_from(sorted(set().union(*jobdir.JOB_FILES.values()))),
-                                                   max_size=4))
+@given(
+    kind=st.sampled_from(KINDS),
+    names=st.sets(st.sampled_from(sorted(set().union(*jobdir.JOB_FILES.values()))), max_size=4),
+)
 def test_a_folder_of_the_jobs_own_files_from_before_markers_is_taken(tmp_path_factory, kind, names):
     folder = tmp_path_factory.mktemp("job")
     for name in names:
@@ -76,7 +77,9 @@ def test_search_into_a_meta_train_folder_spares_its_config(tmp_path, capsys):
     run = tmp_path / "run"
     jobdir.claim(run, "meta-train")
     (run / "config.json").write_text('{"mine": true}')
-    code = main(["search", "configs/search/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(run))}"])
+    code = main(
+        ["search", "configs/search/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(run))}"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "meta-train job's folder" in err[0]
@@ -84,11 +87,18 @@ def test_search_into_a_meta_train_folder_spares_its_config(tmp_path, capsys):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.one_of(st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
-                                st.dictionaries(NAMES, st.one_of(st.integers(), st.text(max_size=5), st.none()),
-                                                max_size=4).map(json.dumps),
-                                st.just('{"fitness": "x", "structural": 1, "id": "a", "text": 3, '
-                                        '"generation": 0, "mutation": null}')), max_size=6))
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+            st.dictionaries(NAMES, st.one_of(st.integers(), st.text(max_size=5), st.none()), max_size=4).map(
+                json.dumps
+            ),
+            st.just('{"fitness": "x", "structural": 1, "id": "a", "text": 3, "generation": 0, "mutation": null}'),
+        ),
+        max_size=6,
+    )
+)
 def test_search_top_on_a_garbage_log_is_one_line(tmp_path_factory, lines):
     folder = tmp_path_factory.mktemp("search")
     (folder / "log.jsonl").write_bytes("\n".join(lines).encode("utf-8", "surrogateescape"))
@@ -118,8 +128,10 @@ def test_damaged_or_missing_search_state_is_one_line(tmp_path, capsys):
     (run / "log.jsonl").write_text("")
     assert main(["search", "--resume", str(run), "--quiet"]) == 2
     assert "cannot be resumed" in capsys.readouterr().err
-    assert main(["search", "configs/search/quickstart.toml", "--quiet", "--set",
-                 f"run.output_dir={json.dumps(str(run))}"]) == 2
+    assert (
+        main(["search", "configs/search/quickstart.toml", "--quiet", "--set", f"run.output_dir={json.dumps(str(run))}"])
+        == 2
+    )
     assert "start afresh" in capsys.readouterr().err
     for state in ["", "[]", '{"generation": 1}', "\u0000\u00ff", '{"generation": "x", "next_id": []}']:
         (run / "state.json").write_bytes(state.encode("utf-8", "surrogatepass"))
@@ -128,9 +140,11 @@ def test_damaged_or_missing_search_state_is_one_line(tmp_path, capsys):
         assert len(err) == 1 and "damaged" in err[0], (state, err)
 
 
-JOB_CONFIGS = {"meta-train": ("configs/meta_train/quickstart.toml", "run.output_dir"),
-               "eval": ("configs/eval/quickstart.toml", "output_dir"),
-               "search": ("configs/search/quickstart.toml", "run.output_dir")}
+JOB_CONFIGS = {
+    "meta-train": ("configs/meta_train/quickstart.toml", "run.output_dir"),
+    "eval": ("configs/eval/quickstart.toml", "output_dir"),
+    "search": ("configs/search/quickstart.toml", "run.output_dir"),
+}
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -148,10 +162,31 @@ def test_an_output_folder_below_a_file_is_one_line(tmp_path_factory, capsys, kin
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(state=st.dictionaries(st.sampled_from(["generation", "next_id", "seed_fitness", "best", "population",
-                                              "counters", "since_improvement", "restarts", "junk"]),
-                             st.one_of(st.integers(), st.none(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
-                                       st.dictionaries(NAMES, st.integers(), max_size=2)), max_size=9))
+@given(
+    state=st.dictionaries(
+        st.sampled_from(
+            [
+                "generation",
+                "next_id",
+                "seed_fitness",
+                "best",
+                "population",
+                "counters",
+                "since_improvement",
+                "restarts",
+                "junk",
+            ]
+        ),
+        st.one_of(
+            st.integers(),
+            st.none(),
+            st.text(max_size=4),
+            st.lists(st.integers(), max_size=2),
+            st.dictionaries(NAMES, st.integers(), max_size=2),
+        ),
+        max_size=9,
+    )
+)
 def test_generated_damaged_search_states_are_one_line(tmp_path_factory, capsys, state):
     import dataclasses
 

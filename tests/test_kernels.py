@@ -33,8 +33,10 @@ def random_arrays(n, seed=0):
 
 def random_layers(sizes, seed=1):
     keys = jax.random.split(jax.random.key(seed), len(sizes))
-    return [(jax.random.normal(k, (a, b)) / np.sqrt(a), 0.1 * jax.random.normal(k, (b,)))
-            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    return [
+        (jax.random.normal(k, (a, b)) / np.sqrt(a), 0.1 * jax.random.normal(k, (b,)))
+        for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+    ]
 
 
 @pytest.mark.parametrize("size, block", [(1000, 256), (256, 256), (37, 64)])
@@ -74,6 +76,7 @@ def test_kernel_gradients_are_the_reference_gradients():
                 means = kernels.reference_statistics(features, arrays)
                 step = kernels.reference_network_pass(body, arrays, jax.lax.rsqrt(means), layers)
             return jnp.sum(jnp.sin(step) * arrays[1])
+
         return jax.grad(loss, argnums=(0, 1))(arrays, layers)
 
     chex.assert_trees_all_close(through(True), through(False), rtol=1e-4, atol=1e-6)
@@ -81,7 +84,9 @@ def test_kernel_gradients_are_the_reference_gradients():
 
 def test_kernel_rejects_bad_arrays():
     with pytest.raises(ValueError, match="flat arrays of one size"):
-        kernels.statistics_pass(features, [jnp.ones(4), jnp.ones(5), jnp.ones(4), jnp.ones(4)], num_features=5, interpret=True)
+        kernels.statistics_pass(
+            features, [jnp.ones(4), jnp.ones(5), jnp.ones(4), jnp.ones(4)], num_features=5, interpret=True
+        )
     with pytest.raises(ValueError, match="power of two"):
         kernels.statistics_pass(features, random_arrays(10), num_features=5, block=100, interpret=True)
 
@@ -89,13 +94,18 @@ def test_kernel_rejects_bad_arrays():
 def test_optimizer_through_the_kernels_equals_the_xla_path():
     """small_mlp 32×2 with every tensor of ≥ 8 elements in the kernels (interpreted) against
     the XLA path: three steps of updates and states, and a meta-gradient through two steps."""
-    params = {"bias": jnp.linspace(-1.0, 1.0, 3), "w": jax.random.normal(jax.random.key(0), (40, 30)),
-              "conv": jax.random.normal(jax.random.key(1), (5, 4, 3, 2))}
+    params = {
+        "bias": jnp.linspace(-1.0, 1.0, 3),
+        "w": jax.random.normal(jax.random.key(0), (40, 30)),
+        "conv": jax.random.normal(jax.random.key(1), (5, 4, 3, 2)),
+    }
     grads = jax.tree.map(lambda x: jnp.sin(3 * x) + 0.1, params)
     base = small_mlp()
     theta = base.init_meta(jax.random.key(3))
-    paths = {"interpret": dataclasses.replace(base, kernel="interpret", fused_min_size=8),
-             "xla": dataclasses.replace(base, kernel="xla", fused_min_size=1 << 40)}
+    paths = {
+        "interpret": dataclasses.replace(base, kernel="interpret", fused_min_size=8),
+        "xla": dataclasses.replace(base, kernel="xla", fused_min_size=1 << 40),
+    }
 
     def unroll(meta, theta, steps):
         opt = meta.transform(theta, num_steps=10)
@@ -107,7 +117,9 @@ def test_optimizer_through_the_kernels_equals_the_xla_path():
 
     kernel_run, xla_run = (jax.jit(lambda t, m=m: unroll(m, t, 3)[:2])(theta) for m in paths.values())
     chex.assert_trees_all_close(kernel_run, xla_run, rtol=1e-3, atol=1e-9)
-    meta_loss = lambda meta: jax.jit(jax.grad(lambda t: sum(jnp.sum(x**2) for x in jax.tree.leaves(unroll(meta, t, 2)[2]))))
+    meta_loss = lambda meta: jax.jit(
+        jax.grad(lambda t: sum(jnp.sum(x**2) for x in jax.tree.leaves(unroll(meta, t, 2)[2])))
+    )
     kernel_grad, xla_grad = (meta_loss(m)(theta) for m in paths.values())
     scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(xla_grad))
     chex.assert_trees_all_close(kernel_grad, xla_grad, atol=1e-2 * scale, rtol=0)
@@ -186,8 +198,9 @@ def velo_kernel_inputs(shape):
     meta = VeLOOptimizer(lstm_hidden=8, bank_size=4, accumulators=FACTORED)
     g, p, acc = factored_state(shape)
     g = g.at[0, :3].set(jnp.array([2500.0, -3000.0, 999.0]))
-    factored = F.update_accumulators(F.ParamAccumulators((), (), acc.factored), jnp.clip(g, -1000, 1000),
-                                     F.initial_decays(FACTORED)).factored
+    factored = F.update_accumulators(
+        F.ParamAccumulators((), (), acc.factored), jnp.clip(g, -1000, 1000), F.initial_decays(FACTORED)
+    ).factored
     return meta, g, p, acc._replace(factored=factored)
 
 
@@ -206,7 +219,9 @@ def test_velo_kernel_statistics_advance_accumulators_in_registers():
     meta, g, p, partial = velo_kernel_inputs((40, 260))
     kernel = lambda g, p, partial: meta.kernel_means(g, p, partial, interpret=True)
     xla = lambda g, p, partial: statistic_means(*xla_advance(g, p, partial))
-    np.testing.assert_allclose(kernel(g, p, partial), xla(g, p, partial), rtol=1e-4, atol=1e-6)  # float32 sums, other order
+    np.testing.assert_allclose(
+        kernel(g, p, partial), xla(g, p, partial), rtol=1e-4, atol=1e-6
+    )  # float32 sums, other order
     weights = jnp.linspace(0.5, 1.5, meta.num_statistics)
     grad = lambda f: jax.grad(lambda g, p, acc: jnp.sum(f(g, p, acc) * weights), argnums=(0, 1, 2))(g, p, partial)
     chex.assert_trees_all_close(grad(kernel), grad(xla), rtol=1e-3, atol=1e-8)
@@ -221,9 +236,11 @@ def test_velo_kernel_step_writes_the_advanced_accumulators():
     g_c, _, want = xla_advance(g, p, partial)
     chex.assert_trees_all_close(advanced, want, rtol=1e-6, atol=1e-7)
     features = F.raw_features(g_c, p, want)
-    layers = per_param_mlp.unflatten_layers(weights[:meta.num_mlp_weights], meta.mlp_sizes)
+    layers = per_param_mlp.unflatten_layers(weights[: meta.num_mlp_weights], meta.mlp_sizes)
     direction, magnitude = per_param_mlp.reference([f * s for f, s in zip(features, scalars[:num_f])], layers)
-    np.testing.assert_allclose(step, meta.step_mult * direction * jnp.exp(meta.exp_mult * magnitude) * 3.0, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(
+        step, meta.step_mult * direction * jnp.exp(meta.exp_mult * magnitude) * 3.0, rtol=1e-4, atol=1e-9
+    )
 
 
 def test_feature_means_kernel_rejects_non_matrices():
@@ -241,33 +258,58 @@ def test_network_2d_with_runtime_weights_equals_reference():
     scalars = kernels.flat_table(jnp.array([[0.5], [2.0], [-1.0]]))
 
     def body(full, rows, cols, scalars, layers):
-        direction, magnitude = per_param_mlp.fused([full[0] * rows[0] * cols[0], full[1] * scalars[0], rows[1] + 0 * full[0]], layers)
+        direction, magnitude = per_param_mlp.fused(
+            [full[0] * rows[0] * cols[0], full[1] * scalars[0], rows[1] + 0 * full[0]], layers
+        )
         return [direction * jnp.exp(0.1 * magnitude)]
 
     where = dict(row=1, num_scalars=1, layer_sizes=sizes)
-    (got,) = kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where)
-    layers = per_param_mlp.unflatten_layers(weights[per_param_mlp.num_layer_weights(sizes):2 * per_param_mlp.num_layer_weights(sizes)], sizes)
-    x = [np.asarray(v, np.float64) for v in (g * rows[0][:, None] * cols[0][None, :], 2.0 * p, rows[1][:, None] + 0 * g)]
+    (got,) = kernels.network_2d(
+        body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where
+    )
+    layers = per_param_mlp.unflatten_layers(
+        weights[per_param_mlp.num_layer_weights(sizes) : 2 * per_param_mlp.num_layer_weights(sizes)], sizes
+    )
+    x = [
+        np.asarray(v, np.float64) for v in (g * rows[0][:, None] * cols[0][None, :], 2.0 * p, rows[1][:, None] + 0 * g)
+    ]
     for k, (w, b) in enumerate(layers):
         w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
         x = [sum(x[i] * w[i, j] for i in range(len(x))) + b[j] for j in range(w.shape[1])]
         x = [np.maximum(h, 0.0) for h in x] if k < len(layers) - 1 else x
     np.testing.assert_allclose(got, x[0] * np.exp(0.1 * x[1]), rtol=1e-5, atol=1e-6)
-    loss = lambda f: jax.grad(lambda p, weights: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), scalars, weights, **where)[0])),
-                              argnums=(0, 1))
+    loss = lambda f: jax.grad(
+        lambda p, weights: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), scalars, weights, **where)[0])),
+        argnums=(0, 1),
+    )
     kernel_fn = lambda *a, **k: kernels.network_2d(*a, **k, block=(16, 128), interpret=True)
-    reference = lambda *a, row, num_scalars, layer_sizes: kernels.reference_network_2d(*a, row, num_scalars, layer_sizes)
+    reference = lambda *a, row, num_scalars, layer_sizes: kernels.reference_network_2d(
+        *a, row, num_scalars, layer_sizes
+    )
     chex.assert_trees_all_close(loss(kernel_fn)(p, weights), loss(reference)(p, weights), rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="flat_table holding row 5"):
-        kernels.network_2d(body, [g, p], list(rows), list(cols), scalars, weights, row=5, num_scalars=1, layer_sizes=sizes,
-                           interpret=True)
+        kernels.network_2d(
+            body,
+            [g, p],
+            list(rows),
+            list(cols),
+            scalars,
+            weights,
+            row=5,
+            num_scalars=1,
+            layer_sizes=sizes,
+            interpret=True,
+        )
 
 
 def test_velo_through_the_2d_kernels_equals_the_xla_path():
     from lopt.learned import VeLOOptimizer
 
-    params = {"bias": jnp.linspace(-1.0, 1.0, 30), "w": jax.random.normal(jax.random.key(0), (37, 77)),
-              "conv": jax.random.normal(jax.random.key(1), (5, 4, 3, 2))}
+    params = {
+        "bias": jnp.linspace(-1.0, 1.0, 30),
+        "w": jax.random.normal(jax.random.key(0), (37, 77)),
+        "conv": jax.random.normal(jax.random.key(1), (5, 4, 3, 2)),
+    }
     grads = jax.tree.map(lambda x: jnp.sin(3 * x) + 0.1 + jnp.where(x > 2.0, 3000.0, 0.0), params)  # some past the clip
     base = VeLOOptimizer(lstm_hidden=16, bank_size=4, fused_min_size=1000)
     theta = base.init_meta(jax.random.key(3))
@@ -280,8 +322,12 @@ def test_velo_through_the_2d_kernels_equals_the_xla_path():
             p = optax.apply_updates(p, jax.tree.map(lambda u: 100.0 * u, updates))
         return updates, p
 
-    chex.assert_trees_all_close(*(jax.jit(lambda t, k=k: unroll(k, t, 3)[0])(theta) for k in ("interpret", "xla")), rtol=1e-3, atol=1e-8)
-    grads_of = lambda k: jax.jit(jax.grad(lambda t: sum(jnp.sum(x**2) for x in jax.tree.leaves(unroll(k, t, 2)[1]))))(theta)
+    chex.assert_trees_all_close(
+        *(jax.jit(lambda t, k=k: unroll(k, t, 3)[0])(theta) for k in ("interpret", "xla")), rtol=1e-3, atol=1e-8
+    )
+    grads_of = lambda k: jax.jit(jax.grad(lambda t: sum(jnp.sum(x**2) for x in jax.tree.leaves(unroll(k, t, 2)[1]))))(
+        theta
+    )
     kernel_grad, xla_grad = grads_of("interpret"), grads_of("xla")
     scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(xla_grad))
     chex.assert_trees_all_close(kernel_grad, xla_grad, atol=1e-3 * scale, rtol=0)

@@ -33,7 +33,10 @@ def mixed_params(key):
 
 
 def loss_fn(params):
-    return sum(jnp.sum(jnp.sin(p.astype(jnp.float32)) ** 2 + 0.3 * p.astype(jnp.float32)) for p in jax.tree.leaves(params)) + 1.0
+    return (
+        sum(jnp.sum(jnp.sin(p.astype(jnp.float32)) ** 2 + 0.3 * p.astype(jnp.float32)) for p in jax.tree.leaves(params))
+        + 1.0
+    )
 
 
 def small_params(key):
@@ -102,7 +105,9 @@ def test_fused_network_equals_reference(hidden):
     feats = list(jax.random.normal(key, (6, 9, 7)))
     sizes = [6, *hidden, 2]
     keys = jax.random.split(key, len(sizes))
-    layers = [(jax.random.normal(k, (a, b)), jax.random.normal(k, (b,))) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    layers = [
+        (jax.random.normal(k, (a, b)), jax.random.normal(k, (b,))) for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+    ]
     for fused, ref in zip(per_param_mlp.fused(feats, layers), per_param_mlp.reference(feats, layers)):
         np.testing.assert_allclose(fused, ref, rtol=1e-5, atol=1e-5)
 
@@ -126,8 +131,14 @@ def test_concatenated_and_per_tensor_evaluation_agree(hidden, fused_min_size):
     meta = small_mlp(hidden_sizes=hidden, fused_min_size=fused_min_size)
     theta = meta.init_meta(jax.random.key(0))
     params = small_params(jax.random.key(1))
-    a = jax.jit(lambda p: run_steps(dataclasses.replace(meta, concatenate_tensors=True).transform(theta, num_steps=10), p, 2)[1])(params)
-    b = jax.jit(lambda p: run_steps(dataclasses.replace(meta, concatenate_tensors=False).transform(theta, num_steps=10), p, 2)[1])(params)
+    a = jax.jit(
+        lambda p: run_steps(dataclasses.replace(meta, concatenate_tensors=True).transform(theta, num_steps=10), p, 2)[1]
+    )(params)
+    b = jax.jit(
+        lambda p: run_steps(dataclasses.replace(meta, concatenate_tensors=False).transform(theta, num_steps=10), p, 2)[
+            1
+        ]
+    )(params)
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-8)
 
 
@@ -194,7 +205,9 @@ def test_hand_built_velo_theta_mixes_the_bank_into_normalised_momentum():
     theta["bank"] = jnp.broadcast_to(jnp.asarray(flat) / 100.0, theta["bank"].shape)
     theta["mix"] = {"w": jnp.zeros_like(theta["mix"]["w"]), "b": jnp.ones_like(theta["mix"]["b"])}
     theta["lr"] = {"w": jnp.zeros_like(theta["lr"]["w"]), "b": jnp.zeros_like(theta["lr"]["b"])}
-    assert_each_tensor_gets_its_normalised_momentum(meta.transform(theta, num_steps=100), lambda rms: meta.step_mult * rms)
+    assert_each_tensor_gets_its_normalised_momentum(
+        meta.transform(theta, num_steps=100), lambda rms: meta.step_mult * rms
+    )
 
 
 def test_velo_groups_same_shaped_tensors_without_mixing_them():
@@ -231,8 +244,14 @@ def test_velo_clips_gradients_before_anything_reads_them():
     meta = OPTIMIZERS["velo_small"]
     opt = meta.transform(meta.init_meta(jax.random.key(0)), num_steps=20)
     keys = jax.random.split(jax.random.key(1), 3)
-    params = {"a": jax.random.normal(keys[0], (6,)), "b": jax.random.normal(keys[1], (6,)), "w": jax.random.normal(keys[2], (4, 5))}
-    grads = jax.tree.map(lambda x: jnp.sin(3.0 * x) + jnp.where(x > 0.5, 4000.0, 0.0) - jnp.where(x < -0.5, 2500.0, 0.0), params)
+    params = {
+        "a": jax.random.normal(keys[0], (6,)),
+        "b": jax.random.normal(keys[1], (6,)),
+        "w": jax.random.normal(keys[2], (4, 5)),
+    }
+    grads = jax.tree.map(
+        lambda x: jnp.sin(3.0 * x) + jnp.where(x > 0.5, 4000.0, 0.0) - jnp.where(x < -0.5, 2500.0, 0.0), params
+    )
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1000.0
 
     def run(grads):
@@ -242,7 +261,9 @@ def test_velo_clips_gradients_before_anything_reads_them():
             p = optax.apply_updates(p, updates)
         return updates, state
 
-    chex.assert_trees_all_close(run(grads), run(jax.tree.map(lambda g: jnp.clip(g, -1000.0, 1000.0), grads)), rtol=1e-6, atol=0)
+    chex.assert_trees_all_close(
+        run(grads), run(jax.tree.map(lambda g: jnp.clip(g, -1000.0, 1000.0), grads)), rtol=1e-6, atol=0
+    )
 
 
 def test_adafactor_statistics_by_hand():

@@ -25,6 +25,7 @@ HORIZON = 20
 
 def exact_tail_gradient(theta, tail_steps):
     """∇ (1/T) Σ_{t ≥ T − tail_steps} L_t by backprop through the whole episode."""
+
     def objective(theta):
         lr, x, total = jnp.exp(theta["log_lr"]), TASK.init(None)["x"], 0.0
         for t in range(HORIZON):
@@ -32,6 +33,7 @@ def exact_tail_gradient(theta, tail_steps):
                 total = total + TASK.loss({"x": x}, None)
             x = x - lr * TASK.curvature * x
         return total / HORIZON
+
     return float(jax.grad(objective)(theta)["log_lr"])
 
 
@@ -72,6 +74,7 @@ def test_trainable_perturbs_and_moves_only_the_matching_part():
 
 def lopt_task():
     from tasks import build, task_spec
+
     return build(task_spec("digits-mlp-relu32"))
 
 
@@ -131,11 +134,14 @@ def test_fused_outer_step_equals_one_program_per_group(tmp_path):
     from meta_train.loop import MetaTrainer
 
     def trainer(fused):
-        return MetaTrainer(MetaTrainConfig(
-            optimizer=OptimizerSection(preset="small_mlp", options={"hidden_sizes": [4]}),
-            tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=2),
-            estimator=EstimatorSection(num_workers=4, truncation_length=5, min_horizon=10, max_horizon=20),
-            run=RunSection(output_dir=str(tmp_path / "run"), eval_every=0, fuse_groups=fused)))
+        return MetaTrainer(
+            MetaTrainConfig(
+                optimizer=OptimizerSection(preset="small_mlp", options={"hidden_sizes": [4]}),
+                tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=2),
+                estimator=EstimatorSection(num_workers=4, truncation_length=5, min_horizon=10, max_horizon=20),
+                run=RunSection(output_dir=str(tmp_path / "run"), eval_every=0, fuse_groups=fused),
+            )
+        )
 
     per_group, fused = trainer(False), trainer(True)
     s1, s2 = per_group.initial_state(), fused.initial_state()

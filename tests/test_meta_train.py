@@ -14,7 +14,14 @@ import optax
 import pytest
 
 from lopt.config import ConfigError
-from meta_train.config import MetaTrainConfig, OuterSection, RunSection, TasksSection, EstimatorSection, OptimizerSection
+from meta_train.config import (
+    MetaTrainConfig,
+    OuterSection,
+    RunSection,
+    TasksSection,
+    EstimatorSection,
+    OptimizerSection,
+)
 from meta_train.estimators import make_estimator
 from meta_train.loop import MetaTrainer, meta_train
 from meta_train.sharding import population_mesh, replicate, shard_population
@@ -63,6 +70,7 @@ def exact_episode_gradient(theta, horizon=HORIZON):
             total = total + TASK.loss({"x": x}, None)
             x = x - lr * TASK.curvature * x
         return total / horizon
+
     return jax.grad(episode_loss)(theta)["log_lr"]
 
 
@@ -110,10 +118,12 @@ def test_a_fraction_of_diverging_workers_is_masked_and_theta_stays_finite(tmp_pa
     masked and counted while the rest still produce a finite gradient."""
     config = tiny_config(tmp_path / "fault", steps=4)
     config = dataclasses.replace(
-        config, optimizer=OptimizerSection("small_mlp", {"hidden_sizes": [4, 4], "step_mult": 0.3}),
+        config,
+        optimizer=OptimizerSection("small_mlp", {"hidden_sizes": [4, 4], "step_mult": 0.3}),
         tasks=TasksSection(names=("rosenbrock-2",), num_groups=1, lifetime=4),
-        estimator=EstimatorSection(kind="pes", num_workers=16, truncation_length=5, min_horizon=10,
-                                   max_horizon=20, divergence_factor=1.5),
+        estimator=EstimatorSection(
+            kind="pes", num_workers=16, truncation_length=5, min_horizon=10, max_horizon=20, divergence_factor=1.5
+        ),
     )
     trainer = MetaTrainer(config)
     state = trainer.initial_state()
@@ -148,7 +158,9 @@ def test_non_finite_outer_gradient_is_skipped():
     trainer = MetaTrainer(tiny_config("/unused"))
     theta = {"w": jnp.ones(3)}
     outer_state = trainer.outer.init(theta)
-    new_theta, _, finite, _ = jax.jit(trainer._apply_gradient)(theta, outer_state, {"w": jnp.array([1.0, jnp.nan, 0.0])})
+    new_theta, _, finite, _ = jax.jit(trainer._apply_gradient)(
+        theta, outer_state, {"w": jnp.array([1.0, jnp.nan, 0.0])}
+    )
     assert not bool(finite)
     chex.assert_trees_all_equal(new_theta, theta)
 
@@ -183,7 +195,11 @@ def test_population_mesh_step_adds_devices_in_one_all_reduce():
     chex.assert_trees_all_close(s1, s2, rtol=1e-5)
     chex.assert_trees_all_close(m1, m2, rtol=1e-5)
     hlo = split._compiled_step.lower(TASK, *args).compile().as_text()
-    collectives = [line for line in hlo.splitlines() if re.search(r"= .*\b(all-reduce|all-reduce-start|all-gather|reduce-scatter)\(", line)]
+    collectives = [
+        line
+        for line in hlo.splitlines()
+        if re.search(r"= .*\b(all-reduce|all-reduce-start|all-gather|reduce-scatter)\(", line)
+    ]
     assert len(collectives) == 1, collectives
 
 
@@ -193,8 +209,14 @@ def tiny_config(output_dir, steps=6):
         tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=2, lifetime=4),
         estimator=EstimatorSection(kind="pes", num_workers=4, truncation_length=5, min_horizon=10, max_horizon=20),
         outer=OuterSection(steps=steps, learning_rate=1e-3),
-        run=RunSection(output_dir=str(output_dir), checkpoint_every=3, log_every=1, eval_every=0,
-                       eval_task="quadratic-10-cond100", eval_steps=20),
+        run=RunSection(
+            output_dir=str(output_dir),
+            checkpoint_every=3,
+            log_every=1,
+            eval_every=0,
+            eval_task="quadratic-10-cond100",
+            eval_steps=20,
+        ),
     )
 
 
@@ -205,6 +227,7 @@ def test_killed_job_resumes_exactly(tmp_path):
     second = meta_train(tiny_config(tmp_path / "b"), progress=False)
     assert second["resumed"] and second["steps"] == 6
     import lopt
+
     _, theta_a = lopt.load_meta(straight["optimizer"])
     _, theta_b = lopt.load_meta(second["optimizer"])
     chex.assert_trees_all_equal(theta_a, theta_b)
@@ -223,6 +246,7 @@ def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text('[estimator]\nkind = "pes"\nsigmaa = 0.1\n')
     from lopt.config import load_config
+
     with pytest.raises(ConfigError, match="estimator: unknown key 'sigmaa'"):
         load_config(MetaTrainConfig, path)
     path.write_text('[optimizer]\npreset = "small_mlp"\noptions = { hiden_sizes = [4] }\n')
@@ -273,7 +297,14 @@ eval_every = 0
 """
     path = tmp_path / "job.toml"
     path.write_text(text)
-    command = [sys.executable, "-c", "import sys; from lopt.cli import main; sys.exit(main())", "meta-train", str(path), "--quiet"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from lopt.cli import main; sys.exit(main())",
+        "meta-train",
+        str(path),
+        "--quiet",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
@@ -287,22 +318,31 @@ eval_every = 0
     resumed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     from lopt.config import load_config
-    reference = meta_train(dataclasses.replace(
-        load_config(MetaTrainConfig, path), run=dataclasses.replace(load_config(MetaTrainConfig, path).run,
-                                                                   output_dir=str(tmp_path / "straight"))), progress=False)
-    chex.assert_trees_all_equal(lopt.load_meta(tmp_path / "killed" / "optimizer")[1],
-                                lopt.load_meta(reference["optimizer"])[1])
+
+    reference = meta_train(
+        dataclasses.replace(
+            load_config(MetaTrainConfig, path),
+            run=dataclasses.replace(load_config(MetaTrainConfig, path).run, output_dir=str(tmp_path / "straight")),
+        ),
+        progress=False,
+    )
+    chex.assert_trees_all_equal(
+        lopt.load_meta(tmp_path / "killed" / "optimizer")[1], lopt.load_meta(reference["optimizer"])[1]
+    )
 
 
 def test_resume_from_a_checkpoint_taken_at_a_task_change(tmp_path):
     """Issue 17 (1): one group alternates between tasks of different shapes every 2 outer steps,
     and every checkpoint falls on a task change; resuming must restore the previous task's
     worker states and reach the uninterrupted run's theta."""
+
     def config(directory):
         base = tiny_config(directory, steps=6)
         return dataclasses.replace(
-            base, tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=1, lifetime=2),
-            run=dataclasses.replace(base.run, checkpoint_every=2))
+            base,
+            tasks=TasksSection(names=("quadratic-10-cond100", "rosenbrock-2"), num_groups=1, lifetime=2),
+            run=dataclasses.replace(base.run, checkpoint_every=2),
+        )
 
     straight = meta_train(config(tmp_path / "a"), progress=False)
     first = meta_train(config(tmp_path / "b"), progress=False, stop_after=4)
@@ -310,23 +350,32 @@ def test_resume_from_a_checkpoint_taken_at_a_task_change(tmp_path):
     second = meta_train(config(tmp_path / "b"), progress=False)
     assert second["resumed"] and second["steps"] == 6
     import lopt
+
     chex.assert_trees_all_equal(lopt.load_meta(straight["optimizer"])[1], lopt.load_meta(second["optimizer"])[1])
 
 
-@pytest.mark.parametrize("preset", [
-    # the two kinds whose state has zero-size arrays run by default; the others are slow tests
-    "factored_mlp", "velo_small",
-    pytest.param("small_mlp", marks=pytest.mark.slow), pytest.param("lr_controller", marks=pytest.mark.slow),
-    pytest.param("generalist", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        # the two kinds whose state has zero-size arrays run by default; the others are slow tests
+        "factored_mlp",
+        "velo_small",
+        pytest.param("small_mlp", marks=pytest.mark.slow),
+        pytest.param("lr_controller", marks=pytest.mark.slow),
+        pytest.param("generalist", marks=pytest.mark.slow),
+    ],
+)
 def test_every_preset_meta_trains_through_a_save_and_restore(tmp_path, preset):
     """Issue 17 (2): every learned kind's meta-training state checkpoints (vector parameters give
     factored accumulators with no column factor) and resumes."""
     base = tiny_config(tmp_path / preset, steps=2)
     config = dataclasses.replace(
-        base, optimizer=OptimizerSection(preset), tasks=TasksSection(names=("digits-mlp-relu32",), num_groups=1),
+        base,
+        optimizer=OptimizerSection(preset),
+        tasks=TasksSection(names=("digits-mlp-relu32",), num_groups=1),
         estimator=dataclasses.replace(base.estimator, num_workers=2),
-        run=dataclasses.replace(base.run, checkpoint_every=1))
+        run=dataclasses.replace(base.run, checkpoint_every=1),
+    )
     first = meta_train(config, progress=False, stop_after=1)
     assert first["steps"] == 1
     second = meta_train(config, progress=False)
@@ -404,8 +453,17 @@ def test_bad_meta_train_configs_are_one_line_errors(tmp_path, capsys, override, 
     """Issue 17 (7): each bad value is a one-line error naming its key, exit 2, before any work."""
     from lopt.cli import main
 
-    code = main(["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set", override,
-                 "--set", f"run.output_dir={json.dumps(str(tmp_path / 'run'))}"])
+    code = main(
+        [
+            "meta-train",
+            "configs/meta_train/quickstart.toml",
+            "--quiet",
+            "--set",
+            override,
+            "--set",
+            f"run.output_dir={json.dumps(str(tmp_path / 'run'))}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and key in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -420,8 +478,15 @@ def test_unreadable_config_and_unusable_output_folder_are_one_line_errors(tmp_pa
     assert "not UTF-8" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code = main(["meta-train", "configs/meta_train/quickstart.toml", "--quiet", "--set",
-                 f"run.output_dir={json.dumps(str(blocker / 'run'))}"])
+    code = main(
+        [
+            "meta-train",
+            "configs/meta_train/quickstart.toml",
+            "--quiet",
+            "--set",
+            f"run.output_dir={json.dumps(str(blocker / 'run'))}",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "run.output_dir" in err and "\n" not in err
 

@@ -25,8 +25,13 @@ pytestmark = pytest.mark.skipif(not native.available(), reason=f"no native kerne
 
 def random_layers(key, sizes, batch=()):
     keys = jax.random.split(key, 2 * len(sizes))
-    return [(jax.random.normal(keys[2 * i], (*batch, a, b)) / np.sqrt(a), 0.3 * jax.random.normal(keys[2 * i + 1], (*batch, b)))
-            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    return [
+        (
+            jax.random.normal(keys[2 * i], (*batch, a, b)) / np.sqrt(a),
+            0.3 * jax.random.normal(keys[2 * i + 1], (*batch, b)),
+        )
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    ]
 
 
 def random_tensors(key, sizes, num_features, batch=()):
@@ -53,8 +58,7 @@ def test_kernel_under_vmap_equals_reference(shared):
     inputs = random_tensors(jax.random.key(2), sizes, num_features, batch=(runs,))
     layers = random_layers(jax.random.key(3), [num_features, 16, 2], batch=() if shared else (runs,))
     layer_axes = None if shared else 0
-    got = jax.jit(jax.vmap(native.mlp_tensors, in_axes=(0, layer_axes)))(
-        inputs, layers)
+    got = jax.jit(jax.vmap(native.mlp_tensors, in_axes=(0, layer_axes)))(inputs, layers)
     for t, features in enumerate(inputs):
         want = jax.vmap(per_param_mlp.reference, in_axes=(0, layer_axes))(features, layers)
         np.testing.assert_allclose(got[t][0], want[0], rtol=1e-5, atol=1e-5)
@@ -69,6 +73,7 @@ def test_kernel_derivatives_are_the_reference_ones():
         def f(inputs, layers):
             outputs = network(inputs, layers)
             return sum(jnp.sum(jnp.sin(d) * m) for d, m in outputs)
+
         return f
 
     reference = lambda inputs, layers: [per_param_mlp.reference(f, layers) for f in inputs]
@@ -76,8 +81,8 @@ def test_kernel_derivatives_are_the_reference_ones():
     want = jax.grad(objective(reference), argnums=(0, 1))(inputs, layers)
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
     tangent = jax.tree.map(jnp.ones_like, layers)
-    _, got_jvp = jax.jvp(lambda l: objective(native.mlp_tensors)(inputs, l), (layers,), (tangent,))
-    _, want_jvp = jax.jvp(lambda l: objective(reference)(inputs, l), (layers,), (tangent,))
+    _, got_jvp = jax.jvp(lambda ls: objective(native.mlp_tensors)(inputs, ls), (layers,), (tangent,))
+    _, want_jvp = jax.jvp(lambda ls: objective(reference)(inputs, ls), (layers,), (tangent,))
     np.testing.assert_allclose(got_jvp, want_jvp, rtol=1e-5)
 
 
@@ -88,8 +93,8 @@ def random_accumulators(key, sizes, num_momenta, num_rms, batch=()):
         keys = jax.random.split(jax.random.fold_in(key, t), 2 + num_momenta + num_rms)
         normal = lambda k, s=1.0: s * jax.random.normal(k, (*batch, n))
         g = normal(keys[0], 0.2) * (t < len(sizes) - 1)
-        momenta = tuple(normal(k, 0.1) for k in keys[2:2 + num_momenta])
-        rms = tuple(jnp.square(normal(k, 0.1)) * (t < len(sizes) - 1) for k in keys[2 + num_momenta:])
+        momenta = tuple(normal(k, 0.1) for k in keys[2 : 2 + num_momenta])
+        rms = tuple(jnp.square(normal(k, 0.1)) * (t < len(sizes) - 1) for k in keys[2 + num_momenta :])
         tensors.append((g, normal(keys[1]), F.ParamAccumulators(momenta, rms, ())))
     return tensors
 
@@ -102,7 +107,9 @@ def reference_features_network(tensors, layers):
 def test_features_kernel_equals_normalised_features_and_reference_network(num_momenta, num_rms):
     sizes = [16, 1, 7, 33, 250, 40]
     tensors = random_accumulators(jax.random.key(10), sizes, num_momenta, num_rms)
-    num_features = F.AccumulatorConfig(tuple(np.linspace(0.5, 0.9, num_momenta)), tuple(np.linspace(0.9, 0.99, num_rms))).num_features
+    num_features = F.AccumulatorConfig(
+        tuple(np.linspace(0.5, 0.9, num_momenta)), tuple(np.linspace(0.9, 0.99, num_rms))
+    ).num_features
     layers = random_layers(jax.random.key(11), [num_features, 32, 32, 2])
     got = jax.jit(native.features_mlp)(tensors, layers)
     for (direction, magnitude), want in zip(got, reference_features_network(tensors, layers)):
@@ -213,8 +220,13 @@ def test_amx_layers_are_float32_accurate(hidden):
 def test_amx_status_and_switch_off():
     assert native.amx() == "on" or native.amx().startswith("off: ")
     code = "from lopt.learned import native; print(native.amx()); print(native.fmas_only())"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "LOPT_NATIVE_AMX": "0"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOPT_NATIVE_AMX": "0"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["off: turned off by LOPT_NATIVE_AMX=0", "True"]
 
@@ -239,7 +251,9 @@ def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):
 
 def test_failed_build_leaves_no_library(monkeypatch, tmp_path):
     script = tmp_path / "broken-cxx"
-    script.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\necho 'error: broken' >&2\nexit 1\n")
+    script.write_text(
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\necho 'error: broken' >&2\nexit 1\n"
+    )
     script.chmod(0o755)
     monkeypatch.setenv("LOPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(script))
@@ -259,8 +273,14 @@ def test_sharded_pes_step_with_the_kernel_equals_one_device():
     state = plain.init(jax.random.key(1), theta)
     g1, s1, _ = plain.step(jax.random.key(2), theta, state)
     g2, s2, _ = split.step(jax.random.key(2), replicate(theta, mesh), shard_population(state, mesh))
-    assert "all-gather" not in split._compiled_step.lower(task, jax.random.key(2), replicate(theta, mesh),
-                                                         shard_population(state, mesh)).compile().as_text()
+    assert (
+        "all-gather"
+        not in split._compiled_step.lower(
+            task, jax.random.key(2), replicate(theta, mesh), shard_population(state, mesh)
+        )
+        .compile()
+        .as_text()
+    )
     # ĝ = ξ (L⁺ − L⁻) / 2σ² amplifies summation-order differences of the loss: compare at the
     # gradient's scale
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g1))

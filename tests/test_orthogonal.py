@@ -20,7 +20,6 @@ from test_generalist import numpy_newton_schulz  # Muon's iteration in float64 n
 generalist_module = importlib.import_module("lopt.learned.generalist")  # the package re-exports a function of that name
 
 
-
 def normuon_numpy(grads: list[np.ndarray], beta=0.95, beta2=0.95, eps=1e-10) -> list[np.ndarray]:
     """Li et al. 2025, per step: M ← βM + (1−β)G; U = (1−β)G + βM; O = NS(U); per output neuron
     v ← β₂v + (1−β₂)·mean(O²); Ô = O/(√v+ε) rescaled to ‖O‖_F; × √max(1, fan_out/fan_in)."""
@@ -64,11 +63,14 @@ def ortho_adam_numpy(grads: list[np.ndarray], b1=0.9, b2=0.95, eps=1e-8) -> list
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 7)])
-@pytest.mark.parametrize("rule, reference", [
-    (orthogonal.scale_by_normuon, normuon_numpy),
-    (orthogonal.scale_by_adamuon, adamuon_numpy),
-    (orthogonal.scale_by_ortho_adam, ortho_adam_numpy),
-])
+@pytest.mark.parametrize(
+    "rule, reference",
+    [
+        (orthogonal.scale_by_normuon, normuon_numpy),
+        (orthogonal.scale_by_adamuon, adamuon_numpy),
+        (orthogonal.scale_by_ortho_adam, ortho_adam_numpy),
+    ],
+)
 def test_matrix_rules_match_paper_equations(rule, reference, shape):
     rng = np.random.default_rng(0)
     grads = [rng.normal(size=shape) * 10.0 ** rng.uniform(-2, 1) for _ in range(4)]
@@ -105,8 +107,12 @@ def test_ortho_adam_is_the_generalists_start():
     learned = meta.transform(clean, num_steps=num_steps)
     baseline = baselines.get("ortho_adam_cosine", lr=float(jnp.exp(theta["log_learning_rate"])), num_steps=num_steps)
     rng = np.random.default_rng(2)
-    params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
-                        "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}}
+    params = {
+        "dense": {
+            "kernel": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+        }
+    }
     s_learned, s_base = learned.init(params), baseline.init(params)
     for _ in range(4):
         grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
@@ -124,7 +130,9 @@ def test_scheduled_variants_follow_the_generalists_schedule(name):
     state = opt.init(params)
     norms = []
     for step in range(10):
-        grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.1 + 0.01 * step) * jnp.arange(1, p.size + 1).reshape(p.shape), params)
+        grads = jax.tree.map(
+            lambda p: jnp.full(p.shape, 0.1 + 0.01 * step) * jnp.arange(1, p.size + 1).reshape(p.shape), params
+        )
         updates, state = opt.update(grads, state, params)
         norms.append(float(optax.tree.norm(updates)))
         factor = float(generalist_module.schedule_factor(jnp.int32(step), 10, "cosine", 0.05, 0.0))

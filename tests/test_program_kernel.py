@@ -51,14 +51,20 @@ def test_every_elementwise_function_runs_in_the_kernel():
     names = [n for group, members in GROUPS.items() if group != "tree" for n in members]
     graphs = []
     for name in names:
-        args = ["g", "m", "w"][:FUNCTIONS[name].arity]
+        args = ["g", "m", "w"][: FUNCTIONS[name].arity]
         call = f" {FUNCTIONS[name].infix} ".join(args) if FUNCTIONS[name].infix else f"{name}({', '.join(args)})"
-        graphs.append(check(parse(f"def train(w, g, m, v, lr):\n  x = {call}\n  update = x * lr\n  return update, m, v\n")))
+        graphs.append(
+            check(parse(f"def train(w, g, m, v, lr):\n  x = {call}\n  update = x * lr\n  return update, m, v\n"))
+        )
     encoded = jax.tree.map(jnp.asarray, encode_population(graphs, len(graphs), 8))
     x = jnp.linspace(-0.9, 0.9, 300)
     w, g, m, v = (jnp.broadcast_to(x * s, (len(graphs), 300)) for s in (0.5, 1.0, -0.7, 0.0))
-    outs = [jax.jit(jax.vmap(lambda p, w, g, m, v, f=f: f(p, w, g, m, v, jnp.float32(0.3), jnp.float32(1.0), (300,))))(
-        encoded, w, g, m, v)[0] for f in (run_encoded, run_kernel)]
+    outs = [
+        jax.jit(jax.vmap(lambda p, w, g, m, v, f=f: f(p, w, g, m, v, jnp.float32(0.3), jnp.float32(1.0), (300,))))(
+            encoded, w, g, m, v
+        )[0]
+        for f in (run_encoded, run_kernel)
+    ]
     np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(outs[0]), rtol=1e-4, atol=1e-7)
 
 
@@ -68,27 +74,58 @@ def test_the_kernel_lowers_to_triton_for_a_gpu(tree):
     population of 4 rounds (40 slots) under three vmaps becomes one Triton call, or five with
     the tree passes."""
     slots, programs, size = 40, 4, 3000
-    spec = Encoded(jax.ShapeDtypeStruct((programs, slots), jnp.int32), jax.ShapeDtypeStruct((programs, slots, 3), jnp.int32),
-                   jax.ShapeDtypeStruct((programs, slots, 3), jnp.float32), jax.ShapeDtypeStruct((programs, slots, 3), jnp.bool_),
-                   jax.ShapeDtypeStruct((programs, 3), jnp.int32))
-    one = lambda p, lr, w, g, m, v: run_kernel(p, w, g, m, v, lr, jnp.float32(3.0), (1000, size - 1000), tree=tree,  # noqa: E731
-                                               interpret=False)
+    spec = Encoded(
+        jax.ShapeDtypeStruct((programs, slots), jnp.int32),
+        jax.ShapeDtypeStruct((programs, slots, 3), jnp.int32),
+        jax.ShapeDtypeStruct((programs, slots, 3), jnp.float32),
+        jax.ShapeDtypeStruct((programs, slots, 3), jnp.bool_),
+        jax.ShapeDtypeStruct((programs, 3), jnp.int32),
+    )
+    one = lambda p, lr, w, g, m, v: run_kernel(
+        p,
+        w,
+        g,
+        m,
+        v,
+        lr,
+        jnp.float32(3.0),
+        (1000, size - 1000),
+        tree=tree,  # noqa: E731
+        interpret=False,
+    )
     fn = jax.jit(jax.vmap(jax.vmap(jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0)), in_axes=(None, 0, 0, 0, 0, 0))))
     x = jax.ShapeDtypeStruct((programs, 3, 2, size), jnp.float32)
-    exported = export.export(fn, platforms=["cuda"], disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
-        spec, jax.ShapeDtypeStruct((programs, 3), jnp.float32), x, x, x, x)
+    exported = export.export(
+        fn, platforms=["cuda"], disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    )(spec, jax.ShapeDtypeStruct((programs, 3), jnp.float32), x, x, x, x)
     assert exported.mlir_module().count("__gpu$xla.gpu.triton") == (5 if tree else 1)
 
 
 def _tree_programs() -> list:
     """Each tree-level function with tensor arguments and with a scalar one (as the scan's
     agreement test in test_programs.py), and a chain of two tree statements in two rounds."""
-    calls = ["norm(g)", "norm(s)", "global_norm(g)", "global_norm(s)", "dot(g, m)", "dot(g, s)", "dot(s, s)",
-             "cosine_sim(g, m)", "cosine_sim(s, m)", "clip_by_global_norm(g, s)", "clip_by_global_norm(s, s)"]
-    texts = [f"def train(w, g, m, v, lr):\n  s = global_norm(m)\n  s = s * 0.37\n  x = {call}\n  update = x * g\n"
-             "  return update, m, v\n" for call in calls]
-    texts.append("def train(w, g, m, v, lr):\n  c = clip_by_global_norm(g, 0.5)\n  m = interp(c, m, 0.9)\n  n = norm(m)\n"
-                 "  d = m / n\n  k = cosine_sim(d, w)\n  update = d * k\n  update = update * lr\n  return update, m, v\n")
+    calls = [
+        "norm(g)",
+        "norm(s)",
+        "global_norm(g)",
+        "global_norm(s)",
+        "dot(g, m)",
+        "dot(g, s)",
+        "dot(s, s)",
+        "cosine_sim(g, m)",
+        "cosine_sim(s, m)",
+        "clip_by_global_norm(g, s)",
+        "clip_by_global_norm(s, s)",
+    ]
+    texts = [
+        f"def train(w, g, m, v, lr):\n  s = global_norm(m)\n  s = s * 0.37\n  x = {call}\n  update = x * g\n"
+        "  return update, m, v\n"
+        for call in calls
+    ]
+    texts.append(
+        "def train(w, g, m, v, lr):\n  c = clip_by_global_norm(g, 0.5)\n  m = interp(c, m, 0.9)\n  n = norm(m)\n"
+        "  d = m / n\n  k = cosine_sim(d, w)\n  update = d * k\n  update = update * lr\n  return update, m, v\n"
+    )
     return [check(parse(text)) for text in texts]
 
 
@@ -102,7 +139,11 @@ def test_the_multi_pass_kernel_equals_the_scan_on_tree_level_functions():
     sizes = (300, 7, 450, 243)
     keys = jax.random.split(jax.random.key(1), 4)
     w, g, m, v = (jax.random.normal(k, (count, sum(sizes))) for k in keys)
-    outputs = [jax.jit(jax.vmap(lambda p, w, g, m, v, f=f: f(p, w, g, m, v, jnp.float32(0.3), jnp.float32(2.0), sizes)))(
-        encoded, w, g, m, v) for f in (run_encoded, functools.partial(run_kernel, tree=True, block=256))]
+    outputs = [
+        jax.jit(jax.vmap(lambda p, w, g, m, v, f=f: f(p, w, g, m, v, jnp.float32(0.3), jnp.float32(2.0), sizes)))(
+            encoded, w, g, m, v
+        )
+        for f in (run_encoded, functools.partial(run_kernel, tree=True, block=256))
+    ]
     for expected, got in zip(*outputs):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=2e-5, atol=1e-6)

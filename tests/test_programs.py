@@ -10,12 +10,29 @@ from hypothesis import strategies as st
 
 import lopt
 from lopt.programs import (
-    ProgramError, check, format_program, from_program, parse, prune, redundant_fraction, seed,
-    structural_hash, to_graph, to_optax,
+    ProgramError,
+    check,
+    format_program,
+    from_program,
+    parse,
+    prune,
+    redundant_fraction,
+    seed,
+    structural_hash,
+    to_graph,
+    to_optax,
 )
 from lopt.programs.analysis import live_outputs
 from lopt.programs.functional import functional_hashes
-from lopt.programs.interpret import GROUP_OF, GROUPS, _group_results, encode, encode_population, run_encoded, run_unrolled
+from lopt.programs.interpret import (
+    GROUP_OF,
+    GROUPS,
+    _group_results,
+    encode,
+    encode_population,
+    run_encoded,
+    run_unrolled,
+)
 from lopt.programs.lang import Const, Program, Statement, Var
 from lopt.programs.library import FUNCTIONS
 
@@ -42,12 +59,15 @@ def run(opt, steps=12):
     return trajectory
 
 
-@pytest.mark.parametrize("name, reference", [
-    ("adamw", optax.adamw(3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)),
-    ("lion", optax.lion(3e-3, b1=0.9, b2=0.99, weight_decay=1e-3)),
-    ("sgd_momentum", optax.sgd(3e-3, momentum=0.9)),
-    ("signsgd", optax.chain(optax.scale_by_sign(), optax.scale(-3e-3))),
-])
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("adamw", optax.adamw(3e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)),
+        ("lion", optax.lion(3e-3, b1=0.9, b2=0.99, weight_decay=1e-3)),
+        ("sgd_momentum", optax.sgd(3e-3, momentum=0.9)),
+        ("signsgd", optax.chain(optax.scale_by_sign(), optax.scale(-3e-3))),
+    ],
+)
 def test_seed_programs_equal_optax(name, reference):
     ours = run(to_optax(seed(name), 3e-3))
     theirs = run(reference)
@@ -109,13 +129,15 @@ def train(w, g, m, v, lr):
         expected, _ = opt.update(grads, state, PARAMS)
         encoded = jax.tree.map(jnp.asarray, encode(check(program)))
         update, _, _ = jax.jit(run_encoded, static_argnums=(7,))(
-            encoded, _flat(PARAMS), _flat(grads), _flat(m0), jnp.zeros(sum(sizes)), 0.3, 1.0, sizes)
-        np.testing.assert_allclose(-np.asarray(update), np.asarray(_flat(expected)), rtol=2e-5, atol=1e-6,
-                                   err_msg=call)
+            encoded, _flat(PARAMS), _flat(grads), _flat(m0), jnp.zeros(sum(sizes)), 0.3, 1.0, sizes
+        )
+        np.testing.assert_allclose(-np.asarray(update), np.asarray(_flat(expected)), rtol=2e-5, atol=1e-6, err_msg=call)
 
 
-_WIDE = np.concatenate([np.random.default_rng(0).normal(size=4000) * scale for scale in (1e-6, 1e-3, 0.3, 1, 3, 30, 100, 1e4, 1e12)]
-                       + [np.array([0, -0.0, 1, -1, 0.5, 2, 3, -2, -3, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e-30])]).astype(np.float32)
+_WIDE = np.concatenate(
+    [np.random.default_rng(0).normal(size=4000) * scale for scale in (1e-6, 1e-3, 0.3, 1, 3, 30, 100, 1e4, 1e12)]
+    + [np.array([0, -0.0, 1, -1, 0.5, 2, 3, -2, -3, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e-30])]
+).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in FUNCTIONS if GROUP_OF[n] != "tree"))
@@ -130,7 +152,9 @@ def test_each_slots_shared_formulation_matches_the_library_function(name):
     op = GROUPS[group].index(name)
     b = np.random.default_rng(1).choice([0, 1, 2, 3, -1, -2, 0.5, 1 / 3, -0.5, 2.5], size=_WIDE.size).astype(np.float32)
     args = jnp.stack([jnp.asarray(_WIDE), jnp.asarray(b), jnp.asarray(b[::-1])])
-    got = np.asarray(jax.jit(lambda a, o: _group_results(group, a, jnp.zeros(3, bool), (_WIDE.size,), o)[op])(args, jnp.int32(op)))
+    got = np.asarray(
+        jax.jit(lambda a, o: _group_results(group, a, jnp.zeros(3, bool), (_WIDE.size,), o)[op])(args, jnp.int32(op))
+    )
     function = FUNCTIONS[name]
     expected = np.asarray(function.fn(*(args[i] for i in range(function.arity))))
     keep = ~((np.abs(_WIDE) > 88.7) & (np.abs(_WIDE) < 89.4) & (name in ("cosh", "sinh")))
@@ -146,6 +170,7 @@ def test_the_unrolled_interpreter_equals_the_scan():
     """run_unrolled (registers as values) gives run_encoded's numbers on a population of mutated
     AdamW children that uses every slot group."""
     from meta_train.search import mutation
+
     rng = np.random.default_rng(0)
     graphs = []
     for _ in range(12):
@@ -155,10 +180,14 @@ def test_the_unrolled_interpreter_equals_the_scan():
         graphs.append(graph)
     encoded = jax.tree.map(jnp.asarray, encode_population(graphs, 12, 32))
     sizes = tuple(leaf.size for leaf in jax.tree.leaves(PARAMS))
-    w, g, m, v = (jnp.broadcast_to(x, (12, sum(sizes))) for x in (_flat(PARAMS), _flat(gradient_sequence(1)[0]),
-                                                                     0.1 * _flat(PARAMS), 0.01 + 0.0 * _flat(PARAMS)))
-    outputs = [jax.jit(jax.vmap(lambda p, w, g, m, v, f=f: f(p, w, g, m, v, 0.3, 2.0, sizes)))(encoded, w, g, m, v)
-               for f in (run_encoded, run_unrolled)]
+    w, g, m, v = (
+        jnp.broadcast_to(x, (12, sum(sizes)))
+        for x in (_flat(PARAMS), _flat(gradient_sequence(1)[0]), 0.1 * _flat(PARAMS), 0.01 + 0.0 * _flat(PARAMS))
+    )
+    outputs = [
+        jax.jit(jax.vmap(lambda p, w, g, m, v, f=f: f(p, w, g, m, v, 0.3, 2.0, sizes)))(encoded, w, g, m, v)
+        for f in (run_encoded, run_unrolled)
+    ]
     for a, b in zip(*outputs):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
 
@@ -168,6 +197,7 @@ def test_the_schedule_respects_dependencies_and_slot_groups():
     arguments; AdamW's nine arithmetic statements fit in two rounds; a chain of trigonometric
     statements takes one round each (one trig slot per round) and still runs correctly."""
     from lopt.programs.interpret import GROUP_OF, ROUND, rounds_needed, schedule
+
     chain = parse("""
 def train(w, g, m, v, lr):
   a = sin(g)
@@ -191,8 +221,9 @@ def train(w, g, m, v, lr):
     expected, _ = to_optax(chain, 0.1).update(grads, to_optax(chain, 0.1).init(PARAMS), PARAMS)
     sizes = tuple(leaf.size for leaf in jax.tree.leaves(PARAMS))
     zeros = jnp.zeros(sum(sizes))
-    update, _, _ = run_encoded(jax.tree.map(jnp.asarray, encode(check(chain))), _flat(PARAMS), _flat(grads),
-                               zeros, zeros, 0.1, 1.0, sizes)
+    update, _, _ = run_encoded(
+        jax.tree.map(jnp.asarray, encode(check(chain))), _flat(PARAMS), _flat(grads), zeros, zeros, 0.1, 1.0, sizes
+    )
     np.testing.assert_allclose(-np.asarray(update), np.asarray(_flat(expected)), rtol=2e-5, atol=1e-7)
     with pytest.raises(ValueError, match="needs 5 rounds"):
         encode(check(chain), 2)
@@ -251,8 +282,15 @@ def train(w, g, m, v, lr):
   update = lr * update
   return update, m, v
 """)
-    swapped = parse(str(base).replace("m", "TMP").replace("v", "m").replace("TMP", "v").replace("sqrt_m", "sqrt_v")
-                    .replace("return update, v, m", "return update, m, v").replace("train(w, g, v, m, lr)", "train(w, g, m, v, lr)"))
+    swapped = parse(
+        str(base)
+        .replace("m", "TMP")
+        .replace("v", "m")
+        .replace("TMP", "v")
+        .replace("sqrt_m", "sqrt_v")
+        .replace("return update, v, m", "return update, m, v")
+        .replace("train(w, g, v, m, lr)", "train(w, g, m, v, lr)")
+    )
     assert structural_hash(renamed) == structural_hash(base)
     assert structural_hash(reordered) == structural_hash(base)
     assert structural_hash(swapped) == structural_hash(base)
@@ -261,7 +299,9 @@ def train(w, g, m, v, lr):
 
 
 def test_functional_hash_finds_sign_equal_to_m_over_its_magnitude():
-    sign = parse("def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n d = sign(m)\n update = d * lr\n return update, m, v\n")
+    sign = parse(
+        "def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n d = sign(m)\n update = d * lr\n return update, m, v\n"
+    )
     ratio = parse("""
 def train(w, g, m, v, lr):
   m = interp(g, m, 0.9)
@@ -281,7 +321,10 @@ def train(w, g, m, v, lr):
 def test_the_probe_tells_adam_without_epsilon_from_adam_and_rejects_it():
     """Where a gradient is exactly zero from the start (a dead unit), m / sqrt(v) is 0/0; on the
     normal probes it rounds like m / (sqrt(v) + 1e-8), which a search's cache then lent it."""
-    body = "def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n g2 = square(g)\n v = interp(g2, v, 0.999)\n r = sqrt(v)\n{}\n update = u * lr\n return update, m, v\n"
+    body = (
+        "def train(w, g, m, v, lr):\n m = interp(g, m, 0.9)\n g2 = square(g)\n v = interp(g2, v, 0.999)\n"
+        " r = sqrt(v)\n{}\n update = u * lr\n return update, m, v\n"
+    )
     with_eps = parse(body.format(" d = r + 1e-08\n u = m / d"))
     without = parse(body.format(" u = m / r"))
     (h1, ok1), (h2, ok2) = functional_hashes([check(with_eps), check(without)])
@@ -294,29 +337,35 @@ def test_functional_probe_flags_non_finite_programs():
     assert not finite
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty program"),
-    ("def train(w, g, m, v):\n  return g, m, v\n", "inputs must be"),
-    ("def train(w, g, m, v, lr):\n  a = b + g\n  return a, m, v\n", "line 2: variable 'b' is read before"),
-    ("def train(w, g, m, v, lr):\n  a = sqr(g)\n  return a, m, v\n", "unknown function 'sqr'; did you mean sqrt"),
-    ("def train(w, g, m, v, lr):\n  a = interp(g, m)\n  return a, m, v\n", "interp takes 3 argument"),
-    ("def train(w, g, m, v, lr):\n  a = g + m + v\n  return a, m, v\n", "one operation per statement"),
-    ("def train(w, g, m, v, lr):\n  a = g + m\n  return a, m\n", "exactly three"),
-    ("def train(w, g, m, v, lr):\n  a = g $ m\n  return a, m, v\n", "unexpected character '$'"),
-    ("def train(w, g, m, v, lr):\n  sqrt = abs(g)\n  return sqrt, m, v\n", "reserved"),
-    ("def train(w, g, m, v, lr):\n  a = g\n  return a, m, v\n", "plain copies"),
-    ("def train(w, g, m, v, lr):\n  a = __import__(g)\n  return a, m, v\n", "unknown function '__import__'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty program"),
+        ("def train(w, g, m, v):\n  return g, m, v\n", "inputs must be"),
+        ("def train(w, g, m, v, lr):\n  a = b + g\n  return a, m, v\n", "line 2: variable 'b' is read before"),
+        ("def train(w, g, m, v, lr):\n  a = sqr(g)\n  return a, m, v\n", "unknown function 'sqr'; did you mean sqrt"),
+        ("def train(w, g, m, v, lr):\n  a = interp(g, m)\n  return a, m, v\n", "interp takes 3 argument"),
+        ("def train(w, g, m, v, lr):\n  a = g + m + v\n  return a, m, v\n", "one operation per statement"),
+        ("def train(w, g, m, v, lr):\n  a = g + m\n  return a, m\n", "exactly three"),
+        ("def train(w, g, m, v, lr):\n  a = g $ m\n  return a, m, v\n", "unexpected character '$'"),
+        ("def train(w, g, m, v, lr):\n  sqrt = abs(g)\n  return sqrt, m, v\n", "reserved"),
+        ("def train(w, g, m, v, lr):\n  a = g\n  return a, m, v\n", "plain copies"),
+        ("def train(w, g, m, v, lr):\n  a = __import__(g)\n  return a, m, v\n", "unknown function '__import__'"),
+    ],
+)
 def test_parser_errors_name_the_problem_and_line(text, message):
     with pytest.raises(ProgramError, match=message.replace("(", r"\(").replace("$", r"\$")):
         parse(text)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("def train(w, g, m, v, lr):\n  a = w * lr\n  return a, m, v\n", "never depends on the gradient"),
-    ("def train(w, g, m, v, lr):\n  a = lr * 2.0\n  b = a + g\n  return a, m, v\n", "scalar"),
-    ("def train(w, g, m, v, lr):\n  a = clip_by_global_norm(g, w)\n  return a, m, v\n", "bound must be a scalar"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("def train(w, g, m, v, lr):\n  a = w * lr\n  return a, m, v\n", "never depends on the gradient"),
+        ("def train(w, g, m, v, lr):\n  a = lr * 2.0\n  b = a + g\n  return a, m, v\n", "scalar"),
+        ("def train(w, g, m, v, lr):\n  a = clip_by_global_norm(g, w)\n  return a, m, v\n", "bound must be a scalar"),
+    ],
+)
 def test_invalid_programs_are_rejected_before_training(text, message):
     with pytest.raises(ProgramError, match=message):
         check(parse(text))
@@ -379,9 +428,9 @@ def test_parser_fuzz_mutated_seed_text_gives_only_program_errors(data):
         if action == "insert":
             text = text[:position] + piece + text[position:]
         elif action == "delete":
-            text = text[:position] + text[position + len(piece):]
+            text = text[:position] + text[position + len(piece) :]
         else:
-            text = text[:position] + piece + text[position + len(piece):]
+            text = text[:position] + piece + text[position + len(piece) :]
     try:
         program = parse(text)
         check(program)
@@ -413,9 +462,14 @@ def test_motifs_name_the_ideas_in_known_programs():
     """Lion's sign of an interpolated momentum, AdamW's second-moment normalisation, clipping,
     and invariance to renaming and dead code (lopt.programs.motifs)."""
     from lopt.programs.motifs import motifs
+
     assert motifs(check(seed("lion"))) == ["momentum", "sign of an interpolated momentum", "decoupled weight decay"]
     assert motifs(check(seed("adamw_paper_eps"))) == [
-        "momentum", "second moment", "adaptive normalisation", "decoupled weight decay"]
+        "momentum",
+        "second moment",
+        "adaptive normalisation",
+        "decoupled weight decay",
+    ]
     assert motifs(check(seed("sgd_momentum"))) == ["momentum"]
     assert motifs(check(seed("signsgd"))) == ["sign descent"]
     clipped = parse("""
@@ -446,8 +500,9 @@ def test_probe_rounding_equals_decimal_formatting():
     from lopt.programs.functional import _round
 
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-20, 20, 5000),
-                        [0.0, -0.0, 9.9996, -0.00099996, 1.0, 123456.0]]).astype(np.float32)
+    x = np.concatenate(
+        [rng.normal(size=5000) * 10.0 ** rng.integers(-20, 20, 5000), [0.0, -0.0, 9.9996, -0.00099996, 1.0, 123456.0]]
+    ).astype(np.float32)
     want = np.array([float(f"{v:.3e}") for v in x])
     np.testing.assert_array_equal(_round(x), want)
     np.testing.assert_array_equal(np.isnan(_round(np.array([np.inf, -np.inf, np.nan, 1.0]))), [True, True, True, False])

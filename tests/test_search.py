@@ -20,14 +20,23 @@ from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
 from meta_train.search.pipeline import FUNNEL_TEST_SEED, curves, funnel, promoted_program, stage_scores, top, validated
 
-TINY_FITNESS = {"tasks": ["quadratic-10-cond100"], "steps": 30, "seeds": 1, "lr_multipliers": [1.0, 3.0],
-                "eval_batches": 1, "length": 16, "batch": 4}
+TINY_FITNESS = {
+    "tasks": ["quadratic-10-cond100"],
+    "steps": 30,
+    "seeds": 1,
+    "lr_multipliers": [1.0, 3.0],
+    "eval_batches": 1,
+    "length": 16,
+    "batch": 4,
+}
 
 
 def tiny_config(tmp_path, **search):
-    data = {"search": {"population": 6, "tournament": 2, "children": 4, "generations": 2, "max_statements": 16,
-                       **search},
-            "fitness": TINY_FITNESS, "run": {"output_dir": str(tmp_path / "search")}}
+    data = {
+        "search": {"population": 6, "tournament": 2, "children": 4, "generations": 2, "max_statements": 16, **search},
+        "fitness": TINY_FITNESS,
+        "run": {"output_dir": str(tmp_path / "search")},
+    }
     return from_dict(SearchConfig, data)
 
 
@@ -92,12 +101,17 @@ def test_children_nan_where_a_gradient_is_zero_are_rejected_only_when_asked(tmp_
     """search.reject_nan_at_zero: m / sqrt(v) (0/0 at a dead unit) is trained by default — the
     paper's seed is such a program — and rejected untrained with the flag; either way it no longer
     shares a cache entry with m / (sqrt(v) + eps)."""
-    body = "def train(w, g, m, v, lr):\n  g2 = square(g)\n  v = interp(g2, v, 0.999)\n  r = sqrt(v)\n{}\n  update = u * lr\n  return update, m, v\n"
+    body = (
+        "def train(w, g, m, v, lr):\n  g2 = square(g)\n  v = interp(g2, v, 0.999)\n  r = sqrt(v)\n{}\n"
+        "  update = u * lr\n  return update, m, v\n"
+    )
     with_eps, without = (check(parse(body.format(x))) for x in ("  d = r + 1e-08\n  u = g / d", "  u = g / r"))
     plain = Search(tiny_config(tmp_path / "a", seed_program="adamw_paper"), progress=False)
     scores, how = plain._score([with_eps, without])
     assert how == ["trained", "trained"] and np.all(np.isfinite(scores))
-    strict = Search(tiny_config(tmp_path / "b", seed_program="adamw_paper_eps", reject_nan_at_zero=True), progress=False)
+    strict = Search(
+        tiny_config(tmp_path / "b", seed_program="adamw_paper_eps", reject_nan_at_zero=True), progress=False
+    )
     scores, how = strict._score([with_eps, without])
     assert how == ["trained", "rejected"] and np.isfinite(scores[0]) and scores[1] == np.inf
     with pytest.raises(ConfigError, match="search.reject_nan_at_zero: the seed program 'adamw_paper'"):
@@ -129,8 +143,12 @@ def test_the_kernel_evaluator_agrees_with_the_scan():
     kernel (its interpreter on the CPU), the one with global clipping through the kernel's tree
     passes, in a batch of its own; the losses equal the scan interpreter's."""
     spec = FitnessSpec(**{**TINY_FITNESS, "tasks": ("quadratic-10-cond100",), "lr_multipliers": (1.0, 3.0)})
-    clipped = check(parse("def train(w, g, m, v, lr):\n  c = clip_by_global_norm(g, 1.0)\n  m = interp(c, m, 0.9)\n"
-                          "  update = m * 0.05\n  return update, m, v\n"))
+    clipped = check(
+        parse(
+            "def train(w, g, m, v, lr):\n  c = clip_by_global_norm(g, 1.0)\n  m = interp(c, m, 0.9)\n"
+            "  update = m * 0.05\n  return update, m, v\n"
+        )
+    )
     graphs = [check(seed("adamw_paper")), clipped, check(seed("lion_raw"))]
     kernel = evaluator(dataclasses.replace(spec, interpreter="kernel"))
     np.testing.assert_allclose(kernel.losses(graphs), BatchedEvaluator(spec).losses(graphs), rtol=1e-4)
@@ -140,8 +158,15 @@ def test_the_kernel_evaluator_agrees_with_the_scan():
 def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
     """fitness.hurdle: a program whose first-task score is worse than the seed's by more than the
     hurdle is never trained on the second task and scores +inf; the others score as without it."""
-    spec = FitnessSpec(**{**TINY_FITNESS, "tasks": ("quadratic-10-cond100", "digits-mlp-relu32"), "steps": (30, 5),
-                          "lr_multipliers": (1.0,), "hurdle": 0.5})
+    spec = FitnessSpec(
+        **{
+            **TINY_FITNESS,
+            "tasks": ("quadratic-10-cond100", "digits-mlp-relu32"),
+            "steps": (30, 5),
+            "lr_multipliers": (1.0,),
+            "hurdle": 0.5,
+        }
+    )
     ascent = check(parse("def train(w, g, m, v, lr):\n  update = g * -0.01\n  return update, m, v\n"))
     graphs = [check(seed("adamw_paper")), ascent]
     plain = BatchedEvaluator(dataclasses.replace(spec, hurdle=0.0))
@@ -161,9 +186,11 @@ def test_the_hurdle_stops_programs_worse_than_the_seed_on_the_first_task():
 
 
 def test_a_search_with_a_hurdle_counts_the_programs_it_stopped(tmp_path):
-    data = {"search": {"population": 6, "tournament": 2, "children": 6, "generations": 4, "max_statements": 16},
-            "fitness": {**TINY_FITNESS, "tasks": ["quadratic-10-cond100", "quadratic-10-cond100"], "hurdle": 1e-3},
-            "run": {"output_dir": str(tmp_path / "search")}}
+    data = {
+        "search": {"population": 6, "tournament": 2, "children": 6, "generations": 4, "max_statements": 16},
+        "fitness": {**TINY_FITNESS, "tasks": ["quadratic-10-cond100", "quadratic-10-cond100"], "hurdle": 1e-3},
+        "run": {"output_dir": str(tmp_path / "search")},
+    }
     search = Search(from_dict(SearchConfig, data), progress=False)
     search.run()
     stats = search.statistics()
@@ -180,7 +207,9 @@ def test_partial_batches_pad_to_the_next_power_of_two_down_to_a_quarter():
 
 def test_fitness_rejects_runs_that_blow_the_weights_up():
     """An evolved exploit: shift every weight by ~1e14 so a float32 cross-entropy reads 0."""
-    exploit = check(parse("def train(w, g, m, v, lr):\n  a = g / g\n  b = a + 5e15\n  update = b * 0.04\n  return update, m, v\n"))
+    exploit = check(
+        parse("def train(w, g, m, v, lr):\n  a = g / g\n  b = a + 5e15\n  update = b * 0.04\n  return update, m, v\n")
+    )
     spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=5, seeds=1, lr_multipliers=(1.0,), eval_batches=1)
     assert JitEvaluator(spec)([exploit])[0] == np.inf
     assert BatchedEvaluator(dataclasses.replace(spec, batch=1))([exploit])[0] == np.inf
@@ -210,7 +239,9 @@ def test_search_is_deterministic_and_resumes_exactly(tmp_path, overlap):
     # every structure is trained once, also when a child equals one of the generation in flight
     trained = [e["structural"] for e in read(tmp_path / "a") if e["scored"] in ("trained", "hurdle", "rejected")]
     assert len(trained) == len(set(trained))
-    assert json.loads((tmp_path / "a" / "search" / "state.json").read_text())["in_flight"] is None  # nothing past the end
+    assert (
+        json.loads((tmp_path / "a" / "search" / "state.json").read_text())["in_flight"] is None
+    )  # nothing past the end
     with pytest.raises(ConfigError, match="already holds a search"):
         Search(tiny_config(tmp_path / "a"), progress=False)
     with pytest.raises(ConfigError, match="differs"):
@@ -221,10 +252,21 @@ def test_a_search_precompiles_before_scoring_its_seed_and_resumes_to_the_same_lo
     """fitness.precompile with a hurdle: the calls are compiled before the hurdle's reference and
     the seed are scored (which then compile nothing), the time counts as compiling, and the search
     (fresh, then resumed: precompiled again) logs what one without precompile logs."""
-    fitness = {**TINY_FITNESS, "tasks": ["quadratic-10-cond100", "digits-mlp-relu32"], "steps": [30, 10], "hurdle": 1.0, "batch": 2}
-    make = lambda d, **f: from_dict(SearchConfig, {  # noqa: E731
-        "search": {"population": 6, "tournament": 2, "children": 4, "generations": 2, "max_statements": 16},
-        "fitness": {**fitness, **f}, "run": {"output_dir": str(d)}})
+    fitness = {
+        **TINY_FITNESS,
+        "tasks": ["quadratic-10-cond100", "digits-mlp-relu32"],
+        "steps": [30, 10],
+        "hurdle": 1.0,
+        "batch": 2,
+    }
+    make = lambda d, **f: from_dict(
+        SearchConfig,
+        {  # noqa: E731
+            "search": {"population": 6, "tournament": 2, "children": 4, "generations": 2, "max_statements": 16},
+            "fitness": {**fitness, **f},
+            "run": {"output_dir": str(d)},
+        },
+    )
     plain = Search(make(tmp_path / "plain"), progress=False)
     plain.run()
     ahead = Search(make(tmp_path / "ahead", precompile=[2]), progress=False)
@@ -235,8 +277,10 @@ def test_a_search_precompiles_before_scoring_its_seed_and_resumes_to_the_same_lo
     resumed = Search(make(tmp_path / "ahead", precompile=[2]), resume=True, progress=False)
     assert resumed.counters["compile_seconds"] > ahead.counters["compile_seconds"]
     resumed.run()
-    read = lambda d: [{k: v for k, v in json.loads(line).items() if k != "scored"}  # noqa: E731
-                      for line in (d / "log.jsonl").read_text().splitlines()]
+    read = lambda d: [
+        {k: v for k, v in json.loads(line).items() if k != "scored"}  # noqa: E731
+        for line in (d / "log.jsonl").read_text().splitlines()
+    ]
     assert read(tmp_path / "ahead") == read(tmp_path / "plain")
 
 
@@ -244,11 +288,14 @@ def test_search_from_adamw_improves_on_the_seed_within_a_ci_budget(tmp_path):
     """The embedded proxy: an MLP on digits, 60 steps, with the seed's lr input at 0.3 (its
     step size is then too small for so short a run, which a CI-sized search can fix). With 4
     generations of 6 children it does for each of the seeds 0-4 (with 3, for 4 of them)."""
-    config = from_dict(SearchConfig, {
-        "search": {"population": 8, "tournament": 2, "children": 6, "generations": 4, "max_statements": 16},
-        "fitness": {**TINY_FITNESS, "tasks": ["digits-mlp-relu32"], "steps": 60, "lr_multipliers": [0.3]},
-        "run": {"output_dir": str(tmp_path / "search")},
-    })
+    config = from_dict(
+        SearchConfig,
+        {
+            "search": {"population": 8, "tournament": 2, "children": 6, "generations": 4, "max_statements": 16},
+            "fitness": {**TINY_FITNESS, "tasks": ["digits-mlp-relu32"], "steps": 60, "lr_multipliers": [0.3]},
+            "run": {"output_dir": str(tmp_path / "search")},
+        },
+    )
     search = Search(config, progress=False)
     best = search.run()
     assert best.fitness < search.seed_fitness
@@ -284,9 +331,14 @@ def test_cache_answers_renamed_duplicates_without_training(tmp_path):
 
 def test_funnel_promotes_only_programs_that_beat_tuned_adamw(tmp_path):
     config = dataclasses.replace(
-        tiny_config(tmp_path), funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)))
+        tiny_config(tmp_path),
+        funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)),
+    )
     diverging = "def train(w, g, m, v, lr):\n  update = g * 1000.0\n  return update, m, v\n"
-    no_epsilon = "def train(w, g, m, v, lr):\n g2 = square(g)\n v = interp(g2, v, 0.999)\n r = sqrt(v)\n u = g / r\n update = u * lr\n return update, m, v\n"
+    no_epsilon = (
+        "def train(w, g, m, v, lr):\n g2 = square(g)\n v = interp(g2, v, 0.999)\n r = sqrt(v)\n u = g / r\n"
+        " update = u * lr\n return update, m, v\n"
+    )
     records = funnel(config, [format_program(seed("adamw")), diverging, no_epsilon], progress=False)
     assert records[1]["promoted"] is False and records[1]["stages"][0]["fitness"] is None
     assert records[2]["promoted"] is False and records[2]["stages"] == [] and "non-finite" in records[2]["rejected"]
@@ -296,8 +348,17 @@ def test_funnel_promotes_only_programs_that_beat_tuned_adamw(tmp_path):
 def test_a_funnel_stage_picks_the_rate_on_some_seeds_and_scores_it_on_others():
     """No winner's curse: the rate is the best by median over the tuning seeds, the score is
     log(median) at that rate over other seeds (checked against the evaluator's raw losses)."""
-    spec = FitnessSpec(tasks=("quadratic-10-cond100",), steps=30, seeds=2, lr_multipliers=(0.01, 0.1, 1.0),
-                       eval_batches=1, length=16, batch=4, interpreter="jit", seed=5)
+    spec = FitnessSpec(
+        tasks=("quadratic-10-cond100",),
+        steps=30,
+        seeds=2,
+        lr_multipliers=(0.01, 0.1, 1.0),
+        eval_batches=1,
+        length=16,
+        batch=4,
+        interpreter="jit",
+        seed=5,
+    )
     graphs = [check(seed("adamw")), check(seed("lion"))]
     scores, chosen = stage_scores(spec, graphs, 3)
     tune = evaluator(dataclasses.replace(spec, seeds=3)).losses(graphs)[:, 0]
@@ -313,8 +374,12 @@ def test_funnel_tunes_candidates_over_adamws_rates(tmp_path):
     """AdamW that scales its lr input by the seeds' 1e-3 sees exactly the reference's rates, so it
     ties tuned AdamW; with the proxy's 4 multipliers (the old funnel) it lost from the grid."""
     config = dataclasses.replace(
-        tiny_config(tmp_path), funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)))
-    scaled = format_program(seed("adamw")).replace("  update = update * lr\n", "  lr = lr * 0.001\n  update = update * lr\n")
+        tiny_config(tmp_path),
+        funnel=dataclasses.replace(SearchConfig().funnel, tasks=("quadratic-10-cond100",), steps=(40,)),
+    )
+    scaled = format_program(seed("adamw")).replace(
+        "  update = update * lr\n", "  lr = lr * 0.001\n  update = update * lr\n"
+    )
     assert scaled != format_program(seed("adamw"))
     stage = funnel(config, [scaled], progress=False)[0]["stages"][0]
     assert abs(stage["fitness"] - stage["adamw_fitness"]) < 1e-3, stage
@@ -324,11 +389,18 @@ def test_funnel_tunes_candidates_over_adamws_rates(tmp_path):
 
 def test_the_program_shipped_after_the_funnel_is_the_promoted_one_with_the_largest_margin():
     def record(text, stages, promoted):
-        return {"text": text, "promoted": promoted,
-                "stages": [{"fitness": f, "adamw_fitness": a, "beats_adamw": f < a} for f, a in stages]}
+        return {
+            "text": text,
+            "promoted": promoted,
+            "stages": [{"fitness": f, "adamw_fitness": a, "beats_adamw": f < a} for f, a in stages],
+        }
 
-    records = [record("a", [(-2.0, -2.1)], False), record("b", [(-2.2, -2.1), (-1.9, -1.8)], True),
-               record("c", [(-2.5, -2.1), (-1.81, -1.8)], True), record("d", [(-3.0, -2.1)], False)]
+    records = [
+        record("a", [(-2.0, -2.1)], False),
+        record("b", [(-2.2, -2.1), (-1.9, -1.8)], True),
+        record("c", [(-2.5, -2.1), (-1.81, -1.8)], True),
+        record("d", [(-3.0, -2.1)], False),
+    ]
     assert promoted_program(records) == "c"  # mean margins: b -0.1, c -0.205; d stopped at stage 2
     assert promoted_program(records[:1]) is None
 
@@ -343,6 +415,7 @@ def test_simplifier_removes_dead_code_and_finds_sign():
 
 def test_ablation_bypasses_statements_within_tolerance():
     """With a fitness that only counts clip/arcsin statements, ablation removes exactly those."""
+
     def fitness(graphs):
         return np.array([sum(op in ("clip", "arcsin") for op, _ in g.nodes) * 1.0 for g in graphs])
 
@@ -478,8 +551,14 @@ def test_fitness_steps_per_task():
         from_dict(SearchConfig, {"fitness": {"tasks": ["quadratic-10-cond100"], "steps": [10, 20]}})
     with pytest.raises(ConfigError, match="fitness.steps"):
         from_dict(SearchConfig, {"fitness": {"tasks": ["quadratic-10-cond100", "rosenbrock-2"], "steps": [10, 0]}})
-    spec = FitnessSpec(tasks=("quadratic-10-cond100", "rosenbrock-2"), steps=(1, 40), seeds=1, lr_multipliers=(1.0,),
-                       eval_batches=1, batch=2)
+    spec = FitnessSpec(
+        tasks=("quadratic-10-cond100", "rosenbrock-2"),
+        steps=(1, 40),
+        seeds=1,
+        lr_multipliers=(1.0,),
+        eval_batches=1,
+        batch=2,
+    )
     assert spec.task_steps("rosenbrock-2") == 40 and spec.inner_steps_per_program == 41
     graph = check(seed("adamw_paper_eps"))
     long_run = evaluator(spec).losses([graph])[0, :, 0, 0]
@@ -492,13 +571,19 @@ def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_pat
     """Chen et al.'s meta-validation: every `every` generations the best programs not yet
     validated are trained on the validation task and logged; resume keeps what was validated;
     the summary's simplified program is the best by validation."""
-    config = search_toml(tmp_path, generations=4, steps=20,
-                         extra='interpreter = "jit"\n[validation]\ntask = "rosenbrock-2"\nsteps = 30\nevery = 2\ntop = 2\n')
+    config = search_toml(
+        tmp_path,
+        generations=4,
+        steps=20,
+        extra='interpreter = "jit"\n[validation]\ntask = "rosenbrock-2"\nsteps = 30\nevery = 2\ntop = 2\n',
+    )
     assert main(["search", str(config), "--quiet", "--no-ablate"]) == 0
     out = capsys.readouterr().out
     assert "best by meta-validation on rosenbrock-2" in out
     rows = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
-    assert {r["generation"] for r in rows} == {2, 4} and all(len([r for r in rows if r["generation"] == g]) <= 2 for g in (2, 4))
+    assert {r["generation"] for r in rows} == {2, 4} and all(
+        len([r for r in rows if r["generation"] == g]) <= 2 for g in (2, 4)
+    )
     assert len({r["text"] for r in rows}) == len(rows)  # each program validated once
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     best = min((r for r in rows if r["validation"] is not None), key=lambda r: r["validation"])
@@ -515,10 +600,12 @@ def test_meta_validation_logs_the_top_programs_and_picks_the_shipped_one(tmp_pat
 def test_funnel_candidates_by_meta_validation_are_the_best_distinct_ones(tmp_path):
     adamw, lion = format_program(seed("adamw")), format_program(seed("lion"))
     renamed = adamw.replace("denominator", "den")
-    rows = [{"generation": 10, "id": 1, "text": adamw, "fitness": -1.0, "validation": 0.9},
-            {"generation": 10, "id": 2, "text": lion, "fitness": -1.0, "validation": 0.8},
-            {"generation": 20, "id": 3, "text": FOUR_ROUNDS, "fitness": -1.0, "validation": None},
-            {"generation": 20, "id": 4, "text": renamed, "fitness": -1.0, "validation": 0.7}]
+    rows = [
+        {"generation": 10, "id": 1, "text": adamw, "fitness": -1.0, "validation": 0.9},
+        {"generation": 10, "id": 2, "text": lion, "fitness": -1.0, "validation": 0.8},
+        {"generation": 20, "id": 3, "text": FOUR_ROUNDS, "fitness": -1.0, "validation": None},
+        {"generation": 20, "id": 4, "text": renamed, "fitness": -1.0, "validation": 0.7},
+    ]
     (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"torn')
     assert structural_hash(parse(renamed)) == structural_hash(parse(adamw))
     assert validated(tmp_path, 5) == [renamed, lion]
@@ -584,8 +671,15 @@ def test_the_train_metric_is_the_evals_final_train_loss():
     from meta_train.search.fitness import _keys
     from tasks import build, task_spec
 
-    spec = FitnessSpec(tasks=("digits-mlp-relu32",), steps=25, seeds=2, lr_multipliers=(0.3, 3.0), eval_batches=1,
-                       batch=2, metric="train")
+    spec = FitnessSpec(
+        tasks=("digits-mlp-relu32",),
+        steps=25,
+        seeds=2,
+        lr_multipliers=(0.3, 3.0),
+        eval_batches=1,
+        batch=2,
+        metric="train",
+    )
     graph = check(seed("adamw_paper_eps"))
     task = build(task_spec("digits-mlp-relu32"))
     reference = np.zeros((2, 2))

@@ -12,7 +12,9 @@ from lopt.programs import check, seed
 from meta_train.search import fitness
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec
 
-SPEC = FitnessSpec(tasks=("digits-mlp-relu32",), steps=8, seeds=2, lr_multipliers=(0.3, 1.0), batch=2, interpreter="batched")
+SPEC = FitnessSpec(
+    tasks=("digits-mlp-relu32",), steps=8, seeds=2, lr_multipliers=(0.3, 1.0), batch=2, interpreter="batched"
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +55,28 @@ def test_a_damaged_stored_call_is_lowered_again(tmp_path, graphs, reference):
 def test_the_store_key_follows_spec_shape_platform_and_sources(tmp_path, monkeypatch):
     base = BatchedEvaluator(SPEC, lowered_dir=tmp_path)
     path = base.lowered_path("digits-mlp-relu32", 2, "step", 4)
-    assert path.parent == tmp_path and path == BatchedEvaluator(SPEC, lowered_dir=tmp_path).lowered_path("digits-mlp-relu32", 2, "step", 4)
-    others = {base.lowered_path("digits-mlp-relu32", 3, "step", 4), base.lowered_path("digits-mlp-relu32", 2, "kernel", 4),
-              base.lowered_path("digits-mlp-relu32", 2, "step", 2),
-              BatchedEvaluator(dataclasses.replace(SPEC, steps=9), lowered_dir=tmp_path).lowered_path("digits-mlp-relu32", 2, "step", 4),
-              BatchedEvaluator(SPEC, lowered_dir=tmp_path, platform="cuda").lowered_path("digits-mlp-relu32", 2, "step", 4)}
+    assert path.parent == tmp_path and path == BatchedEvaluator(SPEC, lowered_dir=tmp_path).lowered_path(
+        "digits-mlp-relu32", 2, "step", 4
+    )
+    others = {
+        base.lowered_path("digits-mlp-relu32", 3, "step", 4),
+        base.lowered_path("digits-mlp-relu32", 2, "kernel", 4),
+        base.lowered_path("digits-mlp-relu32", 2, "step", 2),
+        BatchedEvaluator(dataclasses.replace(SPEC, steps=9), lowered_dir=tmp_path).lowered_path(
+            "digits-mlp-relu32", 2, "step", 4
+        ),
+        BatchedEvaluator(SPEC, lowered_dir=tmp_path, platform="cuda").lowered_path("digits-mlp-relu32", 2, "step", 4),
+    }
     assert path not in others and len(others) == 5
     monkeypatch.setattr(fitness, "_source_digest", lambda: "another checkout")
     assert base.lowered_path("digits-mlp-relu32", 2, "step", 4) != path
     assert BatchedEvaluator(SPEC, lowered_dir=None).lowered_path("digits-mlp-relu32", 2, "step", 4) is None
-    assert BatchedEvaluator(SPEC, step=lambda *a: a[2], lowered_dir=tmp_path).lowered_path("digits-mlp-relu32", 2, "step", 4) is None
+    assert (
+        BatchedEvaluator(SPEC, step=lambda *a: a[2], lowered_dir=tmp_path).lowered_path(
+            "digits-mlp-relu32", 2, "step", 4
+        )
+        is None
+    )
 
 
 def test_precompile_lowers_the_missing_calls_in_worker_processes(tmp_path, graphs, reference):

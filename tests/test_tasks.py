@@ -123,12 +123,15 @@ def test_cross_entropy_survives_huge_uniform_logit_shifts():
     np.testing.assert_allclose(softmax_cross_entropy(logits, jnp.array([0])), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("x_shape, w_shape, strides, padding", [
-    ((3, 40, 2), (3, 2, 5), (2,), "SAME"),            # the conv nets' layer: 1-D, stride 2
-    ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), "SAME"),    # 2-D, odd sizes (uneven SAME padding)
-    ((2, 10, 3), (4, 3, 5), (3,), "VALID"),
-    ((2, 8, 8, 2), (3, 3, 2, 4), (1, 1), ((1, 1), (0, 2))),
-])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding",
+    [
+        ((3, 40, 2), (3, 2, 5), (2,), "SAME"),  # the conv nets' layer: 1-D, stride 2
+        ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), "SAME"),  # 2-D, odd sizes (uneven SAME padding)
+        ((2, 10, 3), (4, 3, 5), (3,), "VALID"),
+        ((2, 8, 8, 2), (3, 3, 2, 4), (1, 1), ((1, 1), (0, 2))),
+    ],
+)
 def test_patch_conv_equals_lax_convolution_values_and_gradients(x_shape, w_shape, strides, padding):
     """im2col convolution (`tasks.models.patch_conv`) against XLA's convolution: outputs and both
     gradients, plain and with a kernel per member under vmap (the search's and PES's case)."""
@@ -145,7 +148,9 @@ def test_patch_conv_equals_lax_convolution_values_and_gradients(x_shape, w_shape
         return jnp.sum(jnp.sin(conv(x, w, strides, padding, dimension_numbers=dn, precision="highest")))
 
     want = lax.conv_general_dilated(x, ws[0], strides, padding, dimension_numbers=dn, precision="highest")
-    np.testing.assert_allclose(patch_conv(x, ws[0], strides, padding, dimension_numbers=dn, precision="highest"), want, atol=1e-5)
+    np.testing.assert_allclose(
+        patch_conv(x, ws[0], strides, padding, dimension_numbers=dn, precision="highest"), want, atol=1e-5
+    )
     for argnums in (0, 1):
         grad = lambda conv: jax.vmap(jax.grad(functools.partial(loss, conv), argnums), (None, 0))(x, ws)  # noqa: E731
         np.testing.assert_allclose(grad(patch_conv), grad(lax.conv_general_dilated), atol=1e-4, rtol=1e-4)
@@ -160,5 +165,8 @@ def test_patch_conv_hands_dilated_and_grouped_convolutions_to_lax():
     dn = lax.conv_dimension_numbers(x.shape, (3, 2, 6), ("NWC", "WIO", "NWC"))
     for kwargs, w_shape in [({"rhs_dilation": (2,)}, (3, 4, 6)), ({"feature_group_count": 2}, (3, 2, 6))]:
         w = jax.random.normal(jax.random.key(1), w_shape)
-        np.testing.assert_allclose(patch_conv(x, w, (1,), "SAME", dimension_numbers=dn, **kwargs),
-                                   lax.conv_general_dilated(x, w, (1,), "SAME", dimension_numbers=dn, **kwargs), atol=1e-5)
+        np.testing.assert_allclose(
+            patch_conv(x, w, (1,), "SAME", dimension_numbers=dn, **kwargs),
+            lax.conv_general_dilated(x, w, (1,), "SAME", dimension_numbers=dn, **kwargs),
+            atol=1e-5,
+        )

@@ -61,7 +61,7 @@ def unmat(m, shape):
 def numpy_adam_leaf(g, m, v, t, b1=0.9, b2=0.999, eps=1e-8):
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    return (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps), m, v
+    return (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps), m, v
 
 
 # ---------------------------------------------------------------- Adam family
@@ -86,21 +86,25 @@ def test_adamp_projects_scale_invariant_weights(problem):
         for k in SHAPES:
             m[k] = b1 * m[k] + (1 - b1) * gt[k]
             v[k] = b2 * v[k] + (1 - b2) * gt[k] ** 2
-            perturb = m[k] / (np.sqrt(v[k]) / np.sqrt(1 - b2 ** t) + eps)
+            perturb = m[k] / (np.sqrt(v[k]) / np.sqrt(1 - b2**t) + eps)
             r = 1.0
             if p[k].ndim > 1:
-                views = [(lambda x: mat(x), lambda y, s=p[k].shape: unmat(y, s)),
-                         (lambda x: x.reshape(1, -1), lambda y, s=p[k].shape: y.reshape(s))]
+                views = [
+                    (lambda x: mat(x), lambda y, s=p[k].shape: unmat(y, s)),
+                    (lambda x: x.reshape(1, -1), lambda y, s=p[k].shape: y.reshape(s)),
+                ]
                 for view, unview in views:
                     W, G, P = view(p[k]), view(gt[k]), view(perturb)
-                    cos = np.abs(np.sum(W * G, 1)) / np.maximum(np.linalg.norm(W, axis=1) * np.linalg.norm(G, axis=1), eps)
+                    cos = np.abs(np.sum(W * G, 1)) / np.maximum(
+                        np.linalg.norm(W, axis=1) * np.linalg.norm(G, axis=1), eps
+                    )
                     if cos.max() < delta / math.sqrt(W.shape[1]):
                         U = W / (np.linalg.norm(W, axis=1, keepdims=True) + eps)
                         perturb = unview(P - U * np.sum(U * P, 1, keepdims=True))
                         r = ratio
                         projections.append((t, k))
                         break
-            new[k] = p[k] * (1 - lr * wd * r) - lr * perturb / (1 - b1 ** t)
+            new[k] = p[k] * (1 - lr * wd * r) - lr * perturb / (1 - b1**t)
         p = new
         expected.append(p)
     assert (1, "matrix") in projections
@@ -117,7 +121,7 @@ def test_diffgrad(problem):
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
             friction = 1 / (1 + np.exp(-np.abs(prev[k] - g[k])))
-            p = {**p, k: p[k] - lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * friction * m[k] / (np.sqrt(v[k]) + eps)}
+            p = {**p, k: p[k] - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * friction * m[k] / (np.sqrt(v[k]) + eps)}
             prev[k] = g[k]
         expected.append(p)
     assert_trajectories(run(adaptive.diffgrad(lr, b1, b2, eps), params, grads), expected)
@@ -132,9 +136,9 @@ def test_exadam(problem):
         for k in SHAPES:
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
-            d1 = 1 + v[k] / (v[k] + eps) * b2 ** t
-            d2 = 1 + m[k] ** 2 / (m[k] ** 2 + eps) * b1 ** t
-            m_t, v_t, g_t = m[k] / (1 - b1 ** t) * d1, v[k] / (1 - b2 ** t) * d2, g[k] / (1 - b1 ** t) * d1
+            d1 = 1 + v[k] / (v[k] + eps) * b2**t
+            d2 = 1 + m[k] ** 2 / (m[k] ** 2 + eps) * b1**t
+            m_t, v_t, g_t = m[k] / (1 - b1**t) * d1, v[k] / (1 - b2**t) * d2, g[k] / (1 - b1**t) * d1
             p = {**p, k: p[k] - lr * wd * p[k] - lr * (m_t + g_t) / (np.sqrt(v_t) + eps)}
         expected.append(p)
     assert_trajectories(run(adaptive.exadam(lr, b1, b2, eps, wd), params, grads), expected)
@@ -205,12 +209,12 @@ def test_stable_spam_with_resets(problem):
         for k in SHAPES:
             gmax = np.max(np.abs(g[k]))
             T[k] = g3 * T[k] + (1 - g3) * gmax
-            limit = T[k] / (1 - g3 ** t)
+            limit = T[k] / (1 - g3**t)
             gt = np.where(np.abs(g[k]) > limit, g[k] / gmax * limit, g[k])
             n = np.linalg.norm(gt)
             mu[k] = g1 * mu[k] + (1 - g1) * n
             nu[k] = g2 * nu[k] + (1 - g2) * n * n
-            gh = gt / n * (mu[k] / (1 - g1 ** t)) / (np.sqrt(nu[k] / (1 - g2 ** t)) + eps)
+            gh = gt / n * (mu[k] / (1 - g1**t)) / (np.sqrt(nu[k] / (1 - g2**t)) + eps)
             if k_reset == 1:
                 m[k], v[k] = np.zeros(SHAPES[k]), np.zeros(SHAPES[k])
             u, m[k], v[k] = numpy_adam_leaf(gh, m[k], v[k], k_reset, b1, b2, eps)
@@ -241,7 +245,7 @@ def test_conda(problem):
                     basis[k] = np.linalg.svd(M, full_matrices=False)[0]
                 U = basis[k]
                 v[k] = (b2 * v[k] if t > 1 else 0.0) + (1 - b2) * (U.T @ G) ** 2
-                u = unmat(U @ ((U.T @ M) / (1 - b1 ** t) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)), SHAPES[k])
+                u = unmat(U @ ((U.T @ M) / (1 - b1**t) / (np.sqrt(v[k] / (1 - b2**t)) + eps)), SHAPES[k])
             p = {**p, k: p[k] - lr * u}
         expected.append(p)
     assert_trajectories(run(matrix.conda(lr, b1, b2, eps, interval), params, grads), expected, rtol=1e-3, atol=1e-5)
@@ -261,7 +265,7 @@ def test_newton_schulz_converges_to_the_inverse_square_root():
     x = rng.standard_normal((6, 20))
     a = x @ x.T
     evals, evecs = np.linalg.eigh(a)
-    exact = evecs @ np.diag(evals ** -0.5) @ evecs.T
+    exact = evecs @ np.diag(evals**-0.5) @ evecs.T
     approx = np.asarray(matrix.inverse_sqrt_newton_schulz(jnp.asarray(a, jnp.float32), 30))
     np.testing.assert_allclose(approx, exact, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(numpy_newton_schulz_inverse_sqrt(a, 30), exact, rtol=1e-6)
@@ -295,7 +299,9 @@ def test_swan_normalises_and_whitens(problem):
         return whitened * np.linalg.norm(normed) / np.linalg.norm(whitened)
 
     expected = numpy_stateless_matrix_rule(params, grads, lr, direction)
-    assert_trajectories(run(matrix.swan(lr, eps=eps, whitening_steps=steps), params, grads), expected, rtol=1e-3, atol=1e-5)
+    assert_trajectories(
+        run(matrix.swan(lr, eps=eps, whitening_steps=steps), params, grads), expected, rtol=1e-3, atol=1e-5
+    )
 
 
 def test_sinkgd_alternates_row_and_column_normalisations(problem):
@@ -381,9 +387,9 @@ def test_adahessian_with_spatial_averaging(problem):
             if d.ndim == 4:
                 d = np.broadcast_to(np.abs(d).mean(axis=(0, 1), keepdims=True), d.shape)
             m[k] = b1 * m[k] + (1 - b1) * g[k]
-            v[k] = b2 * v[k] + (1 - b2) * d ** 2
-            denom = np.sqrt(v[k] / (1 - b2 ** t)) ** power + eps
-            new[k] = p[k] - lr * ((m[k] / (1 - b1 ** t)) / denom + wd * p[k])
+            v[k] = b2 * v[k] + (1 - b2) * d**2
+            denom = np.sqrt(v[k] / (1 - b2**t)) ** power + eps
+            new[k] = p[k] - lr * ((m[k] / (1 - b1**t)) / denom + wd * p[k])
         p = new
         expected.append(p)
     opt = curvature.adahessian(lr, b1, b2, eps, power, wd)
@@ -397,7 +403,9 @@ def test_hutchinson_is_unbiased_on_a_coupled_quadratic():
     A = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 3.0]])
     f = lambda p: 0.5 * p["x"] @ jnp.asarray(A, jnp.float32) @ p["x"]  # noqa: E731
     params = {"x": jnp.ones(3)}
-    estimates = jax.vmap(lambda k: curvature.hutchinson_diagonal(f, params, k)["x"])(jax.random.split(jax.random.key(0), 4000))
+    estimates = jax.vmap(lambda k: curvature.hutchinson_diagonal(f, params, k)["x"])(
+        jax.random.split(jax.random.key(0), 4000)
+    )
     np.testing.assert_allclose(np.mean(np.asarray(estimates), 0), np.diag(A), atol=0.05)
 
 
@@ -430,7 +438,7 @@ def test_sophia_g_on_a_softmax_regression():
     for t in range(1, 8):
         g = grad(p, y)
         m = {n: b1 * m[n] + (1 - b1) * g[n] for n in p}
-        step = {n: np.clip(m[n] / (1 - b1 ** t) / np.maximum(gamma * h[n], eps), -1, 1) for n in p}
+        step = {n: np.clip(m[n] / (1 - b1**t) / np.maximum(gamma * h[n], eps), -1, 1) for n in p}
         if (t - 1) % k == 0:
             key = jax.random.fold_in(jax.random.key(seed), estimates)
             logits = x @ p["w"] + p["b"]
@@ -466,8 +474,9 @@ def test_xgrad_takes_the_gradient_at_the_predicted_weights(problem):
             last[k] = -lr * u
         p = {k: p[k] + last[k] for k in SHAPES}
         expected.append(p)
-    actual = run(wrappers.xgrad(optax.adam(lr)), params, [jax.grad(objective)] * STEPS,
-                 extra=lambda i, p: {"obj_fn": objective})
+    actual = run(
+        wrappers.xgrad(optax.adam(lr)), params, [jax.grad(objective)] * STEPS, extra=lambda i, p: {"obj_fn": objective}
+    )
     assert_trajectories(actual, expected)
 
 
@@ -480,7 +489,7 @@ def test_polyak_momentum(problem):
     for loss, g in zip(losses, grads):
         for k in SHAPES:
             d[k] = beta * d[k] + g[k]
-        tau = min(cap, loss / (c * sum(np.sum(x ** 2) for x in d.values())))
+        tau = min(cap, loss / (c * sum(np.sum(x**2) for x in d.values())))
         p = {k: (1 - wd * tau) * p[k] - tau * d[k] for k in SHAPES}
         expected.append(p)
     opt = momentum.polyak_momentum(cap, beta, 0.0, c, wd)
@@ -515,7 +524,9 @@ def test_aegd_follows_algorithm_1(problem):
 def test_sgd_sai(problem):
     params, grads = problem
     lr, mu, wd, eps = 0.01, 0.9, 0.01, 1e-8
-    snr = {k: 1.0 if grads[0][k].size == 1 else np.linalg.norm(grads[0][k]) / (np.std(grads[0][k]) + eps) for k in SHAPES}
+    snr = {
+        k: 1.0 if grads[0][k].size == 1 else np.linalg.norm(grads[0][k]) / (np.std(grads[0][k]) + eps) for k in SHAPES
+    }
     expected, p = [], dict(params)
     m = {k: np.zeros(s) for k, s in SHAPES.items()}
     for g in grads:
@@ -602,7 +613,19 @@ def test_ranger21_components(problem):
     params, grads = problem
     grads = [*grads, *grads]  # 12 steps: warm-up over 2 steps, warm-down from step 8.64, 2 syncs
     total = len(grads)
-    lr, b1, b2, beta0, sp, clip, agc_eps, wd, nl, k_sync, alpha = 0.01, 0.9, 0.999, 1.0, 50.0, 1e-2, 1e-3, 1e-4, 1e-4, 5, 0.5
+    lr, b1, b2, beta0, sp, clip, agc_eps, wd, nl, k_sync, alpha = (
+        0.01,
+        0.9,
+        0.999,
+        1.0,
+        50.0,
+        1e-2,
+        1e-3,
+        1e-4,
+        1e-4,
+        5,
+        0.5,
+    )
     warmup = max(1, int(0.22 * total))
     start = 0.72 * total
 
@@ -629,17 +652,19 @@ def test_ranger21_components(problem):
                 G = G - G.mean(1, keepdims=True)
             clean[k] = from_units(G, SHAPES[k])
             v[k] = b2 * v[k] + (1 - b2) * clean[k] ** 2
-        v_hat = {k: v[k] / (1 - b2 ** t) for k in SHAPES}
+        v_hat = {k: v[k] / (1 - b2**t) for k in SHAPES}
         variance_scale = math.sqrt(sum(x.sum() for x in v_hat.values()) / sum(x.size for x in v_hat.values()))
         current, other = (pos, neg) if t % 2 == 1 else (neg, pos)
         eta = lr * multiplier(t)
         new = {}
         for k in SHAPES:
-            current[k] = b1 ** 2 * current[k] + (1 - b1 ** 2) * clean[k]
-            d = ((1 + beta0) * current[k] - beta0 * other[k]) / math.sqrt((1 + beta0) ** 2 + beta0 ** 2)
-            d = d / (1 - (b1 ** 2) ** ((t + 1) // 2))
+            current[k] = b1**2 * current[k] + (1 - b1**2) * clean[k]
+            d = ((1 + beta0) * current[k] - beta0 * other[k]) / math.sqrt((1 + beta0) ** 2 + beta0**2)
+            d = d / (1 - (b1**2) ** ((t + 1) // 2))
             denominator = np.log1p(np.exp(sp * np.sqrt(v_hat[k]))) / sp
-            unit_norm = from_units(np.broadcast_to(np.linalg.norm(units(p[k]), axis=1, keepdims=True), units(p[k]).shape), SHAPES[k])
+            unit_norm = from_units(
+                np.broadcast_to(np.linalg.norm(units(p[k]), axis=1, keepdims=True), units(p[k]).shape), SHAPES[k]
+            )
             decay = wd / variance_scale + 2 * nl * (1 - 1 / unit_norm)
             new[k] = p[k] - eta * (d / denominator + decay * p[k])
         p = new
@@ -653,10 +678,39 @@ def test_ranger21_components(problem):
 
 # ---------------------------------------------------------------- every family, default settings
 
-ZOO = ("adamp", "diffgrad", "exadam", "grams", "optimistic_amsgrad", "adamw_lh", "stable_spam", "conda", "swan",
-       "apollo", "adahessian", "sgd_sai", "gravity", "polyak_momentum", "aegd", "ranger21", "xgrad_adam",
-       "lookahead_adam", "gaf_adam", "sophia_g", "sinkgd", "adan", "galore", "fira", "frugal", "lion_k", "sania",
-       "innaprop", "switch_ema_adam", "gradient_noise_adam", "adadagrad")
+ZOO = (
+    "adamp",
+    "diffgrad",
+    "exadam",
+    "grams",
+    "optimistic_amsgrad",
+    "adamw_lh",
+    "stable_spam",
+    "conda",
+    "swan",
+    "apollo",
+    "adahessian",
+    "sgd_sai",
+    "gravity",
+    "polyak_momentum",
+    "aegd",
+    "ranger21",
+    "xgrad_adam",
+    "lookahead_adam",
+    "gaf_adam",
+    "sophia_g",
+    "sinkgd",
+    "adan",
+    "galore",
+    "fira",
+    "frugal",
+    "lion_k",
+    "sania",
+    "innaprop",
+    "switch_ema_adam",
+    "gradient_noise_adam",
+    "adadagrad",
+)
 FAST_FAMILIES = ("mnist1d-mlp-gelu64x2", "quadratic-10-cond100", "rosenbrock-2")
 SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of compiles per optimizer
 

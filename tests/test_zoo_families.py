@@ -46,15 +46,22 @@ def test_lion_k_follows_the_papers_update(problem, kappa):
 
 def test_lion_k_l1_is_optax_lion(problem):
     params, grads = problem
-    assert_trajectories(run(momentum.lion_k(1e-3, 0.9, 0.99, 0.1, "l1"), params, grads),
-                        run(optax.lion(1e-3, 0.9, 0.99, weight_decay=0.1), params, grads), rtol=1e-6, atol=1e-7)
+    assert_trajectories(
+        run(momentum.lion_k(1e-3, 0.9, 0.99, 0.1, "l1"), params, grads),
+        run(optax.lion(1e-3, 0.9, 0.99, weight_decay=0.1), params, grads),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
-@pytest.mark.parametrize("kappa,dual_ball_point", [
-    ("l1", lambda a: np.sign(a)),                                        # box ‖x‖_∞ ≤ 1/λ
-    ("l2", lambda a: a / np.linalg.norm(a)),                             # ‖x‖₂ ≤ 1/λ
-    ("linf", lambda a: np.eye(len(a))[np.argmax(np.abs(a))] * np.sign(a)),  # ‖x‖₁ ≤ 1/λ
-])
+@pytest.mark.parametrize(
+    "kappa,dual_ball_point",
+    [
+        ("l1", lambda a: np.sign(a)),  # box ‖x‖_∞ ≤ 1/λ
+        ("l2", lambda a: a / np.linalg.norm(a)),  # ‖x‖₂ ≤ 1/λ
+        ("linf", lambda a: np.eye(len(a))[np.argmax(np.abs(a))] * np.sign(a)),  # ‖x‖₁ ≤ 1/λ
+    ],
+)
 def test_weight_decay_is_a_bound_constraint(kappa, dual_ball_point):
     """On f(x) = −⟨a, x⟩ (unbounded below) Lion-𝒦 with weight decay λ converges to the point of
     the dual-norm ball of radius 1/λ that maximises ⟨a, x⟩ (Chen et al. 2023, Sec. 3)."""
@@ -133,7 +140,9 @@ def test_innaprop_follows_its_recursion(problem):
             nu[k] = sigma * nu[k] + (1 - sigma) * g[k] ** 2
             scaled = g[k] / (np.sqrt(nu[k] / (1 - sigma**t)) + eps)
             psi[k] = (1 - lr / beta) * psi[k] + lr * (1 / beta - alpha) * theta
-            new[k] = (1 + lr * (1 - alpha * beta) / (beta - lr)) * theta - lr / (beta - lr) * psi[k] - lr * beta * scaled
+            new[k] = (
+                (1 + lr * (1 - alpha * beta) / (beta - lr)) * theta - lr / (beta - lr) * psi[k] - lr * beta * scaled
+            )
         p = new
         expected.append(p)
     assert_trajectories(run(adaptive.innaprop(lr, alpha, beta, sigma, eps, wd), params, grads), expected)

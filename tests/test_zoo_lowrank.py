@@ -60,7 +60,9 @@ def numpy_low_rank(kind, params, grads, lr, density, scale=0.25, gamma=1.01, fre
                 D = scale * up(N)
                 if kind == "fira":
                     axis = 0 if left else 1
-                    phi = np.linalg.norm(N, axis=axis, keepdims=True) / (np.linalg.norm(R, axis=axis, keepdims=True) + 1e-8)
+                    phi = np.linalg.norm(N, axis=axis, keepdims=True) / (
+                        np.linalg.norm(R, axis=axis, keepdims=True) + 1e-8
+                    )
                     S = (G - up(R)) * phi
                     norm = np.linalg.norm(S)
                     if t > 1 and norm > gamma * previous[k]:

@@ -137,15 +137,19 @@ def scale_by_diffgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> 
         step = jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
         direction = jax.tree.map(
             lambda g, prev, m, v: jax.nn.sigmoid(jnp.abs(prev - g)) * m * step / (jnp.sqrt(v) + eps),
-            updates, state.previous_grad, mu, nu,
+            updates,
+            state.previous_grad,
+            mu,
+            nu,
         )
         return direction, ScaleByDiffGradState(count, mu, nu, updates)
 
     return optax.GradientTransformation(init, update)
 
 
-def diffgrad(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-             eps: float = 1e-8) -> optax.GradientTransformation:
+def diffgrad(
+    learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
     """diffGrad (see `scale_by_diffgrad`); defaults from the paper (Adam's)."""
     return optax.chain(scale_by_diffgrad(b1, b2, eps), optax.scale_by_learning_rate(learning_rate))
 
@@ -183,8 +187,8 @@ def scale_by_exadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> op
         bc1, bc2 = bias_correction(b1, count), bias_correction(b2, count)
 
         def leaf(g, m, v):
-            d1 = 1.0 + b2 ** t * v / (v + eps)
-            d2 = 1.0 + b1 ** t * m * m / (m * m + eps)
+            d1 = 1.0 + b2**t * v / (v + eps)
+            d2 = 1.0 + b1**t * m * m / (m * m + eps)
             return (m * d1 / bc1 + g * d1 / bc1) / (jnp.sqrt(v * d2 / bc2) + eps)
 
         return jax.tree.map(leaf, updates, mu, nu), ScaleByExAdamState(count, mu, nu)
@@ -192,11 +196,17 @@ def scale_by_exadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> op
     return optax.GradientTransformation(init, update)
 
 
-def exadam(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-           weight_decay: float = 0.0) -> optax.GradientTransformation:
+def exadam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """EXAdam (see `scale_by_exadam`) with optional decoupled weight decay η·λ·θ."""
     return optax.chain(
-        scale_by_exadam(b1, b2, eps), optax.add_decayed_weights(weight_decay),
+        scale_by_exadam(b1, b2, eps),
+        optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -218,11 +228,17 @@ def scale_by_grams(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> opt
     return optax.GradientTransformation(adam.init, update)
 
 
-def grams(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 0.0) -> optax.GradientTransformation:
+def grams(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """Grams (see `scale_by_grams`) with decoupled weight decay η·λ·θ (the paper's Algorithm 1)."""
     return optax.chain(
-        scale_by_grams(b1, b2, eps), optax.add_decayed_weights(weight_decay),
+        scale_by_grams(b1, b2, eps),
+        optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -236,7 +252,7 @@ class OptimisticAMSGradState(NamedTuple):
 
 
 def optimistic_amsgrad(
-    learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+    learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> optax.GradientTransformation:
     """Optimistic-AMSGrad: AMSGrad on a half-step sequence plus a step along a predicted gradient.
 
@@ -267,7 +283,7 @@ def optimistic_amsgrad(
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
         half = jax.tree.map(lambda w, th, v: w - lr * th / (jnp.sqrt(v) + eps), state.half_iterate, momentum, nu_max)
         target = jax.tree.map(
-            lambda w, th, g, v: w - lr * (b1 * th + (1 - b1) * g) / (jnp.sqrt(v) + eps), half, momentum, updates, nu_max,
+            lambda w, th, g, v: w - lr * (b1 * th + (1 - b1) * g) / (jnp.sqrt(v) + eps), half, momentum, updates, nu_max
         )
         step = jax.tree.map(lambda new, old: new - old, target, params)
         return step, OptimisticAMSGradState(increment(state.count), momentum, nu, nu_max, half)
@@ -309,8 +325,11 @@ def adamw_decoupled(
             raise ValueError("adamw_decoupled needs params for its weight decay")
         multiplier = schedule(state.count) if schedule is not None else 1.0  # adam's step count
         direction, state = adam.update(updates, state, params)
-        decay = {"schedule": multiplier * weight_decay, "constant": weight_decay,
-                 "lr": multiplier * learning_rate * weight_decay}[decay_mode]
+        decay = {
+            "schedule": multiplier * weight_decay,
+            "constant": weight_decay,
+            "lr": multiplier * learning_rate * weight_decay,
+        }[decay_mode]
         step = jax.tree.map(lambda u, w: -multiplier * learning_rate * u - decay * w, direction, params)
         return step, state
 
@@ -327,8 +346,13 @@ class ScaleByStableSpamState(NamedTuple):
 
 
 def scale_by_stable_spam(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, gamma1: float = 0.7, gamma2: float = 0.9,
-    gamma3: float = 0.999, reset_interval: int = 1000,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    gamma1: float = 0.7,
+    gamma2: float = 0.9,
+    gamma3: float = 0.999,
+    reset_interval: int = 1000,
 ) -> optax.GradientTransformation:
     """Stable-SPAM direction: adaptive spike clipping (AdaClip), adaptive gradient-norm
     scaling (AdaGN) and periodic momentum reset in front of Adam, per tensor.
@@ -390,24 +414,39 @@ def scale_by_stable_spam(
     return optax.GradientTransformation(init, update)
 
 
-def stable_spam(learning_rate: ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999, reset_interval: int = 1000,
-                weight_decay: float = 0.0) -> optax.GradientTransformation:
+def stable_spam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    gamma1: float = 0.7,
+    gamma2: float = 0.9,
+    gamma3: float = 0.999,
+    reset_interval: int = 1000,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """Stable-SPAM (see `scale_by_stable_spam`) with optional decoupled weight decay."""
     return optax.chain(
         scale_by_stable_spam(b1, b2, eps, gamma1, gamma2, gamma3, reset_interval),
-        optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
     )
 
 
 class InnapropState(NamedTuple):
     count: jax.Array
     psi: Any  # INNA's auxiliary variable ψ, initialised at (1 − αβ) θ_0
-    nu: Any   # RMSprop's second moment
+    nu: Any  # RMSprop's second moment
 
 
-def innaprop(learning_rate: float = 1e-3, alpha: float = 0.1, beta: float = 0.9, sigma: float = 0.999,
-             eps: float = 1e-8, weight_decay: float = 0.01) -> optax.GradientTransformation:
+def innaprop(
+    learning_rate: float = 1e-3,
+    alpha: float = 0.1,
+    beta: float = 0.9,
+    sigma: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+) -> optax.GradientTransformation:
     """INNAprop (Bolte, Boustany, Pauwels & Purica 2024): the inertial Newton method INNA, whose
     geometric damping β uses second-order information through time derivatives only, with its
     gradient rescaled by RMSprop. With γ the learning rate (γ < β):
@@ -431,8 +470,9 @@ def innaprop(learning_rate: float = 1e-3, alpha: float = 0.1, beta: float = 0.9,
     gamma = learning_rate
 
     def init(params):
-        return InnapropState(jnp.zeros([], jnp.int32), jax.tree.map(lambda p: (1 - alpha * beta) * p, params),
-                             zeros_like(params))
+        return InnapropState(
+            jnp.zeros([], jnp.int32), jax.tree.map(lambda p: (1 - alpha * beta) * p, params), zeros_like(params)
+        )
 
     def update(updates, state, params=None):
         if params is None:
@@ -444,8 +484,11 @@ def innaprop(learning_rate: float = 1e-3, alpha: float = 0.1, beta: float = 0.9,
             nu = sigma * nu + (1 - sigma) * g * g
             scaled = g / (jnp.sqrt(nu / bias_correction(sigma, count)) + eps)
             psi = (1 - gamma / beta) * psi + gamma * (1 / beta - alpha) * decayed
-            new = (1 + gamma * (1 - alpha * beta) / (beta - gamma)) * decayed - gamma / (beta - gamma) * psi \
+            new = (
+                (1 + gamma * (1 - alpha * beta) / (beta - gamma)) * decayed
+                - gamma / (beta - gamma) * psi
                 - gamma * beta * scaled
+            )
             return new - theta, psi, nu
 
         step, psi, nu = map_unzip(leaf, updates, params, state.psi, state.nu)

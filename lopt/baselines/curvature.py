@@ -27,8 +27,9 @@ def hutchinson_diagonal(obj_fn, params: Any, key: jax.Array) -> Any:
     through one forward-over-reverse Hessian-vector product."""
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    z = jax.tree.unflatten(tree, [jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype)
-                                  for k, x in zip(keys, leaves)])
+    z = jax.tree.unflatten(
+        tree, [jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)]
+    )
     hz = jax.jvp(jax.grad(obj_fn), (params,), (z,))[1]
     return jax.tree.map(jnp.multiply, z, hz)
 
@@ -42,8 +43,13 @@ def spatial_average(diagonal: jax.Array) -> jax.Array:
 
 
 def adahessian(
-    learning_rate: float | jax.Array = 0.15, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-4,
-    hessian_power: float = 1.0, weight_decay: float = 0.0, seed: int = 0,
+    learning_rate: float | jax.Array = 0.15,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-4,
+    hessian_power: float = 1.0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaHessian (Yao et al. 2021, Algorithm 1).
 
@@ -72,8 +78,12 @@ def adahessian(
         nu = ema(state.nu, jax.tree.map(jnp.square, diagonal), b2)
         bc1, bc2 = bias_correction(b1, count), bias_correction(b2, count)
         step = jax.tree.map(
-            lambda m, v, w: -learning_rate * ((m / bc1) / (jnp.sqrt(v / bc2) ** hessian_power + eps) + weight_decay * w),
-            mu, nu, params,
+            lambda m, v, w: (
+                -learning_rate * ((m / bc1) / (jnp.sqrt(v / bc2) ** hessian_power + eps) + weight_decay * w)
+            ),
+            mu,
+            nu,
+            params,
         )
         return step, AdaHessianState(count, mu, nu)
 
@@ -116,8 +126,14 @@ def gauss_newton_bartlett(batch_size: int, seed: int = 0) -> optax.GradientTrans
 
 
 def sophia_g(
-    learning_rate: float | jax.Array = 1e-3, b1: float = 0.965, b2: float = 0.99, gamma: float = 0.05,
-    weight_decay: float = 1e-4, update_interval: int = 10, batch_size: int = 128, seed: int = 0,
+    learning_rate: float | jax.Array = 1e-3,
+    b1: float = 0.965,
+    b2: float = 0.99,
+    gamma: float = 0.05,
+    weight_decay: float = 1e-4,
+    update_interval: int = 10,
+    batch_size: int = 128,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Sophia-G: `optax.contrib.sophia` (clipped m̂ / max(γ ĥ, ε): optax bias-corrects the
     momentum, m̂ = m / (1 − β1^t); ĥ refreshed every k steps)
@@ -130,6 +146,11 @@ def sophia_g(
       Pre-training", ICLR 2024.
     """
     return optax.contrib.sophia(
-        learning_rate, b1=b1, b2=b2, gamma=gamma, weight_decay=weight_decay, update_interval=update_interval,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        gamma=gamma,
+        weight_decay=weight_decay,
+        update_interval=update_interval,
         hessian_diagonal_fn=gauss_newton_bartlett(batch_size, seed),
     )

@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import optax
 
 from lopt.baselines._common import (
-    adam_leaf, as_matrix, bias_correction, from_matrix, increment, map_unzip, uncorrected_adam_leaf,
+    adam_leaf,
+    as_matrix,
+    bias_correction,
+    from_matrix,
+    increment,
+    map_unzip,
+    uncorrected_adam_leaf,
 )
 
 
@@ -65,18 +71,19 @@ def project_up(R: jax.Array, P: jax.Array, shape: tuple[int, int]) -> jax.Array:
 
 class LowRankState(NamedTuple):
     count: jax.Array
-    mu: Any         # Adam moments: of R ([r, n] or [m, r]) for kernels, of the tensor otherwise
+    mu: Any  # Adam moments: of R ([r, n] or [m, r]) for kernels, of the tensor otherwise
     nu: Any
     projector: Any  # P: [m, r] or [n, r] for kernels; an empty array otherwise
-    limiter: Any    # Fira's ‖S_{t−1}‖ per kernel (a scalar); unused (0) by GaLore and FRUGAL
+    limiter: Any  # Fira's ‖S_{t−1}‖ per kernel (a scalar); unused (0) by GaLore and FRUGAL
 
 
 # matrix_rule(G, R, P, mu, nu, limiter, count) -> (direction [m, n], mu, nu, limiter)
 MatrixRule = Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
 
 
-def _scale_by_low_rank(matrix_rule: MatrixRule, b1: float, b2: float, eps: float, density: float,
-                       update_interval: int) -> optax.GradientTransformation:
+def _scale_by_low_rank(
+    matrix_rule: MatrixRule, b1: float, b2: float, eps: float, density: float, update_interval: int
+) -> optax.GradientTransformation:
     """The shared frame: projector refresh every T steps from that step's gradient (at steps
     1, T+1, 2T+1, ...: GaLore's `iter % T == 0` before its counter moves), Adam on rank ≤ 1."""
 
@@ -95,8 +102,13 @@ def _scale_by_low_rank(matrix_rule: MatrixRule, b1: float, b2: float, eps: float
             return jnp.zeros((m if projects_left(m, n) else n, projection_rank(x.shape, density)), jnp.float32)
 
         moments = jax.tree.map(moment, params)
-        return LowRankState(jnp.zeros([], jnp.int32), moments, moments, jax.tree.map(projector, params),
-                            jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params))
+        return LowRankState(
+            jnp.zeros([], jnp.int32),
+            moments,
+            moments,
+            jax.tree.map(projector, params),
+            jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params),
+        )
 
     def update(updates, state, params=None):
         del params
@@ -118,8 +130,14 @@ def _scale_by_low_rank(matrix_rule: MatrixRule, b1: float, b2: float, eps: float
     return optax.GradientTransformation(init, update)
 
 
-def scale_by_galore(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density: float = 0.25,
-                    update_interval: int = 200, scale: float = 0.25) -> optax.GradientTransformation:
+def scale_by_galore(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    density: float = 0.25,
+    update_interval: int = 200,
+    scale: float = 0.25,
+) -> optax.GradientTransformation:
     """GaLore direction (Zhao et al. 2024, Algorithm 2):
 
         P_t = top-r singular vectors of G_t  every T steps (first at step 1)
@@ -143,9 +161,15 @@ def scale_by_galore(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, densi
     return _scale_by_low_rank(rule, b1, b2, eps, density, update_interval)
 
 
-def scale_by_fira(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density: float = 0.25,
-                  update_interval: int = 200, scale: float = 0.25, norm_growth_limit: float = 1.01
-                  ) -> optax.GradientTransformation:
+def scale_by_fira(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    density: float = 0.25,
+    update_interval: int = 200,
+    scale: float = 0.25,
+    norm_growth_limit: float = 1.01,
+) -> optax.GradientTransformation:
     """Fira direction (Chen et al. 2024): GaLore plus the residual outside the subspace.
 
         N = M / (√V + ε)                                  (GaLore's, as `scale_by_galore`)
@@ -168,7 +192,9 @@ def scale_by_fira(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density
         del refresh
         N, mu, nu = uncorrected_adam_leaf(R, mu, nu, b1, b2, eps)
         rank_axis = 0 if projects_left(*G.shape) else 1
-        phi = jnp.linalg.norm(N, axis=rank_axis, keepdims=True) / (jnp.linalg.norm(R, axis=rank_axis, keepdims=True) + 1e-8)
+        phi = jnp.linalg.norm(N, axis=rank_axis, keepdims=True) / (
+            jnp.linalg.norm(R, axis=rank_axis, keepdims=True) + 1e-8
+        )
         S = (G - project_up(R, P, G.shape)) * phi
         norm = jnp.linalg.norm(S)
         shrink = jnp.where(count > 1, jnp.maximum(norm / (limiter + 1e-8), norm_growth_limit) / norm_growth_limit, 1.0)
@@ -179,8 +205,14 @@ def scale_by_fira(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density
     return _scale_by_low_rank(rule, b1, b2, eps, density, update_interval)
 
 
-def scale_by_frugal(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, density: float = 0.25,
-                    update_interval: int = 200, free_scale: float = 1.0) -> optax.GradientTransformation:
+def scale_by_frugal(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    density: float = 0.25,
+    update_interval: int = 200,
+    free_scale: float = 1.0,
+) -> optax.GradientTransformation:
     """FRUGAL direction (Zmushko et al. 2024), SVD projection:
 
         P_t = top-r singular vectors of G_t every T steps; Adam's state reset there
@@ -206,29 +238,53 @@ def scale_by_frugal(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, densi
     return _scale_by_low_rank(rule, b1, b2, eps, density, update_interval)
 
 
-def _with_decay(direction: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule,
-                weight_decay: float) -> optax.GradientTransformation:
+def _with_decay(
+    direction: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule, weight_decay: float
+) -> optax.GradientTransformation:
     """direction, decoupled weight decay η·λ·θ (AdamW-style), −η."""
     return optax.chain(direction, optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate))
 
 
-def galore(learning_rate: optax.ScalarOrSchedule = 0.01, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-           density: float = 0.25, update_interval: int = 200, scale: float = 0.25,
-           weight_decay: float = 0.0) -> optax.GradientTransformation:
+def galore(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    density: float = 0.25,
+    update_interval: int = 200,
+    scale: float = 0.25,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """GaLore-AdamW (see `scale_by_galore`)."""
     return _with_decay(scale_by_galore(b1, b2, eps, density, update_interval, scale), learning_rate, weight_decay)
 
 
-def fira(learning_rate: optax.ScalarOrSchedule = 0.01, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-         density: float = 0.25, update_interval: int = 200, scale: float = 0.25, norm_growth_limit: float = 1.01,
-         weight_decay: float = 0.0) -> optax.GradientTransformation:
+def fira(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    density: float = 0.25,
+    update_interval: int = 200,
+    scale: float = 0.25,
+    norm_growth_limit: float = 1.01,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """Fira-AdamW (see `scale_by_fira`)."""
-    return _with_decay(scale_by_fira(b1, b2, eps, density, update_interval, scale, norm_growth_limit),
-                       learning_rate, weight_decay)
+    return _with_decay(
+        scale_by_fira(b1, b2, eps, density, update_interval, scale, norm_growth_limit), learning_rate, weight_decay
+    )
 
 
-def frugal(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-           density: float = 0.25, update_interval: int = 200, free_scale: float = 1.0,
-           weight_decay: float = 0.0) -> optax.GradientTransformation:
+def frugal(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    density: float = 0.25,
+    update_interval: int = 200,
+    free_scale: float = 1.0,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """FRUGAL with AdamW state-full and signSGD state-free parts (see `scale_by_frugal`)."""
     return _with_decay(scale_by_frugal(b1, b2, eps, density, update_interval, free_scale), learning_rate, weight_decay)

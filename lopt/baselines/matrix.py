@@ -15,19 +15,26 @@ import jax.numpy as jnp
 import optax
 
 from lopt.baselines._common import (
-    TINY, adam_leaf, as_matrix, bias_correction, from_matrix, increment, map_unzip, uncorrected_adam_leaf,
+    TINY,
+    adam_leaf,
+    as_matrix,
+    bias_correction,
+    from_matrix,
+    increment,
+    map_unzip,
+    uncorrected_adam_leaf,
 )
 
 
 class ScaleByCondaState(NamedTuple):
     count: jax.Array
-    mu: Any        # first moment, the parameter's shape
-    nu: Any        # second moment in the subspace: [k, fan_in] for matrices, the shape otherwise
-    basis: Any     # U: [fan_out, k] for matrices, an empty array otherwise
+    mu: Any  # first moment, the parameter's shape
+    nu: Any  # second moment in the subspace: [k, fan_in] for matrices, the shape otherwise
+    basis: Any  # U: [fan_out, k] for matrices, an empty array otherwise
 
 
 def scale_by_conda(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, update_interval: int = 200,
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, update_interval: int = 200
 ) -> optax.GradientTransformation:
     """Conda direction (column-normalised Adam in the subspace of the momentum).
 
@@ -61,8 +68,12 @@ def scale_by_conda(
             out, fan_in = as_matrix(x).shape
             return jnp.zeros((out, min(out, fan_in)), x.dtype)
 
-        return ScaleByCondaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params),
-                                 jax.tree.map(nu, params), jax.tree.map(basis, params))
+        return ScaleByCondaState(
+            jnp.zeros([], jnp.int32),
+            jax.tree.map(jnp.zeros_like, params),
+            jax.tree.map(nu, params),
+            jax.tree.map(basis, params),
+        )
 
     def update(updates, state, params=None):
         del params
@@ -87,18 +98,25 @@ def scale_by_conda(
     return optax.GradientTransformation(init, update)
 
 
-def conda(learning_rate: float | jax.Array | optax.Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, update_interval: int = 200, weight_decay: float = 0.0) -> optax.GradientTransformation:
+def conda(
+    learning_rate: float | jax.Array | optax.Schedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    update_interval: int = 200,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """Conda (see `scale_by_conda`) with decoupled weight decay η·λ·θ."""
     return optax.chain(
-        scale_by_conda(b1, b2, eps, update_interval), optax.add_decayed_weights(weight_decay),
+        scale_by_conda(b1, b2, eps, update_interval),
+        optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
 class StatelessMatrixState(NamedTuple):
     count: jax.Array
-    mu: Any   # Adam moments of rank ≤ 1 tensors; empty arrays for matrices (no state kept)
+    mu: Any  # Adam moments of rank ≤ 1 tensors; empty arrays for matrices (no state kept)
     nu: Any
 
 
@@ -134,19 +152,21 @@ def _swan_matrix(G: jax.Array, eps: float, whitening_steps: int) -> jax.Array:
     return whitened * jnp.linalg.norm(normed) / jnp.maximum(jnp.linalg.norm(whitened), TINY)
 
 
-def scale_by_swan(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, whitening_steps: int = 10
-                  ) -> optax.GradientTransformation:
+def scale_by_swan(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, whitening_steps: int = 10
+) -> optax.GradientTransformation:
     """SWAN direction: stateless normalisation and whitening of each gradient matrix.
 
         G̃ = (G − mean_row(G)) / std_row(G)                 GradNorm (rows: output units)
         D = (G̃ G̃ᵀ + εI)^(−1/2) G̃                          GradWhitening
         D ← D · ‖G̃‖_F / ‖D‖_F                              the paper's norm restoration
 
-    The inverse square root is the paper's Newton-Schulz iteration (`whitening_steps`, default
-    10; `inverse_sqrt_newton_schulz`): matmuls only. An exact SVD instead ran 2,800× slower than
-    adam on an H100 at 10M parameters. The Gram matrix is formed on the smaller side
-    (G̃(G̃ᵀG̃)^(−1/2) when out > in, the same matrix), so a matrix costs O(min(out, in)²·max) a step. Rank ≤ 1 tensors use Adam. The paper also gives the first and last layers to Adam; here every matrix
-    is whitened, so the comparison measures SWAN itself.
+    The inverse square root is the paper's Newton-Schulz iteration (`whitening_steps`, default 10;
+    `inverse_sqrt_newton_schulz`): matmuls only. An exact SVD instead ran 2,800× slower than adam on
+    an H100 at 10M parameters. The Gram matrix is formed on the smaller side (G̃(G̃ᵀG̃)^(−1/2) when
+    out > in, the same matrix), so a matrix costs O(min(out, in)²·max) a step. Rank ≤ 1 tensors use
+    Adam. The paper also gives the first and last layers to Adam; here every matrix is whitened, so
+    the comparison measures SWAN itself.
 
     References:
       Ma, Gong, Scetbon & Meeds, "SWAN: SGD with Normalization and Whitening Enables Stateless
@@ -191,8 +211,9 @@ def sinkhorn_normalise(G: jax.Array, iterations: int, eps: float = TINY) -> jax.
     return X
 
 
-def scale_by_sinkgd(iterations: int = 5, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-                    ) -> optax.GradientTransformation:
+def scale_by_sinkgd(
+    iterations: int = 5, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
     """SinkGD direction (Gradient Multi-Normalization): each gradient matrix normalised by
     `sinkhorn_normalise`, stateless; rank ≤ 1 tensors use Adam, as SWAN here. SinkGD generalises
     SWAN's stateless recipe by replacing whitening with alternating row and column
@@ -206,21 +227,31 @@ def scale_by_sinkgd(iterations: int = 5, b1: float = 0.9, b2: float = 0.999, eps
     return _stateless_matrix_rule(lambda G: sinkhorn_normalise(G, iterations), b1, b2, eps)
 
 
-def sinkgd(learning_rate: float | jax.Array | optax.Schedule = 1e-3, iterations: int = 5, b1: float = 0.9,
-           b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+def sinkgd(
+    learning_rate: float | jax.Array | optax.Schedule = 1e-3,
+    iterations: int = 5,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
     """SinkGD (see `scale_by_sinkgd`)."""
     return optax.chain(scale_by_sinkgd(iterations, b1, b2, eps), optax.scale_by_learning_rate(learning_rate))
 
 
-def swan(learning_rate: float | jax.Array | optax.Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-         eps: float = 1e-8, whitening_steps: int = 10) -> optax.GradientTransformation:
+def swan(
+    learning_rate: float | jax.Array | optax.Schedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    whitening_steps: int = 10,
+) -> optax.GradientTransformation:
     """SWAN (see `scale_by_swan`)."""
     return optax.chain(scale_by_swan(b1, b2, eps, whitening_steps), optax.scale_by_learning_rate(learning_rate))
 
 
 class ScaleByApolloState(NamedTuple):
     count: jax.Array
-    mu: Any           # [r, in] for matrices (the projected moments), the shape otherwise
+    mu: Any  # [r, in] for matrices (the projected moments), the shape otherwise
     nu: Any
     previous_norm: Any  # ‖G̃_{t−1}‖ per matrix, for the norm-growth limiter
 
@@ -233,8 +264,14 @@ def apollo_rank(shape: tuple[int, ...], rank: int | None) -> int:
 
 
 def scale_by_apollo(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, rank: int | None = None, update_interval: int = 200,
-    scale: float = 1.0, norm_growth_limit: float = 1.01, seed: int = 0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    rank: int | None = None,
+    update_interval: int = 200,
+    scale: float = 1.0,
+    norm_growth_limit: float = 1.01,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     """APOLLO direction: the raw gradient scaled per channel by factors estimated from Adam run
     in a random low-rank projection (Algorithm 1).
@@ -301,11 +338,21 @@ def scale_by_apollo(
     return optax.GradientTransformation(init, update)
 
 
-def apollo(learning_rate: float | jax.Array | optax.Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-           eps: float = 1e-8, rank: int | None = None, update_interval: int = 200, scale: float = 1.0,
-           norm_growth_limit: float = 1.01, weight_decay: float = 0.0, seed: int = 0) -> optax.GradientTransformation:
+def apollo(
+    learning_rate: float | jax.Array | optax.Schedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    rank: int | None = None,
+    update_interval: int = 200,
+    scale: float = 1.0,
+    norm_growth_limit: float = 1.01,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> optax.GradientTransformation:
     """APOLLO (see `scale_by_apollo`) with decoupled weight decay η·λ·θ (AdamW-style)."""
     return optax.chain(
         scale_by_apollo(b1, b2, eps, rank, update_interval, scale, norm_growth_limit, seed),
-        optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
     )

@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import TINY, as_matrix, bias_correction, from_matrix, global_norm_sq, increment, map_unzip, zeros_like
+from lopt.baselines._common import (
+    TINY,
+    as_matrix,
+    bias_correction,
+    from_matrix,
+    global_norm_sq,
+    increment,
+    map_unzip,
+    zeros_like,
+)
 
 
 class SgdSaiState(NamedTuple):
@@ -27,8 +36,7 @@ def _gradient_snr(g: jax.Array, eps: float) -> jax.Array:
 
 
 def sgd_sai(
-    learning_rate: float | jax.Array = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
-    eps: float = 1e-8,
+    learning_rate: float | jax.Array = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, eps: float = 1e-8
 ) -> optax.GradientTransformation:
     """SGD-SaI: SGD with momentum, each tensor's learning rate scaled once, at the first step,
     by its gradient signal-to-noise ratio.
@@ -46,8 +54,9 @@ def sgd_sai(
     """
 
     def init(params):
-        return SgdSaiState(jnp.zeros([], jnp.int32), jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params),
-                           zeros_like(params))
+        return SgdSaiState(
+            jnp.zeros([], jnp.int32), jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params), zeros_like(params)
+        )
 
     def update(updates, state, params=None):
         if params is None and weight_decay:
@@ -69,7 +78,7 @@ class GravityState(NamedTuple):
 
 
 def gravity(
-    learning_rate: float | jax.Array = 0.1, alpha: float = 0.01, beta: float = 0.9, seed: int = 0,
+    learning_rate: float | jax.Array = 0.1, alpha: float = 0.01, beta: float = 0.9, seed: int = 0
 ) -> optax.GradientTransformation:
     """Gravity: a velocity that follows a bounded "gravity" term of the gradient.
 
@@ -113,7 +122,10 @@ class PolyakMomentumState(NamedTuple):
 
 
 def polyak_momentum(
-    learning_rate: float | jax.Array = 1.0, momentum: float = 0.9, lower_bound: float = 0.0, c: float = 1.0,
+    learning_rate: float | jax.Array = 1.0,
+    momentum: float = 0.9,
+    lower_bound: float = 0.0,
+    c: float = 1.0,
     weight_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """Generalized Polyak step size with momentum (ALR-SMAG), capped at `learning_rate`.
@@ -157,7 +169,9 @@ class ScaleByAdanState(NamedTuple):
     previous: Any
 
 
-def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: float = 1e-8) -> optax.GradientTransformation:
+def scale_by_adan(
+    b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: float = 1e-8
+) -> optax.GradientTransformation:
     """Adan direction (adaptive Nesterov momentum), Xie et al. Algorithm 1 in optax's β
     convention (b = 1 − the paper's β: b1 0.98, b2 0.92, b3 0.99 are the paper's 0.02, 0.08, 0.01):
 
@@ -198,12 +212,21 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
     return optax.GradientTransformation(init, update)
 
 
-def adan(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.98, b2: float = 0.92, b3: float = 0.99,
-         eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+def adan(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.98,
+    b2: float = 0.92,
+    b3: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
     """Adan (`scale_by_adan`) with decoupled weight decay, as optax's `adan` but with the paper's
     weighting of the gradient difference."""
-    return optax.chain(scale_by_adan(b1, b2, b3, eps), optax.add_decayed_weights(weight_decay),
-                       optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        scale_by_adan(b1, b2, b3, eps),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 class AEGDState(NamedTuple):
@@ -292,8 +315,13 @@ def scale_by_lion_k(b1: float = 0.9, b2: float = 0.99, kappa: str = "l2") -> opt
     return optax.GradientTransformation(init, update)
 
 
-def lion_k(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9, b2: float = 0.99,
-           weight_decay: float = 0.0, kappa: str = "l2") -> optax.GradientTransformation:
+def lion_k(
+    learning_rate: optax.ScalarOrSchedule = 1e-4,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    weight_decay: float = 0.0,
+    kappa: str = "l2",
+) -> optax.GradientTransformation:
     """Lion-𝒦 (Chen, Liu, Liang & Liu 2023): Lion with sign(·) replaced by ∇𝒦 of a convex 𝒦.
 
         m_{t+1} = β2 m_t − (1−β2) ∇f(x_t)
@@ -315,8 +343,11 @@ def lion_k(learning_rate: optax.ScalarOrSchedule = 1e-4, b1: float = 0.9, b2: fl
       Chen, Liu, Liang & Liu, "Lion Secretly Solves Constrained Optimization, As Lyapunov
       Predicts", ICLR 2024 (arXiv:2310.05898).
     """
-    return optax.chain(scale_by_lion_k(b1, b2, kappa), optax.add_decayed_weights(weight_decay),
-                       optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        scale_by_lion_k(b1, b2, kappa),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 class SaniaState(NamedTuple):
@@ -324,8 +355,9 @@ class SaniaState(NamedTuple):
     nu: Any  # the diagonal preconditioner's accumulator: Σ g² (AdaGrad-SQR) or its EMA (Adam-SQR)
 
 
-def sania(learning_rate: float | jax.Array = 1.0, preconditioner: str = "adam_sqr", b2: float = 0.999,
-          eps: float = 1e-30) -> optax.GradientTransformationExtraArgs:
+def sania(
+    learning_rate: float | jax.Array = 1.0, preconditioner: str = "adam_sqr", b2: float = 0.999, eps: float = 1e-30
+) -> optax.GradientTransformationExtraArgs:
     """SANIA (Abdukhakimov et al. 2023): the Polyak step in the metric of a preconditioner B_t,
 
         w_{t+1} = w_t − η · f(w_t) / ‖∇f(w_t)‖²_{B_t⁻¹} · B_t⁻¹ ∇f(w_t),   ‖g‖²_{B⁻¹} = gᵀ B⁻¹ g

@@ -55,8 +55,9 @@ def _orthogonal_rule(second_shape, direction, beta: float, beta2: float) -> opta
     """Shared skeleton: momentum, Nesterov blend, NS, then `direction(O, v_old) -> (Ô, v_new)`."""
 
     def init(params):
-        return OrthogonalState(jax.tree.map(jnp.zeros_like, params),
-                               jax.tree.map(lambda p: jnp.zeros(second_shape(p), p.dtype), params))
+        return OrthogonalState(
+            jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda p: jnp.zeros(second_shape(p), p.dtype), params)
+        )
 
     def update(updates, state, params=None):
         del params
@@ -89,8 +90,9 @@ def scale_by_normuon(beta: float = 0.95, beta2: float = 0.95, eps: float = 1e-10
     return _orthogonal_rule(lambda p: (p.shape[-1],), direction, beta, beta2)
 
 
-def scale_by_adamuon(beta: float = 0.95, beta2: float = 0.95, eps: float = 1e-8,
-                     rms: float = ADAMUON_RMS) -> optax.GradientTransformation:
+def scale_by_adamuon(
+    beta: float = 0.95, beta2: float = 0.95, eps: float = 1e-8, rms: float = ADAMUON_RMS
+) -> optax.GradientTransformation:
     """AdaMuon's direction for matrices (module docstring): elementwise second moment of the
     orthogonalised momentum, then RMS alignment to `rms`."""
 
@@ -112,45 +114,80 @@ def scale_by_ortho_adam(b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8) ->
         del params
         m = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state.momentum, updates)
         v = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g), state.second, updates)
-        d = jax.tree.map(lambda g, m, v: unit_rms(newton_schulz(as_matrix(m * jax.lax.rsqrt(v + eps)))).reshape(g.shape),
-                         updates, m, v)
+        d = jax.tree.map(
+            lambda g, m, v: unit_rms(newton_schulz(as_matrix(m * jax.lax.rsqrt(v + eps)))).reshape(g.shape),
+            updates,
+            m,
+            v,
+        )
         return d, OrthogonalState(m, v)
 
     return optax.GradientTransformation(init, update)
 
 
-def _with_adam_elsewhere(matrix_rule: optax.GradientTransformation, learning_rate: Any, adam_b1: float,
-                         adam_b2: float, nesterov: bool = True, weight_decay: float = 0.0,
-                         clip: float | None = None) -> optax.GradientTransformation:
+def _with_adam_elsewhere(
+    matrix_rule: optax.GradientTransformation,
+    learning_rate: Any,
+    adam_b1: float,
+    adam_b2: float,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+    clip: float | None = None,
+) -> optax.GradientTransformation:
     """`matrix_rule` on matrices, Adam (NAdam with `nesterov`, as optax's muon) elsewhere, then
     decoupled weight decay and −learning_rate."""
     return optax.chain(
         optax.clip(clip) if clip else optax.identity(),
-        optax.multi_transform({"matrix": matrix_rule,
-                               "other": optax.scale_by_adam(adam_b1, adam_b2, nesterov=nesterov)}, _matrix_labels),
+        optax.multi_transform(
+            {"matrix": matrix_rule, "other": optax.scale_by_adam(adam_b1, adam_b2, nesterov=nesterov)}, _matrix_labels
+        ),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
-def normuon(learning_rate: Any = 0.02, beta: float = 0.95, beta2: float = 0.95, weight_decay: float = 0.0,
-            adam_b1: float = 0.9, adam_b2: float = 0.999) -> optax.GradientTransformation:
+def normuon(
+    learning_rate: Any = 0.02,
+    beta: float = 0.95,
+    beta2: float = 0.95,
+    weight_decay: float = 0.0,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+) -> optax.GradientTransformation:
     """NorMuon on matrices, NAdam elsewhere (defaults from Li et al. 2025's reference code)."""
-    return _with_adam_elsewhere(scale_by_normuon(beta, beta2), learning_rate, adam_b1, adam_b2, weight_decay=weight_decay)
+    return _with_adam_elsewhere(
+        scale_by_normuon(beta, beta2), learning_rate, adam_b1, adam_b2, weight_decay=weight_decay
+    )
 
 
-def adamuon(learning_rate: Any = 3e-3, beta: float = 0.95, beta2: float = 0.95, weight_decay: float = 0.0,
-            adam_b1: float = 0.9, adam_b2: float = 0.999) -> optax.GradientTransformation:
+def adamuon(
+    learning_rate: Any = 3e-3,
+    beta: float = 0.95,
+    beta2: float = 0.95,
+    weight_decay: float = 0.0,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+) -> optax.GradientTransformation:
     """AdaMuon on matrices (update RMS 0.2, so Adam-like learning rates), NAdam elsewhere."""
-    return _with_adam_elsewhere(scale_by_adamuon(beta, beta2), learning_rate, adam_b1, adam_b2, weight_decay=weight_decay)
+    return _with_adam_elsewhere(
+        scale_by_adamuon(beta, beta2), learning_rate, adam_b1, adam_b2, weight_decay=weight_decay
+    )
 
 
-def ortho_adam(learning_rate: Any = 3e-3, b1: float = 0.9, b2: float = 0.95, weight_decay: float = 0.0
-               ) -> optax.GradientTransformation:
+def ortho_adam(
+    learning_rate: Any = 3e-3, b1: float = 0.9, b2: float = 0.95, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
     """The generalist's hand-designed start: ortho-Adam on matrices, Adam (β 0.9 / 0.95, as the
     generalist's non-matrix branch) elsewhere, gradients clipped to ±1000 as there."""
-    return _with_adam_elsewhere(scale_by_ortho_adam(b1, b2), learning_rate, b1, b2, nesterov=False,
-                                weight_decay=weight_decay, clip=GRADIENT_CLIP)
+    return _with_adam_elsewhere(
+        scale_by_ortho_adam(b1, b2),
+        learning_rate,
+        b1,
+        b2,
+        nesterov=False,
+        weight_decay=weight_decay,
+        clip=GRADIENT_CLIP,
+    )
 
 
 def warmup_cosine(learning_rate: Any, num_steps: int, warmup_fraction: float = 0.05) -> optax.Schedule:

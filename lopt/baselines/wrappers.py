@@ -33,8 +33,9 @@ class SwitchEmaState(NamedTuple):
     inner_state: Any
 
 
-def _weight_averaging(inner: optax.GradientTransformation, name: str, state_type: type, combine: Any
-                      ) -> optax.GradientTransformationExtraArgs:
+def _weight_averaging(
+    inner: optax.GradientTransformation, name: str, state_type: type, combine: Any
+) -> optax.GradientTransformationExtraArgs:
     """The frame Lookahead and Switch EMA share: `inner` proposes fast weights θ + u; then
     `combine(count, kept, fast) -> (target, kept)` decides the weights to move to and the averaged
     weights to keep (initially θ_0); the update is target − θ. State: `state_type(count, kept,
@@ -56,8 +57,9 @@ def _weight_averaging(inner: optax.GradientTransformation, name: str, state_type
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def lookahead(inner: optax.GradientTransformation, sync_period: int = 5, alpha: float = 0.5
-              ) -> optax.GradientTransformationExtraArgs:
+def lookahead(
+    inner: optax.GradientTransformation, sync_period: int = 5, alpha: float = 0.5
+) -> optax.GradientTransformationExtraArgs:
     """Lookahead: k fast steps of `inner`, then the slow weights move a fraction α toward the
     fast ones and the fast weights restart from them.
 
@@ -79,8 +81,9 @@ def lookahead(inner: optax.GradientTransformation, sync_period: int = 5, alpha: 
     return _weight_averaging(inner, "lookahead", LookaheadState, combine)
 
 
-def switch_ema(inner: optax.GradientTransformation, decay: float = 0.99, switch_period: int = 100
-               ) -> optax.GradientTransformationExtraArgs:
+def switch_ema(
+    inner: optax.GradientTransformation, decay: float = 0.99, switch_period: int = 100
+) -> optax.GradientTransformationExtraArgs:
     """Switch EMA (Li et al. 2024): an exponential moving average of the weights that is switched
     into the model at the end of every epoch, after which training continues from it.
 
@@ -104,8 +107,9 @@ def switch_ema(inner: optax.GradientTransformation, decay: float = 0.99, switch_
     return _weight_averaging(inner, "switch_ema", SwitchEmaState, combine)
 
 
-def gradient_noise(inner: optax.GradientTransformation, eta: float = 0.01, gamma: float = 0.55, seed: int = 0
-                   ) -> optax.GradientTransformationExtraArgs:
+def gradient_noise(
+    inner: optax.GradientTransformation, eta: float = 0.01, gamma: float = 0.55, seed: int = 0
+) -> optax.GradientTransformationExtraArgs:
     """Annealed Gaussian gradient noise (Neelakantan et al. 2015) before `inner`:
 
         g_t ← g_t + N(0, σ_t²),   σ_t² = η / (1 + t)^γ     (t = 0 on the first step)
@@ -163,7 +167,7 @@ class AgreementState(NamedTuple):
 
 
 def gradient_agreement_filter(
-    inner: optax.GradientTransformation, num_microbatches: int = 4, threshold: float = 0.97,
+    inner: optax.GradientTransformation, num_microbatches: int = 4, threshold: float = 0.97
 ) -> optax.GradientTransformationExtraArgs:
     """Gradient agreement filtering: average only the microbatch gradients that agree.
 
@@ -241,8 +245,13 @@ def _unit_norm(w: jax.Array) -> jax.Array:
     return from_matrix(jnp.broadcast_to(jnp.linalg.norm(W, axis=1, keepdims=True), W.shape), w.shape)
 
 
-def ranger21_schedule(num_iterations: int | None, b2: float, warmup_fraction: float = 0.22,
-                      warmdown_start: float = 0.72, min_multiplier: float = 0.03) -> optax.Schedule:
+def ranger21_schedule(
+    num_iterations: int | None,
+    b2: float,
+    warmup_fraction: float = 0.22,
+    warmdown_start: float = 0.72,
+    min_multiplier: float = 0.03,
+) -> optax.Schedule:
     """Ranger21's learning-rate multiplier.
 
     Linear warm-up over 2/(1−β2) steps (Ma & Yarats 2021), or over 22% of the run when that
@@ -273,11 +282,19 @@ class Ranger21State(NamedTuple):
 
 
 def _scale_by_ranger21_core(
-    learning_rate, num_iterations, b1, b2, pnm_momentum, softplus_beta, agc_clipping, agc_eps,
-    weight_decay, normloss_factor,
+    learning_rate,
+    num_iterations,
+    b1,
+    b2,
+    pnm_momentum,
+    softplus_beta,
+    agc_clipping,
+    agc_eps,
+    weight_decay,
+    normloss_factor,
 ) -> optax.GradientTransformation:
     schedule = ranger21_schedule(num_iterations, b2)
-    noise_norm = math.sqrt((1 + pnm_momentum) ** 2 + pnm_momentum ** 2)
+    noise_norm = math.sqrt((1 + pnm_momentum) ** 2 + pnm_momentum**2)
 
     def init(params):
         z = zeros_like(params)
@@ -288,8 +305,9 @@ def _scale_by_ranger21_core(
             raise ValueError("ranger21 needs params (AGC, weight decay and norm loss read the weights)")
         count = increment(state.count)
         lr = learning_rate * schedule(state.count)
-        grads = jax.tree.map(lambda g, w: centralise(adaptive_gradient_clipping(g, w, agc_clipping, agc_eps)),
-                             updates, params)
+        grads = jax.tree.map(
+            lambda g, w: centralise(adaptive_gradient_clipping(g, w, agc_clipping, agc_eps)), updates, params
+        )
         nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
         bc2 = bias_correction(b2, count)
         total = sum(jnp.sum(v) for v in jax.tree.leaves(nu)) / bc2
@@ -299,9 +317,9 @@ def _scale_by_ranger21_core(
         # PNM: the buffer updated this step alternates; it is updated every other step with β1².
         current = jax.tree.map(lambda p, n: jnp.where(odd, p, n), state.positive, state.negative)
         other = jax.tree.map(lambda p, n: jnp.where(odd, n, p), state.positive, state.negative)
-        current = jax.tree.map(lambda m, g: b1 ** 2 * m + (1 - b1 ** 2) * g, current, grads)
+        current = jax.tree.map(lambda m, g: b1**2 * m + (1 - b1**2) * g, current, grads)
         updates_of_current = (count + 1) // 2
-        bc1 = bias_correction(b1 ** 2, updates_of_current)
+        bc1 = bias_correction(b1**2, updates_of_current)
 
         def leaf(m, m_other, v, w):
             denominator = jax.nn.softplus(softplus_beta * jnp.sqrt(v / bc2)) / softplus_beta
@@ -319,10 +337,18 @@ def _scale_by_ranger21_core(
 
 
 def ranger21(
-    learning_rate: float | jax.Array = 1e-3, num_iterations: int | None = None, b1: float = 0.9,
-    b2: float = 0.999, pnm_momentum: float = 1.0, softplus_beta: float = 50.0, agc_clipping: float = 1e-2,
-    agc_eps: float = 1e-3, weight_decay: float = 1e-4, normloss_factor: float = 1e-4,
-    lookahead_period: int = 5, lookahead_alpha: float = 0.5,
+    learning_rate: float | jax.Array = 1e-3,
+    num_iterations: int | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    pnm_momentum: float = 1.0,
+    softplus_beta: float = 50.0,
+    agc_clipping: float = 1e-2,
+    agc_eps: float = 1e-3,
+    weight_decay: float = 1e-4,
+    normloss_factor: float = 1e-4,
+    lookahead_period: int = 5,
+    lookahead_alpha: float = 0.5,
 ) -> optax.GradientTransformationExtraArgs:
     """Ranger21: AdamW with the paper's eight published components, in its order.
 
@@ -345,7 +371,15 @@ def ranger21(
       Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv:2106.13731, 2021.
     """
     core = _scale_by_ranger21_core(
-        learning_rate, num_iterations, b1, b2, pnm_momentum, softplus_beta, agc_clipping, agc_eps,
-        weight_decay, normloss_factor,
+        learning_rate,
+        num_iterations,
+        b1,
+        b2,
+        pnm_momentum,
+        softplus_beta,
+        agc_clipping,
+        agc_eps,
+        weight_decay,
+        normloss_factor,
     )
     return lookahead(core, lookahead_period, lookahead_alpha)

@@ -1,14 +1,32 @@
-"""Hypergradient learning-rate schedulers: online HD (Baydin et al. 2018), stacked
-hyperoptimizers (Chandra et al. 2022), and schedule refinement from a previous run's gradient
-norms (Defazio et al. 2023), and FedHyper's federated schedulers (Zhang et al. 2024). The meta-learned LR controller is a learned optimizer:
-`lopt.learned.LRController`."""
+"""Hypergradient learning-rate schedulers: online HD (Baydin et al. 2018), stacked hyperoptimizers
+(Chandra et al. 2022), and schedule refinement from a previous run's gradient norms (Defazio et al.
+2023), and FedHyper's federated schedulers (Zhang et al. 2024). The meta-learned LR controller is a
+learned optimizer: `lopt.learned.LRController`."""
 
 from lopt.hypergrad import fedhyper, refine, stacked
 from lopt.hypergrad.online import (
-    HypergradientState, adam_hd, adam_hd_log, adam_hd_log_adam, adam_hd_tangent, current_learning_rate, hypergradient, sgd_hd, sgdn_hd,
+    HypergradientState,
+    adam_hd,
+    adam_hd_log,
+    adam_hd_log_adam,
+    adam_hd_tangent,
+    current_learning_rate,
+    hypergradient,
+    sgd_hd,
+    sgdn_hd,
 )
 
 __all__ = [
-    "fedhyper", "refine", "stacked", "HypergradientState", "adam_hd", "adam_hd_log", "adam_hd_log_adam", "adam_hd_tangent",
-    "current_learning_rate", "hypergradient", "sgd_hd", "sgdn_hd",
+    "fedhyper",
+    "refine",
+    "stacked",
+    "HypergradientState",
+    "adam_hd",
+    "adam_hd_log",
+    "adam_hd_log_adam",
+    "adam_hd_tangent",
+    "current_learning_rate",
+    "hypergradient",
+    "sgd_hd",
+    "sgdn_hd",
 ]

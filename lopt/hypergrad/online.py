@@ -89,13 +89,13 @@ def hypergradient(
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap `inner` (a unit-learning-rate direction) with an online hypergradient learning rate.
 
-    init_lr: α_0 (may be a traced value, so a grid of initial LRs is one vmapped call). hyper_lr: β. base_schedule: step -> b(t), multiplied into the rate (e.g. a
-    linear decay). lr_bounds: optional (low, high) clamp of α (the paper uses none; the additive
-    rule can drive α negative when β is too large for the gradients' scale). tangent_decay μ:
-    the hypergradient reads Z_{t−1} = μ·Z_{t−2} + b(t−1)·d_{t−1} instead of the last step alone —
-    MARTHE's tangent Z_t = μ(Z_{t−1} − ηH_t Z_{t−1}) − ∇ (Donini et al. 2020) without its
-    Hessian term: a longer-horizon, less noisy and less short-horizon-biased signal (μ = 0: HD).
-    Returns updates −b(t)·α_t·d_t.
+    init_lr: α_0 (may be a traced value, so a grid of initial LRs is one vmapped call). hyper_lr: β.
+    base_schedule: step -> b(t), multiplied into the rate (e.g. a linear decay). lr_bounds: optional
+    (low, high) clamp of α (the paper uses none; the additive rule can drive α negative when β is
+    too large for the gradients' scale). tangent_decay μ: the hypergradient reads Z_{t−1} =
+    μ·Z_{t−2} + b(t−1)·d_{t−1} instead of the last step alone — MARTHE's tangent Z_t = μ(Z_{t−1} −
+    ηH_t Z_{t−1}) − ∇ (Donini et al. 2020) without its Hessian term: a longer-horizon, less noisy
+    and less short-horizon-biased signal (μ = 0: HD). Returns updates −b(t)·α_t·d_t.
     """
     if mode not in MODES:
         raise ValueError(f"unknown hypergradient mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -208,9 +208,7 @@ def adam_hd_log(
     """Adam with the log-space normalised rule: ρ += β·cos(g_t, d_{t−1}), α = α_0·exp(ρ).
     β = 0.02 lets α move by e over ~50 steps of agreeing gradients (our choice: the paper has no
     scale-free variant with a published β)."""
-    return hypergradient(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps), learning_rate, hyper_lr, mode="log", **kwargs
-    )
+    return hypergradient(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), learning_rate, hyper_lr, mode="log", **kwargs)
 
 
 def adam_hd_log_adam(
@@ -227,8 +225,12 @@ def adam_hd_log_adam(
     robust to α_0 over many decades (README, Hypergradient schedulers: 5.6 decades within 2× of
     tuned Adam on the extended benchmark). β = 0.1, μ = 0.99."""
     return hypergradient(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps), learning_rate, hyper_lr, mode="log_adam",
-        tangent_decay=tangent_decay, **kwargs
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        learning_rate,
+        hyper_lr,
+        mode="log_adam",
+        tangent_decay=tangent_decay,
+        **kwargs,
     )
 
 
@@ -247,14 +249,23 @@ def adam_hd_tangent(
     far too small, so α climbs decades within hundreds of steps, and turns it negative when α
     oscillates. β = 0.2, μ = 0.99: the best of 9 (mode, β, μ) settings on the validation tasks by
     decades of α_0 within 2× of tuned Adam (README, Hypergradient schedulers)."""
-    return hypergradient(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), learning_rate, hyper_lr, mode="log",
-                         tangent_decay=tangent_decay, **kwargs)
+    return hypergradient(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        learning_rate,
+        hyper_lr,
+        mode="log",
+        tangent_decay=tangent_decay,
+        **kwargs,
+    )
 
 
 def current_learning_rate(state: Any) -> jax.Array:
     """The effective learning rate of the last step, found in any (nested) optimizer state."""
-    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, HypergradientState))
-             if isinstance(s, HypergradientState)]
+    found = [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, HypergradientState))
+        if isinstance(s, HypergradientState)
+    ]
     if not found:
         raise ValueError("no HypergradientState in this optimizer state")
     return found[0].learning_rate

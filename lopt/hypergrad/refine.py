@@ -57,7 +57,7 @@ def refined_weights(grad_norms: np.ndarray, tau: float = 0.1, power: float = 2.0
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
     smooth = median_filter(norms, round(tau * norms.size))
-    inverse = smooth**-float(power)
+    inverse = smooth ** -float(power)
     tail = np.concatenate([np.cumsum(inverse[::-1])[::-1][1:], [0.0]])  # Σ_{p>t}
     weights = inverse * tail
     return weights / weights.max() if weights.max() > 0 else weights

@@ -53,7 +53,9 @@ class Level:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.learn) - set(self.hyperparams))
         if unknown:
-            raise ValueError(f"{self.name} has no hyperparameter {', '.join(unknown)}; it has {', '.join(self.hyperparams)}")
+            raise ValueError(
+                f"{self.name} has no hyperparameter {', '.join(unknown)}; it has {', '.join(self.hyperparams)}"
+            )
 
 
 def sgd(learning_rate: float, learn: Sequence[str] = ("lr",)) -> Level:
@@ -72,7 +74,10 @@ class AdamLevelState(NamedTuple):
 
 
 def adam(
-    learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+    learning_rate: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
     learn: Sequence[str] = ("lr", "b1", "b2"),
 ) -> Level:
     """Adam (Kingma & Ba 2015) with bias correction; betas clamped into [0, 1) as in Chandra et al."""
@@ -107,10 +112,14 @@ class StackState(NamedTuple):
 
 
 def _dot(a: Any, b: Any) -> jax.Array:
-    return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return sum(
+        jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
-def _step_with_tangents(level: Level, hyper: dict[str, jax.Array], grads: Any, state: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _step_with_tangents(
+    level: Level, hyper: dict[str, jax.Array], grads: Any, state: Any
+) -> tuple[Any, Any, dict[str, Any]]:
     """Take level's step and the forward-mode derivative of its updates for each learned hyperparameter."""
     updates, linear, new_state = jax.linearize(lambda h: level.step(h, grads, state), hyper, has_aux=True)
     tangents = {}
@@ -125,7 +134,7 @@ def stack(levels: Sequence[Level]) -> optax.GradientTransformationExtraArgs:
     levels = tuple(levels)
     if not levels:
         raise ValueError("stack needs at least one level")
-    for lower, upper in zip(levels, levels[1:]):
+    for lower in levels[:-1]:
         if not lower.learn:
             raise ValueError(f"level {lower.name} learns no hyperparameter, so a level above it has nothing to train")
     height = len(levels) - 1

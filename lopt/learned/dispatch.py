@@ -58,6 +58,7 @@ def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, o
     wide = max(hidden_sizes) > WIDE_NETWORK
     if on == "cpu":
         from lopt.learned import native  # here: native imports features, which imports dispatch
+
         return "native" if wide and native.available() else "xla"
     return resolve(kernel, wide and not factored, on)
 

@@ -121,7 +121,9 @@ def init_accumulators(p: jax.Array, config: AccumulatorConfig) -> ParamAccumulat
     )
 
 
-def init_stacked_accumulators(params: list[jax.Array], indices: list[int], config: AccumulatorConfig) -> ParamAccumulators:
+def init_stacked_accumulators(
+    params: list[jax.Array], indices: list[int], config: AccumulatorConfig
+) -> ParamAccumulators:
     """Zero accumulators for the same-shaped tensors `params[i]`, i in `indices`, stacked on a
     leading axis (a group of `lopt.learned.base.tensor_groups`)."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[init_accumulators(params[i], config) for i in indices])
@@ -138,10 +140,12 @@ def update_accumulators(acc: ParamAccumulators, g: jax.Array, decays: Decays) ->
     for i, moment in enumerate(acc.factored):
         if g.ndim >= 2:
             g2e = g2 + FACTORED_EPS
-            factored.append(FactoredMoment(
-                _ema(moment.row, g2e.mean(axis=-1), decays.factored[i]),
-                _ema(moment.col, g2e.mean(axis=-2), decays.factored[i]),
-            ))
+            factored.append(
+                FactoredMoment(
+                    _ema(moment.row, g2e.mean(axis=-1), decays.factored[i]),
+                    _ema(moment.col, g2e.mean(axis=-2), decays.factored[i]),
+                )
+            )
         else:
             factored.append(FactoredMoment(_ema(moment.row, g2 + FACTORED_EPS, decays.factored[i]), moment.col))
     return ParamAccumulators(
@@ -170,8 +174,9 @@ PARAMETER_FEATURE = 2  # index of p among the raw features
 FIRST_MOMENTUM_FEATURE = 3  # index of m_0; the other momenta follow
 
 
-def raw_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
-                 preconditioners: list[jax.Array] | None = None) -> list[jax.Array]:
+def raw_features(
+    g: jax.Array, p: jax.Array, acc: ParamAccumulators, preconditioners: list[jax.Array] | None = None
+) -> list[jax.Array]:
     """Per-parameter features of one tensor, before per-tensor normalisation (module docstring).
 
     preconditioners: the factored rsqrt(v̂) of each factored accumulator, when the caller has
@@ -213,9 +218,16 @@ def _tensor_means_jvp(primals, tangents):
     return tensor_means(arrays), jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in dots])
 
 
-
-def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Callable[..., list[jax.Array]],
-                  num_values: int, *, kernel: bool | None = None, interpret: bool = False) -> jax.Array:
+def feature_means(
+    g: jax.Array,
+    p: jax.Array,
+    acc: ParamAccumulators,
+    values: Callable[..., list[jax.Array]],
+    num_values: int,
+    *,
+    kernel: bool | None = None,
+    interpret: bool = False,
+) -> jax.Array:
     """[K] means over one tensor of `values(g, p, acc, preconditioners)` (K arrays).
 
     kernel: use the one-pass Pallas kernel `kernels.means_2d` (matrices of at least
@@ -234,8 +246,9 @@ def feature_means(g: jax.Array, p: jax.Array, acc: ParamAccumulators, values: Ca
     return kernels.means_2d(blocks, *kernel_operands(g, p, acc), num_values=num_values, interpret=interpret)
 
 
-def normalised_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators, *,
-                        kernel: bool | None = None) -> list[jax.Array]:
+def normalised_features(
+    g: jax.Array, p: jax.Array, acc: ParamAccumulators, *, kernel: bool | None = None
+) -> list[jax.Array]:
     """`raw_features` of one tensor, each divided by its root-mean-square over the tensor (the
     normalised inputs of small_fc_lopt, VeLO and Celo2); `kernel` as in `feature_means`."""
     raw = raw_features(g, p, acc)
@@ -244,8 +257,9 @@ def normalised_features(g: jax.Array, p: jax.Array, acc: ParamAccumulators, *,
     return [f * inverse_rms[k] for k, f in enumerate(raw)]
 
 
-def kernel_operands(g: jax.Array, p: jax.Array, acc: ParamAccumulators,
-                    ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+def kernel_operands(
+    g: jax.Array, p: jax.Array, acc: ParamAccumulators
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
     """One tensor's arrays as the kernels take them: full-size [g, p, momenta..., rms...], and
     the row and column factors of each factored accumulator (`factored_factors`)."""
     factors = [factored_factors(moment) for moment in acc.factored]

@@ -71,8 +71,13 @@ LR_MULTIPLIERS = (1 / 10, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 10.0)
 NS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def newton_schulz(x: jax.Array, steps: int = 5, coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
-                  eps: float = 1e-7, dtype: Any = None) -> jax.Array:
+def newton_schulz(
+    x: jax.Array,
+    steps: int = 5,
+    coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: Any = None,
+) -> jax.Array:
     """Approximate the orthogonal factor U Vᵀ of x = U Σ Vᵀ (a matrix) by the quintic
     Newton–Schulz iteration X ← aX + (b A + c A²) X, A = X Xᵀ, from X₀ = x / ‖x‖_F
     (Jordan et al. 2024, "Muon"; coefficients as there). Works on the shorter side.
@@ -124,8 +129,9 @@ def unit_rms(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x)) + OUTPUT_EPS)
 
 
-def schedule_factor(step: jax.Array, num_steps: Any, kind: str, warmup_fraction: float,
-                    final_fraction: float) -> jax.Array:
+def schedule_factor(
+    step: jax.Array, num_steps: Any, kind: str, warmup_fraction: float, final_fraction: float
+) -> jax.Array:
     """η(t)/η: linear warm-up over `warmup_fraction` of the run, then `kind` decay to
     `final_fraction` at t = num_steps (Loshchilov & Hutter 2017's cosine; Defazio et al. 2023
     for linear decay). `num_steps` may be traced (meta-training samples a horizon per run)."""
@@ -204,8 +210,10 @@ class GeneralistOptimizer(LearnedKind):
 
     def __post_init__(self) -> None:
         if self.nominal and self.init == "adam":
-            raise ValueError("nominal=True adds Adam's direction to the network's output, so the network must not "
-                             "carry it as well: use init='random' with nominal=True")
+            raise ValueError(
+                "nominal=True adds Adam's direction to the network's output, so the network must not "
+                "carry it as well: use init='random' with nominal=True"
+            )
         if not 0 <= self.schedule_knots <= 64 or self.schedule_knots == 1:
             raise ValueError(f"schedule_knots must be 0 (no learned schedule) or 2..64, got {self.schedule_knots}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 2:
@@ -235,7 +243,8 @@ class GeneralistOptimizer(LearnedKind):
     def adam_feature(self) -> int:
         """Index of m₀ · rsqrt(v₀) among the features (the `init='adam'` pass-through)."""
         return self.accumulators.feature_names().index(
-            f"m{self.accumulators.momentum_decays[0]}_rsqrt_v{self.accumulators.rms_decays[0]}")
+            f"m{self.accumulators.momentum_decays[0]}_rsqrt_v{self.accumulators.rms_decays[0]}"
+        )
 
     def init_meta(self, key: jax.Array) -> dict[str, Any]:
         """theta: {'layers': [{'w', 'b'}, ...], 'log_learning_rate': [], 'schedule': [K] (with
@@ -252,8 +261,12 @@ class GeneralistOptimizer(LearnedKind):
         for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
             # the nominal term's correction starts small (output layer at 0.1 x LeCun) but alive
             layer_scale = scale * (1e-2 if self.nominal and i == len(sizes) - 2 else 1.0)
-            layers.append({"w": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * np.sqrt(layer_scale / fan_in),
-                           "b": jnp.zeros((fan_out,), jnp.float32)})
+            layers.append(
+                {
+                    "w": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * np.sqrt(layer_scale / fan_in),
+                    "b": jnp.zeros((fan_out,), jnp.float32),
+                }
+            )
         if self.init == "adam":
             x = self.adam_feature
             first = layers[0]["w"].at[:, :2].set(0.0).at[x, 0].set(1.0).at[x, 1].set(-1.0)
@@ -275,7 +288,10 @@ class GeneralistOptimizer(LearnedKind):
     @staticmethod
     def scale_learning_rate(theta: dict[str, Any], multiplier: Any) -> dict[str, Any]:
         """theta with η multiplied by `multiplier` (may be traced: `lopt eval` vmaps a sweep)."""
-        return {**theta, "log_learning_rate": theta["log_learning_rate"] + jnp.log(jnp.asarray(multiplier, jnp.float32))}
+        return {
+            **theta,
+            "log_learning_rate": theta["log_learning_rate"] + jnp.log(jnp.asarray(multiplier, jnp.float32)),
+        }
 
     # -- the transformation -----------------------------------------------------------------
 
@@ -283,8 +299,9 @@ class GeneralistOptimizer(LearnedKind):
         """Matrices (rank ≥ 2) take the learned rule, unless their path matches `adam_paths`."""
         return len(shape) >= 2 and not re.search(self.adam_paths, path)
 
-    def _network_direction(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
-                           layers: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+    def _network_direction(
+        self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, layers: list[tuple[jax.Array, jax.Array]]
+    ) -> jax.Array:
         """The network's direction for one tensor (step 2; plus Adam's with `nominal`)."""
         inputs = F.normalised_features(g, p, acc, kernel=False)
         network = per_param_mlp.fused if g.size >= FUSED_MIN_SIZE else per_param_mlp.reference
@@ -315,12 +332,16 @@ class GeneralistOptimizer(LearnedKind):
             check_params(params, "GeneralistOptimizer")
             grad_leaves, treedef = jax.tree.flatten(grads)
             if len(state.accumulators) != len(grad_leaves):
-                raise ValueError(f"GeneralistOptimizer: the state holds {len(state.accumulators)} tensors, the "
-                                 f"gradients {len(grad_leaves)}: was it made by init() on these parameters?")
+                raise ValueError(
+                    f"GeneralistOptimizer: the state holds {len(state.accumulators)} tensors, the "
+                    f"gradients {len(grad_leaves)}: was it made by init() on these parameters?"
+                )
             directions, accumulators = [], []
             for g, p, acc in zip(grad_leaves, treedef.flatten_up_to(params), state.accumulators):
                 new_acc = F.update_accumulators(acc, g.astype(jnp.float32), decays)
-                directions.append(self._network_direction(g.astype(jnp.float32), p.astype(jnp.float32), new_acc, layers))
+                directions.append(
+                    self._network_direction(g.astype(jnp.float32), p.astype(jnp.float32), new_acc, layers)
+                )
                 accumulators.append(new_acc)
             directions = [d.astype(g.dtype) for d, g in zip(self._finish(directions), grad_leaves)]
             return treedef.unflatten(directions), GeneralistState(tuple(accumulators))
@@ -330,25 +351,39 @@ class GeneralistOptimizer(LearnedKind):
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
         """Assembled from optax pieces: clip, {learned rule on matrices | Adam elsewhere},
         decoupled weight decay, then −η(t) with η(t) = exp(θ_lr) · schedule."""
+
         def labels(params):
             return jax.tree.map_with_path(
-                lambda path, p: "learned" if self.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"),
-                                                                    p.shape) else "adam", params)
+                lambda path, p: (
+                    "learned"
+                    if self.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"), p.shape)
+                    else "adam"
+                ),
+                params,
+            )
 
         def learning_rate(count):
             rate = jnp.exp(theta["log_learning_rate"]) * schedule_factor(
-                count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction)
+                count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction
+            )
             if self.schedule_knots:
                 rate = rate * learned_schedule(theta["schedule"], count, num_steps)
             return rate
 
-        return optax.with_extra_args_support(optax.chain(
-            optax.clip(GRADIENT_CLIP),
-            optax.multi_transform({"learned": self.scale_by_learned_rule(theta),
-                                   "adam": optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps)}, labels),
-            optax.add_decayed_weights(self.weight_decay),
-            optax.scale_by_learning_rate(learning_rate),
-        ))
+        return optax.with_extra_args_support(
+            optax.chain(
+                optax.clip(GRADIENT_CLIP),
+                optax.multi_transform(
+                    {
+                        "learned": self.scale_by_learned_rule(theta),
+                        "adam": optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps),
+                    },
+                    labels,
+                ),
+                optax.add_decayed_weights(self.weight_decay),
+                optax.scale_by_learning_rate(learning_rate),
+            )
+        )
 
 
 @preset("generalist")

@@ -121,8 +121,9 @@ def reference_statistics(features: Features, arrays: Sequence[jax.Array]) -> jax
     return jnp.stack([jnp.mean(jnp.square(f)) for f in features(list(arrays))])
 
 
-def reference_network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array,
-                           layers: Sequence[Layer]) -> jax.Array:
+def reference_network_pass(
+    body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, layers: Sequence[Layer]
+) -> jax.Array:
     """`network_pass` in jnp, with the matmul network."""
     return body(list(arrays), _scalar_list(scalars), reference_network(layers))
 
@@ -136,8 +137,16 @@ def _check(arrays: Sequence[jax.Array], block: int) -> int:
     return arrays[0].shape[0]
 
 
-def _call(kernel, operands: Sequence[jax.Array], arrays: Sequence[jax.Array], outputs: list[tuple[jax.ShapeDtypeStruct, pl.BlockSpec]],
-          block: int, num_warps: int, interpret: bool, name: str):
+def _call(
+    kernel,
+    operands: Sequence[jax.Array],
+    arrays: Sequence[jax.Array],
+    outputs: list[tuple[jax.ShapeDtypeStruct, pl.BlockSpec]],
+    block: int,
+    num_warps: int,
+    interpret: bool,
+    name: str,
+):
     """pallas_call over blocks of the flat `arrays`, with small `operands` passed whole."""
     whole = lambda x: pl.BlockSpec(x.shape, lambda i, n=x.ndim: (0,) * n)
     tiled = pl.BlockSpec((block,), lambda i: (i,))
@@ -160,12 +169,16 @@ def _compiler_params(num_warps: int, interpret: bool) -> dict:
     return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=1)}
 
 
-def _check_2d(full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array],
-              block: tuple[int, int]) -> tuple[int, int]:
+def _check_2d(
+    full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array], block: tuple[int, int]
+) -> tuple[int, int]:
     """The grid over [R, C] `full` arrays with [R] `rows` and [C] `cols` vectors."""
     num_rows, num_cols = full[0].shape
-    if any(x.shape != (num_rows, num_cols) for x in full) or any(r.shape != (num_rows,) for r in rows) \
-            or any(c.shape != (num_cols,) for c in cols):
+    if (
+        any(x.shape != (num_rows, num_cols) for x in full)
+        or any(r.shape != (num_rows,) for r in rows)
+        or any(c.shape != (num_cols,) for c in cols)
+    ):
         raise ValueError("the 2-D kernels take [R, C] arrays with [R] row and [C] column vectors")
     for b in block:
         if b <= 0 or b & (b - 1):
@@ -174,13 +187,16 @@ def _check_2d(full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequen
 
 
 def _specs_2d(block: tuple[int, int], num_full: int, num_rows: int, num_cols: int) -> list[pl.BlockSpec]:
-    return [*[pl.BlockSpec(block, lambda i, j: (i, j))] * num_full,
-            *[pl.BlockSpec((block[0],), lambda i, j: (i,))] * num_rows,
-            *[pl.BlockSpec((block[1],), lambda i, j: (j,))] * num_cols]
+    return [
+        *[pl.BlockSpec(block, lambda i, j: (i, j))] * num_full,
+        *[pl.BlockSpec((block[0],), lambda i, j: (i,))] * num_rows,
+        *[pl.BlockSpec((block[1],), lambda i, j: (j,))] * num_cols,
+    ]
 
 
-def _load_2d(full_refs: Sequence, row_refs: Sequence, col_refs: Sequence, shape: tuple[int, int],
-             block: tuple[int, int]) -> tuple[jax.Array, list[jax.Array], list[jax.Array], list[jax.Array]]:
+def _load_2d(
+    full_refs: Sequence, row_refs: Sequence, col_refs: Sequence, shape: tuple[int, int], block: tuple[int, int]
+) -> tuple[jax.Array, list[jax.Array], list[jax.Array], list[jax.Array]]:
     """This program's blocks, masked past the edges: (in-bounds mask [br, bc], full blocks
     [br, bc], row blocks [br, 1], column blocks [1, bc])."""
     row_ok, col_ok = _in_bounds(block[0], shape[0], axis=0), _in_bounds(block[1], shape[1], axis=1)
@@ -221,15 +237,22 @@ def _with_reference_vjp(fast: Callable, reference: Callable) -> Callable:
     return run
 
 
-def statistics_pass(features: Features, arrays: Sequence[jax.Array], *, num_features: int, block: int = 1024,
-                    num_warps: int = 4, interpret: bool = False) -> jax.Array:
+def statistics_pass(
+    features: Features,
+    arrays: Sequence[jax.Array],
+    *,
+    num_features: int,
+    block: int = 1024,
+    num_warps: int = 4,
+    interpret: bool = False,
+) -> jax.Array:
     """Kernel 1 (module docstring): [F] mean square of each feature over the arrays."""
     size = _check(arrays, block)
     num_blocks = pl.cdiv(size, block)
     sum_spec = (jax.ShapeDtypeStruct((num_blocks,), jnp.float32), pl.BlockSpec((1,), lambda i: (i,)))
 
     def kernel(*refs):
-        array_refs, out_refs = refs[:len(arrays)], refs[len(arrays):]
+        array_refs, out_refs = refs[: len(arrays)], refs[len(arrays) :]
         valid = _in_bounds(block, size)
         values = features(_load_blocks(array_refs, valid))
         if len(values) != num_features:
@@ -247,17 +270,26 @@ def statistics_pass(features: Features, arrays: Sequence[jax.Array], *, num_feat
 Values2D = Callable[[list[jax.Array], list[jax.Array], list[jax.Array]], list[jax.Array]]
 
 
-def reference_means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Array],
-                       cols: Sequence[jax.Array]) -> jax.Array:
+def reference_means_2d(
+    values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array]
+) -> jax.Array:
     """`means_2d` in jnp."""
     shape = full[0].shape
     out = values(list(full), [r[:, None] for r in rows], [c[None, :] for c in cols])
     return jnp.stack([jnp.mean(jnp.broadcast_to(v, shape)) for v in out])
 
 
-def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array], *,
-             num_values: int, block: tuple[int, int] = (8, 128), num_warps: int = 4,
-             interpret: bool = False) -> jax.Array:
+def means_2d(
+    values: Values2D,
+    full: Sequence[jax.Array],
+    rows: Sequence[jax.Array],
+    cols: Sequence[jax.Array],
+    *,
+    num_values: int,
+    block: tuple[int, int] = (8, 128),
+    num_warps: int = 4,
+    interpret: bool = False,
+) -> jax.Array:
     """[K] means over an [R, C] tensor of `values(full, rows, cols)`, one pass in one kernel.
 
     `full` are [R, C] arrays, `rows` [R] and `cols` [C] vectors; `values` receives blocks of
@@ -273,11 +305,11 @@ def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Arr
 
     def kernel(*refs):
         split = (len(full), len(full) + len(rows), len(full) + len(rows) + len(cols))
-        ok, *blocks = _load_2d(refs[:split[0]], refs[split[0]:split[1]], refs[split[1]:split[2]], shape, block)
+        ok, *blocks = _load_2d(refs[: split[0]], refs[split[0] : split[1]], refs[split[1] : split[2]], shape, block)
         out = values(*blocks)
         if len(out) != num_values:
             raise ValueError(f"values returned {len(out)} arrays, expected {num_values}")
-        for ref, value in zip(refs[split[2]:], out):
+        for ref, value in zip(refs[split[2] :], out):
             ref[0, 0] = jnp.sum(jnp.where(ok, value, 0.0))
 
     def run(full, rows, cols):
@@ -297,14 +329,22 @@ def means_2d(values: Values2D, full: Sequence[jax.Array], rows: Sequence[jax.Arr
     return _with_reference_vjp(run, reference)(list(full), list(rows), list(cols))
 
 
-def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, layers: Sequence[Layer], *,
-                 block: int = 256, num_warps: int = 4, interpret: bool = False) -> jax.Array:
+def network_pass(
+    body: Body,
+    arrays: Sequence[jax.Array],
+    scalars: jax.Array,
+    layers: Sequence[Layer],
+    *,
+    block: int = 256,
+    num_warps: int = 4,
+    interpret: bool = False,
+) -> jax.Array:
     """Kernel 2 (module docstring): the float32 step for every parameter."""
     size = _check(arrays, block)
     num_hidden, num_features = len(layers) - 1, layers[0][0].shape[0]
 
     def kernel(scalar_ref, *refs):
-        weight_refs, array_refs, out_ref = refs[:2 * num_hidden + 2], refs[2 * num_hidden + 2:-1], refs[-1]
+        weight_refs, array_refs, out_ref = refs[: 2 * num_hidden + 2], refs[2 * num_hidden + 2 : -1], refs[-1]
         valid = _in_bounds(block, size)
         values = [scalar_ref[i] for i in range(scalars.shape[0])]
         step = body(_load_blocks(array_refs, valid), values, _kernel_network(weight_refs, num_hidden, num_features))
@@ -312,13 +352,22 @@ def network_pass(body: Body, arrays: Sequence[jax.Array], scalars: jax.Array, la
 
     def run(arrays, scalars, layers):
         spec = (jax.ShapeDtypeStruct((size,), jnp.float32), pl.BlockSpec((block,), lambda i: (i,)))
-        (step,) = _call(kernel, [flat_table(scalars), *pad_layers(layers)], arrays, [spec],
-                        block, num_warps, interpret, "lopt_network_pass")
+        (step,) = _call(
+            kernel,
+            [flat_table(scalars), *pad_layers(layers)],
+            arrays,
+            [spec],
+            block,
+            num_warps,
+            interpret,
+            "lopt_network_pass",
+        )
         return step
 
     reference = lambda arrays, scalars, layers: reference_network_pass(body, arrays, scalars, layers)
     return _with_reference_vjp(run, reference)(
-        list(arrays), jnp.asarray(scalars, jnp.float32), [tuple(layer) for layer in layers])
+        list(arrays), jnp.asarray(scalars, jnp.float32), [tuple(layer) for layer in layers]
+    )
 
 
 class _ScalarWeights:
@@ -349,21 +398,44 @@ def flat_table(table: jax.Array) -> jax.Array:
     return jnp.pad(flat, (0, pl.next_power_of_2(max(flat.size, 1)) - flat.size))
 
 
-def reference_network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array],
-                         scalars: jax.Array, weights: jax.Array, row: int, num_scalars: int,
-                         layer_sizes: Sequence[int]) -> list[jax.Array]:
+def reference_network_2d(
+    body: Body2D,
+    full: Sequence[jax.Array],
+    rows: Sequence[jax.Array],
+    cols: Sequence[jax.Array],
+    scalars: jax.Array,
+    weights: jax.Array,
+    row: int,
+    num_scalars: int,
+    layer_sizes: Sequence[int],
+) -> list[jax.Array]:
     """`network_2d` in jnp."""
-    own_scalars = scalars[row * num_scalars:(row + 1) * num_scalars]
+    own_scalars = scalars[row * num_scalars : (row + 1) * num_scalars]
     stride = per_param_mlp.num_layer_weights(layer_sizes)
-    layers = per_param_mlp.unflatten_layers(weights[row * stride:(row + 1) * stride], layer_sizes)
-    outputs = body(list(full), [r[:, None] for r in rows], [c[None, :] for c in cols], _scalar_list(own_scalars), layers)
+    layers = per_param_mlp.unflatten_layers(weights[row * stride : (row + 1) * stride], layer_sizes)
+    outputs = body(
+        list(full), [r[:, None] for r in rows], [c[None, :] for c in cols], _scalar_list(own_scalars), layers
+    )
     return [jnp.broadcast_to(x, full[0].shape) for x in outputs]
 
 
-def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array], cols: Sequence[jax.Array],
-               scalars: jax.Array, weights: jax.Array, *, row: int, num_scalars: int, layer_sizes: Sequence[int],
-               num_outputs: int = 1, in_place: Sequence[tuple[int, int]] = (), block: tuple[int, int] = (4, 128),
-               num_warps: int = 4, interpret: bool = False) -> list[jax.Array]:
+def network_2d(
+    body: Body2D,
+    full: Sequence[jax.Array],
+    rows: Sequence[jax.Array],
+    cols: Sequence[jax.Array],
+    scalars: jax.Array,
+    weights: jax.Array,
+    *,
+    row: int,
+    num_scalars: int,
+    layer_sizes: Sequence[int],
+    num_outputs: int = 1,
+    in_place: Sequence[tuple[int, int]] = (),
+    block: tuple[int, int] = (4, 128),
+    num_warps: int = 4,
+    interpret: bool = False,
+) -> list[jax.Array]:
     """`num_outputs` float32 [R, C] arrays from `body(full, rows, cols, scalars, layers)` (a list:
     the step, and whatever else is cheaper written here than in a pass of its own, such as
     updated accumulators), for narrow networks whose weights are runtime values (VeLO's bank
@@ -393,11 +465,15 @@ def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array
 
     def kernel(scalar_ref, weight_ref, *refs):
         split = (len(full), len(full) + len(rows), len(full) + len(rows) + len(cols))
-        ok, *blocks = _load_2d(refs[:split[0]], refs[split[0]:split[1]], refs[split[1]:split[2]], shape, block)
+        ok, *blocks = _load_2d(refs[: split[0]], refs[split[0] : split[1]], refs[split[1] : split[2]], shape, block)
         base = row * stride
-        layers = [(_ScalarWeights(weight_ref, base + places[2 * k][0], places[2 * k][1]),
-                   _ScalarWeights(weight_ref, base + places[2 * k + 1][0], places[2 * k + 1][1]))
-                  for k in range(len(layer_sizes) - 1)]
+        layers = [
+            (
+                _ScalarWeights(weight_ref, base + places[2 * k][0], places[2 * k][1]),
+                _ScalarWeights(weight_ref, base + places[2 * k + 1][0], places[2 * k + 1][1]),
+            )
+            for k in range(len(layer_sizes) - 1)
+        ]
         outputs = body(*blocks, [scalar_ref[row * num_scalars + i] for i in range(num_scalars)], layers)
         if len(outputs) != num_outputs:
             raise ValueError(f"body returned {len(outputs)} arrays, expected {num_outputs}")
@@ -406,17 +482,19 @@ def network_2d(body: Body2D, full: Sequence[jax.Array], rows: Sequence[jax.Array
 
     def run(full, rows, cols, scalars, weights):
         whole = lambda x: pl.BlockSpec(x.shape, lambda i, j: (0,))
-        return list(pl.pallas_call(
-            kernel,
-            out_shape=[jax.ShapeDtypeStruct(shape, jnp.float32)] * num_outputs,
-            grid=grid,
-            in_specs=[whole(scalars), whole(weights), *_specs_2d(block, len(full), len(rows), len(cols))],
-            out_specs=[pl.BlockSpec(block, lambda i, j: (i, j))] * num_outputs,
-            input_output_aliases={2 + k: j for k, j in in_place},
-            interpret=interpret,
-            name="lopt_network_2d",
-            **_compiler_params(num_warps, interpret),
-        )(scalars, weights, *full, *rows, *cols))
+        return list(
+            pl.pallas_call(
+                kernel,
+                out_shape=[jax.ShapeDtypeStruct(shape, jnp.float32)] * num_outputs,
+                grid=grid,
+                in_specs=[whole(scalars), whole(weights), *_specs_2d(block, len(full), len(rows), len(cols))],
+                out_specs=[pl.BlockSpec(block, lambda i, j: (i, j))] * num_outputs,
+                input_output_aliases={2 + k: j for k, j in in_place},
+                interpret=interpret,
+                name="lopt_network_2d",
+                **_compiler_params(num_warps, interpret),
+            )(scalars, weights, *full, *rows, *cols)
+        )
 
     reference = lambda *args: reference_network_2d(body, *args, row, num_scalars, layer_sizes)
     return _with_reference_vjp(run, reference)(list(full), list(rows), list(cols), scalars, weights)

@@ -47,8 +47,11 @@ class MLPOptimizerState(NamedTuple):
 
 
 def apply_shared_network(
-    inputs: list[list[jax.Array]], layers: list[tuple[jax.Array, jax.Array]], fuse: list[bool],
-    concatenate: bool, cpu_kernel: bool = False,
+    inputs: list[list[jax.Array]],
+    layers: list[tuple[jax.Array, jax.Array]],
+    fuse: list[bool],
+    concatenate: bool,
+    cpu_kernel: bool = False,
 ) -> list[tuple[jax.Array, jax.Array]]:
     """Evaluate one network on every tensor's features (fused elementwise math for the tensors
     marked `fuse`, the stacked-matmul reference for the rest; every tensor in the CPU kernel of
@@ -72,9 +75,7 @@ def apply_shared_network(
         if not members:
             continue
         sizes = [inputs[i][0].size for i in members]
-        columns = [
-            jnp.concatenate([inputs[i][k].reshape(-1) for i in members]) for k in range(len(inputs[members[0]]))
-        ]
+        columns = [jnp.concatenate([inputs[i][k].reshape(-1) for i in members]) for k in range(len(inputs[members[0]]))]
         direction, magnitude = network(columns, layers)
         offsets = np.cumsum([0, *sizes])
         for i, start, stop in zip(members, offsets[:-1], offsets[1:]):
@@ -86,7 +87,9 @@ def _logit(p: jax.Array) -> jax.Array:
     return jnp.log(p) - jnp.log1p(-p)
 
 
-def scalar_features(count: jax.Array, num_steps: int | jax.Array, loss_state: F.LossState | None, loss: Any) -> jax.Array:
+def scalar_features(
+    count: jax.Array, num_steps: int | jax.Array, loss_state: F.LossState | None, loss: Any
+) -> jax.Array:
     """The per-step scalar inputs: progress features, then loss features when used."""
     parts = [F.time_features(count, num_steps)]
     if loss_state is not None:
@@ -137,7 +140,9 @@ class MLPOptimizer(LearnedKind):
             raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
         dispatch.check_kernel(self.kernel, "MLPOptimizer")
         if self.kernel in ("pallas", "interpret") and self.accumulators.factored_decays:
-            raise ValueError("the Pallas per-parameter pass does not handle factored accumulators; use kernel='xla' or 'auto'")
+            raise ValueError(
+                "the Pallas per-parameter pass does not handle factored accumulators; use kernel='xla' or 'auto'"
+            )
 
     @property
     def num_scalar_features(self) -> int:
@@ -172,8 +177,14 @@ class MLPOptimizer(LearnedKind):
         """The per-parameter pass used on `backend` ("cpu", "gpu", "tpu") for large tensors."""
         return dispatch.network_kernel(self.kernel, self.hidden_sizes, bool(self.accumulators.factored_decays), backend)
 
-    def _kernel_pass(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
-                     layers: list[tuple[jax.Array, jax.Array]], interpret: bool) -> jax.Array:
+    def _kernel_pass(
+        self,
+        g: jax.Array,
+        p: jax.Array,
+        acc: F.ParamAccumulators,
+        layers: list[tuple[jax.Array, jax.Array]],
+        interpret: bool,
+    ) -> jax.Array:
         """One tensor's step from its updated accumulators `acc` in two Pallas kernels
         (`lopt.learned.kernels`): feature statistics, then normalised features, network, step."""
         num_m = len(acc.momentum)
@@ -187,8 +198,9 @@ class MLPOptimizer(LearnedKind):
             return -step_mult * direction * jnp.exp(exp_mult * magnitude)
 
         flat = [x.reshape(-1) for x in F.kernel_operands(g, p, acc)[0]]
-        mean_squares = kernels.statistics_pass(features, flat, num_features=self.accumulators.num_features,
-                                               interpret=interpret)
+        mean_squares = kernels.statistics_pass(
+            features, flat, num_features=self.accumulators.num_features, interpret=interpret
+        )
         inverse_rms = jax.lax.rsqrt(mean_squares + F.NORMALISER_EPS)
         return kernels.network_pass(body, flat, inverse_rms, layers, interpret=interpret)
 
@@ -216,27 +228,40 @@ class MLPOptimizer(LearnedKind):
             param_leaves = treedef.flatten_up_to(params)
             kernel = self.kernel_for_backend(dispatch.backend())
             tensors = [(g.astype(jnp.float32), p.astype(jnp.float32)) for g, p in zip(grad_leaves, param_leaves)]
-            accumulators = [F.update_accumulators(acc, g32, decays) for (g32, _), acc in zip(tensors, state.accumulators)]
+            accumulators = [
+                F.update_accumulators(acc, g32, decays) for (g32, _), acc in zip(tensors, state.accumulators)
+            ]
             steps: list[jax.Array | None] = [None] * len(tensors)
             if kernel == "native" and not self.accumulators.factored_decays:
                 # the native CPU kernel computes the features too (not the factored ones)
                 pending = range(len(tensors))
-                outputs = native.features_mlp([(g32, p32, acc) for (g32, p32), acc in zip(tensors, accumulators)], layers)
+                outputs = native.features_mlp(
+                    [(g32, p32, acc) for (g32, p32), acc in zip(tensors, accumulators)], layers
+                )
             else:
                 inputs = {}
                 for i, ((g32, p32), acc) in enumerate(zip(tensors, accumulators)):
                     if kernel in ("pallas", "interpret") and p32.size >= self.fused_min_size:
                         steps[i] = self._kernel_pass(g32, p32, acc, layers, kernel == "interpret")
                     else:
-                        inputs[i] = F.normalised_features(g32, p32, acc, kernel=None if self.kernel == "auto" else False)
+                        inputs[i] = F.normalised_features(
+                            g32, p32, acc, kernel=None if self.kernel == "auto" else False
+                        )
                 concatenate = self.concatenate_tensors
                 if concatenate is None:
                     concatenate = max(self.hidden_sizes) > 16
                 pending = list(inputs)
-                outputs = apply_shared_network(
-                    list(inputs.values()), layers, [param_leaves[i].size >= self.fused_min_size for i in pending],
-                    concatenate, cpu_kernel=kernel == "native",
-                ) if pending else []
+                outputs = (
+                    apply_shared_network(
+                        list(inputs.values()),
+                        layers,
+                        [param_leaves[i].size >= self.fused_min_size for i in pending],
+                        concatenate,
+                        cpu_kernel=kernel == "native",
+                    )
+                    if pending
+                    else []
+                )
             for i, (d, m) in zip(pending, outputs):
                 steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
             updates = [step.reshape(p.shape).astype(p.dtype) for step, p in zip(steps, param_leaves)]

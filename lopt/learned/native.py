@@ -88,9 +88,9 @@ def cache_dir() -> Path:
 def _build(compiler: str) -> Path:
     """The compiled library, built into the cache unless an identical build is there."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([
-        SOURCE.read_text(), " ".join(_flags()), version, jax.__version__, _cpu_signature(),
-    ]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(_flags()), version, jax.__version__, _cpu_signature()]).encode()
+    ).hexdigest()[:20]
     folder = cache_dir()
     library = folder / f"lopt_mlp_{key}.so"
     try:
@@ -99,8 +99,11 @@ def _build(compiler: str) -> Path:
         raise RuntimeError(f"{error} (set LOPT_CACHE_DIR)") from None
     if cache_files.read_verified(library) is not None:
         return library
-    print(f"lopt: building the native CPU kernel into {folder} (once per compiler, flags and jax version)",
-          file=sys.stderr, flush=True)
+    print(
+        f"lopt: building the native CPU kernel into {folder} (once per compiler, flags and jax version)",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as scratch:
         partial = Path(scratch) / library.name
         command = [compiler, *_flags(), f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)]
@@ -159,8 +162,12 @@ def amx() -> str:
 
 @functools.cache
 def _warn_once(reason: str) -> None:
-    warnings.warn(f"lopt: the native CPU kernel is unavailable ({reason}); the learned optimizers use XLA's "
-                  "slower path (LOPT_NATIVE=0 silences this)", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"lopt: the native CPU kernel is unavailable ({reason}); the learned optimizers use XLA's "
+        "slower path (LOPT_NATIVE=0 silences this)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def available() -> bool:
@@ -192,16 +199,22 @@ def fmas_only() -> bool:
 Tensors = tuple[tuple[jax.Array, ...], ...]  # [tensor][input] -> flat [n_t] arrays
 
 
-def _call(target: str, inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...], **attributes: int,
-          ) -> list[tuple[jax.Array, jax.Array]]:
+def _call(
+    target: str, inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...], **attributes: int
+) -> list[tuple[jax.Array, jax.Array]]:
     results = []
     for arrays in inputs:
         shape = jax.ShapeDtypeStruct(arrays[0].shape, jnp.float32)
         results += [shape, shape]
     call = jax.ffi.ffi_call(target, tuple(results), vmap_method="broadcast_all")
-    flat = call(*[a for arrays in inputs for a in arrays], *[a for layer in layers for a in layer],
-                num_tensors=np.int64(len(inputs)), num_inputs=np.int64(len(inputs[0])),
-                fmas_only=np.int64(fmas_only()), **{k: np.int64(v) for k, v in attributes.items()})
+    flat = call(
+        *[a for arrays in inputs for a in arrays],
+        *[a for layer in layers for a in layer],
+        num_tensors=np.int64(len(inputs)),
+        num_inputs=np.int64(len(inputs[0])),
+        fmas_only=np.int64(fmas_only()),
+        **{k: np.int64(v) for k, v in attributes.items()},
+    )
     return [(flat[2 * t], flat[2 * t + 1]) for t in range(len(inputs))]
 
 
@@ -229,8 +242,9 @@ def _network_jvp(primals, tangents):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _features_network(inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...], num_momenta: int,
-                      ) -> list[tuple[jax.Array, jax.Array]]:
+def _features_network(
+    inputs: Tensors, layers: tuple[per_param_mlp.Layer, ...], num_momenta: int
+) -> list[tuple[jax.Array, jax.Array]]:
     return _call("lopt_mlp_features_forward", inputs, layers, num_momenta=num_momenta)
 
 
@@ -241,8 +255,9 @@ def _features_network_jvp(num_momenta, primals, tangents):
     return _features_network(*primals, num_momenta), tangent_out
 
 
-def _check(inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp.Layer], what: str,
-           ) -> tuple[Tensors, tuple[per_param_mlp.Layer, ...]]:
+def _check(
+    inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp.Layer], what: str
+) -> tuple[Tensors, tuple[per_param_mlp.Layer, ...]]:
     if not available():
         raise RuntimeError(f"lopt's native CPU kernel is unavailable: {unavailable_reason()}")
     if not inputs or len({len(arrays) for arrays in inputs}) != 1 or not inputs[0]:
@@ -254,8 +269,9 @@ def _check(inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp
     return flat, tuple((jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)) for w, b in layers)
 
 
-def mlp_tensors(inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp.Layer],
-                ) -> list[tuple[jax.Array, jax.Array]]:
+def mlp_tensors(
+    inputs: Sequence[Sequence[jax.Array]], layers: Sequence[per_param_mlp.Layer]
+) -> list[tuple[jax.Array, jax.Array]]:
     """`per_param_mlp.reference`'s network on several tensors' features in one call of the CPU
     kernel: inputs[t][f] is feature f of tensor t (any shape, read flat); returns (direction,
     magnitude) per tensor, flat [n_t]. Needs `available()`."""
@@ -271,8 +287,9 @@ def mlp(features: Sequence[jax.Array], layers: Sequence[per_param_mlp.Layer]) ->
     return mlp_tensors([features], layers)[0]
 
 
-def features_mlp(tensors: Sequence[tuple[jax.Array, jax.Array, F.ParamAccumulators]],
-                 layers: Sequence[per_param_mlp.Layer]) -> list[tuple[jax.Array, jax.Array]]:
+def features_mlp(
+    tensors: Sequence[tuple[jax.Array, jax.Array, F.ParamAccumulators]], layers: Sequence[per_param_mlp.Layer]
+) -> list[tuple[jax.Array, jax.Array]]:
     """`features.normalised_features` and the network in one call of the CPU kernel, for each
     (g, p, updated accumulators) in `tensors` (accumulators without factored moments, the same
     decays for every tensor); returns (direction, magnitude) per tensor, flat. The features never
@@ -287,5 +304,7 @@ def features_mlp(tensors: Sequence[tuple[jax.Array, jax.Array, F.ParamAccumulato
     num_rms = len(accumulators[0].rms)
     num_features = 3 + num_momenta + num_rms + (num_momenta + 1 if num_rms else 0)
     if cast[0][0].shape[0] != num_features:
-        raise ValueError(f"the network's first layer expects {cast[0][0].shape[0]} features, these accumulators give {num_features}")
+        raise ValueError(
+            f"the network's first layer expects {cast[0][0].shape[0]} features, these accumulators give {num_features}"
+        )
     return _features_network(flat, cast, num_momenta)

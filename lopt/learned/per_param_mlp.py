@@ -45,7 +45,7 @@ def num_layer_weights(sizes: Sequence[int]) -> int:
 
 def unflatten_layers(flat: jax.Array, sizes: Sequence[int]) -> list[Layer]:
     """The layers of an MLP with layer `sizes` from its flat vector (`layer_places`' layout)."""
-    arrays = [flat[offset:offset + math.prod(shape)].reshape(shape) for offset, shape in layer_places(sizes)]
+    arrays = [flat[offset : offset + math.prod(shape)].reshape(shape) for offset, shape in layer_places(sizes)]
     return list(zip(arrays[::2], arrays[1::2]))
 
 
@@ -58,10 +58,14 @@ def reference(features: Sequence[jax.Array], layers: Sequence[Layer]) -> tuple[j
     8 runs × 2,410 parameters) takes 1.28 ms so against 1.72 ms element-major."""
     x = jnp.stack(list(features), axis=0)
     for weights, bias in layers[:-1]:
-        x = jax.nn.relu(jnp.einsum("f...,fh->h...", x, weights, precision=jax.lax.Precision.HIGHEST)
-                        + bias.reshape(-1, *(1,) * (x.ndim - 1)))
+        x = jax.nn.relu(
+            jnp.einsum("f...,fh->h...", x, weights, precision=jax.lax.Precision.HIGHEST)
+            + bias.reshape(-1, *(1,) * (x.ndim - 1))
+        )
     weights, bias = layers[-1]
-    out = jnp.einsum("f...,fh->h...", x, weights, precision=jax.lax.Precision.HIGHEST) + bias.reshape(-1, *(1,) * (x.ndim - 1))
+    out = jnp.einsum("f...,fh->h...", x, weights, precision=jax.lax.Precision.HIGHEST) + bias.reshape(
+        -1, *(1,) * (x.ndim - 1)
+    )
     return out[0], out[1]
 
 

@@ -85,8 +85,10 @@ def only_member(stacked: Any) -> Any:
 def check_groups(state_groups: int, groups: Sequence[tuple[list[int], str]], name: str) -> None:
     """The state must hold one accumulator group per `tensor_groups` group of the parameters."""
     if state_groups != len(groups):
-        raise ValueError(f"{name}: the state holds {state_groups} tensor groups, the parameters make {len(groups)}: "
-                         "was it made by init() on parameters of these shapes?")
+        raise ValueError(
+            f"{name}: the state holds {state_groups} tensor groups, the parameters make {len(groups)}: "
+            "was it made by init() on parameters of these shapes?"
+        )
 
 
 class VeLOState(NamedTuple):
@@ -100,8 +102,9 @@ class VeLOState(NamedTuple):
     lstm_c: jax.Array
 
 
-def statistic_values(g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
-                     preconditioners: list[jax.Array] | None = None) -> list[jax.Array]:
+def statistic_values(
+    g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, preconditioners: list[jax.Array] | None = None
+) -> list[jax.Array]:
     """The arrays whose means over a tensor `tensor_features` reads: the square of each raw
     per-parameter feature, each momentum, and (with an rms accumulator) sqrt(rms) and rms.
     `preconditioners` as in `F.raw_features`."""
@@ -186,7 +189,9 @@ class VeLOOptimizer(LearnedKind):
 
     @property
     def num_tensor_features(self) -> int:
-        per_tensor = len(self.accumulators.momentum_decays) + (2 if self.accumulators.rms_decays else 0) + 1 + MAX_RANK + 1
+        per_tensor = (
+            len(self.accumulators.momentum_decays) + (2 if self.accumulators.rms_decays else 0) + 1 + MAX_RANK + 1
+        )
         return 2 * per_tensor + F.NUM_TIME_FEATURES + F.NUM_LOSS_FEATURES
 
     def init_meta(self, key: jax.Array) -> dict[str, Any]:
@@ -215,15 +220,28 @@ class VeLOOptimizer(LearnedKind):
         """`tensor_groups` of the parameter leaves, with each tensor's `kernel_for` path."""
         return tensor_groups(params, [self.kernel_for(p, backend) for p in params])
 
-    def _xla_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, inverse_rms: jax.Array,
-                  scale: jax.Array, weights: jax.Array) -> jax.Array:
+    def _xla_step(
+        self,
+        g: jax.Array,
+        p: jax.Array,
+        acc: F.ParamAccumulators,
+        inverse_rms: jax.Array,
+        scale: jax.Array,
+        weights: jax.Array,
+    ) -> jax.Array:
         """One tensor's step (before the sign) in jnp; vmapped over a group of same-shaped tensors."""
         network = per_param_mlp.fused if p.size >= self.fused_min_size else per_param_mlp.reference
-        return self._step(F.raw_features(g, p, acc), inverse_rms, scale, per_param_mlp.unflatten_layers(weights, self.mlp_sizes),
-                          network)
+        return self._step(
+            F.raw_features(g, p, acc),
+            inverse_rms,
+            scale,
+            per_param_mlp.unflatten_layers(weights, self.mlp_sizes),
+            network,
+        )
 
-    def _step(self, features: list[jax.Array], inverse_rms, scale: jax.Array, layers: list, network=per_param_mlp.fused,
-              ) -> jax.Array:
+    def _step(
+        self, features: list[jax.Array], inverse_rms, scale: jax.Array, layers: list, network=per_param_mlp.fused
+    ) -> jax.Array:
         """The step (before the sign) from raw features, each feature's inverse RMS over the
         tensor, the tensor's scale and the mixed network (the XLA path and the kernel's body)."""
         direction, magnitude = network([f * s for f, s in zip(features, inverse_rms)], layers)
@@ -235,8 +253,9 @@ class VeLOOptimizer(LearnedKind):
         config = self.accumulators
         return config.num_features + len(config.momentum_decays) + (2 if config.rms_decays else 0)
 
-    def advance(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators,
-                ) -> tuple[jax.Array, jax.Array, F.ParamAccumulators]:
+    def advance(
+        self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators
+    ) -> tuple[jax.Array, jax.Array, F.ParamAccumulators]:
         """The elementwise start of a step, as the kernels run it on blocks: clip the gradient
         and take the momenta and rms accumulators one step (VeLO's decays are fixed, so they
         are constants in the kernels). `acc` holds no factored accumulators: those need whole
@@ -245,7 +264,9 @@ class VeLOOptimizer(LearnedKind):
         config = self.accumulators
         return g, p, F.update_accumulators(acc, g, F.Decays(config.momentum_decays, config.rms_decays, ()))
 
-    def kernel_means(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, *, interpret: bool = False) -> jax.Array:
+    def kernel_means(
+        self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, *, interpret: bool = False
+    ) -> jax.Array:
         """`statistic_means` of a matrix in the `kernels.means_2d` kernel, from the raw float32
         gradient, the momenta and rms accumulators before this step and the factored ones after
         it: the accumulators are advanced in registers (`advance`) rather than in a pass of their
@@ -253,8 +274,17 @@ class VeLOOptimizer(LearnedKind):
         values = lambda g, p, acc, preconditioners: statistic_values(*self.advance(g, p, acc), preconditioners)
         return F.feature_means(g, p, acc, values, self.num_statistics, kernel=True, interpret=interpret)
 
-    def kernel_step(self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, scalars: jax.Array,
-                    weights: jax.Array, row: int, *, interpret: bool = False) -> tuple[jax.Array, F.ParamAccumulators]:
+    def kernel_step(
+        self,
+        g: jax.Array,
+        p: jax.Array,
+        acc: F.ParamAccumulators,
+        scalars: jax.Array,
+        weights: jax.Array,
+        row: int,
+        *,
+        interpret: bool = False,
+    ) -> tuple[jax.Array, F.ParamAccumulators]:
         """One matrix's step (before the sign) and its advanced accumulators, from one
         `kernels.network_2d` kernel that reads row `row` of the step's tables (`scalars`: the
         inverse RMS of each feature, then the scale). Inputs as for `kernel_means`; factored
@@ -267,9 +297,17 @@ class VeLOOptimizer(LearnedKind):
             return [self._step(features, scalars[:num_f], scalars[num_f], layers), *advanced.momentum, *advanced.rms]
 
         step, *state = kernels.network_2d(
-            body, *F.kernel_operands(g, p, acc), scalars, weights, row=row, num_scalars=num_f + 1,
-            layer_sizes=self.mlp_sizes, num_outputs=1 + num_m + len(acc.rms),
-            in_place=[(2 + k, 1 + k) for k in range(num_m + len(acc.rms))], interpret=interpret)
+            body,
+            *F.kernel_operands(g, p, acc),
+            scalars,
+            weights,
+            row=row,
+            num_scalars=num_f + 1,
+            layer_sizes=self.mlp_sizes,
+            num_outputs=1 + num_m + len(acc.rms),
+            in_place=[(2 + k, 1 + k) for k in range(num_m + len(acc.rms))],
+            interpret=interpret,
+        )
         return step, F.ParamAccumulators(tuple(state[:num_m]), tuple(state[num_m:]), acc.factored)
 
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
@@ -277,11 +315,18 @@ class VeLOOptimizer(LearnedKind):
 
         def init(params):
             leaves = jax.tree.leaves(params)
-            accumulators = [F.init_stacked_accumulators(leaves, indices, self.accumulators)
-                            for indices, _ in self.groups(leaves, dispatch.backend())]
+            accumulators = [
+                F.init_stacked_accumulators(leaves, indices, self.accumulators)
+                for indices, _ in self.groups(leaves, dispatch.backend())
+            ]
             zeros = jnp.zeros((len(leaves), self.lstm_hidden), jnp.float32)
-            return VeLOState(count=jnp.zeros((), jnp.int32), accumulators=tuple(accumulators),
-                             loss=F.init_loss_state(), lstm_h=zeros, lstm_c=zeros)
+            return VeLOState(
+                count=jnp.zeros((), jnp.int32),
+                accumulators=tuple(accumulators),
+                loss=F.init_loss_state(),
+                lstm_h=zeros,
+                lstm_c=zeros,
+            )
 
         def update(grads, state, params=None, *, loss=None, **extra_args):
             del extra_args
@@ -297,7 +342,9 @@ class VeLOOptimizer(LearnedKind):
             # one): raw gradients, which the kernels clip, and only the factored accumulators
             # advanced here.
             clip = lambda g: jnp.clip(g, -GRADIENT_CLIP, GRADIENT_CLIP)
-            grad_groups = [clip(g) if path == "xla" else g for g, (_, path) in zip(stack_groups(grad_leaves, groups), groups)]
+            grad_groups = [
+                clip(g) if path == "xla" else g for g, (_, path) in zip(stack_groups(grad_leaves, groups), groups)
+            ]
             param_groups = stack_groups(param_leaves, groups)
             step_accumulators = jax.vmap(F.update_accumulators, in_axes=(0, 0, None))
             accumulators, means = [], []
@@ -314,7 +361,9 @@ class VeLOOptimizer(LearnedKind):
             inverse_rms, per_tensor = tensor_features(jnp.concatenate(means), ranks, self.accumulators)
             shared = jnp.concatenate([F.time_features(state.count, num_steps), F.loss_features(loss_state, loss)])
             context = jnp.broadcast_to(per_tensor.max(axis=0), per_tensor.shape)
-            inputs = jnp.concatenate([per_tensor, context, jnp.broadcast_to(shared, (per_tensor.shape[0], shared.size))], axis=1)
+            inputs = jnp.concatenate(
+                [per_tensor, context, jnp.broadcast_to(shared, (per_tensor.shape[0], shared.size))], axis=1
+            )
             h, c = lstm_step(theta["lstm"], inputs, state.lstm_h, state.lstm_c)
             coefficients = h @ theta["mix"]["w"] + theta["mix"]["b"]  # [tensors, bank]
             lr_mult = jnp.exp(h @ theta["lr"]["w"] + theta["lr"]["b"])[:, 0]
@@ -330,8 +379,9 @@ class VeLOOptimizer(LearnedKind):
                 if path == "xla":
                     steps = jax.vmap(self._xla_step)(g, p, acc, inverse_rms[rows], scale[rows], mixed[rows])
                 else:
-                    step, advanced = self.kernel_step(g[0], p[0], only_member(acc), scalar_table, weight_table, start,
-                                                      interpret=path == "interpret")
+                    step, advanced = self.kernel_step(
+                        g[0], p[0], only_member(acc), scalar_table, weight_table, start, interpret=path == "interpret"
+                    )
                     steps, accumulators[group] = step[None], jax.tree.map(lambda x: x[None], advanced)
                 for step, i in zip(steps, indices):
                     updates[i] = (-step).astype(param_leaves[i].dtype)

@@ -8,7 +8,23 @@ from lopt.programs.optimizer import ProgramOptimizer, from_program
 from lopt.programs.seeds import SEEDS, seed
 
 __all__ = [
-    "check", "prune", "redundant_fraction", "structural_hash", "to_graph", "encode", "run_encoded",
-    "to_optax", "Const", "Program", "ProgramError", "Statement", "Var", "format_program", "parse",
-    "ProgramOptimizer", "from_program", "SEEDS", "seed",
+    "check",
+    "prune",
+    "redundant_fraction",
+    "structural_hash",
+    "to_graph",
+    "encode",
+    "run_encoded",
+    "to_optax",
+    "Const",
+    "Program",
+    "ProgramError",
+    "Statement",
+    "Var",
+    "format_program",
+    "parse",
+    "ProgramOptimizer",
+    "from_program",
+    "SEEDS",
+    "seed",
 ]

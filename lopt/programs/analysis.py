@@ -95,8 +95,9 @@ def prune(graph: Graph) -> Graph:
     """Dead-code elimination across iterations: dead states become 'unchanged', unreachable
     statements are removed, node ids renumbered."""
     live = live_outputs(graph)
-    outputs = tuple(out if alive else STATE_INDEX[s] if s else out
-                    for out, alive, s in zip(graph.outputs, live, (None, "m", "v")))
+    outputs = tuple(
+        out if alive else STATE_INDEX[s] if s else out for out, alive, s in zip(graph.outputs, live, (None, "m", "v"))
+    )
     keep = sorted(n for n in reads(graph, set(outputs)) if n >= NUM_INPUTS)
     renumber = {i: i for i in range(NUM_INPUTS)}
     nodes = []
@@ -196,8 +197,11 @@ def from_graph(graph: Graph) -> Program:
             mapping[names[out]] = name
     rename = lambda n: mapping.get(n, n)  # noqa: E731
     renamed = Program(
-        tuple(Statement(rename(s.target), s.op, tuple(Var(rename(a.name)) if isinstance(a, Var) else a for a in s.args))
-              for s in statements),
-        tuple(rename(r) for r in ssa.returns), graph.uses_step,
+        tuple(
+            Statement(rename(s.target), s.op, tuple(Var(rename(a.name)) if isinstance(a, Var) else a for a in s.args))
+            for s in statements
+        ),
+        tuple(rename(r) for r in ssa.returns),
+        graph.uses_step,
     )
     return renamed if to_graph(renamed) == to_graph(ssa) else ssa

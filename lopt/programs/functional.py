@@ -81,7 +81,9 @@ def _run_probe(programs, w0, curvature, noise, states, sizes):
             update, m, v = run_encoded(program, w, g, m, v, PROBE_LR, t, sizes)
             return (w - update, m, v), jnp.stack([update, m, v])
 
-        _, updates = jax.lax.scan(step, (w0, states[0], states[1]), (jnp.arange(1, PROBE_STEPS + 1, dtype=jnp.float32), noise))
+        _, updates = jax.lax.scan(
+            step, (w0, states[0], states[1]), (jnp.arange(1, PROBE_STEPS + 1, dtype=jnp.float32), noise)
+        )
         return updates
 
     return jax.vmap(one)(programs)
@@ -112,11 +114,12 @@ def probe_values(graphs: list[Graph], probes: tuple = PROBES) -> list[list[np.nd
     SIGNIFICANT digits (non-finite values as NaN)."""
     values = []
     for start in range(0, len(graphs), PROBE_BATCH):
-        chunk = graphs[start:start + PROBE_BATCH]
+        chunk = graphs[start : start + PROBE_BATCH]
         batch = jax.device_put(encode_population(chunk, PROBE_BATCH, round_up=True), _host())
-        outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[:len(chunk)] for probe in probes]
-        values += [[_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)]
-                   for i in range(len(chunk))]
+        outputs = [np.asarray(_run_probe(batch, *_probe(*probe)))[: len(chunk)] for probe in probes]
+        values += [
+            [_round(np.concatenate([o[i][:, k].ravel() for o in outputs])) for k in range(3)] for i in range(len(chunk))
+        ]
     return values
 
 
@@ -127,8 +130,10 @@ def probe_report(graphs: list[Graph]) -> list[tuple[str, bool, bool]]:
     `m / sqrt(v)` as `m / (sqrt(v) + ε)` and its funnel promoted it (GPU search, 2026-12-02);
     exported, it turned a digits MLP's weights to NaN at its first step (a dead ReLU unit)."""
     normal = PROBE_STEPS * sum(sum(probe[1]) for probe in PROBES)  # the updates on PROBES come first
-    return [(_digest(parts), bool(np.all(np.isfinite(parts[0][:normal]))), bool(np.all(np.isfinite(parts[0][normal:]))))
-            for parts in probe_values(graphs, PROBES + (ZERO_PROBE,))]
+    return [
+        (_digest(parts), bool(np.all(np.isfinite(parts[0][:normal]))), bool(np.all(np.isfinite(parts[0][normal:]))))
+        for parts in probe_values(graphs, PROBES + (ZERO_PROBE,))
+    ]
 
 
 def _digest(parts: list[np.ndarray]) -> str:

@@ -72,7 +72,11 @@ def apply_tree(op: str, args: list[Any]) -> Any:
     if function.kind == "elementwise":
         return _elementwise(function.fn, args)
     if op == "norm":
-        return [jnp.broadcast_to(jnp.sqrt(jnp.sum(leaf * leaf)), leaf.shape) for leaf in args[0]] if _is_tree(args[0]) else jnp.abs(args[0])
+        return (
+            [jnp.broadcast_to(jnp.sqrt(jnp.sum(leaf * leaf)), leaf.shape) for leaf in args[0]]
+            if _is_tree(args[0])
+            else jnp.abs(args[0])
+        )
     if op == "global_norm":
         return _global_norm(args[0])
     if op == "dot":
@@ -89,7 +93,9 @@ def evaluate_graph(graph: Graph, inputs: dict[str, Any]) -> tuple[Any, Any, Any]
     """Run the graph on tree inputs (lists of leaves for w, g, m, v; scalars lr, t)."""
     values = [inputs[name] for name in GRAPH_INPUTS]
     for op, args in graph.nodes:
-        values.append(apply_tree(op, [values[a] if isinstance(a, int) else jnp.asarray(a.value, jnp.float32) for a in args]))
+        values.append(
+            apply_tree(op, [values[a] if isinstance(a, int) else jnp.asarray(a.value, jnp.float32) for a in args])
+        )
     return tuple(values[o] for o in graph.outputs)
 
 
@@ -99,7 +105,9 @@ class ProgramState(NamedTuple):
     v: Any
 
 
-def to_optax(program: Program, learning_rate: float | jax.Array = 1.0, *, constants: Any = None) -> optax.GradientTransformationExtraArgs:
+def to_optax(
+    program: Program, learning_rate: float | jax.Array = 1.0, *, constants: Any = None
+) -> optax.GradientTransformationExtraArgs:
     """The program as an optax transformation. `learning_rate` is the program's `lr` input
     (programs scale it by their own constants, as in the paper's seeds). Updates are −update.
 
@@ -125,10 +133,12 @@ def to_optax(program: Program, learning_rate: float | jax.Array = 1.0, *, consta
         w = [p.astype(jnp.float32) for p in treedef.flatten_up_to(params)]
         count = state.count + 1
         inputs = {
-            "w": w, "g": [g.astype(jnp.float32) for g in leaves],
+            "w": w,
+            "g": [g.astype(jnp.float32) for g in leaves],
             "m": treedef.flatten_up_to(state.m) if stored["m"] else jnp.float32(0.0),
             "v": treedef.flatten_up_to(state.v) if stored["v"] else jnp.float32(0.0),
-            "lr": jnp.asarray(learning_rate, jnp.float32), "t": count.astype(jnp.float32),
+            "lr": jnp.asarray(learning_rate, jnp.float32),
+            "t": count.astype(jnp.float32),
         }
         step, m, v = evaluate_graph(graph, inputs)
         shapes = [leaf.shape for leaf in leaves]
@@ -171,8 +181,23 @@ MAX_ARGS = 3
 # cost 10-25× a copy each on the CPU (cbrt, arccos, arcsin, tan, arctan, power, sin, cos), so a
 # slot that may hold anything costs ~170× a copy; an arithmetic slot costs about one copy.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "arith": ("add", "sub", "mul", "div", "max", "min", "clip", "interp", "abs", "negative", "sign", "square",
-              "cube", "sqrt", "reciprocal"),
+    "arith": (
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "max",
+        "min",
+        "clip",
+        "interp",
+        "abs",
+        "negative",
+        "sign",
+        "square",
+        "cube",
+        "sqrt",
+        "reciprocal",
+    ),
     "explog": ("exp", "exp2", "exp10", "expm1", "log", "log2", "log10", "log1p", "tanh", "cosh", "sinh"),
     "inverse": ("arcsinh", "arccosh", "arctanh", "cbrt", "power"),
     "trig": ("sin", "cos", "tan", "arcsin", "arccos", "arctan"),
@@ -216,8 +241,11 @@ def schedule(graph: Graph) -> list[int]:
     remaining, slot = set(range(count)), 0
     while remaining:
         group = ROUND[slot % len(ROUND)]
-        ready = [i for i in remaining if GROUP_OF[graph.nodes[i][0]] == group
-                 and all(0 <= slot_of[d] < slot for d in deps[i])]
+        ready = [
+            i
+            for i in remaining
+            if GROUP_OF[graph.nodes[i][0]] == group and all(0 <= slot_of[d] < slot for d in deps[i])
+        ]
         if ready:
             chosen = max(ready, key=lambda i: (after[i], -i))
             slot_of[chosen] = slot
@@ -266,8 +294,9 @@ def stack_encoded(items: list[Encoded]) -> Encoded:
     return Encoded(*(np.stack(parts) for parts in zip(*items)))
 
 
-def encode_population(graphs: list[Graph], count: int, max_statements: int | None = None, *,
-                      round_up: bool = False, min_rounds: int = 1) -> Encoded:
+def encode_population(
+    graphs: list[Graph], count: int, max_statements: int | None = None, *, round_up: bool = False, min_rounds: int = 1
+) -> Encoded:
     """The graphs encoded with one number of rounds (the most any needs — mutated AdamW programs
     need 1-4, so few shapes compile — at least `min_rounds`, or with `round_up` the next power of
     two, for calls too cheap to be worth a compile per shape) and stacked, padded to `count`
@@ -355,8 +384,19 @@ def _explog_results(a: jax.Array, op: jax.Array) -> list[jax.Array]:
     sign = jnp.sign(a)
     tanh = sign * jnp.where(abs_a > 10.0, 1.0, big_m / (big_m + 2.0))
     sinh = sign * jnp.where(abs_a > 20.0, 0.5 * e, 0.5 * (big_m + big_m / (big_m + 1.0)))
-    return [e, e, e, big_m, log, log * np.float32(1 / _LN2), log * np.float32(1 / _LN10),
-            _log1p_from_log(a, arg, log), tanh, 0.5 * (e + 1.0 / e), sinh]
+    return [
+        e,
+        e,
+        e,
+        big_m,
+        log,
+        log * np.float32(1 / _LN2),
+        log * np.float32(1 / _LN10),
+        _log1p_from_log(a, arg, log),
+        tanh,
+        0.5 * (e + 1.0 / e),
+        sinh,
+    ]
 
 
 def _inverse_results(a: jax.Array, b: jax.Array, op: jax.Array) -> list[jax.Array]:
@@ -369,9 +409,15 @@ def _inverse_results(a: jax.Array, b: jax.Array, op: jax.Array) -> list[jax.Arra
     abs_a = jnp.abs(a)
     square = a * a
     u = a - 1.0
-    x = _pick(op, [jnp.where(abs_a > _LARGE, 2.0 * abs_a, abs_a + square / (1.0 + jnp.sqrt(1.0 + square))),
-                   jnp.where(a > _LARGE, 2.0 * a, u + jnp.sqrt(u * (a + 1.0))),
-                   2.0 * a / (1.0 - a), abs_a])
+    x = _pick(
+        op,
+        [
+            jnp.where(abs_a > _LARGE, 2.0 * abs_a, abs_a + square / (1.0 + jnp.sqrt(1.0 + square))),
+            jnp.where(a > _LARGE, 2.0 * a, u + jnp.sqrt(u * (a + 1.0))),
+            2.0 * a / (1.0 - a),
+            abs_a,
+        ],
+    )
     arg = _pick(op, [1.0 + x, 1.0 + x, 1.0 + x, abs_a])
     log = jnp.log(arg)
     log1p = _log1p_from_log(x, arg, log)
@@ -379,8 +425,13 @@ def _inverse_results(a: jax.Array, b: jax.Array, op: jax.Array) -> list[jax.Arra
     integral = b == jnp.round(b)
     odd = integral & (jnp.abs(jnp.fmod(b, 2.0)) == 1.0)
     power = jnp.where(a < 0, jnp.where(integral, jnp.where(odd, -magnitude, magnitude), jnp.nan), magnitude)
-    return [jnp.sign(a) * log1p, jnp.where(a >= 1.0, log1p, jnp.nan), 0.5 * log1p, jnp.sign(a) * magnitude,
-            jnp.where(b == 0, 1.0, power)]
+    return [
+        jnp.sign(a) * log1p,
+        jnp.where(a >= 1.0, log1p, jnp.nan),
+        0.5 * log1p,
+        jnp.sign(a) * magnitude,
+        jnp.where(b == 0, 1.0, power),
+    ]
 
 
 def _trig_results(a: jax.Array, op: jax.Array) -> list[jax.Array]:
@@ -399,11 +450,17 @@ def _arith_results(args: jax.Array, op: jax.Array) -> list[jax.Array]:
     a division costs several times an add on a GPU)."""
     recip = op == GROUPS["arith"].index("reciprocal")
     quotient = jnp.where(recip, 1.0, args[0]) / jnp.where(recip, args[0], args[1])
-    return [quotient if name in ("div", "reciprocal") else FUNCTIONS[name].fn(*(args[i] for i in range(FUNCTIONS[name].arity)))
-            for name in GROUPS["arith"]]
+    return [
+        quotient
+        if name in ("div", "reciprocal")
+        else FUNCTIONS[name].fn(*(args[i] for i in range(FUNCTIONS[name].arity)))
+        for name in GROUPS["arith"]
+    ]
 
 
-def _group_results(group: str, args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...], op: jax.Array) -> list[jax.Array]:
+def _group_results(
+    group: str, args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...], op: jax.Array
+) -> list[jax.Array]:
     """Each function of `group` on one slot's arguments, in the group's order, then NOP's zeros.
     Only the entry of the slot's function `op` is meaningful: the transcendental groups share
     their costly calls among their functions, with arguments picked by `op`
@@ -437,8 +494,16 @@ def _slot_output(group: str, args: jax.Array, program: Encoded, s: jax.Array, si
 
 
 def scan_rounds(
-    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
-    sizes: tuple[int, ...], read=_gather_args, compute=_slot_output,
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
+    sizes: tuple[int, ...],
+    read=_gather_args,
+    compute=_slot_output,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`run_encoded`'s machinery: a register file [6 + S, P] (inputs, then slot s's result in row
     6 + s) carried through `lax.scan` over rounds, each slot `read`ing its arguments and writing
@@ -463,7 +528,13 @@ def scan_rounds(
 
 
 def run_encoded(
-    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
     sizes: tuple[int, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One step of an encoded program on flat vectors [P]; returns (update, m, v).
@@ -475,7 +546,13 @@ def run_encoded(
 
 
 def run_unrolled(
-    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
     sizes: tuple[int, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`run_encoded` with the slots unrolled and the registers held as values: an argument is a
@@ -491,11 +568,19 @@ def run_unrolled(
     size = w.shape[0]
     if sum(sizes) != size:
         raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
-    registers = [x.astype(jnp.float32) for x in (w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,)))]
+    registers = [
+        x.astype(jnp.float32) for x in (w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,)))
+    ]
     for s in range(program.op.shape[0]):
         refs, consts = program.ref[s], program.const[s]
-        args = jnp.stack([jnp.where(refs[a] >= 0, jax.lax.select_n(jnp.clip(refs[a], 0, len(registers) - 1), *registers), consts[a])
-                          for a in range(MAX_ARGS)])
+        args = jnp.stack(
+            [
+                jnp.where(
+                    refs[a] >= 0, jax.lax.select_n(jnp.clip(refs[a], 0, len(registers) - 1), *registers), consts[a]
+                )
+                for a in range(MAX_ARGS)
+            ]
+        )
         group = ROUND[s % len(ROUND)]
         registers.append(_slot_output(group, args, program, s, sizes))
     return tuple(jax.lax.select_n(program.outputs[i], *registers) for i in range(3))

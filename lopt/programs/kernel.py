@@ -97,8 +97,15 @@ def _table(program: Encoded, lr: jax.Array, t: jax.Array, layout: _Layout, sums:
     """The program as one flat float32 operand (`_Layout`; register and function numbers are
     small integers, exact in float32), padded to a power of two (`flat_table`: Triton's block
     sizes). `sums`: the reductions of the tree slots known so far ([width] each)."""
-    parts = [program.op, program.ref.reshape(-1), program.const.reshape(-1), program.scalar.reshape(-1),
-             program.outputs, jnp.reshape(lr, (1,)), jnp.reshape(t, (1,))]
+    parts = [
+        program.op,
+        program.ref.reshape(-1),
+        program.const.reshape(-1),
+        program.scalar.reshape(-1),
+        program.outputs,
+        jnp.reshape(lr, (1,)),
+        jnp.reshape(t, (1,)),
+    ]
     parts += list(sums) + [jnp.zeros(layout.width)] * (len(_tree_slots(layout.slots)) - len(sums))
     return flat_table(jnp.concatenate([jnp.asarray(p, jnp.float32).reshape(-1) for p in parts]))
 
@@ -112,7 +119,7 @@ def _pick(index: jax.Array, values: list[jax.Array]) -> jax.Array:
 
 def _slot(group: str, op: jax.Array, args: list[jax.Array], zeros: jax.Array) -> jax.Array:
     """The slot's function (number `op` within `group`; past the end: NOP, zeros) on its arguments."""
-    branches = [lambda name=name: FUNCTIONS[name].fn(*args[:FUNCTIONS[name].arity]) for name in GROUPS[group]]
+    branches = [lambda name=name: FUNCTIONS[name].fn(*args[: FUNCTIONS[name].arity]) for name in GROUPS[group]]
     return jax.lax.switch(jnp.clip(op, 0, len(branches)), branches + [lambda: zeros])
 
 
@@ -127,7 +134,7 @@ def _tree_slot(op, args, flags, sums, masks) -> jax.Array:
     rules: a scalar-typed argument is the same in every position, so |a| stands for |a[0]|)."""
     a0, a1 = args[0], args[1]
     s0, s1 = flags[0] > 0.5, flags[1] > 0.5
-    per_tensor = sums[:len(masks)]
+    per_tensor = sums[: len(masks)]
     square1, product = sums[len(masks)], sums[len(masks) + 1]
     norm0 = jnp.where(s0, jnp.abs(a0), jnp.sqrt(sum(per_tensor)))
     norm1 = jnp.where(s1, jnp.abs(a1), jnp.sqrt(square1))
@@ -135,8 +142,13 @@ def _tree_slot(op, args, flags, sums, masks) -> jax.Array:
     tensor_norm = jnp.zeros_like(a0)
     for mask, total in zip(masks, per_tensor):
         tensor_norm = jnp.where(mask, jnp.sqrt(total), tensor_norm)
-    results = {"norm": jnp.where(s0, jnp.abs(a0), tensor_norm), "global_norm": norm0, "dot": dot,
-               "cosine_sim": dot / (norm0 * norm1), "clip_by_global_norm": a0 * jnp.minimum(1.0, jnp.abs(a1) / norm0)}
+    results = {
+        "norm": jnp.where(s0, jnp.abs(a0), tensor_norm),
+        "global_norm": norm0,
+        "dot": dot,
+        "cosine_sim": dot / (norm0 * norm1),
+        "clip_by_global_norm": a0 * jnp.minimum(1.0, jnp.abs(a1) / norm0),
+    }
     return _pick(op, [results[name] for name in GROUPS["tree"]] + [jnp.zeros_like(a0)])
 
 
@@ -172,8 +184,18 @@ def _run_block(table, w, g, m, v, layout: _Layout, block: int, masks, stop: int 
 
 
 def run_kernel(
-    program: Encoded, w: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array, lr: jax.Array, t: jax.Array,
-    sizes: tuple[int, ...], *, tree: bool = False, block: int = BLOCK, num_warps: int = 4,
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
+    sizes: tuple[int, ...],
+    *,
+    tree: bool = False,
+    block: int = BLOCK,
+    num_warps: int = 4,
     interpret: bool | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`run_encoded` as Pallas kernels over blocks of the flat vectors [P]; returns (update, m, v).
@@ -225,18 +247,26 @@ def run_kernel(
         if stop is None:
             out_shape, out_specs = [jax.ShapeDtypeStruct((size,), jnp.float32)] * 3, [tiled] * 3
         else:
-            out_shape, out_specs = [jax.ShapeDtypeStruct((blocks * width,), jnp.float32)], [pl.BlockSpec((width,), lambda i: (i,))]
+            out_shape, out_specs = (
+                [jax.ShapeDtypeStruct((blocks * width,), jnp.float32)],
+                [pl.BlockSpec((width,), lambda i: (i,))],
+            )
         return pl.pallas_call(
-            kernel, out_shape=out_shape, grid=(blocks,),
-            in_specs=[pl.BlockSpec(table.shape, lambda i: (0,)), *[tiled] * 4], out_specs=out_specs,
-            interpret=interpret, name="lopt_program_step" if stop is None else "lopt_program_sums", **params,
+            kernel,
+            out_shape=out_shape,
+            grid=(blocks,),
+            in_specs=[pl.BlockSpec(table.shape, lambda i: (0,)), *[tiled] * 4],
+            out_specs=out_specs,
+            interpret=interpret,
+            name="lopt_program_step" if stop is None else "lopt_program_sums",
+            **params,
         )(table, *arrays)
 
     sums: list[jax.Array] = []
     if tree:
         for stop in _tree_slots(layout.slots):
             (partials,) = call(stop, sums)
-            sums.append(partials.reshape(blocks, width).sum(axis=0)[:layout.width])
+            sums.append(partials.reshape(blocks, width).sum(axis=0)[: layout.width])
     update, m, v = call(None, sums)
     return update, m, v
 

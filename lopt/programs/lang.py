@@ -107,7 +107,9 @@ def format_program(program: Program) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TOKEN = re.compile(r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>[-+*/=(),:]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>[-+*/=(),:]))"
+)
 
 
 def _tokens(text: str, line: int) -> list[tuple[str, str]]:

@@ -48,34 +48,55 @@ def _clip(x, c):
 
 
 _UNARY: dict[str, Callable] = {
-    "abs": jnp.abs, "cos": jnp.cos, "sin": jnp.sin, "tan": jnp.tan,
-    "arcsin": jnp.arcsin, "arccos": jnp.arccos, "arctan": jnp.arctan,
-    "sinh": jnp.sinh, "cosh": jnp.cosh, "tanh": jnp.tanh,
-    "arcsinh": jnp.arcsinh, "arccosh": jnp.arccosh, "arctanh": jnp.arctanh,
-    "exp": jnp.exp, "exp2": jnp.exp2, "exp10": lambda x: jnp.power(10.0, x), "expm1": jnp.expm1,
-    "log": lambda x: jnp.log(jnp.abs(x)), "log10": lambda x: jnp.log10(jnp.abs(x)),
-    "log2": lambda x: jnp.log2(jnp.abs(x)), "log1p": jnp.log1p,
-    "square": jnp.square, "sqrt": lambda x: jnp.sqrt(jnp.abs(x)), "cube": lambda x: x * x * x,
-    "cbrt": jnp.cbrt, "sign": jnp.sign, "reciprocal": lambda x: 1.0 / x, "negative": jnp.negative,
+    "abs": jnp.abs,
+    "cos": jnp.cos,
+    "sin": jnp.sin,
+    "tan": jnp.tan,
+    "arcsin": jnp.arcsin,
+    "arccos": jnp.arccos,
+    "arctan": jnp.arctan,
+    "sinh": jnp.sinh,
+    "cosh": jnp.cosh,
+    "tanh": jnp.tanh,
+    "arcsinh": jnp.arcsinh,
+    "arccosh": jnp.arccosh,
+    "arctanh": jnp.arctanh,
+    "exp": jnp.exp,
+    "exp2": jnp.exp2,
+    "exp10": lambda x: jnp.power(10.0, x),
+    "expm1": jnp.expm1,
+    "log": lambda x: jnp.log(jnp.abs(x)),
+    "log10": lambda x: jnp.log10(jnp.abs(x)),
+    "log2": lambda x: jnp.log2(jnp.abs(x)),
+    "log1p": jnp.log1p,
+    "square": jnp.square,
+    "sqrt": lambda x: jnp.sqrt(jnp.abs(x)),
+    "cube": lambda x: x * x * x,
+    "cbrt": jnp.cbrt,
+    "sign": jnp.sign,
+    "reciprocal": lambda x: 1.0 / x,
+    "negative": jnp.negative,
 }
 
 FUNCTIONS: dict[str, Function] = {name: Function(name, 1, "elementwise", fn) for name, fn in _UNARY.items()}
-FUNCTIONS.update({
-    "add": Function("add", 2, "elementwise", jnp.add, commutative=True, infix="+"),
-    "sub": Function("sub", 2, "elementwise", jnp.subtract, infix="-"),
-    "mul": Function("mul", 2, "elementwise", jnp.multiply, commutative=True, infix="*"),
-    "div": Function("div", 2, "elementwise", jnp.divide, infix="/"),
-    "max": Function("max", 2, "elementwise", jnp.maximum, commutative=True),
-    "min": Function("min", 2, "elementwise", jnp.minimum, commutative=True),
-    "power": Function("power", 2, "elementwise", jnp.power),
-    "interp": Function("interp", 3, "elementwise", _interp),
-    "clip": Function("clip", 2, "elementwise", _clip),
-    "norm": Function("norm", 1, "tensor_norm"),
-    "global_norm": Function("global_norm", 1, "reduce"),
-    "dot": Function("dot", 2, "reduce", commutative=True),
-    "cosine_sim": Function("cosine_sim", 2, "reduce", commutative=True),
-    "clip_by_global_norm": Function("clip_by_global_norm", 2, "clip_global"),
-})
+FUNCTIONS.update(
+    {
+        "add": Function("add", 2, "elementwise", jnp.add, commutative=True, infix="+"),
+        "sub": Function("sub", 2, "elementwise", jnp.subtract, infix="-"),
+        "mul": Function("mul", 2, "elementwise", jnp.multiply, commutative=True, infix="*"),
+        "div": Function("div", 2, "elementwise", jnp.divide, infix="/"),
+        "max": Function("max", 2, "elementwise", jnp.maximum, commutative=True),
+        "min": Function("min", 2, "elementwise", jnp.minimum, commutative=True),
+        "power": Function("power", 2, "elementwise", jnp.power),
+        "interp": Function("interp", 3, "elementwise", _interp),
+        "clip": Function("clip", 2, "elementwise", _clip),
+        "norm": Function("norm", 1, "tensor_norm"),
+        "global_norm": Function("global_norm", 1, "reduce"),
+        "dot": Function("dot", 2, "reduce", commutative=True),
+        "cosine_sim": Function("cosine_sim", 2, "reduce", commutative=True),
+        "clip_by_global_norm": Function("clip_by_global_norm", 2, "clip_global"),
+    }
+)
 
 INFIX = {f.infix: f.name for f in FUNCTIONS.values() if f.infix}
 NAMES = tuple(FUNCTIONS)

@@ -40,13 +40,18 @@ def _on_update_path(graph: Graph) -> set[int]:
 
 def _is_square_of_g(graph: Graph, node: int) -> bool:
     op, args = graph.op(node), graph.args(node)
-    return (op == "square" and args[0] == G) or (op == "mul" and args[0] == G and args[1] == G) or \
-        (op == "power" and args[0] == G and isinstance(args[1], Const) and args[1].value == 2.0)
+    return (
+        (op == "square" and args[0] == G)
+        or (op == "mul" and args[0] == G and args[1] == G)
+        or (op == "power" and args[0] == G and isinstance(args[1], Const) and args[1].value == 2.0)
+    )
 
 
 def _momentum(graph: Graph) -> bool:
-    return any(graph.outputs[1 + i] != state and {G, state} <= _reaches(graph, graph.outputs[1 + i])
-               for i, state in enumerate(STATES))
+    return any(
+        graph.outputs[1 + i] != state and {G, state} <= _reaches(graph, graph.outputs[1 + i])
+        for i, state in enumerate(STATES)
+    )
 
 
 def _second_moment(graph: Graph) -> bool:
@@ -69,8 +74,10 @@ def _adaptive_normalisation(graph: Graph) -> bool:
 
 
 def _sign_of(graph: Graph, wanted: Callable[[set[int]], bool]) -> bool:
-    return any(graph.op(n) == "sign" and isinstance(graph.args(n)[0], int) and wanted(_reaches(graph, graph.args(n)[0]))
-               for n in _on_update_path(graph))
+    return any(
+        graph.op(n) == "sign" and isinstance(graph.args(n)[0], int) and wanted(_reaches(graph, graph.args(n)[0]))
+        for n in _on_update_path(graph)
+    )
 
 
 def _clipping(graph: Graph) -> bool:
@@ -84,8 +91,7 @@ def _clipping(graph: Graph) -> bool:
 
 
 def _weight_decay(graph: Graph) -> bool:
-    return any(W in graph.args(n) and graph.op(n) in ("add", "sub", "mul", "interp")
-               for n in _on_update_path(graph))
+    return any(W in graph.args(n) and graph.op(n) in ("add", "sub", "mul", "interp") for n in _on_update_path(graph))
 
 
 def _norm_scaling(graph: Graph) -> bool:

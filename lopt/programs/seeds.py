@@ -1,14 +1,14 @@
 """Seed programs: the paper's AdamW seed, exact AdamW, SGD with momentum, signSGD and Lion.
 
 `adamw_paper` is Chen et al.'s warm start (bias correction and eps omitted, weight decay 0.01,
-learning rate scaled by 0.001 inside). `adamw_paper_eps` adds Adam's ε = 1e-8 to its
-denominator: without it a coordinate whose gradient is exactly zero from the start (a dead ReLU
-channel: 8 of mnist1d-conv-16-32's 1,962 parameters at init) makes m/√v = 0/0 = NaN, the whole
-run scores +inf, and a search from that seed drifts to programs that never divide by √v. The others reproduce optax's implementations exactly
-(tests/test_programs.py): `adamw` declares the step input t for Adam's bias correction
-(Kingma & Ba 2015, Algorithm 1); `lion` is Chen et al.'s Algorithm 2 with optax's defaults
-(β1 0.9, β2 0.99, weight decay 1e-3); `sgd_momentum` is optax.sgd(momentum=0.9) (heavy ball,
-m ← g + 0.9·m); `signsgd` is sign(g) scaled by lr. In these four the `lr` input is the
+learning rate scaled by 0.001 inside). `adamw_paper_eps` adds Adam's ε = 1e-8 to its denominator:
+without it a coordinate whose gradient is exactly zero from the start (a dead ReLU channel: 8 of
+mnist1d-conv-16-32's 1,962 parameters at init) makes m/√v = 0/0 = NaN, the whole run scores +inf,
+and a search from that seed drifts to programs that never divide by √v. The others reproduce optax's
+implementations exactly (tests/test_programs.py): `adamw` declares the step input t for Adam's bias
+correction (Kingma & Ba 2015, Algorithm 1); `lion` is Chen et al.'s Algorithm 2 with optax's
+defaults (β1 0.9, β2 0.99, weight decay 1e-3); `sgd_momentum` is optax.sgd(momentum=0.9) (heavy
+ball, m ← g + 0.9·m); `signsgd` is sign(g) scaled by lr. In these four the `lr` input is the
 learning rate itself.
 """
 
@@ -92,7 +92,8 @@ def train(w, g, m, v, lr):
 
 # The paper's seed with Adam's ε in the denominator (module docstring).
 SEEDS["adamw_paper_eps"] = SEEDS["adamw_paper"].replace(
-    "  update = m / sqrt_v\n", "  denominator = sqrt_v + 1e-08\n  update = m / denominator\n")
+    "  update = m / sqrt_v\n", "  denominator = sqrt_v + 1e-08\n  update = m / denominator\n"
+)
 
 
 def seed(name: str) -> Program:

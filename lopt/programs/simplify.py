@@ -76,7 +76,9 @@ def _equivalence_candidates(graph: Graph) -> list[tuple[str, Graph]]:
         for a in {a for a in args if isinstance(a, int)}:
             for new_op in ("sign", "abs", "negative"):
                 if op != new_op:
-                    candidates.append((f"statement {index + 1}: {op}(...) -> {new_op}", _set_node(graph, node, new_op, (a,))))
+                    candidates.append(
+                        (f"statement {index + 1}: {op}(...) -> {new_op}", _set_node(graph, node, new_op, (a,)))
+                    )
             try:
                 candidates.append((f"statement {index + 1}: {op}(...) -> its argument", _replace_uses(graph, node, a)))
             except ProgramError:

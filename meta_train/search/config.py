@@ -137,24 +137,34 @@ class SearchConfig:
         if s.max_statements < 1:
             raise ConfigError(f"search.max_statements: {s.max_statements!r}; expected at least 1")
         if isinstance(s.workers, bool) or not isinstance(s.workers, int) or not 0 <= s.workers <= 256:
-            raise ConfigError(f"search.workers: expected a whole number from 0 (this process) to 256, got {s.workers!r}")
+            raise ConfigError(
+                f"search.workers: expected a whole number from 0 (this process) to 256, got {s.workers!r}"
+            )
         if isinstance(s.max_rounds, bool) or not isinstance(s.max_rounds, int) or not 0 <= s.max_rounds <= 16:
-            raise ConfigError(f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {s.max_rounds!r}")
+            raise ConfigError(
+                f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {s.max_rounds!r}"
+            )
         if self.fitness.length < s.max_statements:
             raise ConfigError("fitness.length must be at least search.max_statements")
         if self.funnel.top < 1 or self.funnel.validated < 0 or self.funnel.seeds < 1:
-            raise ConfigError(f"funnel: need top >= 1, validated >= 0 and seeds >= 1, got {self.funnel.top}, "
-                              f"{self.funnel.validated} and {self.funnel.seeds}")
+            raise ConfigError(
+                f"funnel: need top >= 1, validated >= 0 and seeds >= 1, got {self.funnel.top}, "
+                f"{self.funnel.validated} and {self.funnel.seeds}"
+            )
         if len(self.funnel.tasks) != len(self.funnel.steps):
             raise ConfigError("funnel.tasks and funnel.steps must have the same length")
         check_task_names("funnel.tasks", self.funnel.tasks)
         if self.funnel.metric not in METRICS:
             raise ConfigError(f"funnel.metric: {self.funnel.metric!r} is not one of {', '.join(METRICS)}")
-        if len(self.funnel.lr_multipliers) != len(self.funnel.adamw_lrs) or min(
-                (*self.funnel.lr_multipliers, *self.funnel.adamw_lrs), default=1.0) <= 0:
-            raise ConfigError("funnel.lr_multipliers and funnel.adamw_lrs must be positive and as many "
-                              f"(got {len(self.funnel.lr_multipliers)} and {len(self.funnel.adamw_lrs)}): "
-                              "both sides of the comparison are tuned over the same number of rates")
+        if (
+            len(self.funnel.lr_multipliers) != len(self.funnel.adamw_lrs)
+            or min((*self.funnel.lr_multipliers, *self.funnel.adamw_lrs), default=1.0) <= 0
+        ):
+            raise ConfigError(
+                "funnel.lr_multipliers and funnel.adamw_lrs must be positive and as many "
+                f"(got {len(self.funnel.lr_multipliers)} and {len(self.funnel.adamw_lrs)}): "
+                "both sides of the comparison are tuned over the same number of rates"
+            )
         v = self.validation
         if v.task:
             check_task_names("validation.task", (v.task,))
@@ -178,8 +188,11 @@ class SearchConfig:
 def resume_record(record: dict[str, Any]) -> dict[str, Any]:
     """What of a config record a resume must match: all but `run.output_dir` (a search folder
     can be moved or copied) and `search.workers` (the search is the same for any number)."""
-    return {**record, "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"},
-            "search": {k: v for k, v in record.get("search", {}).items() if k != "workers"}}
+    return {
+        **record,
+        "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"},
+        "search": {k: v for k, v in record.get("search", {}).items() if k != "workers"},
+    }
 
 
 def saved_config(directory: str | Path) -> dict[str, Any]:

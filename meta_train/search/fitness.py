@@ -42,7 +42,17 @@ from lopt import cache_files
 from lopt.config import ConfigError, from_dict
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
-from lopt.programs.interpret import ROUND, Encoded, encode, encode_population, rounds_needed, run_encoded, run_unrolled, stack_encoded, to_optax
+from lopt.programs.interpret import (
+    ROUND,
+    Encoded,
+    encode,
+    encode_population,
+    rounds_needed,
+    run_encoded,
+    run_unrolled,
+    stack_encoded,
+    to_optax,
+)
 from lopt.programs.kernel import run_kernel, uses_tree
 from meta_train.search.mutation import worker_env
 from tasks import build, task_spec
@@ -105,31 +115,46 @@ class FitnessSpec:
 
     def __post_init__(self) -> None:
         steps = self.steps if isinstance(self.steps, tuple) else (self.steps,)
-        for key, value in [("steps", v) for v in steps] + [(k, getattr(self, k)) for k in ("seeds", "eval_batches", "length", "batch")]:
+        for key, value in [("steps", v) for v in steps] + [
+            (k, getattr(self, k)) for k in ("seeds", "eval_batches", "length", "batch")
+        ]:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"fitness.{key}: {value!r} is not valid; expected a positive whole number")
         if isinstance(self.steps, tuple) and len(self.steps) != len(self.tasks):
-            raise ConfigError(f"fitness.steps: {len(self.steps)} numbers for {len(self.tasks)} tasks; give one, or one per task")
+            raise ConfigError(
+                f"fitness.steps: {len(self.steps)} numbers for {len(self.tasks)} tasks; give one, or one per task"
+            )
         if not self.lr_multipliers or not all(m > 0 for m in self.lr_multipliers):
             raise ConfigError(f"fitness.lr_multipliers: expected positive numbers, got {list(self.lr_multipliers)[:8]}")
         if not self.tasks:
             raise ConfigError("fitness.tasks: at least one proxy task is needed")
-        if self.lr_scales and (len(self.lr_scales) != len(self.tasks)
-                               or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
-                                          for x in self.lr_scales)):
-            raise ConfigError(f"fitness.lr_scales: expected one positive number per task ({len(self.tasks)}), "
-                              f"got {list(self.lr_scales)[:8]}")
+        if self.lr_scales and (
+            len(self.lr_scales) != len(self.tasks)
+            or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in self.lr_scales
+            )
+        ):
+            raise ConfigError(
+                f"fitness.lr_scales: expected one positive number per task ({len(self.tasks)}), "
+                f"got {list(self.lr_scales)[:8]}"
+            )
         check_task_names("fitness.tasks", self.tasks)
         if not self.max_param_abs > 0:
             raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
         if self.interpreter not in INTERPRETERS:
             raise ConfigError(f"fitness.interpreter: {self.interpreter!r} is not one of {', '.join(INTERPRETERS)}")
-        if not (isinstance(self.hurdle, (int, float)) and not isinstance(self.hurdle, bool) and 0 <= self.hurdle < float("inf")):
+        if not (
+            isinstance(self.hurdle, (int, float))
+            and not isinstance(self.hurdle, bool)
+            and 0 <= self.hurdle < float("inf")
+        ):
             raise ConfigError(f"fitness.hurdle: expected a number ≥ 0 (0: off), got {self.hurdle!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"fitness.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
         if not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 16 for r in self.precompile):
-            raise ConfigError(f"fitness.precompile: expected numbers of rounds from 1 to 16, got {list(self.precompile)[:8]}")
+            raise ConfigError(
+                f"fitness.precompile: expected numbers of rounds from 1 to 16, got {list(self.precompile)[:8]}"
+            )
 
     def task_steps(self, task_name: str) -> int:
         """Inner steps of each run on `task_name`."""
@@ -279,7 +304,9 @@ class Staged:
         self.kept = self._hurdle.survivors(self.out[:, 0])
         alive = np.flatnonzero(self.kept)
         if len(alive):
-            self._rest = [(t, alive, self._dispatch([self._graphs[i] for i in alive], t)) for t in range(1, len(self.spec.tasks))]
+            self._rest = [
+                (t, alive, self._dispatch([self._graphs[i] for i in alive], t)) for t in range(1, len(self.spec.tasks))
+            ]
 
     def losses(self) -> np.ndarray:
         """[programs, tasks, lrs, seeds]: every task read (blocking until trained)."""
@@ -335,14 +362,23 @@ class BatchedEvaluator:
     key). platform: the one calls are lowered for (default: this process's; the lowering workers
     of `precompile` lower for the parent's)."""
 
-    def __init__(self, spec: FitnessSpec, step=run_encoded, *, kernel: bool = False,
-                 lowered_dir: Path | str | None | object = _FROM_JAX_CONFIG, platform: str | None = None):
+    def __init__(
+        self,
+        spec: FitnessSpec,
+        step=run_encoded,
+        *,
+        kernel: bool = False,
+        lowered_dir: Path | str | None | object = _FROM_JAX_CONFIG,
+        platform: str | None = None,
+    ):
         self.spec = spec
         self._step = step
         self._kernel = kernel
         self._platform = platform or jax.export.default_export_platform()
         lowered_dir = default_lowered_dir() if lowered_dir is _FROM_JAX_CONFIG else lowered_dir
-        self._lowered_dir = Path(lowered_dir) if lowered_dir is not None and step in (run_encoded, run_unrolled) else None
+        self._lowered_dir = (
+            Path(lowered_dir) if lowered_dir is not None and step in (run_encoded, run_unrolled) else None
+        )
         self._executables: dict[tuple[str, int, str, int], object] = {}
         self._lock = threading.Lock()
         self.compile_seconds = 0.0  # spent compiling population calls (in every thread)
@@ -376,8 +412,11 @@ class BatchedEvaluator:
     def _traced(self, task_name: str, rounds: int, kind: str, count: int):
         """The population call for a key, traced (not yet lowered)."""
         interpret = self._platform not in ("cuda", "rocm")
-        steps = {"step": self._step, "kernel": functools.partial(run_kernel, interpret=interpret),
-                 "kernel-tree": functools.partial(run_kernel, tree=True, interpret=interpret)}
+        steps = {
+            "step": self._step,
+            "kernel": functools.partial(run_kernel, interpret=interpret),
+            "kernel-tree": functools.partial(run_kernel, tree=True, interpret=interpret),
+        }
         return self._build(task_name, steps[kind]), self._example(rounds, count)
 
     def lowered_path(self, task_name: str, rounds: int, kind: str, count: int) -> Path | None:
@@ -385,8 +424,14 @@ class BatchedEvaluator:
         it depends on: the spec, the key, the platform, jax's version and `_source_digest()`."""
         if self._lowered_dir is None:
             return None
-        record = {"spec": _spec_record(self.spec), "key": [task_name, rounds, kind, count], "platform": self._platform,
-                  "jax": jax.__version__, "step": self._step.__name__, "sources": _source_digest()}
+        record = {
+            "spec": _spec_record(self.spec),
+            "key": [task_name, rounds, kind, count],
+            "platform": self._platform,
+            "jax": jax.__version__,
+            "step": self._step.__name__,
+            "sources": _source_digest(),
+        }
         name = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:40]
         return self._lowered_dir / f"{name}.jaxexport"
 
@@ -395,8 +440,11 @@ class BatchedEvaluator:
         returns the `jax.export.Exported`."""
         fn, example = self._traced(task_name, rounds, kind, count)
         # Over the Encoded fields as plain arguments (a serialized tree holds registered types only).
-        exported = jax.export.export(jax.jit(lambda *fields: fn(Encoded(*fields))), platforms=[self._platform], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*example)
+        exported = jax.export.export(
+            jax.jit(lambda *fields: fn(Encoded(*fields))),
+            platforms=[self._platform],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+        )(*example)
         path = self.lowered_path(task_name, rounds, kind, count)
         try:
             cache_files.write_verified(path, bytes(exported.serialize()))
@@ -427,14 +475,28 @@ class BatchedEvaluator:
         Python-side tracing and lowering then run in parallel instead of behind one GIL."""
         # For the CPU, the workers run on the CPU. For a GPU they see it (Pallas' Triton lowering reads the
         # device's compute capability) without taking its memory: they only lower, and the parent holds it.
-        env = worker_env(**({"JAX_PLATFORMS": "cpu"} if self._platform == "cpu" else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}))
+        env = worker_env(
+            **({"JAX_PLATFORMS": "cpu"} if self._platform == "cpu" else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        )
         processes = []
         for share in [keys[i::workers] for i in range(workers)]:
-            request = {"spec": _spec_record(self.spec), "step": self._step.__name__, "kernel": self._kernel,
-                       "platform": self._platform, "lowered_dir": str(self._lowered_dir), "keys": share}
+            request = {
+                "spec": _spec_record(self.spec),
+                "step": self._step.__name__,
+                "kernel": self._kernel,
+                "platform": self._platform,
+                "lowered_dir": str(self._lowered_dir),
+                "keys": share,
+            }
             errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty worker never blocks on it
-            process = subprocess.Popen([sys.executable, "-m", "meta_train.search.fitness"], stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=errors, env=env, text=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "meta_train.search.fitness"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env=env,
+                text=True,
+            )
             process.stdin.write(json.dumps(request))
             process.stdin.close()
             processes.append((process, errors))
@@ -455,8 +517,14 @@ class BatchedEvaluator:
         (at most `workers`): on the GPU search's 24 shapes the lowering, in Python, took longer than
         the compiles."""
         sizes = sorted({padded_batch(n, self.spec.batch) for n in range(1, self.spec.batch + 1)})
-        keys = [(t, r, k, n) for t in self.spec.tasks for r in rounds for k in self._kinds() for n in sizes
-                if (t, r, k, n) not in self._executables]
+        keys = [
+            (t, r, k, n)
+            for t in self.spec.tasks
+            for r in rounds
+            for k in self._kinds()
+            for n in sizes
+            if (t, r, k, n) not in self._executables
+        ]
         threads = workers or min(len(keys), os.cpu_count() or 1) or 1
         missing = [key for key in keys if self._lowered_dir is not None and not self.lowered_path(*key).is_file()]
         if len(missing) > 1:
@@ -488,8 +556,16 @@ class BatchedEvaluator:
                 return p - update, m, v
 
             zeros = jnp.zeros_like(params)
-            (params, _, _), train_loss = train_scan(spec.metric, spec.task_steps(task_name), task, loss_fn, lambda s: s[0],
-                                                    apply_update, (params, zeros, zeros), train_key)
+            (params, _, _), train_loss = train_scan(
+                spec.metric,
+                spec.task_steps(task_name),
+                task,
+                loss_fn,
+                lambda s: s[0],
+                apply_update,
+                (params, zeros, zeros),
+                train_key,
+            )
             loss = evaluate(task, unravel(params), eval_key, spec.eval_batches) if train_loss is None else train_loss
             return jnp.where(jnp.max(jnp.abs(params)) <= spec.max_param_abs, loss, jnp.inf)
 
@@ -516,10 +592,14 @@ class BatchedEvaluator:
         for kind, indices in kinds.items():
             indices = sorted(indices, key=lambda i: rounds_needed(graphs[i]))
             for start in range(0, len(indices), spec.batch):
-                chunk = indices[start:start + spec.batch]
+                chunk = indices[start : start + spec.batch]
                 count = padded_batch(len(chunk), spec.batch)
-                batch = jax.tree.map(jnp.asarray, encode_population([graphs[i] for i in chunk], count, spec.length,
-                                                                    min_rounds=min(spec.precompile, default=1)))
+                batch = jax.tree.map(
+                    jnp.asarray,
+                    encode_population(
+                        [graphs[i] for i in chunk], count, spec.length, min_rounds=min(spec.precompile, default=1)
+                    ),
+                )
                 rounds = batch.op.shape[1] // len(ROUND)
                 pending.append((chunk, self._executable(spec.tasks[task], rounds, kind, count)(batch)))
 
@@ -577,8 +657,16 @@ class JitEvaluator:
                 updates, opt_state = opt.update(grads, opt_state, params)
                 return jax.tree.map(jnp.add, params, updates), opt_state
 
-            (params, _), train_loss = train_scan(spec.metric, spec.task_steps(task_name), task, task.loss, lambda s: s[0],
-                                                 apply_update, (params, opt.init(params)), train_key)
+            (params, _), train_loss = train_scan(
+                spec.metric,
+                spec.task_steps(task_name),
+                task,
+                task.loss,
+                lambda s: s[0],
+                apply_update,
+                (params, opt.init(params)),
+                train_key,
+            )
             loss = evaluate(task, params, eval_key, spec.eval_batches) if train_loss is None else train_loss
             largest = jnp.max(jnp.stack([jnp.max(jnp.abs(p)) for p in jax.tree.leaves(params)]))
             return jnp.where(largest <= spec.max_param_abs, loss, jnp.inf)
@@ -591,6 +679,7 @@ class JitEvaluator:
 
     def start(self, graphs: Sequence[Graph]) -> Staged:
         """As `BatchedEvaluator.start`, but each task trains when dispatched (one compile per program)."""
+
         def dispatch(gs: Sequence[Graph], task: int):
             losses = self._task_losses(gs, task)
             return lambda: losses
@@ -607,8 +696,13 @@ class JitEvaluator:
 def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
     """The evaluator `spec.interpreter` names ('auto' is 'batched'; FitnessSpec admits only
     INTERPRETERS)."""
-    make = {"auto": BatchedEvaluator, "batched": BatchedEvaluator, "jit": JitEvaluator,
-            "unrolled": lambda s: BatchedEvaluator(s, run_unrolled), "kernel": lambda s: BatchedEvaluator(s, kernel=True)}
+    make = {
+        "auto": BatchedEvaluator,
+        "batched": BatchedEvaluator,
+        "jit": JitEvaluator,
+        "unrolled": lambda s: BatchedEvaluator(s, run_unrolled),
+        "kernel": lambda s: BatchedEvaluator(s, kernel=True),
+    }
     return make[spec.interpreter](spec)
 
 
@@ -617,8 +711,13 @@ def _lowering_worker() -> None:
     whether the kernel runs, the platform, the store and the keys) and store each key's lowered call."""
     request = json.loads(sys.stdin.read())
     step = {"run_encoded": run_encoded, "run_unrolled": run_unrolled}[request["step"]]
-    evaluator = BatchedEvaluator(from_dict(FitnessSpec, request["spec"], where="lowering request"), step, kernel=request["kernel"],
-                                 lowered_dir=request["lowered_dir"], platform=request["platform"])
+    evaluator = BatchedEvaluator(
+        from_dict(FitnessSpec, request["spec"], where="lowering request"),
+        step,
+        kernel=request["kernel"],
+        lowered_dir=request["lowered_dir"],
+        platform=request["platform"],
+    )
     for task_name, rounds, kind, count in request["keys"]:
         evaluator.store_lowered(task_name, rounds, kind, count)
 

@@ -55,6 +55,7 @@ from meta_train.search.config import SearchConfig, resume_record, saved_config
 from meta_train.search.fitness import Staged, evaluator
 from meta_train.search.fitness import score as fitness_of
 
+
 @dataclasses.dataclass
 class Member:
     id: int
@@ -120,10 +121,14 @@ class Search:
         self.dir = Path(config.run.output_dir)
         self.progress = progress
         if config.search.reject_nan_at_zero:
-            ((_, finite, at_zero),) = probe_report([check(parse(config.seed_program_text()), config.search.max_statements)])
+            ((_, finite, at_zero),) = probe_report(
+                [check(parse(config.seed_program_text()), config.search.max_statements)]
+            )
             if finite and not at_zero:
-                raise ConfigError(f"search.reject_nan_at_zero: the seed program {config.search.seed_program!r} is not finite "
-                                  "where a gradient is exactly zero, so the search would reject it (use adamw_paper_eps)")
+                raise ConfigError(
+                    f"search.reject_nan_at_zero: the seed program {config.search.seed_program!r} is not finite "
+                    "where a gradient is exactly zero, so the search would reject it (use adamw_paper_eps)"
+                )
         self.evaluate = evaluator(config.fitness)
         self.evaluate_validation = evaluator(config.validation_spec()) if config.validation.task else None
         self.structural: dict[str, float] = {}
@@ -142,8 +147,10 @@ class Search:
         elif (self.dir / "state.json").exists():
             raise ConfigError(f"{self.dir} already holds a search; resume it with `lopt search --resume {self.dir}`")
         elif any((self.dir / name).exists() for name in ("config.json", "log.jsonl", "cache.jsonl", "best.txt")):
-            raise ConfigError(f"{self.dir} holds a search that stopped before its first generation was saved (no "
-                              "state.json), so it cannot be resumed; delete the folder or use another to start afresh")
+            raise ConfigError(
+                f"{self.dir} holds a search that stopped before its first generation was saved (no "
+                "state.json), so it cannot be resumed; delete the folder or use another to start afresh"
+            )
         if resume:  # a missing or damaged state is reported before minutes of compiling
             self._load()
         # Precompiled first, so that the seed's scoring and the hurdle's reference find their calls compiled
@@ -175,8 +182,16 @@ class Search:
     def _start(self) -> None:
         text = self.config.seed_program_text()
         graph = check(parse(text), self.config.search.max_statements)
-        self.counters = {"children": 0, "trained": 0, "structural_hits": 0, "functional_hits": 0,
-                         "rejected": 0, "hurdle_stops": 0, "mutation_tries": 0, "seconds": 0.0}
+        self.counters = {
+            "children": 0,
+            "trained": 0,
+            "structural_hits": 0,
+            "functional_hits": 0,
+            "rejected": 0,
+            "hurdle_stops": 0,
+            "mutation_tries": 0,
+            "seconds": 0.0,
+        }
         clock = time.perf_counter()
         (fitness,), _ = self._score([graph])
         self._spent("seconds", clock)
@@ -187,21 +202,38 @@ class Search:
         self.best = Member(0, text, fitness, 0)
         self.since_improvement = 0
         self.restarts = 0
-        self._log([{"generation": 0, "id": 0, "parent": None, "mutation": "seed", "text": text,
-                    "structural": structural_hash(graph), "fitness": json_float(fitness), "scored": "trained"}])
+        self._log(
+            [
+                {
+                    "generation": 0,
+                    "id": 0,
+                    "parent": None,
+                    "mutation": "seed",
+                    "text": text,
+                    "structural": structural_hash(graph),
+                    "fitness": json_float(fitness),
+                    "scored": "trained",
+                }
+            ]
+        )
         self._save()
 
     def _save(self) -> None:
         state = {
-            "generation": self.generation, "next_id": self.next_id, "seed_fitness": json_float(self.seed_fitness),
+            "generation": self.generation,
+            "next_id": self.next_id,
+            "seed_fitness": json_float(self.seed_fitness),
             "best": _record(self.best),
-            "since_improvement": self.since_improvement, "restarts": self.restarts, "counters": self.counters,
+            "since_improvement": self.since_improvement,
+            "restarts": self.restarts,
+            "counters": self.counters,
             "population": [_record(m) for m in self.population],
             "validated": {text: json_float(v) for text, v in self.validated.items()},
             "best_validated": None if self.best_validated is None else _record(self.best_validated),
             # the next generation's children, launched with `search.overlap` (relaunched on resume)
-            "in_flight": None if self._flight is None else [
-                {"parent": p, "mutation": d, "text": t, "tries": n} for p, d, t, n in self._flight.children],
+            "in_flight": None
+            if self._flight is None
+            else [{"parent": p, "mutation": d, "text": t, "tries": n} for p, d, t, n in self._flight.children],
         }
         atomic_write(self.dir / "state.json", json.dumps(state))
 
@@ -209,14 +241,17 @@ class Search:
         """Read state.json back (a one-line ConfigError when it is missing or damaged)."""
         path = self.dir / "state.json"
         if not path.is_file():
-            raise ConfigError(f"{self.dir} holds a search that stopped before its first generation was saved (no "
-                              "state.json), so it cannot be resumed; delete the folder or use another to start afresh")
+            raise ConfigError(
+                f"{self.dir} holds a search that stopped before its first generation was saved (no "
+                "state.json), so it cannot be resumed; delete the folder or use another to start afresh"
+            )
         try:
             state = json.loads(path.read_text())
             self._restore(state)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as error:
-            raise ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); the search cannot "
-                              "be resumed from it") from None
+            raise ConfigError(
+                f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); the search cannot be resumed from it"
+            ) from None
 
     def _restore(self, state: dict) -> None:
         inf = lambda x: float("inf") if x is None else x  # noqa: E731
@@ -270,11 +305,19 @@ class Search:
     def _train_clock(self, since: float, compiling: float) -> None:
         """Count the seconds since `since` as training, and the evaluator's compiling since it
         stood at `compiling` as compiling too."""
-        self.counters["compile_seconds"] = self.counters.get("compile_seconds", 0.0) + self.evaluate.compile_seconds - compiling
+        self.counters["compile_seconds"] = (
+            self.counters.get("compile_seconds", 0.0) + self.evaluate.compile_seconds - compiling
+        )
         self._spent("train_seconds", since)
 
-    def _launch(self, generation: int, children: list[tuple[int | None, str, str, int]], graphs: list[Graph],
-                hashes: list[str] | None, earlier: _Flight | None) -> _Flight:
+    def _launch(
+        self,
+        generation: int,
+        children: list[tuple[int | None, str, str, int]],
+        graphs: list[Graph],
+        hashes: list[str] | None,
+        earlier: _Flight | None,
+    ) -> _Flight:
         """Answer what the caches can, probe the rest and dispatch the first task's training for
         the survivors (not waiting for it); `hashes`: the graphs' structural hashes where known;
         `earlier`: the generation still in flight."""
@@ -287,8 +330,10 @@ class Search:
                 first.setdefault(hashes[i], i)
         unique = sorted(first.values())
         clock = time.perf_counter()
-        probes = [(fhash, finite and (at_zero or not self.config.search.reject_nan_at_zero))
-                  for fhash, finite, at_zero in probe_report([graphs[i] for i in unique])]
+        probes = [
+            (fhash, finite and (at_zero or not self.config.search.reject_nan_at_zero))
+            for fhash, finite, at_zero in probe_report([graphs[i] for i in unique])
+        ]
         self._spent("probe_seconds", clock)
         flying_structures = set() if earlier is None else {earlier.hashes[i] for i in earlier.unique}
         flying_functions = set() if earlier is None else set(earlier.functional_of.values())
@@ -329,13 +374,23 @@ class Search:
                 fitness[i], how[i] = float(value), "trained" if kept else "hurdle"
         for i in flight.waiting:  # the generation before has landed: the caches know them now
             known = self.structural.get(flight.hashes[i])
-            fitness[i], how[i] = (known, "structural") if known is not None else (self.functional[flight.functional_of[i]], "functional")
+            fitness[i], how[i] = (
+                (known, "structural") if known is not None else (self.functional[flight.functional_of[i]], "functional")
+            )
         with open(self.dir / "cache.jsonl", "a") as f:
             for i in flight.unique:
                 self.structural[flight.hashes[i]] = fitness[i]
                 self.functional.setdefault(flight.functional_of[i], fitness[i])
-                f.write(json.dumps({"structural": flight.hashes[i], "functional": flight.functional_of[i],
-                                    "fitness": json_float(fitness[i])}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "structural": flight.hashes[i],
+                            "functional": flight.functional_of[i],
+                            "fitness": json_float(fitness[i]),
+                        }
+                    )
+                    + "\n"
+                )
         for i, f in enumerate(fitness):
             if f is None:  # a duplicate within this batch
                 fitness[i], how[i] = fitness[flight.first[flight.hashes[i]]], "structural"
@@ -363,7 +418,9 @@ class Search:
             for _ in range(s.children):
                 picks = rng.choice(len(self.population), size=s.tournament, replace=False)
                 winners.append(min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born)))
-            jobs = [(w.text, (s.seed, generation, k), mode, s.max_statements, s.max_rounds) for k, w in enumerate(winners)]
+            jobs = [
+                (w.text, (s.seed, generation, k), mode, s.max_statements, s.max_rounds) for k, w in enumerate(winners)
+            ]
             if s.workers:
                 self._pool = self._pool or mutation.Workers(s.workers)
                 made = self._pool.map(jobs)
@@ -396,19 +453,35 @@ class Search:
         scores, how = self._land(flight)
         self.generation = flight.generation
         entries, new_members = [], []
-        for (parent, description, text, tries), graph_hash, fitness, scored in zip(flight.children, flight.hashes, scores, how):
+        for (parent, description, text, tries), graph_hash, fitness, scored in zip(
+            flight.children, flight.hashes, scores, how
+        ):
             member = Member(self.next_id, text, fitness, self.generation)
             self.next_id += 1
             new_members.append(member)
-            entries.append({"generation": self.generation, "id": member.id, "parent": parent, "mutation": description,
-                            "text": text, "structural": graph_hash, "fitness": json_float(fitness),
-                            "scored": scored})
+            entries.append(
+                {
+                    "generation": self.generation,
+                    "id": member.id,
+                    "parent": parent,
+                    "mutation": description,
+                    "text": text,
+                    "structural": graph_hash,
+                    "fitness": json_float(fitness),
+                    "scored": scored,
+                }
+            )
             self.counters["children"] += 1
             self.counters["mutation_tries"] += tries
-            key = {"trained": "trained", "structural": "structural_hits", "functional": "functional_hits",
-                   "rejected": "rejected", "hurdle": "hurdle_stops"}[scored]
+            key = {
+                "trained": "trained",
+                "structural": "structural_hits",
+                "functional": "functional_hits",
+                "rejected": "rejected",
+                "hurdle": "hurdle_stops",
+            }[scored]
             self.counters[key] += 1
-        self.population = self.population[len(new_members):] + new_members
+        self.population = self.population[len(new_members) :] + new_members
         improved = min(new_members, key=lambda m: m.fitness)
         if improved.fitness < self.best.fitness:
             self.best, self.since_improvement = improved, 0
@@ -417,8 +490,14 @@ class Search:
         restarted = None
         if s.restart_after and self.since_improvement >= s.restart_after:
             restarted = "seed" if self.restarts % 2 == 0 else "best"
-            source = Member(-1, self.config.seed_program_text(), self.seed_fitness, self.generation) if restarted == "seed" else self.best
-            self.population = [Member(self.next_id + i, source.text, source.fitness, self.generation) for i in range(s.population)]
+            source = (
+                Member(-1, self.config.seed_program_text(), self.seed_fitness, self.generation)
+                if restarted == "seed"
+                else self.best
+            )
+            self.population = [
+                Member(self.next_id + i, source.text, source.fitness, self.generation) for i in range(s.population)
+            ]
             self.next_id += s.population
             self.restarts += 1
             self.since_improvement = 0
@@ -440,8 +519,11 @@ class Search:
         ranked = sorted([self.best, *self.population], key=lambda m: (m.fitness, m.id))
         pending: list[Member] = []
         for member in ranked:
-            if member.text not in self.validated and np.isfinite(member.fitness) and \
-                    all(member.text != p.text for p in pending):
+            if (
+                member.text not in self.validated
+                and np.isfinite(member.fitness)
+                and all(member.text != p.text for p in pending)
+            ):
                 pending.append(member)
             if len(pending) == self.config.validation.top:
                 break
@@ -451,8 +533,18 @@ class Search:
         with open(self.dir / "validation.jsonl", "a") as f:
             for member, score in zip(pending, scores):
                 self.validated[member.text] = float(score)
-                f.write(json.dumps({"generation": self.generation, "id": member.id, "text": member.text,
-                                    "fitness": json_float(member.fitness), "validation": json_float(score)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "generation": self.generation,
+                            "id": member.id,
+                            "text": member.text,
+                            "fitness": json_float(member.fitness),
+                            "validation": json_float(score),
+                        }
+                    )
+                    + "\n"
+                )
                 if np.isfinite(score) and (self.best_validated is None or score < self.best_validated.fitness):
                     self.best_validated = Member(member.id, member.text, float(score), member.born)
 
@@ -476,17 +568,26 @@ class Search:
             "hurdle_stops": c.get("hurdle_stops", 0),  # trained on the first task only (fitness.hurdle)
             "inner_steps_per_second": self.inner_steps() / max(c["seconds"], 1e-9),
             # the same, leaving out the seconds spent compiling population calls (paid once per shape)
-            "inner_steps_per_second_compiled": self.inner_steps() / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
+            "inner_steps_per_second_compiled": self.inner_steps()
+            / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
             "programs_per_second_compiled": c["children"] / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
-            **{f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9)
-               for part in ("mutate", "probe", "train", "compile")},  # compile: part of train and of precompiling
+            **{
+                f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9)
+                for part in ("mutate", "probe", "train", "compile")
+            },  # compile: part of train and of precompiling
         }
 
     def run(self) -> Member:
         """Run the remaining generations (with a progress bar); returns the best member."""
         remaining = self.config.search.generations - self.generation
-        bar = tqdm(total=self.config.search.generations, initial=self.generation, desc="lopt search",
-                   unit="gen", disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.config.search.generations,
+            initial=self.generation,
+            desc="lopt search",
+            unit="gen",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         limit = self.config.search.max_seconds
         for _ in range(max(remaining, 0)):
@@ -496,8 +597,13 @@ class Search:
             stats = self.statistics()
             bar.update(1)
             validated = {} if self.best_validated is None else {"val": f"{self.best_validated.fitness:.4f}"}
-            bar.set_postfix(best=f"{self.best.fitness:.4f}", seed=f"{self.seed_fitness:.4f}", **validated,
-                            progs_s=f"{stats['programs_per_second']:.1f}", hits=f"{stats['cache_hit_rate']:.0%}")
+            bar.set_postfix(
+                best=f"{self.best.fitness:.4f}",
+                seed=f"{self.seed_fitness:.4f}",
+                **validated,
+                progs_s=f"{stats['programs_per_second']:.1f}",
+                hits=f"{stats['cache_hit_rate']:.0%}",
+            )
         bar.close()
         self.close()
         return self.best

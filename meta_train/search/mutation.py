@@ -64,8 +64,9 @@ def _mutate_constant(rng: np.random.Generator, value: float) -> float:
     return float(np.float32(value * 2.0 ** rng.normal()))
 
 
-def mutate_once(program: Program, rng: np.random.Generator, mode: str = "all",
-                max_statements: int = DEFAULT_MAX_STATEMENTS) -> tuple[Program, str]:
+def mutate_once(
+    program: Program, rng: np.random.Generator, mode: str = "all", max_statements: int = DEFAULT_MAX_STATEMENTS
+) -> tuple[Program, str]:
     """One random mutation (may be invalid). mode 'all' or 'constants' (only constants change:
     the constant-tuning baseline)."""
     statements = list(program.statements)
@@ -79,7 +80,11 @@ def mutate_once(program: Program, rng: np.random.Generator, mode: str = "all",
         args[j] = Const(_mutate_constant(rng, s.args[j].value))
         statements[i] = Statement(s.target, s.op, tuple(args))
         return Program(tuple(statements), program.returns, program.uses_step), f"constant {i + 1}.{j + 1}"
-    choices = ["modify"] + (["insert"] if len(statements) < max_statements else []) + (["delete"] if len(statements) > 1 else [])
+    choices = (
+        ["modify"]
+        + (["insert"] if len(statements) < max_statements else [])
+        + (["delete"] if len(statements) > 1 else [])
+    )
     kind = str(rng.choice(choices))
     if kind == "insert":
         index = int(rng.integers(len(statements) + 1))
@@ -111,9 +116,14 @@ def validate(program: Program, max_statements: int = DEFAULT_MAX_STATEMENTS) -> 
     return check(parse(text), max_statements)
 
 
-def mutate(parent: Program, rng: np.random.Generator, mode: str = "all",
-           max_statements: int = DEFAULT_MAX_STATEMENTS, parent_hash: str | None = None,
-           max_rounds: int = 0) -> tuple[Program, str, Graph, int]:
+def mutate(
+    parent: Program,
+    rng: np.random.Generator,
+    mode: str = "all",
+    max_statements: int = DEFAULT_MAX_STATEMENTS,
+    parent_hash: str | None = None,
+    max_rounds: int = 0,
+) -> tuple[Program, str, Graph, int]:
     """A valid child that differs structurally from `parent`: (child, mutation, graph, tries).
     `parent_hash`: the parent's structural hash, where the caller has it already. `max_rounds`
     (0: no limit): a child whose schedule needs more rounds of interpreter slots
@@ -147,27 +157,36 @@ def _parent(text: str) -> tuple[Program, str]:
     return program, structural_hash(program)
 
 
-def mutate_text(parent: str, seed: tuple[int, ...], mode: str = "all",
-                max_statements: int = DEFAULT_MAX_STATEMENTS, max_rounds: int = 0) -> tuple[str, str, int, str]:
+def mutate_text(
+    parent: str,
+    seed: tuple[int, ...],
+    mode: str = "all",
+    max_statements: int = DEFAULT_MAX_STATEMENTS,
+    max_rounds: int = 0,
+) -> tuple[str, str, int, str]:
     """`mutate` on a program text with a generator of its own (`np.random.default_rng(seed)`):
     (child text, mutation, tries, child's structural hash). Text in, text out, so worker
     processes can mutate a generation's children in parallel, each child the same whichever
     process makes it."""
     program, parent_hash = _parent(parent)
-    child, description, graph, tries = mutate(program, np.random.default_rng(seed), mode, max_statements, parent_hash,
-                                              max_rounds)
+    child, description, graph, tries = mutate(
+        program, np.random.default_rng(seed), mode, max_statements, parent_hash, max_rounds
+    )
     return format_program(child), description, tries, structural_hash(graph)
 
 
-def random_program(rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False,
-                   max_rounds: int = 0) -> tuple[Program, Graph]:
+def random_program(
+    rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False, max_rounds: int = 0
+) -> tuple[Program, Graph]:
     """A random valid program (the random-search baseline): random statements, the last one
     assigning `update`; retried until valid."""
     for _ in range(MAX_TRIES * 10):
         program = Program((), ("update", "m", "v"), uses_step)
         for _ in range(int(rng.integers(1, max_statements))):
             index = len(program.statements)
-            program = Program(program.statements + (_random_statement(rng, program, index),), program.returns, uses_step)
+            program = Program(
+                program.statements + (_random_statement(rng, program, index),), program.returns, uses_step
+            )
         last = _random_statement(rng, program, len(program.statements))
         program = Program(program.statements + (Statement("update", last.op, last.args),), program.returns, uses_step)
         try:
@@ -184,7 +203,11 @@ def worker_env(**overrides: str) -> dict[str, str]:
     one's, with the project's root first on PYTHONPATH (so the module is found however the parent
     was started) and `overrides` set."""
     root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p), **overrides}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+        **overrides,
+    }
 
 
 class Workers:
@@ -197,8 +220,16 @@ class Workers:
 
     def __init__(self, count: int) -> None:
         env = worker_env(JAX_PLATFORMS="cpu")
-        self._processes = [subprocess.Popen([sys.executable, "-m", "meta_train.search.mutation"], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
+        self._processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "meta_train.search.mutation"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(count)
+        ]
 
     def map(self, jobs: list[tuple[str, tuple[int, ...], str, int, int]]) -> list[tuple[str, str, int, str]]:
         """`mutate_text(*job)` for every job, in order, the jobs split evenly over the processes."""
@@ -232,8 +263,10 @@ def _serve() -> None:
     """A worker's loop (`Workers`): a JSON list of `mutate_text` jobs per input line."""
     for line in sys.stdin:
         try:
-            answer = [mutate_text(parent, tuple(seed), mode, max_statements, max_rounds)
-                      for parent, seed, mode, max_statements, max_rounds in json.loads(line)]
+            answer = [
+                mutate_text(parent, tuple(seed), mode, max_statements, max_rounds)
+                for parent, seed, mode, max_statements, max_rounds in json.loads(line)
+            ]
         except (MutationError, ProgramError) as error:
             answer = {"error": str(error)}
         sys.stdout.write(json.dumps(answer) + "\n")

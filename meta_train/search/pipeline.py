@@ -1,8 +1,8 @@
 """After a search: simplify the best program — by meta-validation when the search has it, else by
-proxy fitness — (dead code, then ablation scored by the search's own fitness), re-evaluate the best distinct programs stage by stage against tuned AdamW (the
-funnel), record which known motifs the best programs contain (`lopt.programs.motifs`), and
-write best.txt, funnel.json and summary.json. `lopt search` calls `finish`; `top` reads the best
-distinct programs of any search folder's log."""
+proxy fitness — (dead code, then ablation scored by the search's own fitness), re-evaluate the best
+distinct programs stage by stage against tuned AdamW (the funnel), record which known motifs the
+best programs contain (`lopt.programs.motifs`), and write best.txt, funnel.json and summary.json.
+`lopt search` calls `finish`; `top` reads the best distinct programs of any search folder's log."""
 
 from __future__ import annotations
 
@@ -58,9 +58,13 @@ def top(directory: str | Path, count: int = 10) -> list[dict[str, Any]]:
         raise ConfigError(f"{directory}: no search log (log.jsonl)")
     best: dict[str, dict[str, Any]] = {}
     for entry in _jsonl(log, ("fitness", "structural", "id", "text", "generation", "mutation")):
-        if (not isinstance(entry["fitness"], int | float) or isinstance(entry["fitness"], bool)
-                or not isinstance(entry["id"], int) or not isinstance(entry["structural"], str)
-                or not isinstance(entry["text"], str)):
+        if (
+            not isinstance(entry["fitness"], int | float)
+            or isinstance(entry["fitness"], bool)
+            or not isinstance(entry["id"], int)
+            or not isinstance(entry["structural"], str)
+            or not isinstance(entry["text"], str)
+        ):
             continue
         known = best.get(entry["structural"])
         if known is None or entry["id"] < known["id"]:
@@ -88,8 +92,11 @@ def curves(directory: str | Path) -> dict[str, Any]:
     best so far; the number of programs trained (on at least one proxy) so far."""
     directory = Path(directory)
     number = lambda x: isinstance(x, int | float) and not isinstance(x, bool)  # noqa: E731
-    entries = [e for e in _jsonl(directory / "log.jsonl", ("generation", "fitness"))
-               if isinstance(e["generation"], int) and (e["fitness"] is None or number(e["fitness"]))]
+    entries = [
+        e
+        for e in _jsonl(directory / "log.jsonl", ("generation", "fitness"))
+        if isinstance(e["generation"], int) and (e["fitness"] is None or number(e["fitness"]))
+    ]
     if not entries:
         raise ConfigError(f"{directory}: no search log (log.jsonl) to plot")
     by_generation: dict[int, list[float]] = {}
@@ -137,7 +144,10 @@ def plot_search(directory: str | Path, path: str | Path) -> Path:
     ax.plot(data["generation"], data["median"], color="0.7", lw=0.8, label="median of the generation's children")
     ax.plot(data["generation"], data["best"], color="tab:blue", lw=0.8, alpha=0.6, label="best of the generation")
     ax.plot(data["generation"], data["best_so_far"], color="tab:blue", lw=2, label="best so far")
-    lines = {"seed": summary.get("seed_fitness"), **{f"{k} (tuned)": v for k, v in summary.get("proxy_references", {}).items()}}
+    lines = {
+        "seed": summary.get("seed_fitness"),
+        **{f"{k} (tuned)": v for k, v in summary.get("proxy_references", {}).items()},
+    }
     for (name, value), color in zip(lines.items(), ("k", "tab:red", "tab:green", "tab:purple")):
         if value is not None:
             ax.axhline(value, color=color, ls="--", lw=1, label=f"{name} {value:.3f}")
@@ -149,9 +159,17 @@ def plot_search(directory: str | Path, path: str | Path) -> Path:
     ax.legend(fontsize=7)
     if panels == 2:
         ax = axes[0][1]
-        ax.scatter(data["validation_generation"], data["validation"], s=12, color="tab:orange", label="validated program")
-        ax.step(data["validation_generation"], data["validation_best_so_far"], where="post", color="tab:orange", lw=2,
-                label="best so far")
+        ax.scatter(
+            data["validation_generation"], data["validation"], s=12, color="tab:orange", label="validated program"
+        )
+        ax.step(
+            data["validation_generation"],
+            data["validation_best_so_far"],
+            where="post",
+            color="tab:orange",
+            lw=2,
+            label="best so far",
+        )
         ax.set_xlabel("generation")
         ax.set_ylabel("meta-validation fitness (lower is better)")
         ax.legend(fontsize=7)
@@ -200,21 +218,37 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
         alive = [r for r in records if r["promoted"]]
         if not alive:
             break
-        spec = config.fitness.for_tasks((task,), steps, batch=config.funnel.top, lr_multipliers=config.funnel.lr_multipliers,
-                                        metric=config.funnel.metric)
-        (reference,), (reference_lr,) = stage_scores(dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs),
-                                                     [adamw], config.funnel.seeds)
+        spec = config.fitness.for_tasks(
+            (task,),
+            steps,
+            batch=config.funnel.top,
+            lr_multipliers=config.funnel.lr_multipliers,
+            metric=config.funnel.metric,
+        )
+        (reference,), (reference_lr,) = stage_scores(
+            dataclasses.replace(spec, lr_multipliers=config.funnel.adamw_lrs), [adamw], config.funnel.seeds
+        )
         scores, chosen = stage_scores(spec, [check(parse(r["text"])) for r in alive], config.funnel.seeds)
         for record, value, lr in zip(alive, scores, chosen):
             beats = bool(value < reference)
-            record["stages"].append({"task": task, "steps": steps, "fitness": json_float(value), "metric": config.funnel.metric,
-                                     "adamw_fitness": json_float(reference), "beats_adamw": beats,
-                                     "lr": config.funnel.lr_multipliers[int(lr)],
-                                     "adamw_lr": config.funnel.adamw_lrs[int(reference_lr)]})
+            record["stages"].append(
+                {
+                    "task": task,
+                    "steps": steps,
+                    "fitness": json_float(value),
+                    "metric": config.funnel.metric,
+                    "adamw_fitness": json_float(reference),
+                    "beats_adamw": beats,
+                    "lr": config.funnel.lr_multipliers[int(lr)],
+                    "adamw_lr": config.funnel.adamw_lrs[int(reference_lr)],
+                }
+            )
             record["promoted"] = beats
         if progress:
-            print(f"funnel {task} ({steps} steps): {sum(r['promoted'] for r in alive)}/{len(alive)} beat tuned AdamW "
-                  f"(fitness {reference:.4f})")
+            print(
+                f"funnel {task} ({steps} steps): {sum(r['promoted'] for r in alive)}/{len(alive)} beat tuned AdamW "
+                f"(fitness {reference:.4f})"
+            )
     return records
 
 
@@ -227,8 +261,11 @@ def rediscovered(directory: str | Path, count: int = 20) -> dict[str, int]:
 def promoted_program(records: list[dict[str, Any]]) -> str | None:
     """The text of the program the funnel promoted through every stage by the largest mean
     margin over tuned AdamW (log loss), or None when none was promoted."""
-    margins = {r["text"]: float(np.mean([s["fitness"] - s["adamw_fitness"] for s in r["stages"]]))
-               for r in records if r["promoted"] and r["stages"]}
+    margins = {
+        r["text"]: float(np.mean([s["fitness"] - s["adamw_fitness"] for s in r["stages"]]))
+        for r in records
+        if r["promoted"] and r["stages"]
+    }
     return min(margins, key=margins.get) if margins else None
 
 
@@ -242,7 +279,9 @@ def proxy_references(config: SearchConfig) -> dict[str, float]:
     """The proxy fitness of AdamW and Lion (the seed programs `adamw`, `lion`) on the search's own
     tasks, steps and seeds, each tuned over `REFERENCE_LRS`: the engine check of a search is
     whether its best reaches them (Chen et al. 2023 found Lion from an AdamW seed)."""
-    spec = dataclasses.replace(config.fitness, lr_multipliers=REFERENCE_LRS, lr_scales=(), interpreter="jit")  # two programs
+    spec = dataclasses.replace(
+        config.fitness, lr_multipliers=REFERENCE_LRS, lr_scales=(), interpreter="jit"
+    )  # two programs
     scores = evaluator(spec)([check(seed(name)) for name in REFERENCES])
     return {name: json_float(value) for name, value in zip(REFERENCES, scores)}
 
@@ -251,7 +290,11 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
     """Funnel the search's candidates (the shipped pick, the `funnel.top` best by proxy fitness,
     the `funnel.validated` best by meta-validation), write funnel.json, and where a program beat
     tuned AdamW on every stage ship it: best.txt and `summary["shipped"]` (updated in place)."""
-    candidates = [summary["simplified"]] + [e["text"] for e in top(output, config.funnel.top)] + validated(output, config.funnel.validated)
+    candidates = (
+        [summary["simplified"]]
+        + [e["text"] for e in top(output, config.funnel.top)]
+        + validated(output, config.funnel.validated)
+    )
     records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
     atomic_write(output / "funnel.json", json.dumps(records, indent=2))
     summary["funnel"] = records
@@ -263,8 +306,10 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
         shipped, _ = simplify(parse(promoted))
         summary["shipped"] = {"by": "funnel", "text": format_program(shipped)}
         atomic_write(output / "best.txt", format_program(shipped))
-        say("the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
-            + format_program(shipped))
+        say(
+            "the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
+            + format_program(shipped)
+        )
     elif promoted is None:
         by = summary["shipped"]["by"]
         if by == "funnel":  # an earlier funnel's pick, which this one did not promote
@@ -283,14 +328,21 @@ def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True,
     output = Path(directory)
     path = output / "summary.json"
     if not path.is_file():
-        raise ConfigError(f"{directory}: no finished search (summary.json missing); finish it with `lopt search --resume {directory}`")
+        raise ConfigError(
+            f"{directory}: no finished search (summary.json missing); finish it with `lopt search --resume {directory}`"
+        )
     try:
         summary = json.loads(path.read_text())
     except ValueError as error:
         raise ConfigError(f"{path}: not JSON ({describe_error(error)})") from None
     shipped = summary.get("shipped") if isinstance(summary, dict) else None
-    if not (isinstance(summary, dict) and isinstance(summary.get("simplified"), str) and isinstance(shipped, dict)
-            and isinstance(shipped.get("text"), str) and isinstance(shipped.get("by"), str)):
+    if not (
+        isinstance(summary, dict)
+        and isinstance(summary.get("simplified"), str)
+        and isinstance(shipped, dict)
+        and isinstance(shipped.get("text"), str)
+        and isinstance(shipped.get("by"), str)
+    ):
         raise ConfigError(f"{path}: not a search summary (needs 'simplified' and 'shipped' with 'text' and 'by')")
     if not config.funnel.tasks:
         raise ConfigError("funnel.tasks: the config has no funnel stages")
@@ -300,8 +352,9 @@ def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True,
     return summary
 
 
-def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progress: bool = True,
-           say: Any = print) -> dict[str, Any]:
+def finish(
+    search: Any, *, ablate: bool = True, tolerance: float = 0.01, progress: bool = True, say: Any = print
+) -> dict[str, Any]:
     """Simplify the finished `search`'s best program, run the funnel (when the config has one)
     and write best.txt, funnel.json and summary.json in its folder; returns the summary.
     `say` receives the lines a user should see."""
@@ -309,27 +362,47 @@ def finish(search: Any, *, ablate: bool = True, tolerance: float = 0.01, progres
     output = Path(config.run.output_dir)
     chosen = search.best_validated or best  # with meta-validation, its best is the one shipped
     if search.best_validated is not None:
-        say(f"best by meta-validation on {config.validation.task}: id {chosen.id} (validation fitness "
-            f"{chosen.fitness:.4f}); best by proxy fitness: id {best.id}")
+        say(
+            f"best by meta-validation on {config.validation.task}: id {chosen.id} (validation fitness "
+            f"{chosen.fitness:.4f}); best by proxy fitness: id {best.id}"
+        )
     fitness = evaluator(config.fitness) if ablate else None
     simplified, notes = simplify(parse(chosen.text), fitness=fitness, tolerance=tolerance)
     atomic_write(output / "best.txt", format_program(simplified))
     say("best program, simplified:" + "".join(f"\n  - {note}" for note in notes))
     say(format_program(simplified))
     references = proxy_references(config)
-    say(f"proxy fitness (lower is better): best {best.fitness:.4f}, seed {search.seed_fitness:.4f}, "
-        + ", ".join(f"{name} {value:.4f}" for name, value in references.items()))
+    say(
+        f"proxy fitness (lower is better): best {best.fitness:.4f}, seed {search.seed_fitness:.4f}, "
+        + ", ".join(f"{name} {value:.4f}" for name, value in references.items())
+    )
     found, counts = motifs(check(simplified)), rediscovered(output)
-    say(f"motifs of the best program: {', '.join(found) or 'none'}; among the best 20 distinct programs: "
-        + ", ".join(f"{name} {n}" for name, n in counts.items() if n))
-    summary = {"best": {"text": best.text, "fitness": best.fitness}, "simplified": format_program(simplified),
-               "simplifications": notes, "seed_fitness": search.seed_fitness, "proxy_references": references,
-               "statistics": stats, "motifs": found, "motifs_in_top_20": counts}
+    say(
+        f"motifs of the best program: {', '.join(found) or 'none'}; among the best 20 distinct programs: "
+        + ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+    )
+    summary = {
+        "best": {"text": best.text, "fitness": best.fitness},
+        "simplified": format_program(simplified),
+        "simplifications": notes,
+        "seed_fitness": search.seed_fitness,
+        "proxy_references": references,
+        "statistics": stats,
+        "motifs": found,
+        "motifs_in_top_20": counts,
+    }
     if search.best_validated is not None:
-        summary["best_validated"] = {"id": chosen.id, "text": chosen.text, "validation_fitness": chosen.fitness,
-                                     "task": config.validation.task, "steps": config.validation.steps}
-    summary["shipped"] = {"by": "meta-validation" if search.best_validated is not None else "proxy fitness",
-                          "text": format_program(simplified)}
+        summary["best_validated"] = {
+            "id": chosen.id,
+            "text": chosen.text,
+            "validation_fitness": chosen.fitness,
+            "task": config.validation.task,
+            "steps": config.validation.steps,
+        }
+    summary["shipped"] = {
+        "by": "meta-validation" if search.best_validated is not None else "proxy fitness",
+        "text": format_program(simplified),
+    }
     if config.funnel.tasks:
         _funnel_and_ship(config, output, summary, progress, say)
     atomic_write(output / "summary.json", json.dumps(summary, indent=2, default=float))

@@ -14,8 +14,17 @@ from tasks.datasets.embedded import digits, mnist1d, pytext
 from tasks.datasets.tfds_source import tfds_classification, tfds_text
 
 __all__ = [
-    "ClassificationData", "TextData", "digits", "mnist1d", "pytext", "tfds_classification",
-    "tfds_text", "load", "EMBEDDED_IMAGE", "EMBEDDED_TEXT", "TFDS_TEXT",
+    "ClassificationData",
+    "TextData",
+    "digits",
+    "mnist1d",
+    "pytext",
+    "tfds_classification",
+    "tfds_text",
+    "load",
+    "EMBEDDED_IMAGE",
+    "EMBEDDED_TEXT",
+    "TFDS_TEXT",
 ]
 
 EMBEDDED_IMAGE = {"digits": digits, "mnist1d": mnist1d}

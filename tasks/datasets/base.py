@@ -59,8 +59,7 @@ class TextData:
         tokens = self.train_tokens if split == "train" else self.test_tokens
         if tokens.shape[0] <= sequence_length + 1:
             raise ValueError(
-                f"{self.name}/{split} has {tokens.shape[0]} tokens, too few for windows of "
-                f"{sequence_length + 1}"
+                f"{self.name}/{split} has {tokens.shape[0]} tokens, too few for windows of {sequence_length + 1}"
             )
         starts = jax.random.randint(key, (batch_size,), 0, tokens.shape[0] - sequence_length - 1)
         offsets = jnp.arange(sequence_length + 1)

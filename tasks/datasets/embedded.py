@@ -23,7 +23,7 @@ import numpy as np
 from tasks.datasets.base import ClassificationData, TextData, split_arrays, standardize
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_numpy() -> tuple[np.ndarray, ...]:
     from sklearn.datasets import load_digits
 
@@ -39,26 +39,33 @@ def digits() -> ClassificationData:
     """scikit-learn's 8×8 digits: 1,438 train / 359 test images, shape (8, 8, 1), 10 classes."""
     train_x, train_y, test_x, test_y = _digits_numpy()
     return ClassificationData(
-        jnp.asarray(train_x), jnp.asarray(train_y), jnp.asarray(test_x), jnp.asarray(test_y),
-        name="digits", num_classes=10,
+        jnp.asarray(train_x),
+        jnp.asarray(train_y),
+        jnp.asarray(test_x),
+        jnp.asarray(test_y),
+        name="digits",
+        num_classes=10,
     )
 
 
-_MNIST1D_TEMPLATES = np.array(
-    [
-        [5, 6, 6.5, 6.75, 7, 7, 7, 7, 6.75, 6.5, 6, 5],  # 0: a broad bump
-        [5, 3, 3, 3.4, 3.8, 4.2, 4.6, 5, 5.4, 5.8, 5, 5],  # 1: a ramp after a dip
-        [5, 6, 6.5, 6.5, 6, 5.25, 4.75, 4, 3.5, 3.5, 4, 5],  # 2: up then down
-        [5, 6, 6.5, 6.5, 6, 5, 5, 6, 6.5, 6.5, 6, 5],  # 3: two bumps
-        [5, 4.4, 3.8, 3.2, 2.6, 2.6, 5, 5, 5, 5, 5, 5],  # 4: a falling edge
-        [5, 3, 3, 3, 3, 5, 6, 6.5, 6.5, 6, 4.5, 5],  # 5: a trough then a bump
-        [5, 4, 3.5, 3.25, 3, 3, 3, 3, 3.25, 3.5, 4, 5],  # 6: a broad trough
-        [5, 7, 7, 6.6, 6.2, 5.8, 5.4, 5, 4.6, 4.2, 5, 5],  # 7: a falling ramp
-        [5, 4, 3.5, 3.5, 4, 5, 5, 4, 3.5, 3.5, 4, 5],  # 8: two troughs
-        [5, 4, 3.5, 3.5, 4, 5, 6, 6.5, 6.5, 6, 5, 5],  # 9: a trough then a wide bump
-    ],
-    dtype=np.float64,
-) - 5.0
+_MNIST1D_TEMPLATES = (
+    np.array(
+        [
+            [5, 6, 6.5, 6.75, 7, 7, 7, 7, 6.75, 6.5, 6, 5],  # 0: a broad bump
+            [5, 3, 3, 3.4, 3.8, 4.2, 4.6, 5, 5.4, 5.8, 5, 5],  # 1: a ramp after a dip
+            [5, 6, 6.5, 6.5, 6, 5.25, 4.75, 4, 3.5, 3.5, 4, 5],  # 2: up then down
+            [5, 6, 6.5, 6.5, 6, 5, 5, 6, 6.5, 6.5, 6, 5],  # 3: two bumps
+            [5, 4.4, 3.8, 3.2, 2.6, 2.6, 5, 5, 5, 5, 5, 5],  # 4: a falling edge
+            [5, 3, 3, 3, 3, 5, 6, 6.5, 6.5, 6, 4.5, 5],  # 5: a trough then a bump
+            [5, 4, 3.5, 3.25, 3, 3, 3, 3, 3.25, 3.5, 4, 5],  # 6: a broad trough
+            [5, 7, 7, 6.6, 6.2, 5.8, 5.4, 5, 4.6, 4.2, 5, 5],  # 7: a falling ramp
+            [5, 4, 3.5, 3.5, 4, 5, 5, 4, 3.5, 3.5, 4, 5],  # 8: two troughs
+            [5, 4, 3.5, 3.5, 4, 5, 6, 6.5, 6.5, 6, 5, 5],  # 9: a trough then a wide bump
+        ],
+        dtype=np.float64,
+    )
+    - 5.0
+)
 
 
 def _smooth(x: np.ndarray, width: float, rng: np.random.Generator) -> np.ndarray:
@@ -83,7 +90,7 @@ def _mnist1d_example(label: int, rng: np.random.Generator) -> np.ndarray:
     return resampled + 0.02 * rng.normal(size=40)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist1d_numpy(num_examples: int, seed: int) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, size=num_examples).astype(np.int32)
@@ -98,19 +105,35 @@ def mnist1d(num_examples: int = 5000, seed: int = 0) -> ClassificationData:
     """Procedural MNIST-1D: 4,000 train / 1,000 test signals of shape (40, 1), 10 classes."""
     train_x, train_y, test_x, test_y = _mnist1d_numpy(num_examples, seed)
     return ClassificationData(
-        jnp.asarray(train_x), jnp.asarray(train_y), jnp.asarray(test_x), jnp.asarray(test_y),
-        name="mnist1d", num_classes=10,
+        jnp.asarray(train_x),
+        jnp.asarray(train_y),
+        jnp.asarray(test_x),
+        jnp.asarray(test_y),
+        name="mnist1d",
+        num_classes=10,
     )
 
 
 PYTEXT_MODULES = (
-    "argparse", "collections", "dataclasses", "functools", "inspect", "json.decoder",
-    "json.encoder", "textwrap", "typing", "string", "heapq", "bisect", "fractions", "calendar",
+    "argparse",
+    "collections",
+    "dataclasses",
+    "functools",
+    "inspect",
+    "json.decoder",
+    "json.encoder",
+    "textwrap",
+    "typing",
+    "string",
+    "heapq",
+    "bisect",
+    "fractions",
+    "calendar",
 )
 PYTEXT_VOCAB = 128
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pytext_numpy() -> tuple[np.ndarray, np.ndarray]:
     chunks = []
     for name in PYTEXT_MODULES:

@@ -67,16 +67,16 @@ def _classification_numpy(
     return (train_x, splits["train"][1], test_x, splits["test"][1]), int(num_classes)
 
 
-def tfds_classification(
-    name: str, data_dir: str | None = None, max_examples: int | None = None
-) -> ClassificationData:
+def tfds_classification(name: str, data_dir: str | None = None, max_examples: int | None = None) -> ClassificationData:
     """An image-classification TFDS dataset (features `image`, `label`) as on-device arrays."""
-    (train_x, train_y, test_x, test_y), num_classes = _classification_numpy(
-        name, data_dir, max_examples
-    )
+    (train_x, train_y, test_x, test_y), num_classes = _classification_numpy(name, data_dir, max_examples)
     return ClassificationData(
-        jnp.asarray(train_x), jnp.asarray(train_y), jnp.asarray(test_x), jnp.asarray(test_y),
-        name=f"tfds:{name}", num_classes=num_classes,
+        jnp.asarray(train_x),
+        jnp.asarray(train_y),
+        jnp.asarray(test_x),
+        jnp.asarray(test_y),
+        name=f"tfds:{name}",
+        num_classes=num_classes,
     )
 
 
@@ -85,9 +85,7 @@ def _text_numpy(name: str, data_dir: str | None, max_examples: int | None) -> tu
     streams = []
     for split in ("train", "test"):
         records = _read_split(name, split, data_dir, max_examples)
-        text = b"\n".join(
-            r["text"] if isinstance(r["text"], bytes) else str(r["text"]).encode() for r in records
-        )
+        text = b"\n".join(r["text"] if isinstance(r["text"], bytes) else str(r["text"]).encode() for r in records)
         raw = np.frombuffer(text, dtype=np.uint8)
         streams.append(np.where(raw < TEXT_VOCAB, raw, 0).astype(np.int32))
     return tuple(streams)
