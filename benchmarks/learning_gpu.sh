@@ -29,6 +29,8 @@ declare -A RECIPE=(
   # far larger loss differences no longer ride on every perturbation?
   [adam-net]="optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
   [nominal-net]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
+  [nominal-net-tbptt]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
+  [adam-net-tbptt]="optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
   [nominal-net-s03]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.sigma=0.03"
 )
 sets() { for o in $1; do printf -- '--set\n%s\n' "$o"; done; }

@@ -41,7 +41,13 @@ def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
     if size == "10M":
         return {f"w{i}": (1024, 2560) for i in range(4)}
     if size == "124M":
-        shapes = {"wte": (50257, 768), "wpe": (1024, 768), "ln_f_scale": (768,), "ln_f_bias": (768,)}
+        # the tables named as flax's nn.Embed names them, so rules that give embeddings to Adam see them
+        shapes = {
+            "wte_embedding": (50257, 768),
+            "wpe_embedding": (1024, 768),
+            "ln_f_scale": (768,),
+            "ln_f_bias": (768,),
+        }
         for b in range(12):
             shapes |= {
                 f"h{b}_attn_qkv": (768, 2304),
@@ -79,6 +85,7 @@ def optimizers(
         "velo (lstm 512, bank 256)": VeLOOptimizer(),
         "generalist (8x2, Newton-Schulz)": generalist(),
         "generalist (8x2, Newton-Schulz in bf16)": generalist(ns_dtype="bfloat16"),
+        "generalist (8x2, Newton-Schulz in bf16, XLA statistics)": generalist(ns_dtype="bfloat16", kernel="xla"),
     }
     chosen = {"adam": optax.with_extra_args_support(optax.adam(1e-3))}
     for name, meta in metas.items():

@@ -339,10 +339,12 @@ class TruncatedBackprop(Estimator):
             worker, losses = self._unroll(task, theta, positive)
             return self._objective(losses, weights), (worker, losses)
 
-        (loss, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
+        (_, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
         grad = self._mask(grad)
         bad = diverged(losses, worker.start_loss, self.divergence_factor)
         worker = jax.lax.stop_gradient(worker)
+        # the logged meta-loss is the window's unweighted objective, as the ES estimators log it
+        loss = self._objective(jax.lax.stop_gradient(losses))
         return WindowResult(grad, SingleWorkerState(self._mark(worker, bad)), loss, bad, reset)
 
 

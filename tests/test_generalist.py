@@ -253,3 +253,20 @@ def test_adamw_cosine_follows_warmup_then_cosine():
     # constant gradient: Adam's unit direction, so each step is the schedule's value
     shape = [min(t / 5, 1.0) if t < 5 else 0.5 * (1 + np.cos(np.pi * (t - 5) / 95)) for t in range(100)]
     np.testing.assert_allclose(steps, 1e-2 * np.asarray(shape), rtol=1e-3, atol=1e-7)
+
+
+def test_pallas_feature_statistics_equal_xla():
+    """kernel='interpret' runs the one-pass Pallas statistics kernel (as 'auto' does on GPUs for
+    matrices of 65,536+ elements) through Pallas' interpreter: the same update as XLA's means."""
+    params = {"w": jax.random.normal(jax.random.key(5), (256, 256)) * 0.1, "b": jnp.zeros((256,))}
+    grads = jax.tree.map(lambda p: 0.01 * jnp.cos(3.0 * p + 1.0), params)
+    updates = {}
+    for kernel in ("xla", "interpret"):
+        meta = generalist(kernel=kernel)
+        opt = meta.transform(meta.init_meta(jax.random.key(0)), num_steps=10)
+        state = opt.init(params)
+        for _ in range(2):
+            updates[kernel], state = jax.jit(opt.update)(grads, state, params)
+    chex.assert_trees_all_close(updates["interpret"], updates["xla"], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="kernel"):
+        generalist(kernel="native")

@@ -94,7 +94,8 @@ def test_normuon_reads_conv_kernels_as_fan_in_by_fan_out():
 
 def test_ortho_adam_is_the_generalists_start():
     """The generalist at init='adam' with its network's small random weights set to zero is
-    exactly ortho-Adam on the same schedule: the named baseline is the start, not a likeness."""
+    exactly ortho-Adam on the same schedule: the named baseline is the start, not a likeness
+    (embeddings and attention's per-head [heads, head_dim] biases take Adam in both)."""
     meta = generalist_preset()
     theta = meta.init_meta(jax.random.key(0))
     layers = []
@@ -111,8 +112,11 @@ def test_ortho_adam_is_the_generalists_start():
         "dense": {
             "kernel": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
             "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
-        }
+        },
+        "Embed_0": {"embedding": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)},
+        "key": {"bias": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)},
     }
+    assert meta.uses_learned_rule("dense/kernel", (8, 5)) and not meta.uses_learned_rule("key/bias", (2, 3))
     s_learned, s_base = learned.init(params), baseline.init(params)
     for _ in range(4):
         grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)

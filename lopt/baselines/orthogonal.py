@@ -31,7 +31,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.learned.generalist import GRADIENT_CLIP, as_matrix, newton_schulz, schedule_factor, unit_rms
+from lopt.learned.generalist import (
+    GRADIENT_CLIP,
+    GeneralistOptimizer,
+    as_matrix,
+    newton_schulz,
+    schedule_factor,
+    unit_rms,
+)
 
 ADAMUON_RMS = 0.2
 
@@ -42,6 +49,19 @@ def is_matrix(x: jax.Array) -> bool:
 
 def _matrix_labels(params: Any) -> Any:
     return jax.tree.map(lambda p: "matrix" if is_matrix(p) else "other", params)
+
+
+def _generalist_labels(params: Any) -> Any:
+    """The generalist's split: its learned rule's tensors (matrices, not embeddings or biases) or not."""
+    rule = GeneralistOptimizer()
+    return jax.tree.map_with_path(
+        lambda path, p: (
+            "matrix"
+            if rule.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"), p.shape)
+            else "other"
+        ),
+        params,
+    )
 
 
 class OrthogonalState(NamedTuple):
@@ -133,13 +153,14 @@ def _with_adam_elsewhere(
     nesterov: bool = True,
     weight_decay: float = 0.0,
     clip: float | None = None,
+    labels: Any = _matrix_labels,
 ) -> optax.GradientTransformation:
-    """`matrix_rule` on matrices, Adam (NAdam with `nesterov`, as optax's muon) elsewhere, then
-    decoupled weight decay and −learning_rate."""
+    """`matrix_rule` on matrices (as `labels` picks them), Adam (NAdam with `nesterov`, as optax's
+    muon) elsewhere, then decoupled weight decay and −learning_rate."""
     return optax.chain(
         optax.clip(clip) if clip else optax.identity(),
         optax.multi_transform(
-            {"matrix": matrix_rule, "other": optax.scale_by_adam(adam_b1, adam_b2, nesterov=nesterov)}, _matrix_labels
+            {"matrix": matrix_rule, "other": optax.scale_by_adam(adam_b1, adam_b2, nesterov=nesterov)}, labels
         ),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
@@ -177,8 +198,9 @@ def adamuon(
 def ortho_adam(
     learning_rate: Any = 3e-3, b1: float = 0.9, b2: float = 0.95, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
-    """The generalist's hand-designed start: ortho-Adam on matrices, Adam (β 0.9 / 0.95, as the
-    generalist's non-matrix branch) elsewhere, gradients clipped to ±1000 as there."""
+    """The generalist's hand-designed start: ortho-Adam on the tensors the generalist's learned
+    rule takes (matrices, not embeddings or biases), Adam (β 0.9 / 0.95, as the generalist's
+    other branch) elsewhere, gradients clipped to ±1000 as there."""
     return _with_adam_elsewhere(
         scale_by_ortho_adam(b1, b2),
         learning_rate,
@@ -187,6 +209,7 @@ def ortho_adam(
         nesterov=False,
         weight_decay=weight_decay,
         clip=GRADIENT_CLIP,
+        labels=_generalist_labels,
     )
 
 

@@ -247,13 +247,14 @@ def feature_means(
 
 
 def normalised_features(
-    g: jax.Array, p: jax.Array, acc: ParamAccumulators, *, kernel: bool | None = None
+    g: jax.Array, p: jax.Array, acc: ParamAccumulators, *, kernel: bool | None = None, interpret: bool = False
 ) -> list[jax.Array]:
     """`raw_features` of one tensor, each divided by its root-mean-square over the tensor (the
-    normalised inputs of small_fc_lopt, VeLO and Celo2); `kernel` as in `feature_means`."""
+    normalised inputs of small_fc_lopt, VeLO and Celo2); `kernel`, `interpret` as in `feature_means`."""
     raw = raw_features(g, p, acc)
     squares = lambda g, p, acc, pre: [jnp.square(f) for f in raw_features(g, p, acc, pre)]
-    inverse_rms = jax.lax.rsqrt(feature_means(g, p, acc, squares, len(raw), kernel=kernel) + NORMALISER_EPS)
+    means = feature_means(g, p, acc, squares, len(raw), kernel=kernel, interpret=interpret)
+    inverse_rms = jax.lax.rsqrt(means + NORMALISER_EPS)
     return [f * inverse_rms[k] for k, f in enumerate(raw)]
 
 

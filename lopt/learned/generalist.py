@@ -13,8 +13,9 @@ it decides only the *direction* of each tensor's update:
    by 5 Newton–Schulz iterations with the Muon coefficients (3.4445, −4.7750, 2.0315)
    (Jordan et al. 2024), then **every step's d is normalised to unit RMS over the tensor**
    (normalised output — the largest single gain in Celo2's ablation).
-4. Parameters that are not matrices (biases, norm scales) and those whose path matches
-   `adam_paths` (embeddings) take AdamW with β = (0.9, 0.95), as in Celo2.
+4. Parameters that are not matrices (biases, norm scales), biases of any rank (attention's
+   per-head biases) and those whose path matches `adam_paths` (embeddings) take AdamW with
+   β = (0.9, 0.95), as in Celo2.
 5. Δp = −η(t) · (d̂ + λ p) with η(t) = exp(θ_lr) · schedule(t / num_steps): linear warm-up over
    `warmup_fraction` of the run, then cosine decay to `final_lr_fraction`; λ the decoupled
    weight decay. θ_lr (the log learning rate) is a meta-parameter, so ES can move it, and
@@ -53,8 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.learned import dispatch, per_param_mlp
 from lopt.learned import features as F
-from lopt.learned import per_param_mlp
 from lopt.learned.base import LearnedKind, check_params, preset, register
 
 CELO2_ACCUMULATORS = F.AccumulatorConfig(
@@ -68,6 +69,7 @@ MAX_SCHEDULE_LOG_MULTIPLIER = 4.0  # the learned schedule scales η(t) by at mos
 SCHEDULES = ("cosine", "linear", "constant")
 FUSED_MIN_SIZE = 1 << 16  # elements; as MLPOptimizer.fused_min_size: unrolled network above, matmuls below
 LR_MULTIPLIERS = (1 / 10, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 10.0)
+ADAM_EPS_ROOT = 1e-16
 NS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -187,6 +189,10 @@ class GeneralistOptimizer(LearnedKind):
     init: 'adam' (start from Adam's direction) or 'random' (Celo2's start).
     nominal: add Adam's direction to the network's output (the nominal term; needs init='random').
     schedule_knots: learned log-multipliers of η over training progress (0: none).
+    kernel: where the per-tensor feature statistics of large matrices run (how, not what: never
+      saved). "auto": the one-pass Pallas kernel (`lopt.learned.kernels.means_2d`) on GPUs for
+      matrices of at least dispatch.KERNEL_MIN_SIZE elements, XLA elsewhere; "xla"; "pallas";
+      "interpret" (that kernel through Pallas' interpreter, for tests on CPUs).
     """
 
     kind: ClassVar[str] = "generalist"
@@ -207,8 +213,15 @@ class GeneralistOptimizer(LearnedKind):
     init: str = "adam"
     nominal: bool = False
     schedule_knots: int = 0
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
+        dispatch.check_kernel(self.kernel, "GeneralistOptimizer")
+        if self.kernel == "native":
+            raise ValueError(
+                "GeneralistOptimizer: kernel 'native' is the MLP optimizers' CPU kernel; use auto, xla, "
+                "pallas or interpret"
+            )
         if self.nominal and self.init == "adam":
             raise ValueError(
                 "nominal=True adds Adam's direction to the network's output, so the network must not "
@@ -296,14 +309,19 @@ class GeneralistOptimizer(LearnedKind):
     # -- the transformation -----------------------------------------------------------------
 
     def uses_learned_rule(self, path: str, shape: tuple[int, ...]) -> bool:
-        """Matrices (rank ≥ 2) take the learned rule, unless their path matches `adam_paths`."""
-        return len(shape) >= 2 and not re.search(self.adam_paths, path)
+        """Matrices (rank ≥ 2) take the learned rule, unless their path matches `adam_paths` or
+        they are biases: flax's attention keeps its per-head biases as [heads, head_dim] arrays,
+        and a key bias's gradient is zero up to rounding (softmax cancels it), which no
+        orthogonalisation should amplify to a unit-RMS step (nor truncated backprop through it
+        to inf)."""
+        return len(shape) >= 2 and not re.search(self.adam_paths, path) and path.rsplit("/", 1)[-1] != "bias"
 
     def _network_direction(
         self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, layers: list[tuple[jax.Array, jax.Array]]
     ) -> jax.Array:
         """The network's direction for one tensor (step 2; plus Adam's with `nominal`)."""
-        inputs = F.normalised_features(g, p, acc, kernel=False)
+        path = dispatch.matrix_kernel(self.kernel, g)
+        inputs = F.normalised_features(g, p, acc, kernel=path != "xla", interpret=path == "interpret")
         network = per_param_mlp.fused if g.size >= FUSED_MIN_SIZE else per_param_mlp.reference
         direction, _ = network([f.reshape(-1) for f in inputs], layers)
         direction = direction.reshape(g.shape)
@@ -376,7 +394,10 @@ class GeneralistOptimizer(LearnedKind):
                 optax.multi_transform(
                     {
                         "learned": self.scale_by_learned_rule(theta),
-                        "adam": optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps),
+                        # eps_root: √(v + 1e-16) has a finite derivative where v = 0 (an embedding
+                        # row no batch touched), so truncated backprop through the rule stays
+                        # finite; equal to √v in float32 wherever v > 1e-9
+                        "adam": optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps, eps_root=ADAM_EPS_ROOT),
                     },
                     labels,
                 ),
