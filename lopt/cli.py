@@ -85,6 +85,22 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _native(args: argparse.Namespace) -> int:
+    """Build the native CPU kernel now (not inside a user's first jit trace) and say its state."""
+    import warnings
+
+    from lopt.learned import native
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reason is printed below, once
+        ok = native.available()
+    print(f"native CPU kernel: {'available' if ok else 'unavailable: ' + native.unavailable_reason()}")
+    print(f"compiler: {native.compiler() or 'none found (set CXX)'}")
+    print(f"cache: {native.cache_dir()}")
+    print(f"AMX tiles: {native.amx()}")
+    return 0 if ok or native.unavailable_reason() == native.TURNED_OFF else 1
+
+
 def _search(args: argparse.Namespace) -> int:
     from lopt.config import load_config
     from meta_train.search.config import SearchConfig, config_from_dir
@@ -337,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("baselines", help="list the registered hand-designed optimizers")
     listing.set_defaults(handler=_baselines)
+
+    build = commands.add_parser(
+        "native", help="build the native CPU kernel of the per-parameter MLP now and report its status"
+    )
+    build.set_defaults(handler=_native)
     return parser
 
 

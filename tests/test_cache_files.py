@@ -56,7 +56,7 @@ def test_a_folder_others_can_write_is_refused(tmp_path, mode):
 def test_native_kernel_rebuilds_a_tampered_library(tmp_path, monkeypatch):
     from lopt.learned import native
 
-    compiler = native._compiler()
+    compiler = native.compiler()
     if compiler is None:
         pytest.skip("no C++ compiler")
     monkeypatch.setenv("LOPT_CACHE_DIR", str(tmp_path))

@@ -13,3 +13,16 @@ def test_import_lopt_imports_no_training_layer():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_dispatch_is_a_leaf():
+    """`lopt.learned.dispatch` decides where work runs and is told what is available: importing
+    it loads no other lopt module (no import circle through the native kernel)."""
+    code = (
+        "import sys, importlib.util; "
+        "spec = importlib.util.spec_from_file_location('dispatch', 'lopt/learned/dispatch.py'); "
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lopt', 'tasks', 'meta_train', 'eval')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.learned import dispatch, factored_mlp, native, per_param_mlp, small_mlp
+from lopt.learned import factored_mlp, native, per_param_mlp, small_mlp
 from lopt.learned import features as F
 from meta_train.estimators import make_estimator
 from meta_train.sharding import population_mesh, replicate, shard_population
@@ -229,36 +229,6 @@ def test_amx_status_and_switch_off():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["off: turned off by LOPT_NATIVE_AMX=0", "True"]
-
-
-def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setenv("LOPT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    assert "no-such-compiler" in native._load.__wrapped__()
-    monkeypatch.setenv("LOPT_NATIVE", "0")
-    assert native._load.__wrapped__() == "turned off by LOPT_NATIVE=0"
-    monkeypatch.setattr(native, "_load", lambda: "turned off by LOPT_NATIVE=0")
-    assert dispatch.network_kernel("auto", (32, 32), False, "cpu") == "xla"
-    monkeypatch.delenv("LOPT_NATIVE")
-    monkeypatch.setattr(native, "_load", lambda: "no C++ compiler found (set CXX)")
-    with pytest.warns(RuntimeWarning, match="unavailable \\(no C\\+\\+ compiler found"):
-        assert dispatch.network_kernel("auto", (32, 32), False, "cpu") == "xla"
-    monkeypatch.setenv("LOPT_NATIVE", "0")
-    monkeypatch.setattr(native, "_load", lambda: "turned off by LOPT_NATIVE=0")
-    with pytest.raises(RuntimeError, match="unavailable: turned off"):
-        native.mlp([jnp.ones(3)], random_layers(jax.random.key(9), [1, 4, 2]))
-
-
-def test_failed_build_leaves_no_library(monkeypatch, tmp_path):
-    script = tmp_path / "broken-cxx"
-    script.write_text(
-        "#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\necho 'error: broken' >&2\nexit 1\n"
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("LOPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXX", str(script))
-    assert "broken-cxx failed on native_mlp.cc: error: broken" in native._load.__wrapped__()
-    assert not list((tmp_path / "cache" / "native").iterdir())
 
 
 def test_sharded_pes_step_with_the_kernel_equals_one_device():

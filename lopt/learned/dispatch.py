@@ -15,6 +15,8 @@ Measured reasons for the rules (H100 / H200, BENCHMARKS.md W1):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
 KERNELS = ("auto", "xla", "pallas", "interpret", "native")
@@ -46,10 +48,18 @@ def resolve(kernel: str, eligible: bool, on: str | None = None) -> str:
     return kernel
 
 
-def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, on: str | None = None) -> str:
+def network_kernel(
+    kernel: str,
+    hidden_sizes: tuple[int, ...],
+    factored: bool,
+    on: str | None = None,
+    native_available: Callable[[], bool] = lambda: False,
+) -> str:
     """The path of an MLP optimizer's per-parameter network: on GPUs the Pallas network kernel
     for wide networks without factored accumulators (the kernel reads full-size accumulators
-    only); on CPUs the native kernel for wide networks when it builds; else XLA."""
+    only); on CPUs the native kernel for wide networks when `native_available()` (asked only
+    then: the caller's `lopt.learned.native.available` builds the kernel on its first call);
+    else XLA. This module imports nothing of lopt: callers say what is available."""
     on = on or backend()
     if kernel == "native" and on != "cpu":
         raise ValueError(f"kernel 'native' runs on CPUs only, not on {on}")
@@ -57,9 +67,7 @@ def network_kernel(kernel: str, hidden_sizes: tuple[int, ...], factored: bool, o
         return kernel
     wide = max(hidden_sizes) > WIDE_NETWORK
     if on == "cpu":
-        from lopt.learned import native  # here: native imports features, which imports dispatch
-
-        return "native" if wide and native.available() else "xla"
+        return "native" if wide and native_available() else "xla"
     return resolve(kernel, wide and not factored, on)
 
 

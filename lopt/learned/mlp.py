@@ -175,7 +175,8 @@ class MLPOptimizer(LearnedKind):
 
     def kernel_for_backend(self, backend: str) -> str:
         """The per-parameter pass used on `backend` ("cpu", "gpu", "tpu") for large tensors."""
-        return dispatch.network_kernel(self.kernel, self.hidden_sizes, bool(self.accumulators.factored_decays), backend)
+        factored = bool(self.accumulators.factored_decays)
+        return dispatch.network_kernel(self.kernel, self.hidden_sizes, factored, backend, native.available)
 
     def _kernel_pass(
         self,

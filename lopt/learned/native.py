@@ -62,7 +62,8 @@ def _flags() -> list[str]:
     return flags
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C++ compiler the build uses: $CXX, else the first of c++, g++, clang++ on PATH."""
     named = os.environ.get("CXX")
     if named:
         return shutil.which(named) or named
@@ -121,11 +122,11 @@ def _load() -> str:
     """Build and register the kernel once per process; '' on success, else why not."""
     if os.environ.get("LOPT_NATIVE", "1") == "0":
         return TURNED_OFF
-    compiler = _compiler()
-    if compiler is None:
+    found = compiler()
+    if found is None:
         return "no C++ compiler found (set CXX)"
     try:
-        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
+        library = ctypes.cdll.LoadLibrary(str(_build(found)))
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
         global _amx_status
