@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+DISPATCH = Path(__file__).resolve().parents[1] / "lopt" / "learned" / "dispatch.py"
 
 
 def test_import_lopt_imports_no_training_layer():
@@ -20,7 +23,7 @@ def test_dispatch_is_a_leaf():
     it loads no other lopt module (no import circle through the native kernel)."""
     code = (
         "import sys, importlib.util; "
-        "spec = importlib.util.spec_from_file_location('dispatch', 'lopt/learned/dispatch.py'); "
+        f"spec = importlib.util.spec_from_file_location('dispatch', {str(DISPATCH)!r}); "
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lopt', 'tasks', 'meta_train', 'eval')))"
     )
