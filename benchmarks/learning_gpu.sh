@@ -31,6 +31,9 @@ declare -A RECIPE=(
   [nominal-net]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
   [nominal-net-tbptt]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
   [adam-net-tbptt]="optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
+  # the parts whose PES meta-gradient is resolved at the start (signal): the network's output
+  # layer (at sigma 0.03) and the step length, on the nominal start
+  [nominal-out]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='\[2\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03"
   [nominal-net-s03]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.sigma=0.03"
 )
 sets() { for o in $1; do printf -- '--set\n%s\n' "$o"; done; }

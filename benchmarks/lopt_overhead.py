@@ -1,4 +1,4 @@
-"""W1 (BENCHMARKS.md): optimizer update cost relative to optax.adam at 1M, 10M and 124M parameters.
+"""W1 (docs/benchmarks.md): optimizer update cost relative to optax.adam at 1M, 10M and 124M parameters.
 
 Parameters are a dict of float32 matrices (1M: 4 × 512×512; 10M: 4 × 1024×2560; 124M: GPT-2-small
 shapes), gradients are fixed random arrays and loss = 1.0. One step = one jitted `update` +

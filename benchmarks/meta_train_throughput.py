@@ -1,4 +1,4 @@
-"""W2 (BENCHMARKS.md): meta-training throughput with PES, plus plain inner-training throughput.
+"""W2 (docs/benchmarks.md): meta-training throughput with PES, plus plain inner-training throughput.
 
 Task: 8×8×1 images flattened → Dense(32) → ReLU → Dense(10), softmax cross-entropy, 2,410
 parameters, batch 128, on synthetic N(0, 1) images with uniform labels (and on the embedded

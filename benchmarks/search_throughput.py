@@ -11,7 +11,7 @@ length; the per-program path compiles every program), measured after one warm-up
 
 With --config (e.g. configs/search/gpu.toml): its proxies instead, the floor (the same vmapped
 training loop with AdamW written directly: what the proxies cost without interpretation), and a
-real search of that config for --search-seconds with where its time goes (BENCHMARKS.md, W3).
+real search of that config for --search-seconds with where its time goes (docs/benchmarks.md, W3).
 """
 
 from __future__ import annotations

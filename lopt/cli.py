@@ -369,7 +369,7 @@ def split_host_cpus(environ: dict[str, str] | None = None) -> None:
     """Expose one XLA CPU device per available core (at most 8), unless XLA_FLAGS already sets a
     count. XLA's CPU backend runs one program's small batched matrix products on one core, so
     meta-training on a CPU shards its population over these devices (run.shard_population) to
-    use every core: W2 on the 2-core CPU, 4.6k → 8.7k inner steps/s. Must run before JAX
+    use every core (docs/benchmarks.md). Must run before JAX
     creates its backend; accelerators are unaffected (the CPU devices then go unused)."""
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")

@@ -107,8 +107,8 @@ class Estimator:
     the population's one-axis device mesh (`meta_train.sharding.population_mesh`), or None. With a
     mesh each device runs its share of the workers under `shard_map`; without one, jit's partitioner
     splits the vmapped population by the state's sharding, and it would run a custom call such as
-    the native CPU kernel (`lopt.learned.native`) whole on every device instead (W2 on the 2-core
-    CPU: 7.3k inner steps/s against 15k+ under shard_map).
+    the native CPU kernel (`lopt.learned.native`) whole on every device instead (half the
+    throughput; docs/benchmarks.md).
     """
 
     kind: ClassVar[str]

@@ -139,11 +139,11 @@ def window_batches(task: Any, keys: jax.Array, split: str) -> Callable[[jax.Arra
     """i -> the minibatch of `split` from keys[i], for a window's scan.
 
     The window's batches are drawn before the scan in one vectorised call when they take at most
-    WINDOW_BATCH_BYTES: drawn inside it, each step paid for its own threefry loops, which XLA
-    runs rolled on CPUs (a few µs per tiny op; W2 on the 2-core CPU 12.4k → 14.2k inner
-    steps/s). They are indexed, not scanned over: as scan inputs of a vmapped population they
-    were transposed to step-major and copied once more. Larger windows (big images, long
-    truncations) draw each batch in its step, so a population's memory stays that of one batch."""
+    WINDOW_BATCH_BYTES: drawn inside it, each step paid for its own threefry loops, which XLA runs
+    rolled on CPUs (a few µs per tiny op; docs/benchmarks.md). They are indexed, not scanned over:
+    as scan inputs of a vmapped population they were transposed to step-major and copied once more.
+    Larger windows (big images, long truncations) draw each batch in its step, so a population's
+    memory stays that of one batch."""
     draw = lambda key: task.batch(key, split)
     shape = jax.eval_shape(draw, keys[0])
     size = keys.shape[0] * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shape))

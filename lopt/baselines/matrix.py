@@ -162,8 +162,8 @@ def scale_by_swan(
         D ← D · ‖G̃‖_F / ‖D‖_F                              the paper's norm restoration
 
     The inverse square root is the paper's Newton-Schulz iteration (`whitening_steps`, default 10;
-    `inverse_sqrt_newton_schulz`): matmuls only. An exact SVD instead ran 2,800× slower than adam on
-    an H100 at 10M parameters. The Gram matrix is formed on the smaller side (G̃(G̃ᵀG̃)^(−1/2) when
+    `inverse_sqrt_newton_schulz`): matmuls only; an exact SVD is thousands of times slower than adam
+    on a GPU (docs/benchmarks.md). The Gram matrix is formed on the smaller side (G̃(G̃ᵀG̃)^(−1/2) when
     out > in, the same matrix), so a matrix costs O(min(out, in)²·max) a step. Rank ≤ 1 tensors use
     Adam. The paper also gives the first and last layers to Adam; here every matrix is whitened, so
     the comparison measures SWAN itself.

@@ -2,15 +2,15 @@
 `lopt.learned.kernels` (GPUs) or the CPU kernel of `lopt.learned.native`. Every learned kind
 asks here, so the choice and its one size threshold live in one place.
 
-Measured reasons for the rules (H100 / H200, BENCHMARKS.md W1):
+Reasons for the rules (their measurements: docs/benchmarks.md, W1 and the measurements behind the code):
 - Kernels pay off only on GPUs and only for large tensors: below KERNEL_MIN_SIZE elements a
   launch costs more than the pass it replaces, and a GPT-2 has ~100 small bias and norm vectors.
 - The per-parameter MLP kernels (`network_pass`) help networks wider than 16 units (the fused
   elementwise form's traced program grows with the width²); narrower ones fuse well in XLA.
 - On CPUs a wide per-parameter MLP runs in the native kernel when it builds: XLA's batched
-  products with separate bias and ReLU passes take W2's network 1,186 µs against 580 µs.
-- XLA's variadic reduction is slow on GPUs for large tensors (12.8 ms for 11 means over 124M
-  parameters on an H100, 8× adam), so there K ordinary means are used instead.
+  products with separate bias and ReLU passes take twice the kernel's time on W2's network.
+- XLA's variadic reduction is slow on GPUs for large tensors (8× adam for 11 means at 124M
+  parameters), so there K ordinary means are used instead.
 """
 
 from __future__ import annotations

@@ -198,11 +198,11 @@ def tensor_means(arrays: tuple[jax.Array, ...]) -> jax.Array:
     """[K] mean of each of K same-shaped arrays.
 
     One variadic XLA reduction reads every input once with the arrays' elementwise producers
-    fused into it: on CPUs (VeLO at 1M parameters, 2-core CPU: 14.6 ms per step, against 24.8 ms
-    with K separate means), and on GPUs for tensors under dispatch.KERNEL_MIN_SIZE elements, where one
+    fused into it: on CPUs (faster than K separate means; docs/benchmarks.md), and on GPUs for
+    tensors under dispatch.KERNEL_MIN_SIZE elements, where one
     kernel instead of K matters more than its speed (a GPT-2 has ~100 bias and norm vectors).
-    For large tensors on GPUs XLA's variadic reduction is slow (12.8 ms for 11 means over 124M
-    parameters on an H100, 8× adam), so there K ordinary means are left to XLA."""
+    For large tensors on GPUs XLA's variadic reduction is slow (8× adam for 11 means at 124M
+    parameters), so there K ordinary means are left to XLA."""
     arrays = tuple(jnp.asarray(x, jnp.float32) for x in arrays)
     if not dispatch.variadic_reduction(arrays[0]):
         return jnp.stack([jnp.mean(x) for x in arrays])

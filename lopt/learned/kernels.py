@@ -6,8 +6,8 @@ the shared MLP, form the step. Written in jnp, XLA fuses it into one pass when t
 narrow, but an MLP of width H costs ≈ F·H + H² multiply-adds per parameter on the CUDA cores:
 for small_fc_lopt's 32×2 that is ~1,400 per parameter, and the pass becomes compute-bound at
 several times adam. The per-tensor normalisers are a second problem: XLA computes one reduction
-per feature, or, as one variadic reduction, a slow one (measured on an H100 at 124M parameters:
-12.8 ms for the small MLP's 11 features, 8× adam on one flat vector).
+per feature, or, as one variadic reduction, a slow one (8× adam for the small MLP's 11 features
+at 124M parameters; docs/benchmarks.md).
 
 So the per-parameter work runs as two kernels over blocks of `block` parameters:
 
@@ -29,7 +29,7 @@ the momenta and rms one step in registers, and `network_2d` writes them over the
 Pallas' Triton backend does not mask a block that runs past the end of an array: `ref[...]`
 reads and writes the whole block. Every load and store here is masked explicitly; without that,
 the last block of a tensor whose size is not a multiple of `block` wrote into whatever buffer
-came next (seen on an H100 as wrong accumulators and NaN meta-gradients).
+came next (seen on a GPU as wrong accumulators and NaN meta-gradients).
 
 Each kernel has a custom VJP whose backward pass is the VJP of the same function on whole arrays
 in jnp, so meta-gradients through the kernels equal the reference path's. On CPUs
@@ -296,10 +296,8 @@ def means_2d(
     them as [br, bc], [br, 1] and [1, bc] arrays (so a factored preconditioner is
     rows[k] * cols[k]) and returns K arrays that broadcast to [br, bc]. This is what per-tensor
     statistics with Adafactor-factored accumulators need: XLA on GPUs otherwise materialises the
-    features and reduces each in its own kernel (VeLO at 10M parameters on an H100: 90 separate
-    reductions, 3.5 ms per step against adam's 0.18 ms). Blocks of (8, 128) with 4 warps took
-    0.49 ms for VeLO's 22 statistics of a [50257, 768] embedding on an H100; (32, 256) with 8
-    warps, 0.71 ms."""
+    features and reduces each in its own kernel (90 separate reductions for VeLO). The default
+    block and warps measured fastest on VeLO's statistics (docs/benchmarks.md)."""
     grid = _check_2d(full, rows, cols, block)
     shape = full[0].shape
 
@@ -374,7 +372,7 @@ class _ScalarWeights:
     """A layer's weights or bias read as scalars from a flat kernel operand: each weight is
     loaded once per program and broadcast in registers, where an XLA loop fusion reloads every
     runtime weight for every parameter (VeLO's bank-mixed 17 → 4 → 4 → 2 network: ~400 loads per
-    parameter, 2.6 ms per step at 10M parameters on an H100)."""
+    parameter)."""
 
     def __init__(self, ref, offset: int, shape: tuple[int, ...]):
         self.ref, self.offset, self.shape = ref, offset, shape
@@ -450,12 +448,11 @@ def network_2d(
 
     `in_place` pairs (k, j) write output j over `full[k]` (an updated accumulator over the old
     one: each block is read before it is written, by the same program). Without that, XLA wrote
-    each output to a new buffer and then copied it into the donated state's (VeLO at 124M on an
-    H100: 196 copies, 1.1 ms a step).
+    each output to a new buffer and then copied it into the donated state's (196 copies a step
+    for VeLO at 124M).
 
     Block size matters: every feature and hidden unit lives in registers, and (32, 256) blocks
-    with 8 warps spilled them (VeLO's body on an H100: 17.2 ms for a [50257, 768] embedding);
-    (4, 128) with 4 warps took 0.54 ms there and 0.08 ms for [768, 3072]."""
+    with 8 warps spilled them; the default (4, 128) with 4 warps does not (docs/benchmarks.md)."""
     grid = _check_2d(full, rows, cols, block)
     stride = per_param_mlp.num_layer_weights(layer_sizes)
     for name, table, width in (("scalars", scalars, num_scalars), ("weights", weights, stride)):

@@ -19,8 +19,8 @@ Presets:
 Speed (`kernel`): on GPUs, networks wider than 16 run per large tensor in the two Pallas
 kernels of `lopt.learned.kernels` (feature statistics; features + MLP on the tensor cores); on
 CPUs in the native kernel of `lopt.learned.native` (features and network in one call for every
-tensor); elsewhere the network is unrolled elementwise math that XLA fuses. W1 on an H100 at 124M
-parameters: 2.1-2.7× adam for both presets (README, Benchmarks).
+tensor); elsewhere the network is unrolled elementwise math that XLA fuses. W1 (docs/benchmarks.md)
+gives the cost against adam.
 """
 
 from __future__ import annotations
@@ -60,9 +60,8 @@ def apply_shared_network(
     concatenate: flatten and concatenate the tensors of each kind into one pass. That keeps the
     traced program one network long however many tensors a model has (a GPT-2 has ~150), so
     compile time stays flat, but the concatenation materialises every feature once more.
-    Measured at 124M parameters (GPT-2 shapes) on an H100: a 4×2 network took 9.5× adam
-    concatenated and 4.4× per tensor, but a 32×2 network per tensor did not finish compiling in
-    five minutes (36 s concatenated). On the 2-core CPU at 1M: 45× vs 12× (4×2), 113× vs 202× (32×2).
+    Per tensor is faster for narrow networks, concatenated compiles where wide ones per tensor
+    do not (docs/benchmarks.md).
     """
     if cpu_kernel:  # one kernel call reads every tensor in place: nothing to concatenate
         return native.mlp_tensors(inputs, layers)

@@ -4,16 +4,14 @@ C++ compiler and called through XLA's FFI.
 Why: on CPUs XLA evaluates the shared network as separate matrix products, bias additions and
 ReLUs over [H, N] intermediates (`per_param_mlp.reference`), and with a different network per
 PES arm the products are small batched ones. The kernel instead takes 16 parameters at a time
-through every layer with the hidden activations in registers. W2's network (8 PES arms ×
-2,410 parameters, 11 → 32 → 32 → 2, one core of the 2-core development CPU): 1,186 µs with
-XLA, 580 µs with the kernel when it was written and 465 µs since its whole-tile loads and stores
-are single vector instructions (they were calls to memcpy), both timed through jit.
+through every layer with the hidden activations in registers, at under half XLA's time on W2's
+network (docs/benchmarks.md); its whole-tile loads and stores are single vector instructions.
 
 On CPUs with AMX (Intel Sapphire Rapids and later) hidden layers of 16-32 inputs, at most 32
 outputs and at least 512 weights run as bfloat16 tile products, six per float32 product over an
 exact three-part split of each operand (XLA's BF16_BF16_F32_X6 scheme: float32-accurate, see
-`native_mlp.cc`): the same network through jit, 340 µs instead of 465 µs with FMAs (in a C++
-harness without XLA around it, 273 against 324 µs). `amx()` says whether they are on;
+`native_mlp.cc`), about a quarter faster than FMAs on W2's network (docs/benchmarks.md).
+`amx()` says whether they are on;
 `LOPT_NATIVE_AMX=0` or `jax.default_matmul_precision("F32_F32_F32")` keeps FMAs.
 
 The kernel computes the forward pass only. Derivatives come from `per_param_mlp.reference`

@@ -25,8 +25,8 @@ tensors as [tensors, ·] arrays. Same-shaped tensors that stay in XLA run as one
 (`base.tensor_groups`; a GPT-2's ~150 tensors have 9 shapes). On GPUs each large matrix runs in
 two Pallas kernels (`kernels.means_2d`, `kernels.network_2d`) that clip the gradient and take
 the momenta and rms one step in registers; only the factored row and column accumulators, which
-need whole rows and columns, are updated by XLA first. W1 on an H100 at 124M parameters:
-7.7 ms a step, 1.6× adam (README, Benchmarks).
+need whole rows and columns, are updated by XLA first. W1 (docs/benchmarks.md) gives the
+cost against adam.
 """
 
 from __future__ import annotations
@@ -56,9 +56,8 @@ def tensor_groups(params: Sequence[jax.Array], paths: Sequence[str]) -> list[tup
     is not "xla" (they go through a Pallas kernel) alone; the others grouped by shape, in order
     of first appearance, to run as one vmapped computation over the stacked group.
 
-    A GPT-2 has ~150 tensors but 9 shapes. Per-tensor XLA work launched ~3,200 small kernels a
-    step for VeLO at 124M parameters on an H100 (11.5 ms of kernel time in 27.5 ms of wall
-    time); grouped, 720 (8.1 ms in 8.5 ms)."""
+    A GPT-2 has ~150 tensors but 9 shapes: grouped, a step launches a quarter as many kernels
+    and is no longer bound by launches (docs/benchmarks.md)."""
     groups: list[tuple[list[int], str]] = []
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, (p, path) in enumerate(zip(params, paths)):
@@ -270,7 +269,7 @@ class VeLOOptimizer(LearnedKind):
         """`statistic_means` of a matrix in the `kernels.means_2d` kernel, from the raw float32
         gradient, the momenta and rms accumulators before this step and the factored ones after
         it: the accumulators are advanced in registers (`advance`) rather than in a pass of their
-        own, which on an H100 ran at a third of the memory bandwidth."""
+        own, which ran at a third of the memory bandwidth."""
         values = lambda g, p, acc, preconditioners: statistic_values(*self.advance(g, p, acc), preconditioners)
         return F.feature_means(g, p, acc, values, self.num_statistics, kernel=True, interpret=interpret)
 

@@ -562,8 +562,8 @@ def run_unrolled(
 
     The cost moves from memory to arithmetic and compile time: slot s selects among 6 + s
     registers, so a step is O(slots²) selects and its compile grows with the rounds. Measured
-    (`benchmarks/interpreter_step.py`): on the CPU up to ~1.2-2.5× faster than the scan, on an
-    H200 2.4-5× slower (3.5 → 8.7 ms at 2 rounds, compile 12-55 s), so no default uses it;
+    (`benchmarks/interpreter_step.py`, docs/benchmarks.md): faster than the scan on CPUs, several
+    times slower on GPUs, so no default uses it;
     `lopt.programs.kernel` is the GPU path."""
     size = w.shape[0]
     if sum(sizes) != size:

@@ -2,10 +2,10 @@
 
 `run_encoded` keeps a register file in memory: every slot reads its arguments from it and writes
 its result back, and under XLA those reads are materialised (a write in place into a buffer that
-is read at dynamic rows cannot be fused with the reads). Measured on an H200 at a GPU search's
-shape (128 programs × 10 runs × 9,026 parameters, 2 rounds; benchmarks/interpreter_anatomy.py):
-3.18 ms a step, of which 2.81 ms remain with every function replaced by `add`, against 0.11 ms
-for AdamW written directly. The interpreter is bound by register traffic, not by arithmetic.
+is read at dynamic rows cannot be fused with the reads). At a GPU search's shape
+(benchmarks/interpreter_anatomy.py; numbers in docs/benchmarks.md) nearly all of a step's time
+remains with every function replaced by `add`: the interpreter is bound by register traffic,
+not by arithmetic.
 
 Here one kernel instance takes a block of one run's flat parameters, loads w, g, m, v once,
 runs every slot on values held in registers and stores the update, m and v. A slot's function
@@ -40,10 +40,9 @@ from lopt.programs.analysis import Graph
 from lopt.programs.interpret import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded
 from lopt.programs.library import FUNCTIONS
 
-# Parameters per kernel instance. Measured on an H200 (`benchmarks/interpreter_step.py
-# --kernel-blocks`, 128 programs × 6 runs × 9,026 parameters): 1,024 beats 256 everywhere, most
-# where programs are long (4 rounds: 0.79 against 2.24 ms; with tree passes 3.03 against 6.92 ms;
-# 2 rounds: 0.32 against 0.34 ms), since a block's scalar branch decisions are paid once per block.
+# Parameters per kernel instance: 1,024 beats 256 everywhere (`benchmarks/interpreter_step.py
+# --kernel-blocks`; docs/benchmarks.md), most where programs are long, since a block's scalar
+# branch decisions are paid once per block.
 BLOCK = 1024
 
 

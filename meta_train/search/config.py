@@ -40,8 +40,7 @@ class EvolutionSection:
     host and the "device" share the cores.
     workers: processes that mutate a generation's children in parallel (0: this process). Each
     child has its own generator, so the search is the same for any number of workers; a resume
-    may change it. On the H200 machine the mutation of 256 children took 0.45 s of host time a
-    generation in this process and 0.23 s with 8 workers."""
+    may change it (the time it saves: docs/benchmarks.md)."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"
