@@ -1,18 +1,14 @@
-"""`lopt search`: regularized evolution over optimizer programs (Chen et al. 2023; Real et al.
-2019), with caches, a per-child log, resume after a kill, and a funnel.
+"""`lopt search`: the job runner of a search over optimizer programs (Chen et al. 2023): files,
+caches, resume after a kill, progress. What to try next is the strategy's
+(`meta_train.search.strategy`: regularized evolution by default, `ask` / `tell` on a state);
+this module scores what it asks for and tells it the scores.
 
-Each generation draws `children` tournaments of size T from the population, mutates each winner
-once (re-mutating until the child is valid and new), evaluates the children, adds them and
-removes as many of the oldest members (age-based removal). Evaluation goes through three
-filters before any training:
+Evaluation goes through three filters before any training:
 
 1. structural hash -> cached fitness (renamed / reordered / dead-code variants);
 2. functional hash from a short probe run -> cached fitness (algebraic equivalents), and the
    same probe rejects programs with non-finite updates (fitness +inf, never trained);
 3. training on the proxy tasks (meta_train.search.fitness), all remaining children at once.
-
-Restarts: after `restart_after` generations without a better best, the population restarts
-from the seed and from the best so far, alternately (the paper restarted both ways).
 
 Files in `run.output_dir`:
     config.json     the job config (a resume must match it)
@@ -24,8 +20,8 @@ Files in `run.output_dir`:
                     (when [validation] names a task)
     funnel.json, best.txt, summary.json   written after the search (meta_train.search.pipeline)
 
-Generation g draws from np.random.default_rng([seed, g]), so a search is deterministic per seed
-and a resumed search continues exactly as an uninterrupted one.
+The strategy's generation g is a function of its state and g, so a search is deterministic per
+seed and a resumed search continues exactly as an uninterrupted one.
 
 With `search.overlap` the host mutates generation g + 1 from the population that has scores up
 to g − 1 while the device trains generation g (one `_Flight` in flight between generations;
@@ -45,40 +41,30 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from lopt import jobdir
 from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import probe_report
-from lopt.programs.lang import format_program, parse
+from lopt.programs.lang import parse
 from meta_train.search import mutation
-from lopt import jobdir
 from meta_train.search.config import SearchConfig, resume_record, saved_config
 from meta_train.search.fitness import Staged, evaluator
 from meta_train.search.fitness import score as fitness_of
-
-
-@dataclasses.dataclass
-class Member:
-    id: int
-    text: str
-    fitness: float
-    born: int
+from meta_train.search.strategy import Child, EvolutionState, Member, make_strategy, mutate_here
 
 
 @dataclasses.dataclass
 class _Flight:
     """A generation's children between mutation and their scores (`Search._launch`).
 
-    children: (parent id, mutation, text, mutation tries) per child; fitness/how: what the
-    caches answered at launch (None/'' where training or the generation before will);
-    first: the first child of each structure the cache did not know (`unique` in order);
-    functional_of: their probe hashes; train: the children dispatched to the device (`staged`); waiting: children
-    equal to one of the generation in flight before this one, answered from the cache when
-    this one lands."""
+    children: the strategy's proposals; fitness/how: what the caches answered at launch (None/''
+    where training or the generation before will); first: the first child of each structure the
+    cache did not know (`unique` in order); functional_of: their probe hashes; train: the children
+    dispatched to the device (`staged`); waiting: children equal to one of the generation in flight
+    before this one, answered from the cache when this one lands."""
 
     generation: int
-    children: list[tuple[int | None, str, str, int]]
-    graphs: list[Graph]
-    hashes: list[str]
+    children: list[Child]
     fitness: list[float | None]
     how: list[str]
     first: dict[str, int]
@@ -91,6 +77,14 @@ class _Flight:
     def unique(self) -> list[int]:
         return sorted(self.first.values())
 
+    @property
+    def graphs(self) -> list[Graph]:
+        return [c.graph for c in self.children]
+
+    @property
+    def hashes(self) -> list[str]:
+        return [c.structural for c in self.children]
+
 
 def json_float(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
@@ -98,7 +92,7 @@ def json_float(x: float) -> float | None:
 
 def _record(member: Member) -> dict[str, Any]:
     """A member as JSON (non-finite fitness as null)."""
-    return dataclasses.asdict(member) | {"fitness": json_float(member.fitness)}
+    return member._asdict() | {"fitness": json_float(member.fitness)}
 
 
 def _member(record: dict[str, Any]) -> Member:
@@ -118,6 +112,7 @@ class Search:
 
     def __init__(self, config: SearchConfig, *, resume: bool = False, progress: bool = True):
         self.config = config
+        self.strategy = make_strategy(config.search)
         self.dir = Path(config.run.output_dir)
         self.progress = progress
         if config.search.reject_nan_at_zero:
@@ -137,7 +132,7 @@ class Search:
         self.best_validated: Member | None = None  # its `fitness` is the validation fitness
         self._flight: _Flight | None = None  # the generation launched ahead (search.overlap)
         self._pool: mutation.Workers | None = None  # mutation processes (search.workers)
-        self._relaunch: list[tuple[int | None, str, str, int]] = []  # in-flight children read back on resume
+        self._relaunch: list[Child] = []  # in-flight children read back on resume
         config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
         # before anything is read or written: the folder is a search's, or new, or empty
         jobdir.claim(self.dir, "search")
@@ -173,9 +168,8 @@ class Search:
             for counter in ("compile_seconds", "seconds"):
                 self.counters[counter] = self.counters.get(counter, 0.0) + compiling
         if self._relaunch:  # the generation in flight when the search stopped (search.overlap), after the precompile
-            clock, children = time.perf_counter(), self._relaunch
-            graphs = [check(parse(text), config.search.max_statements) for _, _, text, _ in children]
-            self._flight = self._launch(self.generation + 1, children, graphs, None, None)
+            clock = time.perf_counter()
+            self._flight = self._launch(self.generation + 1, self._relaunch, None)
             self._spent("seconds", clock)
 
     # -- persistence ------------------------------------------------------------------------
@@ -195,13 +189,8 @@ class Search:
         clock = time.perf_counter()
         (fitness,), _ = self._score([graph])
         self._spent("seconds", clock)
-        self.seed_fitness = fitness
-        self.population = [Member(i, text, fitness, 0) for i in range(self.config.search.population)]
-        self.next_id = len(self.population)
+        self.state = self.strategy.init(text, fitness)
         self.generation = 0
-        self.best = Member(0, text, fitness, 0)
-        self.since_improvement = 0
-        self.restarts = 0
         self._log(
             [
                 {
@@ -219,21 +208,25 @@ class Search:
         self._save()
 
     def _save(self) -> None:
+        evolution = self.state
         state = {
             "generation": self.generation,
-            "next_id": self.next_id,
-            "seed_fitness": json_float(self.seed_fitness),
-            "best": _record(self.best),
-            "since_improvement": self.since_improvement,
-            "restarts": self.restarts,
+            "next_id": evolution.next_id,
+            "seed_fitness": json_float(evolution.seed.fitness),
+            "best": _record(evolution.best),
+            "since_improvement": evolution.since_improvement,
+            "restarts": evolution.restarts,
             "counters": self.counters,
-            "population": [_record(m) for m in self.population],
+            "population": [_record(m) for m in evolution.population],
             "validated": {text: json_float(v) for text, v in self.validated.items()},
             "best_validated": None if self.best_validated is None else _record(self.best_validated),
             # the next generation's children, launched with `search.overlap` (relaunched on resume)
             "in_flight": None
             if self._flight is None
-            else [{"parent": p, "mutation": d, "text": t, "tries": n} for p, d, t, n in self._flight.children],
+            else [
+                {"parent": c.parent, "mutation": c.mutation, "text": c.text, "tries": c.tries}
+                for c in self._flight.children
+            ],
         }
         atomic_write(self.dir / "state.json", json.dumps(state))
 
@@ -255,12 +248,17 @@ class Search:
 
     def _restore(self, state: dict) -> None:
         inf = lambda x: float("inf") if x is None else x  # noqa: E731
-        self.generation, self.next_id = state["generation"], state["next_id"]
-        self.seed_fitness = inf(state["seed_fitness"])
-        self.best = _member(state["best"])
-        self.since_improvement, self.restarts = state["since_improvement"], state["restarts"]
+        self.generation = state["generation"]
+        seed = Member(0, self.config.seed_program_text(), inf(state["seed_fitness"]), 0)
+        self.state = EvolutionState(
+            tuple(_member(m) for m in state["population"]),
+            _member(state["best"]),
+            int(state["next_id"]),
+            int(state["since_improvement"]),
+            int(state["restarts"]),
+            seed,
+        )
         self.counters = {"hurdle_stops": 0, **state["counters"]}
-        self.population = [_member(m) for m in state["population"]]
         self.validated = {text: inf(v) for text, v in state.get("validated", {}).items()}
         self.best_validated = None if state.get("best_validated") is None else _member(state["best_validated"])
         in_flight = state.get("in_flight")
@@ -275,7 +273,12 @@ class Search:
             self.structural[entry["structural"]] = fitness
             if entry.get("functional"):
                 self.functional[entry["functional"]] = fitness
-        self._relaunch = [(c["parent"], c["mutation"], c["text"], c["tries"]) for c in in_flight or []]
+        self._relaunch = []
+        for c in in_flight or []:
+            graph = check(parse(c["text"]), self.config.search.max_statements)
+            self._relaunch.append(
+                Child(c["parent"], c["mutation"], c["text"], c["tries"], graph, structural_hash(graph))
+            )
 
     def _trim(self, log: Path) -> None:
         """Drop the lines a killed generation wrote after the last saved state."""
@@ -300,7 +303,7 @@ class Search:
     # -- scoring ------------------------------------------------------------------------------
     def _score(self, graphs: list[Graph]) -> tuple[list[float], list[str]]:
         """Fitness of each graph through the three filters; also how each was scored."""
-        return self._land(self._launch(0, [(None, "", "", 0)] * len(graphs), graphs, None, None))
+        return self._land(self._launch(0, [Child(None, "", "", 0, g, structural_hash(g)) for g in graphs], None))
 
     def _train_clock(self, since: float, compiling: float) -> None:
         """Count the seconds since `since` as training, and the evaluator's compiling since it
@@ -310,18 +313,10 @@ class Search:
         )
         self._spent("train_seconds", since)
 
-    def _launch(
-        self,
-        generation: int,
-        children: list[tuple[int | None, str, str, int]],
-        graphs: list[Graph],
-        hashes: list[str] | None,
-        earlier: _Flight | None,
-    ) -> _Flight:
+    def _launch(self, generation: int, children: list[Child], earlier: _Flight | None) -> _Flight:
         """Answer what the caches can, probe the rest and dispatch the first task's training for
-        the survivors (not waiting for it); `hashes`: the graphs' structural hashes where known;
-        `earlier`: the generation still in flight."""
-        hashes = hashes or [structural_hash(g) for g in graphs]
+        the survivors (not waiting for it); `earlier`: the generation still in flight."""
+        graphs, hashes = [c.graph for c in children], [c.structural for c in children]
         fitness: list[float | None] = [self.structural.get(h) for h in hashes]
         how = ["structural" if f is not None else "" for f in fitness]
         first: dict[str, int] = {}
@@ -353,7 +348,7 @@ class Search:
             clock, compiling = time.perf_counter(), self.evaluate.compile_seconds
             staged = self.evaluate.start([graphs[i] for i in train])
             self._train_clock(clock, compiling)
-        return _Flight(generation, children, graphs, hashes, fitness, how, first, functional_of, train, waiting, staged)
+        return _Flight(generation, children, fitness, how, first, functional_of, train, waiting, staged)
 
     def _advance(self, flight: _Flight) -> None:
         """Wait for the flight's first task and dispatch the rest for the hurdle's survivors."""
@@ -397,41 +392,17 @@ class Search:
         return [float(f) for f in fitness], how
 
     # -- evolution ----------------------------------------------------------------------------
-    def _propose(self, generation: int) -> tuple[list[tuple[int | None, str, str, int]], list[Graph], list[str]]:
-        """Generation `generation`'s children from the population as it stands: (parent id,
-        mutation, text, tries) each, their pruned graphs and structural hashes. Tournaments draw
-        from the generation's generator; child k mutates with its own, [seed, generation, k]
-        (in `search.workers` processes when there are any)."""
-        s = self.config.search
+    def _propose(self, generation: int) -> list[Child]:
+        """The strategy's children for `generation` (mutated in `search.workers` processes when
+        there are any)."""
         clock = time.perf_counter()
-        rng = np.random.default_rng([s.seed, generation])
-        children, graphs, hashes = [], [], []
-        if s.strategy == "random":
-            for _ in range(s.children):
-                program, graph = mutation.random_program(rng, s.max_statements - 1, max_rounds=s.max_rounds)
-                children.append((None, "random", format_program(program), 1))
-                graphs.append(graph)
-                hashes.append(structural_hash(graph))
-        else:
-            mode = "constants" if s.strategy == "constants" else "all"
-            winners = []
-            for _ in range(s.children):
-                picks = rng.choice(len(self.population), size=s.tournament, replace=False)
-                winners.append(min((self.population[i] for i in picks), key=lambda m: (m.fitness, -m.born)))
-            jobs = [
-                (w.text, (s.seed, generation, k), mode, s.max_statements, s.max_rounds) for k, w in enumerate(winners)
-            ]
-            if s.workers:
-                self._pool = self._pool or mutation.Workers(s.workers)
-                made = self._pool.map(jobs)
-            else:
-                made = [mutation.mutate_text(*job) for job in jobs]
-            for winner, (text, description, tries, graph_hash) in zip(winners, made):
-                children.append((winner.id, description, text, tries))
-                graphs.append(check(parse(text), s.max_statements))
-                hashes.append(graph_hash)
+        mutate_many = mutate_here
+        if self.config.search.workers:
+            self._pool = self._pool or mutation.Workers(self.config.search.workers)
+            mutate_many = self._pool.map
+        children = self.strategy.ask(self.state, generation, mutate_many)
         self._spent("mutate_seconds", clock)
-        return children, graphs, hashes
+        return children
 
     def close(self) -> None:
         """Stop the mutation workers (`search.workers`), if any were started."""
@@ -444,63 +415,39 @@ class Search:
         mutated and launched before this one lands."""
         s = self.config.search
         start = time.perf_counter()
-        flight = self._flight or self._launch(self.generation + 1, *self._propose(self.generation + 1), None)
+        flight = self._flight or self._launch(self.generation + 1, self._propose(self.generation + 1), None)
         self._flight = None
         if s.overlap and flight.generation < s.generations:
             following = self._propose(flight.generation + 1)  # while the device trains `flight`'s first task
             self._advance(flight)
-            self._flight = self._launch(flight.generation + 1, *following, flight)
+            self._flight = self._launch(flight.generation + 1, following, flight)
         scores, how = self._land(flight)
         self.generation = flight.generation
-        entries, new_members = [], []
-        for (parent, description, text, tries), graph_hash, fitness, scored in zip(
-            flight.children, flight.hashes, scores, how
-        ):
-            member = Member(self.next_id, text, fitness, self.generation)
-            self.next_id += 1
-            new_members.append(member)
+        self.state, members, restarted = self.strategy.tell(self.state, flight.children, scores, self.generation)
+        counter = {
+            "trained": "trained",
+            "structural": "structural_hits",
+            "functional": "functional_hits",
+            "rejected": "rejected",
+            "hurdle": "hurdle_stops",
+        }
+        entries = []
+        for child, member, scored in zip(flight.children, members, how):
             entries.append(
                 {
                     "generation": self.generation,
                     "id": member.id,
-                    "parent": parent,
-                    "mutation": description,
-                    "text": text,
-                    "structural": graph_hash,
-                    "fitness": json_float(fitness),
+                    "parent": child.parent,
+                    "mutation": child.mutation,
+                    "text": child.text,
+                    "structural": child.structural,
+                    "fitness": json_float(member.fitness),
                     "scored": scored,
                 }
             )
             self.counters["children"] += 1
-            self.counters["mutation_tries"] += tries
-            key = {
-                "trained": "trained",
-                "structural": "structural_hits",
-                "functional": "functional_hits",
-                "rejected": "rejected",
-                "hurdle": "hurdle_stops",
-            }[scored]
-            self.counters[key] += 1
-        self.population = self.population[len(new_members) :] + new_members
-        improved = min(new_members, key=lambda m: m.fitness)
-        if improved.fitness < self.best.fitness:
-            self.best, self.since_improvement = improved, 0
-        else:
-            self.since_improvement += 1
-        restarted = None
-        if s.restart_after and self.since_improvement >= s.restart_after:
-            restarted = "seed" if self.restarts % 2 == 0 else "best"
-            source = (
-                Member(-1, self.config.seed_program_text(), self.seed_fitness, self.generation)
-                if restarted == "seed"
-                else self.best
-            )
-            self.population = [
-                Member(self.next_id + i, source.text, source.fitness, self.generation) for i in range(s.population)
-            ]
-            self.next_id += s.population
-            self.restarts += 1
-            self.since_improvement = 0
+            self.counters["mutation_tries"] += child.tries
+            self.counters[counter[scored]] += 1
         self._log(entries)
         seconds = time.perf_counter() - start
         self.counters["seconds"] += seconds
@@ -509,6 +456,19 @@ class Search:
             self._validate()  # not counted in the search rate: it is the paper's separate check
         self._save()
         return {"generation": self.generation, "best": self.best.fitness, "seconds": seconds, "restart": restarted}
+
+    # the strategy's state, read by the pipeline, the CLI and the progress bar
+    @property
+    def best(self) -> Member:
+        return self.state.best
+
+    @property
+    def population(self) -> tuple[Member, ...]:
+        return self.state.population
+
+    @property
+    def seed_fitness(self) -> float:
+        return self.state.seed.fitness
 
     def _spent(self, counter: str, since: float) -> None:
         """Add the seconds since `since` to a timing counter (where a generation's time goes)."""
