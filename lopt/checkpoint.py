@@ -201,10 +201,14 @@ def shipped() -> list[str]:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint directory: `path` itself if it exists, else a shipped optimizer named
-    `path` (also accepted as "checkpoints/<name>", the repository path)."""
+    """A checkpoint directory: `path` itself if it exists (a finished search's folder: the program
+    it shipped, in its `program/`), else a shipped optimizer named `path` (also accepted as
+    "checkpoints/<name>", the repository path)."""
     candidate = Path(path)
     if candidate.exists():
+        shipped_program = candidate / "program"
+        if not (candidate / MANIFEST).exists() and (shipped_program / MANIFEST).is_file():
+            return shipped_program
         return candidate
     name = candidate.name if candidate.parent.name == "checkpoints" or candidate.parent == Path(".") else None
     if name in (".", ".."):

@@ -5,8 +5,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+import lopt
 
 from lopt.cli import main
 from lopt.config import ConfigError, from_dict
@@ -18,7 +21,16 @@ from meta_train.search import mutation
 from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
-from meta_train.search.pipeline import FUNNEL_TEST_SEED, curves, funnel, promoted_program, stage_scores, top, validated
+from meta_train.search.pipeline import (
+    FUNNEL_TEST_SEED,
+    ship_checkpoint,
+    curves,
+    funnel,
+    promoted_program,
+    stage_scores,
+    top,
+    validated,
+)
 
 TINY_FITNESS = {
     "tasks": ["quadratic-10-cond100"],
@@ -467,6 +479,8 @@ def test_lopt_search_command_runs_resumes_and_lists(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "programs/s" in out and "cache hit rate" in out and "adamw" in out and "lion" in out
     assert (tmp_path / "run" / "best.txt").is_file()
+    meta, _ = lopt.load_meta(tmp_path / "run")  # no funnel: the program at lr input 1
+    assert meta.text == (tmp_path / "run" / "best.txt").read_text() and meta.learning_rate == 1.0
     references = json.loads((tmp_path / "run" / "summary.json").read_text())["proxy_references"]
     assert set(references) == {"adamw", "lion"} and all(v is None or v > -100 for v in references.values())
     assert main(["search", "--resume", str(tmp_path / "run"), "--quiet", "--no-ablate"]) == 0
@@ -722,6 +736,15 @@ def test_lopt_search_funnel_funnels_a_finished_search_again(tmp_path, capsys):
     assert all(s["metric"] == "test" and s["task"] == "quadratic-10-cond100" for r in records for s in r["stages"])
     assert (run / "best.txt").read_text() == summary["shipped"]["text"]
     assert summary["shipped"]["by"] == ("funnel" if promoted_program(records) else "proxy fitness")
+    # the folder loads as the shipped program at the step size the funnel chose for it
+    # (the funnel's record of the shipped program; none when a probe rejected it: then lr input 1)
+    winner = promoted_program(records)
+    shipped_record = next((r for r in records if r["text"] == (winner or summary["shipped"]["text"])), None)
+    expected = shipped_record["stages"][-1]["lr"] if shipped_record and shipped_record["stages"] else 1.0
+    assert summary["shipped"].get("lr", 1.0) == expected
+    meta, theta = lopt.load_meta(run)
+    assert meta.text == summary["shipped"]["text"] and meta.learning_rate == expected
+    assert float(theta["learning_rate"]) == pytest.approx(expected)
     assert "wrote" in capsys.readouterr().out
     assert main(["search", "funnel", str(run), *stage, "--quiet"]) == 0  # the default metric: train
     assert all(s["metric"] == "train" for r in json.loads((run / "funnel.json").read_text()) for s in r["stages"])
@@ -732,3 +755,21 @@ def test_lopt_search_funnel_funnels_a_finished_search_again(tmp_path, capsys):
     assert main(["search", "funnel", str(run), *stage, "--quiet"]) == 2
     assert "not a search summary" in capsys.readouterr().err
     assert (run / "summary.json").read_text() == '{"simplified": 3}'
+
+
+def test_a_shipped_program_checkpoint_carries_its_step_size(tmp_path):
+    """`ship_checkpoint`: the search folder loads (`lopt.load(folder)`) as the shipped program
+    with the lr input the funnel chose, and the optimizer it gives steps by that rate."""
+    text = format_program(seed("adamw"))
+    summary = {"shipped": {"by": "funnel", "text": text, "lr": 3e-2}}
+    ship_checkpoint(tmp_path, summary, say=lambda line: None)
+    meta, theta = lopt.load_meta(tmp_path)
+    assert meta.text == text and meta.learning_rate == 3e-2 and float(theta["learning_rate"]) == pytest.approx(3e-2)
+    params, grads = {"w": jnp.ones((3,))}, {"w": jnp.full((3,), 0.5)}
+    opt = lopt.load(tmp_path)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    adamw = optax.adamw(3e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4)  # the seed is optax's AdamW
+    reference, _ = adamw.update(grads, adamw.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(reference["w"]), rtol=1e-5)
+    ship_checkpoint(tmp_path, {"shipped": {"by": "proxy fitness", "text": text}}, say=lambda line: None)
+    assert lopt.load_meta(tmp_path)[0].learning_rate == 1.0  # no funnel: lr input 1, and rewritten in place

@@ -295,16 +295,20 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
         + [e["text"] for e in top(output, config.funnel.top)]
         + validated(output, config.funnel.validated)
     )
+    summary["shipped"].pop("lr", None)  # an earlier funnel's choice
     records = funnel(config, list(dict.fromkeys(candidates)), progress=progress)
     atomic_write(output / "funnel.json", json.dumps(records, indent=2))
     summary["funnel"] = records
     say(f"wrote {output / 'funnel.json'}")
     promoted = promoted_program(records)
+    lr_of = {r["text"]: r["stages"][-1]["lr"] for r in records if r["stages"]}  # at its largest stage
+    if promoted is not None:
+        summary["shipped"]["lr"] = lr_of[promoted]
     if promoted is not None and promoted != summary["shipped"]["text"]:
         # A program that beat tuned AdamW on every larger stage is the better bet for tasks
         # the search never saw than one that did not (Chen et al. 2023's funnel): ship it.
         shipped, _ = simplify(parse(promoted))
-        summary["shipped"] = {"by": "funnel", "text": format_program(shipped)}
+        summary["shipped"] = {"by": "funnel", "text": format_program(shipped), "lr": lr_of[promoted]}
         atomic_write(output / "best.txt", format_program(shipped))
         say(
             "the funnel promoted another program (it beat tuned AdamW on every stage); best.txt is now:\n"
@@ -316,7 +320,29 @@ def _funnel_and_ship(config: SearchConfig, output: Path, summary: dict[str, Any]
             by = "meta-validation" if "best_validated" in summary else "proxy fitness"
             summary["shipped"] = {"by": by, "text": summary["simplified"]}
             atomic_write(output / "best.txt", summary["simplified"])
+        if summary["shipped"]["text"] in lr_of:
+            summary["shipped"]["lr"] = lr_of[summary["shipped"]["text"]]
         say(f"no program beat tuned AdamW on every funnel stage; best.txt is the {by} pick")
+
+
+def ship_checkpoint(output: Path, summary: dict[str, Any], say: Any = print) -> Path:
+    """Save the shipped program as a checkpoint in `output`/program with the step size the funnel
+    chose for it (its lr input at the largest stage it ran; 1.0 when no funnel ran), so that
+    `lopt.load(<search folder>)` without a sweep is the optimizer the funnel scored."""
+    import jax
+
+    from lopt.checkpoint import save
+    from lopt.programs.optimizer import from_program
+
+    shipped = summary["shipped"]
+    lr = float(shipped.get("lr", 1.0))
+    meta_optimizer = from_program(shipped["text"], learning_rate=lr)
+    info = {"source": "lopt search", "shipped_by": shipped["by"], "lr_from": "funnel" if "lr" in shipped else "default"}
+    path = save(
+        output / "program", meta_optimizer, meta_optimizer.init_meta(jax.random.key(0)), meta=info, overwrite=True
+    )
+    say(f"wrote {path} (lopt.load({str(output)!r}); the program's lr input {lr:g}, from the {info['lr_from']})")
+    return path
 
 
 def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True, say: Any = print) -> dict[str, Any]:
@@ -347,6 +373,7 @@ def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True,
     if not config.funnel.tasks:
         raise ConfigError("funnel.tasks: the config has no funnel stages")
     _funnel_and_ship(config, output, summary, progress, say)
+    ship_checkpoint(output, summary, say)
     atomic_write(path, json.dumps(summary, indent=2, default=float))
     say(f"wrote {output / 'best.txt'}, {path}")
     return summary
@@ -405,6 +432,7 @@ def finish(
     }
     if config.funnel.tasks:
         _funnel_and_ship(config, output, summary, progress, say)
+    ship_checkpoint(output, summary, say)
     atomic_write(output / "summary.json", json.dumps(summary, indent=2, default=float))
     say(f"wrote {output / 'best.txt'}, {output / 'summary.json'}, {output / 'log.jsonl'}")
     return summary
