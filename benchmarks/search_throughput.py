@@ -31,7 +31,8 @@ from lopt.programs.interpret import run_unrolled
 from meta_train.search import mutation
 from lopt.config import load_config
 from meta_train.search.config import SearchConfig
-from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator
+from meta_train.search.fitness import BatchedEvaluator, JitEvaluator
+from meta_train.search.config import FitnessSpec
 from meta_train.search.job import Search
 
 

@@ -18,7 +18,8 @@ from lopt.programs.analysis import to_graph
 from lopt.programs.interpret import rounds_needed
 from lopt.programs.simplify import simplify
 from meta_train.search import mutation
-from meta_train.search.fitness import BatchedEvaluator, FitnessSpec, JitEvaluator, evaluator, padded_batch, score
+from meta_train.search.fitness import BatchedEvaluator, JitEvaluator, evaluator, padded_batch, score
+from meta_train.search.config import FitnessSpec
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
 from meta_train.search.pipeline import (

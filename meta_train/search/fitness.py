@@ -39,7 +39,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lopt import cache_files
-from lopt.config import ConfigError, from_dict
+from lopt.config import from_dict
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
 from lopt.programs.interpret import (
@@ -54,135 +54,10 @@ from lopt.programs.interpret import (
     to_optax,
 )
 from lopt.programs.kernel import run_kernel, uses_tree
+from meta_train.search.config import FitnessSpec, tail_steps
 from meta_train.search.mutation import worker_env
 from tasks import build, task_spec
 from tasks.train import evaluate
-
-
-INTERPRETERS = ("auto", "batched", "kernel", "unrolled", "jit")
-
-
-@dataclasses.dataclass(frozen=True)
-class FitnessSpec:
-    """tasks: named proxy tasks; steps: inner steps per run (one number, or one per task: long
-    enough on one proxy for momentum and adaptive scaling to matter); seeds: runs per multiplier;
-    lr_multipliers: values fed to the program's `lr` input; eval_batches: test batches
-    averaged at the end; length: the most live statements a program may have (batched encoding);
-    interpreter: 'batched' (a scan over rounds of slots with a register file), 'kernel' (Pallas
-    kernels with the registers on chip, lopt.programs.kernel; programs with tree-level
-    statements in batches of their own), 'unrolled' (the population call with the slots
-    unrolled and registers as values), 'jit' (one compile per program) or 'auto' (= batched:
-    with typed slots it beats one compile per program on the CPU too: the CPU quickstart search,
-    2.0 against 0.33 programs/s); batch: programs per compiled call (all but jit);
-    hurdle: quality rejection (EvoNorms' "quality rejection by a short run"; the funnel idea of
-    Chen et al. 2023 inside the proxy): with a reference set (`set_reference`, the search's seed),
-    a program whose score on the first task — log of its best-LR median loss — is worse than the
-    reference's by more than `hurdle` is not trained on the other tasks and scores +inf. 0 turns
-    it off. In a GPU search from AdamW 99% of trained children scored worse than the seed, 92% by
-    more than 1 in mean log loss, and 36% diverged, so ordering the cheap task first and a hurdle
-    skip most of the costly runs.
-    lr_scales: one number per task multiplying `lr_multipliers` there (() = 1 for every task), so
-    each task's grid can bracket the seed's tuned learning rate. With one decade grid for two
-    proxies whose tuned AdamW rates differ 4× (conv 0.01-0.018, regression 0.003;
-    benchmarks/proxy_lr.py), a child that only rescales the seed's LR constant 2.5-3× gained 0.2
-    in fitness and topped two GPU searches.
-    precompile: numbers of rounds whose population calls `BatchedEvaluator.precompile` compiles
-    ahead, concurrently (every task, kind and padded batch size), for searches whose first calls
-    would otherwise stall on one compile after another (a GPU search met 18 shapes in 60
-    generations at 13-21 s each); () compiles each shape when first met.
-    metric: what a run scores. 'test': the mean test-split loss of the final parameters over
-    `eval_batches` batches (the proxies' choice: generalisation on the proxy's data). 'train':
-    the mean minibatch train loss over the last 10% of steps — `eval.metrics.final_loss`, the
-    final loss of `lopt eval`'s tables and so of the held-out stage of the funnel. On the small
-    embedded datasets the two disagree: the shipped program-search-h200 beats tuned AdamW on 9
-    of 13 held-out tasks by final train loss and on 4 of 13 by final test loss (its card), since a
-    faster optimizer overfits small datasets sooner."""
-
-    tasks: tuple[str, ...] = ("digits-mlp-relu32",)
-    steps: int | tuple[int, ...] = 200
-    seeds: int = 2
-    lr_multipliers: tuple[float, ...] = (0.3, 1.0, 3.0)
-    eval_batches: int = 4
-    length: int = 32
-    interpreter: str = "auto"
-    batch: int = 32
-    seed: int = 0
-    max_param_abs: float = 1e4
-    hurdle: float = 0.0
-    lr_scales: tuple[float, ...] = ()
-    precompile: tuple[int, ...] = ()
-    metric: str = "test"
-
-    def __post_init__(self) -> None:
-        steps = self.steps if isinstance(self.steps, tuple) else (self.steps,)
-        for key, value in [("steps", v) for v in steps] + [
-            (k, getattr(self, k)) for k in ("seeds", "eval_batches", "length", "batch")
-        ]:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"fitness.{key}: {value!r} is not valid; expected a positive whole number")
-        if isinstance(self.steps, tuple) and len(self.steps) != len(self.tasks):
-            raise ConfigError(
-                f"fitness.steps: {len(self.steps)} numbers for {len(self.tasks)} tasks; give one, or one per task"
-            )
-        if not self.lr_multipliers or not all(m > 0 for m in self.lr_multipliers):
-            raise ConfigError(f"fitness.lr_multipliers: expected positive numbers, got {list(self.lr_multipliers)[:8]}")
-        if not self.tasks:
-            raise ConfigError("fitness.tasks: at least one proxy task is needed")
-        if self.lr_scales and (
-            len(self.lr_scales) != len(self.tasks)
-            or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in self.lr_scales
-            )
-        ):
-            raise ConfigError(
-                f"fitness.lr_scales: expected one positive number per task ({len(self.tasks)}), "
-                f"got {list(self.lr_scales)[:8]}"
-            )
-        check_task_names("fitness.tasks", self.tasks)
-        if not self.max_param_abs > 0:
-            raise ConfigError(f"fitness.max_param_abs: expected a positive number, got {self.max_param_abs!r}")
-        if self.interpreter not in INTERPRETERS:
-            raise ConfigError(f"fitness.interpreter: {self.interpreter!r} is not one of {', '.join(INTERPRETERS)}")
-        if not (
-            isinstance(self.hurdle, (int, float))
-            and not isinstance(self.hurdle, bool)
-            and 0 <= self.hurdle < float("inf")
-        ):
-            raise ConfigError(f"fitness.hurdle: expected a number ≥ 0 (0: off), got {self.hurdle!r}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"fitness.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
-        if not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 16 for r in self.precompile):
-            raise ConfigError(
-                f"fitness.precompile: expected numbers of rounds from 1 to 16, got {list(self.precompile)[:8]}"
-            )
-
-    def task_steps(self, task_name: str) -> int:
-        """Inner steps of each run on `task_name`."""
-        return self.steps[self.tasks.index(task_name)] if isinstance(self.steps, tuple) else self.steps
-
-    def for_tasks(self, tasks: tuple[str, ...], steps: int | tuple[int, ...], **changes) -> FitnessSpec:
-        """This spec on other tasks (meta-validation, funnel stages), without the settings that
-        were per task or per proxy shape (lr_scales, precompile)."""
-        return dataclasses.replace(self, tasks=tasks, steps=steps, lr_scales=(), precompile=(), **changes)
-
-    def task_lrs(self, task_name: str) -> tuple[float, ...]:
-        """The values fed to a program's `lr` input on `task_name`: the multipliers times its scale."""
-        scale = self.lr_scales[self.tasks.index(task_name)] if self.lr_scales else 1.0
-        return tuple(float(m) * scale for m in self.lr_multipliers)
-
-    @property
-    def inner_steps_per_program(self) -> int:
-        """Inner steps one program trains over every task, multiplier and seed."""
-        return sum(self.task_steps(t) for t in self.tasks) * len(self.lr_multipliers) * self.seeds
-
-
-METRICS = ("test", "train")
-
-
-def tail_steps(count: int) -> int:
-    """Steps averaged by the 'train' metric: the last 10% of `count` (at least one), rounded as
-    `eval.metrics.final_loss` rounds them."""
-    return max(1, int(round(count * 0.1)))
 
 
 def train_scan(metric: str, count: int, task, loss_fn, params_of, apply_update, state, train_key: jax.Array):
@@ -208,15 +83,6 @@ def train_scan(metric: str, count: int, task, loss_fn, params_of, apply_update, 
     steps = jnp.arange(1, count + 1, dtype=jnp.float32)
     (state, *tail), _ = jax.lax.scan(step, carry, (steps, jax.random.split(train_key, count)))
     return state, (tail[0] / tail_steps(count) if tail else None)
-
-
-def check_task_names(key: str, names: tuple[str, ...]) -> None:
-    """ConfigError naming `key` unless every name is a named task."""
-    for name in names:
-        try:
-            task_spec(name)
-        except ValueError as error:
-            raise ConfigError(f"{key}: {error}") from None
 
 
 def _keys(spec: FitnessSpec, task_name: str) -> jax.Array:

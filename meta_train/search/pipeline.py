@@ -21,7 +21,8 @@ from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
 from meta_train.search.config import SearchConfig
-from meta_train.search.fitness import FitnessSpec, evaluator, task_scores
+from meta_train.search.fitness import evaluator, task_scores
+from meta_train.search.config import FitnessSpec
 from meta_train.search.job import atomic_write, json_float
 
 
