@@ -31,7 +31,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _meta_train(args: argparse.Namespace) -> int:
     from lopt.config import load_config
     from meta_train.config import MetaTrainConfig
-    from meta_train.loop import meta_train
+    from meta_train.run import meta_train
 
     overrides = list(args.set)
     if getattr(args, "init", None):

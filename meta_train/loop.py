@@ -14,27 +14,21 @@ exactly as if it had not stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 import lopt
-from lopt import jobdir
 from lopt.config import ConfigError, from_dict
-from meta_train import run_folder
 from meta_train.config import MetaTrainConfig
 from meta_train.estimators import Estimator, make_estimator
 from meta_train.sharding import population_mesh, population_placement, replicate, replicated_placement, shard_population
 from meta_train.truncation import TruncationSchedule
-from meta_train.validation import Validation, adam_reference, held_out_loss
+from meta_train.validation import Validation, held_out_loss
 from tasks import build, get_family, task_spec
 
 
@@ -333,148 +327,3 @@ class MetaTrainer:
         if self._validation is None:
             self._validation = Validation(self.config, self.meta_optimizer)
         return self._validation.score(theta)
-
-
-def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) the job of `config`; returns a summary with the saved optimizer's path.
-
-    stop_after: return after this many outer steps in this call (to test resuming)."""
-    call_start = time.perf_counter()  # run.time_limit_s counts compiles and evaluation too
-    if config.run.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-    lead = jax.process_index() == 0
-    progress = progress and lead
-    output = Path(config.run.output_dir)
-    trainer = MetaTrainer(config)
-    trainer.check_memory()  # before the run folder is made: a refused job leaves nothing behind
-    if lead:
-        jobdir.claim(output, "meta-train")
-        run_folder.check_run_config(output, config)
-    else:
-        output.mkdir(parents=True, exist_ok=True)
-    manager = run_folder.checkpoint_manager(output / "checkpoints", config)
-    state = run_folder.restore(manager, trainer)
-    resumed = state is not None
-    if not resumed and (output / "optimizer").exists():
-        raise ConfigError(
-            f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
-            "move it away or use another run.output_dir"
-        )
-    if state is None:
-        state = trainer.initial_state()
-    log_path = output / "metrics.jsonl"
-    start_step = int(state.step)
-    if lead and log_path.exists():
-        run_folder.truncate_log(log_path, start_step)
-    log = log_path.open("a") if lead else open(os.devnull, "w")
-    adam_loss = None
-    bar = tqdm(
-        total=config.outer.steps,
-        initial=start_step,
-        desc="lopt meta-train",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    best_score = run_folder.best_score(output)
-
-    def evaluate_and_keep_best(step: int) -> None:
-        nonlocal best_score
-        row = {
-            "step": step,
-            "eval_loss": trainer.evaluate(state.theta),
-            "adam_loss": adam_loss,
-            **trainer.validate(state.theta),
-        }
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        score = row.get("validation_score")
-        if lead and score is not None and np.isfinite(score) and (best_score is None or score < best_score):
-            best_score = score
-            lopt.save(
-                output / "best",
-                trainer.meta_optimizer,
-                state.theta,
-                {
-                    "config": dataclasses.asdict(config),
-                    "outer_steps": step,
-                    "validation_score": score,
-                    "validation": {k: v for k, v in row.items() if k.startswith("validation/")},
-                },
-                num_steps=config.estimator.max_horizon,
-                overwrite=True,
-            )
-
-    if lead and not resumed and config.run.eval_every:
-        adam_loss = adam_reference(config)
-        evaluate_and_keep_best(0)
-    window_start, window_steps = time.perf_counter(), 0
-    steps_done = 0
-    previous = None
-    try:
-        step = start_step
-        while step < config.outer.steps:
-            window_steps += trainer.inner_steps_per_outer_step(step)
-            state, summary = trainer.step(state, step)
-            # The host runs at most one step ahead of the devices. XLA's CPU client admits 32
-            # programs per device at a time and a program waiting for its inputs keeps its place;
-            # with the population sharded over host devices the README's main job deadlocked in 3
-            # of 7 runs (gdb: one device's half of a step waited for a place, the other half for
-            # it at the all-reduce) and XLA ended it after 40 s. With this wait and the step's
-            # tail as one program (`MetaTrainer._finish`): 9 of 9 runs finished.
-            if previous is not None:
-                jax.block_until_ready(previous)
-            previous = summary
-            step += 1
-            steps_done += 1
-            bar.update(1)
-            if step % config.run.log_every == 0 or step == config.outer.steps:
-                summary = {k: v.item() for k, v in jax.device_get(summary).items()}  # waits for the device
-                elapsed = time.perf_counter() - window_start
-                summary |= {"step": step, "inner_steps_per_s": window_steps / max(elapsed, 1e-9)}
-                log.write(json.dumps(summary) + "\n")
-                log.flush()
-                bar.set_postfix(meta_loss=f"{summary['meta_loss']:.3f}", steps_s=f"{summary['inner_steps_per_s']:.0f}")
-                window_start, window_steps = time.perf_counter(), 0
-            if config.run.eval_every and (step % config.run.eval_every == 0 or step == config.outer.steps):
-                if adam_loss is None:
-                    adam_loss = adam_reference(config)
-                evaluate_and_keep_best(step)
-            if step % config.run.checkpoint_every == 0 or step == config.outer.steps:
-                run_folder.save(manager, state)
-            if stop_after is not None and steps_done >= stop_after:
-                break
-            if config.run.time_limit_s and time.perf_counter() - call_start > config.run.time_limit_s:
-                if step % config.run.checkpoint_every:
-                    run_folder.save(manager, state)
-                break
-    finally:
-        bar.close()
-        log.close()
-    summary = {
-        "steps": int(state.step),
-        "resumed": resumed,
-        "log": str(log_path),
-        "skipped": int(state.skipped),
-        "diverged": int(state.diverged),
-        **run_folder.validation_summary(log_path),
-    }
-    if int(state.step) >= config.outer.steps:
-        path = lopt.save(
-            output / "optimizer",
-            trainer.meta_optimizer,
-            state.theta,
-            {
-                "config": dataclasses.asdict(config),
-                "estimator": config.estimator.kind,
-                "outer_steps": int(state.step),
-                "inner_steps": sum(trainer.inner_steps_per_outer_step(s) for s in range(int(state.step))),
-            },
-            num_steps=config.estimator.max_horizon,
-            overwrite=True,
-        )
-        run_folder.plot_metrics(log_path, output / "meta_training.png", config.tasks.lifetime)
-        summary |= {"optimizer": str(path), "figure": str(output / "meta_training.png")}
-        if (output / "best").exists():
-            summary["best"] = str(output / "best")
-    return summary

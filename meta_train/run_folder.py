@@ -4,7 +4,7 @@ resume), the metrics log (cut back to the resumed step) and its figure.
     <run.output_dir>/config.json      the config, without output_dir (a folder can be moved)
     <run.output_dir>/checkpoints/     orbax steps (the newest two)
     <run.output_dir>/metrics.jsonl    one row per log / eval step
-    <run.output_dir>/optimizer/, best/, meta_training.png   written by meta_train.loop
+    <run.output_dir>/optimizer/, best/, meta_training.png   written by meta_train.run
 """
 
 from __future__ import annotations

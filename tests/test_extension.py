@@ -22,7 +22,7 @@ from meta_train.config import (
     RunSection,
     TasksSection,
 )
-from meta_train.loop import meta_train
+from meta_train.run import meta_train
 from meta_train.truncation import diverged
 
 

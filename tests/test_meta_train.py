@@ -23,7 +23,8 @@ from meta_train.config import (
     OptimizerSection,
 )
 from meta_train.estimators import make_estimator
-from meta_train.loop import MetaTrainer, meta_train
+from meta_train.loop import MetaTrainer
+from meta_train.run import meta_train
 from meta_train.sharding import population_mesh, replicate, shard_population
 from meta_train.truncation import TruncationSchedule
 

@@ -193,6 +193,28 @@ class EvolutionSection:
     overlap: bool = False
     workers: int = 0
 
+    def __post_init__(self) -> None:
+        s = self
+        if s.strategy not in STRATEGIES:
+            raise ConfigError(f"search.strategy: unknown {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if s.population < s.tournament or s.tournament < 1 or s.children < 1 or s.generations < 0:
+            raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
+        if s.children > s.population:
+            raise ConfigError("search.children must not exceed search.population (age-based removal)")
+        for name in ("max_seconds", "max_rounds", "restart_after", "seed"):
+            if getattr(s, name) < 0:
+                raise ConfigError(f"search.{name}: {getattr(s, name)!r} is negative; expected 0 (none) or more")
+        if s.max_statements < 1:
+            raise ConfigError(f"search.max_statements: {s.max_statements!r}; expected at least 1")
+        if isinstance(s.workers, bool) or not isinstance(s.workers, int) or not 0 <= s.workers <= 256:
+            raise ConfigError(
+                f"search.workers: expected a whole number from 0 (this process) to 256, got {s.workers!r}"
+            )
+        if isinstance(s.max_rounds, bool) or not isinstance(s.max_rounds, int) or not 0 <= s.max_rounds <= 16:
+            raise ConfigError(
+                f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {s.max_rounds!r}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class FunnelSection:
@@ -227,6 +249,27 @@ class FunnelSection:
     lr_multipliers: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
     metric: str = "train"
 
+    def __post_init__(self) -> None:
+        if self.top < 1 or self.validated < 0 or self.seeds < 1:
+            raise ConfigError(
+                f"funnel: need top >= 1, validated >= 0 and seeds >= 1, got {self.top}, "
+                f"{self.validated} and {self.seeds}"
+            )
+        if len(self.tasks) != len(self.steps):
+            raise ConfigError("funnel.tasks and funnel.steps must have the same length")
+        check_task_names("funnel.tasks", self.tasks)
+        if self.metric not in METRICS:
+            raise ConfigError(f"funnel.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
+        if (
+            len(self.lr_multipliers) != len(self.adamw_lrs)
+            or min((*self.lr_multipliers, *self.adamw_lrs), default=1.0) <= 0
+        ):
+            raise ConfigError(
+                "funnel.lr_multipliers and funnel.adamw_lrs must be positive and as many "
+                f"(got {len(self.lr_multipliers)} and {len(self.adamw_lrs)}): "
+                "both sides of the comparison are tuned over the same number of rates"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class ValidationSection:
@@ -240,6 +283,12 @@ class ValidationSection:
     steps: int = 1000
     every: int = 10
     top: int = 3
+
+    def __post_init__(self) -> None:
+        if self.task:
+            check_task_names("validation.task", (self.task,))
+            if self.steps < 1 or self.every < 1 or self.top < 1:
+                raise ConfigError("validation: steps, every and top must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,52 +308,9 @@ class SearchConfig:
     run: SearchRunSection = SearchRunSection()
 
     def __post_init__(self) -> None:
-        s = self.search
-        if s.strategy not in STRATEGIES:
-            raise ConfigError(f"search.strategy: unknown {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
-        if s.population < s.tournament or s.tournament < 1 or s.children < 1 or s.generations < 0:
-            raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
-        if s.children > s.population:
-            raise ConfigError("search.children must not exceed search.population (age-based removal)")
-        for name in ("max_seconds", "max_rounds", "restart_after", "seed"):
-            if getattr(s, name) < 0:
-                raise ConfigError(f"search.{name}: {getattr(s, name)!r} is negative; expected 0 (none) or more")
-        if s.max_statements < 1:
-            raise ConfigError(f"search.max_statements: {s.max_statements!r}; expected at least 1")
-        if isinstance(s.workers, bool) or not isinstance(s.workers, int) or not 0 <= s.workers <= 256:
-            raise ConfigError(
-                f"search.workers: expected a whole number from 0 (this process) to 256, got {s.workers!r}"
-            )
-        if isinstance(s.max_rounds, bool) or not isinstance(s.max_rounds, int) or not 0 <= s.max_rounds <= 16:
-            raise ConfigError(
-                f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {s.max_rounds!r}"
-            )
-        if self.fitness.length < s.max_statements:
+        # each section checks its own fields when it is made; here only what spans sections
+        if self.fitness.length < self.search.max_statements:
             raise ConfigError("fitness.length must be at least search.max_statements")
-        if self.funnel.top < 1 or self.funnel.validated < 0 or self.funnel.seeds < 1:
-            raise ConfigError(
-                f"funnel: need top >= 1, validated >= 0 and seeds >= 1, got {self.funnel.top}, "
-                f"{self.funnel.validated} and {self.funnel.seeds}"
-            )
-        if len(self.funnel.tasks) != len(self.funnel.steps):
-            raise ConfigError("funnel.tasks and funnel.steps must have the same length")
-        check_task_names("funnel.tasks", self.funnel.tasks)
-        if self.funnel.metric not in METRICS:
-            raise ConfigError(f"funnel.metric: {self.funnel.metric!r} is not one of {', '.join(METRICS)}")
-        if (
-            len(self.funnel.lr_multipliers) != len(self.funnel.adamw_lrs)
-            or min((*self.funnel.lr_multipliers, *self.funnel.adamw_lrs), default=1.0) <= 0
-        ):
-            raise ConfigError(
-                "funnel.lr_multipliers and funnel.adamw_lrs must be positive and as many "
-                f"(got {len(self.funnel.lr_multipliers)} and {len(self.funnel.adamw_lrs)}): "
-                "both sides of the comparison are tuned over the same number of rates"
-            )
-        v = self.validation
-        if v.task:
-            check_task_names("validation.task", (v.task,))
-            if v.steps < 1 or v.every < 1 or v.top < 1:
-                raise ConfigError("validation: steps, every and top must be positive")
 
     def validation_spec(self) -> FitnessSpec:
         """The fitness spec of the meta-validation task (batches of `top` programs)."""
