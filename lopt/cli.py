@@ -173,7 +173,7 @@ def _program(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lopt.config import load_config
-    from lopt.programs import check, format_program, from_program, parse, redundant_fraction, structural_hash
+    from lopt.programs import check, format_program, parse, redundant_fraction, structural_hash
     from lopt.programs.functional import functional_hashes
 
     path = Path(args.file)
@@ -207,15 +207,11 @@ def _program(args: argparse.Namespace) -> int:
             print(f"# {note}")
         print(format_program(simplified), end="")
         return 0
-    import jax
-
-    import lopt
+    from lopt.programs.optimizer import save_program
 
     if not args.out:
         raise ConfigError("usage: lopt program export FILE OUT")
-    meta_optimizer = from_program(program, learning_rate=args.learning_rate)
-    theta = meta_optimizer.init_meta(jax.random.key(0))
-    written = lopt.save(args.out, meta_optimizer, theta, meta={"source": str(path)}, overwrite=args.overwrite)
+    written = save_program(args.out, program, args.learning_rate, {"source": str(path)}, overwrite=args.overwrite)
     print(f"wrote {written} (load with lopt.load({str(written)!r}))")
     return 0
 

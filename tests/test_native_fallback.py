@@ -5,16 +5,18 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import pytest
 
 from lopt.learned import dispatch, native, small_mlp
 
 
-def random_layers(key, sizes):
-    keys = jax.random.split(key, len(sizes))
-    return [(jax.random.normal(k, (a, b)) / a**0.5, jnp.zeros((b,))) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+def no_compiler_env(tmp_path):
+    """This process's environment with no compiler on PATH, no CXX and a fresh kernel cache."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "LOPT_NATIVE")}
+    return env | {"PATH": str(empty), "LOPT_CACHE_DIR": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
 
 
 def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):
@@ -33,7 +35,7 @@ def test_unavailable_kernel_says_why_and_auto_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("LOPT_NATIVE", "0")
     monkeypatch.setattr(native, "_load", lambda: "turned off by LOPT_NATIVE=0")
     with pytest.raises(RuntimeError, match="unavailable: turned off"):
-        native.mlp([jnp.ones(3)], random_layers(jax.random.key(9), [1, 4, 2]))
+        native.mlp([jnp.ones(3)], [(jnp.ones((1, 4)), jnp.zeros(4)), (jnp.ones((4, 2)), jnp.zeros(2))])
 
 
 def test_failed_build_leaves_no_library(monkeypatch, tmp_path):
@@ -68,10 +70,7 @@ print("finite:", all(bool(np.isfinite(np.asarray(u)).all()) for u in jax.tree.le
 def test_a_machine_without_a_compiler_trains_on_the_xla_path(tmp_path):
     """A fresh process whose PATH holds no compiler and no CXX: the kernel says why it is off,
     once, and the wide MLP optimizer (which would use the kernel) runs on XLA's path."""
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "LOPT_NATIVE")}
-    env |= {"PATH": str(empty), "LOPT_CACHE_DIR": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    env = no_compiler_env(tmp_path)
     done = subprocess.run([sys.executable, "-c", NO_COMPILER], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reason: no C++ compiler found (set CXX)" in done.stdout
@@ -81,10 +80,7 @@ def test_a_machine_without_a_compiler_trains_on_the_xla_path(tmp_path):
 def test_native_command_reports_the_kernels_state(tmp_path):
     """`lopt native` builds now and says how it went: exit 1 with the reason on a machine
     without a compiler, the cache folder and AMX state either way."""
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "LOPT_NATIVE")}
-    env |= {"PATH": str(empty), "LOPT_CACHE_DIR": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    env = no_compiler_env(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "lopt.cli", "native"], capture_output=True, text=True, timeout=600, env=env
     )

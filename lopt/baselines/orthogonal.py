@@ -33,6 +33,8 @@ import optax
 
 from lopt.learned.generalist import (
     GRADIENT_CLIP,
+    LEARNED,
+    OTHER,
     GeneralistOptimizer,
     as_matrix,
     newton_schulz,
@@ -52,16 +54,9 @@ def _matrix_labels(params: Any) -> Any:
 
 
 def _generalist_labels(params: Any) -> Any:
-    """The generalist's split: its learned rule's tensors (matrices, not embeddings or biases) or not."""
-    rule = GeneralistOptimizer()
-    return jax.tree.map_with_path(
-        lambda path, p: (
-            "matrix"
-            if rule.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"), p.shape)
-            else "other"
-        ),
-        params,
-    )
+    """The generalist's own split (matrices, not embeddings or biases), in this module's names."""
+    names = {LEARNED: "matrix", OTHER: "other"}
+    return jax.tree.map(names.get, GeneralistOptimizer().labels(params))
 
 
 class OrthogonalState(NamedTuple):

@@ -8,10 +8,11 @@ configs find it here and ask it (`reads_progress`, `lr_tuning_grid`) rather than
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from lopt.config import from_dict
@@ -112,3 +113,33 @@ def check_params(params: Any, name: str) -> None:
     for leaf in jax.tree.leaves(params):
         if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
             raise TypeError(f"{name} only handles floating-point parameters, got {leaf.dtype}")
+
+
+def tensor_groups(params: Sequence[jax.Array], paths: Sequence[str]) -> list[tuple[list[int], str]]:
+    """Leaf indices whose per-parameter work runs together, with their path: tensors whose path
+    is not "xla" (they go through a Pallas kernel) alone; the others grouped by shape, in order
+    of first appearance, to run as one vmapped computation over the stacked group.
+
+    A GPT-2 has ~150 tensors but 9 shapes: grouped, a step launches a quarter as many kernels
+    and is no longer bound by launches (docs/benchmarks.md)."""
+    groups: list[tuple[list[int], str]] = []
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (p, path) in enumerate(zip(params, paths)):
+        if path != "xla":
+            groups.append(([i], path))
+        elif p.shape in by_shape:
+            by_shape[p.shape].append(i)
+        else:
+            by_shape[p.shape] = [i]
+            groups.append((by_shape[p.shape], path))
+    return groups
+
+
+def stack_groups(leaves: Sequence[jax.Array], groups: Sequence[tuple[list[int], str]]) -> list[jax.Array]:
+    """Each group's leaves as one float32 array [group size, *shape] (a reshape for a group of one)."""
+    return [jnp.stack([leaves[i].astype(jnp.float32) for i in indices]) for indices, _ in groups]
+
+
+def only_member(stacked: Any) -> Any:
+    """The one tensor of a stacked group of one (indexing a leading axis of 1: no copy)."""
+    return jax.tree.map(lambda x: x[0], stacked)

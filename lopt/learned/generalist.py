@@ -56,7 +56,7 @@ import optax
 
 from lopt.learned import dispatch, per_param_mlp
 from lopt.learned import features as F
-from lopt.learned.base import LearnedKind, check_params, preset, register
+from lopt.learned.base import LearnedKind, check_params, preset, register, stack_groups, tensor_groups
 
 CELO2_ACCUMULATORS = F.AccumulatorConfig(
     momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.95,), factored_decays=(0.9, 0.99, 0.999)
@@ -70,6 +70,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 FUSED_MIN_SIZE = 1 << 16  # elements; as MLPOptimizer.fused_min_size: unrolled network above, matmuls below
 LR_MULTIPLIERS = (1 / 10, 1 / 3, 1 / 2, 1.0, 2.0, 3.0, 10.0)
 ADAM_EPS_ROOT = 1e-16
+LEARNED, OTHER = "learned", "adam"  # the two branches of `GeneralistOptimizer.labels`
 NS_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -106,18 +107,14 @@ def newton_schulz_many(xs: list[jax.Array], steps: int = 5, dtype: Any = None) -
     """`newton_schulz` of each matrix of `xs`, the matrices of one shape stacked into one
     batched iteration (a transformer's 12 blocks have 4 shapes: 4 batched chains of matmuls
     instead of 48 chains of small ones, each too small to fill a GPU alone). Same values as
-    one at a time: the batch axis is vmapped, so every matrix keeps its own norm."""
+    one at a time: the batch axis is vmapped, so every matrix keeps its own norm. Groups are
+    `lopt.learned.base.tensor_groups`' (VeLO's grouping by shape)."""
     out: list[Any] = [None] * len(xs)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(xs):
-        by_shape.setdefault(x.shape, []).append(i)
-    for indices in by_shape.values():
-        if len(indices) == 1:
-            out[indices[0]] = newton_schulz(xs[indices[0]], steps, dtype=dtype)
-            continue
-        stacked = jax.vmap(lambda m: newton_schulz(m, steps, dtype=dtype))(jnp.stack([xs[i] for i in indices]))
+    groups = tensor_groups(xs, ("xla",) * len(xs))
+    for (indices, _), stacked in zip(groups, stack_groups(xs, groups)):
+        result = jax.vmap(lambda m: newton_schulz(m, steps, dtype=dtype))(stacked)
         for j, i in enumerate(indices):
-            out[i] = stacked[j]
+            out[i] = result[j]
     return out
 
 
@@ -316,6 +313,18 @@ class GeneralistOptimizer(LearnedKind):
         to inf)."""
         return len(shape) >= 2 and not re.search(self.adam_paths, path) and path.rsplit("/", 1)[-1] != "bias"
 
+    def labels(self, params: Any) -> Any:
+        """LEARNED for the tensors the learned rule takes (`uses_learned_rule`), OTHER for those
+        AdamW takes: the split of `transform`, and of `lopt.baselines.ortho_adam`, the start."""
+        return jax.tree.map_with_path(
+            lambda path, p: (
+                LEARNED
+                if self.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"), p.shape)
+                else OTHER
+            ),
+            params,
+        )
+
     def _network_direction(
         self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, layers: list[tuple[jax.Array, jax.Array]]
     ) -> jax.Array:
@@ -370,16 +379,6 @@ class GeneralistOptimizer(LearnedKind):
         """Assembled from optax pieces: clip, {learned rule on matrices | Adam elsewhere},
         decoupled weight decay, then −η(t) with η(t) = exp(θ_lr) · schedule."""
 
-        def labels(params):
-            return jax.tree.map_with_path(
-                lambda path, p: (
-                    "learned"
-                    if self.uses_learned_rule(jax.tree_util.keystr(path, simple=True, separator="/"), p.shape)
-                    else "adam"
-                ),
-                params,
-            )
-
         def learning_rate(count):
             rate = jnp.exp(theta["log_learning_rate"]) * schedule_factor(
                 count, num_steps, self.schedule, self.warmup_fraction, self.final_lr_fraction
@@ -393,13 +392,13 @@ class GeneralistOptimizer(LearnedKind):
                 optax.clip(GRADIENT_CLIP),
                 optax.multi_transform(
                     {
-                        "learned": self.scale_by_learned_rule(theta),
+                        LEARNED: self.scale_by_learned_rule(theta),
                         # eps_root: √(v + 1e-16) has a finite derivative where v = 0 (an embedding
                         # row no batch touched), so truncated backprop through the rule stays
                         # finite; equal to √v in float32 wherever v > 1e-9
-                        "adam": optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps, eps_root=ADAM_EPS_ROOT),
+                        OTHER: optax.scale_by_adam(self.adam_b1, self.adam_b2, self.adam_eps, eps_root=ADAM_EPS_ROOT),
                     },
-                    labels,
+                    self.labels,
                 ),
                 optax.add_decayed_weights(self.weight_decay),
                 optax.scale_by_learning_rate(learning_rate),

@@ -41,7 +41,7 @@ import optax
 
 from lopt.learned import features as F
 from lopt.learned import dispatch, kernels, per_param_mlp
-from lopt.learned.base import LearnedKind, check_params, preset, register
+from lopt.learned.base import LearnedKind, check_params, only_member, preset, register, stack_groups, tensor_groups
 
 VELO_ACCUMULATORS = F.AccumulatorConfig(
     momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.999,), factored_decays=(0.9, 0.99, 0.999)
@@ -49,36 +49,6 @@ VELO_ACCUMULATORS = F.AccumulatorConfig(
 MAX_RANK = 4
 LOG_EPS = 1e-16
 GRADIENT_CLIP = 1000.0
-
-
-def tensor_groups(params: Sequence[jax.Array], paths: Sequence[str]) -> list[tuple[list[int], str]]:
-    """Leaf indices whose per-parameter work runs together, with their path: tensors whose path
-    is not "xla" (they go through a Pallas kernel) alone; the others grouped by shape, in order
-    of first appearance, to run as one vmapped computation over the stacked group.
-
-    A GPT-2 has ~150 tensors but 9 shapes: grouped, a step launches a quarter as many kernels
-    and is no longer bound by launches (docs/benchmarks.md)."""
-    groups: list[tuple[list[int], str]] = []
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, (p, path) in enumerate(zip(params, paths)):
-        if path != "xla":
-            groups.append(([i], path))
-        elif p.shape in by_shape:
-            by_shape[p.shape].append(i)
-        else:
-            by_shape[p.shape] = [i]
-            groups.append((by_shape[p.shape], path))
-    return groups
-
-
-def stack_groups(leaves: Sequence[jax.Array], groups: Sequence[tuple[list[int], str]]) -> list[jax.Array]:
-    """Each group's leaves as one float32 array [group size, *shape] (a reshape for a group of one)."""
-    return [jnp.stack([leaves[i].astype(jnp.float32) for i in indices]) for indices, _ in groups]
-
-
-def only_member(stacked: Any) -> Any:
-    """The one tensor of a stacked group of one (indexing a leading axis of 1: no copy)."""
-    return jax.tree.map(lambda x: x[0], stacked)
 
 
 def check_groups(state_groups: int, groups: Sequence[tuple[list[int], str]], name: str) -> None:

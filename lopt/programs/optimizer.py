@@ -6,6 +6,7 @@ load; the constants are orbax arrays), and the meta-training engine can tune the
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import jax
@@ -61,3 +62,14 @@ def from_program(program: Program | str, learning_rate: float = 1.0) -> ProgramO
     """Wrap a program (or its text) for `lopt.save`."""
     text = program if isinstance(program, str) else str(program)
     return ProgramOptimizer(text=text, learning_rate=learning_rate)
+
+
+def save_program(
+    path: str | Path, program: Program | str, learning_rate: float, meta: dict[str, Any], *, overwrite: bool = False
+) -> Path:
+    """Save a program with the value of its `lr` input as a checkpoint (`lopt.save`): what
+    `lopt program export` and a finished search (`meta_train.search.pipeline.ship_checkpoint`) write."""
+    from lopt.checkpoint import save  # lopt.checkpoint loads kinds, this module among them
+
+    meta_optimizer = from_program(program, learning_rate=learning_rate)
+    return save(path, meta_optimizer, meta_optimizer.init_meta(jax.random.key(0)), meta=meta, overwrite=overwrite)

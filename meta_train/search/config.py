@@ -12,6 +12,7 @@ from typing import Any
 from lopt.config import ConfigError, apply_overrides, check_output_dir, describe_error, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
+from meta_train.search.strategy import STRATEGIES
 from tasks import task_spec
 
 
@@ -150,9 +151,6 @@ def check_task_names(key: str, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{key}: {error}") from None
 
 
-STRATEGIES = ("evolution", "random", "constants")
-
-
 @dataclasses.dataclass(frozen=True)
 class EvolutionSection:
     """strategy: 'evolution' (the paper's), 'random' (random programs: a baseline) or
@@ -194,25 +192,24 @@ class EvolutionSection:
     workers: int = 0
 
     def __post_init__(self) -> None:
-        s = self
-        if s.strategy not in STRATEGIES:
-            raise ConfigError(f"search.strategy: unknown {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
-        if s.population < s.tournament or s.tournament < 1 or s.children < 1 or s.generations < 0:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"search.strategy: unknown {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.population < self.tournament or self.tournament < 1 or self.children < 1 or self.generations < 0:
             raise ConfigError("search: need population >= tournament >= 1, children >= 1, generations >= 0")
-        if s.children > s.population:
+        if self.children > self.population:
             raise ConfigError("search.children must not exceed search.population (age-based removal)")
         for name in ("max_seconds", "max_rounds", "restart_after", "seed"):
-            if getattr(s, name) < 0:
-                raise ConfigError(f"search.{name}: {getattr(s, name)!r} is negative; expected 0 (none) or more")
-        if s.max_statements < 1:
-            raise ConfigError(f"search.max_statements: {s.max_statements!r}; expected at least 1")
-        if isinstance(s.workers, bool) or not isinstance(s.workers, int) or not 0 <= s.workers <= 256:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"search.{name}: {getattr(self, name)!r} is negative; expected 0 (none) or more")
+        if self.max_statements < 1:
+            raise ConfigError(f"search.max_statements: {self.max_statements!r}; expected at least 1")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 0 <= self.workers <= 256:
             raise ConfigError(
-                f"search.workers: expected a whole number from 0 (this process) to 256, got {s.workers!r}"
+                f"search.workers: expected a whole number from 0 (this process) to 256, got {self.workers!r}"
             )
-        if isinstance(s.max_rounds, bool) or not isinstance(s.max_rounds, int) or not 0 <= s.max_rounds <= 16:
+        if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or not 0 <= self.max_rounds <= 16:
             raise ConfigError(
-                f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {s.max_rounds!r}"
+                f"search.max_rounds: expected a whole number from 0 (no limit) to 16, got {self.max_rounds!r}"
             )
 
 

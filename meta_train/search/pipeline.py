@@ -20,9 +20,9 @@ from lopt.programs.lang import format_program, parse
 from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
-from meta_train.search.config import SearchConfig
+from lopt.programs.optimizer import save_program
+from meta_train.search.config import FitnessSpec, SearchConfig
 from meta_train.search.fitness import evaluator, task_scores
-from meta_train.search.config import FitnessSpec
 from meta_train.search.job import atomic_write, json_float
 
 
@@ -330,18 +330,10 @@ def ship_checkpoint(output: Path, summary: dict[str, Any], say: Any = print) -> 
     """Save the shipped program as a checkpoint in `output`/program with the step size the funnel
     chose for it (its lr input at the largest stage it ran; 1.0 when no funnel ran), so that
     `lopt.load(<search folder>)` without a sweep is the optimizer the funnel scored."""
-    import jax
-
-    from lopt.checkpoint import save
-    from lopt.programs.optimizer import from_program
-
     shipped = summary["shipped"]
     lr = float(shipped.get("lr", 1.0))
-    meta_optimizer = from_program(shipped["text"], learning_rate=lr)
     info = {"source": "lopt search", "shipped_by": shipped["by"], "lr_from": "funnel" if "lr" in shipped else "default"}
-    path = save(
-        output / "program", meta_optimizer, meta_optimizer.init_meta(jax.random.key(0)), meta=info, overwrite=True
-    )
+    path = save_program(output / "program", shipped["text"], lr, info, overwrite=True)
     say(f"wrote {path} (lopt.load({str(output)!r}); the program's lr input {lr:g}, from the {info['lr_from']})")
     return path
 

@@ -155,14 +155,17 @@ class RandomSearch(RegularizedEvolution):
         return out
 
 
-STRATEGIES = ("evolution", "constants", "random")
+# a config's `search.strategy` -> (strategy class, mutation mode)
+STRATEGIES: dict[str, tuple[type[RegularizedEvolution], str]] = {
+    "evolution": (RegularizedEvolution, "all"),
+    "random": (RandomSearch, "all"),
+    "constants": (RegularizedEvolution, "constants"),
+}
 
 
 def make_strategy(search: Any) -> RegularizedEvolution:
-    """The strategy a config's [search] section names (`SearchSection.strategy`)."""
-    if search.strategy not in STRATEGIES:
-        raise ValueError(f"unknown search strategy {search.strategy!r}; valid: {', '.join(STRATEGIES)}")
-    kind = RandomSearch if search.strategy == "random" else RegularizedEvolution
+    """The strategy a config's [search] section names (`EvolutionSection`, which checks the name)."""
+    kind, mode = STRATEGIES[search.strategy]
     return kind(
         population_size=search.population,
         children=search.children,
@@ -171,5 +174,5 @@ def make_strategy(search: Any) -> RegularizedEvolution:
         restart_after=search.restart_after,
         max_statements=search.max_statements,
         max_rounds=search.max_rounds,
-        mode="constants" if search.strategy == "constants" else "all",
+        mode=mode,
     )
