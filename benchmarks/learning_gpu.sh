@@ -8,6 +8,8 @@
 #               $OUT/recipes.tgz (metrics.jsonl, best/, meta_training.png of each)
 #   heldout     after the recipes: the one with the best validation score (its best/) and its start
 #               (checkpoints/generalist) on the held-out `generalisation` suite, each untuned and LR-swept
+#               A recipe resumes where the last call stopped when runs/recipes/NAME is carried back
+#               in (its outer/ checkpoint: theta and the outer optimizer's state; fresh workers)
 #   continue    resume recipe CONTINUE from runs/recipes/$CONTINUE/best (carried back) for TIME_LIMIT
 # usage: STAGES=throughput,recipes bash benchmarks/learning_gpu.sh
 set -uo pipefail

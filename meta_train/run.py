@@ -24,8 +24,9 @@ from meta_train.loop import MetaTrainer, MetaTrainState
 from meta_train.validation import adam_reference
 
 
-def _open(config: MetaTrainConfig, lead: bool) -> tuple[MetaTrainer, Any, MetaTrainState, bool]:
-    """The trainer, the checkpoint manager, the state (restored or fresh) and whether it resumed.
+def _open(config: MetaTrainConfig, lead: bool) -> tuple[MetaTrainer, tuple[Any, Any], MetaTrainState, bool]:
+    """The trainer, the checkpoint managers (whole state, outer part), the state (restored or
+    fresh) and whether it resumed.
     The memory check runs before the folder is claimed: a refused job leaves nothing behind."""
     output = Path(config.run.output_dir)
     trainer = MetaTrainer(config)
@@ -36,14 +37,17 @@ def _open(config: MetaTrainConfig, lead: bool) -> tuple[MetaTrainer, Any, MetaTr
     else:
         output.mkdir(parents=True, exist_ok=True)
     manager = run_folder.checkpoint_manager(output / "checkpoints", config)
+    outer = run_folder.checkpoint_manager(output / "outer", config)
     state = run_folder.restore(manager, trainer)
+    if state is None:  # moved without its populations: fresh workers, the outer state kept
+        state = run_folder.restore_outer(outer, trainer)
     if state is None and (output / "optimizer").exists():
         raise ConfigError(
             f"run.output_dir: {output} holds a finished run's optimizer/ but no checkpoint to resume; "
             "move it away or use another run.output_dir"
         )
     resumed = state is not None
-    return trainer, manager, state if resumed else trainer.initial_state(), resumed
+    return trainer, (manager, outer), state if resumed else trainer.initial_state(), resumed
 
 
 @dataclasses.dataclass
@@ -144,7 +148,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
         jax.distributed.initialize()
     lead = jax.process_index() == 0
     output = Path(config.run.output_dir)
-    trainer, manager, state, resumed = _open(config, lead)
+    trainer, managers, state, resumed = _open(config, lead)
     log_path = output / "metrics.jsonl"
     start_step, last = int(state.step), config.outer.steps
     if lead and log_path.exists():
@@ -187,7 +191,7 @@ def meta_train(config: MetaTrainConfig, *, progress: bool = True, stop_after: in
                 evaluate(state, step)
             out_of_time = config.run.time_limit_s and time.perf_counter() - call_start > config.run.time_limit_s
             if _due(step, config.run.checkpoint_every, last) or out_of_time:
-                run_folder.save(manager, state)
+                run_folder.save(managers[0], state, managers[1])
             if out_of_time or (stop_after is not None and steps_done >= stop_after):
                 break
     finally:

@@ -2,7 +2,11 @@
 resume), the metrics log (cut back to the resumed step) and its figure.
 
     <run.output_dir>/config.json      the config, without output_dir (a folder can be moved)
-    <run.output_dir>/checkpoints/     orbax steps (the newest two)
+    <run.output_dir>/checkpoints/     orbax steps (the newest two) of the whole state
+    <run.output_dir>/outer/           orbax steps of the outer state alone (step, theta, the outer
+                                      optimizer's state, the counts): kilobytes, where the whole
+                                      state holds every worker's inner run (gigabytes on a GPU),
+                                      so a run moves between machines without its populations
     <run.output_dir>/metrics.jsonl    one row per log / eval step
     <run.output_dir>/optimizer/, best/, meta_training.png   written by meta_train.run
 """
@@ -97,10 +101,41 @@ def check_run_config(output: Path, config: MetaTrainConfig) -> None:
     os.replace(staging, path)
 
 
-def save(manager: ocp.CheckpointManager, state: Any) -> None:
-    """Checkpoint `state` (the run's config lives once in the run folder, `_check_run_config`)."""
+_OUTER_FIELDS = ("step", "theta", "outer_state", "skipped", "diverged")
+
+
+def save(manager: ocp.CheckpointManager, state: Any, outer: ocp.CheckpointManager | None = None) -> None:
+    """Checkpoint `state` (the run's config lives once in the run folder, `_check_run_config`);
+    with `outer`, its outer part too (`restore_outer`)."""
     manager.save(int(state.step), args=ocp.args.StandardSave(_without_empty(state)))
+    if outer is not None:
+        part = {name: getattr(state, name) for name in _OUTER_FIELDS}
+        outer.save(int(state.step), args=ocp.args.StandardSave(_without_empty(part)))
+        outer.wait_until_finished()
     manager.wait_until_finished()
+
+
+def restore_outer(manager: ocp.CheckpointManager, trainer: Any) -> Any:
+    """The newest outer-only checkpoint (`save`'s `outer`) as a whole state whose task groups are
+    fresh populations for its step, or None if there is none. Resuming from it restarts every
+    worker's inner run (as a task change does) and keeps theta, the outer optimizer's moments
+    and the step: how a run continues on a machine its gigabytes of populations did not reach."""
+    if manager.latest_step() is None:
+        return None
+    whole = trainer.abstract_state(0)
+    abstract = {name: getattr(whole, name) for name in _OUTER_FIELDS}
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            with quiet_failed_reads():
+                restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
+        except Exception as error:  # orbax raises many types for a damaged step
+            failures.append(f"step {step}: {describe_error(error)}")
+            continue
+        part = _with_empty(restored, abstract)
+        groups = [trainer.group_state(g, step, part["theta"]) for g in range(trainer.config.tasks.num_groups)]
+        return whole._replace(groups=groups, **part)
+    raise CheckpointError(f"{manager.directory}: no outer checkpoint could be restored ({'; '.join(failures)})")
 
 
 def truncate_log(log_path: Path, step: int) -> None:

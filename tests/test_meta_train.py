@@ -236,6 +236,27 @@ def test_killed_job_resumes_exactly(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_from_the_outer_part_alone(tmp_path):
+    """A run moved without `checkpoints/` (its populations) resumes from `outer/`: theta, the
+    outer optimizer's state and the step kept, fresh workers. Stopped at a task change (step 3,
+    lifetime 3), where the straight run starts fresh workers too, it must match it exactly."""
+    import shutil
+
+    import lopt
+
+    def config(out):
+        base = tiny_config(out)
+        return dataclasses.replace(base, tasks=dataclasses.replace(base.tasks, lifetime=3))
+
+    straight = meta_train(config(tmp_path / "a"), progress=False)
+    meta_train(config(tmp_path / "b"), progress=False, stop_after=3)
+    assert (tmp_path / "b" / "outer").is_dir()
+    shutil.rmtree(tmp_path / "b" / "checkpoints")
+    moved = meta_train(config(tmp_path / "b"), progress=False)
+    assert moved["resumed"] and moved["steps"] == 6
+    chex.assert_trees_all_equal(lopt.load_meta(straight["optimizer"])[1], lopt.load_meta(moved["optimizer"])[1])
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     meta_train(tiny_config(tmp_path / "c"), progress=False, stop_after=3)
     changed = dataclasses.replace(tiny_config(tmp_path / "c"), outer=OuterSection(steps=6, learning_rate=5e-3))
