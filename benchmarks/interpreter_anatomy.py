@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from interpreter_step import population, time_step  # noqa: E402
 from search_throughput import adamw_step  # noqa: E402
 
-from lopt.programs import interpret  # noqa: E402
-from lopt.programs.interpret import MAX_ARGS, NUM_INPUTS, ROUND, _gather_args, _slot_output, scan_rounds  # noqa: E402
+from lopt.programs import batched  # noqa: E402
+from lopt.programs.batched import MAX_ARGS, NUM_INPUTS, ROUND, _gather_args, _slot_output, scan_rounds  # noqa: E402
 
 
 def variant(shared_refs: bool, add_only: bool):
@@ -63,7 +63,7 @@ def main() -> None:
         f"{args.params:,} parameters, {args.rounds} rounds of {len(ROUND)} slots"
     )
     steps = {
-        "full": interpret.run_encoded,
+        "full": batched.run_encoded,
         "shared": variant(True, False),
         "add-only": variant(False, True),
         "bare": variant(True, True),

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).parent))
 from search_throughput import adamw_step, children  # noqa: E402
 
-from lopt.programs.interpret import encode, rounds_needed, run_encoded, run_unrolled, stack_encoded  # noqa: E402
+from lopt.programs.batched import encode, rounds_needed, run_encoded, run_unrolled, stack_encoded  # noqa: E402
 from lopt.programs.kernel import run_kernel, uses_tree  # noqa: E402
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs import seed
-from lopt.programs.interpret import run_unrolled
+from lopt.programs.batched import run_unrolled
 from meta_train.search import mutation
 from lopt.config import load_config
 from meta_train.search.config import SearchConfig

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.learned import factored_mlp, kernels, per_param_mlp, small_mlp
+from lopt.learned import factored_mlp, kernels, kernels_2d, per_param_mlp, small_mlp
 from lopt.learned import features as F
 from lopt.learned.velo import statistic_means, tensor_features
 
@@ -183,7 +183,7 @@ def test_means_2d_equals_numpy_with_row_and_column_factors(shape, block):
     g, p, acc = factored_state(shape)
     rows, cols = zip(*[F.factored_factors(m) for m in acc.factored])
     values = lambda full, r, c: [full[0] * r[0] * c[0], jnp.square(full[1]), r[1] + 0 * full[0], full[0] * c[1]]
-    got = kernels.means_2d(values, [g, p], list(rows), list(cols), num_values=4, block=block, interpret=True)
+    got = kernels_2d.means_2d(values, [g, p], list(rows), list(cols), num_values=4, block=block, interpret=True)
     g64, p64 = np.asarray(g, np.float64), np.asarray(p, np.float64)
     r, c = [np.asarray(x, np.float64) for x in rows], [np.asarray(x, np.float64) for x in cols]
     want = [np.mean(g64 * r[0][:, None] * c[0][None, :]), np.mean(p64**2), np.mean(r[1]), np.mean(g64 * c[1][None, :])]
@@ -264,7 +264,7 @@ def test_network_2d_with_runtime_weights_equals_reference():
         return [direction * jnp.exp(0.1 * magnitude)]
 
     where = dict(row=1, num_scalars=1, layer_sizes=sizes)
-    (got,) = kernels.network_2d(
+    (got,) = kernels_2d.network_2d(
         body, [g, p], list(rows), list(cols), scalars, weights, block=(16, 128), interpret=True, **where
     )
     layers = per_param_mlp.unflatten_layers(
@@ -282,13 +282,13 @@ def test_network_2d_with_runtime_weights_equals_reference():
         lambda p, weights: jnp.sum(jnp.sin(f(body, [g, p], list(rows), list(cols), scalars, weights, **where)[0])),
         argnums=(0, 1),
     )
-    kernel_fn = lambda *a, **k: kernels.network_2d(*a, **k, block=(16, 128), interpret=True)
-    reference = lambda *a, row, num_scalars, layer_sizes: kernels.reference_network_2d(
+    kernel_fn = lambda *a, **k: kernels_2d.network_2d(*a, **k, block=(16, 128), interpret=True)
+    reference = lambda *a, row, num_scalars, layer_sizes: kernels_2d.reference_network_2d(
         *a, row, num_scalars, layer_sizes
     )
     chex.assert_trees_all_close(loss(kernel_fn)(p, weights), loss(reference)(p, weights), rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="flat_table holding row 5"):
-        kernels.network_2d(
+        kernels_2d.network_2d(
             body,
             [g, p],
             list(rows),

@@ -10,7 +10,7 @@ import pytest
 from jax import export
 
 from lopt.programs import check, parse, seed
-from lopt.programs.interpret import GROUPS, Encoded, encode_population, run_encoded
+from lopt.programs.batched import GROUPS, Encoded, encode_population, run_encoded
 from lopt.programs.kernel import run_kernel, uses_tree
 from lopt.programs.library import FUNCTIONS
 from meta_train.search import mutation

@@ -24,15 +24,8 @@ from lopt.programs import (
 )
 from lopt.programs.analysis import live_outputs
 from lopt.programs.functional import functional_hashes
-from lopt.programs.interpret import (
-    GROUP_OF,
-    GROUPS,
-    _group_results,
-    encode,
-    encode_population,
-    run_encoded,
-    run_unrolled,
-)
+
+from lopt.programs.batched import GROUP_OF, GROUPS, _group_results, encode, encode_population, run_encoded, run_unrolled
 from lopt.programs.lang import Const, Program, Statement, Var
 from lopt.programs.library import FUNCTIONS
 
@@ -196,7 +189,7 @@ def test_the_schedule_respects_dependencies_and_slot_groups():
     """Every statement lands in a slot of its function's group, after the slots of its
     arguments; AdamW's nine arithmetic statements fit in two rounds; a chain of trigonometric
     statements takes one round each (one trig slot per round) and still runs correctly."""
-    from lopt.programs.interpret import GROUP_OF, ROUND, rounds_needed, schedule
+    from lopt.programs.batched import GROUP_OF, ROUND, rounds_needed, schedule
 
     chain = parse("""
 def train(w, g, m, v, lr):

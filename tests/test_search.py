@@ -15,10 +15,11 @@ from lopt.cli import main
 from lopt.config import ConfigError, from_dict
 from lopt.programs import check, format_program, parse, seed, structural_hash
 from lopt.programs.analysis import to_graph
-from lopt.programs.interpret import rounds_needed
+from lopt.programs.batched import rounds_needed
 from lopt.programs.simplify import simplify
 from meta_train.search import mutation
-from meta_train.search.fitness import BatchedEvaluator, JitEvaluator, evaluator, padded_batch, score
+from meta_train.search.fitness import BatchedEvaluator, JitEvaluator, evaluator
+from meta_train.search.scoring import padded_batch, score
 from meta_train.search.config import FitnessSpec
 from meta_train.search.config import SearchConfig
 from meta_train.search.job import Search
@@ -683,7 +684,7 @@ def test_the_train_metric_is_the_evals_final_train_loss():
 
     from eval.metrics import final_loss
     from lopt.programs.interpret import to_optax
-    from meta_train.search.fitness import _keys
+    from meta_train.search.scoring import keys_of
     from tasks import build, task_spec
 
     spec = FitnessSpec(
@@ -699,7 +700,7 @@ def test_the_train_metric_is_the_evals_final_train_loss():
     task = build(task_spec("digits-mlp-relu32"))
     reference = np.zeros((2, 2))
     for i, lr in enumerate(spec.task_lrs("digits-mlp-relu32")):
-        for j, key in enumerate(_keys(spec, "digits-mlp-relu32")):
+        for j, key in enumerate(keys_of(spec, "digits-mlp-relu32")):
             init_key, train_key, _ = jax.random.split(key, 3)
             params, opt = task.init(init_key), to_optax(seed("adamw_paper_eps"), lr)
             state, losses = opt.init(params), []

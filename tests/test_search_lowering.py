@@ -1,4 +1,4 @@
-"""The search's store of lowered population calls (meta_train.search.fitness, `lowered_dir`): a
+"""The search's store of lowered population calls (meta_train.search.store, `lowered_dir`): a
 later process compiles from the stored `jax.export` module instead of tracing and lowering again,
 with the same losses; a damaged file is lowered again; the key follows what the call depends on;
 `precompile` lowers the missing calls in worker processes."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lopt.programs import check, seed
-from meta_train.search import fitness
+from meta_train.search import store
 from meta_train.search.fitness import BatchedEvaluator
 from meta_train.search.config import FitnessSpec
 
@@ -69,7 +69,7 @@ def test_the_store_key_follows_spec_shape_platform_and_sources(tmp_path, monkeyp
         BatchedEvaluator(SPEC, lowered_dir=tmp_path, platform="cuda").lowered_path("digits-mlp-relu32", 2, "step", 4),
     }
     assert path not in others and len(others) == 5
-    monkeypatch.setattr(fitness, "_source_digest", lambda: "another checkout")
+    monkeypatch.setattr(store, "source_digest", lambda: "another checkout")
     assert base.lowered_path("digits-mlp-relu32", 2, "step", 4) != path
     assert BatchedEvaluator(SPEC, lowered_dir=None).lowered_path("digits-mlp-relu32", 2, "step", 4) is None
     assert (

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt.baselines import adaptive, momentum, wrappers
+from lopt.baselines import curvature, momentum, wrappers
 from test_zoo import SHAPES, assert_trajectories, mat, problem, run, unmat  # noqa: F401  (fixture)
 
 
@@ -145,9 +145,9 @@ def test_innaprop_follows_its_recursion(problem):
             )
         p = new
         expected.append(p)
-    assert_trajectories(run(adaptive.innaprop(lr, alpha, beta, sigma, eps, wd), params, grads), expected)
+    assert_trajectories(run(curvature.innaprop(lr, alpha, beta, sigma, eps, wd), params, grads), expected)
     with pytest.raises(ValueError, match="learning_rate < beta"):
-        adaptive.innaprop(1.0, beta=0.9)
+        curvature.innaprop(1.0, beta=0.9)
 
 
 def test_switch_ema_switches_the_average_in_every_period(problem):

@@ -1,6 +1,8 @@
-"""AdaHessian: Adam with a Hutchinson estimate of the Hessian diagonal in place of g².
+"""Second-order-inspired rules: AdaHessian (Adam with a Hutchinson estimate of the Hessian
+diagonal in place of g²) and INNAprop (the inertial Newton dynamics of INNA with RMSprop's
+scaling).
 
-The Hessian-vector product needs the objective, which lopt's training loop passes to every
+AdaHessian's Hessian-vector product needs the objective, which lopt's training loop passes to every
 optimizer as the extra argument `obj_fn=` (the minibatch loss as a function of the parameters);
 `update` raises a clear error when it is missing.
 """
@@ -13,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.baselines._common import bias_correction, ema, increment, zeros_like
+from lopt.baselines._common import bias_correction, ema, increment, map_unzip, zeros_like
 
 
 class AdaHessianState(NamedTuple):
@@ -154,3 +156,67 @@ def sophia_g(
         update_interval=update_interval,
         hessian_diagonal_fn=gauss_newton_bartlett(batch_size, seed),
     )
+
+
+class InnapropState(NamedTuple):
+    count: jax.Array
+    psi: Any  # INNA's auxiliary variable ψ, initialised at (1 − αβ) θ_0
+    nu: Any  # RMSprop's second moment
+
+
+def innaprop(
+    learning_rate: float = 1e-3,
+    alpha: float = 0.1,
+    beta: float = 0.9,
+    sigma: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+) -> optax.GradientTransformation:
+    """INNAprop (Bolte, Boustany, Pauwels & Purica 2024): the inertial Newton method INNA, whose
+    geometric damping β uses second-order information through time derivatives only, with its
+    gradient rescaled by RMSprop. With γ the learning rate (γ < β):
+
+        θ_t ← (1 − λγ) θ_t                                      decoupled weight decay
+        v_t = σ v_{t−1} + (1−σ) g_t²,   v̂_t = v_t / (1 − σ^t)
+        ψ_t = (1 − γ/β) ψ_{t−1} + γ (1/β − α) θ_t
+        θ_{t+1} = (1 + γ(1 − αβ)/(β − γ)) θ_t − γ/(β − γ) ψ_t − γβ g_t / (√v̂_t + ε)
+
+    ψ_0 = (1 − αβ) θ_0, so `init` reads the parameters. Defaults: (α, β) = (0.1, 0.9), the
+    paper's choice for short training; weight decay 0.01 and σ 0.999 (Adam's β2) as AdamW's.
+    The learning rate is a constant (a number, or a traced scalar in an LR sweep; not a schedule):
+    the recursion's coefficients divide by β − γ.
+
+    References:
+      Bolte, Boustany, Pauwels & Purica, "A second-order-like optimizer with adaptive gradient
+      scaling for deep learning", arXiv:2410.05871, 2024.
+    """
+    if isinstance(learning_rate, (int, float)) and not learning_rate < beta:  # a swept LR is traced
+        raise ValueError(f"innaprop needs learning_rate < beta (got {learning_rate} and {beta})")
+    gamma = learning_rate
+
+    def init(params):
+        return InnapropState(
+            jnp.zeros([], jnp.int32), jax.tree.map(lambda p: (1 - alpha * beta) * p, params), zeros_like(params)
+        )
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("innaprop needs params: its update mixes θ and ψ")
+        count = increment(state.count)
+
+        def leaf(g, theta, psi, nu):
+            decayed = (1 - weight_decay * gamma) * theta
+            nu = sigma * nu + (1 - sigma) * g * g
+            scaled = g / (jnp.sqrt(nu / bias_correction(sigma, count)) + eps)
+            psi = (1 - gamma / beta) * psi + gamma * (1 / beta - alpha) * decayed
+            new = (
+                (1 + gamma * (1 - alpha * beta) / (beta - gamma)) * decayed
+                - gamma / (beta - gamma) * psi
+                - gamma * beta * scaled
+            )
+            return new - theta, psi, nu
+
+        step, psi, nu = map_unzip(leaf, updates, params, state.psi, state.nu)
+        return step, InnapropState(count, psi, nu)
+
+    return optax.GradientTransformation(init, update)

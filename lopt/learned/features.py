@@ -35,7 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lopt.learned import dispatch, kernels
+from lopt.learned import dispatch, kernels_2d
 
 TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 PROGRESS_SCALES = (1.0, 3.0, 10.0, 30.0)
@@ -230,7 +230,7 @@ def feature_means(
 ) -> jax.Array:
     """[K] means over one tensor of `values(g, p, acc, preconditioners)` (K arrays).
 
-    kernel: use the one-pass Pallas kernel `kernels.means_2d` (matrices of at least
+    kernel: use the one-pass Pallas kernel `kernels_2d.means_2d` (matrices of at least
     dispatch.KERNEL_MIN_SIZE elements); None chooses it on GPUs. Otherwise `tensor_means`."""
     if kernel is None:
         kernel = dispatch.matrix_kernel("auto", g) == "pallas"
@@ -243,7 +243,7 @@ def feature_means(
     def blocks(full, rows, cols):
         return values(*from_kernel_blocks(full, num_m), [r * c for r, c in zip(rows, cols)])
 
-    return kernels.means_2d(blocks, *kernel_operands(g, p, acc), num_values=num_values, interpret=interpret)
+    return kernels_2d.means_2d(blocks, *kernel_operands(g, p, acc), num_values=num_values, interpret=interpret)
 
 
 def normalised_features(

@@ -187,7 +187,7 @@ class GeneralistOptimizer(LearnedKind):
     nominal: add Adam's direction to the network's output (the nominal term; needs init='random').
     schedule_knots: learned log-multipliers of η over training progress (0: none).
     kernel: where the per-tensor feature statistics of large matrices run (how, not what: never
-      saved). "auto": the one-pass Pallas kernel (`lopt.learned.kernels.means_2d`) on GPUs for
+      saved). "auto": the one-pass Pallas kernel (`lopt.learned.kernels_2d.means_2d`) on GPUs for
       matrices of at least dispatch.KERNEL_MIN_SIZE elements, XLA elsewhere; "xla"; "pallas";
       "interpret" (that kernel through Pallas' interpreter, for tests on CPUs).
     """

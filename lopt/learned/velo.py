@@ -23,7 +23,7 @@ grow with the number of parameters; the per-parameter MLP is fused like `MLPOpti
 Speed: the per-tensor scalar work (statistics → features, LSTM, mixing) runs once for all
 tensors as [tensors, ·] arrays. Same-shaped tensors that stay in XLA run as one vmapped group
 (`base.tensor_groups`; a GPT-2's ~150 tensors have 9 shapes). On GPUs each large matrix runs in
-two Pallas kernels (`kernels.means_2d`, `kernels.network_2d`) that clip the gradient and take
+two Pallas kernels (`kernels_2d.means_2d`, `kernels_2d.network_2d`) that clip the gradient and take
 the momenta and rms one step in registers; only the factored row and column accumulators, which
 need whole rows and columns, are updated by XLA first. W1 (docs/benchmarks.md) gives the
 cost against adam.
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.learned import features as F
-from lopt.learned import dispatch, kernels, per_param_mlp
+from lopt.learned import dispatch, kernels, kernels_2d, per_param_mlp
 from lopt.learned.base import LearnedKind, check_params, only_member, preset, register, stack_groups, tensor_groups
 
 VELO_ACCUMULATORS = F.AccumulatorConfig(
@@ -236,7 +236,7 @@ class VeLOOptimizer(LearnedKind):
     def kernel_means(
         self, g: jax.Array, p: jax.Array, acc: F.ParamAccumulators, *, interpret: bool = False
     ) -> jax.Array:
-        """`statistic_means` of a matrix in the `kernels.means_2d` kernel, from the raw float32
+        """`statistic_means` of a matrix in the `kernels_2d.means_2d` kernel, from the raw float32
         gradient, the momenta and rms accumulators before this step and the factored ones after
         it: the accumulators are advanced in registers (`advance`) rather than in a pass of their
         own, which ran at a third of the memory bandwidth."""
@@ -255,7 +255,7 @@ class VeLOOptimizer(LearnedKind):
         interpret: bool = False,
     ) -> tuple[jax.Array, F.ParamAccumulators]:
         """One matrix's step (before the sign) and its advanced accumulators, from one
-        `kernels.network_2d` kernel that reads row `row` of the step's tables (`scalars`: the
+        `kernels_2d.network_2d` kernel that reads row `row` of the step's tables (`scalars`: the
         inverse RMS of each feature, then the scale). Inputs as for `kernel_means`; factored
         preconditioners are formed in-kernel from row and column factors."""
         num_m, num_f = len(acc.momentum), self.accumulators.num_features
@@ -265,7 +265,7 @@ class VeLOOptimizer(LearnedKind):
             features = F.raw_features(g, p, advanced, [r * c for r, c in zip(rows, cols)])
             return [self._step(features, scalars[:num_f], scalars[num_f], layers), *advanced.momentum, *advanced.rms]
 
-        step, *state = kernels.network_2d(
+        step, *state = kernels_2d.network_2d(
             body,
             *F.kernel_operands(g, p, acc),
             scalars,

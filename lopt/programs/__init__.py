@@ -2,7 +2,8 @@
 two interpreters (per-program optax and a batched population interpreter) and a simplifier."""
 
 from lopt.programs.analysis import check, prune, redundant_fraction, structural_hash, to_graph
-from lopt.programs.interpret import encode, run_encoded, to_optax
+from lopt.programs.interpret import to_optax
+from lopt.programs.batched import encode, run_encoded
 from lopt.programs.lang import Const, Program, ProgramError, Statement, Var, format_program, parse
 from lopt.programs.optimizer import ProgramOptimizer, from_program
 from lopt.programs.seeds import SEEDS, seed

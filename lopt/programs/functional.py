@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs.analysis import Graph
-from lopt.programs.interpret import encode_population, run_encoded
+from lopt.programs.batched import encode_population, run_encoded
 
 PROBE_STEPS = 8
 PROBE_BATCH = 32  # programs per probe call: one shape per power-of-two number of rounds

@@ -37,7 +37,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from lopt.learned.kernels import flat_table
 from lopt.programs.analysis import Graph
-from lopt.programs.interpret import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded
+from lopt.programs.batched import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded
 from lopt.programs.library import FUNCTIONS
 
 # Parameters per kernel instance: 1,024 beats 256 everywhere (`benchmarks/interpreter_step.py

@@ -1,17 +1,7 @@
-"""Fitness of optimizer programs: train a proxy task with each program, over seeds and a small
-grid of learning-rate multipliers, and score by held-out loss.
-
-    fitness(program) = mean over tasks of  log  min over lr multipliers  median over seeds
-                       (test-split loss after `steps` steps)               (lower is better)
-
-The best multiplier absorbs a wrongly scaled constant and the median over seeds resists a
-lucky run (program-search.md: "score by the best LR and the median over seeds"). A run whose
-loss is not finite, or whose parameters end larger than `max_param_abs` in magnitude, scores
-+inf (an evolved program that blows the weights up to ~1e14 can otherwise drive a float32 loss
-to exactly zero; the guard rejects such runs as diverged).
+"""The evaluators of optimizer programs (fitness and its hurdle: `meta_train.search.scoring`).
 
 Two evaluators with identical numbers: "batched" runs the whole population as data through one
-compiled interpreter (`lopt.programs.interpret.run_encoded` under `vmap`); "jit" compiles each
+compiled interpreter (`lopt.programs.batched.run_encoded` under `vmap`); "jit" compiles each
 program through `to_optax` (one compile per unique program). `benchmarks/search_throughput.py`
 measures both.
 """
@@ -21,15 +11,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import hashlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from lopt import cache_files
 from lopt.config import from_dict
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
-from lopt.programs.interpret import (
+from lopt.programs.interpret import to_optax
+from lopt.programs.batched import (
     ROUND,
     Encoded,
     encode,
@@ -51,162 +37,19 @@ from lopt.programs.interpret import (
     run_encoded,
     run_unrolled,
     stack_encoded,
-    to_optax,
 )
 from lopt.programs.kernel import run_kernel, uses_tree
-from meta_train.search.config import FitnessSpec, tail_steps
-from meta_train.search.mutation import worker_env
+from meta_train.search.config import FitnessSpec
+from meta_train.search.store import LoweredStore, default_lowered_dir, lower_in_workers
 from tasks import build, task_spec
 from tasks.train import evaluate
-
-
-def train_scan(metric: str, count: int, task, loss_fn, params_of, apply_update, state, train_key: jax.Array):
-    """Train `count` steps from `state` (`loss_fn(params_of(state), batch)`, then
-    `apply_update(state, grads, t)` at the 1-based step t) in one `lax.scan`; returns the final
-    state and, for the 'train' metric, the mean minibatch loss of the last `tail_steps(count)`
-    steps (None for 'test'). The 'test' metric carries no loss sum, so its traced call is the one
-    compile caches stored before the 'train' metric existed hold."""
-    tail_from = count - tail_steps(count)
-
-    def step(carry, inputs):
-        state, *tail = carry
-        t, k = inputs
-        batch = task.batch(k, "train")
-        if tail:
-            loss, grads = jax.value_and_grad(loss_fn)(params_of(state), batch)
-            tail = [tail[0] + jnp.where(t > tail_from, loss, 0.0)]
-        else:
-            grads = jax.grad(loss_fn)(params_of(state), batch)
-        return (apply_update(state, grads, t), *tail), None
-
-    carry = (state, jnp.zeros(())) if metric == "train" else (state,)
-    steps = jnp.arange(1, count + 1, dtype=jnp.float32)
-    (state, *tail), _ = jax.lax.scan(step, carry, (steps, jax.random.split(train_key, count)))
-    return state, (tail[0] / tail_steps(count) if tail else None)
-
-
-def _keys(spec: FitnessSpec, task_name: str) -> jax.Array:
-    root = jax.random.fold_in(jax.random.key(spec.seed), zlib.crc32(task_name.encode()))
-    return jax.random.split(root, spec.seeds)
-
-
-def task_scores(losses: np.ndarray) -> np.ndarray:
-    """losses [..., lrs, seeds] of one task -> log(min over lrs of the median over seeds), +inf
-    where that is not finite."""
-    losses = np.where(np.isfinite(losses), losses, np.inf)
-    best = np.min(np.median(losses, axis=-1), axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logged = np.log(np.maximum(best, 1e-30))
-    return np.where(np.isfinite(logged), logged, np.inf)
-
-
-class Hurdle:
-    """The quality rejection of `FitnessSpec.hurdle`, shared by the evaluators: which programs go
-    on past the first task, and how many did not."""
-
-    def __init__(self, spec: FitnessSpec, evaluate_first) -> None:
-        self.spec = spec
-        self._evaluate_first = evaluate_first  # graphs -> [programs, lrs, seeds] losses on task 0
-        self.reference: float | None = None
-        self.rejected = 0
-        self.last_kept = np.ones(0, bool)  # the last call's survivors
-
-    def set_reference(self, graph: Graph) -> float:
-        """Score `graph` (the search's seed) on the first task: the hurdle's reference."""
-        self.reference = float(task_scores(self._evaluate_first([graph]))[0])
-        return self.reference
-
-    def survivors(self, first: np.ndarray) -> np.ndarray:
-        """[programs] bool: which go on, given their first-task losses [programs, lrs, seeds]."""
-        keep = np.ones(first.shape[0], bool)
-        if self.spec.hurdle and self.reference is not None and len(self.spec.tasks) > 1:
-            keep = task_scores(first) <= self.reference + self.spec.hurdle
-            self.rejected += int(np.sum(~keep))
-        self.last_kept = keep
-        return keep
-
-
-def score(losses: np.ndarray) -> np.ndarray:
-    """losses [..., tasks, lrs, seeds] -> fitness [...]: mean over tasks of log(min over lrs of the
-    median over seeds); non-finite runs count as +inf."""
-    per_task = task_scores(losses)
-    return np.where(np.all(np.isfinite(per_task), axis=-1), per_task.mean(axis=-1), np.inf)
+from meta_train.search.scoring import Hurdle, Staged, keys_of, padded_batch, score, train_scan
 
 
 @functools.cache
 def _example_graph() -> Graph:
     """A one-statement program: encodable with any number of rounds (a compile's example)."""
     return check(parse("def train(w, g, m, v, lr):\n  update = g * lr\n  return update, m, v\n"))
-
-
-def padded_batch(count: int, batch: int) -> int:
-    """Programs a compiled call holds for `count` programs: the next power of two, at least a
-    quarter of `batch` and at most `batch` (a partial batch — a generation's remainder, the
-    hurdle's survivors, the programs with tree-level statements — would otherwise train as many
-    padding copies as programs; three sizes at most compile per task)."""
-    return min(batch, max(batch // 4, 1, 1 << max(count - 1, 0).bit_length()))
-
-
-class Staged:
-    """One population's losses in flight, so a search can mutate the next generation while the
-    device trains this one: the first task is dispatched at construction; `advance()` reads it,
-    applies the hurdle and dispatches the other tasks for the survivors; `losses()` reads those
-    ([programs, tasks, lrs, seeds], +inf on the tasks after the first for the programs the hurdle
-    stopped). `dispatch(graphs, task)` starts a task's runs and returns what reads their
-    [programs, lrs, seeds] losses (blocking there, not at the dispatch)."""
-
-    def __init__(self, spec: FitnessSpec, hurdle: Hurdle, graphs: Sequence[Graph], dispatch) -> None:
-        self.spec, self._hurdle, self._graphs, self._dispatch = spec, hurdle, list(graphs), dispatch
-        self.out = np.full((len(graphs), len(spec.tasks), len(spec.lr_multipliers), spec.seeds), np.inf, np.float32)
-        self.kept = np.ones(len(graphs), bool)  # which went on past the first task
-        self._first = dispatch(self._graphs, 0) if self._graphs else None
-        self._rest: list[tuple[int, np.ndarray, object]] = []
-
-    def advance(self) -> None:
-        """Read the first task (blocking until it is trained) and dispatch the others."""
-        if self._first is None:
-            return
-        self.out[:, 0], self._first = self._first(), None
-        self.kept = self._hurdle.survivors(self.out[:, 0])
-        alive = np.flatnonzero(self.kept)
-        if len(alive):
-            self._rest = [
-                (t, alive, self._dispatch([self._graphs[i] for i in alive], t)) for t in range(1, len(self.spec.tasks))
-            ]
-
-    def losses(self) -> np.ndarray:
-        """[programs, tasks, lrs, seeds]: every task read (blocking until trained)."""
-        self.advance()
-        for t, alive, read in self._rest:
-            self.out[alive, t] = read()
-        self._rest = []
-        return self.out
-
-
-# What a lowered population call depends on besides the spec and its shape: the interpreter, the
-# kernel, the tasks and this module. A change to any of these files makes every stored lowering stale.
-_LOWERING_SOURCES = ("lopt/programs", "lopt/learned/kernels.py", "tasks", "meta_train/search/fitness.py")
-
-
-@functools.cache
-def _source_digest() -> str:
-    """sha256 over the files in `_LOWERING_SOURCES` (paths and bytes)."""
-    root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256()
-    for name in _LOWERING_SOURCES:
-        path = root / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def default_lowered_dir() -> Path | None:
-    """Where population calls are kept lowered: `lopt-lowered/` inside JAX's persistent compilation
-    cache when one is set (`JAX_COMPILATION_CACHE_DIR`), else nowhere. JAX's cache keeps only the
-    XLA compile; a search resumed in a new process traced and lowered its 24 call shapes again
-    (Pallas' Triton lowering runs in Python: 140 of a resumed GPU call's 190 search-seconds)."""
-    cache = jax.config.jax_compilation_cache_dir
-    return Path(cache) / "lopt-lowered" if cache else None
 
 
 _FROM_JAX_CONFIG = object()  # BatchedEvaluator's default store: default_lowered_dir()
@@ -221,12 +64,10 @@ class BatchedEvaluator:
 
     step: what computes a step from (program, w, g, m, v, lr, t, sizes); the interpreter, or for
     `benchmarks/search_throughput.py`'s floor a fixed optimizer that ignores the program.
-    lowered_dir: where lowered calls are stored (`jax.export`, a versioned serialization, not a
-    pickle) and read back by a later process, so it compiles without tracing and lowering again
-    (and with JAX's persistent cache, without compiling); default `default_lowered_dir()`, None
-    for no store. Only the library's own steps are stored (a custom `step` is not part of the
-    key). platform: the one calls are lowered for (default: this process's; the lowering workers
-    of `precompile` lower for the parent's)."""
+    lowered_dir: the folder of a `store.LoweredStore` (lowered calls read back by a later process);
+    default `store.default_lowered_dir()`, None for no store. Only the library's own steps are
+    stored (a custom `step` is not part of the key). platform: the one calls are lowered for
+    (default: this process's; the lowering workers of `precompile` lower for the parent's)."""
 
     def __init__(
         self,
@@ -242,8 +83,11 @@ class BatchedEvaluator:
         self._kernel = kernel
         self._platform = platform or jax.export.default_export_platform()
         lowered_dir = default_lowered_dir() if lowered_dir is _FROM_JAX_CONFIG else lowered_dir
-        self._lowered_dir = (
-            Path(lowered_dir) if lowered_dir is not None and step in (run_encoded, run_unrolled) else None
+        record = {"spec": _spec_record(spec), "platform": self._platform, "step": step.__name__}
+        self._store = (
+            LoweredStore(lowered_dir, record)
+            if lowered_dir is not None and step in (run_encoded, run_unrolled)
+            else None
         )
         self._executables: dict[tuple[str, int, str, int], object] = {}
         self._lock = threading.Lock()
@@ -286,24 +130,11 @@ class BatchedEvaluator:
         return self._build(task_name, steps[kind]), self._example(rounds, count)
 
     def lowered_path(self, task_name: str, rounds: int, kind: str, count: int) -> Path | None:
-        """Where the lowered call for a key is stored (None without a store). The name hashes all
-        it depends on: the spec, the key, the platform, jax's version and `_source_digest()`."""
-        if self._lowered_dir is None:
-            return None
-        record = {
-            "spec": _spec_record(self.spec),
-            "key": [task_name, rounds, kind, count],
-            "platform": self._platform,
-            "jax": jax.__version__,
-            "step": self._step.__name__,
-            "sources": _source_digest(),
-        }
-        name = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:40]
-        return self._lowered_dir / f"{name}.jaxexport"
+        """Where the lowered call for a key is stored (None without a store)."""
+        return None if self._store is None else self._store.path((task_name, rounds, kind, count))
 
     def store_lowered(self, task_name: str, rounds: int, kind: str, count: int):
-        """Lower a key's call and store it (`jax.export`, written to a temporary file and renamed);
-        returns the `jax.export.Exported`."""
+        """Lower a key's call and store it; returns the `jax.export.Exported`."""
         fn, example = self._traced(task_name, rounds, kind, count)
         # Over the Encoded fields as plain arguments (a serialized tree holds registered types only).
         exported = jax.export.export(
@@ -311,70 +142,30 @@ class BatchedEvaluator:
             platforms=[self._platform],
             disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
         )(*example)
-        path = self.lowered_path(task_name, rounds, kind, count)
-        try:
-            cache_files.write_verified(path, bytes(exported.serialize()))
-        except cache_files.UntrustedCache:
-            pass  # a shared store is neither read nor written: the call is lowered in this process
+        self._store.write((task_name, rounds, kind, count), exported)
         return exported
 
     def _lower(self, task_name: str, rounds: int, kind: str, count: int):
         """The key's call lowered: read back from the store when it is there (a file that does not
         deserialize is lowered again and replaced), else traced, lowered and stored."""
-        path = self.lowered_path(task_name, rounds, kind, count)
-        if path is None:
+        if self._store is None:
             fn, example = self._traced(task_name, rounds, kind, count)
             return fn.lower(example)
-        exported = None
-        data = cache_files.read_verified(path)  # None unless lopt wrote it into a private folder
-        if data is not None:
-            try:
-                exported = jax.export.deserialize(bytearray(data))
-            except Exception:  # noqa: BLE001 - written by another jax version: lower again
-                exported = None
+        exported = self._store.read((task_name, rounds, kind, count))
         if exported is None:
             exported = self.store_lowered(task_name, rounds, kind, count)
         return jax.jit(lambda encoded: exported.call(*encoded)).lower(self._example(rounds, count))
 
     def _lower_elsewhere(self, keys: list[tuple[str, int, str, int]], workers: int) -> None:
-        """Lower and store `keys` in `workers` processes (`python -m meta_train.search.fitness`), whose
-        Python-side tracing and lowering then run in parallel instead of behind one GIL."""
-        # For the CPU, the workers run on the CPU. For a GPU they see it (Pallas' Triton lowering reads the
-        # device's compute capability) without taking its memory: they only lower, and the parent holds it.
-        env = worker_env(
-            **({"JAX_PLATFORMS": "cpu"} if self._platform == "cpu" else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
-        )
-        processes = []
-        for share in [keys[i::workers] for i in range(workers)]:
-            request = {
-                "spec": _spec_record(self.spec),
-                "step": self._step.__name__,
-                "kernel": self._kernel,
-                "platform": self._platform,
-                "lowered_dir": str(self._lowered_dir),
-                "keys": share,
-            }
-            errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty worker never blocks on it
-            process = subprocess.Popen(
-                [sys.executable, "-m", "meta_train.search.fitness"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-                env=env,
-                text=True,
-            )
-            process.stdin.write(json.dumps(request))
-            process.stdin.close()
-            processes.append((process, errors))
-        failures = []
-        for process, errors in processes:
-            if process.wait() != 0:
-                errors.seek(0)
-                lines = errors.read().strip().splitlines()
-                failures.append(lines[-1] if lines else f"exit status {process.returncode}")
-            errors.close()
-        if failures:
-            raise RuntimeError(f"a lowering worker failed: {failures[0]}")
+        """Lower and store `keys` in `workers` processes (`store.lower_in_workers`)."""
+        request = {
+            "spec": _spec_record(self.spec),
+            "step": self._step.__name__,
+            "kernel": self._kernel,
+            "platform": self._platform,
+            "lowered_dir": str(self._store.directory),
+        }
+        lower_in_workers(request, keys, workers, self._platform)
 
     def precompile(self, rounds: Sequence[int], workers: int | None = None) -> int:
         """Compile ahead, in `workers` threads (XLA compiles outside the GIL), the population calls
@@ -392,7 +183,7 @@ class BatchedEvaluator:
             if (t, r, k, n) not in self._executables
         ]
         threads = workers or min(len(keys), os.cpu_count() or 1) or 1
-        missing = [key for key in keys if self._lowered_dir is not None and not self.lowered_path(*key).is_file()]
+        missing = [] if self._store is None else self._store.missing(keys)
         if len(missing) > 1:
             start = time.perf_counter()
             self._lower_elsewhere(missing, min(len(missing), threads))
@@ -408,7 +199,7 @@ class BatchedEvaluator:
         example = task.init(jax.random.key(0))
         _, unravel = ravel_pytree(example)
         sizes = tuple(leaf.size for leaf in jax.tree.leaves(example))
-        keys = _keys(spec, task_name)
+        keys = keys_of(spec, task_name)
         lrs = jnp.asarray(spec.task_lrs(task_name), jnp.float32)
 
         def one_run(program, lr, key):
@@ -511,7 +302,7 @@ class JitEvaluator:
     def _one(self, graph: Graph, task_name: str) -> np.ndarray:
         spec, task = self.spec, self._tasks[task_name]
         program = from_graph(graph)
-        keys = _keys(spec, task_name)
+        keys = keys_of(spec, task_name)
 
         def one_run(lr, key):
             init_key, train_key, eval_key = jax.random.split(key, 3)
@@ -573,8 +364,9 @@ def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
 
 
 def _lowering_worker() -> None:
-    """`python -m meta_train.search.fitness`: read one JSON request from stdin (a spec, the step,
-    whether the kernel runs, the platform, the store and the keys) and store each key's lowered call."""
+    """`python -m meta_train.search.fitness` (`store.lower_in_workers`): read one JSON request
+    from stdin (a spec, the step, whether the kernel runs, the platform, the store and the keys)
+    and store each key's lowered call."""
     request = json.loads(sys.stdin.read())
     step = {"run_encoded": run_encoded, "run_unrolled": run_unrolled}[request["step"]]
     evaluator = BatchedEvaluator(

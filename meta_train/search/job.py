@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,13 @@ from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import probe_report
 from lopt.programs.lang import parse
-from meta_train.search import mutation
+from meta_train.search import counters, files, mutation
 from meta_train.search.config import SearchConfig, resume_record, saved_config
-from meta_train.search.fitness import Staged, evaluator
-from meta_train.search.fitness import score as fitness_of
-from meta_train.search.strategy import Child, EvolutionState, Member, make_strategy, mutate_here
+from meta_train.search.files import atomic_write, json_float
+from meta_train.search.fitness import evaluator
+from meta_train.search.scoring import Staged
+from meta_train.search.scoring import score as fitness_of
+from meta_train.search.strategy import Child, Member, make_strategy, mutate_here
 
 
 @dataclasses.dataclass
@@ -84,27 +85,6 @@ class _Flight:
     @property
     def hashes(self) -> list[str]:
         return [c.structural for c in self.children]
-
-
-def json_float(x: float) -> float | None:
-    return None if not np.isfinite(x) else float(x)
-
-
-def _record(member: Member) -> dict[str, Any]:
-    """A member as JSON (non-finite fitness as null)."""
-    return member._asdict() | {"fitness": json_float(member.fitness)}
-
-
-def _member(record: dict[str, Any]) -> Member:
-    """Inverse of `_record` (null fitness back to +inf)."""
-    return Member(**(record | {"fitness": float("inf") if record["fitness"] is None else record["fitness"]}))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves it half-written."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class Search:
@@ -176,16 +156,7 @@ class Search:
     def _start(self) -> None:
         text = self.config.seed_program_text()
         graph = check(parse(text), self.config.search.max_statements)
-        self.counters = {
-            "children": 0,
-            "trained": 0,
-            "structural_hits": 0,
-            "functional_hits": 0,
-            "rejected": 0,
-            "hurdle_stops": 0,
-            "mutation_tries": 0,
-            "seconds": 0.0,
-        }
+        self.counters = counters.fresh()
         clock = time.perf_counter()
         (fitness,), _ = self._score([graph])
         self._spent("seconds", clock)
@@ -208,97 +179,26 @@ class Search:
         self._save()
 
     def _save(self) -> None:
-        evolution = self.state
-        state = {
-            "generation": self.generation,
-            "next_id": evolution.next_id,
-            "seed_fitness": json_float(evolution.seed.fitness),
-            "best": _record(evolution.best),
-            "since_improvement": evolution.since_improvement,
-            "restarts": evolution.restarts,
-            "counters": self.counters,
-            "population": [_record(m) for m in evolution.population],
-            "validated": {text: json_float(v) for text, v in self.validated.items()},
-            "best_validated": None if self.best_validated is None else _record(self.best_validated),
-            # the next generation's children, launched with `search.overlap` (relaunched on resume)
-            "in_flight": None
-            if self._flight is None
-            else [
-                {"parent": c.parent, "mutation": c.mutation, "text": c.text, "tries": c.tries}
-                for c in self._flight.children
-            ],
-        }
-        atomic_write(self.dir / "state.json", json.dumps(state))
+        in_flight = [] if self._flight is None else files.in_flight_records(self._flight.children)
+        saved = files.Saved(self.generation, self.state, self.counters, self.validated, self.best_validated, in_flight)
+        files.write_state(self.dir, saved)
 
     def _load(self) -> None:
-        """Read state.json back (a one-line ConfigError when it is missing or damaged)."""
-        path = self.dir / "state.json"
-        if not path.is_file():
-            raise ConfigError(
-                f"{self.dir} holds a search that stopped before its first generation was saved (no "
-                "state.json), so it cannot be resumed; delete the folder or use another to start afresh"
-            )
-        try:
-            state = json.loads(path.read_text())
-            self._restore(state)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as error:
-            raise ConfigError(
-                f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); the search cannot be resumed from it"
-            ) from None
-
-    def _restore(self, state: dict) -> None:
-        inf = lambda x: float("inf") if x is None else x  # noqa: E731
-        self.generation = state["generation"]
-        seed = Member(0, self.config.seed_program_text(), inf(state["seed_fitness"]), 0)
-        self.state = EvolutionState(
-            tuple(_member(m) for m in state["population"]),
-            _member(state["best"]),
-            int(state["next_id"]),
-            int(state["since_improvement"]),
-            int(state["restarts"]),
-            seed,
-        )
-        self.counters = {"hurdle_stops": 0, **state["counters"]}
-        self.validated = {text: inf(v) for text, v in state.get("validated", {}).items()}
-        self.best_validated = None if state.get("best_validated") is None else _member(state["best_validated"])
-        in_flight = state.get("in_flight")
+        """Read state.json, the logs (cut back to its generation) and the caches back."""
+        saved = files.read_state(self.dir, self.config.seed_program_text())
+        self.generation, self.state, self.counters, self.validated, self.best_validated, in_flight = saved
         for log in (self.dir / "log.jsonl", self.dir / "validation.jsonl"):
-            self._trim(log)
-        for line in (self.dir / "cache.jsonl").read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            fitness = inf(entry["fitness"])
-            self.structural[entry["structural"]] = fitness
-            if entry.get("functional"):
-                self.functional[entry["functional"]] = fitness
+            files.trim_log(log, self.generation)
+        self.structural, self.functional = files.read_cache(self.dir)
         self._relaunch = []
-        for c in in_flight or []:
+        for c in in_flight:
             graph = check(parse(c["text"]), self.config.search.max_statements)
             self._relaunch.append(
                 Child(c["parent"], c["mutation"], c["text"], c["tries"], graph, structural_hash(graph))
             )
 
-    def _trim(self, log: Path) -> None:
-        """Drop the lines a killed generation wrote after the last saved state."""
-        if not log.is_file():
-            return
-        kept = []
-        for line in (line for line in log.read_text().splitlines() if line.strip()):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by the kill
-            if entry["generation"] > self.generation:
-                break
-            kept.append(line)
-        atomic_write(log, "".join(line + "\n" for line in kept))
-
     def _log(self, entries: list[dict[str, Any]]) -> None:
-        with open(self.dir / "log.jsonl", "a") as f:
-            for entry in entries:
-                f.write(json.dumps(entry) + "\n")
+        files.append_lines(self.dir / "log.jsonl", entries)
 
     # -- scoring ------------------------------------------------------------------------------
     def _score(self, graphs: list[Graph]) -> tuple[list[float], list[str]]:
@@ -372,20 +272,20 @@ class Search:
             fitness[i], how[i] = (
                 (known, "structural") if known is not None else (self.functional[flight.functional_of[i]], "functional")
             )
-        with open(self.dir / "cache.jsonl", "a") as f:
-            for i in flight.unique:
-                self.structural[flight.hashes[i]] = fitness[i]
-                self.functional.setdefault(flight.functional_of[i], fitness[i])
-                f.write(
-                    json.dumps(
-                        {
-                            "structural": flight.hashes[i],
-                            "functional": flight.functional_of[i],
-                            "fitness": json_float(fitness[i]),
-                        }
-                    )
-                    + "\n"
-                )
+        for i in flight.unique:
+            self.structural[flight.hashes[i]] = fitness[i]
+            self.functional.setdefault(flight.functional_of[i], fitness[i])
+        files.append_lines(
+            self.dir / "cache.jsonl",
+            (
+                {
+                    "structural": flight.hashes[i],
+                    "functional": flight.functional_of[i],
+                    "fitness": json_float(fitness[i]),
+                }
+                for i in flight.unique
+            ),
+        )
         for i, f in enumerate(fitness):
             if f is None:  # a duplicate within this batch
                 fitness[i], how[i] = fitness[flight.first[flight.hashes[i]]], "structural"
@@ -490,52 +390,27 @@ class Search:
         if not pending:
             return
         scores = self.evaluate_validation([check(parse(m.text)) for m in pending])
-        with open(self.dir / "validation.jsonl", "a") as f:
-            for member, score in zip(pending, scores):
-                self.validated[member.text] = float(score)
-                f.write(
-                    json.dumps(
-                        {
-                            "generation": self.generation,
-                            "id": member.id,
-                            "text": member.text,
-                            "fitness": json_float(member.fitness),
-                            "validation": json_float(score),
-                        }
-                    )
-                    + "\n"
-                )
-                if np.isfinite(score) and (self.best_validated is None or score < self.best_validated.fitness):
-                    self.best_validated = Member(member.id, member.text, float(score), member.born)
+        rows = []
+        for member, score in zip(pending, scores):
+            self.validated[member.text] = float(score)
+            rows.append(
+                {
+                    "generation": self.generation,
+                    "id": member.id,
+                    "text": member.text,
+                    "fitness": json_float(member.fitness),
+                    "validation": json_float(score),
+                }
+            )
+            if np.isfinite(score) and (self.best_validated is None or score < self.best_validated.fitness):
+                self.best_validated = Member(member.id, member.text, float(score), member.born)
+        files.append_lines(self.dir / "validation.jsonl", rows)
 
     def inner_steps(self) -> int:
-        """Inner steps of program training so far: every task for the trained, the first for
-        those the hurdle stopped."""
-        spec, c = self.config.fitness, self.counters
-        first = spec.task_steps(spec.tasks[0]) * len(spec.lr_multipliers) * spec.seeds
-        return c["trained"] * spec.inner_steps_per_program + c.get("hurdle_stops", 0) * first
+        return counters.inner_steps(self.counters, self.config.fitness)
 
     def statistics(self) -> dict[str, float]:
-        c = self.counters
-        children = max(c["children"], 1)
-        return {
-            "programs_per_second": c["children"] / max(c["seconds"], 1e-9),
-            "trained_per_second": c["trained"] / max(c["seconds"], 1e-9),
-            "cache_hit_rate": (c["structural_hits"] + c["functional_hits"]) / children,
-            "rejected_rate": c["rejected"] / children,
-            "children": c["children"],
-            "trained": c["trained"],
-            "hurdle_stops": c.get("hurdle_stops", 0),  # trained on the first task only (fitness.hurdle)
-            "inner_steps_per_second": self.inner_steps() / max(c["seconds"], 1e-9),
-            # the same, leaving out the seconds spent compiling population calls (paid once per shape)
-            "inner_steps_per_second_compiled": self.inner_steps()
-            / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
-            "programs_per_second_compiled": c["children"] / max(c["seconds"] - c.get("compile_seconds", 0.0), 1e-9),
-            **{
-                f"share_{part}": c.get(f"{part}_seconds", 0.0) / max(c["seconds"], 1e-9)
-                for part in ("mutate", "probe", "train", "compile")
-            },  # compile: part of train and of precompiling
-        }
+        return counters.statistics(self.counters, self.config.fitness)
 
     def run(self) -> Member:
         """Run the remaining generations (with a progress bar); returns the best member."""

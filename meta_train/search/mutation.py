@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lopt.programs.analysis import DEFAULT_MAX_STATEMENTS, Graph, check, structural_hash
-from lopt.programs.interpret import rounds_needed
+from lopt.programs.batched import rounds_needed
 from lopt.programs.lang import Const, Program, ProgramError, Statement, Var, format_program, parse
 from lopt.programs.library import FUNCTIONS
 
@@ -127,7 +127,7 @@ def mutate(
     """A valid child that differs structurally from `parent`: (child, mutation, graph, tries).
     `parent_hash`: the parent's structural hash, where the caller has it already. `max_rounds`
     (0: no limit): a child whose schedule needs more rounds of interpreter slots
-    (`lopt.programs.interpret.rounds_needed`) is not valid, like one over `max_statements`.
+    (`lopt.programs.batched.rounds_needed`) is not valid, like one over `max_statements`.
 
     A parent whose live part is tiny (most statements dead) may have few new children; after
     MAX_TRIES the first valid child is returned even if it is structurally the parent (a cache

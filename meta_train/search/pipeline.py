@@ -22,8 +22,9 @@ from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
 from lopt.programs.optimizer import save_program
 from meta_train.search.config import FitnessSpec, SearchConfig
-from meta_train.search.fitness import evaluator, task_scores
-from meta_train.search.job import atomic_write, json_float
+from meta_train.search.fitness import evaluator
+from meta_train.search.scoring import task_scores
+from meta_train.search.files import atomic_write, json_float
 
 
 def _jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:

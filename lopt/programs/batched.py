@@ -1,0 +1,436 @@
+"""The batched interpreter of optimizer programs: a program is data — its statements scheduled
+into rounds of typed slots (`ROUND`: six arithmetic slots and one each for exp/log, inverse,
+trigonometric and tree-level functions), each slot holding an opcode within its group, three
+argument registers or constants, and output registers — and `run_encoded` executes it on flat
+parameter vectors with `lax.scan` over rounds. Under `vmap` a whole population of programs runs
+in one compiled call; a slot computes every function of its group and selects, so the grouping
+keeps the costly functions out of the arithmetic slots (`benchmarks/search_throughput.py`
+measures it beside one jit per program (`lopt.programs.interpret.to_optax`) and a floor).
+
+`run_unrolled` is the same step with the slots unrolled and the registers held as values
+(slower on a GPU: benchmarks/interpreter_step.py). It agrees with the tree interpreter to float
+tolerance (tests/test_programs.py); the transcendental groups are computed from shared calls,
+to float32 accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.programs.analysis import NUM_INPUTS, Graph, node_types
+from lopt.programs.library import FUNCTIONS, SCALAR
+
+MAX_ARGS = 3
+
+# Slot groups: the library split by cost, so a slot computes only its group's functions. A
+# vmapped interpreter computes every function a slot may hold and selects, and a few functions
+# cost 10-25× a copy each on the CPU (cbrt, arccos, arcsin, tan, arctan, power, sin, cos), so a
+# slot that may hold anything costs ~170× a copy; an arithmetic slot costs about one copy.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "arith": (
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "max",
+        "min",
+        "clip",
+        "interp",
+        "abs",
+        "negative",
+        "sign",
+        "square",
+        "cube",
+        "sqrt",
+        "reciprocal",
+    ),
+    "explog": ("exp", "exp2", "exp10", "expm1", "log", "log2", "log10", "log1p", "tanh", "cosh", "sinh"),
+    "inverse": ("arcsinh", "arccosh", "arctanh", "cbrt", "power"),
+    "trig": ("sin", "cos", "tan", "arcsin", "arccos", "arctan"),
+    "tree": ("norm", "global_norm", "dot", "cosine_sim", "clip_by_global_norm"),
+}
+GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+# One round of slots: arithmetic is cheap, so a round has six arithmetic slots (AdamW's
+# statements are all arithmetic and fit in two rounds) and one of each other group.
+ROUND = ("arith", "arith", "arith", "explog", "arith", "arith", "arith", "inverse", "trig", "tree")
+
+
+class Encoded(NamedTuple):
+    """A program as arrays (leading population axis when stacked), scheduled into rounds of
+    `ROUND`'s slots: S = rounds × len(ROUND) slots.
+
+    op: [S] int32 index of the slot's function within its group (len(group) = NOP, writes
+    zeros). ref: [S, 3] int32 register of each argument, −1 for a constant. const: [S, 3]
+    float32 constants. scalar: [S, 3] bool, argument is scalar-typed. outputs: [3] int32 registers
+    of (update, m, v). Registers 0..5 are the inputs, register 6 + s holds slot s's result.
+    """
+
+    op: np.ndarray
+    ref: np.ndarray
+    const: np.ndarray
+    scalar: np.ndarray
+    outputs: np.ndarray
+
+
+def schedule(graph: Graph) -> list[int]:
+    """The slot of each statement: list scheduling into repeated `ROUND`s. At each slot the
+    ready statement of the slot's group with the longest chain of statements after it goes
+    first (its arguments all computed in earlier slots). Every round has a slot of every group,
+    so each round places at least one statement: rounds ≤ statements."""
+    count = len(graph.nodes)
+    deps = [[a - NUM_INPUTS for a in args if isinstance(a, int) and a >= NUM_INPUTS] for _, args in graph.nodes]
+    after = [0] * count  # the longest chain of statements that reads this one
+    for i in reversed(range(count)):
+        for d in deps[i]:
+            after[d] = max(after[d], after[i] + 1)
+    slot_of = [-1] * count
+    remaining, slot = set(range(count)), 0
+    while remaining:
+        group = ROUND[slot % len(ROUND)]
+        ready = [
+            i
+            for i in remaining
+            if GROUP_OF[graph.nodes[i][0]] == group and all(0 <= slot_of[d] < slot for d in deps[i])
+        ]
+        if ready:
+            chosen = max(ready, key=lambda i: (after[i], -i))
+            slot_of[chosen] = slot
+            remaining.remove(chosen)
+        slot += 1
+    return slot_of
+
+
+def _rounds(slot_of: list[int]) -> int:
+    """Rounds of `ROUND` a schedule fills (at least 1)."""
+    return max(1, -(-(max(slot_of, default=-1) + 1) // len(ROUND)))
+
+
+def rounds_needed(graph: Graph) -> int:
+    """Rounds of `ROUND` the schedule of `graph` fills (at least 1)."""
+    return _rounds(schedule(graph))
+
+
+def encode(graph: Graph, rounds: int | None = None, slot_of: list[int] | None = None) -> Encoded:
+    """Encode a (pruned) graph into `rounds` rounds of slots (None: as many as it needs);
+    `slot_of`: its `schedule`, when the caller has it already."""
+    slot_of = schedule(graph) if slot_of is None else slot_of
+    needed = _rounds(slot_of)
+    rounds = needed if rounds is None else rounds
+    if needed > rounds:
+        raise ValueError(f"program needs {needed} rounds of slots; the encoding holds {rounds}")
+    types = node_types(graph)
+    size = rounds * len(ROUND)
+    op = np.array([len(GROUPS[ROUND[s % len(ROUND)]]) for s in range(size)], np.int32)
+    ref = np.full((size, MAX_ARGS), -1, np.int32)
+    const = np.zeros((size, MAX_ARGS), np.float32)
+    scalar = np.ones((size, MAX_ARGS), bool)
+    register = lambda node: node if node < NUM_INPUTS else NUM_INPUTS + slot_of[node - NUM_INPUTS]  # noqa: E731
+    for i, (name, args) in enumerate(graph.nodes):
+        s = slot_of[i]
+        op[s] = GROUPS[GROUP_OF[name]].index(name)
+        for j, a in enumerate(args):
+            if isinstance(a, int):
+                ref[s, j], scalar[s, j] = register(a), types[a] == SCALAR
+            else:
+                const[s, j] = a.value
+    return Encoded(op, ref, const, scalar, np.asarray([register(o) for o in graph.outputs], np.int32))
+
+
+def stack_encoded(items: list[Encoded]) -> Encoded:
+    return Encoded(*(np.stack(parts) for parts in zip(*items)))
+
+
+def encode_population(
+    graphs: list[Graph], count: int, max_statements: int | None = None, *, round_up: bool = False, min_rounds: int = 1
+) -> Encoded:
+    """The graphs encoded with one number of rounds (the most any needs — mutated AdamW programs
+    need 1-4, so few shapes compile — at least `min_rounds`, or with `round_up` the next power of
+    two, for calls too cheap to be worth a compile per shape) and stacked, padded to `count`
+    programs with copies of the first."""
+    if not graphs or len(graphs) > count:
+        raise ValueError(f"need 1..{count} programs, got {len(graphs)}")
+    if max_statements is not None and max(len(g.nodes) for g in graphs) > max_statements:
+        raise ValueError(f"a program has more than {max_statements} live statements")
+    schedules = [schedule(g) for g in graphs]
+    rounds = max(min_rounds, *(_rounds(slot_of) for slot_of in schedules))
+    if round_up:
+        rounds = 1 << (rounds - 1).bit_length()
+    encoded = [encode(g, rounds, slot_of) for g, slot_of in zip(graphs, schedules)]
+    return stack_encoded(encoded + [encoded[0]] * (count - len(graphs)))
+
+
+def _segment_bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    edges = np.cumsum([0, *sizes])
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def _tree_results(args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...]) -> dict[str, jax.Array]:
+    """The tree-level functions on one slot's arguments (args [3, P], scalar flags [3]). They
+    share three reductions (Σa₀² per tensor, Σa₁², Σa₀a₁) instead of each reducing on its own."""
+    a0, a1 = args[0], args[1]
+    s0, s1 = scalar[0], scalar[1]
+    squares = a0 * a0
+    per_tensor = jnp.stack([jnp.sum(squares[lo:hi]) for lo, hi in _segment_bounds(sizes)])  # Σa₀² of each tensor
+    norm0 = jnp.where(s0, jnp.abs(a0[0]), jnp.sqrt(jnp.sum(per_tensor)))
+    norm1 = jnp.where(s1, jnp.abs(a1[0]), jnp.sqrt(jnp.sum(a1 * a1)))
+    dot = jnp.where(s0 & s1, a0[0] * a1[0], jnp.sum(a0 * a1))
+    tensor_norms = jnp.repeat(jnp.sqrt(per_tensor), np.asarray(sizes), total_repeat_length=a0.shape[0])
+    return {
+        "norm": jnp.where(s0, jnp.abs(a0), tensor_norms),
+        "global_norm": jnp.broadcast_to(norm0, a0.shape),
+        "dot": jnp.broadcast_to(dot, a0.shape),
+        "cosine_sim": jnp.broadcast_to(dot / (norm0 * norm1), a0.shape),
+        "clip_by_global_norm": a0 * jnp.minimum(1.0, jnp.abs(a1[0]) / norm0),
+    }
+
+
+_LN2, _LN10 = float(np.log(2.0)), float(np.log(10.0))
+_LARGE = 1e10  # beyond it x² + 1 = x² in float32 and x² overflows past 1e19: arcsinh/arccosh switch to log(2x)
+
+
+def _arctan(x: jax.Array) -> jax.Array:
+    """arctan in float32 from one division and a degree-9 odd polynomial (the Cephes atanf
+    reduction and coefficients, S. Moshier: |x| > tan(3π/8) → π/2 − atan(1/|x|), |x| >
+    tan(π/8) → π/4 + atan((|x| − 1)/(|x| + 1)); relative error ~1e-7). XLA's arctan costs ~10
+    copies of the vector on the CPU; this about two."""
+    a = jnp.abs(x)
+    big, mid = a > 2.414213562373095, a > 0.4142135623730950
+    y = jnp.where(big, -1.0 / jnp.where(big, a, 1.0), jnp.where(mid, (a - 1.0) / (a + 1.0), a))
+    base = jnp.where(big, np.float32(np.pi / 2), jnp.where(mid, np.float32(np.pi / 4), 0.0))
+    z = y * y
+    poly = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z * y + y
+    return jnp.sign(x) * (base + poly)
+
+
+def _pick(op: jax.Array, choices: list) -> jax.Array:
+    """choices[op] (op is the slot's function number, the same for every element; past the end:
+    the last choice)."""
+    return jax.lax.select_n(jnp.clip(op, 0, len(choices) - 1), *jnp.broadcast_arrays(*choices))
+
+
+def _log1p_from_log(x: jax.Array, arg: jax.Array, log_arg: jax.Array) -> jax.Array:
+    """log1p(x) from log(arg) with arg = 1 + x rounded (Goldberg 1991, "What every computer
+    scientist should know about floating-point arithmetic", Theorem 4: x·log(1 + x)/((1 + x) − 1)
+    is accurate where log(1 + x) alone loses x's low digits)."""
+    return jnp.where(arg == 1.0, x, jnp.where(x == jnp.inf, jnp.inf, log_arg * x / (arg - 1.0)))
+
+
+def _explog_results(a: jax.Array, op: jax.Array) -> list[jax.Array]:
+    """exp, exp2, exp10, expm1, log, log2, log10, log1p, tanh, cosh, sinh from one exp, one expm1
+    and one log whose arguments the slot's function picks (eleven transcendental calls cost
+    ~8 copies of the vector on the CPU; these three about two): exp2 a = exp(a ln 2), exp10 a =
+    exp(a ln 10), cosh a = (e + 1/e)/2 with e = exp|a|, sinh a = sgn(a)·(M + M/(M + 1))/2 with
+    M = expm1|a| (e/2 past |a| = 20), tanh a = sgn(a)·M/(M + 2) with M = expm1(2|a|) (±1 past
+    |a| = 10), log_b|a| = log|a|/log b, log1p from log(1 + a) (`_log1p_from_log`)."""
+    abs_a = jnp.abs(a)
+    e = jnp.exp(_pick(op, [a, a * _LN2, a * _LN10, a, a, a, a, a, a, abs_a, abs_a]))
+    big_m = jnp.expm1(_pick(op, [a, a, a, a, a, a, a, a, 2.0 * abs_a, abs_a, abs_a]))
+    arg = _pick(op, [abs_a, abs_a, abs_a, abs_a, abs_a, abs_a, abs_a, 1.0 + a, abs_a])
+    log = jnp.log(arg)
+    sign = jnp.sign(a)
+    tanh = sign * jnp.where(abs_a > 10.0, 1.0, big_m / (big_m + 2.0))
+    sinh = sign * jnp.where(abs_a > 20.0, 0.5 * e, 0.5 * (big_m + big_m / (big_m + 1.0)))
+    return [
+        e,
+        e,
+        e,
+        big_m,
+        log,
+        log * np.float32(1 / _LN2),
+        log * np.float32(1 / _LN10),
+        _log1p_from_log(a, arg, log),
+        tanh,
+        0.5 * (e + 1.0 / e),
+        sinh,
+    ]
+
+
+def _inverse_results(a: jax.Array, b: jax.Array, op: jax.Array) -> list[jax.Array]:
+    """arcsinh, arccosh, arctanh, cbrt, power from one log and one exp whose arguments the slot's
+    function picks (the library's jnp functions cost 13 (cbrt) and 11 (power) copies of the
+    vector each on the CPU): arcsinh a = sgn(a) log1p(|a| + a²/(1 + √(1 + a²))), arccosh a =
+    log1p(u + √(u(a + 1))) with u = a − 1, arctanh a = ½ log1p(2a/(1 − a)) (log1p from log,
+    `_log1p_from_log`; log 2|a| past |a| = 1e10, where a² overflows), |a|^y = exp(y log|a|)
+    with jnp.power's signs, zeros and NaNs for a < 0 (y = b, or ⅓ for cbrt with a's sign)."""
+    abs_a = jnp.abs(a)
+    square = a * a
+    u = a - 1.0
+    x = _pick(
+        op,
+        [
+            jnp.where(abs_a > _LARGE, 2.0 * abs_a, abs_a + square / (1.0 + jnp.sqrt(1.0 + square))),
+            jnp.where(a > _LARGE, 2.0 * a, u + jnp.sqrt(u * (a + 1.0))),
+            2.0 * a / (1.0 - a),
+            abs_a,
+        ],
+    )
+    arg = _pick(op, [1.0 + x, 1.0 + x, 1.0 + x, abs_a])
+    log = jnp.log(arg)
+    log1p = _log1p_from_log(x, arg, log)
+    magnitude = jnp.exp(_pick(op, [log, log, log, log * np.float32(1.0 / 3.0), b * log]))
+    integral = b == jnp.round(b)
+    odd = integral & (jnp.abs(jnp.fmod(b, 2.0)) == 1.0)
+    power = jnp.where(a < 0, jnp.where(integral, jnp.where(odd, -magnitude, magnitude), jnp.nan), magnitude)
+    return [
+        jnp.sign(a) * log1p,
+        jnp.where(a >= 1.0, log1p, jnp.nan),
+        0.5 * log1p,
+        jnp.sign(a) * magnitude,
+        jnp.where(b == 0, 1.0, power),
+    ]
+
+
+def _trig_results(a: jax.Array, op: jax.Array) -> list[jax.Array]:
+    """sin, cos, tan (= sin/cos), arcsin, arccos, arctan from one sin, one cos and one arctan
+    whose argument the slot's function picks: arcsin a = atan(a/√(1 − a²)), arccos a =
+    2 atan(√((1 − a)/(1 + a))) (NaN outside [−1, 1], as numpy's)."""
+    sin, cos = jnp.sin(a), jnp.cos(a)
+    one_minus, one_plus = 1.0 - a, 1.0 + a
+    inside = jnp.abs(a) <= 1.0
+    atan = _arctan(_pick(op, [a, a, a, a / jnp.sqrt(one_minus * one_plus), jnp.sqrt(one_minus / one_plus), a]))
+    return [sin, cos, sin / cos, jnp.where(inside, atan, jnp.nan), jnp.where(inside, 2.0 * atan, jnp.nan), atan]
+
+
+def _arith_results(args: jax.Array, op: jax.Array) -> list[jax.Array]:
+    """The arithmetic group's functions, div and reciprocal sharing one division (a/b, or 1/a:
+    a division costs several times an add on a GPU)."""
+    recip = op == GROUPS["arith"].index("reciprocal")
+    quotient = jnp.where(recip, 1.0, args[0]) / jnp.where(recip, args[0], args[1])
+    return [
+        quotient
+        if name in ("div", "reciprocal")
+        else FUNCTIONS[name].fn(*(args[i] for i in range(FUNCTIONS[name].arity)))
+        for name in GROUPS["arith"]
+    ]
+
+
+def _group_results(
+    group: str, args: jax.Array, scalar: jax.Array, sizes: tuple[int, ...], op: jax.Array
+) -> list[jax.Array]:
+    """Each function of `group` on one slot's arguments, in the group's order, then NOP's zeros.
+    Only the entry of the slot's function `op` is meaningful: the transcendental groups share
+    their costly calls among their functions, with arguments picked by `op`
+    (`_explog_results`, `_inverse_results`, `_trig_results`: the library's numbers to float32
+    accuracy)."""
+    if group == "tree":
+        tree = _tree_results(args, scalar, sizes)
+        results = [tree[name] for name in GROUPS[group]]
+    elif group == "explog":
+        results = _explog_results(args[0], op)
+    elif group == "inverse":
+        results = _inverse_results(args[0], args[1], op)
+    elif group == "trig":
+        results = _trig_results(args[0], op)
+    elif group == "arith":
+        results = _arith_results(args, op)
+    else:
+        results = [FUNCTIONS[name].fn(*(args[i] for i in range(FUNCTIONS[name].arity))) for name in GROUPS[group]]
+    return results + [jnp.zeros_like(args[0])]
+
+
+def _gather_args(registers: jax.Array, program: Encoded, s: jax.Array) -> jax.Array:
+    """Slot s's arguments [3, P]: its registers read from the register file, or its constants."""
+    refs, consts = program.ref[s], program.const[s]
+    return jnp.stack([jnp.where(refs[a] >= 0, registers[jnp.maximum(refs[a], 0)], consts[a]) for a in range(MAX_ARGS)])
+
+
+def _slot_output(group: str, args: jax.Array, program: Encoded, s: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """Slot s's result: every function of its group, the program's selected."""
+    return jax.lax.select_n(program.op[s], *_group_results(group, args, program.scalar[s], sizes, program.op[s]))
+
+
+def scan_rounds(
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
+    sizes: tuple[int, ...],
+    read=_gather_args,
+    compute=_slot_output,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`run_encoded`'s machinery: a register file [6 + S, P] (inputs, then slot s's result in row
+    6 + s) carried through `lax.scan` over rounds, each slot `read`ing its arguments and writing
+    what `compute` makes of them. `benchmarks/interpreter_anatomy.py` swaps `read` and
+    `compute` to time the parts."""
+    size = w.shape[0]
+    if sum(sizes) != size:
+        raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
+    inputs = jnp.stack([w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,))]).astype(jnp.float32)
+    slots = program.op.shape[0]
+    registers = jnp.concatenate([inputs, jnp.zeros((slots, size), jnp.float32)])
+
+    def one_round(registers, first):
+        for j, group in enumerate(ROUND):
+            s = first + j
+            out = compute(group, read(registers, program, s), program, s, sizes)
+            registers = jax.lax.dynamic_update_index_in_dim(registers, out, NUM_INPUTS + s, 0)
+        return registers, None
+
+    registers, _ = jax.lax.scan(one_round, registers, jnp.arange(0, slots, len(ROUND)))
+    return tuple(registers[program.outputs[i]] for i in range(3))
+
+
+def run_encoded(
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
+    sizes: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One step of an encoded program on flat vectors [P]; returns (update, m, v).
+
+    sizes: the parameter tensors' sizes in the flat order (static; `norm` is per tensor). vmap
+    over `program` (and the vectors) to run a population: each slot computes only its group's
+    functions and selects the program's."""
+    return scan_rounds(program, w, g, m, v, lr, t, sizes)
+
+
+def run_unrolled(
+    program: Encoded,
+    w: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    v: jax.Array,
+    lr: jax.Array,
+    t: jax.Array,
+    sizes: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`run_encoded` with the slots unrolled and the registers held as values: an argument is a
+    select among the registers written before its slot (`lax.select_n` on the program's register
+    number), so XLA fuses a whole step, slots and selects, into a few passes over memory instead
+    of a gather from and a write to a register file per slot. Same numbers as `run_encoded`.
+
+    The cost moves from memory to arithmetic and compile time: slot s selects among 6 + s
+    registers, so a step is O(slots²) selects and its compile grows with the rounds. Measured
+    (`benchmarks/interpreter_step.py`, docs/benchmarks.md): faster than the scan on CPUs, several
+    times slower on GPUs, so no default uses it;
+    `lopt.programs.kernel` is the GPU path."""
+    size = w.shape[0]
+    if sum(sizes) != size:
+        raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
+    registers = [
+        x.astype(jnp.float32) for x in (w, g, m, v, jnp.broadcast_to(lr, (size,)), jnp.broadcast_to(t, (size,)))
+    ]
+    for s in range(program.op.shape[0]):
+        refs, consts = program.ref[s], program.const[s]
+        args = jnp.stack(
+            [
+                jnp.where(
+                    refs[a] >= 0, jax.lax.select_n(jnp.clip(refs[a], 0, len(registers) - 1), *registers), consts[a]
+                )
+                for a in range(MAX_ARGS)
+            ]
+        )
+        group = ROUND[s % len(ROUND)]
+        registers.append(_slot_output(group, args, program, s, sizes))
+    return tuple(jax.lax.select_n(program.outputs[i], *registers) for i in range(3))
