@@ -156,6 +156,8 @@ NAMED_TASKS: dict[str, TaskSpec] = {
     "mnist1d-conv-16-32": ConvSpec("mnist1d", (16, 32), "relu", 64),
     "pytext-transformer-32x1": TransformerSpec("pytext", 32, 1, 2, 32, 16),
     "pytext-transformer-64x2": TransformerSpec("pytext", 64, 2, 4, 32, 16),
+    # teacher-student regression for meta-training mixes (its own teacher, seed 2)
+    "regression-mlp-gelu64x2": RegressionSpec(12, 3, (48,), (64, 64), "gelu", 0.05, 128, 2),
     "quadratic-10-cond100": QuadraticSpec(10, 100.0, 0.1, 0),
     "rosenbrock-2": RosenbrockSpec(2, 0.01),
     "digits-mlp-relu256x3": MLPSpec("digits", (256, 256, 256), "relu", 128),
