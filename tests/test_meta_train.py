@@ -521,6 +521,7 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(tmp_path):
     config = tiny_config(tmp_path / "done", steps=3)
     meta_train(config, progress=False)
     shutil.rmtree(tmp_path / "done" / "checkpoints")
+    shutil.rmtree(tmp_path / "done" / "outer")  # the outer part alone would resume it (test above)
     log = (tmp_path / "done" / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match="finished run"):
         meta_train(config, progress=False)
