@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -27,26 +28,32 @@ from lopt import cache_files
 from meta_train.search.mutation import worker_env
 
 # What a lowered population call depends on besides the spec and its shape: the interpreter, the
-# kernel, the tasks and the evaluator. A change to any of these files makes every stored lowering stale.
+# kernel, the tasks and the evaluator (modules, or packages with all their modules). A change to
+# any of their files makes every stored lowering stale.
 LOWERING_SOURCES = (
-    "lopt/programs",
-    "lopt/learned/kernels.py",
+    "lopt.programs",
+    "lopt.learned.kernels",
     "tasks",
-    "meta_train/search/fitness.py",
-    "meta_train/search/scoring.py",
+    "meta_train.search.fitness",
+    "meta_train.search.scoring",
 )
 Key = tuple[str, int, str, int]  # (task, rounds of slots, kind of step, padded batch size)
 
 
 @functools.cache
 def source_digest() -> str:
-    """sha256 over the files in `LOWERING_SOURCES` (paths and bytes)."""
-    root = Path(__file__).resolve().parents[2]
+    """sha256 over the files of `LOWERING_SOURCES` (module names and bytes), wherever the
+    modules are installed."""
     digest = hashlib.sha256()
     for name in LOWERING_SOURCES:
-        path = root / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"the search's lowering store cannot find module {name}")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
+        for file in files:
+            label = f"{name}/{file.relative_to(origin.parent).as_posix()}"
+            digest.update(label.encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
