@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from _report import pyplot, save_figure, write
-from tasks import ConvSpec, MLPSpec, build, train
+from lopt.tasks import ConvSpec, MLPSpec, build, train
 
 GRID = np.logspace(-5, 1, 25)  # quarter decades
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)

@@ -22,7 +22,7 @@ import numpy as np
 
 from _report import pyplot, save_figure, write
 from lopt.hypergrad import fedhyper
-from tasks import MLPSpec, build
+from lopt.tasks import MLPSpec, build
 
 GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 METHODS = {"fedavg": (0.0, 0.0), "fedhyper": (0.02, 0.1)}  # (local β per step, global β per round)

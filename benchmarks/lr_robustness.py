@@ -35,8 +35,8 @@ import optax
 import optax.contrib
 
 import lopt
-from eval.metrics import final_loss
-from eval.runner import Candidate, sweep
+from lopt.eval.metrics import final_loss
+from lopt.eval.runner import Candidate, sweep
 from lopt import baselines
 from lopt.hypergrad import adam_hd, adam_hd_log, adam_hd_log_adam, adam_hd_tangent, sgd_hd, sgdn_hd
 

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.config import load_config
-from meta_train.config import MetaTrainConfig
-from meta_train.loop import MetaTrainer, _root
-from meta_train.sharding import shard_population
+from lopt.meta_train.config import MetaTrainConfig
+from lopt.meta_train.loop import MetaTrainer, _root
+from lopt.meta_train.sharding import shard_population
 
 DEFAULT_CONFIG = "configs/meta_train/generalist-gpu.toml"
 

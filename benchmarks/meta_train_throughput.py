@@ -25,11 +25,11 @@ import numpy as np
 import optax
 
 from lopt.learned import native, small_mlp
-from meta_train.estimators import make_estimator
-from meta_train.sharding import population_mesh, replicate, shard_population
-from meta_train.truncation import TruncationSchedule
-from tasks import ClassificationTask, MLPSpec, build, train
-from tasks.datasets import ClassificationData
+from lopt.meta_train.estimators import make_estimator
+from lopt.meta_train.sharding import population_mesh, replicate, shard_population
+from lopt.meta_train.truncation import TruncationSchedule
+from lopt.tasks import ClassificationTask, MLPSpec, build, train
+from lopt.tasks.datasets import ClassificationData
 
 
 def w2_task(real: bool) -> ClassificationTask:

@@ -24,9 +24,9 @@ import time
 from lopt.programs.analysis import check
 from lopt.programs.lang import parse
 from lopt.programs.seeds import seed
-from meta_train.search.fitness import evaluator
-from meta_train.search.config import FitnessSpec
-from meta_train.search.pipeline import REFERENCE_LRS
+from lopt.meta_train.search.fitness import evaluator
+from lopt.meta_train.search.config import FitnessSpec
+from lopt.meta_train.search.pipeline import REFERENCE_LRS
 
 SGD = "def train(w, g, m, v, lr):\n  update = g * lr\n  return update, m, v\n"
 

@@ -22,11 +22,11 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).parent))
 from search_throughput import adamw_step, children  # noqa: E402
 
-import tasks.models  # noqa: E402
+from lopt import tasks  # noqa: E402
 from lopt.config import load_config  # noqa: E402
 from lopt.programs.kernel import uses_tree  # noqa: E402
-from meta_train.search.config import SearchConfig  # noqa: E402
-from meta_train.search.fitness import BatchedEvaluator  # noqa: E402
+from lopt.meta_train.search.config import SearchConfig  # noqa: E402
+from lopt.meta_train.search.fitness import BatchedEvaluator  # noqa: E402
 
 
 def time_call(evaluator: BatchedEvaluator, graphs, task: int, repeats: int) -> tuple[float, float]:

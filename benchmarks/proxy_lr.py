@@ -17,8 +17,8 @@ import numpy as np
 
 from lopt.config import load_config
 from lopt.programs import check, parse
-from meta_train.search.config import SearchConfig
-from meta_train.search.fitness import BatchedEvaluator
+from lopt.meta_train.search.config import SearchConfig
+from lopt.meta_train.search.fitness import BatchedEvaluator
 
 
 def main() -> None:

@@ -21,13 +21,13 @@ import numpy as np
 import optax
 
 from _report import pyplot, save_figure, write
-from eval.metrics import final_loss
-from eval.runner import Candidate, run_keys, sweep
-from eval.suites import entry_spec
+from lopt.eval.metrics import final_loss
+from lopt.eval.runner import Candidate, run_keys, sweep
+from lopt.eval.suites import entry_spec
 from lopt import baselines
 from lopt.hypergrad.refine import ADAM_POWER, linear_decay, refined_schedule, refined_weights
-from tasks import build
-from tasks.train import gradient_norms
+from lopt.tasks import build
+from lopt.tasks.train import gradient_norms
 
 MATCH = 1.05  # "matches": within 5% of linear decay's final loss, about the spread over seeds
 DEFAULT_TASKS = ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "digits-conv-16-32", "pytext-transformer-32x1")

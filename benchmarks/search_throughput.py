@@ -28,12 +28,12 @@ import numpy as np
 
 from lopt.programs import seed
 from lopt.programs.batched import run_unrolled
-from meta_train.search import mutation
+from lopt.meta_train.search import mutation
 from lopt.config import load_config
-from meta_train.search.config import SearchConfig
-from meta_train.search.fitness import BatchedEvaluator, JitEvaluator
-from meta_train.search.config import FitnessSpec
-from meta_train.search.job import Search
+from lopt.meta_train.search.config import SearchConfig
+from lopt.meta_train.search.fitness import BatchedEvaluator, JitEvaluator
+from lopt.meta_train.search.config import FitnessSpec
+from lopt.meta_train.search.job import Search
 
 
 def children(count: int, rng_seed: int) -> list:

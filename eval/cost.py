@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eval.suites import entry_spec
-from tasks import build
-from tasks.train import extra_args
+from lopt.eval.suites import entry_spec
+from lopt.tasks import build
+from lopt.tasks.train import extra_args
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import metrics
-from eval.cost import Cost
-from eval.runner import Sweep
+from lopt.eval import metrics
+from lopt.eval.cost import Cost
+from lopt.eval.runner import Sweep
 
 REFERENCE = "adam"
 

@@ -10,11 +10,11 @@ from tqdm.auto import tqdm
 
 import lopt.baselines
 from lopt import jobdir
-from eval import cost, report
-from eval.config import EvalConfig
-from eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidates, sweep
+from lopt.eval import cost, report
+from lopt.eval.config import EvalConfig
+from lopt.eval.runner import Candidate, Sweep, baseline_candidate, fixed_lr_candidate, learned_candidates, sweep
 from lopt.checkpoint import CheckpointError
-from eval.suites import entry_spec, parse_entry, suite_tasks
+from lopt.eval.suites import entry_spec, parse_entry, suite_tasks
 from lopt.config import ConfigError
 
 

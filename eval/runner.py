@@ -21,8 +21,8 @@ import optax
 
 import lopt
 from lopt.baselines import Baseline
-from eval.suites import entry_spec
-from tasks import BatchGrowth, build, train
+from lopt.eval.suites import entry_spec
+from lopt.tasks import BatchGrowth, build, train
 
 CACHE_FORMAT = 1
 

@@ -17,7 +17,7 @@ two runs 5× the suite's length. `generalisation-embedded` is its CPU-sized subs
 
 from __future__ import annotations
 
-from tasks import TaskSpec, task_spec
+from lopt.tasks import TaskSpec, task_spec
 
 SUITES: dict[str, tuple[str, ...]] = {
     "embedded-small": ("digits-mlp-tanh64x2", "mnist1d-mlp-gelu64x2", "quadratic-10-cond100"),

@@ -15,7 +15,7 @@ from lopt.programs.lang import ProgramError
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from eval import EvalConfig, run_eval
+    from lopt.eval import EvalConfig, run_eval
     from lopt.config import load_config
 
     config = load_config(EvalConfig, args.config, args.set)
@@ -30,8 +30,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _meta_train(args: argparse.Namespace) -> int:
     from lopt.config import load_config
-    from meta_train.config import MetaTrainConfig
-    from meta_train.run import meta_train
+    from lopt.meta_train.config import MetaTrainConfig
+    from lopt.meta_train.run import meta_train
 
     overrides = list(args.set)
     if getattr(args, "init", None):
@@ -103,9 +103,9 @@ def _native(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from lopt.config import load_config
-    from meta_train.search.config import SearchConfig, config_from_dir
-    from meta_train.search.job import Search
-    from meta_train.search.pipeline import finish
+    from lopt.meta_train.search.config import SearchConfig, config_from_dir
+    from lopt.meta_train.search.job import Search
+    from lopt.meta_train.search.pipeline import finish
 
     if args.resume:
         config = config_from_dir(args.resume)
@@ -136,7 +136,7 @@ def _search(args: argparse.Namespace) -> int:
 def _search_top(args: argparse.Namespace) -> int:
     from lopt.programs import check, parse
     from lopt.programs.motifs import motifs
-    from meta_train.search.pipeline import top
+    from lopt.meta_train.search.pipeline import top
 
     for rank, entry in enumerate(top(args.directory, args.n), start=1):
         found = motifs(check(parse(entry["text"])))
@@ -151,7 +151,7 @@ def _search_top(args: argparse.Namespace) -> int:
 def _search_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from meta_train.search.pipeline import plot_search
+    from lopt.meta_train.search.pipeline import plot_search
 
     print(f"wrote {plot_search(args.directory, args.output or Path(args.directory) / 'curves.png')}")
     return 0
@@ -159,8 +159,8 @@ def _search_plot(args: argparse.Namespace) -> int:
 
 def _search_funnel(args: argparse.Namespace) -> int:
     from lopt.config import load_config
-    from meta_train.search.config import SearchConfig, config_from_dir
-    from meta_train.search.pipeline import refunnel
+    from lopt.meta_train.search.config import SearchConfig, config_from_dir
+    from lopt.meta_train.search.pipeline import refunnel
 
     config = (
         load_config(SearchConfig, args.config, args.set) if args.config else config_from_dir(args.directory, args.set)
@@ -198,8 +198,8 @@ def _program(args: argparse.Namespace) -> int:
 
         fitness = None
         if args.ablate:
-            from meta_train.search.fitness import evaluator
-            from meta_train.search.config import SearchConfig
+            from lopt.meta_train.search.fitness import evaluator
+            from lopt.meta_train.search.config import SearchConfig
 
             fitness = evaluator(load_config(SearchConfig, args.ablate).fitness)
         simplified, notes = simplify(program, fitness=fitness, tolerance=args.tolerance)

@@ -10,8 +10,8 @@ from lopt.checkpoint import CheckpointError, read_manifest
 from lopt.config import ConfigError, check_output_dir, from_dict, short
 from lopt.learned import KINDS, PRESETS, to_config
 
-from meta_train.augment import Augmentation
-from meta_train.estimators import ESTIMATORS, META_OBJECTIVES
+from lopt.meta_train.augment import Augmentation
+from lopt.meta_train.estimators import ESTIMATORS, META_OBJECTIVES
 
 SCHEDULES = ("constant", "log_uniform")
 
@@ -190,8 +190,8 @@ class MetaTrainConfig:
 
     def _check_names(self) -> None:
         """Tasks, datasets and families are looked up now, not after minutes of work."""
-        from tasks import get_family, task_spec
-        from tasks.datasets import load
+        from lopt.tasks import get_family, task_spec
+        from lopt.tasks.datasets import load
 
         for key, names in (
             ("run.eval_task", (self.run.eval_task,)),

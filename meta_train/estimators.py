@@ -37,9 +37,9 @@ import jax.flatten_util
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from meta_train.augment import Augmentation
-from meta_train.sharding import AXIS
-from meta_train.truncation import (
+from lopt.meta_train.augment import Augmentation
+from lopt.meta_train.sharding import AXIS
+from lopt.meta_train.truncation import (
     NO_AUGMENTATION,
     TruncationSchedule,
     Worker,

@@ -24,12 +24,18 @@ import optax
 
 import lopt
 from lopt.config import ConfigError, from_dict
-from meta_train.config import MetaTrainConfig
-from meta_train.estimators import Estimator, make_estimator
-from meta_train.sharding import population_mesh, population_placement, replicate, replicated_placement, shard_population
-from meta_train.truncation import TruncationSchedule
-from meta_train.validation import Validation, held_out_loss
-from tasks import build, get_family, task_spec
+from lopt.meta_train.config import MetaTrainConfig
+from lopt.meta_train.estimators import Estimator, make_estimator
+from lopt.meta_train.sharding import (
+    population_mesh,
+    population_placement,
+    replicate,
+    replicated_placement,
+    shard_population,
+)
+from lopt.meta_train.truncation import TruncationSchedule
+from lopt.meta_train.validation import Validation, held_out_loss
+from lopt.tasks import build, get_family, task_spec
 
 
 class MetaTrainState(NamedTuple):

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 import lopt
 from lopt import jobdir
 from lopt.config import ConfigError
-from meta_train import run_folder
-from meta_train.config import MetaTrainConfig
-from meta_train.loop import MetaTrainer, MetaTrainState
-from meta_train.validation import adam_reference
+from lopt.meta_train import run_folder
+from lopt.meta_train.config import MetaTrainConfig
+from lopt.meta_train.loop import MetaTrainer, MetaTrainState
+from lopt.meta_train.validation import adam_reference
 
 
 def _open(config: MetaTrainConfig, lead: bool) -> tuple[MetaTrainer, tuple[Any, Any], MetaTrainState, bool]:

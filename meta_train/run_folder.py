@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 import lopt
 from lopt.checkpoint import CheckpointError, quiet_failed_reads
 from lopt.config import ConfigError, describe_error
-from meta_train.config import MetaTrainConfig
+from lopt.meta_train.config import MetaTrainConfig
 
 
 def checkpoint_manager(directory: Path, config: MetaTrainConfig):

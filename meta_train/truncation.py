@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from meta_train.augment import Augmentation
-from tasks.train import batch_step
+from lopt.meta_train.augment import Augmentation
+from lopt.tasks.train import batch_step
 
 NO_AUGMENTATION = Augmentation()
 

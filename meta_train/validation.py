@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from meta_train.config import MetaTrainConfig
-from tasks import build, task_spec, train
+from lopt.meta_train.config import MetaTrainConfig
+from lopt.tasks import build, task_spec, train
 
 
 class Validation:

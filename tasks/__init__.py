@@ -3,8 +3,8 @@
 Independent of `lopt`: everything here uses only jax, flax, optax and the data loaders.
 """
 
-from tasks.base import Task, TaskFamily, TaskSpec
-from tasks.families import (
+from lopt.tasks.base import Task, TaskFamily, TaskSpec
+from lopt.tasks.families import (
     FAMILIES,
     NAMED_TASKS,
     ConvFamily,
@@ -15,7 +15,7 @@ from tasks.families import (
     get_task,
     task_spec,
 )
-from tasks.tasks import (
+from lopt.tasks.tasks import (
     ClassificationTask,
     ConvSpec,
     LanguageModelTask,
@@ -29,7 +29,7 @@ from tasks.tasks import (
     TransformerSpec,
     build,
 )
-from tasks.train import BatchGrowth, TrainResult, evaluate, train, train_step
+from lopt.tasks.train import BatchGrowth, TrainResult, evaluate, train, train_step
 
 __all__ = [
     "Task",

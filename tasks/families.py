@@ -13,8 +13,8 @@ from typing import Any
 
 import jax
 
-from tasks.base import TaskSpec
-from tasks.tasks import ConvSpec, MLPSpec, QuadraticSpec, RegressionSpec, RosenbrockSpec, TransformerSpec, build
+from lopt.tasks.base import TaskSpec
+from lopt.tasks.tasks import ConvSpec, MLPSpec, QuadraticSpec, RegressionSpec, RosenbrockSpec, TransformerSpec, build
 
 
 def _choice(key: jax.Array, options: Sequence[Any]) -> Any:
@@ -30,7 +30,7 @@ class _BuildsTasks:
     that size is first built minutes later)."""
 
     def __post_init__(self) -> None:
-        from tasks.models import ACTIVATIONS
+        from lopt.tasks.models import ACTIVATIONS
 
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.base import TaskSpec, check_split
-from tasks.datasets import ClassificationData, TextData, load
-from tasks.models import MLP, ConvNet, TransformerLM, activation
+from lopt.tasks.base import TaskSpec, check_split
+from lopt.tasks.datasets import ClassificationData, TextData, load
+from lopt.tasks.models import MLP, ConvNet, TransformerLM, activation
 
 
 @dataclasses.dataclass(frozen=True)

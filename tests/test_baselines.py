@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-import tasks
+from lopt import tasks
 from lopt import baselines
 
 

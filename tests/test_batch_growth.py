@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from tasks.train import BatchGrowth, growing_batch_step, train
+from lopt.tasks.train import BatchGrowth, growing_batch_step, train
 
 
 class MeanTask:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import EvalConfig
+from lopt.eval import EvalConfig
 from lopt.config import ConfigError, apply_overrides, from_dict, load_config, parse_override
 
 
@@ -69,8 +69,8 @@ def test_nested_dataclasses_and_overrides():
 def test_every_shipped_config_parses(path):
     """Each config in configs/ loads into its job's dataclass (an edited default, say the GPU
     search's children against its population, fails here rather than on the device)."""
-    from meta_train.config import MetaTrainConfig
-    from meta_train.search.config import SearchConfig
+    from lopt.meta_train.config import MetaTrainConfig
+    from lopt.meta_train.search.config import SearchConfig
 
     kind = {"eval": EvalConfig, "meta_train": MetaTrainConfig, "search": SearchConfig}[Path(path).parent.name]
     config = load_config(kind, path)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lopt.config import MAX_INT, MAX_NESTING, ConfigError, apply_overrides, load_config
-from meta_train.config import MetaTrainConfig
+from lopt.meta_train.config import MetaTrainConfig
 
 CONFIG = "configs/meta_train/quickstart.toml"
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import lopt
-import tasks
+from lopt import tasks
 from lopt.learned import LRController
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tasks import datasets
+from lopt.tasks import datasets
 
 
 def test_embedded_shapes_and_standardisation():

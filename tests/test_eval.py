@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from eval import EvalConfig, metrics, run_eval
-from eval.report import markdown_table, summarise
-from eval.runner import Sweep
+from lopt.eval import EvalConfig, metrics, run_eval
+from lopt.eval.report import markdown_table, summarise
+from lopt.eval.runner import Sweep
 from lopt.cli import main
 
 
@@ -139,7 +139,7 @@ def test_cli_runs_a_tiny_eval(tmp_path, capsys):
 
 
 def test_state_bytes_counts_adam_moments_by_hand():
-    from eval.cost import state_bytes
+    from lopt.eval.cost import state_bytes
 
     params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)}
     # adam: mu and nu like params (16 floats each) + an int32 count; sgd without momentum: nothing.
@@ -151,8 +151,8 @@ def test_state_bytes_counts_adam_moments_by_hand():
 def test_cost_columns_relative_to_adam(tiny_config):
     import dataclasses
 
-    from eval.cost import Cost
-    from eval.report import cost_table
+    from lopt.eval.cost import Cost
+    from lopt.eval.report import cost_table
 
     costs = {("t", "adam"): Cost(2e-3, 100), ("t", "fast"): Cost(1e-3, 50)}
     cells = {c.optimizer: c for c in summarise([_sweep("adam", 1.0), _sweep("fast", 0.5)], costs)}
@@ -173,8 +173,8 @@ def test_cost_measurement_gives_optimizers_the_training_steps_extra_args():
     (it lacked `sampled_obj_fn`, so Sophia-G was timed on its fallback path)."""
     import jax
 
-    from eval.cost import measure
-    from tasks.train import extra_args
+    from lopt.eval.cost import measure
+    from lopt.tasks.train import extra_args
 
     seen = []
 

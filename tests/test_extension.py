@@ -13,8 +13,8 @@ import pytest
 
 import lopt
 from lopt.learned import base as learned_base
-from meta_train import estimators
-from meta_train.config import (
+from lopt.meta_train import estimators
+from lopt.meta_train.config import (
     EstimatorSection,
     MetaTrainConfig,
     OptimizerSection,
@@ -22,8 +22,8 @@ from meta_train.config import (
     RunSection,
     TasksSection,
 )
-from meta_train.run import meta_train
-from meta_train.truncation import diverged
+from lopt.meta_train.run import meta_train
+from lopt.meta_train.truncation import diverged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ def test_a_new_kind_and_estimator_need_no_change_elsewhere(registered, tmp_path)
     updates, _ = opt.update({"w": jnp.array([1.0, -2.0, 0.0])}, opt.init(params), params)
     np.testing.assert_allclose(updates["w"], -np.exp(float(theta["log_lr"])) * np.array([1.0, -1.0, 0.0]), rtol=1e-6)
 
-    from eval.runner import learned_candidates
+    from lopt.eval.runner import learned_candidates
 
     untuned, tuned = learned_candidates(summary["optimizer"], num_steps=10)
     assert tuned.lr_grid == ScaledSign.lr_tuning_grid and tuned.tuned and not untuned.tuned

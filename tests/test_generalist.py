@@ -11,14 +11,14 @@ import optax
 import pytest
 
 import lopt
-from eval.runner import learned_candidates
-from eval.suites import SUITES, parse_entry
+from lopt.eval.runner import learned_candidates
+from lopt.eval.suites import SUITES, parse_entry
 from lopt.learned import generalist
 from lopt.learned.generalist import newton_schulz, newton_schulz_many, schedule_factor
-from meta_train.augment import Augmentation
-from meta_train.estimators import make_estimator
-from meta_train.truncation import TruncationSchedule
-from tasks import NAMED_TASKS, get_task, task_spec, train
+from lopt.meta_train.augment import Augmentation
+from lopt.meta_train.estimators import make_estimator
+from lopt.meta_train.truncation import TruncationSchedule
+from lopt.tasks import NAMED_TASKS, get_task, task_spec, train
 
 
 def numpy_newton_schulz(x: np.ndarray, steps: int = 5) -> np.ndarray:

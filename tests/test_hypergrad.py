@@ -248,8 +248,8 @@ def test_refined_schedule_matches_the_papers_formula_and_is_linear_decay_for_con
 
 
 def test_gradient_norms_trace_the_same_run_as_train():
-    import tasks
-    from tasks.train import gradient_norms
+    from lopt import tasks
+    from lopt.tasks.train import gradient_norms
 
     task = tasks.build(tasks.MLPSpec("digits", (8,), "tanh", 32))
     key, opt = jax.random.key(3), optax.adam(1e-2)

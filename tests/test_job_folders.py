@@ -119,7 +119,7 @@ def test_damaged_or_missing_search_state_is_one_line(tmp_path, capsys):
     import dataclasses
 
     from lopt.config import load_config
-    from meta_train.search.config import SearchConfig
+    from lopt.meta_train.search.config import SearchConfig
 
     run = tmp_path / "se"
     config = load_config(SearchConfig, "configs/search/quickstart.toml", [f"run.output_dir={json.dumps(str(run))}"])
@@ -191,7 +191,7 @@ def test_generated_damaged_search_states_are_one_line(tmp_path_factory, capsys, 
     import dataclasses
 
     from lopt.config import load_config
-    from meta_train.search.config import SearchConfig
+    from lopt.meta_train.search.config import SearchConfig
 
     run = tmp_path_factory.mktemp("se")
     config = load_config(SearchConfig, "configs/search/quickstart.toml", [f"run.output_dir={json.dumps(str(run))}"])

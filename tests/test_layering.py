@@ -12,7 +12,8 @@ DISPATCH = Path(__file__).resolve().parents[1] / "lopt" / "learned" / "dispatch.
 def test_import_lopt_imports_no_training_layer():
     code = (
         "import lopt, lopt.baselines, lopt.learned, lopt.programs, lopt.hypergrad, sys; "
-        "print(sorted(m for m in ('tasks', 'meta_train', 'eval') if m in sys.modules))"
+        "layer = ('lopt.tasks', 'lopt.meta_train', 'lopt.eval', 'tasks', 'meta_train', 'eval'); "
+        "print(sorted(m for m in layer if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout

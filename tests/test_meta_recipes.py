@@ -14,9 +14,9 @@ import pytest
 
 import lopt
 from lopt.config import ConfigError
-from meta_train.estimators import make_estimator
-from meta_train.loop import merge_saved_theta
-from meta_train.truncation import TruncationSchedule
+from lopt.meta_train.estimators import make_estimator
+from lopt.meta_train.loop import merge_saved_theta
+from lopt.meta_train.truncation import TruncationSchedule
 from test_meta_train import TASK, WINDOW, LearnedLR
 
 generalist_module = importlib.import_module("lopt.learned.generalist")  # the package re-exports a function of that name
@@ -73,7 +73,7 @@ def test_trainable_perturbs_and_moves_only_the_matching_part():
 
 
 def lopt_task():
-    from tasks import build, task_spec
+    from lopt.tasks import build, task_spec
 
     return build(task_spec("digits-mlp-relu32"))
 
@@ -130,8 +130,8 @@ def test_fused_outer_step_equals_one_program_per_group(tmp_path):
     the keys and the arithmetic are those of the per-group programs."""
     import dataclasses
 
-    from meta_train.config import EstimatorSection, MetaTrainConfig, OptimizerSection, RunSection, TasksSection
-    from meta_train.loop import MetaTrainer
+    from lopt.meta_train.config import EstimatorSection, MetaTrainConfig, OptimizerSection, RunSection, TasksSection
+    from lopt.meta_train.loop import MetaTrainer
 
     def trainer(fused):
         return MetaTrainer(

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from lopt.config import ConfigError
-from meta_train.config import (
+from lopt.meta_train.config import (
     MetaTrainConfig,
     OuterSection,
     RunSection,
@@ -22,11 +22,11 @@ from meta_train.config import (
     EstimatorSection,
     OptimizerSection,
 )
-from meta_train.estimators import make_estimator
-from meta_train.loop import MetaTrainer
-from meta_train.run import meta_train
-from meta_train.sharding import population_mesh, replicate, shard_population
-from meta_train.truncation import TruncationSchedule
+from lopt.meta_train.estimators import make_estimator
+from lopt.meta_train.loop import MetaTrainer
+from lopt.meta_train.run import meta_train
+from lopt.meta_train.sharding import population_mesh, replicate, shard_population
+from lopt.meta_train.truncation import TruncationSchedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,8 +574,8 @@ def test_damaged_checkpoints_fall_back_then_fail_as_one_checkpoint_error(tmp_pat
 
 
 def test_window_batches_are_the_steps_own_batches_drawn_at_once_or_in_the_step(monkeypatch):
-    from meta_train import truncation
-    from tasks import MLPSpec, build
+    from lopt.meta_train import truncation
+    from lopt.tasks import MLPSpec, build
 
     task = build(MLPSpec("digits", (8,), "relu", 16))
     keys = jax.vmap(lambda t: jax.random.fold_in(jax.random.key(3), t))(jnp.arange(4))

@@ -15,10 +15,10 @@ import pytest
 
 from lopt.learned import factored_mlp, native, per_param_mlp, small_mlp
 from lopt.learned import features as F
-from meta_train.estimators import make_estimator
-from meta_train.sharding import population_mesh, replicate, shard_population
-from meta_train.truncation import TruncationSchedule
-from tasks import MLPSpec, build
+from lopt.meta_train.estimators import make_estimator
+from lopt.meta_train.sharding import population_mesh, replicate, shard_population
+from lopt.meta_train.truncation import TruncationSchedule
+from lopt.tasks import MLPSpec, build
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"no native kernel: {native.unavailable_reason()}")
 

@@ -13,7 +13,7 @@ from lopt.programs import check, parse, seed
 from lopt.programs.batched import GROUPS, Encoded, encode_population, run_encoded
 from lopt.programs.kernel import run_kernel, uses_tree
 from lopt.programs.library import FUNCTIONS
-from meta_train.search import mutation
+from lopt.meta_train.search import mutation
 
 
 def _children(count: int) -> list:

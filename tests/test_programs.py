@@ -162,7 +162,7 @@ def test_each_slots_shared_formulation_matches_the_library_function(name):
 def test_the_unrolled_interpreter_equals_the_scan():
     """run_unrolled (registers as values) gives run_encoded's numbers on a population of mutated
     AdamW children that uses every slot group."""
-    from meta_train.search import mutation
+    from lopt.meta_train.search import mutation
 
     rng = np.random.default_rng(0)
     graphs = []

@@ -17,13 +17,13 @@ from lopt.programs import check, format_program, parse, seed, structural_hash
 from lopt.programs.analysis import to_graph
 from lopt.programs.batched import rounds_needed
 from lopt.programs.simplify import simplify
-from meta_train.search import mutation
-from meta_train.search.fitness import BatchedEvaluator, JitEvaluator, evaluator
-from meta_train.search.scoring import padded_batch, score
-from meta_train.search.config import FitnessSpec
-from meta_train.search.config import SearchConfig
-from meta_train.search.job import Search
-from meta_train.search.pipeline import (
+from lopt.meta_train.search import mutation
+from lopt.meta_train.search.fitness import BatchedEvaluator, JitEvaluator, evaluator
+from lopt.meta_train.search.scoring import padded_batch, score
+from lopt.meta_train.search.config import FitnessSpec
+from lopt.meta_train.search.config import SearchConfig
+from lopt.meta_train.search.job import Search
+from lopt.meta_train.search.pipeline import (
     FUNNEL_TEST_SEED,
     ship_checkpoint,
     curves,
@@ -517,7 +517,7 @@ def test_a_copied_search_folder_resumes_in_place(tmp_path):
     config.json was first written for; the original is left as it was."""
     import shutil
 
-    from meta_train.search.config import config_from_dir
+    from lopt.meta_train.search.config import config_from_dir
 
     original = tmp_path / "a" / "search"
     Search(tiny_config(tmp_path / "a"), progress=False).step()
@@ -682,10 +682,10 @@ def test_the_train_metric_is_the_evals_final_train_loss():
     step-by-step Python loop of the program's optax transformation on the same keys."""
     import jax
 
-    from eval.metrics import final_loss
+    from lopt.eval.metrics import final_loss
     from lopt.programs.interpret import to_optax
-    from meta_train.search.scoring import keys_of
-    from tasks import build, task_spec
+    from lopt.meta_train.search.scoring import keys_of
+    from lopt.tasks import build, task_spec
 
     spec = FitnessSpec(
         tasks=("digits-mlp-relu32",),

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lopt.programs import check, seed
-from meta_train.search import store
-from meta_train.search.fitness import BatchedEvaluator
-from meta_train.search.config import FitnessSpec
+from lopt.meta_train.search import store
+from lopt.meta_train.search.fitness import BatchedEvaluator
+from lopt.meta_train.search.config import FitnessSpec
 
 SPEC = FitnessSpec(
     tasks=("digits-mlp-relu32",), steps=8, seeds=2, lr_multipliers=(0.3, 1.0), batch=2, interpreter="batched"

@@ -7,7 +7,7 @@ import pytest
 from lopt.programs.analysis import check
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import seed
-from meta_train.search.strategy import RandomSearch, RegularizedEvolution
+from lopt.meta_train.search.strategy import RandomSearch, RegularizedEvolution
 
 SEED = format_program(seed("adamw_paper"))
 

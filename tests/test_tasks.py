@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-import tasks
-from tasks import train
+from lopt import tasks
+from lopt.tasks import train
 
 
 @pytest.mark.parametrize("family_name", sorted(tasks.FAMILIES))
@@ -114,7 +114,7 @@ def test_bad_names_list_valid_ones():
 
 def test_cross_entropy_survives_huge_uniform_logit_shifts():
     """All logits equal at -2.2e14 is a uniform prediction: loss log(10), not 0."""
-    from tasks.tasks import softmax_cross_entropy
+    from lopt.tasks.tasks import softmax_cross_entropy
 
     loss = softmax_cross_entropy(jnp.full((3, 10), -2.2e14), jnp.array([0, 4, 9]))
     np.testing.assert_allclose(loss, np.log(10.0), rtol=1e-6)
@@ -137,7 +137,7 @@ def test_patch_conv_equals_lax_convolution_values_and_gradients(x_shape, w_shape
     gradients, plain and with a kernel per member under vmap (the search's and PES's case)."""
     from jax import lax
 
-    from tasks.models import patch_conv
+    from lopt.tasks.models import patch_conv
 
     spec = ("NWC", "WIO", "NWC") if len(x_shape) == 3 else ("NHWC", "HWIO", "NHWC")
     dn = lax.conv_dimension_numbers(x_shape, w_shape, spec)
@@ -159,7 +159,7 @@ def test_patch_conv_equals_lax_convolution_values_and_gradients(x_shape, w_shape
 def test_patch_conv_hands_dilated_and_grouped_convolutions_to_lax():
     from jax import lax
 
-    from tasks.models import patch_conv
+    from lopt.tasks.models import patch_conv
 
     x = jax.random.normal(jax.random.key(0), (2, 12, 4))
     dn = lax.conv_dimension_numbers(x.shape, (3, 2, 6), ("NWC", "WIO", "NWC"))

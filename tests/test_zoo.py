@@ -716,7 +716,7 @@ SLOW_FAMILIES = ("digits-conv-16-32", "pytext-transformer-32x1")  # a minute of 
 
 
 def _train_families(name, families):
-    import tasks
+    from lopt import tasks
     from lopt import baselines
 
     entry = baselines.spec(name)

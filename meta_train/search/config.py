@@ -12,8 +12,8 @@ from typing import Any
 from lopt.config import ConfigError, apply_overrides, check_output_dir, describe_error, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.seeds import SEEDS, seed
-from meta_train.search.strategy import STRATEGIES
-from tasks import task_spec
+from lopt.meta_train.search.strategy import STRATEGIES
+from lopt.tasks import task_spec
 
 
 INTERPRETERS = ("auto", "batched", "kernel", "unrolled", "jit")

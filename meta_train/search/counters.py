@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meta_train.search.config import FitnessSpec
+from lopt.meta_train.search.config import FitnessSpec
 
 
 PARTS = ("mutate", "probe", "train", "compile")  # where a generation's seconds go

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lopt.config import ConfigError
-from meta_train.search.strategy import Child, EvolutionState, Member
+from lopt.meta_train.search.strategy import Child, EvolutionState, Member
 
 
 def json_float(x: float) -> float | None:

@@ -39,11 +39,11 @@ from lopt.programs.batched import (
     stack_encoded,
 )
 from lopt.programs.kernel import run_kernel, uses_tree
-from meta_train.search.config import FitnessSpec
-from meta_train.search.store import LoweredStore, default_lowered_dir, lower_in_workers
-from tasks import build, task_spec
-from tasks.train import evaluate
-from meta_train.search.scoring import Hurdle, Staged, keys_of, padded_batch, score, train_scan
+from lopt.meta_train.search.config import FitnessSpec
+from lopt.meta_train.search.store import LoweredStore, default_lowered_dir, lower_in_workers
+from lopt.tasks import build, task_spec
+from lopt.tasks.train import evaluate
+from lopt.meta_train.search.scoring import Hurdle, Staged, keys_of, padded_batch, score, train_scan
 
 
 @functools.cache
@@ -364,7 +364,7 @@ def evaluator(spec: FitnessSpec) -> BatchedEvaluator | JitEvaluator:
 
 
 def _lowering_worker() -> None:
-    """`python -m meta_train.search.fitness` (`store.lower_in_workers`): read one JSON request
+    """`python -m lopt.meta_train.search.fitness` (`store.lower_in_workers`): read one JSON request
     from stdin (a spec, the step, whether the kernel runs, the platform, the store and the keys)
     and store each key's lowered call."""
     request = json.loads(sys.stdin.read())

@@ -45,13 +45,13 @@ from lopt.config import ConfigError
 from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.functional import probe_report
 from lopt.programs.lang import parse
-from meta_train.search import counters, files, mutation
-from meta_train.search.config import SearchConfig, resume_record, saved_config
-from meta_train.search.files import atomic_write, json_float
-from meta_train.search.fitness import evaluator
-from meta_train.search.scoring import Staged
-from meta_train.search.scoring import score as fitness_of
-from meta_train.search.strategy import Child, Member, make_strategy, mutate_here
+from lopt.meta_train.search import counters, files, mutation
+from lopt.meta_train.search.config import SearchConfig, resume_record, saved_config
+from lopt.meta_train.search.files import atomic_write, json_float
+from lopt.meta_train.search.fitness import evaluator
+from lopt.meta_train.search.scoring import Staged
+from lopt.meta_train.search.scoring import score as fitness_of
+from lopt.meta_train.search.strategy import Child, Member, make_strategy, mutate_here
 
 
 @dataclasses.dataclass

@@ -199,7 +199,7 @@ def random_program(
 
 
 def worker_env(**overrides: str) -> dict[str, str]:
-    """The environment of a search's worker process (`python -m meta_train.search.<module>`): this
+    """The environment of a search's worker process (`python -m lopt.meta_train.search.<module>`): this
     one's, with the project's root first on PYTHONPATH (so the module is found however the parent
     was started) and `overrides` set."""
     root = str(Path(__file__).resolve().parents[2])
@@ -213,7 +213,7 @@ def worker_env(**overrides: str) -> dict[str, str]:
 class Workers:
     """Processes that run `mutate_text` on chunks of a generation's children (`search.workers`).
 
-    Each is `python -m meta_train.search.mutation`, reading one JSON list of jobs per line and
+    Each is `python -m lopt.meta_train.search.mutation`, reading one JSON list of jobs per line and
     writing one JSON list of results (or {"error": ...}) per line: text in and out, so nothing
     depends on how the parent process was started (a script on stdin cannot be re-imported by
     multiprocessing's spawn) and nothing is unpickled."""
@@ -222,7 +222,7 @@ class Workers:
         env = worker_env(JAX_PLATFORMS="cpu")
         self._processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "meta_train.search.mutation"],
+                [sys.executable, "-m", "lopt.meta_train.search.mutation"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,

@@ -21,10 +21,10 @@ from lopt.programs.motifs import MOTIFS, motifs
 from lopt.programs.seeds import seed
 from lopt.programs.simplify import simplify
 from lopt.programs.optimizer import save_program
-from meta_train.search.config import FitnessSpec, SearchConfig
-from meta_train.search.fitness import evaluator
-from meta_train.search.scoring import task_scores
-from meta_train.search.files import atomic_write, json_float
+from lopt.meta_train.search.config import FitnessSpec, SearchConfig
+from lopt.meta_train.search.fitness import evaluator
+from lopt.meta_train.search.scoring import task_scores
+from lopt.meta_train.search.files import atomic_write, json_float
 
 
 def _jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs.analysis import Graph
-from meta_train.search.config import FitnessSpec, tail_steps
+from lopt.meta_train.search.config import FitnessSpec, tail_steps
 
 
 def train_scan(metric: str, count: int, task, loss_fn, params_of, apply_update, state, train_key: jax.Array):

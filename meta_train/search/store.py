@@ -25,7 +25,7 @@ from typing import Any
 import jax
 
 from lopt import cache_files
-from meta_train.search.mutation import worker_env
+from lopt.meta_train.search.mutation import worker_env
 
 # What a lowered population call depends on besides the spec and its shape: the interpreter, the
 # kernel, the tasks and the evaluator (modules, or packages with all their modules). A change to
@@ -33,9 +33,9 @@ from meta_train.search.mutation import worker_env
 LOWERING_SOURCES = (
     "lopt.programs",
     "lopt.learned.kernels",
-    "tasks",
-    "meta_train.search.fitness",
-    "meta_train.search.scoring",
+    "lopt.tasks",
+    "lopt.meta_train.search.fitness",
+    "lopt.meta_train.search.scoring",
 )
 Key = tuple[str, int, str, int]  # (task, rounds of slots, kind of step, padded batch size)
 
@@ -100,7 +100,7 @@ class LoweredStore:
 
 
 def lower_in_workers(request: dict[str, Any], keys: Sequence[Key], workers: int, platform: str) -> None:
-    """Lower and store `keys` in `workers` processes (`python -m meta_train.search.fitness`, each
+    """Lower and store `keys` in `workers` processes (`python -m lopt.meta_train.search.fitness`, each
     given `request` and its share of the keys as JSON on stdin), whose Python-side tracing and
     lowering then run in parallel instead of behind one GIL. A failing worker's last line of
     stderr is raised as a RuntimeError."""
@@ -111,7 +111,7 @@ def lower_in_workers(request: dict[str, Any], keys: Sequence[Key], workers: int,
     for share in [list(keys[i::workers]) for i in range(workers)]:
         errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty worker never blocks on it
         process = subprocess.Popen(
-            [sys.executable, "-m", "meta_train.search.fitness"],
+            [sys.executable, "-m", "lopt.meta_train.search.fitness"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=errors,

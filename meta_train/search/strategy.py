@@ -25,7 +25,7 @@ import numpy as np
 
 from lopt.programs.analysis import Graph, check, structural_hash
 from lopt.programs.lang import format_program, parse
-from meta_train.search import mutation
+from lopt.meta_train.search import mutation
 
 
 class Member(NamedTuple):

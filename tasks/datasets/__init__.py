@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from tasks.datasets.base import ClassificationData, TextData
-from tasks.datasets.embedded import digits, mnist1d, pytext
-from tasks.datasets.tfds_source import tfds_classification, tfds_text
+from lopt.tasks.datasets.base import ClassificationData, TextData
+from lopt.tasks.datasets.embedded import digits, mnist1d, pytext
+from lopt.tasks.datasets.tfds_source import tfds_classification, tfds_text
 
 __all__ = [
     "ClassificationData",

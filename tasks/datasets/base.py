@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.base import check_split
+from lopt.tasks.base import check_split
 
 
 @jax.tree_util.register_dataclass

@@ -20,7 +20,7 @@ import inspect
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.datasets.base import ClassificationData, TextData, split_arrays, standardize
+from lopt.tasks.datasets.base import ClassificationData, TextData, split_arrays, standardize
 
 
 @functools.cache

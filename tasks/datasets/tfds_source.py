@@ -19,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from tasks.datasets.base import ClassificationData, TextData, standardize
+from lopt.tasks.datasets.base import ClassificationData, TextData, standardize
 
 TEXT_VOCAB = 128
 
