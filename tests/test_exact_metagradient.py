@@ -134,3 +134,15 @@ def test_a_diverging_run_gives_one_clear_line():
         exact.metagradient(unroll, jnp.full((40,), jnp.log(1e3)), 40)
     with pytest.raises(ValueError, match="segment must be"):
         exact.run(unroll, jnp.zeros(40), 40, segment=-2)
+
+
+def test_metagradient_descent_lowers_the_objective_and_keeps_finite_values():
+    steps = 30
+    unroll = exact.schedule_unroll(LinearRegression(), optax.identity(), steps, jax.random.key(6))
+    h0 = jnp.full((steps,), jnp.log(0.01))
+    descent = exact.descend(unroll, h0, steps, outer_steps=15, learning_rate=0.1)
+    assert descent.stopped_at is None and len(descent.path) == 15
+    assert min(descent.objectives) < 0.7 * descent.objectives[0]
+    np.testing.assert_allclose(float(exact.objective(unroll, descent.best, steps)), min(descent.objectives), rtol=1e-5)
+    diverging = exact.descend(unroll, jnp.full((steps,), jnp.log(1e3)), steps, outer_steps=3, learning_rate=0.1)
+    assert diverging.stopped_at == 0 and diverging.objectives == [] and np.isfinite(diverging.h).all()

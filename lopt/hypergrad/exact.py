@@ -115,12 +115,18 @@ def metagradient(
 
 
 class Descent(NamedTuple):
-    """What `descend` returns: the last finite h, its objective before each outer step, and
-    whether it stopped early on a non-finite metagradient (with the step it stopped at)."""
+    """What `descend` returns: the last finite h, the h before each outer step with its
+    objective (`path`, `objectives`), and the step a non-finite metagradient stopped it at
+    (None when it ran every step). `best` is the h of the lowest objective seen."""
 
     h: Hyper
+    path: list[Hyper]
     objectives: list[float]
     stopped_at: int | None
+
+    @property
+    def best(self) -> Hyper:
+        return self.path[int(np.argmin(self.objectives))] if self.objectives else self.h
 
 
 def descend(
@@ -139,16 +145,18 @@ def descend(
     outer = optax.chain(optax.clip_by_global_norm(clip), optax.adam(learning_rate))
     value_and_grad = jax.jit(jax.value_and_grad(lambda h: objective(unroll, h, steps, segment=segment)))
     state = outer.init(h)
+    path: list[Hyper] = []
     values: list[float] = []
     for i in range(outer_steps):
         value, grad = value_and_grad(h)
         finite = bool(jnp.isfinite(value)) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
         if not finite:
-            return Descent(h, values, i)
+            return Descent(h, path, values, i)
+        path.append(h)
         values.append(float(value))
         updates, state = outer.update(grad, state, h)
         h = optax.apply_updates(h, updates)
-    return Descent(h, values, None)
+    return Descent(h, path, values, None)
 
 
 # -- runs of lopt tasks ------------------------------------------------------------------------
@@ -159,15 +167,23 @@ def _batch_keys(key: jax.Array, steps: int) -> jax.Array:
 
 
 def schedule_unroll(
-    task: Any, direction: optax.GradientTransformation, steps: int, key: jax.Array, *, validation_batches: int = 4
+    task: Any,
+    direction: optax.GradientTransformation,
+    steps: int,
+    key: jax.Array,
+    *,
+    validation_batches: int = 4,
+    validation_key: jax.Array | None = None,
 ) -> Unroll:
     """Training `task` (an lopt task: init, loss, batch) for `steps` steps with the update
     −exp(h[t]) · direction(g): h is a [steps] vector of log learning rates, one per step, and
     `direction` an optax rule at unit learning rate (`optax.scale_by_adam()`, `optax.identity()`
     for SGD, ...). The objective is the mean test-split loss over `validation_batches` batches
-    drawn from a key of their own. The same key gives the same initial weights and batches for
-    every h, so f is a deterministic function of h."""
+    drawn from a key of their own (`validation_key` to draw others: the same run scored on
+    fresh batches). The same key gives the same initial weights and batches for every h, so f is
+    a deterministic function of h."""
     init_key, data_key, val_key = jax.random.split(key, 3)
+    val_key = val_key if validation_key is None else validation_key
     params0 = task.init(init_key)
     batch_keys = _batch_keys(data_key, steps)
     val_data = [task.batch(k, "test") for k in jax.random.split(val_key, validation_batches)]
