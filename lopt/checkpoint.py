@@ -384,6 +384,9 @@ def _load(path: str | Path, kernel: str | None = None) -> tuple[Any, Any, dict[s
     path = resolve(path).absolute()
     manifest = read_manifest(path)
     config = {k: v for k, v in manifest["config"].items() if k not in RUNTIME_FIELDS}
+    if manifest["kind"] == "program" and "tune_constants" not in config:
+        # written before programs kept their constants once: theta holds them
+        config["tune_constants"] = any(entry.get("path") == "constants" for entry in manifest.get("arrays", []))
     try:
         meta_optimizer = from_config(manifest["kind"], config)
         if kernel is not None:

@@ -23,6 +23,8 @@ from lopt.programs import (
     to_optax,
 )
 from lopt.programs.analysis import live_outputs
+from lopt.programs.interpret import constants_of
+from lopt.programs.optimizer import ProgramOptimizer
 from lopt.programs.functional import functional_hashes
 
 from lopt.programs.batched import GROUP_OF, GROUPS, _group_results, encode, encode_population, run_encoded, run_unrolled
@@ -442,6 +444,33 @@ def test_found_program_saves_and_loads_as_an_optimizer(tmp_path):
     (path / "manifest.json").write_text(manifest.replace("sign(c)", "sign(c) +"))
     with pytest.raises(lopt.CheckpointError, match="line"):
         lopt.load(path)
+
+
+def test_a_program_checkpoint_stores_each_number_once(tmp_path):
+    """save_program keeps the constants in the text and the lr in theta; with tune_constants
+    theta holds the constants and they override the text's; a checkpoint written before
+    tune_constants existed (constants in theta, no such config key) still loads."""
+    import json
+
+    from lopt.programs.optimizer import save_program
+
+    path = save_program(tmp_path / "p", seed("lion"), 3e-3, {"source": "test"})
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert [a["path"] for a in manifest["arrays"]] == ["learning_rate"]
+    for a, b in zip(run(lopt.load(path), 4), run(optax.lion(3e-3, weight_decay=1e-3), 4)):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8), a, b)
+
+    tuned = ProgramOptimizer(from_program(seed("lion")).text, 3e-3, tune_constants=True)
+    theta = tuned.init_meta(jax.random.key(0))
+    np.testing.assert_allclose(theta["constants"], constants_of(check(seed("lion"))))
+    weight_decay = list(theta["constants"]).index(np.float32(1e-3))
+    theta["constants"] = theta["constants"].at[weight_decay].set(0.0)
+    legacy = lopt.save(tmp_path / "legacy", tuned, theta)
+    record = json.loads((legacy / "manifest.json").read_text())
+    del record["config"]["tune_constants"]
+    (legacy / "manifest.json").write_text(json.dumps(record))
+    for a, b in zip(run(lopt.load(legacy), 4), run(optax.lion(3e-3, weight_decay=0.0), 4)):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-8), a, b)
 
 
 def test_only_live_states_take_memory():

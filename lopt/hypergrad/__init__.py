@@ -1,9 +1,11 @@
 """Hypergradient learning-rate schedulers: online HD (Baydin et al. 2018), stacked hyperoptimizers
 (Chandra et al. 2022), and schedule refinement from a previous run's gradient norms (Defazio et al.
-2023), and FedHyper's federated schedulers (Zhang et al. 2024). The meta-learned LR controller is a
+2023), FedHyper's federated schedulers (Zhang et al. 2024), and exact metagradients through whole
+training runs in O(√T) memory (`exact`, Engstrom et al. 2025) and hypergradients by the implicit
+function theorem at trained weights (`implicit`, Lorraine et al. 2020). The meta-learned LR controller is a
 learned optimizer: `lopt.learned.LRController`."""
 
-from lopt.hypergrad import fedhyper, refine, stacked
+from lopt.hypergrad import exact, fedhyper, implicit, refine, stacked
 from lopt.hypergrad.online import (
     HypergradientState,
     adam_hd,
@@ -17,7 +19,9 @@ from lopt.hypergrad.online import (
 )
 
 __all__ = [
+    "exact",
     "fedhyper",
+    "implicit",
     "refine",
     "stacked",
     "HypergradientState",

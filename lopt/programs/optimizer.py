@@ -1,7 +1,8 @@
 """A found program as a saveable optimizer: `ProgramOptimizer` is a `MetaOptimizer` whose theta
-is the program's constants and learning rate, so `lopt.save` / `lopt.load` handle found
-programs like any learned optimizer (the text lives in the manifest, parsed by our parser on
-load; the constants are orbax arrays), and the meta-training engine can tune the constants."""
+is the value of the program's `lr` input (and, with `tune_constants`, its constants), so
+`lopt.save` / `lopt.load` handle found programs like any learned optimizer: the text lives in
+the manifest, parsed by our parser on load, and each number is stored once — a constant in the
+text, or in theta when meta-training tunes it (then the text's literal is only its start)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from lopt.programs.lang import Program, parse
 @register
 @dataclasses.dataclass(frozen=True)
 class ProgramOptimizer(LearnedKind):
-    """text: the program (lopt.programs.lang). learning_rate: the value fed to its `lr` input."""
+    """text: the program (lopt.programs.lang). learning_rate: the value fed to its `lr` input
+    at theta₀. tune_constants: put the text's constants in theta, so meta-training can tune
+    them (theta's values then override the text's)."""
 
     kind: ClassVar[str] = "program"
     reads_progress: ClassVar[bool] = False
     text: str
     learning_rate: float = 1.0
+    tune_constants: bool = False
 
     lr_tuning_grid: ClassVar[tuple[float, ...]] = (0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -44,16 +48,18 @@ class ProgramOptimizer(LearnedKind):
         return parse(self.text)
 
     def init_meta(self, key: jax.Array) -> dict[str, Any]:
-        """theta: {'learning_rate': [], 'constants': [C]} (constants left out when there are none)."""
+        """theta: {'learning_rate': []}, plus 'constants': [C] with `tune_constants` (left out when
+        the program has none)."""
         del key
         theta = {"learning_rate": jnp.asarray(self.learning_rate, jnp.float32)}
         constants = constants_of(check(self.program))
-        if constants.size:
+        if self.tune_constants and constants.size:
             theta["constants"] = jnp.asarray(constants)
         return theta
 
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
-        """The program with theta's constants (num_steps is unused: programs read no progress)."""
+        """The program with theta's constants when it holds them, else the text's (num_steps is
+        unused: programs read no progress)."""
         del num_steps
         return to_optax(self.program, theta["learning_rate"], constants=theta.get("constants"))
 
@@ -67,8 +73,9 @@ def from_program(program: Program | str, learning_rate: float = 1.0) -> ProgramO
 def save_program(
     path: str | Path, program: Program | str, learning_rate: float, meta: dict[str, Any], *, overwrite: bool = False
 ) -> Path:
-    """Save a program with the value of its `lr` input as a checkpoint (`lopt.save`): what
-    `lopt program export` and a finished search (`meta_train.search.pipeline.ship_checkpoint`) write."""
+    """Save a program with the value of its `lr` input as a checkpoint (`lopt.save`; its constants
+    in the text only): what `lopt program export` and a finished search
+    (`lopt.meta_train.search.pipeline.ship_checkpoint`) write."""
     from lopt.checkpoint import save  # lopt.checkpoint loads kinds, this module among them
 
     meta_optimizer = from_program(program, learning_rate=learning_rate)
