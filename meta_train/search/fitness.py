@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+from jax import export as jax_export  # explicit: jax 0.7 does not load it on `import jax`
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
@@ -81,7 +82,7 @@ class BatchedEvaluator:
         self.spec = spec
         self._step = step
         self._kernel = kernel
-        self._platform = platform or jax.export.default_export_platform()
+        self._platform = platform or jax_export.default_export_platform()
         lowered_dir = default_lowered_dir() if lowered_dir is _FROM_JAX_CONFIG else lowered_dir
         record = {"spec": _spec_record(spec), "platform": self._platform, "step": step.__name__}
         self._store = (
@@ -137,10 +138,10 @@ class BatchedEvaluator:
         """Lower a key's call and store it; returns the `jax.export.Exported`."""
         fn, example = self._traced(task_name, rounds, kind, count)
         # Over the Encoded fields as plain arguments (a serialized tree holds registered types only).
-        exported = jax.export.export(
+        exported = jax_export.export(
             jax.jit(lambda *fields: fn(Encoded(*fields))),
             platforms=[self._platform],
-            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+            disabled_checks=[jax_export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
         )(*example)
         self._store.write((task_name, rounds, kind, count), exported)
         return exported

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax import export as jax_export  # explicit: jax 0.7 does not load it on `import jax`
 
 from lopt import cache_files
 from lopt.meta_train.search.mutation import worker_env
@@ -84,7 +85,7 @@ class LoweredStore:
         if data is None:
             return None
         try:
-            return jax.export.deserialize(bytearray(data))
+            return jax_export.deserialize(bytearray(data))
         except Exception:  # noqa: BLE001 - any undeserializable file is lowered again and replaced
             return None
 
