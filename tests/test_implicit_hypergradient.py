@@ -91,6 +91,10 @@ def test_an_unconverged_solve_gives_one_clear_line():
         implicit.hypergradient(train_loss, val_loss, w, lam, solver="neumann", alpha=3.0 / largest, iterations=50)
     with pytest.raises(implicit.SolverError, match="cg solve .* did not converge"):
         implicit.hypergradient(train_loss, val_loss, w, lam, solver="cg", iterations=1)
+    truncated = implicit.hypergradient(  # tolerance=None: the paper's truncated series, unchecked
+        train_loss, val_loss, w, lam, solver="neumann", alpha=0.5 / largest, iterations=3, tolerance=None
+    )
+    assert truncated.residual > 1e-2 and np.isfinite(truncated.grad).all()
     with pytest.raises(ValueError, match="solver must be one of neumann, cg"):
         implicit.hypergradient(train_loss, val_loss, w, lam, solver="lbfgs")
 
