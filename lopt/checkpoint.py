@@ -41,7 +41,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from lopt.config import describe_error
-from lopt.learned.base import from_config, to_config
+from lopt.learned.base import KINDS, from_config, to_config
 
 FORMAT = "lopt-optimizer"
 FORMAT_VERSION = 1
@@ -384,9 +384,9 @@ def _load(path: str | Path, kernel: str | None = None) -> tuple[Any, Any, dict[s
     path = resolve(path).absolute()
     manifest = read_manifest(path)
     config = {k: v for k, v in manifest["config"].items() if k not in RUNTIME_FIELDS}
-    if manifest["kind"] == "program" and "tune_constants" not in config:
-        # written before programs kept their constants once: theta holds them
-        config["tune_constants"] = any(entry.get("path") == "constants" for entry in manifest.get("arrays", []))
+    if manifest["kind"] in KINDS:
+        array_paths = [entry.get("path") for entry in manifest.get("arrays", [])]
+        config = KINDS[manifest["kind"]].upgrade_saved_config(config, array_paths)
     try:
         meta_optimizer = from_config(manifest["kind"], config)
         if kernel is not None:

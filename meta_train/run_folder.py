@@ -18,6 +18,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,26 +37,33 @@ def checkpoint_manager(directory: Path, config: MetaTrainConfig):
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
-def restore(manager: ocp.CheckpointManager, trainer: Any) -> Any:
-    """The newest checkpoint that restores onto `trainer.abstract_state` (None if there is none)."""
+def _newest_restorable(manager: ocp.CheckpointManager, abstract_of: Callable[[int], Any], what: str) -> Any:
+    """(step, restored tree) of the newest step of `manager` that restores onto `abstract_of(step)`,
+    None if there is none. A SIGKILL can land while the newest step is being written: older steps
+    are tried in turn, with a warning; none restoring is one CheckpointError naming each failure."""
     if manager.latest_step() is None:
         return None
-    # A SIGKILL can land while the newest step is being written: fall back to older steps.
     failures = []
     for step in sorted(manager.all_steps(), reverse=True):
-        # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
-        # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
-        abstract = trainer.abstract_state(max(step - 1, 0))
+        abstract = abstract_of(step)
         try:
             with quiet_failed_reads():
                 restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
-            return _with_empty(restored, abstract)
+            return step, _with_empty(restored, abstract)
         except Exception as error:  # orbax raises many types for a damaged step
             failures.append(f"step {step}: {describe_error(error)}")
             warnings.warn(
-                f"{manager.directory}: could not restore checkpoint step {step}; trying an older one", stacklevel=2
+                f"{manager.directory}: could not restore {what} step {step}; trying an older one", stacklevel=3
             )
-    raise CheckpointError(f"{manager.directory}: no checkpoint could be restored ({'; '.join(failures)})")
+    raise CheckpointError(f"{manager.directory}: no {what} could be restored ({'; '.join(failures)})")
+
+
+def restore(manager: ocp.CheckpointManager, trainer: Any) -> Any:
+    """The newest checkpoint that restores onto `trainer.abstract_state` (None if there is none)."""
+    # A checkpoint of step s holds the workers of the tasks trained at step s − 1: at a task
+    # change (s a multiple of tasks.lifetime) those differ from step s's, maybe in shape.
+    found = _newest_restorable(manager, lambda step: trainer.abstract_state(max(step - 1, 0)), "checkpoint")
+    return None if found is None else found[1]
 
 
 def _without_empty(tree: Any) -> Any:
@@ -120,22 +128,14 @@ def restore_outer(manager: ocp.CheckpointManager, trainer: Any) -> Any:
     fresh populations for its step, or None if there is none. Resuming from it restarts every
     worker's inner run (as a task change does) and keeps theta, the outer optimizer's moments
     and the step: how a run continues on a machine its gigabytes of populations did not reach."""
-    if manager.latest_step() is None:
-        return None
     whole = trainer.abstract_state(0)
     abstract = {name: getattr(whole, name) for name in _OUTER_FIELDS}
-    failures = []
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            with quiet_failed_reads():
-                restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(abstract)))
-        except Exception as error:  # orbax raises many types for a damaged step
-            failures.append(f"step {step}: {describe_error(error)}")
-            continue
-        part = _with_empty(restored, abstract)
-        groups = [trainer.group_state(g, step, part["theta"]) for g in range(trainer.config.tasks.num_groups)]
-        return whole._replace(groups=groups, **part)
-    raise CheckpointError(f"{manager.directory}: no outer checkpoint could be restored ({'; '.join(failures)})")
+    found = _newest_restorable(manager, lambda step: abstract, "outer checkpoint")
+    if found is None:
+        return None
+    step, part = found
+    groups = [trainer.group_state(g, step, part["theta"]) for g in range(trainer.config.tasks.num_groups)]
+    return whole._replace(groups=groups, **part)
 
 
 def truncate_log(log_path: Path, step: int) -> None:

@@ -91,14 +91,23 @@ def objective(unroll: Unroll, h: Hyper, steps: int, *, segment: int | None = Non
     return unroll.objective(h, run(unroll, h, steps, segment=segment))
 
 
-def check_finite(tree: Any, what: str = "metagradient") -> None:
-    """Raise one line naming the first leaf of `tree` that holds a NaN or an infinity."""
+def first_non_finite(tree: Any) -> str | None:
+    """The path of the first leaf of `tree` holding a NaN or an infinity ('' for a bare array),
+    None when every value is finite."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not np.all(np.isfinite(np.asarray(leaf))):
-            raise FloatingPointError(
-                f"the {what} at {jax.tree_util.keystr(path) or 'its root'} is not finite: the run diverged or is "
-                "not differentiable there (smaller steps, or a smooth activation, give a finite one)"
-            )
+            return jax.tree_util.keystr(path)
+    return None
+
+
+def check_finite(tree: Any, what: str = "metagradient") -> None:
+    """Raise one line naming the first leaf of `tree` that holds a NaN or an infinity."""
+    path = first_non_finite(tree)
+    if path is not None:
+        raise FloatingPointError(
+            f"the {what} at {path or 'its root'} is not finite: the run diverged or is "
+            "not differentiable there (smaller steps, or a smooth activation, give a finite one)"
+        )
 
 
 def metagradient(
@@ -149,8 +158,7 @@ def descend(
     values: list[float] = []
     for i in range(outer_steps):
         value, grad = value_and_grad(h)
-        finite = bool(jnp.isfinite(value)) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
-        if not finite:
+        if first_non_finite((value, grad)) is not None:
             return Descent(h, path, values, i)
         path.append(h)
         values.append(float(value))

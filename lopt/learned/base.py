@@ -54,6 +54,13 @@ class LearnedKind:
         """theta whose updates are `multiplier` times as long (kinds with an lr_tuning_grid)."""
         raise NotImplementedError("this learned-optimizer kind has no learning-rate hook (empty lr_tuning_grid)")
 
+    @classmethod
+    def upgrade_saved_config(cls, config: dict[str, Any], array_paths: Sequence[str]) -> dict[str, Any]:
+        """The constructor arguments of a checkpoint's manifest (`config`, beside the paths of its
+        theta arrays), brought up to this version of the kind: where a kind whose saved form
+        changed reads its older checkpoints. Unchanged by default."""
+        return config
+
 
 KINDS: dict[str, type] = {}
 PRESETS: dict[str, Callable[[], Any]] = {}

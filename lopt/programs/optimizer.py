@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -37,6 +38,13 @@ class ProgramOptimizer(LearnedKind):
 
     def __post_init__(self) -> None:
         check(self.program)
+
+    @classmethod
+    def upgrade_saved_config(cls, config: dict[str, Any], array_paths: Sequence[str]) -> dict[str, Any]:
+        """A checkpoint written before `tune_constants` existed kept the constants in theta."""
+        if "tune_constants" in config:
+            return config
+        return {**config, "tune_constants": "constants" in array_paths}
 
     @staticmethod
     def scale_learning_rate(theta: dict[str, Any], multiplier: Any) -> dict[str, Any]:
