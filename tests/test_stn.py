@@ -1,0 +1,104 @@
+"""Self-Tuning Networks (lopt.hypergrad.stn): the structured best-response layer and the training
+objective against hand-written references, the hyperparameter axes, the direction the hyper steps
+move on a problem whose answer is known, and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt.hypergrad import stn
+
+
+def test_layer_is_the_papers_structured_best_response():
+    """z = x W + b + (x U) ⊙ (h H) (MacKay et al. 2019, Eq. 12-14), checked in numpy."""
+    layers = stn.init_mlp(jax.random.key(0), (5, 7, 3), num_hyper=2)
+    layers = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), layers)
+    x = np.asarray(jax.random.normal(jax.random.key(2), (4, 5)))
+    h = np.asarray(jax.random.normal(jax.random.key(3), (4, 2)))
+    ref = x
+    for i, layer in enumerate(jax.tree.map(np.asarray, layers)):
+        ref = ref @ layer["w"] + layer["b"] + (ref @ layer["u"]) * (h @ layer["h"])
+        if i == 0:
+            ref = np.maximum(ref, 0.0)
+    np.testing.assert_allclose(stn.apply_mlp(layers, jnp.asarray(x), jnp.asarray(h)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_gates_make_an_ordinary_mlp():
+    layers = stn.init_mlp(jax.random.key(0), (5, 7, 3), num_hyper=3)
+    plain = [{"w": layer["w"], "b": layer["b"]} for layer in layers]
+    x = jax.random.normal(jax.random.key(2), (4, 5))
+    h = jax.random.normal(jax.random.key(3), (4, 3))
+    np.testing.assert_allclose(stn.apply_mlp(layers, x, h), stn.apply_mlp(plain, x), rtol=1e-6)
+
+
+def test_label_smoothing_matches_optax():
+    logits = jax.random.normal(jax.random.key(0), (6, 10))
+    labels = jnp.arange(6) % 10
+    for s in (0.0, 0.1, 0.3):
+        ref = optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(labels, 10), s))
+        np.testing.assert_allclose(stn.smoothed_cross_entropy(logits, labels, jnp.full(6, s)), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,value", [("weight_decay", 3e-4), ("dropout", 0.4), ("label_smoothing", 0.1)])
+def test_unconstrained_axis_round_trips(name, value):
+    u = stn.to_unconstrained(name, value)
+    assert float(stn.from_unconstrained(name, jnp.float32(u))) == pytest.approx(value, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "start,message",
+    [
+        ((("dropuot", 0.1),), "unknown hyperparameter 'dropuot'"),
+        ((("dropout", 0.97),), "dropout must lie strictly between 0 and 0.95"),
+        ((("weight_decay", 0.0),), "weight_decay must be > 0"),
+        ((("dropout", 0.1), ("dropout", 0.2)), "each hyperparameter once"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(start, message):
+    with pytest.raises(stn.HyperError, match=message):
+        stn.STNConfig(start=start)
+
+
+def test_train_fixed_rejects_unknown_names():
+    data = (jnp.ones((8, 3)), jnp.zeros(8, jnp.int32))
+    with pytest.raises(stn.HyperError, match="unknown hyperparameters \\['l2'\\]"):
+        stn.train_fixed({"l2": 0.1}, data, 2, jax.random.key(0), steps=2)
+
+
+def _random_labels(seed, n=64, d=10, classes=4):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k1, (n, d)), jax.random.randint(k2, (n,), 0, classes)
+
+
+def test_hyper_steps_regularise_when_labels_are_noise():
+    """Training and validation labels drawn independently of the inputs: the validation loss is
+    lowest at the uniform prediction, so every hyperparameter that pulls towards it (more decay,
+    more dropout, more smoothing) must grow from a small start."""
+    config = stn.STNConfig(
+        hidden=(32,),
+        start=(("weight_decay", 1e-4), ("dropout", 0.05), ("label_smoothing", 0.02)),
+        steps=600,
+        batch_size=32,
+        learning_rate=3e-3,
+        hyper_learning_rate=3e-2,
+        sigma=0.5,
+    )
+    result = stn.run(config, _random_labels(0), _random_labels(1), 4, jax.random.key(0))
+    for name, value in config.start:
+        assert result.hyperparameters[name] > 2 * value, (name, result.hyperparameters)
+    assert all(len(t) == config.steps // config.train_per_hyper for t in result.trajectory.values())
+    # the same inputs with labels that follow them (a learnable rule): smoothing stays small
+    (x, _), (xv, _) = _random_labels(0), _random_labels(1)
+    clean = stn.run(
+        config, (x, (x[:, 0] > 0).astype(jnp.int32)), (xv, (xv[:, 0] > 0).astype(jnp.int32)), 4, jax.random.key(0)
+    )
+    assert clean.hyperparameters["label_smoothing"] < result.hyperparameters["label_smoothing"] / 5
+
+
+def test_non_finite_run_is_refused():
+    x, y = _random_labels(0)
+    config = stn.STNConfig(hidden=(8,), steps=4, batch_size=8)
+    with pytest.raises(stn.HyperError, match="non-finite"):
+        stn.run(config, (x.at[:, 0].set(jnp.nan), y), (x, y), 4, jax.random.key(0))
