@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     config = stn.STNConfig(
         steps=args.steps, train_per_hyper=args.train_per_hyper, hyper_learning_rate=args.hyper_lr, sigma=args.sigma
     )

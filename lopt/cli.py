@@ -57,6 +57,20 @@ def _meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hpo(args: argparse.Namespace) -> int:
+    from lopt.config import load_config
+    from lopt.eval.hpo import HPOConfig, run_hpo
+
+    config = load_config(HPOConfig, args.config, args.set)
+    outcome = run_hpo(config)
+    print("\n".join(outcome["table"]))
+    print()
+    for label, path in outcome["files"].items():
+        print(f"wrote {label}: {path}")
+    print(f"lopt hpo finished in {outcome['seconds']:.1f}s")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import json
 
@@ -281,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         metavar="CHECKPOINT",
         help="start from this saved optimizer's theta (a path or shipped name): fine-tune it on the config's tasks",
+    )
+
+    _add_job(
+        commands,
+        "hpo",
+        _hpo,
+        "tune hyperparameters by gradient: Self-Tuning Networks or implicit differentiation",
+        "configs/hpo/stn-digits.toml",
+        "steps=1000",
     )
 
     info = commands.add_parser("info", help="describe a saved optimizer checkpoint")

@@ -48,6 +48,16 @@ JOB_FILES: dict[str, frozenset[str]] = {
         }
     ),
     "eval": frozenset({"results.md", "results.json", "loss_curves.png", "lr_sensitivity.png", "cache"}),
+    "hpo": frozenset(
+        {
+            "results.md",
+            "results.json",
+            "hyperparameters.png",
+            ".results.md.tmp",
+            ".results.json.tmp",
+            ".hyperparameters.png.tmp.png",
+        }
+    ),
 }
 
 

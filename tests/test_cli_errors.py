@@ -137,12 +137,44 @@ def test_bad_search_override(tmp_path, capsys, override):
     assert not (tmp_path / "search").exists()
 
 
+HPO = [
+    'method="bayes"',
+    'dataset="cifar"',
+    "steps=0",
+    "hidden=[]",
+    "start_dropout=0.99",
+    "start_weight_decay=0",
+    "start_label_smoothing=1.5",
+    "hyper_learning_rate=-1",
+    "train_examples=1400",
+    "augment=true",
+    "colour=3",
+]
+
+
+@pytest.mark.parametrize("override", HPO)
+def test_bad_hpo_override(tmp_path, capsys, override):
+    run(
+        [
+            "hpo",
+            "configs/hpo/stn-digits.toml",
+            "--set",
+            override,
+            "--set",
+            f"output_dir={json.dumps(str(tmp_path / 'h'))}",
+        ],
+        capsys,
+    )
+    assert not (tmp_path / "h").exists() or list((tmp_path / "h").iterdir()) == [(tmp_path / "h" / ".lopt-job")]
+
+
 @pytest.mark.parametrize(
     "command,config,key",
     [
         ("meta-train", "configs/meta_train/quickstart.toml", "run.output_dir"),
         ("eval", "configs/eval/quickstart.toml", "output_dir"),
         ("search", "configs/search/quickstart.toml", "run.output_dir"),
+        ("hpo", "configs/hpo/stn-digits.toml", "output_dir"),
     ],
 )
 def test_an_empty_output_folder_is_refused_not_the_working_directory(
