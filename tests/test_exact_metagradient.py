@@ -146,3 +146,27 @@ def test_metagradient_descent_lowers_the_objective_and_keeps_finite_values():
     np.testing.assert_allclose(float(exact.objective(unroll, descent.best, steps)), min(descent.objectives), rtol=1e-5)
     diverging = exact.descend(unroll, jnp.full((steps,), jnp.log(1e3)), steps, outer_steps=3, learning_rate=0.1)
     assert diverging.stopped_at == 0 and diverging.objectives == [] and np.isfinite(diverging.h).all()
+
+
+def test_a_non_differentiable_run_gives_one_clear_line():
+    """Accuracy as the objective (a step function of h), a data-dependent while_loop in the step,
+    and integer hyperparameters: each is one NotDifferentiableError line, never a JAX trace."""
+    task = LinearRegression()
+    unroll = exact.schedule_unroll(task, optax.identity(), 10, jax.random.key(0))
+    h = jnp.full((10,), jnp.log(0.05))
+    accuracy = unroll._replace(objective=lambda h, s: jnp.mean(jnp.argmax(jnp.stack([s[0]["w"], -s[0]["w"]]), 0)))
+    with pytest.raises(exact.NotDifferentiableError, match="exactly zero in every coordinate"):
+        exact.metagradient(accuracy, h, 10)
+
+    def looping(h, s, t):
+        moved = unroll.step(h, s, t)
+        params, opt_state = moved
+        params = jax.lax.while_loop(
+            lambda p: jnp.sum(p["w"] ** 2) > 1e6, lambda p: jax.tree.map(lambda a: a / 2, p), params
+        )
+        return params, opt_state
+
+    with pytest.raises(exact.NotDifferentiableError, match="cannot be differentiated in reverse mode"):
+        exact.metagradient(unroll._replace(step=looping), h, 10)
+    with pytest.raises(exact.NotDifferentiableError, match="hyperparameter h has dtype int32"):
+        exact.metagradient(unroll, jnp.zeros(10, jnp.int32), 10)

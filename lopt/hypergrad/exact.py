@@ -110,16 +110,46 @@ def check_finite(tree: Any, what: str = "metagradient") -> None:
         )
 
 
+class NotDifferentiableError(ValueError):
+    """The training run or its objective gives no usable metagradient with respect to h."""
+
+
+def check_differentiable(h: Hyper) -> None:
+    """Metagradients need floating-point hyperparameters; name the first leaf that is not."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(h):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            where = jax.tree_util.keystr(path) or "h"
+            raise NotDifferentiableError(
+                f"hyperparameter {where} has dtype {dtype}: metagradients need floating-point hyperparameters"
+            )
+
+
 def metagradient(
     unroll: Unroll, h: Hyper, steps: int, *, segment: int | None = None, check: bool = True
 ) -> tuple[jax.Array, Hyper]:
     """(f(h), df/dh), exact up to float rounding, through all `steps` steps in O(√T) memory
-    (`run`'s segment). check: raise (`check_finite`) on a non-finite value or metagradient;
-    leave it False inside `jit`."""
-    value, grad = jax.value_and_grad(lambda h: objective(unroll, h, steps, segment=segment))(h)
+    (`run`'s segment). check: raise (`check_finite`) on a non-finite value or metagradient, and
+    NotDifferentiableError on a metagradient that is exactly zero everywhere (an objective that is
+    a step function of h, such as accuracy, or a `stop_gradient` in the way); leave it False
+    inside `jit`. A run that JAX cannot differentiate in reverse mode (a `while_loop` with a
+    data-dependent end) or integer hyperparameters also raise NotDifferentiableError."""
+    check_differentiable(h)
+    try:
+        value, grad = jax.value_and_grad(lambda h: objective(unroll, h, steps, segment=segment))(h)
+    except ValueError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "differentiat" not in first.lower():
+            raise
+        raise NotDifferentiableError(f"the training run cannot be differentiated in reverse mode: {first}") from None
     if check:
         check_finite(value, "meta-objective")
         check_finite(grad)
+        if all(not np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(grad)):
+            raise NotDifferentiableError(
+                "the metagradient is exactly zero in every coordinate: the objective does not depend on h "
+                "differentiably (a step function such as accuracy, a hard argmax, or a stop_gradient)"
+            )
     return value, grad
 
 
