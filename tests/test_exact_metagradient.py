@@ -170,3 +170,17 @@ def test_a_non_differentiable_run_gives_one_clear_line():
         exact.metagradient(unroll._replace(step=looping), h, 10)
     with pytest.raises(exact.NotDifferentiableError, match="hyperparameter h has dtype int32"):
         exact.metagradient(unroll, jnp.zeros(10, jnp.int32), 10)
+
+
+def test_averaged_runs_give_the_mean_objective_and_metagradient():
+    """exact.averaged (MGD's smoothing over a run's randomness): its value and metagradient are
+    the means of the separate runs' (differentiation is linear)."""
+    task, steps = LinearRegression(), 12
+    runs = [exact.schedule_unroll(task, optax.scale_by_adam(), steps, jax.random.key(i)) for i in range(3)]
+    h = jnp.linspace(-4.0, -2.0, steps)
+    separate = [exact.metagradient(u, h, steps) for u in runs]
+    value, grad = exact.metagradient(exact.averaged(runs), h, steps)
+    np.testing.assert_allclose(value, np.mean([v for v, _ in separate]), rtol=1e-5)
+    np.testing.assert_allclose(grad, np.mean([g for _, g in separate], 0), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="at least one run"):
+        exact.averaged([])

@@ -204,6 +204,27 @@ def _batch_keys(key: jax.Array, steps: int) -> jax.Array:
     return jax.random.split(key, steps)
 
 
+def averaged(unrolls: list[Unroll]) -> Unroll:
+    """One run whose objective is the mean of several runs' objectives, all driven by the same h:
+    e.g. the same schedule under different initialisations and data orders. MGD's remedy for a
+    training run that is not smooth enough in h (Engstrom et al. 2025, §3: metagradients of one
+    run follow its accidents; averaged over the run's randomness they follow the expected loss,
+    a smoother function of h). Memory and compute grow with len(unrolls)."""
+    if not unrolls:
+        raise ValueError("averaged() needs at least one run")
+
+    def init(h):
+        return tuple(u.init(h) for u in unrolls)
+
+    def step(h, states, t):
+        return tuple(u.step(h, s, t) for u, s in zip(unrolls, states))
+
+    def objective(h, states):
+        return jnp.mean(jnp.stack([u.objective(h, s) for u, s in zip(unrolls, states)]))
+
+    return Unroll(init, step, objective)
+
+
 def schedule_unroll(
     task: Any,
     direction: optax.GradientTransformation,
