@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--hyper-lr", type=float, default=3e-3)
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--problems", default="digits,mnist1d", help="which problems (comma-separated names)")
+    parser.add_argument("--stem", default="stn_hpo", help="output file name stem")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,10 @@ def main() -> None:
         "|---|---|---|---|---|---:|---|---:|",
     ]
     records = []
+    chosen = args.problems.split(",")
     for name, (train, val, test) in problems().items():
+        if name.split(" ")[0] not in chosen:
+            continue
         classes = 10
         grid_val = np.zeros((args.seeds, len(points)))
         grid_test = np.zeros_like(grid_val)
@@ -176,7 +181,7 @@ def main() -> None:
             row[0].legend(fontsize=8)
         save_figure(fig, path)
 
-    write(args.out, "stn_hpo", lines, records, figure)
+    write(args.out, args.stem, lines, records, figure)
 
 
 if __name__ == "__main__":
