@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--train-per-hyper", type=int, default=2)
-    parser.add_argument("--hyper-lr", type=float, default=3e-3)
+    parser.add_argument("--hyper-lr", type=float, default=1e-3)
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="digits,mnist1d", help="which problems (comma-separated names)")

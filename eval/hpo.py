@@ -61,7 +61,7 @@ class HPOConfig:
     start_weight_decay: float = 1e-4
     start_dropout: float = 0.1
     start_label_smoothing: float = 0.05
-    hyper_learning_rate: float = 3e-3
+    hyper_learning_rate: float = 1e-3
     train_per_hyper: int = 2
     hyper_every: int = 25
     neumann_terms: int = 20

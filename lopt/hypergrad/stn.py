@@ -66,14 +66,17 @@ class STNConfig:
     """One STN run. `start` gives each hyperparameter's starting value (all three by default);
     a hyperparameter left out is off (0). `sigma` is the starting perturbation scale on the
     unconstrained axis, `entropy` the paper's τ, `train_per_hyper` the number of weight steps per
-    hyper step (the paper's T_train with T_val = 1)."""
+    hyper step (the paper's T_train with T_val = 1). `hyper_learning_rate` is 1e-3, not the
+    paper's 3e-3: at 3e-3 the dropout rate ran to its ceiling on one of three digits seeds of
+    `benchmarks/stn_hpo.py` (validation loss 1.00 against 0.13-0.15 for the others); chosen by
+    validation loss."""
 
     hidden: tuple[int, ...] = (256, 256)
     start: tuple[tuple[str, float], ...] = (("weight_decay", 1e-4), ("dropout", 0.1), ("label_smoothing", 0.05))
     steps: int = 3000
     batch_size: int = 64
     learning_rate: float = 1e-3
-    hyper_learning_rate: float = 3e-3
+    hyper_learning_rate: float = 1e-3
     sigma: float = 0.5
     entropy: float = 1e-3
     train_per_hyper: int = 2
