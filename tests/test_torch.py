@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import lopt  # noqa: E402
 import lopt.torch  # noqa: E402
-from lopt.learned import MLPOptimizer, factored_mlp, small_mlp  # noqa: E402
+from lopt.learned import LRController, MLPOptimizer, factored_mlp, small_mlp  # noqa: E402
 from lopt.learned.features import AccumulatorConfig  # noqa: E402
 
 # a conv kernel, a matrix, a bias, a norm scale and an embedding table
@@ -48,24 +48,25 @@ def _checkpoint(tmp_path, meta, name):
     return lopt.save(tmp_path / name, meta, theta, num_steps=STEPS)
 
 
-def _trajectories(path, *, loss_features: bool = False):
+def _trajectories(path):
     """Parameters after every step, from JAX (lopt.load) and from torch (lopt.torch.load)."""
     start, noise = _start()
     opt = lopt.load(path, num_steps=STEPS)
     params = {k: jnp.asarray(v) for k, v in start.items()}
     state = opt.init(params)
+    update = jax.jit(opt.update)
     tparams = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in start.items()}
     topt = lopt.torch.load(path, list(tparams.values()), num_steps=STEPS)
     out = []
     for t in range(STEPS):
         loss = float(1.0 / (t + 1))
         grads = _gradient(noise[t], params)
-        updates, state = opt.update(grads, state, params, loss=jnp.float32(loss))
+        updates, state = update(grads, state, params, loss=jnp.float32(loss))
         params = optax.apply_updates(params, updates)
         tgrads = _gradient(noise[t], {k: p.detach() for k, p in tparams.items()})
         for k, p in tparams.items():
             p.grad = tgrads[k]
-        topt.step(loss=torch.tensor(loss) if loss_features else None)
+        topt.step(loss=torch.tensor(loss))
         out.append(
             ({k: np.asarray(v) for k, v in params.items()}, {k: p.detach().numpy().copy() for k, p in tparams.items()})
         )
@@ -92,7 +93,13 @@ def _worst(trajectory):
 )
 def test_torch_matches_jax_at_every_step(tmp_path, name, meta):
     path = _checkpoint(tmp_path, meta, name)
-    assert _worst(_trajectories(path, loss_features=meta.use_loss_features)) < 1e-5
+    assert _worst(_trajectories(path)) < 1e-5
+
+
+def test_controller_with_an_unported_base_is_one_line(tmp_path):
+    path = _checkpoint(tmp_path, LRController(base="lion", hidden_sizes=(4,)), "lion")
+    with pytest.raises(lopt.torch.TorchOptimizerError, match="base 'lion' have no torch version"):
+        lopt.torch.load(path, [torch.nn.Parameter(torch.ones(2))], num_steps=5)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import torch
 from lopt.learned import features as F
 from lopt.learned.mlp import MLPOptimizer
 from lopt.torch import features as T
-from lopt.torch.base import LearnedTorchOptimizer
+from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError
 
 
 class TorchMLPOptimizer(LearnedTorchOptimizer):
@@ -57,7 +57,7 @@ class TorchMLPOptimizer(LearnedTorchOptimizer):
         scalars = [T.time_features(count, self.num_steps, device)]
         if self.loss_state is not None:
             if loss is None:
-                raise ValueError("this optimizer uses loss features: call step(closure) or step(loss=loss)")
+                raise TorchOptimizerError("this optimizer uses loss features: call step(closure) or step(loss=loss)")
             loss = torch.as_tensor(loss, device=device)
             T.update_loss_state(self.loss_state, loss)
             scalars.append(T.loss_features(self.loss_state, loss))
