@@ -25,8 +25,10 @@ STEPS = 50
 
 def _start(seed: int = 0):
     rng = np.random.default_rng(seed)
-    params = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-    params["scale"] = np.abs(params["scale"]) + 0.5
+    # small weights, so that 50 steps of ~1e-3 move them by a visible fraction: a wrong term in
+    # an update then shows in the relative difference of θ itself
+    params = {k: 0.1 * rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    params["scale"] = np.abs(params["scale"]) + 0.05
     noise = [{k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(STEPS)]
     return params, noise
 
