@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import lopt  # noqa: E402
 import lopt.torch  # noqa: E402
-from lopt.learned import LRController, MLPOptimizer, factored_mlp, small_mlp  # noqa: E402
+from lopt.learned import LRController, MLPOptimizer, factored_mlp, generalist, small_mlp  # noqa: E402
 from lopt.learned.features import AccumulatorConfig  # noqa: E402
 
 # a conv kernel, a matrix, a bias, a norm scale and an embedding table
@@ -58,7 +58,7 @@ def _trajectories(path):
     state = opt.init(params)
     update = jax.jit(opt.update)
     tparams = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in start.items()}
-    topt = lopt.torch.load(path, list(tparams.values()), num_steps=STEPS)
+    topt = lopt.torch.load(path, list(tparams.items()), num_steps=STEPS)  # named: the generalist reads names
     out = []
     for t in range(STEPS):
         loss = float(1.0 / (t + 1))
@@ -87,6 +87,10 @@ def _worst(trajectory):
         ("small", small_mlp()),
         ("factored", factored_mlp()),
         ("loss-features", MLPOptimizer(hidden_sizes=(8,), use_loss_features=True)),
+        ("controller-adam", LRController(hidden_sizes=(8, 8))),
+        ("controller-hd", LRController(base="adam_hd_log_adam", hidden_sizes=(8,))),
+        ("generalist", generalist()),
+        ("generalist-nominal-knots", generalist(init="random", nominal=True, schedule_knots=4, weight_decay=0.1)),
         (
             "all-accumulators",
             MLPOptimizer(hidden_sizes=(8, 8), accumulators=AccumulatorConfig(factored_decays=(0.9, 0.99))),

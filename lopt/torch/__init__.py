@@ -22,7 +22,7 @@ import numpy as np
 from lopt.checkpoint import CheckpointError, load_meta, read_manifest, resolve
 from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError
 
-TORCH_KINDS = ("mlp", "lr_controller")
+TORCH_KINDS = ("mlp", "lr_controller", "generalist")
 
 __all__ = ["TORCH_KINDS", "LearnedTorchOptimizer", "TorchOptimizerError", "load"]
 
@@ -45,6 +45,10 @@ def load(path: str | Path, params: Iterable[Any], num_steps: int | None = None) 
         num_steps = manifest.get("num_steps")
         if num_steps is None:
             raise CheckpointError(f"{folder} stores no default num_steps: pass lopt.torch.load(..., num_steps=...)")
+    if kind == "generalist":
+        from lopt.torch.generalist import TorchGeneralist
+
+        return TorchGeneralist(params, meta, theta, int(num_steps))
     if kind == "lr_controller":
         from lopt.torch.controller import TorchLRController
 

@@ -1,0 +1,161 @@
+"""The generalist learned optimizer (`lopt.learned.GeneralistOptimizer`, Celo2-class) as a
+`torch.optim.Optimizer`: gradient clipping at ±1000; on matrices the shared network's direction
+from normalised features (plus Adam's with the nominal term), Newton–Schulz with Muon's
+coefficients, unit RMS; AdamW (β = 0.9, 0.95) on everything else; decoupled weight decay; the
+step −η(t) with η(t) = exp(θ_lr) · warm-up + decay · the learned schedule.
+
+Which tensors take the learned rule follows the JAX rule: rank ≥ 2, the name not matching
+`adam_paths` (embeddings) and not ending in "bias". Names come from `named_parameters()` (pass
+them: `lopt.torch.load(name, model.named_parameters())`); without names every matrix takes the
+learned rule."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from lopt.learned import features as F
+from lopt.learned.generalist import (
+    ADAM_EPS_ROOT,
+    GRADIENT_CLIP,
+    MAX_SCHEDULE_LOG_MULTIPLIER,
+    MUON_COEFFICIENTS,
+    OUTPUT_EPS,
+    GeneralistOptimizer,
+)
+from lopt.torch import features as T
+from lopt.torch.base import LearnedTorchOptimizer
+
+NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def newton_schulz(x: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """lopt.learned.generalist.newton_schulz: the quintic iteration from x / (‖x‖_F + 1e-7), on
+    the shorter side, in `dtype`."""
+    a, b, c = MUON_COEFFICIENTS
+    out_dtype = x.dtype
+    transpose = x.shape[0] > x.shape[1]
+    if transpose:
+        x = x.T
+    x = (x / (torch.linalg.norm(x) + 1e-7)).to(dtype)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.to(out_dtype)
+    return x.T if transpose else x
+
+
+def schedule_factor(meta: GeneralistOptimizer, count: int, num_steps: int) -> float:
+    """η(t)/η at step `count` (generalist.schedule_factor, in float32 as there)."""
+    f32 = np.float32
+    t = f32(count) + f32(1.0)
+    total = max(f32(num_steps), f32(1.0))
+    warmup = max(f32(meta.warmup_fraction) * total, f32(1.0))
+    ramp = min(t / warmup, f32(1.0))
+    progress = np.clip((t - warmup) / max(total - warmup, f32(1.0)), f32(0.0), f32(1.0))
+    final = f32(meta.final_lr_fraction)
+    if meta.schedule == "cosine":
+        decay = final + (f32(1.0) - final) * f32(0.5) * (f32(1.0) + np.cos(f32(np.pi) * progress))
+    elif meta.schedule == "linear":
+        decay = final + (f32(1.0) - final) * (f32(1.0) - progress)
+    else:
+        decay = f32(1.0)
+    return f32(ramp * decay)
+
+
+class TorchGeneralist(LearnedTorchOptimizer):
+    """`meta` (a GeneralistOptimizer) with meta-parameters `theta` (numpy arrays, as saved)."""
+
+    def __init__(self, params: Iterable[Any], meta: GeneralistOptimizer, theta: dict[str, Any], num_steps: int) -> None:
+        super().__init__(params, num_steps)
+        self.meta = meta
+        device = self.param_groups[0]["params"][0].device
+        self.layers = [
+            (
+                torch.tensor(np.array(layer["w"], np.float32), device=device),
+                torch.tensor(np.array(layer["b"], np.float32), device=device),
+            )
+            for layer in theta["layers"]
+        ]
+        self.log_learning_rate = np.float32(theta["log_learning_rate"])
+        self.knots = np.asarray(theta["schedule"], np.float32) if meta.schedule_knots else None
+        self.decays = {
+            k: torch.tensor(np.asarray(v, np.float32), device=device)
+            for k, v in F.initial_decays(meta.accumulators)._asdict().items()
+        }
+        self.learned = {}
+        for group in self.param_groups:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for name, p in zip(names, group["params"]):
+                self.learned[p] = p.dim() >= 2 and (
+                    name is None
+                    or (not re.search(meta.adam_paths, name.replace(".", "/")) and name.rsplit(".", 1)[-1] != "bias")
+                )
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        if self.learned[p]:
+            return {"accumulators": T.init_accumulators(p, self.meta.accumulators)}
+        zeros = lambda: torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # noqa: E731
+        return {"m": zeros(), "v": zeros()}
+
+    def learning_rate(self, count: int) -> float:
+        """η(t) at step `count`, as float32 arithmetic (as optax's schedule computes it)."""
+        rate = np.float32(np.exp(self.log_learning_rate)) * schedule_factor(self.meta, count, self.num_steps)
+        if self.knots is not None:
+            progress = np.float32(count + 1) / max(np.float32(self.num_steps), np.float32(1.0))
+            points = np.linspace(0.0, 1.0, len(self.knots), dtype=np.float32)
+            s = np.interp(np.clip(progress, 0.0, 1.0), points, self.knots)
+            limit = MAX_SCHEDULE_LOG_MULTIPLIER
+            rate = rate * np.float32(math.exp(float(np.clip(s, -limit, limit))))
+        return float(np.float32(rate))
+
+    def _direction(self, g: torch.Tensor, p: torch.Tensor, acc: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+        x = T.normalised(T.raw_features(g, p, acc))
+        h = x
+        for i, (w, b) in enumerate(self.layers):
+            h = w.T @ h + b[:, None]
+            if i < len(self.layers) - 1:
+                h = torch.relu(h)
+        direction = h[0]
+        if self.meta.nominal:
+            direction = direction + x[self.meta.adam_feature]
+        return direction.reshape(g.shape)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+        closure_loss = self._closure(closure)
+        count = self._count()
+        eta = self.learning_rate(count)
+        meta = self.meta
+        b1, b2 = meta.adam_b1, meta.adam_b2
+        t32 = np.float32(count + 1)
+        correction1, correction2 = (
+            float(np.float32(1) - np.float32(b1) ** t32),
+            float(np.float32(1) - np.float32(b2) ** t32),
+        )
+        for p, g in self._parameters_with_grads():
+            state = self._state(p)
+            g32 = g.to(torch.float32).clamp(-GRADIENT_CLIP, GRADIENT_CLIP)
+            p32 = p.to(torch.float32)
+            if self.learned[p]:
+                T.update_accumulators(state["accumulators"], g32, self.decays)
+                d = self._direction(g32, p32, state["accumulators"])
+                if meta.orthogonalize:
+                    d = newton_schulz(d.reshape(-1, d.shape[-1]), meta.ns_steps, NS_DTYPES[meta.ns_dtype]).reshape(
+                        d.shape
+                    )
+                d = d * torch.rsqrt(torch.mean(d * d) + OUTPUT_EPS)
+            else:
+                state["m"].mul_(b1).add_((1 - b1) * g32)
+                state["v"].mul_(b2).add_((1 - b2) * g32 * g32)
+                d = (state["m"] / correction1) / (torch.sqrt(state["v"] / correction2 + ADAM_EPS_ROOT) + meta.adam_eps)
+            if meta.weight_decay:
+                d = d + meta.weight_decay * p32
+            p.add_((-eta * d).to(p.dtype))
+        self._advance()
+        return closure_loss
