@@ -15,8 +15,47 @@ torch = pytest.importorskip("torch")
 
 import lopt  # noqa: E402
 import lopt.torch  # noqa: E402
+from lopt.programs import from_program  # noqa: E402
 from lopt.learned import LRController, MLPOptimizer, factored_mlp, generalist, small_mlp  # noqa: E402
 from lopt.learned.features import AccumulatorConfig  # noqa: E402
+
+LION = """def train(w, g, m, v, lr):
+  x1 = interp(g, m, 0.9)
+  x2 = sign(x1)
+  x3 = w * 0.01
+  x4 = x2 + x3
+  update = lr * x4
+  m = interp(g, m, 0.99)
+  return update, m, v
+"""
+PRELUDE = """def train(w, g, m, v, lr):
+  m = interp(g, m, 0.9)
+  x2 = square(g)
+  v = interp(x2, v, 0.999)
+  s = g * 0.1
+  h = tanh(g)
+  hh = h * 0.5
+  q = abs(g)
+  q1 = q + 1.5
+  n = negative(q)
+  acc = g * 0.0
+"""
+# every library function once, each on inputs inside its domain
+TERMS = [
+    ("abs", "g"), ("cos", "g"), ("sin", "g"), ("tan", "s"), ("arcsin", "hh"), ("arccos", "hh"), ("arctan", "g"),
+    ("sinh", "s"), ("cosh", "s"), ("tanh", "g"), ("arcsinh", "g"), ("arccosh", "q1"), ("arctanh", "hh"),
+    ("exp", "n"), ("exp2", "n"), ("exp10", "n"), ("expm1", "s"), ("log", "q1"), ("log10", "q1"), ("log2", "q1"),
+    ("log1p", "q"), ("square", "s"), ("sqrt", "v"), ("cube", "s"), ("cbrt", "g"), ("sign", "g"),
+    ("reciprocal", "q1"), ("negative", "m"), ("max", "g, m"), ("min", "g, m"), ("power", "q1, 0.5"),
+    ("clip", "g, 0.5"), ("norm", "g"), ("global_norm", "v"), ("dot", "g, m"), ("cosine_sim", "g, m"),
+    ("clip_by_global_norm", "m, 1.0"), ("", "g / q1"), ("", "g - m"),
+]  # fmt: skip
+
+
+def _library_program(terms) -> str:
+    lines = [f"  y{i} = {f'{fn}({args})' if fn else args}\n  acc = acc + y{i}\n" for i, (fn, args) in enumerate(terms)]
+    return PRELUDE + "".join(lines) + "  x = acc * 0.01\n  update = lr * x\n  return update, m, v\n"
+
 
 # a conv kernel, a matrix, a bias, a norm scale and an embedding table
 SHAPES = {"conv": (4, 3, 3, 3), "matrix": (12, 7), "bias": (7,), "scale": (7,), "embed": (20, 6)}
@@ -90,6 +129,8 @@ def _worst(trajectory):
         ("controller-adam", LRController(hidden_sizes=(8, 8))),
         ("controller-hd", LRController(base="adam_hd_log_adam", hidden_sizes=(8,))),
         ("generalist", generalist()),
+        ("program-lion", from_program(LION, learning_rate=3e-3)),
+        *[(f"program-library-{i}", from_program(_library_program(TERMS[i::4]), learning_rate=1e-2)) for i in range(4)],
         ("generalist-nominal-knots", generalist(init="random", nominal=True, schedule_knots=4, weight_decay=0.1)),
         (
             "all-accumulators",

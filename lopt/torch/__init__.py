@@ -22,7 +22,7 @@ import numpy as np
 from lopt.checkpoint import CheckpointError, load_meta, read_manifest, resolve
 from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError
 
-TORCH_KINDS = ("mlp", "lr_controller", "generalist")
+TORCH_KINDS = ("mlp", "lr_controller", "generalist", "program")
 
 __all__ = ["TORCH_KINDS", "LearnedTorchOptimizer", "TorchOptimizerError", "load"]
 
@@ -43,8 +43,14 @@ def load(path: str | Path, params: Iterable[Any], num_steps: int | None = None) 
     theta = jax.tree.map(np.asarray, theta)
     if num_steps is None:
         num_steps = manifest.get("num_steps")
+        if num_steps is None and kind == "program":  # programs read no training progress
+            num_steps = 1
         if num_steps is None:
             raise CheckpointError(f"{folder} stores no default num_steps: pass lopt.torch.load(..., num_steps=...)")
+    if kind == "program":
+        from lopt.torch.program import TorchProgram
+
+        return TorchProgram(params, meta, theta, int(num_steps))
     if kind == "generalist":
         from lopt.torch.generalist import TorchGeneralist
 
