@@ -241,3 +241,32 @@ def test_bad_input_is_one_line(tmp_path):
         opt.step()
     with pytest.raises(lopt.torch.TorchOptimizerError, match="num_steps must be a positive"):
         lopt.torch.load(path, [torch.nn.Parameter(torch.ones(2))], num_steps=0)
+
+
+@pytest.mark.slow
+def test_torch_compile_makes_one_graph_for_every_shape():
+    """torch.compile(opt.step): every parameter shape in one graph, recompiled once (when the step
+    count turns into a dynamic integer), and the same parameters as eager steps."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8), torch.nn.LayerNorm(8)
+        )
+
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    models = [net(), net()]
+    opts = [lopt.torch.load("small-mlp-pes-h100", m.parameters(), num_steps=100) for m in models]
+    steps = [opts[0].step, torch.compile(opts[1].step)]
+    for _ in range(5):
+        for model, opt, step in zip(models, opts, steps):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            step()
+    assert counters["stats"]["unique_graphs"] <= 2
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
