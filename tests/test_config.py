@@ -69,9 +69,11 @@ def test_nested_dataclasses_and_overrides():
 def test_every_shipped_config_parses(path):
     """Each config in configs/ loads into its job's dataclass (an edited default, say the GPU
     search's children against its population, fails here rather than on the device)."""
+    from lopt.eval.hpo import HPOConfig
     from lopt.meta_train.config import MetaTrainConfig
     from lopt.meta_train.search.config import SearchConfig
 
-    kind = {"eval": EvalConfig, "meta_train": MetaTrainConfig, "search": SearchConfig}[Path(path).parent.name]
+    kinds = {"eval": EvalConfig, "meta_train": MetaTrainConfig, "search": SearchConfig, "hpo": HPOConfig}
+    kind = kinds[Path(path).parent.name]
     config = load_config(kind, path)
     assert dataclasses.is_dataclass(config)
