@@ -50,22 +50,30 @@ def newton_schulz(x: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tens
     return x.T if transpose else x
 
 
-def schedule_factor(meta: GeneralistOptimizer, count: int, num_steps: int) -> float:
-    """η(t)/η at step `count` (generalist.schedule_factor, in float32 as there)."""
-    f32 = np.float32
-    t = f32(count) + f32(1.0)
-    total = max(f32(num_steps), f32(1.0))
-    warmup = max(f32(meta.warmup_fraction) * total, f32(1.0))
-    ramp = min(t / warmup, f32(1.0))
-    progress = np.clip((t - warmup) / max(total - warmup, f32(1.0)), f32(0.0), f32(1.0))
+def schedule_factor(meta: GeneralistOptimizer, t: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """η(t)/η at step t = count + 1 (a float32 tensor), as generalist.schedule_factor computes it
+    in float32; torch ops throughout, so torch.compile traces the step count instead of baking it in."""
+    f32 = lambda x: torch.tensor(x, dtype=torch.float32, device=t.device)  # noqa: E731
+    total = torch.clamp(f32(float(num_steps)), min=1.0)
+    warmup = torch.clamp(f32(meta.warmup_fraction) * total, min=1.0)
+    ramp = torch.clamp(t / warmup, max=1.0)
+    progress = torch.clamp((t - warmup) / torch.clamp(total - warmup, min=1.0), 0.0, 1.0)
     final = f32(meta.final_lr_fraction)
     if meta.schedule == "cosine":
-        decay = final + (f32(1.0) - final) * f32(0.5) * (f32(1.0) + np.cos(f32(np.pi) * progress))
+        decay = final + (1.0 - final) * 0.5 * (1.0 + torch.cos(math.pi * progress))
     elif meta.schedule == "linear":
-        decay = final + (f32(1.0) - final) * (f32(1.0) - progress)
+        decay = final + (1.0 - final) * (1.0 - progress)
     else:
-        decay = f32(1.0)
-    return f32(ramp * decay)
+        decay = torch.ones_like(progress)
+    return ramp * decay
+
+
+def interp(x: torch.Tensor, points: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """np.interp of a scalar x in [points[0], points[-1]] over increasing `points`."""
+    index = torch.clamp(torch.searchsorted(points, x.reshape(1), right=True) - 1, 0, len(points) - 2)[0]
+    left, right = points[index], points[index + 1]
+    weight = (x - left) / (right - left)
+    return values[index] + weight * (values[index + 1] - values[index])
 
 
 class TorchGeneralist(LearnedTorchOptimizer):
@@ -82,8 +90,10 @@ class TorchGeneralist(LearnedTorchOptimizer):
             )
             for layer in theta["layers"]
         ]
-        self.log_learning_rate = np.float32(theta["log_learning_rate"])
-        self.knots = np.asarray(theta["schedule"], np.float32) if meta.schedule_knots else None
+        self.log_learning_rate = torch.tensor(np.float32(theta["log_learning_rate"]), device=device)
+        self.knots = (
+            torch.tensor(np.array(theta["schedule"], np.float32), device=device) if meta.schedule_knots else None
+        )
         self.decays = {
             k: torch.tensor(np.asarray(v, np.float32), device=device)
             for k, v in F.initial_decays(meta.accumulators)._asdict().items()
@@ -103,16 +113,15 @@ class TorchGeneralist(LearnedTorchOptimizer):
         zeros = lambda: torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # noqa: E731
         return {"m": zeros(), "v": zeros()}
 
-    def learning_rate(self, count: int) -> float:
-        """η(t) at step `count`, as float32 arithmetic (as optax's schedule computes it)."""
-        rate = np.float32(np.exp(self.log_learning_rate)) * schedule_factor(self.meta, count, self.num_steps)
+    def learning_rate(self, t: torch.Tensor) -> torch.Tensor:
+        """η(t) at t = count + 1 (float32 tensor), as optax's schedule computes it."""
+        rate = torch.exp(self.log_learning_rate) * schedule_factor(self.meta, t, self.num_steps)
         if self.knots is not None:
-            progress = np.float32(count + 1) / max(np.float32(self.num_steps), np.float32(1.0))
-            points = np.linspace(0.0, 1.0, len(self.knots), dtype=np.float32)
-            s = np.interp(np.clip(progress, 0.0, 1.0), points, self.knots)
+            progress = torch.clamp(t / max(float(self.num_steps), 1.0), 0.0, 1.0)
+            points = torch.linspace(0.0, 1.0, len(self.knots), dtype=torch.float32, device=t.device)
             limit = MAX_SCHEDULE_LOG_MULTIPLIER
-            rate = rate * np.float32(math.exp(float(np.clip(s, -limit, limit))))
-        return float(np.float32(rate))
+            rate = rate * torch.exp(torch.clamp(interp(progress, points, self.knots), -limit, limit))
+        return rate
 
     def _direction(self, g: torch.Tensor, p: torch.Tensor, acc: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         x = T.normalised(T.raw_features(g, p, acc))
@@ -129,15 +138,13 @@ class TorchGeneralist(LearnedTorchOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
         closure_loss = self._closure(closure)
-        count = self._count()
-        eta = self.learning_rate(count)
         meta = self.meta
+        device = self.layers[0][0].device
+        t = torch.tensor(float(self._count() + 1), dtype=torch.float32, device=device)
+        eta = self.learning_rate(t)
         b1, b2 = meta.adam_b1, meta.adam_b2
-        t32 = np.float32(count + 1)
-        correction1, correction2 = (
-            float(np.float32(1) - np.float32(b1) ** t32),
-            float(np.float32(1) - np.float32(b2) ** t32),
-        )
+        correction1 = 1.0 - torch.tensor(b1, dtype=torch.float32, device=device) ** t
+        correction2 = 1.0 - torch.tensor(b2, dtype=torch.float32, device=device) ** t
         for p, g in self._parameters_with_grads():
             state = self._state(p)
             g32 = g.to(torch.float32).clamp(-GRADIENT_CLIP, GRADIENT_CLIP)
