@@ -244,9 +244,10 @@ def test_bad_input_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_compile_makes_one_graph_for_every_shape():
+@pytest.mark.parametrize("name", ["small-mlp-pes-h100", "generalist"])
+def test_torch_compile_makes_one_graph_for_every_shape(name):
     """torch.compile(opt.step): every parameter shape in one graph, recompiled once (when the step
-    count turns into a dynamic integer), and the same parameters as eager steps."""
+    count turns into a dynamic integer), and the same parameters as eager steps (to rounding)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -260,7 +261,7 @@ def test_torch_compile_makes_one_graph_for_every_shape():
 
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
     models = [net(), net()]
-    opts = [lopt.torch.load("small-mlp-pes-h100", m.parameters(), num_steps=100) for m in models]
+    opts = [lopt.torch.load(name, m.named_parameters(), num_steps=100) for m in models]
     steps = [opts[0].step, torch.compile(opts[1].step)]
     for _ in range(5):
         for model, opt, step in zip(models, opts, steps):
@@ -269,4 +270,6 @@ def test_torch_compile_makes_one_graph_for_every_shape():
             step()
     assert counters["stats"]["unique_graphs"] <= 2
     for a, b in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        # inductor fuses and reorders float32 reductions (Newton-Schulz, feature norms): equal to
+        # rounding, not bit for bit
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
