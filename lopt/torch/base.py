@@ -6,9 +6,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def as_layers(theta_layers: list[dict[str, Any]], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A saved network's [{'w', 'b'}, ...] (numpy) as float32 (weight, bias) tensors on `device`."""
+    return [
+        (
+            torch.tensor(np.array(layer["w"], np.float32), device=device),
+            torch.tensor(np.array(layer["b"], np.float32), device=device),
+        )
+        for layer in theta_layers
+    ]
+
+
+def bias_corrections(b1: float, b2: float, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 − β^t in float32 for a float32 step tensor t, as optax and lopt.hypergrad.online compute
+    it (a float64 power rounds differently, and a hypergradient rule amplifies the difference)."""
+    beta = lambda b: torch.tensor(b, dtype=torch.float32, device=t.device)  # noqa: E731
+    return 1.0 - beta(b1) ** t, 1.0 - beta(b2) ** t
 
 
 class TorchOptimizerError(ValueError):

@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 
 from lopt.hypergrad import online
 from lopt.learned import controller as C
 from lopt.learned import features as F
 from lopt.torch import features as T
-from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError
+from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError, as_layers, bias_corrections
 
 ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}  # lopt.baselines' "adam" and the HD rule's inner Adam
 HD = {"hyper_lr": 0.1, "tangent_decay": 0.99}  # lopt.baselines' "adam_hd_log_adam"
@@ -34,13 +33,7 @@ class TorchLRController(LearnedTorchOptimizer):
         super().__init__(params, num_steps)
         self.meta = meta
         device = self.param_groups[0]["params"][0].device
-        self.layers = [
-            (
-                torch.tensor(np.array(layer["w"], np.float32), device=device),
-                torch.tensor(np.array(layer["b"], np.float32), device=device),
-            )
-            for layer in theta["layers"]
-        ]
+        self.layers = as_layers(theta["layers"], device)
 
     def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
         zeros = lambda: torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # noqa: E731
@@ -124,10 +117,13 @@ class TorchLRController(LearnedTorchOptimizer):
         self._advance()
         return closure_loss
 
+    def _step_tensor(self, count: int) -> torch.Tensor:
+        return torch.tensor(float(count + 1), dtype=torch.float32, device=self.layers[0][0].device)
+
     def _adam_directions(self, pairs, count: int) -> list[torch.Tensor]:
         """optax.scale_by_adam's m̂ / (√v̂ + ε), with its bias corrections at step count + 1."""
         b1, b2, eps = ADAM["b1"], ADAM["b2"], ADAM["eps"]
-        correction1, correction2 = _bias_corrections(b1, b2, count + 1, pairs[0][1].device) if pairs else (1.0, 1.0)
+        correction1, correction2 = bias_corrections(b1, b2, self._step_tensor(count))
         out = []
         for _, g, state in pairs:
             state["m"].mul_(b1).add_((1 - b1) * g)
@@ -142,18 +138,8 @@ class TorchLRController(LearnedTorchOptimizer):
         b1, b2 = online.HYPER_B1, online.HYPER_B2
         first = b1 * shared["hd_moments"][0] + (1 - b1) * dot
         second = b2 * shared["hd_moments"][1] + (1 - b2) * dot * dot
-        correction1, correction2 = _bias_corrections(b1, b2, count + 1, first.device)
+        correction1, correction2 = bias_corrections(b1, b2, self._step_tensor(count))
         step = (first / correction1) / (torch.sqrt(second / correction2) + online.HYPER_EPS)
         shared["hd_rate"].add_(HD["hyper_lr"] * step)
         shared["hd_moments"].copy_(torch.stack([first, second]))
         return torch.exp(shared["hd_rate"])
-
-
-def _bias_corrections(b1: float, b2: float, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 − β^t in float32, as optax and lopt.hypergrad.online compute it (a float64 power rounds
-    differently, and the HD rule's log learning rate amplifies the difference over a run)."""
-    t32 = torch.tensor(float(t), dtype=torch.float32, device=device)
-    one = torch.ones((), dtype=torch.float32, device=device)
-    return one - torch.tensor(b1, dtype=torch.float32, device=device) ** t32, one - torch.tensor(
-        b2, dtype=torch.float32, device=device
-    ) ** t32

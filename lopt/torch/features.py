@@ -77,6 +77,16 @@ def normalised(features: list[torch.Tensor]) -> torch.Tensor:
     return x * torch.rsqrt((x * x).mean(dim=1, keepdim=True) + F.NORMALISER_EPS)
 
 
+def network(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The shared per-parameter ReLU MLP on feature-major inputs [K, n] -> outputs [O, n]
+    (lopt.learned.per_param_mlp.reference)."""
+    for i, (w, b) in enumerate(layers):
+        x = w.T @ x + b[:, None]
+        if i < len(layers) - 1:
+            x = torch.relu(x)
+    return x
+
+
 def time_features(step: int, num_steps: int, device: torch.device) -> torch.Tensor:
     """[15] tanh(t/τ − 1) at 11 timescales and tanh(s·t/T) at 4 scales."""
     t = torch.tensor(float(step), dtype=torch.float32, device=device)

@@ -29,7 +29,7 @@ from lopt.learned.generalist import (
     GeneralistOptimizer,
 )
 from lopt.torch import features as T
-from lopt.torch.base import LearnedTorchOptimizer
+from lopt.torch.base import LearnedTorchOptimizer, as_layers, bias_corrections
 
 NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -83,13 +83,7 @@ class TorchGeneralist(LearnedTorchOptimizer):
         super().__init__(params, num_steps)
         self.meta = meta
         device = self.param_groups[0]["params"][0].device
-        self.layers = [
-            (
-                torch.tensor(np.array(layer["w"], np.float32), device=device),
-                torch.tensor(np.array(layer["b"], np.float32), device=device),
-            )
-            for layer in theta["layers"]
-        ]
+        self.layers = as_layers(theta["layers"], device)
         self.log_learning_rate = torch.tensor(np.float32(theta["log_learning_rate"]), device=device)
         self.knots = (
             torch.tensor(np.array(theta["schedule"], np.float32), device=device) if meta.schedule_knots else None
@@ -125,12 +119,7 @@ class TorchGeneralist(LearnedTorchOptimizer):
 
     def _direction(self, g: torch.Tensor, p: torch.Tensor, acc: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         x = T.normalised(T.raw_features(g, p, acc))
-        h = x
-        for i, (w, b) in enumerate(self.layers):
-            h = w.T @ h + b[:, None]
-            if i < len(self.layers) - 1:
-                h = torch.relu(h)
-        direction = h[0]
+        direction = T.network(x, self.layers)[0]
         if self.meta.nominal:
             direction = direction + x[self.meta.adam_feature]
         return direction.reshape(g.shape)
@@ -143,8 +132,7 @@ class TorchGeneralist(LearnedTorchOptimizer):
         t = torch.tensor(float(self._count() + 1), dtype=torch.float32, device=device)
         eta = self.learning_rate(t)
         b1, b2 = meta.adam_b1, meta.adam_b2
-        correction1 = 1.0 - torch.tensor(b1, dtype=torch.float32, device=device) ** t
-        correction2 = 1.0 - torch.tensor(b2, dtype=torch.float32, device=device) ** t
+        correction1, correction2 = bias_corrections(b1, b2, t)
         for p, g in self._parameters_with_grads():
             state = self._state(p)
             g32 = g.to(torch.float32).clamp(-GRADIENT_CLIP, GRADIENT_CLIP)

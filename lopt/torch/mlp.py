@@ -13,7 +13,7 @@ import torch
 from lopt.learned import features as F
 from lopt.learned.mlp import MLPOptimizer
 from lopt.torch import features as T
-from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError
+from lopt.torch.base import LearnedTorchOptimizer, TorchOptimizerError, as_layers
 
 
 class TorchMLPOptimizer(LearnedTorchOptimizer):
@@ -24,7 +24,7 @@ class TorchMLPOptimizer(LearnedTorchOptimizer):
         self.meta = meta
         device = self.param_groups[0]["params"][0].device
         as_tensor = lambda a: torch.tensor(np.array(a, np.float32), device=device)  # noqa: E731
-        self.layers = [(as_tensor(layer["w"]), as_tensor(layer["b"])) for layer in theta["layers"]]
+        self.layers = as_layers(theta["layers"], device)
         initial = F.initial_decays(meta.accumulators)._asdict()
         logits = theta.get("decay_logits", {})
         self.decays = {}
@@ -69,11 +69,7 @@ class TorchMLPOptimizer(LearnedTorchOptimizer):
             state = self._state(p)
             g32, p32 = g.to(torch.float32), p.to(torch.float32)
             T.update_accumulators(state["accumulators"], g32, self.decays)
-            x = T.normalised(T.raw_features(g32, p32, state["accumulators"]))
-            for i, (w, b) in enumerate(layers):
-                x = w.T @ x + b[:, None]
-                if i < len(layers) - 1:
-                    x = torch.relu(x)
+            x = T.network(T.normalised(T.raw_features(g32, p32, state["accumulators"])), layers)
             update = -self.meta.step_mult * x[0] * torch.exp(self.meta.exp_mult * x[1])
             p.add_(update.reshape(p.shape).to(p.dtype))
         self._advance()
