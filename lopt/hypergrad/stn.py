@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.hypergrad.exact import first_non_finite
+
 HYPERPARAMETERS = ("weight_decay", "dropout", "label_smoothing")
 _DROPOUT_MAX = 0.95
 
@@ -154,9 +156,9 @@ def values(names: Sequence[str], u: jax.Array) -> dict[str, jax.Array]:
     return out
 
 
-def training_loss(layers, x, y, names, u_examples, features, key) -> jax.Array:
-    """The training objective at per-example hyperparameters u_examples [batch, H]."""
-    v = values(names, u_examples)
+def training_loss(layers, x, y, v: dict[str, jax.Array], features, key) -> jax.Array:
+    """The training objective at per-example hyperparameter values v (each [batch]): dropout,
+    label smoothing and weight decay. STN's weight steps and the fixed-value grid runs share it."""
     logits = apply_mlp(layers, x, features, v["dropout"], key)
     return jnp.mean(smoothed_cross_entropy(logits, y, v["label_smoothing"])) + jnp.mean(v["weight_decay"]) * penalty(
         layers
@@ -203,7 +205,9 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
         k_batch, k_eps, k_drop = jax.random.split(key, 3)
         idx = jax.random.randint(k_batch, (b,), 0, n_train)
         u_ex = state.u + jnp.exp(state.log_sigma) * jax.random.normal(k_eps, (b, h))
-        grads = jax.grad(training_loss)(state.layers, train[0][idx], train[1][idx], names, u_ex, u_ex - u0, k_drop)
+        grads = jax.grad(training_loss)(
+            state.layers, train[0][idx], train[1][idx], values(names, u_ex), u_ex - u0, k_drop
+        )
         updates, opt_state = opt.update(grads, state.opt_state, state.layers)
         return state._replace(layers=optax.apply_updates(state.layers, updates), opt_state=opt_state), None
 
@@ -243,10 +247,7 @@ def run(
     hyperparameter or weight came out non-finite.
     """
     state, us, u0 = _train(config, num_classes, train, validation, key)
-    finite = all(
-        bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((state.u, state.log_sigma, state.layers))
-    )
-    if not finite:
+    if first_non_finite((state.u, state.log_sigma, state.layers)) is not None:
         raise HyperError(
             "STN produced non-finite hyperparameters or weights; lower hyper_learning_rate or sigma "
             "(nothing was returned or saved)"
@@ -286,18 +287,13 @@ def train_fixed(
     opt = optax.adam(learning_rate)
     n = train[0].shape[0]
 
-    def loss(layers, x, y, k):
-        ones = jnp.ones(x.shape[0])
-        logits = apply_mlp(layers, x, None, hp["dropout"] * ones, k)
-        return jnp.mean(smoothed_cross_entropy(logits, y, hp["label_smoothing"] * ones)) + hp["weight_decay"] * penalty(
-            layers
-        )
+    per_example = {n: jnp.full((batch_size,), value) for n, value in hp.items()}
 
     def step(carry, key):
         layers, opt_state = carry
         k_batch, k_drop = jax.random.split(key)
         idx = jax.random.randint(k_batch, (batch_size,), 0, n)
-        grads = jax.grad(loss)(layers, train[0][idx], train[1][idx], k_drop)
+        grads = jax.grad(training_loss)(layers, train[0][idx], train[1][idx], per_example, None, k_drop)
         updates, opt_state = opt.update(grads, opt_state, layers)
         return (optax.apply_updates(layers, updates), opt_state), None
 
