@@ -27,6 +27,24 @@ def _is_tree(x: Any) -> bool:
     return isinstance(x, list)
 
 
+class TreeOps(NamedTuple):
+    """The array operations the tree semantics need, so one definition of them serves every array
+    library (JAX here, torch in lopt.torch.program): `function(name)` is a library function's
+    elementwise implementation; the rest reduce, take roots and broadcast."""
+
+    function: Any
+    sum: Any
+    sqrt: Any
+    abs: Any
+    at_most_one: Any  # min(1, x)
+    broadcast: Any  # (scalar, shape) -> array
+
+
+JAX_OPS = TreeOps(
+    lambda name: FUNCTIONS[name].fn, jnp.sum, jnp.sqrt, jnp.abs, lambda x: jnp.minimum(1.0, x), jnp.broadcast_to
+)
+
+
 def _elementwise(fn, args: list[Any]) -> Any:
     trees = [a for a in args if _is_tree(a)]
     if not trees:
@@ -35,39 +53,34 @@ def _elementwise(fn, args: list[Any]) -> Any:
     return [fn(*(a[i] if _is_tree(a) else a for a in args)) for i in range(count)]
 
 
-def _total(x: Any) -> jax.Array:
-    return sum(jnp.sum(leaf) for leaf in x) if _is_tree(x) else x
-
-
-def _product_sum(x: Any, y: Any) -> jax.Array:
+def _product_sum(x: Any, y: Any, ops: TreeOps) -> Any:
     if not _is_tree(x) and not _is_tree(y):
         return x * y
-    return _total(_elementwise(jnp.multiply, [x, y]))
+    return sum(ops.sum(leaf) for leaf in _elementwise(lambda a, b: a * b, [x, y]))
 
 
-def _global_norm(x: Any) -> jax.Array:
-    return jnp.sqrt(_product_sum(x, x)) if _is_tree(x) else jnp.abs(x)
+def _global_norm(x: Any, ops: TreeOps) -> Any:
+    return ops.sqrt(_product_sum(x, x, ops)) if _is_tree(x) else ops.abs(x)
 
 
-def apply_tree(op: str, args: list[Any]) -> Any:
+def apply_tree(op: str, args: list[Any], ops: TreeOps = JAX_OPS) -> Any:
     """One library function on tree values (lists of leaves) and scalars."""
     function = FUNCTIONS[op]
     if function.kind == "elementwise":
-        return _elementwise(function.fn, args)
+        return _elementwise(ops.function(op), args)
     if op == "norm":
-        return (
-            [jnp.broadcast_to(jnp.sqrt(jnp.sum(leaf * leaf)), leaf.shape) for leaf in args[0]]
-            if _is_tree(args[0])
-            else jnp.abs(args[0])
-        )
+        x = args[0]
+        if not _is_tree(x):
+            return ops.abs(x)
+        return [ops.broadcast(ops.sqrt(ops.sum(leaf * leaf)), leaf.shape) for leaf in x]
     if op == "global_norm":
-        return _global_norm(args[0])
+        return _global_norm(args[0], ops)
     if op == "dot":
-        return _product_sum(args[0], args[1])
+        return _product_sum(args[0], args[1], ops)
     if op == "cosine_sim":
-        return _product_sum(args[0], args[1]) / (_global_norm(args[0]) * _global_norm(args[1]))
+        return _product_sum(args[0], args[1], ops) / (_global_norm(args[0], ops) * _global_norm(args[1], ops))
     if op == "clip_by_global_norm":
-        scale = jnp.minimum(1.0, jnp.abs(args[1]) / _global_norm(args[0]))
+        scale = ops.at_most_one(ops.abs(args[1]) / _global_norm(args[0], ops))
         return _elementwise(lambda x: x * scale, [args[0]])
     raise AssertionError(op)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lopt.programs.analysis import GRAPH_INPUTS, STATE_INDEX, check
-from lopt.programs.interpret import substitute_constants
+from lopt.programs.interpret import TreeOps, apply_tree, substitute_constants
 from lopt.programs.optimizer import ProgramOptimizer
 from lopt.torch.base import LearnedTorchOptimizer
 
@@ -64,46 +64,14 @@ BINARY: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def _elementwise(fn: Callable[..., torch.Tensor], args: list[Any]) -> Any:
-    trees = [a for a in args if isinstance(a, list)]
-    if not trees:
-        return fn(*args)
-    return [fn(*(a[i] if isinstance(a, list) else a for a in args)) for i in range(len(trees[0]))]
-
-
-def _product_sum(x: Any, y: Any) -> torch.Tensor:
-    if not isinstance(x, list) and not isinstance(y, list):
-        return x * y
-    return sum(torch.sum(leaf) for leaf in _elementwise(torch.mul, [x, y]))
-
-
-def _global_norm(x: Any) -> torch.Tensor:
-    return torch.sqrt(_product_sum(x, x)) if isinstance(x, list) else torch.abs(x)
-
-
-def apply(op: str, args: list[Any]) -> Any:
-    """One library function on tree values (lists of tensors) and 0-d scalars."""
-    if op in UNARY:
-        return _elementwise(UNARY[op], args)
-    if op in BINARY:
-        return _elementwise(BINARY[op], args)
-    if op == "norm":
-        x = args[0]
-        return (
-            [torch.sqrt(torch.sum(leaf * leaf)).expand(leaf.shape) for leaf in x]
-            if isinstance(x, list)
-            else torch.abs(x)
-        )
-    if op == "global_norm":
-        return _global_norm(args[0])
-    if op == "dot":
-        return _product_sum(args[0], args[1])
-    if op == "cosine_sim":
-        return _product_sum(args[0], args[1]) / (_global_norm(args[0]) * _global_norm(args[1]))
-    if op == "clip_by_global_norm":
-        scale = torch.clamp(torch.abs(args[1]) / _global_norm(args[0]), max=1.0)
-        return _elementwise(lambda x: x * scale, [args[0]])
-    raise ValueError(f"program function {op!r} has no torch version")
+TORCH_OPS = TreeOps(
+    lambda name: {**UNARY, **BINARY}[name],
+    torch.sum,
+    torch.sqrt,
+    torch.abs,
+    lambda x: torch.clamp(x, max=1.0),
+    lambda x, shape: x.expand(shape),
+)
 
 
 class TorchProgram(LearnedTorchOptimizer):
@@ -142,7 +110,8 @@ class TorchProgram(LearnedTorchOptimizer):
             }
             values = [inputs[name] for name in GRAPH_INPUTS]
             for op, args in self.graph.nodes:
-                values.append(apply(op, [values[a] if isinstance(a, int) else scalar(a.value) for a in args]))
+                args_ = [values[a] if isinstance(a, int) else scalar(a.value) for a in args]
+                values.append(apply_tree(op, args_, TORCH_OPS))
             update, m, v = (values[o] for o in self.graph.outputs)
             for i, ((p, _), state) in enumerate(zip(pairs, states)):
                 pick = lambda x: (x[i] if isinstance(x, list) else x).expand(p.shape)  # noqa: E731, B023
