@@ -10,7 +10,7 @@ import pytest
 from jax import export
 
 from lopt.programs import check, parse, seed
-from lopt.programs.batched import GROUPS, Encoded, encode_population, run_encoded
+from lopt.programs.batched import GROUPS, ROUND, Encoded, encode_population, run_encoded
 from lopt.programs.kernel import run_kernel, uses_tree
 from lopt.programs.library import FUNCTIONS
 from lopt.meta_train.search import mutation
@@ -48,7 +48,7 @@ def test_the_kernel_equals_the_scan_interpreter_on_mutated_programs():
 
 def test_every_elementwise_function_runs_in_the_kernel():
     """One program per non-tree function, its result the update: equal to the scan's."""
-    names = [n for group, members in GROUPS.items() if group != "tree" for n in members]
+    names = [n for group, members in GROUPS.items() if group not in ("tree", "matrix") for n in members]
     graphs = []
     for name in names:
         args = ["g", "m", "w"][: FUNCTIONS[name].arity]
@@ -68,6 +68,18 @@ def test_every_elementwise_function_runs_in_the_kernel():
     np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(outs[0]), rtol=1e-4, atol=1e-7)
 
 
+def test_the_kernel_refuses_matrix_functions_with_a_clear_error():
+    """Matrix functions run in the batched interpreter only; the kernel says so rather than run
+    an encoding whose round it does not know."""
+    graph = check(
+        parse("def train(w, g, m, v, lr):\n  x = orthogonalize(g)\n  update = x * lr\n  return update, m, v\n")
+    )
+    encoded = jax.tree.map(jnp.asarray, encode_population([graph], 1))
+    x = jnp.ones((1, 6))
+    with pytest.raises(ValueError, match="batched interpreter only"):
+        jax.vmap(lambda p, w: run_kernel(p, w, w, w, w, jnp.float32(0.1), jnp.float32(1.0), ((2, 3),)))(encoded, x)
+
+
 @pytest.mark.parametrize("tree", [False, True])
 def test_the_kernel_lowers_to_triton_for_a_gpu(tree):
     """Lowered for 'cuda' on this CPU machine (Pallas' Triton lowering, no GPU needed): a
@@ -80,6 +92,7 @@ def test_the_kernel_lowers_to_triton_for_a_gpu(tree):
         jax.ShapeDtypeStruct((programs, slots, 3), jnp.float32),
         jax.ShapeDtypeStruct((programs, slots, 3), jnp.bool_),
         jax.ShapeDtypeStruct((programs, 3), jnp.int32),
+        jax.ShapeDtypeStruct((programs, len(ROUND)), jnp.int32),
     )
     one = lambda p, lr, w, g, m, v: run_kernel(
         p,

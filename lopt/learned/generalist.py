@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import matrix
 from lopt.learned import dispatch, per_param_mlp
 from lopt.learned import features as F
 from lopt.learned.base import LearnedKind, check_params, preset, register, stack_groups, tensor_groups
@@ -61,7 +62,7 @@ from lopt.learned.base import LearnedKind, check_params, preset, register, stack
 CELO2_ACCUMULATORS = F.AccumulatorConfig(
     momentum_decays=(0.9, 0.99, 0.999), rms_decays=(0.95,), factored_decays=(0.9, 0.99, 0.999)
 )
-MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+MUON_COEFFICIENTS = matrix.MUON_COEFFICIENTS
 GRADIENT_CLIP = 1000.0
 OUTPUT_EPS = 1e-12
 INITS = ("adam", "random")
@@ -81,26 +82,12 @@ def newton_schulz(
     eps: float = 1e-7,
     dtype: Any = None,
 ) -> jax.Array:
-    """Approximate the orthogonal factor U Vᵀ of x = U Σ Vᵀ (a matrix) by the quintic
-    Newton–Schulz iteration X ← aX + (b A + c A²) X, A = X Xᵀ, from X₀ = x / ‖x‖_F
-    (Jordan et al. 2024, "Muon"; coefficients as there). Works on the shorter side.
-
-    dtype: the iteration's dtype (None: x's). Muon's reference runs it in bfloat16: the
-    iteration only has to bring the singular values near 1, which the tensor cores do in bf16
-    several times faster than in float32; the result comes back in x's dtype."""
-    a, b, c = coefficients
-    out_dtype = x.dtype
-    transpose = x.shape[0] > x.shape[1]
-    if transpose:
-        x = x.T
-    x = x / (jnp.linalg.norm(x) + eps)
-    if dtype is not None:
-        x = x.astype(dtype)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    x = x.astype(out_dtype)
-    return x.T if transpose else x
+    """`lopt.matrix.newton_schulz` (Muon's quintic iteration, on the shorter side) in `dtype`
+    (None: x's). Muon's reference runs it in bfloat16: the iteration only has to bring the
+    singular values near 1, which the tensor cores do in bf16 several times faster than in
+    float32; the result comes back in x's dtype."""
+    cast = None if dtype is None else (lambda y: y.astype(dtype))
+    return matrix.newton_schulz(x, steps, coefficients, eps, cast).astype(x.dtype)
 
 
 def newton_schulz_many(xs: list[jax.Array], steps: int = 5, dtype: Any = None) -> list[jax.Array]:

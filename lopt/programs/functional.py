@@ -4,14 +4,14 @@ its rounded updates, so algebraically equal programs (m/sqrt(m·m) and sign(m)) 
 when their structure differs. The same probe rejects programs that produce non-finite updates
 before any training (early rejection).
 
-Probes: two noisy quadratics with per-coordinate curvature, two tensors each (so per-tensor
-`norm` differs from `global_norm`), 8 steps, lr input 0.1; values are rounded to 4 significant
-digits before hashing. The first probe starts the states at zero, as in use; the second starts
-them at random values, because a slow EMA started at zero is invisible for the first few steps
-(the raw Lion program's 0.997-EMA would otherwise hash like plain sign(g)). Programs equal for
-every state value collide under both. The hash covers the update and both next states (as an
-unordered pair, so swapping the roles of m and v does not matter): two programs whose updates
-agree only because a sign() hides how their momenta differ do not collide.
+Probes: two noisy quadratics with per-coordinate curvature, two tensors each, one a matrix (so
+per-tensor `norm` differs from `global_norm` and row statistics from column ones), 8 steps, lr input
+0.1; values are rounded to 4 significant digits before hashing. The first probe starts the states
+at zero, as in use; the second starts them at random values, because a slow EMA started at zero is
+invisible for the first few steps (the raw Lion program's 0.997-EMA would otherwise hash like plain
+sign(g)). Programs equal for every state value collide under both. The hash covers the update and
+both next states (as an unordered pair, so swapping the roles of m and v does not matter): two
+programs whose updates agree only because a sign() hides how their momenta differ do not collide.
 
 `ZERO_PROBE`, part of the hash and of the finiteness check, gives some coordinates an exactly
 zero gradient from zero states (where `m / (sqrt(v) + 1e-8)` gives 0 and `m / sqrt(v)` NaN), as
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.programs.analysis import Graph
-from lopt.programs.batched import encode_population, run_encoded
+from lopt.programs.batched import encode_population, run_encoded, tensor_sizes
 
 PROBE_STEPS = 8
 PROBE_BATCH = 32  # programs per probe call: one shape per power-of-two number of rounds
@@ -38,11 +38,12 @@ SIGNIFICANT = 4
 
 
 @functools.cache
-def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "normal"):
+def _probe(seed: int, shapes: tuple, random_state: bool, kind: str = "normal"):
     """kind: 'normal'; 'zero' (the first coordinate of each tensor gets gradient 0 throughout,
     from zero states); 'tiny' / 'huge' (weights, noise and states scaled by 1e-7 / 1e8: their
     squares and fourth powers stay inside float32, so the probe's own underflow is no difference)."""
     rng = np.random.default_rng(seed)
+    sizes = tensor_sizes(shapes)
     size = sum(sizes)
     curvature = rng.uniform(0.1, 2.0, size).astype(np.float32)
     scale = {"normal": 1.0, "zero": 1.0, "tiny": 1e-7, "huge": 1e8}[kind]
@@ -52,7 +53,7 @@ def _probe(seed: int, sizes: tuple[int, ...], random_state: bool, kind: str = "n
     if kind == "zero":
         first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         w0[first], noise[:, first], states[:, first] = 0.0, 0.0, 0.0
-    return (*jax.device_put((w0, curvature, noise, states), _host()), tuple(sizes))
+    return (*jax.device_put((w0, curvature, noise, states), _host()), tuple(shapes))
 
 
 @functools.cache
@@ -63,22 +64,24 @@ def _host() -> jax.Device:
     return jax.devices("cpu")[0]
 
 
-PROBES = ((0, (6, 3), False), (1, (4, 5), True))
+# Tensor shapes (an int: a vector): each probe holds a matrix, so matrix functions see rows and
+# columns that differ; elementwise and tree-level functions see only the flat sizes.
+PROBES = ((0, ((2, 3), 3), False), (1, ((2, 2), 5), True))
 # Coordinates whose gradient is exactly zero from the start: dead ReLU units, input pixels that
 # are always 0, embedding rows of tokens never seen. `m / sqrt(v)` is NaN there while
 # `m / (sqrt(v) + 1e-8)` is 0, and on the normal probes the two round to the same values.
-ZERO_PROBE = (2, (5, 4), False, "zero")
-EXTREME_PROBES = PROBES + (ZERO_PROBE, (3, (4, 5), True, "tiny"), (4, (3, 6), True, "huge"))
+ZERO_PROBE = (2, (5, (2, 2)), False, "zero")
+EXTREME_PROBES = PROBES + (ZERO_PROBE, (3, ((2, 2), 5), True, "tiny"), (4, (3, (3, 2)), True, "huge"))
 
 
 @functools.partial(jax.jit, static_argnums=(5,))
-def _run_probe(programs, w0, curvature, noise, states, sizes):
+def _run_probe(programs, w0, curvature, noise, states, shapes):
     def one(program):
         def step(carry, inputs):
             w, m, v = carry
             t, eps = inputs
             g = curvature * w + eps
-            update, m, v = run_encoded(program, w, g, m, v, PROBE_LR, t, sizes)
+            update, m, v = run_encoded(program, w, g, m, v, PROBE_LR, t, shapes)
             return (w - update, m, v), jnp.stack([update, m, v])
 
         _, updates = jax.lax.scan(
@@ -129,7 +132,7 @@ def probe_report(graphs: list[Graph]) -> list[tuple[str, bool, bool]]:
     every update on `ZERO_PROBE` was. Without the zero probe in the hash a search cached
     `m / sqrt(v)` as `m / (sqrt(v) + ε)` and its funnel promoted it (GPU search, 2026-12-02);
     exported, it turned a digits MLP's weights to NaN at its first step (a dead ReLU unit)."""
-    normal = PROBE_STEPS * sum(sum(probe[1]) for probe in PROBES)  # the updates on PROBES come first
+    normal = PROBE_STEPS * sum(sum(tensor_sizes(probe[1])) for probe in PROBES)  # the updates on PROBES come first
     return [
         (_digest(parts), bool(np.all(np.isfinite(parts[0][:normal]))), bool(np.all(np.isfinite(parts[0][normal:]))))
         for parts in probe_values(graphs, PROBES + (ZERO_PROBE,))

@@ -20,7 +20,7 @@ import optax
 
 from lopt.programs.analysis import GRAPH_INPUTS, STATE_INDEX, Graph, check
 from lopt.programs.lang import Const, Program
-from lopt.programs.library import FUNCTIONS
+from lopt.programs.library import FUNCTIONS, apply_matrix
 
 
 def _is_tree(x: Any) -> bool:
@@ -68,6 +68,11 @@ def apply_tree(op: str, args: list[Any], ops: TreeOps = JAX_OPS) -> Any:
     function = FUNCTIONS[op]
     if function.kind == "elementwise":
         return _elementwise(ops.function(op), args)
+    if function.kind == "matrix":  # one definition (lopt.matrix) serves every array library
+        x = args[0]
+        return (
+            [apply_matrix(op, leaf, ops.broadcast) for leaf in x] if _is_tree(x) else apply_matrix(op, x, ops.broadcast)
+        )
     if op == "norm":
         x = args[0]
         if not _is_tree(x):

@@ -37,7 +37,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from lopt.learned.kernels import flat_table
 from lopt.programs.analysis import Graph
-from lopt.programs.batched import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded
+from lopt.programs.batched import GROUP_OF, GROUPS, MAX_ARGS, ROUND, Encoded, tensor_sizes
 from lopt.programs.library import FUNCTIONS
 
 # Parameters per kernel instance: 1,024 beats 256 everywhere (`benchmarks/interpreter_step.py
@@ -190,7 +190,7 @@ def run_kernel(
     v: jax.Array,
     lr: jax.Array,
     t: jax.Array,
-    sizes: tuple[int, ...],
+    sizes: tuple,
     *,
     tree: bool = False,
     block: int = BLOCK,
@@ -207,6 +207,12 @@ def run_kernel(
     recomputes the slots before it from w, g, m, v: arithmetic is cheap next to a round trip of
     the registers through memory. interpret: None runs the Pallas interpreter off GPUs."""
     size = w.shape[0]
+    if program.layout.shape[-1] != len(ROUND):
+        raise ValueError(
+            "matrix functions (orthogonalize, row_ms, ...) run in the batched interpreter only: "
+            "set fitness.interpreter = 'batched'"
+        )
+    sizes = tensor_sizes(sizes)
     if sum(sizes) != size:
         raise ValueError(f"tensor sizes {sizes} do not add up to the flat vector's {size}")
     if block <= 0 or block & (block - 1):

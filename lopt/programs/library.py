@@ -7,6 +7,14 @@ is one. Following the paper, log and sqrt act on |x|. Tree-level functions reduc
 whole parameter pytree (global_norm, dot, cosine_sim return scalars; clip_by_global_norm keeps
 its argument's type); `norm` is the per-tensor L2 norm, broadcast over each tensor.
 
+Beyond the paper, matrix functions (`MATRIX_NAMES`, `lopt.matrix`) read each tensor as a
+[fan_in, fan_out] matrix (vectors as one row, scalars as 1×1) and return a tensor of its shape:
+`orthogonalize` (Muon's Newton–Schulz), `row_ms` / `col_ms` (mean of squares per row / per output
+unit, broadcast: Adafactor's factored statistics), `row_normalize` / `col_normalize` (x over the
+root of those, + 1e-8) and `width_scale` (x·√max(1, fan_out/fan_in), Muon's width scaling). They
+put Muon, NorMuon, AdaMuon and Adafactor-like factored states in the space. `SPACES` names the
+function sets a search draws from: "lion" is the paper's, "matrix" adds these.
+
 Not copied from google/automl `hero/fn_lib.py`, whose cbrt returns the function, whose
 "invert" is bitwise and whose interpolate annotation disagrees with its signature; here
 interp(x, y, a) = (1 − a)·x + a·y, the order the paper's programs use (m = interp(g, m, 0.9) is
@@ -21,13 +29,16 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.matrix import MATRIX_FUNCTIONS, matrix_view
+
 TENSOR, SCALAR = "T", "S"
 
 
 @dataclasses.dataclass(frozen=True)
 class Function:
     """name; arity; kind: 'elementwise' (fn on arrays, broadcasting), 'reduce' (→ scalar),
-    'clip_global' or 'tensor_norm' (tree-level, special-cased by the interpreters);
+    'clip_global' or 'tensor_norm' (tree-level, special-cased by the interpreters), 'matrix' (fn on
+    one tensor's [fan_in, fan_out] view, `lopt.matrix`);
     commutative: argument order does not matter (for the structural hash); infix: operator text."""
 
     name: str
@@ -97,6 +108,12 @@ FUNCTIONS.update(
         "clip_by_global_norm": Function("clip_by_global_norm", 2, "clip_global"),
     }
 )
+MATRIX_NAMES = tuple(MATRIX_FUNCTIONS)
+FUNCTIONS.update({name: Function(name, 1, "matrix", fn) for name, fn in MATRIX_FUNCTIONS.items()})
+SPACES: dict[str, tuple[str, ...]] = {
+    "lion": tuple(name for name in FUNCTIONS if name not in MATRIX_NAMES),
+    "matrix": tuple(FUNCTIONS),
+}
 
 INFIX = {f.infix: f.name for f in FUNCTIONS.values() if f.infix}
 NAMES = tuple(FUNCTIONS)
@@ -111,3 +128,11 @@ def result_type(name: str, arg_types: tuple[str, ...]) -> str:
     if function.kind == "clip_global":
         return arg_types[0]
     return TENSOR if TENSOR in arg_types else SCALAR
+
+
+def apply_matrix(name: str, x, broadcast=jnp.broadcast_to):
+    """Matrix function `name` on a tensor or scalar `x` of any rank, through its matrix view and
+    back to x's shape (`broadcast(y, shape)` widens a per-row or per-column result)."""
+    rows, cols = matrix_view(tuple(x.shape))
+    y = FUNCTIONS[name].fn(x.reshape(rows, cols))
+    return broadcast(y, (rows, cols)).reshape(x.shape)

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lopt import matrix
 from lopt.learned import features as F
 from lopt.learned.generalist import (
     ADAM_EPS_ROOT,
     GRADIENT_CLIP,
     MAX_SCHEDULE_LOG_MULTIPLIER,
-    MUON_COEFFICIENTS,
     OUTPUT_EPS,
     GeneralistOptimizer,
 )
@@ -35,19 +35,9 @@ NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def newton_schulz(x: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
-    """lopt.learned.generalist.newton_schulz: the quintic iteration from x / (‖x‖_F + 1e-7), on
-    the shorter side, in `dtype`."""
-    a, b, c = MUON_COEFFICIENTS
-    out_dtype = x.dtype
-    transpose = x.shape[0] > x.shape[1]
-    if transpose:
-        x = x.T
-    x = (x / (torch.linalg.norm(x) + 1e-7)).to(dtype)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    x = x.to(out_dtype)
-    return x.T if transpose else x
+    """lopt.learned.generalist.newton_schulz on torch tensors: `lopt.matrix.newton_schulz` (one
+    definition for both libraries), iterated in `dtype`."""
+    return matrix.newton_schulz(x, steps, cast=lambda y: y.to(dtype)).to(x.dtype)
 
 
 def schedule_factor(meta: GeneralistOptimizer, t: torch.Tensor, num_steps: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 
 from lopt.config import ConfigError, apply_overrides, check_output_dir, describe_error, from_dict
 from lopt.programs.lang import format_program, parse
+from lopt.programs.library import SPACES
 from lopt.programs.seeds import SEEDS, seed
 from lopt.meta_train.search.strategy import STRATEGIES
 from lopt.tasks import task_spec
@@ -174,7 +175,11 @@ class EvolutionSection:
     host and the "device" share the cores.
     workers: processes that mutate a generation's children in parallel (0: this process). Each
     child has its own generator, so the search is the same for any number of workers; a resume
-    may change it (the time it saves: docs/benchmarks.md)."""
+    may change it (the time it saves: docs/benchmarks.md).
+    space: the functions inserted statements draw from (`lopt.programs.library.SPACES`): 'lion',
+    the Lion paper's library; 'matrix', that library and the matrix functions (orthogonalize,
+    row/column statistics, width_scale), which hold Muon, NorMuon and AdaMuon. Programs with
+    matrix functions run in the batched interpreter (not the Pallas kernel)."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"
@@ -190,8 +195,11 @@ class EvolutionSection:
     max_seconds: float = 0.0
     overlap: bool = False
     workers: int = 0
+    space: str = "lion"
 
     def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ConfigError(f"search.space: unknown {self.space!r}; valid: {', '.join(SPACES)}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"search.strategy: unknown {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         if self.population < self.tournament or self.tournament < 1 or self.children < 1 or self.generations < 0:
@@ -308,6 +316,10 @@ class SearchConfig:
         # each section checks its own fields when it is made; here only what spans sections
         if self.fitness.length < self.search.max_statements:
             raise ConfigError("fitness.length must be at least search.max_statements")
+        if self.search.space == "matrix" and self.fitness.interpreter == "kernel":
+            raise ConfigError(
+                "fitness.interpreter = 'kernel' cannot run matrix functions (search.space = 'matrix'); use 'batched'"
+            )
 
     def validation_spec(self) -> FitnessSpec:
         """The fitness spec of the meta-validation task (batches of `top` programs)."""
@@ -329,7 +341,10 @@ def resume_record(record: dict[str, Any]) -> dict[str, Any]:
     return {
         **record,
         "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"},
-        "search": {k: v for k, v in record.get("search", {}).items() if k != "workers"},
+        # searches from before `space` existed drew from the Lion library, its default
+        "search": {
+            k: v for k, v in record.get("search", {}).items() if k != "workers" and not (k == "space" and v == "lion")
+        },
     }
 
 

@@ -199,7 +199,7 @@ class BatchedEvaluator:
         task = build(task_spec(task_name))
         example = task.init(jax.random.key(0))
         _, unravel = ravel_pytree(example)
-        sizes = tuple(leaf.size for leaf in jax.tree.leaves(example))
+        sizes = tuple(tuple(leaf.shape) for leaf in jax.tree.leaves(example))  # matrix functions read shapes
         keys = keys_of(spec, task_name)
         lrs = jnp.asarray(spec.task_lrs(task_name), jnp.float32)
 

@@ -20,9 +20,9 @@ import numpy as np
 from lopt.programs.analysis import DEFAULT_MAX_STATEMENTS, Graph, check, structural_hash
 from lopt.programs.batched import rounds_needed
 from lopt.programs.lang import Const, Program, ProgramError, Statement, Var, format_program, parse
-from lopt.programs.library import FUNCTIONS
+from lopt.programs.library import FUNCTIONS, SPACES
 
-OPS = tuple(sorted(FUNCTIONS))
+OPS = {space: tuple(sorted(names)) for space, names in SPACES.items()}  # a space's functions, drawn from
 CONSTANT_PROBABILITY = 0.25
 MAX_TRIES = 200
 
@@ -50,9 +50,9 @@ def _random_arg(rng: np.random.Generator, names: list[str]) -> Var | Const:
     return Var(str(rng.choice(names)))
 
 
-def _random_statement(rng: np.random.Generator, program: Program, index: int) -> Statement:
+def _random_statement(rng: np.random.Generator, program: Program, index: int, space: str = "lion") -> Statement:
     names = _defined_before(program, index)
-    op = str(rng.choice(OPS))
+    op = str(rng.choice(OPS[space]))
     args = tuple(_random_arg(rng, names) for _ in range(FUNCTIONS[op].arity))
     targets = names + [_fresh_name(program)]
     return Statement(str(rng.choice(targets)), op, args)
@@ -65,10 +65,15 @@ def _mutate_constant(rng: np.random.Generator, value: float) -> float:
 
 
 def mutate_once(
-    program: Program, rng: np.random.Generator, mode: str = "all", max_statements: int = DEFAULT_MAX_STATEMENTS
+    program: Program,
+    rng: np.random.Generator,
+    mode: str = "all",
+    max_statements: int = DEFAULT_MAX_STATEMENTS,
+    space: str = "lion",
 ) -> tuple[Program, str]:
     """One random mutation (may be invalid). mode 'all' or 'constants' (only constants change:
-    the constant-tuning baseline)."""
+    the constant-tuning baseline); space: the function set inserted statements draw from
+    (`lopt.programs.library.SPACES`)."""
     statements = list(program.statements)
     if mode == "constants":
         slots = [(i, j) for i, s in enumerate(statements) for j, a in enumerate(s.args) if isinstance(a, Const)]
@@ -88,7 +93,7 @@ def mutate_once(
     kind = str(rng.choice(choices))
     if kind == "insert":
         index = int(rng.integers(len(statements) + 1))
-        statements.insert(index, _random_statement(rng, program, index))
+        statements.insert(index, _random_statement(rng, program, index, space))
         return Program(tuple(statements), program.returns, program.uses_step), f"insert {index + 1}"
     if kind == "delete":
         index = int(rng.integers(len(statements)))
@@ -123,6 +128,7 @@ def mutate(
     max_statements: int = DEFAULT_MAX_STATEMENTS,
     parent_hash: str | None = None,
     max_rounds: int = 0,
+    space: str = "lion",
 ) -> tuple[Program, str, Graph, int]:
     """A valid child that differs structurally from `parent`: (child, mutation, graph, tries).
     `parent_hash`: the parent's structural hash, where the caller has it already. `max_rounds`
@@ -135,7 +141,7 @@ def mutate(
     parent_hash = parent_hash or structural_hash(parent)
     fallback = None
     for tries in range(1, MAX_TRIES + 1):
-        child, description = mutate_once(parent, rng, mode, max_statements)
+        child, description = mutate_once(parent, rng, mode, max_statements, space)
         try:
             graph = validate(child, max_statements)
         except ProgramError:
@@ -163,6 +169,7 @@ def mutate_text(
     mode: str = "all",
     max_statements: int = DEFAULT_MAX_STATEMENTS,
     max_rounds: int = 0,
+    space: str = "lion",
 ) -> tuple[str, str, int, str]:
     """`mutate` on a program text with a generator of its own (`np.random.default_rng(seed)`):
     (child text, mutation, tries, child's structural hash). Text in, text out, so worker
@@ -170,13 +177,17 @@ def mutate_text(
     process makes it."""
     program, parent_hash = _parent(parent)
     child, description, graph, tries = mutate(
-        program, np.random.default_rng(seed), mode, max_statements, parent_hash, max_rounds
+        program, np.random.default_rng(seed), mode, max_statements, parent_hash, max_rounds, space
     )
     return format_program(child), description, tries, structural_hash(graph)
 
 
 def random_program(
-    rng: np.random.Generator, max_statements: int = 16, uses_step: bool = False, max_rounds: int = 0
+    rng: np.random.Generator,
+    max_statements: int = 16,
+    uses_step: bool = False,
+    max_rounds: int = 0,
+    space: str = "lion",
 ) -> tuple[Program, Graph]:
     """A random valid program (the random-search baseline): random statements, the last one
     assigning `update`; retried until valid."""
@@ -185,9 +196,9 @@ def random_program(
         for _ in range(int(rng.integers(1, max_statements))):
             index = len(program.statements)
             program = Program(
-                program.statements + (_random_statement(rng, program, index),), program.returns, uses_step
+                program.statements + (_random_statement(rng, program, index, space),), program.returns, uses_step
             )
-        last = _random_statement(rng, program, len(program.statements))
+        last = _random_statement(rng, program, len(program.statements), space)
         program = Program(program.statements + (Statement("update", last.op, last.args),), program.returns, uses_step)
         try:
             graph = validate(program, max_statements + 1)
@@ -231,7 +242,7 @@ class Workers:
             for _ in range(count)
         ]
 
-    def map(self, jobs: list[tuple[str, tuple[int, ...], str, int, int]]) -> list[tuple[str, str, int, str]]:
+    def map(self, jobs: list[tuple[str, tuple[int, ...], str, int, int, str]]) -> list[tuple[str, str, int, str]]:
         """`mutate_text(*job)` for every job, in order, the jobs split evenly over the processes."""
         count = len(self._processes)
         bounds = [len(jobs) * k // count for k in range(count + 1)]
@@ -264,8 +275,8 @@ def _serve() -> None:
     for line in sys.stdin:
         try:
             answer = [
-                mutate_text(parent, tuple(seed), mode, max_statements, max_rounds)
-                for parent, seed, mode, max_statements, max_rounds in json.loads(line)
+                mutate_text(parent, tuple(seed), mode, max_statements, max_rounds, space)
+                for parent, seed, mode, max_statements, max_rounds, space in json.loads(line)
             ]
         except (MutationError, ProgramError) as error:
             answer = {"error": str(error)}

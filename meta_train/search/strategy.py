@@ -81,6 +81,7 @@ class RegularizedEvolution:
     max_statements: int = 24
     max_rounds: int = 0
     mode: str = "all"
+    space: str = "lion"
 
     def __post_init__(self) -> None:
         if not 1 <= self.tournament <= self.population_size or not 1 <= self.children <= self.population_size:
@@ -105,7 +106,7 @@ class RegularizedEvolution:
             picks = rng.choice(len(state.population), size=self.tournament, replace=False)
             winners.append(min((state.population[i] for i in picks), key=lambda m: (m.fitness, -m.born)))
         jobs = [
-            (w.text, (self.seed, generation, k), self.mode, self.max_statements, self.max_rounds)
+            (w.text, (self.seed, generation, k), self.mode, self.max_statements, self.max_rounds, self.space)
             for k, w in enumerate(winners)
         ]
         return [
@@ -150,7 +151,9 @@ class RandomSearch(RegularizedEvolution):
         rng = np.random.default_rng([self.seed, generation])
         out = []
         for _ in range(self.children):
-            program, graph = mutation.random_program(rng, self.max_statements - 1, max_rounds=self.max_rounds)
+            program, graph = mutation.random_program(
+                rng, self.max_statements - 1, max_rounds=self.max_rounds, space=self.space
+            )
             out.append(Child(None, "random", format_program(program), 1, graph, structural_hash(graph)))
         return out
 
@@ -175,4 +178,5 @@ def make_strategy(search: Any) -> RegularizedEvolution:
         max_statements=search.max_statements,
         max_rounds=search.max_rounds,
         mode=mode,
+        space=search.space,
     )
