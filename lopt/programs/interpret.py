@@ -30,7 +30,9 @@ def _is_tree(x: Any) -> bool:
 class TreeOps(NamedTuple):
     """The array operations the tree semantics need, so one definition of them serves every array
     library (JAX here, torch in lopt.torch.program): `function(name)` is a library function's
-    elementwise implementation; the rest reduce, take roots and broadcast."""
+    elementwise implementation; `matrix(name, x)` a matrix function on one tensor, through the
+    library's own layout of weights (`lopt.programs.library.apply_matrix`: flax's [..., in, out]
+    here, torch's [out, in, ...] in lopt.torch); the rest reduce, take roots and broadcast."""
 
     function: Any
     sum: Any
@@ -38,10 +40,17 @@ class TreeOps(NamedTuple):
     abs: Any
     at_most_one: Any  # min(1, x)
     broadcast: Any  # (scalar, shape) -> array
+    matrix: Any  # (name, tensor) -> tensor
 
 
 JAX_OPS = TreeOps(
-    lambda name: FUNCTIONS[name].fn, jnp.sum, jnp.sqrt, jnp.abs, lambda x: jnp.minimum(1.0, x), jnp.broadcast_to
+    lambda name: FUNCTIONS[name].fn,
+    jnp.sum,
+    jnp.sqrt,
+    jnp.abs,
+    lambda x: jnp.minimum(1.0, x),
+    jnp.broadcast_to,
+    apply_matrix,
 )
 
 
@@ -68,11 +77,9 @@ def apply_tree(op: str, args: list[Any], ops: TreeOps = JAX_OPS) -> Any:
     function = FUNCTIONS[op]
     if function.kind == "elementwise":
         return _elementwise(ops.function(op), args)
-    if function.kind == "matrix":  # one definition (lopt.matrix) serves every array library
+    if function.kind == "matrix":
         x = args[0]
-        return (
-            [apply_matrix(op, leaf, ops.broadcast) for leaf in x] if _is_tree(x) else apply_matrix(op, x, ops.broadcast)
-        )
+        return [ops.matrix(op, leaf) for leaf in x] if _is_tree(x) else ops.matrix(op, x)
     if op == "norm":
         x = args[0]
         if not _is_tree(x):

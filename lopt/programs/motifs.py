@@ -14,7 +14,11 @@ did it rediscover?" without reading every program. Each motif is a property of t
 - update clipping: clip, clip_by_global_norm, tanh, arctan, or min/max with a constant on the
   update's path;
 - decoupled weight decay: the weights w reach the update other than through the gradient;
-- norm scaling: a per-tensor or global norm on the update's path.
+- norm scaling: a per-tensor or global norm on the update's path;
+- orthogonalised momentum (Muon): orthogonalize, on the update's path, of a value that mixes the
+  gradient with a state;
+- factored second moment (Adafactor, NorMuon): a state averages a row or column mean of squares
+  (row_ms, col_ms) of a value that reads the gradient.
 """
 
 from __future__ import annotations
@@ -98,6 +102,30 @@ def _norm_scaling(graph: Graph) -> bool:
     return any(graph.op(n) in ("norm", "global_norm", "cosine_sim") for n in _on_update_path(graph))
 
 
+def _orthogonalised_momentum(graph: Graph) -> bool:
+    """Muon's motif: orthogonalize, on the update's path, of a value mixing the gradient with a state."""
+    for node in _on_update_path(graph):
+        arg = graph.args(node)[0] if graph.op(node) == "orthogonalize" else None
+        if isinstance(arg, int) and {G} <= _reaches(graph, arg) and _reaches(graph, arg) & set(STATES):
+            return True
+    return False
+
+
+def _factored_second_moment(graph: Graph) -> bool:
+    """Adafactor's and NorMuon's motif: a state averages a row or column mean of squares of a value
+    that reads the gradient (a statistic per row or per output unit, not per element)."""
+    for i, state in enumerate(STATES):
+        read = _reaches(graph, graph.outputs[1 + i])
+        if graph.outputs[1 + i] == state or state not in read:
+            continue
+        for node in read:
+            if node >= NUM_INPUTS and graph.op(node) in ("row_ms", "col_ms"):
+                arg = graph.args(node)[0]
+                if isinstance(arg, int) and G in _reaches(graph, arg):
+                    return True
+    return False
+
+
 MOTIFS: dict[str, Callable[[Graph], bool]] = {
     "momentum": _momentum,
     "second moment": _second_moment,
@@ -107,6 +135,8 @@ MOTIFS: dict[str, Callable[[Graph], bool]] = {
     "update clipping": _clipping,
     "decoupled weight decay": _weight_decay,
     "norm scaling": _norm_scaling,
+    "orthogonalised momentum": _orthogonalised_momentum,
+    "factored second moment": _factored_second_moment,
 }
 
 

@@ -1,4 +1,5 @@
-"""Seed programs: the paper's AdamW seed, exact AdamW, SGD with momentum, signSGD and Lion.
+"""Seed programs: the paper's AdamW seed, exact AdamW, SGD with momentum, signSGD, Lion, and the
+orthogonalised-momentum rules Muon, NorMuon and AdaMuon.
 
 `adamw_paper` is Chen et al.'s warm start (bias correction and eps omitted, weight decay 0.01,
 learning rate scaled by 0.001 inside). `adamw_paper_eps` adds Adam's ε = 1e-8 to its denominator:
@@ -89,6 +90,73 @@ def train(w, g, m, v, lr):
   return update, m, v
 """,
 }
+
+# Orthogonalised-momentum rules, written with the matrix functions (lopt.programs.library).
+# `muon` is optax.contrib.muon on matrices (β 0.95, Nesterov with its bias corrections,
+# Newton–Schulz, width scaling; `lr` the learning rate). `normuon` and `adamuon` are
+# lopt.baselines.orthogonal's scale_by_normuon / scale_by_adamuon (Li et al. 2025; Si et al.
+# 2025) times `lr`. Unlike those optimizers, which give vectors Adam, a program applies its one
+# rule to every tensor, vectors read as one row (lopt.matrix).
+SEEDS.update(
+    {
+        "muon": """
+def train(w, g, m, v, lr, t):
+  m = interp(g, m, 0.95)
+  t1 = t + 1.0
+  b1 = power(0.95, t1)
+  c1 = 1.0 - b1
+  m_hat = m / c1
+  m_hat = m_hat * 0.95
+  b0 = power(0.95, t)
+  c0 = 1.0 - b0
+  g_hat = g / c0
+  g_hat = g_hat * 0.05
+  u = m_hat + g_hat
+  o = orthogonalize(u)
+  update = width_scale(o)
+  update = update * lr
+  return update, m, v
+""",
+        "normuon": """
+def train(w, g, m, v, lr):
+  m = interp(g, m, 0.95)
+  u = interp(g, m, 0.95)
+  o = orthogonalize(u)
+  o2 = col_ms(o)
+  v = interp(o2, v, 0.95)
+  root = sqrt(v)
+  denominator = root + 1e-10
+  n = o / denominator
+  size_o = norm(o)
+  size_n = norm(n)
+  size_n = size_n + 1e-10
+  ratio = size_o / size_n
+  n = n * ratio
+  update = width_scale(n)
+  update = update * lr
+  return update, m, v
+""",
+        "adamuon": """
+def train(w, g, m, v, lr):
+  m = interp(g, m, 0.95)
+  u = interp(g, m, 0.95)
+  o = orthogonalize(u)
+  o2 = square(o)
+  v = interp(o2, v, 0.95)
+  root = sqrt(v)
+  denominator = root + 1e-08
+  n = o / denominator
+  row = row_ms(n)
+  row = sqrt(row)
+  mean_square = col_ms(row)
+  rms = sqrt(mean_square)
+  scale = 0.2 / rms
+  update = n * scale
+  update = update * lr
+  return update, m, v
+""",
+    }
+)
 
 # The paper's seed with Adam's ε in the denominator (module docstring).
 SEEDS["adamw_paper_eps"] = SEEDS["adamw_paper"].replace(

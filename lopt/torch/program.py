@@ -1,7 +1,8 @@
 """Found optimizer programs (`lopt.programs.ProgramOptimizer`) as a `torch.optim.Optimizer`: the
 program's graph (parsed and checked by lopt's own parser, never evaluated as Python) run on torch
 tensors with the library's semantics (lopt.programs.library: log and sqrt on |x|, interp(x, y, a)
-= (1 − a)x + ay, scalars broadcast against tensors, tree-level norms over all parameters)."""
+= (1 − a)x + ay, scalars broadcast against tensors, tree-level norms over all parameters; matrix
+functions read torch's weight layout, `apply_matrix_torch`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from lopt.programs.analysis import GRAPH_INPUTS, STATE_INDEX, check
 from lopt.programs.interpret import TreeOps, apply_tree, substitute_constants
+from lopt.programs.library import FUNCTIONS, apply_matrix
 from lopt.programs.optimizer import ProgramOptimizer
 from lopt.torch.base import LearnedTorchOptimizer
 
@@ -64,6 +66,19 @@ BINARY: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def apply_matrix_torch(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Matrix function `name` on a torch tensor in torch's layout: a weight of rank ≥ 2 is
+    [out, in, ...] (nn.Linear, nn.Conv*), read as [fan_in, fan_out] = x.reshape(out, −1)ᵀ;
+    vectors and scalars as in JAX (`lopt.programs.library.apply_matrix`). A JAX kernel [..., in,
+    out] and its torch transpose [out, in, ...] so get the same update, transposed (rows in
+    another order, which no matrix function can tell). Embedding tables, [num, dim] in both
+    libraries, are read the other way round here."""
+    if x.dim() < 2:
+        return apply_matrix(name, x, lambda y, shape: y.expand(shape))
+    view = x.reshape(x.shape[0], -1).T
+    return FUNCTIONS[name].fn(view).expand(view.shape).T.reshape(x.shape)
+
+
 TORCH_OPS = TreeOps(
     lambda name: {**UNARY, **BINARY}[name],
     torch.sum,
@@ -71,6 +86,7 @@ TORCH_OPS = TreeOps(
     torch.abs,
     lambda x: torch.clamp(x, max=1.0),
     lambda x, shape: x.expand(shape),
+    apply_matrix_torch,
 )
 
 
