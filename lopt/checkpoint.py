@@ -425,7 +425,7 @@ def load(
 
     num_steps: the length of the training run it will be used for (its progress features read
     step / num_steps); defaults to the length stored at save time. Optimizers that read no
-    training progress (found programs: `reads_progress = False`) need none.
+    training progress (found programs at a constant rate: `reads_progress` is False) need none.
     kernel: for kinds that run on kernels, which one (`lopt.learned.dispatch.KERNELS`); by
     default "auto", chosen for the platform where the optimizer runs. A checkpoint records the
     rule and its weights, never the backend it was trained on, so one written on a CPU runs on

@@ -225,7 +225,9 @@ def _program(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ConfigError("usage: lopt program export FILE OUT")
-    written = save_program(args.out, program, args.learning_rate, {"source": str(path)}, overwrite=args.overwrite)
+    written = save_program(
+        args.out, program, args.learning_rate, {"source": str(path)}, overwrite=args.overwrite, schedule=args.schedule
+    )
     print(f"wrote {written} (load with lopt.load({str(written)!r}))")
     return 0
 
@@ -366,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     program.add_argument(
         "--learning-rate", type=POSITIVE, default=1.0, help="export: the value of the program's lr input"
+    )
+    program.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="export: the lr input's schedule (cosine: 5%% warm-up, then cosine decay to 0)",
     )
     program.add_argument("--overwrite", action="store_true", help="export: replace an existing checkpoint")
     program.set_defaults(handler=_program)

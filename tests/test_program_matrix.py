@@ -14,7 +14,8 @@ from test_generalist import numpy_newton_schulz  # Muon's iteration in float64 n
 
 from lopt.baselines.orthogonal import scale_by_adamuon, scale_by_normuon
 from lopt.meta_train.search import mutation
-from lopt.meta_train.search.config import SearchConfig
+from lopt.meta_train.search.config import FitnessSpec, SearchConfig
+from lopt.meta_train.search.fitness import BatchedEvaluator
 from lopt.config import ConfigError, from_dict
 from lopt.programs.analysis import check
 from lopt.programs.batched import MATRIX_ROUND, ROUND, encode, encode_population, run_encoded
@@ -176,11 +177,20 @@ def test_the_search_space_decides_whether_mutations_use_matrix_functions():
     assert set(SPACES["matrix"]) - set(SPACES["lion"]) == set(MATRIX_NAMES)
 
 
-def test_search_config_rejects_an_unknown_space_and_the_kernel_with_matrix_functions():
+def test_search_config_rejects_an_unknown_space():
     with pytest.raises(ConfigError, match="search.space: unknown 'matrx'"):
         from_dict(SearchConfig, {"search": {"space": "matrx"}})
-    with pytest.raises(ConfigError, match="cannot run matrix functions"):
-        from_dict(SearchConfig, {"search": {"space": "matrix"}, "fitness": {"interpreter": "kernel"}})
+
+
+def test_the_kernel_evaluator_runs_matrix_programs_in_the_scan_beside_it():
+    """Beside the Pallas kernel (interpreted on this CPU), programs with matrix functions run in
+    batches of their own through the scan, and score as the scan-only evaluator scores them."""
+    spec = FitnessSpec(
+        tasks=("quadratic-10-cond100",), steps=12, seeds=1, lr_multipliers=(1.0,), eval_batches=1, length=16, batch=2
+    )
+    graphs = [check(seed("adamw_paper")), check(seed("muon")), check(seed("normuon"))]
+    with_kernel = BatchedEvaluator(spec, kernel=True, lowered_dir=None).losses(graphs)
+    np.testing.assert_allclose(with_kernel, BatchedEvaluator(spec, lowered_dir=None).losses(graphs), rtol=1e-4)
 
 
 def test_torch_reads_its_own_weight_layout():

@@ -11,6 +11,7 @@ to float tolerance (tests/test_programs.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -114,10 +115,14 @@ class ProgramState(NamedTuple):
 
 
 def to_optax(
-    program: Program, learning_rate: float | jax.Array = 1.0, *, constants: Any = None
+    program: Program,
+    learning_rate: float | jax.Array | Callable[[jax.Array], jax.Array] = 1.0,
+    *,
+    constants: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The program as an optax transformation. `learning_rate` is the program's `lr` input
-    (programs scale it by their own constants, as in the paper's seeds). Updates are −update.
+    (programs scale it by their own constants, as in the paper's seeds), or a schedule of it
+    (optax's convention: called with the 0-based step count). Updates are −update.
 
     constants: optional array replacing the program's constants in statement order (for
     meta-training or tuning them); None keeps the text's values.
@@ -139,13 +144,14 @@ def to_optax(
             raise ValueError("program optimizers read the parameters w: call update(grads, state, params)")
         leaves, treedef = jax.tree.flatten(grads)
         w = [p.astype(jnp.float32) for p in treedef.flatten_up_to(params)]
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         count = state.count + 1
         inputs = {
             "w": w,
             "g": [g.astype(jnp.float32) for g in leaves],
             "m": treedef.flatten_up_to(state.m) if stored["m"] else jnp.float32(0.0),
             "v": treedef.flatten_up_to(state.v) if stored["v"] else jnp.float32(0.0),
-            "lr": jnp.asarray(learning_rate, jnp.float32),
+            "lr": jnp.asarray(lr, jnp.float32),
             "t": count.astype(jnp.float32),
         }
         step, m, v = evaluate_graph(graph, inputs)

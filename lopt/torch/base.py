@@ -3,6 +3,7 @@ param groups, so `state_dict` carries it), lazily created per-parameter state, `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -104,3 +105,25 @@ def _copy_to(value: Any, device: torch.device) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_copy_to(v, device) for v in value)
     return value
+
+
+def schedule_factor(
+    t: torch.Tensor, num_steps: int, kind: str, warmup_fraction: float, final_fraction: float
+) -> torch.Tensor:
+    """η(t)/η at step t = count + 1 (a float32 tensor), as lopt.learned.generalist.schedule_factor
+    computes it in float32: linear warm-up over `warmup_fraction` of the run, then `kind` decay
+    ('cosine', 'linear' or 'constant') to `final_fraction`. Torch ops throughout, so torch.compile
+    traces the step count instead of baking it in."""
+    f32 = lambda x: torch.tensor(x, dtype=torch.float32, device=t.device)  # noqa: E731
+    total = torch.clamp(f32(float(num_steps)), min=1.0)
+    warmup = torch.clamp(f32(warmup_fraction) * total, min=1.0)
+    ramp = torch.clamp(t / warmup, max=1.0)
+    progress = torch.clamp((t - warmup) / torch.clamp(total - warmup, min=1.0), 0.0, 1.0)
+    final = f32(final_fraction)
+    if kind == "cosine":
+        decay = final + (1.0 - final) * 0.5 * (1.0 + torch.cos(math.pi * progress))
+    elif kind == "linear":
+        decay = final + (1.0 - final) * (1.0 - progress)
+    else:
+        decay = torch.ones_like(progress)
+    return ramp * decay

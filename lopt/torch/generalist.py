@@ -11,7 +11,6 @@ learned rule."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,7 +28,7 @@ from lopt.learned.generalist import (
     GeneralistOptimizer,
 )
 from lopt.torch import features as T
-from lopt.torch.base import LearnedTorchOptimizer, as_layers, bias_corrections
+from lopt.torch.base import LearnedTorchOptimizer, as_layers, bias_corrections, schedule_factor
 
 NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -38,24 +37,6 @@ def newton_schulz(x: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tens
     """lopt.learned.generalist.newton_schulz on torch tensors: `lopt.matrix.newton_schulz` (one
     definition for both libraries), iterated in `dtype`."""
     return matrix.newton_schulz(x, steps, cast=lambda y: y.to(dtype)).to(x.dtype)
-
-
-def schedule_factor(meta: GeneralistOptimizer, t: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """η(t)/η at step t = count + 1 (a float32 tensor), as generalist.schedule_factor computes it
-    in float32; torch ops throughout, so torch.compile traces the step count instead of baking it in."""
-    f32 = lambda x: torch.tensor(x, dtype=torch.float32, device=t.device)  # noqa: E731
-    total = torch.clamp(f32(float(num_steps)), min=1.0)
-    warmup = torch.clamp(f32(meta.warmup_fraction) * total, min=1.0)
-    ramp = torch.clamp(t / warmup, max=1.0)
-    progress = torch.clamp((t - warmup) / torch.clamp(total - warmup, min=1.0), 0.0, 1.0)
-    final = f32(meta.final_lr_fraction)
-    if meta.schedule == "cosine":
-        decay = final + (1.0 - final) * 0.5 * (1.0 + torch.cos(math.pi * progress))
-    elif meta.schedule == "linear":
-        decay = final + (1.0 - final) * (1.0 - progress)
-    else:
-        decay = torch.ones_like(progress)
-    return ramp * decay
 
 
 def interp(x: torch.Tensor, points: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -99,7 +80,9 @@ class TorchGeneralist(LearnedTorchOptimizer):
 
     def learning_rate(self, t: torch.Tensor) -> torch.Tensor:
         """η(t) at t = count + 1 (float32 tensor), as optax's schedule computes it."""
-        rate = torch.exp(self.log_learning_rate) * schedule_factor(self.meta, t, self.num_steps)
+        rate = torch.exp(self.log_learning_rate) * schedule_factor(
+            t, self.num_steps, self.meta.schedule, self.meta.warmup_fraction, self.meta.final_lr_fraction
+        )
         if self.knots is not None:
             progress = torch.clamp(t / max(float(self.num_steps), 1.0), 0.0, 1.0)
             points = torch.linspace(0.0, 1.0, len(self.knots), dtype=torch.float32, device=t.device)

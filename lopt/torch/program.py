@@ -16,7 +16,8 @@ from lopt.programs.analysis import GRAPH_INPUTS, STATE_INDEX, check
 from lopt.programs.interpret import TreeOps, apply_tree, substitute_constants
 from lopt.programs.library import FUNCTIONS, apply_matrix
 from lopt.programs.optimizer import ProgramOptimizer
-from lopt.torch.base import LearnedTorchOptimizer
+from lopt.programs.optimizer import WARMUP_FRACTION
+from lopt.torch.base import LearnedTorchOptimizer, schedule_factor
 
 
 def _cbrt(x: torch.Tensor) -> torch.Tensor:
@@ -100,10 +101,19 @@ class TorchProgram(LearnedTorchOptimizer):
             graph = substitute_constants(graph, [float(c) for c in np.asarray(theta["constants"], np.float32)])
         self.graph = graph
         self.learning_rate = float(np.float32(theta["learning_rate"]))
+        self.schedule = meta.schedule
         read = {a for _, args in graph.nodes for a in args if isinstance(a, int)} | {graph.outputs[0]}
         self.stored = {
             s: STATE_INDEX[s] in read or graph.outputs[1 + i] != STATE_INDEX[s] for i, s in enumerate(("m", "v"))
         }
+
+    def _rate(self, scalar: Callable[[float], torch.Tensor]) -> torch.Tensor:
+        """The `lr` input at this step: the program's schedule (`lopt.programs.optimizer.lr_schedule`)."""
+        rate = scalar(self.learning_rate)
+        if self.schedule == "constant":
+            return rate
+        t = scalar(float(self._count() + 1))
+        return rate * schedule_factor(t, self.num_steps, self.schedule, WARMUP_FRACTION, 0.0)
 
     def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
         return {s: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for s in ("m", "v") if self.stored[s]}
@@ -121,7 +131,7 @@ class TorchProgram(LearnedTorchOptimizer):
                 "g": [g.to(torch.float32) for _, g in pairs],
                 "m": [s["m"] for s in states] if self.stored["m"] else scalar(0.0),
                 "v": [s["v"] for s in states] if self.stored["v"] else scalar(0.0),
-                "lr": scalar(self.learning_rate),
+                "lr": self._rate(scalar),
                 "t": scalar(float(self._count() + 1)),
             }
             values = [inputs[name] for name in GRAPH_INPUTS]

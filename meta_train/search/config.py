@@ -12,6 +12,7 @@ from typing import Any
 from lopt.config import ConfigError, apply_overrides, check_output_dir, describe_error, from_dict
 from lopt.programs.lang import format_program, parse
 from lopt.programs.library import SPACES
+from lopt.programs.optimizer import SCHEDULES
 from lopt.programs.seeds import SEEDS, seed
 from lopt.meta_train.search.strategy import STRATEGIES
 from lopt.tasks import task_spec
@@ -54,7 +55,11 @@ class FitnessSpec:
     final loss of `lopt eval`'s tables and so of the held-out stage of the funnel. On the small
     embedded datasets the two disagree: the shipped program-search-h200 beats tuned AdamW on 9
     of 13 held-out tasks by final train loss and on 4 of 13 by final test loss (its card), since a
-    faster optimizer overfits small datasets sooner."""
+    faster optimizer overfits small datasets sooner.
+    schedule: how every run's `lr` input moves (`lopt.programs.optimizer.SCHEDULES`): 'constant',
+    or 'cosine' (linear warm-up over 5% of the run, cosine decay to 0), as users train. It applies
+    to programs, the seed, the references and the funnel's AdamW alike, and a finished search
+    ships its program with it, so rankings are made under the schedule the program will run on."""
 
     tasks: tuple[str, ...] = ("digits-mlp-relu32",)
     steps: int | tuple[int, ...] = 200
@@ -70,6 +75,7 @@ class FitnessSpec:
     lr_scales: tuple[float, ...] = ()
     precompile: tuple[int, ...] = ()
     metric: str = "test"
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         steps = self.steps if isinstance(self.steps, tuple) else (self.steps,)
@@ -107,6 +113,8 @@ class FitnessSpec:
             and 0 <= self.hurdle < float("inf")
         ):
             raise ConfigError(f"fitness.hurdle: expected a number ≥ 0 (0: off), got {self.hurdle!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"fitness.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.metric not in METRICS:
             raise ConfigError(f"fitness.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
         if not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 16 for r in self.precompile):
@@ -179,7 +187,8 @@ class EvolutionSection:
     space: the functions inserted statements draw from (`lopt.programs.library.SPACES`): 'lion',
     the Lion paper's library; 'matrix', that library and the matrix functions (orthogonalize,
     row/column statistics, width_scale), which hold Muon, NorMuon and AdaMuon. Programs with
-    matrix functions run in the batched interpreter (not the Pallas kernel)."""
+    matrix functions run the scan interpreter, in batches of their own (beside the Pallas kernel
+    too, which has no matrix slot)."""
 
     strategy: str = "evolution"
     seed_program: str = "adamw_paper"
@@ -316,10 +325,6 @@ class SearchConfig:
         # each section checks its own fields when it is made; here only what spans sections
         if self.fitness.length < self.search.max_statements:
             raise ConfigError("fitness.length must be at least search.max_statements")
-        if self.search.space == "matrix" and self.fitness.interpreter == "kernel":
-            raise ConfigError(
-                "fitness.interpreter = 'kernel' cannot run matrix functions (search.space = 'matrix'); use 'batched'"
-            )
 
     def validation_spec(self) -> FitnessSpec:
         """The fitness spec of the meta-validation task (batches of `top` programs)."""
@@ -341,7 +346,8 @@ def resume_record(record: dict[str, Any]) -> dict[str, Any]:
     return {
         **record,
         "run": {k: v for k, v in record.get("run", {}).items() if k != "output_dir"},
-        # searches from before `space` existed drew from the Lion library, its default
+        # searches from before `space` and `schedule` existed ran with their defaults
+        "fitness": {k: v for k, v in record.get("fitness", {}).items() if not (k == "schedule" and v == "constant")},
         "search": {
             k: v for k, v in record.get("search", {}).items() if k != "workers" and not (k == "space" and v == "lion")
         },

@@ -29,15 +29,19 @@ from lopt.config import from_dict
 from lopt.programs.analysis import Graph, check, from_graph
 from lopt.programs.lang import parse
 from lopt.programs.interpret import to_optax
+from lopt.programs.optimizer import lr_schedule
 from lopt.programs.batched import (
+    MATRIX_ROUND,
     ROUND,
     Encoded,
     encode,
     encode_population,
+    layout_of,
     rounds_needed,
     run_encoded,
     run_unrolled,
     stack_encoded,
+    uses_matrix,
 )
 from lopt.programs.kernel import run_kernel, uses_tree
 from lopt.meta_train.search.config import FitnessSpec
@@ -99,14 +103,19 @@ class BatchedEvaluator:
         return ("kernel", "kernel-tree") if self._kernel else ("step",)
 
     def _kind(self, graph: Graph) -> str:
-        """Which compiled step runs `graph` (one of `_kinds`)."""
+        """Which compiled step runs `graph` (one of `_kinds`, or 'step-matrix': programs with matrix
+        functions run the scan interpreter in `MATRIX_ROUND`s, in batches of their own, also
+        beside the kernel, which has no matrix slot)."""
+        if uses_matrix(graph):
+            return "step-matrix"
         return ("kernel-tree" if uses_tree(graph) else "kernel") if self._kernel else "step"
 
     def _executable(self, task_name: str, rounds: int, kind: str, count: int):
         """The compiled population call for a task, a number of rounds of slots (a batch is encoded
         with the most rounds any of its programs needs, since every slot costs a pass per function
-        of its group), the step ('step': the evaluator's; 'kernel': `run_kernel`; 'kernel-tree':
-        `run_kernel` with its tree passes) and a padded batch size; compiled when first asked for."""
+        of its group), the step ('step': the evaluator's; 'step-matrix': the same in matrix rounds,
+        or `run_encoded` beside the kernel; 'kernel': `run_kernel`; 'kernel-tree': `run_kernel`
+        with its tree passes) and a padded batch size; compiled when first asked for."""
         key = (task_name, rounds, kind, count)
         if key not in self._executables:
             start = time.perf_counter()
@@ -117,8 +126,9 @@ class BatchedEvaluator:
         return self._executables[key]
 
     @staticmethod
-    def _example(rounds: int, count: int):
-        return jax.tree.map(jnp.asarray, stack_encoded([encode(_example_graph(), rounds)] * count))
+    def _example(rounds: int, count: int, kind: str = "step"):
+        layout = MATRIX_ROUND if kind == "step-matrix" else ROUND
+        return jax.tree.map(jnp.asarray, stack_encoded([encode(_example_graph(), rounds, layout=layout)] * count))
 
     def _traced(self, task_name: str, rounds: int, kind: str, count: int):
         """The population call for a key, traced (not yet lowered)."""
@@ -127,8 +137,9 @@ class BatchedEvaluator:
             "step": self._step,
             "kernel": functools.partial(run_kernel, interpret=interpret),
             "kernel-tree": functools.partial(run_kernel, tree=True, interpret=interpret),
+            "step-matrix": run_encoded if self._kernel else self._step,
         }
-        return self._build(task_name, steps[kind]), self._example(rounds, count)
+        return self._build(task_name, steps[kind]), self._example(rounds, count, kind)
 
     def lowered_path(self, task_name: str, rounds: int, kind: str, count: int) -> Path | None:
         """Where the lowered call for a key is stored (None without a store)."""
@@ -155,7 +166,7 @@ class BatchedEvaluator:
         exported = self._store.read((task_name, rounds, kind, count))
         if exported is None:
             exported = self.store_lowered(task_name, rounds, kind, count)
-        return jax.jit(lambda encoded: exported.call(*encoded)).lower(self._example(rounds, count))
+        return jax.jit(lambda encoded: exported.call(*encoded)).lower(self._example(rounds, count, kind))
 
     def _lower_elsewhere(self, keys: list[tuple[str, int, str, int]], workers: int) -> None:
         """Lower and store `keys` in `workers` processes (`store.lower_in_workers`)."""
@@ -203,6 +214,8 @@ class BatchedEvaluator:
         keys = keys_of(spec, task_name)
         lrs = jnp.asarray(spec.task_lrs(task_name), jnp.float32)
 
+        steps = spec.task_steps(task_name)
+
         def one_run(program, lr, key):
             init_key, train_key, eval_key = jax.random.split(key, 3)
             params, _ = ravel_pytree(task.init(init_key))
@@ -210,19 +223,14 @@ class BatchedEvaluator:
 
             def apply_update(state, grads, t):
                 p, m, v = state
-                update, m, v = interpret_step(program, p, grads, m, v, lr, t, sizes)
+                rate = lr_schedule(lr, spec.schedule, steps)
+                rate = rate(t - 1.0) if callable(rate) else rate
+                update, m, v = interpret_step(program, p, grads, m, v, rate, t, sizes)
                 return p - update, m, v
 
             zeros = jnp.zeros_like(params)
             (params, _, _), train_loss = train_scan(
-                spec.metric,
-                spec.task_steps(task_name),
-                task,
-                loss_fn,
-                lambda s: s[0],
-                apply_update,
-                (params, zeros, zeros),
-                train_key,
+                spec.metric, steps, task, loss_fn, lambda s: s[0], apply_update, (params, zeros, zeros), train_key
             )
             loss = evaluate(task, unravel(params), eval_key, spec.eval_batches) if train_loss is None else train_loss
             return jnp.where(jnp.max(jnp.abs(params)) <= spec.max_param_abs, loss, jnp.inf)
@@ -258,7 +266,7 @@ class BatchedEvaluator:
                         [graphs[i] for i in chunk], count, spec.length, min_rounds=min(spec.precompile, default=1)
                     ),
                 )
-                rounds = batch.op.shape[1] // len(ROUND)
+                rounds = batch.op.shape[1] // len(layout_of(batch))
                 pending.append((chunk, self._executable(spec.tasks[task], rounds, kind, count)(batch)))
 
         def read() -> np.ndarray:
@@ -307,7 +315,7 @@ class JitEvaluator:
 
         def one_run(lr, key):
             init_key, train_key, eval_key = jax.random.split(key, 3)
-            opt = to_optax(program, lr)
+            opt = to_optax(program, lr_schedule(lr, spec.schedule, spec.task_steps(task_name)))
             params = task.init(init_key)
 
             def apply_update(state, grads, t):

@@ -334,7 +334,8 @@ def ship_checkpoint(output: Path, summary: dict[str, Any], say: Any = print) -> 
     shipped = summary["shipped"]
     lr = float(shipped.get("lr", 1.0))
     info = {"source": "lopt search", "shipped_by": shipped["by"], "lr_from": "funnel" if "lr" in shipped else "default"}
-    path = save_program(output / "program", shipped["text"], lr, info, overwrite=True)
+    schedule = summary.get("schedule", "constant")
+    path = save_program(output / "program", shipped["text"], lr, info, overwrite=True, schedule=schedule)
     say(f"wrote {path} (lopt.load({str(output)!r}); the program's lr input {lr:g}, from the {info['lr_from']})")
     return path
 
@@ -366,6 +367,7 @@ def refunnel(directory: str | Path, config: SearchConfig, progress: bool = True,
         raise ConfigError(f"{path}: not a search summary (needs 'simplified' and 'shipped' with 'text' and 'by')")
     if not config.funnel.tasks:
         raise ConfigError("funnel.tasks: the config has no funnel stages")
+    summary["schedule"] = config.fitness.schedule
     _funnel_and_ship(config, output, summary, progress, say)
     ship_checkpoint(output, summary, say)
     atomic_write(path, json.dumps(summary, indent=2, default=float))
@@ -411,6 +413,7 @@ def finish(
         "statistics": stats,
         "motifs": found,
         "motifs_in_top_20": counts,
+        "schedule": config.fitness.schedule,  # the lr schedule every run was scored under, shipped with the program
     }
     if search.best_validated is not None:
         summary["best_validated"] = {
