@@ -153,6 +153,10 @@ def test_motifs_name_orthogonalised_momentum_and_factored_second_moment():
         "def train(w, g, m, v, lr):\n  o = orthogonalize(g)\n  update = o * lr\n  return update, m, v\n"
     )
     assert "orthogonalised momentum" not in motifs(check(parse(orthogonal_gradient)))
+    unwritten = orthogonal_gradient.replace("orthogonalize(g)", "orthogonalize(x)").replace(
+        "  o =", "  x = g + m\n  o ="
+    )
+    assert "orthogonalised momentum" not in motifs(check(parse(unwritten)))
 
 
 def _program(body: str):

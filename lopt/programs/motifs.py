@@ -104,9 +104,10 @@ def _norm_scaling(graph: Graph) -> bool:
 
 def _orthogonalised_momentum(graph: Graph) -> bool:
     """Muon's motif: orthogonalize, on the update's path, of a value mixing the gradient with a state."""
+    written = {state for i, state in enumerate(STATES) if graph.outputs[1 + i] != state}  # a state never written is 0
     for node in _on_update_path(graph):
         arg = graph.args(node)[0] if graph.op(node) == "orthogonalize" else None
-        if isinstance(arg, int) and {G} <= _reaches(graph, arg) and _reaches(graph, arg) & set(STATES):
+        if isinstance(arg, int) and G in _reaches(graph, arg) and _reaches(graph, arg) & written:
             return True
     return False
 
