@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--train-per-hyper", type=int, default=2)
     parser.add_argument("--hyper-lr", type=float, default=1e-3)
+    parser.add_argument("--hyper-schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="digits,mnist1d", help="which problems (comma-separated names)")
@@ -74,12 +75,16 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = stn.STNConfig(
-        steps=args.steps, train_per_hyper=args.train_per_hyper, hyper_learning_rate=args.hyper_lr, sigma=args.sigma
+        steps=args.steps,
+        train_per_hyper=args.train_per_hyper,
+        hyper_learning_rate=args.hyper_lr,
+        sigma=args.sigma,
+        hyper_schedule=args.hyper_schedule,
     )
     points = list(itertools.product(*GRID.values()))
     lines = [
         f"STN against a {len(points)}-point grid ({args.steps} Adam steps, batch 64, ReLU MLP {config.hidden}; "
-        f"{args.seeds} seeds; cross-entropy, lower is better)",
+        f"{args.seeds} seeds; hyper step {args.hyper_lr:g}, {args.hyper_schedule}; cross-entropy, lower is better)",
         "",
         "| problem | best grid point (wd, dropout, ls) | grid val / test | STN final (wd, dropout, ls) | "
         "STN val / test | STN vs grid (val) | retrained at STN's values val / test | STN time ÷ one run |",
