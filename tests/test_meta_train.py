@@ -401,6 +401,7 @@ def test_resume_from_a_checkpoint_taken_at_a_task_change(tmp_path):
         # the two kinds whose state has zero-size arrays run by default; the others are slow tests
         "factored_mlp",
         "velo_small",
+        "unf",
         pytest.param("small_mlp", marks=pytest.mark.slow),
         pytest.param("lr_controller", marks=pytest.mark.slow),
         pytest.param("generalist", marks=pytest.mark.slow),
