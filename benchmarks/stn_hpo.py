@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def main() -> None:
     parser.add_argument("--train-per-hyper", type=int, default=2)
     parser.add_argument("--hyper-lr", type=float, default=1e-3)
     parser.add_argument("--hyper-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--fixed-fraction", type=float, default=0.0, help="last part of the run at the final λ")
+    parser.add_argument(
+        "--grid-from", type=Path, help="reuse the grid's numbers from this earlier JSON (same steps and seeds)"
+    )
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="digits,mnist1d", help="which problems (comma-separated names)")
@@ -80,11 +85,14 @@ def main() -> None:
         hyper_learning_rate=args.hyper_lr,
         sigma=args.sigma,
         hyper_schedule=args.hyper_schedule,
+        fixed_fraction=args.fixed_fraction,
     )
+    earlier = {r["problem"]: r for r in json.loads(args.grid_from.read_text())} if args.grid_from else {}
     points = list(itertools.product(*GRID.values()))
     lines = [
         f"STN against a {len(points)}-point grid ({args.steps} Adam steps, batch 64, ReLU MLP {config.hidden}; "
-        f"{args.seeds} seeds; hyper step {args.hyper_lr:g}, {args.hyper_schedule}; cross-entropy, lower is better)",
+        f"{args.seeds} seeds; hyper step {args.hyper_lr:g}, {args.hyper_schedule}, last {args.fixed_fraction:g} of "
+        "the run at the final λ; cross-entropy, lower is better)",
         "",
         "| problem | best grid point (wd, dropout, ls) | grid val / test | STN final (wd, dropout, ls) | "
         "STN val / test | STN vs grid (val) | retrained at STN's values val / test | STN time ÷ one run |",
@@ -109,9 +117,13 @@ def main() -> None:
                     )
                 )
             )
-            layers = many(hp)
-            grid_val[seed] = jax.vmap(lambda lay: stn.validation_loss(lay, *val))(layers)
-            grid_test[seed] = jax.vmap(lambda lay: stn.validation_loss(lay, *test))(layers)
+            if name in earlier:  # the seed mean of every grid point, from the earlier run
+                grid_val[seed] = [g["val"] for g in earlier[name]["grid"]]
+                grid_test[seed] = [g["test"] for g in earlier[name]["grid"]]
+            else:
+                layers = many(hp)
+                grid_val[seed] = jax.vmap(lambda lay: stn.validation_loss(lay, *val))(layers)
+                grid_test[seed] = jax.vmap(lambda lay: stn.validation_loss(lay, *test))(layers)
             one = jax.jit(
                 lambda h, k=key: stn.train_fixed(
                     h, train, classes, k, hidden=config.hidden, steps=args.steps, batch_size=config.batch_size

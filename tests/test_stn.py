@@ -102,3 +102,22 @@ def test_non_finite_run_is_refused():
     config = stn.STNConfig(hidden=(8,), steps=4, batch_size=8)
     with pytest.raises(stn.HyperError, match="non-finite"):
         stn.run(config, (x.at[:, 0].set(jnp.nan), y), (x, y), 4, jax.random.key(0))
+
+
+def test_the_fixed_phase_holds_the_hyperparameters_and_trains_at_them():
+    """With fixed_fraction, the last part of the run takes no hyper step (λ stays put after moving
+    before it), and the run's weights differ from those of the run without the fixed phase."""
+    x, y = _random_labels(0)
+    base = dict(hidden=(16,), steps=80, batch_size=16, hyper_learning_rate=3e-2, hyper_schedule="cosine")
+    result = stn.run(stn.STNConfig(**base, fixed_fraction=0.25), (x, y), _random_labels(1), 4, jax.random.key(0))
+    for values in result.trajectory.values():
+        assert len(values) == 40 and np.all(values[-10:] == values[-10])  # 10 of 40 rounds fixed
+        assert values[-11] != values[0]  # the hyper steps before moved it
+    plain = stn.run(stn.STNConfig(**base), (x, y), _random_labels(1), 4, jax.random.key(0))
+    assert stn.evaluate(result, x, y, ("weight_decay", "dropout", "label_smoothing")) != stn.evaluate(
+        plain, x, y, ("weight_decay", "dropout", "label_smoothing")
+    )
+    with pytest.raises(stn.HyperError, match="fixed_fraction must lie in"):
+        stn.STNConfig(fixed_fraction=1.0)
+    with pytest.raises(stn.HyperError, match="hyper_schedule must be"):
+        stn.STNConfig(hyper_schedule="linear")

@@ -74,7 +74,10 @@ class STNConfig:
     validation loss. `hyper_schedule`: 'constant', or 'cosine' (the hyper step size decays from
     `hyper_learning_rate` to 0 over the run: long steps early, when λ has far to travel — Adam's
     steps are about the step size, so 2,000 hyper steps at 1e-3 move a hyperparameter at most ~2
-    on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise)."""
+    on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise).
+    `fixed_fraction`: the last part of the weight steps trains at the final λ itself, with no
+    perturbation and no hyper steps, so the weights STN ends with fit the hyperparameters it
+    reports rather than their neighbourhood (same number of weight steps, fewer hyper steps)."""
 
     hidden: tuple[int, ...] = (256, 256)
     start: tuple[tuple[str, float], ...] = (("weight_decay", 1e-4), ("dropout", 0.1), ("label_smoothing", 0.05))
@@ -86,6 +89,7 @@ class STNConfig:
     entropy: float = 1e-3
     train_per_hyper: int = 2
     hyper_schedule: str = "constant"
+    fixed_fraction: float = 0.0
 
     def __post_init__(self):
         names = [n for n, _ in self.start]
@@ -95,6 +99,8 @@ class STNConfig:
             to_unconstrained(name, value)
         if self.steps < self.train_per_hyper or self.train_per_hyper < 1:
             raise HyperError(f"need steps >= train_per_hyper >= 1, got {self.steps} and {self.train_per_hyper}")
+        if not 0.0 <= self.fixed_fraction < 1.0:
+            raise HyperError(f"fixed_fraction must lie in [0, 1), got {self.fixed_fraction}")
         if self.hyper_schedule not in ("constant", "cosine"):
             raise HyperError(f"hyper_schedule must be 'constant' or 'cosine', got {self.hyper_schedule!r}")
         if not (self.sigma > 0 and self.learning_rate > 0 and self.hyper_learning_rate > 0):
@@ -201,7 +207,9 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
     k_init, k_run = jax.random.split(key)
     layers = init_mlp(k_init, (train[0].shape[1], *config.hidden, num_classes), num_hyper=h)
     opt = optax.adam(config.learning_rate)
-    rounds = config.steps // config.train_per_hyper
+    total_rounds = config.steps // config.train_per_hyper
+    fixed_rounds = int(round(total_rounds * config.fixed_fraction))
+    rounds = total_rounds - fixed_rounds
     hyper_rate = config.hyper_learning_rate
     if config.hyper_schedule == "cosine":
         hyper_rate = optax.cosine_decay_schedule(config.hyper_learning_rate, rounds)
@@ -211,10 +219,10 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
     n_train, n_val = train[0].shape[0], validation[0].shape[0]
     b = config.batch_size
 
-    def weight_step(state: STNState, key):
+    def weight_step(state: STNState, key, perturb: float = 1.0):
         k_batch, k_eps, k_drop = jax.random.split(key, 3)
         idx = jax.random.randint(k_batch, (b,), 0, n_train)
-        u_ex = state.u + jnp.exp(state.log_sigma) * jax.random.normal(k_eps, (b, h))
+        u_ex = state.u + perturb * jnp.exp(state.log_sigma) * jax.random.normal(k_eps, (b, h))
         grads = jax.grad(training_loss)(
             state.layers, train[0][idx], train[1][idx], values(names, u_ex), u_ex - u0, k_drop
         )
@@ -238,7 +246,13 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
         state = state._replace(u=u, log_sigma=log_sigma, hyper_state=hyper_state, step=state.step + 1)
         return state, u
 
+    if fixed_rounds:  # (without a fixed phase the keys are those of the runs before it existed)
+        k_run, k_fixed = jax.random.split(k_run)
     state, us = jax.lax.scan(round_, state, jax.random.split(k_run, rounds))
+    if fixed_rounds:
+        fixed = lambda state, key: weight_step(state, key, 0.0)  # noqa: E731
+        state, _ = jax.lax.scan(fixed, state, jax.random.split(k_fixed, fixed_rounds * config.train_per_hyper))
+        us = jnp.concatenate([us, jnp.broadcast_to(state.u, (fixed_rounds, h))])
     return state, us, u0
 
 
