@@ -9,7 +9,8 @@
 # funnel, meta-validation pick, simplification and summary (meta_train.search.pipeline.finish).
 # INTERPRETER=kernel starts a new search with that fitness.interpreter; RUN=runs/NAME searches in
 # another folder (packed as $OUT/NAME.tgz); OVERRIDES="search.children=512;search.seed=1" starts
-# it with those config overrides.
+# it with those config overrides; CONFIG=configs/search/gpu-matrix.toml starts it from another config
+# (the matrix space on a schedule).
 #   SECONDS_LIMIT=450 MEASURE=1 INTERPRETER=kernel bash benchmarks/search_gpu.sh
 set -euo pipefail
 export PYTHONPATH=$PWD
@@ -26,7 +27,7 @@ if [ "${MEASURE:-0}" = 1 ]; then
   python benchmarks/search_throughput.py --config configs/search/gpu.toml --search-seconds 0 --programs 128 \
     --kernel --json "$OUT/w3.json" 2>&1 | grep -v -i warning
 fi
-python - "$RUN" "${SECONDS_LIMIT:-450}" "${FINISH:-0}" "${INTERPRETER:-}" "${OVERRIDES:-}" <<'PY'
+python - "$RUN" "${SECONDS_LIMIT:-450}" "${FINISH:-0}" "${INTERPRETER:-}" "${OVERRIDES:-}" "${CONFIG:-configs/search/gpu.toml}" <<'PY'
 import dataclasses
 import os
 import subprocess
@@ -39,6 +40,7 @@ from meta_train.search.job import Search
 from meta_train.search.pipeline import finish
 run, seconds, final, interpreter = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 extra = [o for o in sys.argv[5].split(";") if o.strip()]
+config_path = sys.argv[6]
 ready = time.perf_counter()
 if (Path(run) / "state.json").exists():
     # search.workers is not part of what a resume must match: WORKERS sets it (default: the search's own)
@@ -49,7 +51,7 @@ if (Path(run) / "state.json").exists():
     print(f"resumed at generation {search.generation}")
 else:
     overrides = [f"run.output_dir='{run}'"] + ([f"fitness.interpreter='{interpreter}'"] if interpreter else []) + extra
-    search = Search(load_config(SearchConfig, "configs/search/gpu.toml", overrides), progress=False)
+    search = Search(load_config(SearchConfig, config_path, overrides), progress=False)
 start = time.perf_counter()
 print(f"ready in {start - ready:.0f} s (precompile and the seed or the relaunch; {search.counters.get('compile_seconds', 0.0):.0f} "
       f"compile-seconds counted so far)", flush=True)
