@@ -68,7 +68,7 @@ def test_unknown_kind_and_newer_version(saved):
     with pytest.raises(
         CheckpointError,
         match="unknown learned-optimizer kind 'transformer_lopt'; "
-        "known kinds: generalist, lr_controller, mlp, program, velo",
+        "known kinds: generalist, lr_controller, mlp, program, unf, velo",
     ):
         lopt.load(saved)
     edit_manifest(saved, lambda m: m.update(kind="mlp", format_version=99))
