@@ -35,18 +35,21 @@ def newton_schulz(
     coefficients: tuple[float, float, float] = MUON_COEFFICIENTS,
     eps: float = NS_EPS,
     cast: Callable[[Any], Any] | None = None,
+    norm: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Approximate the orthogonal factor U Vᵀ of a matrix x = U Σ Vᵀ by the quintic Newton–Schulz
     iteration X ← aX + (bA + cA²)X, A = XXᵀ, from X₀ = x / (‖x‖_F + eps) (Jordan et al. 2024,
     "Muon"; coefficients as there), on the shorter side. The singular values end in about
     [0.7, 1.2], not at 1: Muon's coefficients trade convergence for slope at zero.
 
-    cast: applied to X₀ before the iteration (e.g. to bfloat16; the caller casts the result back)."""
+    cast: applied to X₀ before the iteration (e.g. to bfloat16; the caller casts the result back).
+    norm: the Frobenius norm to use (None: √Σx², in operators); a library's own (jnp.linalg.norm,
+    torch.linalg.norm) keeps its rounding, so the generalist's numbers do not move by a digit."""
     a, b, c = coefficients
     transpose = x.shape[0] > x.shape[1]
     if transpose:
         x = x.T
-    x = x / ((x * x).sum() ** 0.5 + eps)
+    x = x / ((x * x).sum() ** 0.5 + eps if norm is None else norm(x) + eps)
     if cast is not None:
         x = cast(x)
     for _ in range(steps):

@@ -87,7 +87,7 @@ def newton_schulz(
     singular values near 1, which the tensor cores do in bf16 several times faster than in
     float32; the result comes back in x's dtype."""
     cast = None if dtype is None else (lambda y: y.astype(dtype))
-    return matrix.newton_schulz(x, steps, coefficients, eps, cast).astype(x.dtype)
+    return matrix.newton_schulz(x, steps, coefficients, eps, cast, jnp.linalg.norm).astype(x.dtype)
 
 
 def newton_schulz_many(xs: list[jax.Array], steps: int = 5, dtype: Any = None) -> list[jax.Array]:

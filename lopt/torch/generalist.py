@@ -36,7 +36,7 @@ NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def newton_schulz(x: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
     """lopt.learned.generalist.newton_schulz on torch tensors: `lopt.matrix.newton_schulz` (one
     definition for both libraries), iterated in `dtype`."""
-    return matrix.newton_schulz(x, steps, cast=lambda y: y.to(dtype)).to(x.dtype)
+    return matrix.newton_schulz(x, steps, cast=lambda y: y.to(dtype), norm=torch.linalg.norm).to(x.dtype)
 
 
 def interp(x: torch.Tensor, points: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
