@@ -204,6 +204,51 @@ class MLPOptimizer(LearnedKind):
         inverse_rms = jax.lax.rsqrt(mean_squares + F.NORMALISER_EPS)
         return kernels.network_pass(body, flat, inverse_rms, layers, interpret=interpret)
 
+    def tensor_steps(
+        self,
+        theta: dict[str, Any],
+        scalars: jax.Array,
+        tensors: list[tuple[jax.Array, jax.Array]],
+        accumulators: list[F.ParamAccumulators],
+        params: Any,
+    ) -> list[jax.Array]:
+        """Each tensor's step −step_mult · d · exp(exp_mult · m) from its float32 (gradient,
+        parameter) pair and updated accumulators: the network's part of `update`, which kinds built
+        on this one (`lopt.learned.unf`) replace. `params`: the parameter tree (its structure)."""
+        del params
+        layers = self.per_tensor_layers(theta, scalars)
+        kernel = self.kernel_for_backend(dispatch.backend())
+        steps: list[jax.Array | None] = [None] * len(tensors)
+        if kernel == "native" and not self.accumulators.factored_decays:
+            # the native CPU kernel computes the features too (not the factored ones)
+            pending = range(len(tensors))
+            outputs = native.features_mlp([(g32, p32, acc) for (g32, p32), acc in zip(tensors, accumulators)], layers)
+        else:
+            inputs = {}
+            for i, ((g32, p32), acc) in enumerate(zip(tensors, accumulators)):
+                if kernel in ("pallas", "interpret") and p32.size >= self.fused_min_size:
+                    steps[i] = self._kernel_pass(g32, p32, acc, layers, kernel == "interpret")
+                else:
+                    inputs[i] = F.normalised_features(g32, p32, acc, kernel=None if self.kernel == "auto" else False)
+            concatenate = self.concatenate_tensors
+            if concatenate is None:
+                concatenate = max(self.hidden_sizes) > 16
+            pending = list(inputs)
+            outputs = (
+                apply_shared_network(
+                    list(inputs.values()),
+                    layers,
+                    [tensors[i][1].size >= self.fused_min_size for i in pending],
+                    concatenate,
+                    cpu_kernel=kernel == "native",
+                )
+                if pending
+                else []
+            )
+        for i, (d, m) in zip(pending, outputs):
+            steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
+        return steps
+
     def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
 
         def init(params):
@@ -215,55 +260,21 @@ class MLPOptimizer(LearnedKind):
 
         def update(grads, state, params=None, *, loss=None, **extra_args):
             del extra_args
-            check_params(params, "MLPOptimizer")
+            check_params(params, type(self).__name__)
             loss_state = state.loss
             if self.use_loss_features:
                 if loss is None:
-                    raise ValueError("this MLPOptimizer uses loss features: call update(..., loss=loss)")
+                    raise ValueError(f"this {type(self).__name__} uses loss features: call update(..., loss=loss)")
                 loss_state = F.update_loss_state(loss_state, loss)
             decays = self.decays(theta)
             scalars = scalar_features(state.count, num_steps, loss_state if self.use_loss_features else None, loss)
-            layers = self.per_tensor_layers(theta, scalars)
             grad_leaves, treedef = jax.tree.flatten(grads)
             param_leaves = treedef.flatten_up_to(params)
-            kernel = self.kernel_for_backend(dispatch.backend())
             tensors = [(g.astype(jnp.float32), p.astype(jnp.float32)) for g, p in zip(grad_leaves, param_leaves)]
             accumulators = [
                 F.update_accumulators(acc, g32, decays) for (g32, _), acc in zip(tensors, state.accumulators)
             ]
-            steps: list[jax.Array | None] = [None] * len(tensors)
-            if kernel == "native" and not self.accumulators.factored_decays:
-                # the native CPU kernel computes the features too (not the factored ones)
-                pending = range(len(tensors))
-                outputs = native.features_mlp(
-                    [(g32, p32, acc) for (g32, p32), acc in zip(tensors, accumulators)], layers
-                )
-            else:
-                inputs = {}
-                for i, ((g32, p32), acc) in enumerate(zip(tensors, accumulators)):
-                    if kernel in ("pallas", "interpret") and p32.size >= self.fused_min_size:
-                        steps[i] = self._kernel_pass(g32, p32, acc, layers, kernel == "interpret")
-                    else:
-                        inputs[i] = F.normalised_features(
-                            g32, p32, acc, kernel=None if self.kernel == "auto" else False
-                        )
-                concatenate = self.concatenate_tensors
-                if concatenate is None:
-                    concatenate = max(self.hidden_sizes) > 16
-                pending = list(inputs)
-                outputs = (
-                    apply_shared_network(
-                        list(inputs.values()),
-                        layers,
-                        [param_leaves[i].size >= self.fused_min_size for i in pending],
-                        concatenate,
-                        cpu_kernel=kernel == "native",
-                    )
-                    if pending
-                    else []
-                )
-            for i, (d, m) in zip(pending, outputs):
-                steps[i] = -self.step_mult * d * jnp.exp(self.exp_mult * m)
+            steps = self.tensor_steps(theta, scalars, tensors, accumulators, params)
             updates = [step.reshape(p.shape).astype(p.dtype) for step, p in zip(steps, param_leaves)]
             new_state = MLPOptimizerState(state.count + 1, tuple(accumulators), loss_state)
             return treedef.unflatten(updates), new_state

@@ -35,12 +35,11 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from lopt.learned import features as F
 from lopt.learned import symmetry as S
-from lopt.learned.base import check_params, preset, register
-from lopt.learned.mlp import MLPOptimizer, MLPOptimizerState, scalar_features
+from lopt.learned.base import preset, register
+from lopt.learned.mlp import MLPOptimizer
 
 ROLES = ("in", "out")
 TERMS = ("pool_in", "pool_out", "pool_all", "share_in", "share_out")
@@ -149,41 +148,23 @@ class UNFOptimizer(MLPOptimizer):
                 hidden = [jax.nn.relu(h) for h in hidden]
         return [(z[..., 0], z[..., 1]) for z in hidden]
 
-    def transform(self, theta: dict[str, Any], *, num_steps: int | jax.Array) -> optax.GradientTransformationExtraArgs:
-        def init(params):
-            return MLPOptimizerState(
-                count=jnp.zeros((), jnp.int32),
-                accumulators=tuple(F.init_accumulators(p, self.accumulators) for p in jax.tree.leaves(params)),
-                loss=F.init_loss_state(),
-            )
-
-        def update(grads, state, params=None, *, loss=None, **extra_args):
-            del extra_args
-            check_params(params, "UNFOptimizer")
-            loss_state = state.loss
-            if self.use_loss_features:
-                if loss is None:
-                    raise ValueError("this UNFOptimizer uses loss features: call update(..., loss=loss)")
-                loss_state = F.update_loss_state(loss_state, loss)
-            decays = self.decays(theta)
-            scalars = scalar_features(state.count, num_steps, loss_state if self.use_loss_features else None, loss)
-            grad_leaves, treedef = jax.tree.flatten(grads)
-            param_leaves = treedef.flatten_up_to(params)
-            accumulators, inputs = [], []
-            for g, p, acc in zip(grad_leaves, param_leaves, state.accumulators):
-                g32, p32 = g.astype(jnp.float32), p.astype(jnp.float32)
-                acc = F.update_accumulators(acc, g32, decays)
-                accumulators.append(acc)
-                inputs.append(jnp.stack(F.normalised_features(g32, p32, acc, kernel=False), axis=-1))
-            outputs = self.network(theta, inputs, self.labels(params), scalars)
-            updates = [
-                (-self.step_mult * d * jnp.exp(self.exp_mult * m)).astype(p.dtype)
-                for (d, m), p in zip(outputs, param_leaves)
-            ]
-            new_state = MLPOptimizerState(state.count + 1, tuple(accumulators), loss_state)
-            return treedef.unflatten(updates), new_state
-
-        return optax.GradientTransformationExtraArgs(init, update)
+    def tensor_steps(
+        self,
+        theta: dict[str, Any],
+        scalars: jax.Array,
+        tensors: list[tuple[jax.Array, jax.Array]],
+        accumulators: list[F.ParamAccumulators],
+        params: Any,
+    ) -> list[jax.Array]:
+        """The MLP optimizer's step formula with this kind's network (`network`) in place of the
+        per-parameter one: the rest of `update` (accumulators, loss and progress features) is
+        `MLPOptimizer`'s."""
+        inputs = [
+            jnp.stack(F.normalised_features(g32, p32, acc, kernel=False), axis=-1)
+            for (g32, p32), acc in zip(tensors, accumulators)
+        ]
+        outputs = self.network(theta, inputs, self.labels(params), scalars)
+        return [-self.step_mult * d * jnp.exp(self.exp_mult * m) for d, m in outputs]
 
 
 @preset("unf")

@@ -97,6 +97,13 @@ def train(w, g, m, v, lr):
 # lopt.baselines.orthogonal's scale_by_normuon / scale_by_adamuon (Li et al. 2025; Si et al.
 # 2025) times `lr`. Unlike those optimizers, which give vectors Adam, a program applies its one
 # rule to every tensor, vectors read as one row (lopt.matrix).
+# NorMuon's and AdaMuon's shared start: momentum, its Nesterov blend with g, orthogonalised
+_NESTEROV_ORTHOGONALIZED = """
+def train(w, g, m, v, lr):
+  m = interp(g, m, 0.95)
+  u = interp(g, m, 0.95)
+  o = orthogonalize(u)
+"""
 SEEDS.update(
     {
         "muon": """
@@ -117,12 +124,8 @@ def train(w, g, m, v, lr, t):
   update = update * lr
   return update, m, v
 """,
-        "normuon": """
-def train(w, g, m, v, lr):
-  m = interp(g, m, 0.95)
-  u = interp(g, m, 0.95)
-  o = orthogonalize(u)
-  o2 = col_ms(o)
+        "normuon": _NESTEROV_ORTHOGONALIZED
+        + """  o2 = col_ms(o)
   v = interp(o2, v, 0.95)
   root = sqrt(v)
   denominator = root + 1e-10
@@ -136,12 +139,8 @@ def train(w, g, m, v, lr):
   update = update * lr
   return update, m, v
 """,
-        "adamuon": """
-def train(w, g, m, v, lr):
-  m = interp(g, m, 0.95)
-  u = interp(g, m, 0.95)
-  o = orthogonalize(u)
-  o2 = square(o)
+        "adamuon": _NESTEROV_ORTHOGONALIZED
+        + """  o2 = square(o)
   v = interp(o2, v, 0.95)
   root = sqrt(v)
   denominator = root + 1e-08

@@ -107,12 +107,10 @@ class TorchProgram(LearnedTorchOptimizer):
             s: STATE_INDEX[s] in read or graph.outputs[1 + i] != STATE_INDEX[s] for i, s in enumerate(("m", "v"))
         }
 
-    def _rate(self, scalar: Callable[[float], torch.Tensor]) -> torch.Tensor:
-        """The `lr` input at this step: the program's schedule (`lopt.programs.optimizer.lr_schedule`)."""
-        rate = scalar(self.learning_rate)
+    def _rate(self, rate: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The `lr` input at step t: the program's schedule (`lopt.programs.optimizer.lr_schedule`)."""
         if self.schedule == "constant":
             return rate
-        t = scalar(float(self._count() + 1))
         return rate * schedule_factor(t, self.num_steps, self.schedule, WARMUP_FRACTION, 0.0)
 
     def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
@@ -131,9 +129,9 @@ class TorchProgram(LearnedTorchOptimizer):
                 "g": [g.to(torch.float32) for _, g in pairs],
                 "m": [s["m"] for s in states] if self.stored["m"] else scalar(0.0),
                 "v": [s["v"] for s in states] if self.stored["v"] else scalar(0.0),
-                "lr": self._rate(scalar),
                 "t": scalar(float(self._count() + 1)),
             }
+            inputs["lr"] = self._rate(scalar(self.learning_rate), inputs["t"])
             values = [inputs[name] for name in GRAPH_INPUTS]
             for op, args in self.graph.nodes:
                 args_ = [values[a] if isinstance(a, int) else scalar(a.value) for a in args]

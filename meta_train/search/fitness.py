@@ -221,10 +221,11 @@ class BatchedEvaluator:
             params, _ = ravel_pytree(task.init(init_key))
             loss_fn = lambda p, batch: task.loss(unravel(p), batch)  # noqa: E731
 
+            schedule = lr_schedule(lr, spec.schedule, steps)  # the lr input, or its function of the step
+
             def apply_update(state, grads, t):
                 p, m, v = state
-                rate = lr_schedule(lr, spec.schedule, steps)
-                rate = rate(t - 1.0) if callable(rate) else rate
+                rate = schedule(t - 1.0) if callable(schedule) else schedule
                 update, m, v = interpret_step(program, p, grads, m, v, rate, t, sizes)
                 return p - update, m, v
 
