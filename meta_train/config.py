@@ -60,6 +60,7 @@ class EstimatorSection:
     meta_objective: str = "loss"
     objective_tail: float = 1.0
     trainable: str = ""
+    relative_floor: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,12 @@ class MetaTrainConfig:
                 est.objective_tail,
                 0 < est.objective_tail <= 1,
                 "a fraction in (0, 1]: the last part of each episode whose losses count",
+            ),
+            (
+                "estimator.relative_floor",
+                est.relative_floor,
+                0 <= est.relative_floor < 1,
+                "a fraction in [0, 1): losses below it times the episode's first loss count as the floor",
             ),
             ("estimator.divergence_factor", est.divergence_factor, est.divergence_factor > 1, "a number above 1"),
             (

@@ -99,7 +99,12 @@ class Estimator:
     last `objective_tail` fraction of each episode count towards the meta-gradient (1: every step,
     the area under the loss curve; small: the final loss, which is what a user of the optimizer, and
     the validation score, measure). PES and NRES stay unbiased for the weighted episode objective: a
-    late window's ± difference is credited to every perturbation of its episode. trainable: a
+    late window's ± difference is credited to every perturbation of its episode. relative_floor:
+    inner losses below `relative_floor` × the episode's first-window loss count as that floor (0:
+    off). Under 'log_loss' a memorised task's loss keeps falling by orders of magnitude (a
+    classifier's train loss from 1e-3 to 1e-7), so its log differences swamp the tasks that still
+    have something to learn and the meta-gradient buys memorisation (measured: docs/
+    meta_training_that_learns.md §7). Relative, so it is blind to loss rescaling. trainable: a
     regular expression over theta's paths (`jax.tree_util.keystr`, e.g.
     "schedule|log_learning_rate"); only matching leaves are perturbed and get a gradient, the rest
     stay at their values (empty: all of theta). Perturbing a part whose meta-gradient is not
@@ -125,10 +130,13 @@ class Estimator:
     mesh: jax.sharding.Mesh | None = None
     objective_tail: float = 1.0
     trainable: str = ""
+    relative_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.trainable:
             re.compile(self.trainable)
+        if not 0.0 <= self.relative_floor < 1.0:
+            raise ValueError(f"relative_floor must lie in [0, 1), got {self.relative_floor}")
         if not 0.0 < self.objective_tail <= 1.0:
             raise ValueError(f"objective_tail must lie in (0, 1], got {self.objective_tail}")
         if self.meta_objective not in META_OBJECTIVES:
@@ -245,8 +253,15 @@ class Estimator:
             self.augmentation,
         )
 
-    def _objective(self, losses: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-        """The window's meta-loss from its per-step inner losses (each times its weight)."""
+    def _objective(
+        self, losses: jax.Array, weights: jax.Array | None = None, start_loss: jax.Array | None = None
+    ) -> jax.Array:
+        """The window's meta-loss from its per-step inner losses (each times its weight), the losses
+        first floored at `relative_floor` × `start_loss` (the episode's first-window loss) when set."""
+        if self.relative_floor > 0.0 and start_loss is not None:
+            base = jax.lax.stop_gradient(start_loss)
+            floor = jnp.where(jnp.isfinite(base) & (base > 0), self.relative_floor * base, -jnp.inf)
+            losses = jnp.maximum(losses, floor)
         values = jnp.log(jnp.maximum(losses, LOG_LOSS_FLOOR)) if self.meta_objective == "log_loss" else losses
         return jnp.mean(values if weights is None else weights * values)
 
@@ -267,7 +282,9 @@ class Estimator:
         pos_worker, pos_losses = self._unroll(task, _add(theta, epsilon), positive)
         neg_worker, neg_losses = self._unroll(task, _add(theta, epsilon, -1.0), negative)
         pos_objective = self._objective(pos_losses)
-        difference = self._objective(pos_losses, weights) - self._objective(neg_losses, weights)
+        # one floor for both arms (the positive arm's first-window loss), so it adds no ± difference
+        start = pos_worker.start_loss
+        difference = self._objective(pos_losses, weights, start) - self._objective(neg_losses, weights, start)
         bad = diverged(pos_losses, pos_worker.start_loss, factor) | diverged(neg_losses, neg_worker.start_loss, factor)
         return pos_worker, neg_worker, difference, pos_objective, bad
 
@@ -337,7 +354,7 @@ class TruncatedBackprop(Estimator):
 
         def window_loss(theta):
             worker, losses = self._unroll(task, theta, positive)
-            return self._objective(losses, weights), (worker, losses)
+            return self._objective(losses, weights, worker.start_loss), (worker, losses)
 
         (_, (worker, losses)), grad = jax.value_and_grad(window_loss, has_aux=True)(theta)
         grad = self._mask(grad)

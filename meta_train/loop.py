@@ -150,6 +150,7 @@ class MetaTrainer:
                 mesh=self.mesh,
                 objective_tail=est.objective_tail,
                 trainable=est.trainable,
+                relative_floor=est.relative_floor,
             )
         return self._estimators[spec]
 
