@@ -152,3 +152,47 @@ def test_fused_outer_step_equals_one_program_per_group(tmp_path):
     chex.assert_trees_all_close(s1.theta, s2.theta, rtol=1e-5, atol=1e-7)
     assert float(m1["meta_loss"]) == pytest.approx(float(m2["meta_loss"]), rel=1e-5)
     assert dataclasses.replace(fused.config.run, fuse_groups=False) == per_group.config.run
+
+
+def test_relative_floor_drops_the_steps_below_it_from_the_meta_gradient():
+    """relative_floor = 0.3 on a window whose loss falls below 0.3 × its first-window mean: the
+    truncated-backprop gradient equals the gradient of mean_t log max(L_t, 0.3 L̄) computed by hand
+    (L̄ held fixed), and differs from the unfloored one (the floored steps no longer count)."""
+    schedule = TruncationSchedule(WINDOW, HORIZON, HORIZON, "constant")
+    theta = {"log_lr": jnp.float32(np.log(0.45))}
+
+    def window_losses(theta):
+        lr, x, losses = jnp.exp(theta["log_lr"]), TASK.init(None)["x"], []
+        for _ in range(WINDOW):
+            losses.append(TASK.loss({"x": x}, None))
+            x = x - lr * TASK.curvature * x
+        return jnp.stack(losses)
+
+    losses = window_losses(theta)
+    floor = 0.3 * float(jnp.mean(losses))
+    assert np.any(losses < floor) and np.any(losses > floor)  # the floor binds on part of the window
+    by_hand = jax.grad(lambda t: jnp.mean(jnp.log(jnp.maximum(window_losses(t), floor))))(theta)["log_lr"]
+    unfloored = jax.grad(lambda t: jnp.mean(jnp.log(window_losses(t))))(theta)["log_lr"]
+
+    def estimate(relative_floor):
+        estimator = make_estimator(
+            "truncated_backprop",
+            LearnedLR(),
+            TASK,
+            schedule,
+            num_workers=1,
+            meta_objective="log_loss",
+            relative_floor=relative_floor,
+        )
+        grad, _, _ = estimator.step(jax.random.key(0), theta, estimator.init(jax.random.key(1), theta))
+        return float(grad["log_lr"])
+
+    assert estimate(0.3) == pytest.approx(float(by_hand), rel=1e-4)
+    assert estimate(0.0) == pytest.approx(float(unfloored), rel=1e-4)
+    assert abs(float(by_hand) - float(unfloored)) > 0.1 * abs(float(unfloored))
+
+
+def test_relative_floor_outside_its_range_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="estimator.relative_floor"):
+        config_class = lopt.meta_train.config.MetaTrainConfig
+        lopt.config.load_config(config_class, "configs/meta_train/quickstart.toml", ["estimator.relative_floor=1.5"])
