@@ -12,6 +12,9 @@ An entry `name*k` runs task `name` for k times the evaluation's `num_steps` (lon
 wider and deeper MLPs, conv nets of other depths and widths, transformer LMs of two sizes
 beyond the family's, a teacher–student regression, a classifier trained by the square loss, and
 two runs 5× the suite's length. `generalisation-embedded` is its CPU-sized subset.
+`generalisation-unmemorised` adds held-out tasks that no optimizer memorises (LMs with longer
+contexts, a wider conv net, a regression on fresh noisy data, one LM at 5× the length), where
+every optimizer's final train loss stays above 1e-3 and so ranks the optimizers.
 `validation` holds the tasks meta-training may use for its choices (disjoint from every suite).
 """
 
@@ -53,6 +56,13 @@ SUITES: dict[str, tuple[str, ...]] = {
         "regression-mlp-relu128x2",
         "mnist1d-mlp-gelu128x3*5",
         "regression-mlp-relu128x2*5",
+    ),
+    "generalisation-unmemorised": (
+        "pytext-transformer-128x4-s128",
+        "pytext-transformer-96x3-s64",
+        "mnist1d-large-conv-128-256",
+        "regression-mlp-silu256x3",
+        "pytext-transformer-96x3-s64*5",
     ),
     "generalisation-embedded": (
         "mnist1d-mlp-relu128x4",

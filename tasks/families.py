@@ -175,6 +175,13 @@ NAMED_TASKS: dict[str, TaskSpec] = {
     "pytext-transformer-64x3": TransformerSpec("pytext", 64, 3, 4, 32, 16),
     "pytext-transformer-128x2": TransformerSpec("pytext", 128, 2, 4, 32, 16),
     "regression-mlp-relu128x2": RegressionSpec(16, 4, (64,), (128, 128), "relu", 0.1, 128, 0),
+    # Held out and never memorised (the `generalisation-unmemorised` suite): longer contexts and
+    # more text per step for the LMs, a wider conv net, and a regression on fresh data whose noise
+    # puts a floor under its loss.
+    "pytext-transformer-128x4-s128": TransformerSpec("pytext", 128, 4, 4, 128, 32),
+    "pytext-transformer-96x3-s64": TransformerSpec("pytext", 96, 3, 4, 64, 32),
+    "mnist1d-large-conv-128-256": ConvSpec("mnist1d-large", (128, 256), "relu", 64),
+    "regression-mlp-silu256x3": RegressionSpec(32, 8, (128,), (256, 256, 256), "silu", 0.1, 128, 3),
     # Validation tasks for meta-training choices (checkpoint selection): held out from the
     # families and disjoint from every evaluation suite.
     "digits-mlp-silu96x2": MLPSpec("digits", (96, 96), "silu", 128),

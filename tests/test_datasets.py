@@ -31,6 +31,17 @@ def test_mnist1d_is_deterministic_and_learnable_signal():
     assert (predicted == ty).mean() > 0.2
 
 
+def test_mnist1d_large_is_twenty_times_the_examples():
+    small, large = datasets.mnist1d(), datasets.load("mnist1d-large")
+    assert large.name == "mnist1d-large"
+    assert large.train_x.shape == (80_000, 40, 1) and large.test_x.shape == (20_000, 40, 1)
+    assert large.train_x.shape[1:] == small.train_x.shape[1:] and large.num_classes == small.num_classes
+    x = np.asarray(large.train_x)
+    assert abs(x.mean()) < 1e-3 and abs(x.std() - 1.0) < 1e-2  # standardised like mnist1d
+    assert np.bincount(np.asarray(large.train_y), minlength=10).min() > 7_000  # every class, about evenly
+    assert datasets.load("mnist1d-large") is large  # generated once per process
+
+
 def test_sampling_bad_split_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown split 'validation'"):
         datasets.load("digits").sample(jax.random.key(0), 4, "validation")

@@ -1,6 +1,6 @@
 """Datasets: embedded (offline) and TensorFlow Datasets, all held on the device.
 
-`load(name)` resolves a dataset name: `digits`, `mnist1d`, `pytext`, or `tfds:<name>` for a
+`load(name)` resolves a dataset name: `digits`, `mnist1d`, `mnist1d-large` (100,000 examples), `pytext`, or `tfds:<name>` for a
 prepared TFDS dataset (its data directory from the `TFDS_DATA_DIR` environment variable or
 tfds's default).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from lopt.tasks.datasets.base import ClassificationData, TextData
-from lopt.tasks.datasets.embedded import digits, mnist1d, pytext
+from lopt.tasks.datasets.embedded import digits, mnist1d, mnist1d_large, pytext
 from lopt.tasks.datasets.tfds_source import tfds_classification, tfds_text
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "TextData",
     "digits",
     "mnist1d",
+    "mnist1d_large",
     "pytext",
     "tfds_classification",
     "tfds_text",
@@ -27,7 +28,7 @@ __all__ = [
     "TFDS_TEXT",
 ]
 
-EMBEDDED_IMAGE = {"digits": digits, "mnist1d": mnist1d}
+EMBEDDED_IMAGE = {"digits": digits, "mnist1d": mnist1d, "mnist1d-large": mnist1d_large}
 EMBEDDED_TEXT = {"pytext": pytext}
 TFDS_TEXT = ("lm1b", "tiny_shakespeare")
 
