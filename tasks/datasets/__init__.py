@@ -1,8 +1,8 @@
 """Datasets: embedded (offline) and TensorFlow Datasets, all held on the device.
 
-`load(name)` resolves a dataset name: `digits`, `mnist1d`, `mnist1d-large` (100,000 examples), `pytext`, or `tfds:<name>` for a
-prepared TFDS dataset (its data directory from the `TFDS_DATA_DIR` environment variable or
-tfds's default).
+`load(name)` resolves a dataset name: `digits`, `mnist1d`, `mnist1d-large` (100,000 examples),
+`pytext`, or `tfds:<name>` for a prepared TFDS dataset (its data directory from the
+`TFDS_DATA_DIR` environment variable or tfds's default).
 """
 
 from __future__ import annotations
