@@ -145,10 +145,9 @@ def test_hd_hyper_schedule_lengthens_the_hyper_step_while_hypergradients_agree()
     constant, hd, hd_cosine = moves("constant"), moves("hd"), moves("hd-cosine")
     np.testing.assert_allclose(constant, 1e-2, rtol=1e-3)  # Adam on a constant gradient: the step size
     # Adam's direction on a constant gradient is sign(g), and the tangent stays parallel to it, so
-    # every round's cosine is c = Σ|g| / (‖g‖·√n) and α_t = α_0·exp(β c t) (β = 0.2,
-    # adam_hd_tangent's), clamped at 10·α_0
+    # every round's cosine is c = Σ|g| / (‖g‖·√n) and α_t = α_0·exp(β c t) (β = 0.2, adam_hd_tangent's)
     g = np.concatenate([np.asarray(x) for x in grads])
     c = np.abs(g).sum() / (np.linalg.norm(g) * np.sqrt(g.size))
-    np.testing.assert_allclose(hd, np.minimum(1e-2 * np.exp(0.2 * c * np.arange(rounds)), 0.1), rtol=1e-4)
-    assert hd[-1] == pytest.approx(10 * constant[-1], rel=1e-3)
+    np.testing.assert_allclose(hd, 1e-2 * np.exp(0.2 * c * np.arange(rounds)), rtol=1e-4)
+    assert hd[-1] > 100 * constant[-1]
     assert hd_cosine[-1] < 1e-3 * hd[-1]
