@@ -121,33 +121,3 @@ def test_the_fixed_phase_holds_the_hyperparameters_and_trains_at_them():
         stn.STNConfig(fixed_fraction=1.0)
     with pytest.raises(stn.HyperError, match="hyper_schedule must be"):
         stn.STNConfig(hyper_schedule="linear")
-
-
-def test_hd_hyper_schedule_lengthens_the_hyper_step_while_hypergradients_agree():
-    """'hd': Adam on (λ, log σ) whose step size is itself adapted by log-space hypergradient
-    descent. Fed the same hypergradient every round, each step agrees with the last, so the step
-    grows past Adam's constant one (ρ += β·cos each round); 'hd-cosine' also
-    decays it to 0 by the last round."""
-    rounds = 50
-    config = dict(hidden=(8,), steps=2 * rounds, hyper_learning_rate=1e-2)
-    hyper = (jnp.zeros(3), jnp.zeros(3))
-    grads = (jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.3, -0.1]))
-
-    def moves(schedule):
-        opt = stn.hyper_optimizer(stn.STNConfig(**config, hyper_schedule=schedule), rounds)
-        state, params, steps = opt.init(hyper), hyper, []
-        for _ in range(rounds):
-            updates, state = opt.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            steps.append(float(jnp.max(jnp.abs(updates[0]))))
-        return np.array(steps)
-
-    constant, hd, hd_cosine = moves("constant"), moves("hd"), moves("hd-cosine")
-    np.testing.assert_allclose(constant, 1e-2, rtol=1e-3)  # Adam on a constant gradient: the step size
-    # Adam's direction on a constant gradient is sign(g), and the tangent stays parallel to it, so
-    # every round's cosine is c = Σ|g| / (‖g‖·√n) and α_t = α_0·exp(β c t) (β = 0.2, adam_hd_tangent's)
-    g = np.concatenate([np.asarray(x) for x in grads])
-    c = np.abs(g).sum() / (np.linalg.norm(g) * np.sqrt(g.size))
-    np.testing.assert_allclose(hd, 1e-2 * np.exp(0.2 * c * np.arange(rounds)), rtol=1e-4)
-    assert hd[-1] > 100 * constant[-1]
-    assert hd_cosine[-1] < 1e-3 * hd[-1]

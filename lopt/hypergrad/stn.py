@@ -34,7 +34,6 @@ import numpy as np
 import optax
 
 from lopt.hypergrad.exact import first_non_finite
-from lopt.hypergrad.online import adam_hd_tangent
 
 HYPERPARAMETERS = ("weight_decay", "dropout", "label_smoothing")
 _DROPOUT_MAX = 0.95
@@ -75,8 +74,7 @@ class STNConfig:
     validation loss. `hyper_schedule`: 'constant', or 'cosine' (the hyper step size decays from
     `hyper_learning_rate` to 0 over the run: long steps early, when λ has far to travel — Adam's
     steps are about the step size, so 2,000 hyper steps at 1e-3 move a hyperparameter at most ~2
-    on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise),
-    or 'hd' / 'hd-cosine' (that step size adapted online per run, see `hyper_optimizer`).
+    on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise).
     `fixed_fraction`: the last part of the weight steps trains at the final λ itself, with no
     perturbation and no hyper steps, so the weights STN ends with fit the hyperparameters it
     reports rather than their neighbourhood (same number of weight steps, fewer hyper steps)."""
@@ -103,10 +101,8 @@ class STNConfig:
             raise HyperError(f"need steps >= train_per_hyper >= 1, got {self.steps} and {self.train_per_hyper}")
         if not 0.0 <= self.fixed_fraction < 1.0:
             raise HyperError(f"fixed_fraction must lie in [0, 1), got {self.fixed_fraction}")
-        if self.hyper_schedule not in HYPER_SCHEDULES:
-            raise HyperError(
-                f"hyper_schedule must be one of {', '.join(map(repr, HYPER_SCHEDULES))}, got {self.hyper_schedule!r}"
-            )
+        if self.hyper_schedule not in ("constant", "cosine"):
+            raise HyperError(f"hyper_schedule must be 'constant' or 'cosine', got {self.hyper_schedule!r}")
         if not (self.sigma > 0 and self.learning_rate > 0 and self.hyper_learning_rate > 0):
             raise HyperError("sigma, learning_rate and hyper_learning_rate must be > 0")
 
@@ -202,25 +198,6 @@ class STNResult(NamedTuple):
     u0: jax.Array
 
 
-HYPER_SCHEDULES = ("constant", "cosine", "hd", "hd-cosine")
-
-
-def hyper_optimizer(config: STNConfig, rounds: int) -> optax.GradientTransformation:
-    """Adam on (λ, log σ) at `hyper_learning_rate`: constant, cosine-decayed over the `rounds`
-    hyper steps, or ('hd', 'hd-cosine') with that step size itself adapted online per run by
-    log-space hypergradient descent along a decaying tangent (`lopt.hypergrad.online.
-    adam_hd_tangent`: ρ += β·cos(g_t, Z_{t−1}), α = α_0·e^ρ; Baydin et al. 2018, stacked as in
-    Chandra et al. 2022), so one α_0 serves problems whose hyperparameters have different
-    distances to travel."""
-    if config.hyper_schedule in ("constant", "cosine"):
-        rate = config.hyper_learning_rate
-        if config.hyper_schedule == "cosine":
-            rate = optax.cosine_decay_schedule(config.hyper_learning_rate, rounds)
-        return optax.adam(rate)
-    base = optax.cosine_decay_schedule(1.0, rounds) if config.hyper_schedule == "hd-cosine" else None
-    return adam_hd_tangent(config.hyper_learning_rate, base_schedule=base)
-
-
 @functools.partial(jax.jit, static_argnames=("config", "num_classes"))
 def _train(config: STNConfig, num_classes: int, train, validation, key):
     """The whole alternation as one compiled program (cached per config and data shapes)."""
@@ -233,7 +210,10 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
     total_rounds = config.steps // config.train_per_hyper
     fixed_rounds = int(round(total_rounds * config.fixed_fraction))
     rounds = total_rounds - fixed_rounds
-    hyper_opt = hyper_optimizer(config, rounds)
+    hyper_rate = config.hyper_learning_rate
+    if config.hyper_schedule == "cosine":
+        hyper_rate = optax.cosine_decay_schedule(config.hyper_learning_rate, rounds)
+    hyper_opt = optax.adam(hyper_rate)
     log_sigma = jnp.full((h,), np.log(config.sigma), jnp.float32)
     state = STNState(layers, opt.init(layers), u0, log_sigma, hyper_opt.init((u0, log_sigma)), jnp.int32(0))
     n_train, n_val = train[0].shape[0], validation[0].shape[0]
