@@ -10,7 +10,8 @@
 #               (checkpoints/generalist) on the held-out `generalisation` suite, each untuned and LR-swept
 #               A recipe resumes where the last call stopped when runs/recipes/NAME is carried back
 #               in (its outer/ checkpoint: theta and the outer optimizer's state; fresh workers)
-#   continue    resume recipe CONTINUE from runs/recipes/$CONTINUE/best (carried back) for TIME_LIMIT
+#   continue    recipe CONTINUE's estimator settings from theta INIT_FROM (default runs/recipes/$CONTINUE/best,
+#               carried back) for TIME_LIMIT; runs/continue/$CONTINUE resumes from its outer/ when carried
 # usage: STAGES=throughput,recipes bash benchmarks/learning_gpu.sh
 set -uo pipefail
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -69,14 +70,16 @@ if [[ $STAGES == *recipes* ]]; then
   done
 fi
 if [[ $STAGES == *continue* ]]; then
+  # theta from INIT_FROM (default: the recipe's best/ carried back; or a shipped checkpoint such as
+  # checkpoints/generalist-metatrained-h100), the recipe's estimator settings, a fresh outer Adam
   name=$CONTINUE
-  mapfile -t extra < <(sets "${RECIPE[$name]}")
-  lopt meta-train $CONFIG --quiet --set "optimizer.init_from='runs/recipes/$name/best'" \
+  est=""; for o in ${RECIPE[$name]}; do [[ $o == estimator.* ]] && est+=" $o"; done
+  mapfile -t extra < <(sets "$est")
+  lopt meta-train $CONFIG --quiet --set "optimizer.init_from='${INIT_FROM:-runs/recipes/$name/best}'" "${extra[@]}" \
     --set estimator.num_workers=${WORKERS_RUN:-256} --set run.time_limit_s=${TIME_LIMIT:-480} \
-    $( [[ ${RECIPE[$name]} == *objective_tail* ]] && echo --set estimator.objective_tail=0.2 ) \
     --set outer.steps=${OUTER_STEPS:-3000} --set run.eval_every=${EVAL_EVERY:-25} \
     --set run.checkpoint_every=${EVAL_EVERY:-25} --set outer.learning_rate=${OUTER_LR:-3e-4} \
-    --set "run.output_dir='runs/continue/$name'" > "$OUT/continue-$name.log" 2>&1
+    --set run.validation_seeds=3 --set "run.output_dir='runs/continue/$name'" > "$OUT/continue-$name.log" 2>&1
 fi
 for pid in "${pids[@]}"; do wait "$pid"; done
 if [[ $STAGES == *heldout* ]]; then

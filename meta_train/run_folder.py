@@ -87,9 +87,18 @@ def config_record(config: MetaTrainConfig) -> dict[str, Any]:
     return record
 
 
+PER_CALL_FIELDS = ("time_limit_s",)  # how long this call may run, not what the run computes
+
+
+def _without_per_call(record: dict[str, Any]) -> dict[str, Any]:
+    run = {k: v for k, v in record.get("run", {}).items() if k not in PER_CALL_FIELDS}
+    return {**record, "run": run}
+
+
 def check_run_config(output: Path, config: MetaTrainConfig) -> None:
     """Record the config in `output/config.json` at a run's start; a later call into the same
-    folder must match it (whatever the newest checkpoint holds)."""
+    folder must match it (whatever the newest checkpoint holds), except in PER_CALL_FIELDS: a run
+    continued across device calls may get a different time limit on each."""
     path = output / "config.json"
     if path.exists():
         try:
@@ -98,7 +107,7 @@ def check_run_config(output: Path, config: MetaTrainConfig) -> None:
             raise ConfigError(
                 f"{path} is not a readable run config ({error}); move it away to start a new run"
             ) from None
-        if saved != config_record(config):
+        if _without_per_call(saved) != _without_per_call(config_record(config)):
             raise ConfigError(
                 f"{output} holds a run with a different config; use another run.output_dir "
                 "or delete the old run to start over"

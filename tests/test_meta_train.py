@@ -281,6 +281,10 @@ def test_resume_refuses_a_different_config(tmp_path):
     changed = dataclasses.replace(tiny_config(tmp_path / "c"), outer=OuterSection(steps=6, learning_rate=5e-3))
     with pytest.raises(ConfigError, match="different config"):
         meta_train(changed, progress=False)
+    # the time limit is the call's, not the run's: a continuation may take another
+    base = tiny_config(tmp_path / "c")
+    longer = dataclasses.replace(base, run=dataclasses.replace(base.run, time_limit_s=3600.0))
+    assert meta_train(longer, progress=False)["resumed"]
 
 
 def test_config_errors_name_the_key(tmp_path):
