@@ -41,6 +41,8 @@ declare -A RECIPE=(
   # episode's first loss), or the meta-loss on held-out batches
   [nominal-out-floor]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='\[2\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.relative_floor=1e-3"
   [nominal-out-test]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='\[2\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.meta_loss_split='test'"
+  # the whole network on held-out batches (next after nominal-out-test)
+  [nominal-net-test]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.meta_loss_split='test'"
   [nominal-net-s03]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.sigma=0.03"
 )
 sets() { for o in $1; do printf -- '--set\n%s\n' "$o"; done; }
