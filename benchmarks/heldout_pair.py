@@ -3,8 +3,8 @@ loss (mean of the last 10% of steps) and final test loss (the last evaluation), 
 and which one wins each. A cheap check of a meta-trained theta against its start before the full
 `lopt eval` comparison with LR sweeps and baselines (which needs a GPU at the suite's sizes).
 
-    python benchmarks/heldout_pair.py checkpoints/generalist-metatrained-h100/start checkpoints/generalist-metatrained-h100 \\
-        --tasks regression-mlp-relu128x2,pytext-transformer-64x3 --steps 2000
+    python benchmarks/heldout_pair.py checkpoints/generalist-metatrained-h100/start \\
+        checkpoints/generalist-metatrained-h100 --tasks regression-mlp-relu128x2,pytext-transformer-64x3 --steps 2000
 
 Task entries may carry a step multiplier (`name*5`, as in eval.suites).
 """
