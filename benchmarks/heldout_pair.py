@@ -22,9 +22,10 @@ from lopt.eval.suites import parse_entry
 from lopt.tasks import build, task_spec, train
 
 
-def final_losses(path: str, task, num_steps: int, keys: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per seed: (mean train loss over the last 10% of steps, test loss at the last evaluation)."""
-    meta, theta = load_meta(path)
+def final_losses(saved: tuple, task, num_steps: int, keys: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, for `saved` = (meta_optimizer, theta): (mean train loss over the last 10% of
+    steps, test loss at the last evaluation)."""
+    meta, theta = saved
     opt = meta.transform(theta, num_steps=num_steps)
     every = max(1, num_steps // 10)
     runs = jax.jit(jax.vmap(lambda k: train(task, opt, k, num_steps=num_steps, eval_every=every)))(keys)
@@ -43,6 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
+    saved = [load_meta(path) for path in (args.a, args.b)]
     print(f"A = {args.a}\nB = {args.b}\n{args.seeds} seeds, untuned, final train loss / test loss (means)")
     print("| task | train A | train B | test A | test B | B wins (train, test) |")
     print("|---|---:|---:|---:|---:|---|")
@@ -52,7 +54,7 @@ def main() -> None:
         name, multiplier = parse_entry(entry)
         task, num_steps = build(task_spec(name)), args.steps * multiplier
         begin = time.perf_counter()
-        (train_a, test_a), (train_b, test_b) = (final_losses(p, task, num_steps, keys) for p in (args.a, args.b))
+        (train_a, test_a), (train_b, test_b) = (final_losses(x, task, num_steps, keys) for x in saved)
         won = np.array([train_b.mean() < train_a.mean(), test_b.mean() < test_a.mean()])
         wins += won
         print(

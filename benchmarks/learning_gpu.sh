@@ -21,29 +21,33 @@ CONFIG=configs/meta_train/generalist-gpu.toml
 lopt() { python3 -c "import sys; from lopt.cli import main; sys.exit(main())" "$@"; }
 
 # name -> overrides (the generalist-gpu config's task groups, augmentation and horizons throughout)
+# the nominal start (Adam's direction plus the network's correction, 8 schedule knots)
+NOMINAL="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8"
+# only the output layer, the knots and the step size trained, final-20% objective, sigma 0.03
+OUTPUT_LAYER="estimator.trainable='\\[2\\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03"
 declare -A RECIPE=(
   [adam-mean]="optimizer.options.schedule_knots=8"
   [adam-tail]="optimizer.options.schedule_knots=8 estimator.objective_tail=0.2"
-  [nominal-tail]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.objective_tail=0.2"
+  [nominal-tail]="$NOMINAL estimator.objective_tail=0.2"
   [celo2]="optimizer.options.init='random' optimizer.options.schedule='constant' optimizer.options.learning_rate=1e-3"
   [schedule-tail]="optimizer.options.schedule_knots=8 estimator.trainable='schedule|log_learning_rate' estimator.objective_tail=0.2"
   [schedule-mean]="optimizer.options.schedule_knots=8 estimator.trainable='schedule|log_learning_rate'"
   # the network alone (step length frozen): is its meta-gradient resolved once the step length's
   # far larger loss differences no longer ride on every perturbation?
   [adam-net]="optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
-  [nominal-net]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2"
-  [nominal-net-tbptt]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
+  [nominal-net]="$NOMINAL estimator.trainable='layers' estimator.objective_tail=0.2"
+  [nominal-net-tbptt]="$NOMINAL estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
   [adam-net-tbptt]="optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.kind='truncated_backprop'"
   # the parts whose PES meta-gradient is resolved at the start (signal): the network's output
   # layer (at sigma 0.03) and the step length, on the nominal start
-  [nominal-out]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='\[2\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03"
+  [nominal-out]="$NOMINAL $OUTPUT_LAYER"
   # the output-layer recipe with memorisation no longer rewarded (losses floored at 1e-3 of the
   # episode's first loss), or the meta-loss on held-out batches
-  [nominal-out-floor]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='\[2\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.relative_floor=1e-3"
-  [nominal-out-test]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='\[2\]|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.meta_loss_split='test'"
+  [nominal-out-floor]="$NOMINAL $OUTPUT_LAYER estimator.relative_floor=1e-3"
+  [nominal-out-test]="$NOMINAL $OUTPUT_LAYER estimator.meta_loss_split='test'"
   # the whole network on held-out batches (next after nominal-out-test)
-  [nominal-net-test]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.meta_loss_split='test'"
-  [nominal-net-s03]="optimizer.options.init='random' optimizer.options.nominal=true optimizer.options.schedule_knots=8 estimator.trainable='layers' estimator.objective_tail=0.2 estimator.sigma=0.03"
+  [nominal-net-test]="$NOMINAL estimator.trainable='layers|schedule|log_learning_rate' estimator.objective_tail=0.2 estimator.sigma=0.03 estimator.meta_loss_split='test'"
+  [nominal-net-s03]="$NOMINAL estimator.trainable='layers' estimator.objective_tail=0.2 estimator.sigma=0.03"
 )
 sets() { for o in $1; do printf -- '--set\n%s\n' "$o"; done; }
 

@@ -52,16 +52,17 @@ def outer_theta(run: Path, step: int | None) -> tuple[int, dict]:
     return step, checkpointer.restore(path, abstract)["theta"]
 
 
-def splice(start: dict, trained: dict, pattern: str) -> dict:
-    """`start` with the leaves whose path (`jax.tree_util.keystr`) matches `pattern` taken from `trained`."""
+def leaves_by_path(tree: dict) -> dict[str, jax.Array]:
+    """theta's leaves by their path (`jax.tree_util.keystr`), the names `--part` patterns match."""
+    return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def splice(start: dict, trained: dict[str, jax.Array], pattern: str) -> dict:
+    """`start` with the leaves whose path matches `pattern` taken from `trained` (`leaves_by_path`)."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(start)
-    by_path = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(trained)[0]}
+    paths = [jax.tree_util.keystr(p) for p, _ in leaves]
     return jax.tree_util.tree_unflatten(
-        treedef,
-        [
-            jnp.asarray(by_path[jax.tree_util.keystr(p)] if re.search(pattern, jax.tree_util.keystr(p)) else v)
-            for p, v in leaves
-        ],
+        treedef, [jnp.asarray(trained[k] if re.search(pattern, k) else v) for k, (_, v) in zip(paths, leaves)]
     )
 
 
@@ -90,10 +91,9 @@ def main() -> None:
     )
     meta, start = load_meta(args.start)
     step, trained = outer_theta(args.run, args.step)
-    trained_leaves = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(trained)[0]}
-    for path, value in jax.tree_util.tree_flatten_with_path(start)[0]:
-        key = jax.tree_util.keystr(path)
-        moved = float(np.max(np.abs(np.asarray(trained_leaves[key]) - np.asarray(value)), initial=0.0))
+    trained = leaves_by_path(trained)
+    for key, value in leaves_by_path(start).items():
+        moved = float(np.max(np.abs(np.asarray(trained[key]) - np.asarray(value)), initial=0.0))
         print(f"{key} {tuple(np.shape(value))}: max |trained - start| = {moved:.4g}")
     print(f"theta of {args.run} at outer step {step} against {args.start}; {args.seeds} seeds x {args.steps} steps")
     print("| theta | " + " | ".join(tasks) + " | mean | seed spread |")

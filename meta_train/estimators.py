@@ -104,7 +104,7 @@ class Estimator:
     off). Under 'log_loss' a memorised task's loss keeps falling by orders of magnitude (a
     classifier's train loss from 1e-3 to 1e-7), so its log differences swamp the tasks that still
     have something to learn and the meta-gradient buys memorisation (measured: docs/
-    meta_training_that_learns.md §7). Relative, so it is blind to loss rescaling. trainable: a
+    meta_training_that_learns.md §6). Relative, so it is blind to loss rescaling. trainable: a
     regular expression over theta's paths (`jax.tree_util.keystr`, e.g.
     "schedule|log_learning_rate"); only matching leaves are perturbed and get a gradient, the rest
     stay at their values (empty: all of theta). Perturbing a part whose meta-gradient is not
