@@ -29,9 +29,12 @@ class EvalOutcome:
     seconds: float
 
 
-def resolve_candidates(config: EvalConfig) -> list[Candidate]:
+def resolve_candidates(config: EvalConfig, num_steps: int | None = None) -> list[Candidate]:
     """The baselines named in the config (`["all"]` for every registry entry; `name@lr` for one
-    at a fixed, untuned learning rate)."""
+    at a fixed, untuned learning rate) and the learned optimizers, each told the run length
+    `num_steps` (default `config.num_steps`; a `name*k` entry runs k times longer, and a schedule
+    told the suite's length would end at its first fifth)."""
+    num_steps = config.num_steps if num_steps is None else num_steps
     names = lopt.baselines.names() if tuple(config.optimizers) == ("all",) else config.optimizers
     candidates = []
     for name in names:
@@ -45,16 +48,16 @@ def resolve_candidates(config: EvalConfig) -> list[Candidate]:
                     raise ValueError(f"{name!r}: the text after '@' must be a learning rate") from None
                 if not (0.0 < learning_rate < float("inf")):
                     raise ValueError(f"{name!r}: the learning rate after '@' must be a finite positive number")
-                candidates.append(fixed_lr_candidate(entry, learning_rate, config.num_steps))
+                candidates.append(fixed_lr_candidate(entry, learning_rate, num_steps))
             else:
-                candidates.append(baseline_candidate(entry, config.num_steps))
+                candidates.append(baseline_candidate(entry, num_steps))
         except ValueError as error:
             raise ConfigError(f"optimizers: {error}") from None
     if "adam" not in names:
-        candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam"), config.num_steps))  # the reference
+        candidates.insert(0, baseline_candidate(lopt.baselines.spec("adam"), num_steps))  # the reference
     for path in config.learned:
         try:
-            candidates.extend(learned_candidates(path, config.num_steps))
+            candidates.extend(learned_candidates(path, num_steps))
         except CheckpointError as error:
             raise ConfigError(f"learned: {error}") from None
     return candidates
@@ -75,12 +78,15 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     """Run the evaluation described by `config` (plus `extra` candidates) and write its outputs."""
     start = time.perf_counter()
     task_names = resolve_tasks(config)
-    candidates = resolve_candidates(config) + list(extra or [])
+    # candidates per run length: methods that schedule over the run and learned optimizers that
+    # read training progress are told the length of the run they are in
+    lengths = sorted({config.num_steps * parse_entry(t)[1] for t in task_names})
+    by_length = {n: resolve_candidates(config, n) + list(extra or []) for n in lengths}
     output = jobdir.claim(config.output_dir, "eval", key="output_dir")
     cache_dir = output / "cache" if config.cache else None
 
     sweeps = []
-    jobs = [(t, c) for t in task_names for c in candidates]
+    jobs = [(t, c) for t in task_names for c in by_length[config.num_steps * parse_entry(t)[1]]]
     bar = tqdm(jobs, desc="lopt eval", unit="sweep", disable=not progress, dynamic_ncols=True)
     for task_name, candidate in bar:
         bar.set_postfix_str(f"{task_name} / {candidate.name}")
@@ -112,7 +118,7 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     tests = report.test_loss_table(cells)
     if tests:
         table += "\n\n#### Test loss\n\n" + tests
-    for candidate in candidates:
+    for candidate in by_length[lengths[0]]:  # the same names at every run length
         if candidate.learned:
             table += "\n\n#### Head to head\n\n" + report.head_to_head(cells, candidate.name)
     costs_text = report.cost_table(cells)

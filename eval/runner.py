@@ -50,17 +50,19 @@ def baseline_candidate(baseline: Baseline, num_steps: int | None = None) -> Cand
     """Wrap a registry entry: its LR grid is swept and the best LR per task is reported.
 
     Methods that schedule over the run (`baseline.run_length_argument`, e.g. Ranger21's
-    warm-down) are told `num_steps`."""
+    warm-down) are told `num_steps`, and it is part of their fingerprint."""
+    told = baseline.run_length_argument is not None and num_steps is not None
     fingerprint = json.dumps(
         {
             "name": baseline.name,
             "defaults": {k: repr(v) for k, v in baseline.defaults.items()},
+            **({"run_length": num_steps} if told else {}),
             **({"batch_growth": list(baseline.batch_growth)} if baseline.batch_growth else {}),
         },
         sort_keys=True,
     )
     make = baseline.make
-    if baseline.run_length_argument is not None and num_steps is not None:
+    if told:
         make = functools.partial(baseline.make, **{baseline.run_length_argument: num_steps})
     return Candidate(
         name=baseline.name,
@@ -93,6 +95,7 @@ def learned_candidates(path: str, num_steps: int, name: str | None = None) -> li
             "kind": manifest["kind"],
             "config": manifest.get("config"),
             "arrays": [a["sha256"] for a in manifest["arrays"]],
+            "run_length": num_steps,
         },
         sort_keys=True,
         default=str,

@@ -186,3 +186,31 @@ def test_cost_measurement_gives_optimizers_the_training_steps_extra_args():
     measure("digits-mlp-relu32", opt, steps=1, repeats=1)
     expected = sorted(extra_args(None, None, jnp.zeros(())))
     assert seen and seen[0] == expected and "sampled_obj_fn" in expected
+
+
+def test_a_longer_entry_tells_scheduled_methods_its_own_run_length(tmp_path):
+    """`name*3` runs 3x the suite's steps; a cosine schedule told the suite's length would reach 0
+    at step 20 and leave the parameters frozen for the remaining 40 steps."""
+    from lopt.eval.runner import baseline_candidate
+
+    config = EvalConfig(
+        tasks=("quadratic-10-cond100*3",),
+        optimizers=("adamw_cosine",),
+        num_steps=20,
+        eval_every=10,
+        seeds=1,
+        measure_cost=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    outcome = run_eval(config, progress=False)
+    (sweep,) = [s for s in outcome.sweeps if s.optimizer == "adamw_cosine"]
+    curve = sweep.train_loss[int(np.argmin(sweep.train_loss[:, 0, -1])), 0]
+    assert curve.shape == (60,)
+    assert curve[-1] < curve[25] < curve[21]  # still training after step 20
+    # the run length is part of the cache key of a method that schedules over it
+    import lopt
+
+    spec = lopt.baselines.spec("adamw_cosine")
+    assert baseline_candidate(spec, 20).fingerprint != baseline_candidate(spec, 60).fingerprint
+    adam = lopt.baselines.spec("adam")
+    assert baseline_candidate(adam, 20).fingerprint == baseline_candidate(adam, 60).fingerprint
