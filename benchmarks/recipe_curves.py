@@ -23,13 +23,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def validation_rows(log: Path) -> list[dict]:
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "validation_score" in r]
-
-
 def rows_of(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def validation_rows(log: Path) -> list[dict]:
+    return [r for r in rows_of(log) if "validation_score" in r]
 
 
 def chained(logs: list[Path], offsets: list[int]) -> tuple[list[dict], list[dict]]:
@@ -58,19 +57,17 @@ def main() -> None:
     parser.add_argument("--label", default="run", help="with --chain: the run's legend label")
     args = parser.parse_args()
 
-    losses = []
+    runs, losses = {}, []
     if args.chain:
         offsets = [int(v) for v in args.offsets.split(",")] if args.offsets else [0] * len(args.logs)
-        rows, losses = chained(args.logs, offsets)
-        args.logs = []
-
-    runs = {args.label: rows} if args.chain else {}
-    for log in args.logs:
-        label = log.parent.name if log.name == "metrics.jsonl" else log.stem
-        rows = validation_rows(log)
-        if not rows:
-            raise SystemExit(f"{log}: no validation rows (was run.eval_every 0?)")
-        runs[label] = rows
+        runs[args.label], losses = chained(args.logs, offsets)
+    else:
+        for log in args.logs:
+            label = log.parent.name if log.name == "metrics.jsonl" else log.stem
+            rows = validation_rows(log)
+            if not rows:
+                raise SystemExit(f"{log}: no validation rows (was run.eval_every 0?)")
+            runs[label] = rows
     tasks = sorted({k for rows in runs.values() for r in rows for k in r if k.startswith("validation/")})
     columns = 1 + len(tasks) + bool(losses)
     figure, axes = plt.subplots(1, columns, figsize=(3.4 * columns, 3.2), squeeze=False)

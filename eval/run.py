@@ -80,22 +80,23 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     task_names = resolve_tasks(config)
     # candidates per run length: methods that schedule over the run and learned optimizers that
     # read training progress are told the length of the run they are in
-    lengths = sorted({config.num_steps * parse_entry(t)[1] for t in task_names})
+    run_length = {t: config.num_steps * parse_entry(t)[1] for t in task_names}
+    lengths = sorted(set(run_length.values()))
     by_length = {n: resolve_candidates(config, n) + list(extra or []) for n in lengths}
     output = jobdir.claim(config.output_dir, "eval", key="output_dir")
     cache_dir = output / "cache" if config.cache else None
 
     sweeps = []
-    jobs = [(t, c) for t in task_names for c in by_length[config.num_steps * parse_entry(t)[1]]]
+    jobs = [(t, c) for t in task_names for c in by_length[run_length[t]]]
     bar = tqdm(jobs, desc="lopt eval", unit="sweep", disable=not progress, dynamic_ncols=True)
     for task_name, candidate in bar:
         bar.set_postfix_str(f"{task_name} / {candidate.name}")
-        multiplier = parse_entry(task_name)[1]
+        multiplier = run_length[task_name] // config.num_steps
         sweeps.append(
             sweep(
                 task_name,
                 candidate,
-                num_steps=config.num_steps * multiplier,
+                num_steps=run_length[task_name],
                 eval_every=config.eval_every * multiplier,
                 num_seeds=config.seeds,
                 seed=config.seed,
