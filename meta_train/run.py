@@ -34,6 +34,7 @@ def _open(config: MetaTrainConfig, lead: bool) -> tuple[MetaTrainer, tuple[Any, 
     if lead:
         jobdir.claim(output, "meta-train")
         run_folder.check_run_config(output, config)
+        run_folder.check_best(output)
     else:
         output.mkdir(parents=True, exist_ok=True)
     manager = run_folder.checkpoint_manager(output / "checkpoints", config)

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import lopt
-from lopt.checkpoint import CheckpointError, quiet_failed_reads
+from lopt.checkpoint import CheckpointError, is_lopt_checkpoint, quiet_failed_reads
 from lopt.config import ConfigError, describe_error
 from lopt.meta_train.config import MetaTrainConfig
 
@@ -175,6 +175,20 @@ def validation_summary(log_path: Path) -> dict[str, dict[str, float]]:
         return {}
     pick = lambda r: {"score": r["validation_score"], "spread": r.get("validation_seed_spread", 0.0), "step": r["step"]}
     return {"validation_start": pick(rows[0]), "validation_best": pick(min(rows, key=lambda r: r["validation_score"]))}
+
+
+def check_best(output: Path) -> None:
+    """Refuse, before any compute, a run folder whose `best/` lopt may not replace: the run would
+    otherwise stop at its first better validation score (`lopt.save` replaces only a checkpoint
+    exactly as it wrote it). An archive of a run unpacked over an older copy of the same folder
+    leaves the older save's array files beside the newer ones, and makes such a `best/`."""
+    best = output / "best"
+    if best.exists() and not is_lopt_checkpoint(best):
+        raise ConfigError(
+            f"run.output_dir: {best} is not a checkpoint exactly as lopt wrote it (files other than "
+            "its manifest lists: was a copy unpacked over an older one?), so a better theta could not "
+            "replace it; move it away, or unpack the run into an empty folder"
+        )
 
 
 def best_score(output: Path) -> float | None:
