@@ -73,13 +73,23 @@ def main() -> None:
         "--grid-from", type=Path, help="reuse the grid's numbers from this earlier JSON (same steps and seeds)"
     )
     parser.add_argument("--sigma", type=float, default=0.5)
+    parser.add_argument(
+        "--start",
+        help="starting values, e.g. 'weight_decay=1e-4,dropout=0.3,label_smoothing=0.1' (default: STNConfig's)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="digits,mnist1d", help="which problems (comma-separated names)")
     parser.add_argument("--stem", default="stn_hpo", help="output file name stem")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    starting = {}
+    if args.start:
+        for item in args.start.split(","):
+            name, _, value = item.partition("=")
+            starting[name.strip()] = float(value)
     config = stn.STNConfig(
+        **({"start": tuple(starting.items())} if starting else {}),
         steps=args.steps,
         train_per_hyper=args.train_per_hyper,
         hyper_learning_rate=args.hyper_lr,
