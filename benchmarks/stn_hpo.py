@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--train-per-hyper", type=int, default=2)
     parser.add_argument("--hyper-lr", type=float, default=1e-3)
-    parser.add_argument("--hyper-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--hyper-schedule", choices=("constant", "cosine", "warmup"), default="constant")
     parser.add_argument("--fixed-fraction", type=float, default=0.0, help="last part of the run at the final λ")
     parser.add_argument(
         "--grid-from", type=Path, help="reuse the grid's numbers from this earlier JSON (same steps and seeds)"

@@ -121,3 +121,18 @@ def test_the_fixed_phase_holds_the_hyperparameters_and_trains_at_them():
         stn.STNConfig(fixed_fraction=1.0)
     with pytest.raises(stn.HyperError, match="hyper_schedule must be"):
         stn.STNConfig(hyper_schedule="linear")
+
+
+def test_the_warmup_hyper_schedule_starts_still_and_then_moves():
+    """hyper_schedule='warmup': the hyper step size rises from 0 over the first half of the hyper
+    steps, so the first hyper step leaves λ where it started, the early steps move it less than a
+    constant schedule does, and it still moves."""
+    x, y = _random_labels(0)
+    base = dict(hidden=(16,), steps=80, batch_size=16, hyper_learning_rate=3e-2)
+    warm = stn.run(stn.STNConfig(**base, hyper_schedule="warmup"), (x, y), _random_labels(1), 4, jax.random.key(0))
+    flat = stn.run(stn.STNConfig(**base), (x, y), _random_labels(1), 4, jax.random.key(0))
+    for name, start in stn.STNConfig().start:
+        values, constant = np.asarray(warm.trajectory[name]), np.asarray(flat.trajectory[name])
+        np.testing.assert_allclose(values[0], start, rtol=1e-6)
+        assert abs(values[5] - start) < abs(constant[5] - start)
+        assert abs(values[-1] - start) > 1e-3 * start

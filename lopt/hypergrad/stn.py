@@ -36,6 +36,7 @@ import optax
 from lopt.hypergrad.exact import first_non_finite
 
 HYPERPARAMETERS = ("weight_decay", "dropout", "label_smoothing")
+HYPER_SCHEDULES = ("constant", "cosine", "warmup")
 _DROPOUT_MAX = 0.95
 
 
@@ -74,7 +75,10 @@ class STNConfig:
     validation loss. `hyper_schedule`: 'constant', or 'cosine' (the hyper step size decays from
     `hyper_learning_rate` to 0 over the run: long steps early, when λ has far to travel — Adam's
     steps are about the step size, so 2,000 hyper steps at 1e-3 move a hyperparameter at most ~2
-    on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise).
+    on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise), or
+    'warmup' (the hyper step size rises linearly from 0 over the first half of the hyper steps, then
+    stays at `hyper_learning_rate`: early on every regulariser only slows the fit the validation
+    loss rewards, and its benefit shows once the network starts to overfit).
     `fixed_fraction`: the last part of the weight steps trains at the final λ itself, with no
     perturbation and no hyper steps, so the weights STN ends with fit the hyperparameters it
     reports rather than their neighbourhood (same number of weight steps, fewer hyper steps)."""
@@ -101,8 +105,8 @@ class STNConfig:
             raise HyperError(f"need steps >= train_per_hyper >= 1, got {self.steps} and {self.train_per_hyper}")
         if not 0.0 <= self.fixed_fraction < 1.0:
             raise HyperError(f"fixed_fraction must lie in [0, 1), got {self.fixed_fraction}")
-        if self.hyper_schedule not in ("constant", "cosine"):
-            raise HyperError(f"hyper_schedule must be 'constant' or 'cosine', got {self.hyper_schedule!r}")
+        if self.hyper_schedule not in HYPER_SCHEDULES:
+            raise HyperError(f"hyper_schedule must be one of {', '.join(HYPER_SCHEDULES)}, got {self.hyper_schedule!r}")
         if not (self.sigma > 0 and self.learning_rate > 0 and self.hyper_learning_rate > 0):
             raise HyperError("sigma, learning_rate and hyper_learning_rate must be > 0")
 
@@ -213,6 +217,8 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
     hyper_rate = config.hyper_learning_rate
     if config.hyper_schedule == "cosine":
         hyper_rate = optax.cosine_decay_schedule(config.hyper_learning_rate, rounds)
+    elif config.hyper_schedule == "warmup":
+        hyper_rate = optax.linear_schedule(0.0, config.hyper_learning_rate, max(rounds // 2, 1))
     hyper_opt = optax.adam(hyper_rate)
     log_sigma = jnp.full((h,), np.log(config.sigma), jnp.float32)
     state = STNState(layers, opt.init(layers), u0, log_sigma, hyper_opt.init((u0, log_sigma)), jnp.int32(0))
