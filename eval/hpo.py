@@ -47,6 +47,8 @@ class HPOConfig:
     start_*: starting hyperparameters (stn tunes all three; ift starts every per-weight decay at
       start_weight_decay).
     hyper_learning_rate: Adam's step on the (unconstrained) hyperparameters.
+    hyper_schedule (stn): 'constant', 'cosine' or 'warmup' (`lopt.hypergrad.stn.STNConfig`).
+    fixed_fraction (stn): the last part of the run at the final hyperparameters, no hyper steps.
     train_per_hyper (stn): weight steps per hyper step. hyper_every (ift): weight steps between
       hyper steps; neumann_terms: terms of the truncated Neumann series (the paper's Algorithm 3).
     augment (ift): also tune a data-augmentation network (`lopt.hypergrad.augment`).
@@ -62,6 +64,8 @@ class HPOConfig:
     start_dropout: float = 0.1
     start_label_smoothing: float = 0.05
     hyper_learning_rate: float = 1e-3
+    hyper_schedule: str = "constant"
+    fixed_fraction: float = 0.0
     train_per_hyper: int = 2
     hyper_every: int = 25
     neumann_terms: int = 20
@@ -106,6 +110,8 @@ class HPOConfig:
             ),
             steps=self.steps,
             hyper_learning_rate=self.hyper_learning_rate,
+            hyper_schedule=self.hyper_schedule,
+            fixed_fraction=self.fixed_fraction,
             train_per_hyper=self.train_per_hyper,
         )
 
