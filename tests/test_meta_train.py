@@ -615,16 +615,22 @@ def test_window_batches_are_the_steps_own_batches_drawn_at_once_or_in_the_step(m
 def test_a_best_folder_lopt_may_not_replace_is_refused_before_any_compute(tmp_path):
     """A run archive unpacked over an older copy leaves the older save's array files in best/:
     the resumed run used to train, score a better theta and then stop, unable to replace best/.
-    It must refuse at the start, in one line, and leave best/ as it was."""
-    base = tiny_config(tmp_path / "r")
-    config = dataclasses.replace(base, run=dataclasses.replace(base.run, eval_every=3))
-    meta_train(config, progress=False, stop_after=3)
-    stale = tmp_path / "r" / "best" / "theta" / "d" / "0123456789abcdef"
+    It must refuse at the start, in one line, and leave best/ as it was; once best/ is as lopt
+    wrote it again, the run resumes."""
+    import shutil
+
+    finished = meta_train(tiny_config(tmp_path / "done"), progress=False)
+    meta_train(tiny_config(tmp_path / "r"), progress=False, stop_after=3)
+    best = tmp_path / "r" / "best"
+    shutil.copytree(finished["optimizer"], best)  # a checkpoint exactly as lopt wrote it
+    stale = best / "theta" / "d" / "0123456789abcdef"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"an older save's array file")
-    before = sorted(str(p) for p in (tmp_path / "r" / "best").rglob("*"))
+    before = sorted(str(p) for p in best.rglob("*"))
     with pytest.raises(ConfigError, match=r"best is not a checkpoint exactly as lopt wrote it"):
-        meta_train(config, progress=False)
-    assert sorted(str(p) for p in (tmp_path / "r" / "best").rglob("*")) == before
+        meta_train(tiny_config(tmp_path / "r"), progress=False)
+    assert sorted(str(p) for p in best.rglob("*")) == before
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 3
+    stale.unlink()
+    assert meta_train(tiny_config(tmp_path / "r"), progress=False)["steps"] == 6
