@@ -62,12 +62,21 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def start_values(text: str) -> tuple[tuple[str, float], ...]:
+    """'name=value,...' as `STNConfig.start`; a malformed item raises ValueError, which argparse
+    reports in one line."""
+    items = [item.partition("=") for item in text.split(",")]
+    if not all(sep for _, sep, _ in items):
+        raise ValueError(text)
+    return tuple((name.strip(), float(value)) for name, _, value in items)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--train-per-hyper", type=int, default=2)
     parser.add_argument("--hyper-lr", type=float, default=1e-3)
-    parser.add_argument("--hyper-schedule", choices=("constant", "cosine", "warmup"), default="constant")
+    parser.add_argument("--hyper-schedule", choices=stn.HYPER_SCHEDULES, default="constant")
     parser.add_argument("--fixed-fraction", type=float, default=0.0, help="last part of the run at the final λ")
     parser.add_argument(
         "--grid-from", type=Path, help="reuse the grid's numbers from this earlier JSON (same steps and seeds)"
@@ -75,6 +84,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument(
         "--start",
+        type=start_values,
         help="starting values, e.g. 'weight_decay=1e-4,dropout=0.3,label_smoothing=0.1' (default: STNConfig's)",
     )
     parser.add_argument("--seeds", type=int, default=3)
@@ -83,13 +93,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    starting = {}
-    if args.start:
-        for item in args.start.split(","):
-            name, _, value = item.partition("=")
-            starting[name.strip()] = float(value)
     config = stn.STNConfig(
-        **({"start": tuple(starting.items())} if starting else {}),
+        **({"start": args.start} if args.start else {}),
         steps=args.steps,
         train_per_hyper=args.train_per_hyper,
         hyper_learning_rate=args.hyper_lr,

@@ -80,7 +80,8 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     task_names = resolve_tasks(config)
     # candidates per run length: methods that schedule over the run and learned optimizers that
     # read training progress are told the length of the run they are in
-    run_length = {t: config.num_steps * parse_entry(t)[1] for t in task_names}
+    multiplier = {t: parse_entry(t)[1] for t in task_names}
+    run_length = {t: config.num_steps * k for t, k in multiplier.items()}
     lengths = sorted(set(run_length.values()))
     by_length = {n: resolve_candidates(config, n) + list(extra or []) for n in lengths}
     output = jobdir.claim(config.output_dir, "eval", key="output_dir")
@@ -91,13 +92,12 @@ def run_eval(config: EvalConfig, *, extra: list[Candidate] | None = None, progre
     bar = tqdm(jobs, desc="lopt eval", unit="sweep", disable=not progress, dynamic_ncols=True)
     for task_name, candidate in bar:
         bar.set_postfix_str(f"{task_name} / {candidate.name}")
-        multiplier = run_length[task_name] // config.num_steps
         sweeps.append(
             sweep(
                 task_name,
                 candidate,
                 num_steps=run_length[task_name],
-                eval_every=config.eval_every * multiplier,
+                eval_every=config.eval_every * multiplier[task_name],
                 num_seeds=config.seeds,
                 seed=config.seed,
                 cache_dir=cache_dir,

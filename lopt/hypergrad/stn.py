@@ -36,7 +36,13 @@ import optax
 from lopt.hypergrad.exact import first_non_finite
 
 HYPERPARAMETERS = ("weight_decay", "dropout", "label_smoothing")
-HYPER_SCHEDULES = ("constant", "cosine", "warmup")
+# the hyper step size over the `rounds` hyper steps, by `STNConfig.hyper_schedule` (its docstring says why)
+_HYPER_RATES = {
+    "constant": lambda rate, rounds: rate,
+    "cosine": lambda rate, rounds: optax.cosine_decay_schedule(rate, rounds),
+    "warmup": lambda rate, rounds: optax.linear_schedule(0.0, rate, max(rounds // 2, 1)),
+}
+HYPER_SCHEDULES = tuple(_HYPER_RATES)
 _DROPOUT_MAX = 0.95
 
 
@@ -214,12 +220,7 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
     total_rounds = config.steps // config.train_per_hyper
     fixed_rounds = int(round(total_rounds * config.fixed_fraction))
     rounds = total_rounds - fixed_rounds
-    hyper_rate = config.hyper_learning_rate
-    if config.hyper_schedule == "cosine":
-        hyper_rate = optax.cosine_decay_schedule(config.hyper_learning_rate, rounds)
-    elif config.hyper_schedule == "warmup":
-        hyper_rate = optax.linear_schedule(0.0, config.hyper_learning_rate, max(rounds // 2, 1))
-    hyper_opt = optax.adam(hyper_rate)
+    hyper_opt = optax.adam(_HYPER_RATES[config.hyper_schedule](config.hyper_learning_rate, rounds))
     log_sigma = jnp.full((h,), np.log(config.sigma), jnp.float32)
     state = STNState(layers, opt.init(layers), u0, log_sigma, hyper_opt.init((u0, log_sigma)), jnp.int32(0))
     n_train, n_val = train[0].shape[0], validation[0].shape[0]
