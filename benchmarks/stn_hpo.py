@@ -12,7 +12,12 @@ test split).
 - STN: one run of the same length (`--steps` weight steps, one hyper step every
   `--train-per-hyper`), started from weight decay 1e-4, dropout 0.1, label smoothing 0.05 (the
   middle of nothing: none is a grid point). Scored by its own weights at its final
-  hyperparameters, as in the paper, and by a plain MLP retrained at them (one more run).
+  hyperparameters, and by a plain MLP retrained at them (one more run).
+- `--checkpoint-every N`: every run, grid point or STN, is scored on the validation set every N
+  weight steps and reports its best checkpoint instead of its last weights (for an STN, the
+  weights and λ of that checkpoint). That is how the authors' code reports an STN: it reloads its
+  best-validation checkpoint before the final evaluation (asteroidhouse/self-tuning-networks,
+  cnn/hypertrain.py), and grid points get the same early stopping.
 
 Compute: STN's wall time against one grid run's, both jitted and timed after compilation in this
 process, and the ratio of matmul FLOPs per weight step (the hyper weights double each layer's
@@ -81,6 +86,13 @@ def main() -> None:
     parser.add_argument(
         "--grid-from", type=Path, help="reuse the grid's numbers from this earlier JSON (same steps and seeds)"
     )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="score the validation set every so many weight steps and keep the best checkpoint, for STN and "
+        "every grid point alike (the authors' code reports its best-validation checkpoint); 0: the last weights",
+    )
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument(
         "--start",
@@ -101,13 +113,26 @@ def main() -> None:
         sigma=args.sigma,
         hyper_schedule=args.hyper_schedule,
         fixed_fraction=args.fixed_fraction,
+        checkpoint_every=args.checkpoint_every,
     )
     earlier = {r["problem"]: r for r in json.loads(args.grid_from.read_text())} if args.grid_from else {}
+    for rec in earlier.values():
+        if rec.get("checkpoint_every", 0) != args.checkpoint_every:
+            parser.error(
+                f"--grid-from {args.grid_from}: its grid ran with checkpoint_every={rec.get('checkpoint_every', 0)}, "
+                f"not {args.checkpoint_every}"
+            )
     points = list(itertools.product(*GRID.values()))
     lines = [
         f"STN against a {len(points)}-point grid ({args.steps} Adam steps, batch 64, ReLU MLP {config.hidden}; "
         f"{args.seeds} seeds; hyper step {args.hyper_lr:g}, {args.hyper_schedule}, last {args.fixed_fraction:g} of "
-        "the run at the final λ; cross-entropy, lower is better)",
+        "the run at the final λ; "
+        + (
+            f"every run's best-validation checkpoint of those every {args.checkpoint_every} steps; "
+            if args.checkpoint_every
+            else ""
+        )
+        + "cross-entropy, lower is better)",
         "",
         "| problem | best grid point (wd, dropout, ls) | grid val / test | STN final (wd, dropout, ls) | "
         "STN val / test | STN vs grid (val) | retrained at STN's values val / test | STN time ÷ one run |",
@@ -122,13 +147,21 @@ def main() -> None:
         grid_val = np.zeros((args.seeds, len(points)))
         grid_test = np.zeros_like(grid_val)
         stn_rows, retrained, ratios, trajectories = [], [], [], []
+        early = {"validation": val, "checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
         for seed in range(args.seeds):
             key = jax.random.key(seed)
             hp = {n: jnp.array([p[i] for p in points], jnp.float32) for i, n in enumerate(GRID)}
             many = jax.jit(
                 jax.vmap(
                     lambda h, k=key: stn.train_fixed(
-                        h, train, classes, k, hidden=config.hidden, steps=args.steps, batch_size=config.batch_size
+                        h,
+                        train,
+                        classes,
+                        k,
+                        hidden=config.hidden,
+                        steps=args.steps,
+                        batch_size=config.batch_size,
+                        **early,
                     )
                 )
             )
@@ -141,7 +174,7 @@ def main() -> None:
                 grid_test[seed] = jax.vmap(lambda lay: stn.validation_loss(lay, *test))(layers)
             one = jax.jit(
                 lambda h, k=key: stn.train_fixed(
-                    h, train, classes, k, hidden=config.hidden, steps=args.steps, batch_size=config.batch_size
+                    h, train, classes, k, hidden=config.hidden, steps=args.steps, batch_size=config.batch_size, **early
                 )
             )
             _, t_one = timed(one, {n: jnp.float32(points[0][i]) for i, n in enumerate(GRID)})
@@ -178,6 +211,7 @@ def main() -> None:
         records.append(
             {
                 "problem": name,
+                "checkpoint_every": args.checkpoint_every,
                 "grid": [
                     dict(zip(GRID, p)) | {"val": float(v), "test": float(t)}
                     for p, v, t in zip(points, mean_val, grid_test.mean(0))

@@ -49,6 +49,9 @@ class HPOConfig:
     hyper_learning_rate: Adam's step on the (unconstrained) hyperparameters.
     hyper_schedule (stn): 'constant', 'cosine' or 'warmup' (`lopt.hypergrad.stn.STNConfig`).
     fixed_fraction (stn): the last part of the run at the final hyperparameters, no hyper steps.
+    checkpoint_every (stn): score the validation set every so many weight steps and report the best
+      checkpoint's weights and hyperparameters (0: the last); the start's baseline run is
+      early-stopped alike.
     train_per_hyper (stn): weight steps per hyper step. hyper_every (ift): weight steps between
       hyper steps; neumann_terms: terms of the truncated Neumann series (the paper's Algorithm 3).
     augment (ift): also tune a data-augmentation network (`lopt.hypergrad.augment`).
@@ -66,6 +69,7 @@ class HPOConfig:
     hyper_learning_rate: float = 1e-3
     hyper_schedule: str = "constant"
     fixed_fraction: float = 0.0
+    checkpoint_every: int = 0
     train_per_hyper: int = 2
     hyper_every: int = 25
     neumann_terms: int = 20
@@ -112,6 +116,7 @@ class HPOConfig:
             hyper_learning_rate=self.hyper_learning_rate,
             hyper_schedule=self.hyper_schedule,
             fixed_fraction=self.fixed_fraction,
+            checkpoint_every=self.checkpoint_every,
             train_per_hyper=self.train_per_hyper,
         )
 
@@ -141,7 +146,8 @@ def _stn(config: HPOConfig, train, val, test) -> dict[str, Any]:
     key = jax.random.key(config.seed)
     result = stn.run(settings, train, val, 10, key)
     start = dict(settings.start)
-    baseline = stn.train_fixed(start, train, 10, key, hidden=config.hidden, steps=config.steps)
+    early = {"validation": val, "checkpoint_every": config.checkpoint_every} if config.checkpoint_every else {}
+    baseline = stn.train_fixed(start, train, 10, key, hidden=config.hidden, steps=config.steps, **early)
     return {
         "start": start,
         "final": result.hyperparameters,

@@ -148,6 +148,7 @@ HPO = [
     "hyper_learning_rate=-1",
     'hyper_schedule="linear"',
     "fixed_fraction=1.0",
+    "checkpoint_every=99999",
     "train_examples=1400",
     "augment=true",
     "colour=3",

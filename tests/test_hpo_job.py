@@ -16,6 +16,7 @@ from lopt.cli import main
     [
         ("configs/hpo/stn-digits.toml", ["steps=40", "hidden=[16]"]),
         ("configs/hpo/stn-digits.toml", ["steps=40", "hidden=[16]", "hyper_schedule='warmup'", "fixed_fraction=0.1"]),
+        ("configs/hpo/stn-digits.toml", ["steps=40", "hidden=[16]", "checkpoint_every=10"]),
         ("configs/hpo/ift-mnist1d.toml", ["steps=50", "hidden=[16]", "hyper_every=10", "neumann_terms=3"]),
     ],
 )

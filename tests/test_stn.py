@@ -2,6 +2,7 @@
 objective against hand-written references, the hyperparameter axes, the direction the hyper steps
 move on a problem whose answer is known, and bad input."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +137,50 @@ def test_the_warmup_hyper_schedule_starts_still_and_then_moves():
         np.testing.assert_allclose(values[0], start, rtol=1e-6)
         assert abs(values[5] - start) < abs(constant[5] - start)
         assert abs(values[-1] - start) > 1e-3 * start
+
+
+def test_keeping_the_best_checkpoint_scores_only_checkpoints():
+    """The chunked scan keeps the lowest score among the carries after every `every` steps and
+    after the last, not after every step; checked against the running sums by hand."""
+    xs = jnp.array([3.0, -1.0, 2.0, -5.0, 4.0, 1.0, 1.0])  # running sums 3 2 4 -1 3 4 5
+
+    def body(c, x):
+        return c + x, c + x
+
+    carry, ys, (best, score) = stn._scan_keeping_best(body, jnp.float32(0), xs, 2, lambda c: c)
+    np.testing.assert_allclose(ys, np.cumsum(np.asarray(xs)))
+    assert float(carry) == 5.0 and float(best) == -1.0 and float(score) == -1.0
+    # every = 3: checkpoints after steps 3 and 6 and the last (7): sums 4, 4, 5
+    _, _, (best, _) = stn._scan_keeping_best(body, jnp.float32(0), xs, 3, lambda c: c)
+    assert float(best) == 4.0
+    # a NaN score never counts as lower
+    _, _, (best, _) = stn._scan_keeping_best(body, jnp.float32(0), xs, 2, lambda c: jnp.where(c < 0, jnp.nan, c))
+    assert float(best) == 2.0
+    carry, ys, best = stn._scan_keeping_best(body, jnp.float32(0), xs, 0, lambda c: c)
+    assert best is None and float(carry) == 5.0
+
+
+def test_early_stopping_returns_a_checkpoint_no_worse_on_validation():
+    """On labels that are pure noise a long run overfits; the best-validation checkpoint of
+    `train_fixed` and of an STN run scores at most what the run's last weights score, and a
+    checkpoint only at the last step is the last weights exactly."""
+    x, y = _random_labels(0)
+    val = _random_labels(1)
+    kw = dict(hidden=(32,), steps=200, batch_size=16)
+    last = stn.train_fixed({"dropout": 0.0}, (x, y), 4, jax.random.key(0), **kw)
+    best = stn.train_fixed({"dropout": 0.0}, (x, y), 4, jax.random.key(0), **kw, validation=val, checkpoint_every=20)
+    assert float(stn.validation_loss(best, *val)) < float(stn.validation_loss(last, *val))
+    same = stn.train_fixed({"dropout": 0.0}, (x, y), 4, jax.random.key(0), **kw, validation=val, checkpoint_every=200)
+    chex.assert_trees_all_close(same, last)
+    names = ("weight_decay", "dropout", "label_smoothing")
+    config = dict(hidden=(32,), steps=200, batch_size=16, hyper_learning_rate=1e-2)
+    plain = stn.run(stn.STNConfig(**config), (x, y), val, 4, jax.random.key(0))
+    early = stn.run(stn.STNConfig(**config, checkpoint_every=20), (x, y), val, 4, jax.random.key(0))
+    assert stn.evaluate(early, *val, names) <= stn.evaluate(plain, *val, names)
+    # the λ returned is the one of a checkpoint: a row of the trajectory at a multiple of 10 rounds
+    rows = np.stack([early.trajectory[n] for n in names], 1)[9::10]
+    assert np.any(np.all(np.isclose(rows, [early.hyperparameters[n] for n in names], rtol=1e-5), axis=1))
+    with pytest.raises(stn.HyperError, match="needs a validation set"):
+        stn.train_fixed({"dropout": 0.0}, (x, y), 4, jax.random.key(0), **kw, checkpoint_every=20)
+    with pytest.raises(stn.HyperError, match="checkpoint_every must lie in"):
+        stn.STNConfig(steps=100, checkpoint_every=101)

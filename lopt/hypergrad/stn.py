@@ -87,7 +87,13 @@ class STNConfig:
     loss rewards, and its benefit shows once the network starts to overfit).
     `fixed_fraction`: the last part of the weight steps trains at the final λ itself, with no
     perturbation and no hyper steps, so the weights STN ends with fit the hyperparameters it
-    reports rather than their neighbourhood (same number of weight steps, fewer hyper steps)."""
+    reports rather than their neighbourhood (same number of weight steps, fewer hyper steps).
+    `checkpoint_every` (weight steps; 0: off): every so many weight steps the whole validation set
+    is scored at the current λ (no perturbation), and the run returns the weights and λ of the
+    best score rather than the last. This is how the authors' code reports an STN (it reloads its
+    best-validation checkpoint before the final evaluation: `best_checkpoint.pt` in
+    asteroidhouse/self-tuning-networks, cnn/hypertrain.py); `train_fixed` takes the same option,
+    so grid points are early-stopped alike."""
 
     hidden: tuple[int, ...] = (256, 256)
     start: tuple[tuple[str, float], ...] = (("weight_decay", 1e-4), ("dropout", 0.1), ("label_smoothing", 0.05))
@@ -100,6 +106,7 @@ class STNConfig:
     train_per_hyper: int = 2
     hyper_schedule: str = "constant"
     fixed_fraction: float = 0.0
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         names = [n for n, _ in self.start]
@@ -109,6 +116,8 @@ class STNConfig:
             to_unconstrained(name, value)
         if self.steps < self.train_per_hyper or self.train_per_hyper < 1:
             raise HyperError(f"need steps >= train_per_hyper >= 1, got {self.steps} and {self.train_per_hyper}")
+        if not 0 <= self.checkpoint_every <= self.steps:
+            raise HyperError(f"checkpoint_every must lie in [0, steps], got {self.checkpoint_every}")
         if not 0.0 <= self.fixed_fraction < 1.0:
             raise HyperError(f"fixed_fraction must lie in [0, 1), got {self.fixed_fraction}")
         if self.hyper_schedule not in HYPER_SCHEDULES:
@@ -208,6 +217,40 @@ class STNResult(NamedTuple):
     u0: jax.Array
 
 
+def _scan_keeping_best(body, carry, keys, every: int, score, best=None):
+    """`jax.lax.scan(body, carry, keys)`; with `every` > 0 it also keeps the carry with the lowest
+    `score` among those after every `every` steps and after the last (NaN never counts as lower),
+    starting from `best` = (carry, score) when given. Returns (carry, ys, (best carry, its score)).
+    Chunked scans, not a cond in the loop body: under vmap (a grid) a cond runs both branches."""
+    if not every:
+        carry, ys = jax.lax.scan(body, carry, keys)
+        return carry, ys, best
+
+    def keep(best, carry):
+        s = score(carry)
+        better = s < best[1]  # False for NaN
+        return jax.tree.map(lambda new, old: jnp.where(better, new, old), carry, best[0]), jnp.where(better, s, best[1])
+
+    def chunk(state, chunk_keys):
+        carry, best = state
+        carry, ys = jax.lax.scan(body, carry, chunk_keys)
+        return (carry, keep(best, carry)), ys
+
+    n = keys.shape[0]
+    whole = (n // every) * every
+    best = best if best is not None else (carry, jnp.float32(jnp.inf))
+    parts = []
+    if whole:
+        (carry, best), ys = jax.lax.scan(chunk, (carry, best), keys[:whole].reshape(n // every, every))
+        parts.append(jax.tree.map(lambda y: y.reshape(whole, *y.shape[2:]), ys))
+    if whole < n:
+        carry, ys = jax.lax.scan(body, carry, keys[whole:])
+        best = keep(best, carry)
+        parts.append(ys)
+    ys = parts[0] if len(parts) == 1 else jax.tree.map(lambda *y: jnp.concatenate(y), *parts)
+    return carry, ys, best
+
+
 @functools.partial(jax.jit, static_argnames=("config", "num_classes"))
 def _train(config: STNConfig, num_classes: int, train, validation, key):
     """The whole alternation as one compiled program (cached per config and data shapes)."""
@@ -253,14 +296,22 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
         state = state._replace(u=u, log_sigma=log_sigma, hyper_state=hyper_state, step=state.step + 1)
         return state, u
 
+    def score(state: STNState) -> jax.Array:  # the whole validation set at the current λ
+        features = jnp.broadcast_to(state.u - u0, (n_val, h))
+        return validation_loss(state.layers, *validation, features)
+
+    every = config.checkpoint_every
     if fixed_rounds:  # (without a fixed phase the keys are those of the runs before it existed)
         k_run, k_fixed = jax.random.split(k_run)
-    state, us = jax.lax.scan(round_, state, jax.random.split(k_run, rounds))
+    state, us, best = _scan_keeping_best(
+        round_, state, jax.random.split(k_run, rounds), max(every // config.train_per_hyper, 1) if every else 0, score
+    )
     if fixed_rounds:
         fixed = lambda state, key: weight_step(state, key, 0.0)  # noqa: E731
-        state, _ = jax.lax.scan(fixed, state, jax.random.split(k_fixed, fixed_rounds * config.train_per_hyper))
+        keys = jax.random.split(k_fixed, fixed_rounds * config.train_per_hyper)
+        state, _, best = _scan_keeping_best(fixed, state, keys, every, score, best)
         us = jnp.concatenate([us, jnp.broadcast_to(state.u, (fixed_rounds, h))])
-    return state, us, u0
+    return state, (best[0] if every else state), us, u0
 
 
 def run(
@@ -273,11 +324,13 @@ def run(
     """Train an STN MLP on `train` while tuning `config.start`'s hyperparameters on `validation`.
 
     Returns the trained layers (score them with `evaluate`), the final hyperparameter values and
-    their trajectory (one row per hyper step). Raises HyperError, returning nothing, if any
-    hyperparameter or weight came out non-finite.
+    their trajectory (one row per hyper step); with `config.checkpoint_every`, the layers and
+    values of the best-validation checkpoint instead of the last (the trajectory stays whole).
+    Raises HyperError, returning nothing, if any hyperparameter or weight came out non-finite.
     """
-    state, us, u0 = _train(config, num_classes, train, validation, key)
-    if first_non_finite((state.u, state.log_sigma, state.layers)) is not None:
+    last, state, us, u0 = _train(config, num_classes, train, validation, key)
+    # the run's end, not only the checkpoint returned: a run that diverged after it is refused too
+    if first_non_finite((last.u, last.log_sigma, last.layers, state.u, state.layers)) is not None:
         raise HyperError(
             "STN produced non-finite hyperparameters or weights; lower hyper_learning_rate or sigma "
             "(nothing was returned or saved)"
@@ -305,9 +358,18 @@ def train_fixed(
     steps: int = 3000,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
+    validation: tuple[jax.Array, jax.Array] | None = None,
+    checkpoint_every: int = 0,
 ) -> list[dict[str, jax.Array]]:
     """The plain MLP trained at fixed hyperparameters (the grid-search baseline): same data order
-    distribution, optimizer and steps as `run`. Values may be arrays of one shape (vmap a grid)."""
+    distribution, optimizer and steps as `run`. Values may be arrays of one shape (vmap a grid).
+    With `checkpoint_every` > 0 and a `validation` set, the layers of the best validation loss
+    among those after every `checkpoint_every` steps and the last (early stopping, as
+    `STNConfig.checkpoint_every` does for an STN)."""
+    if checkpoint_every and validation is None:
+        raise HyperError("checkpoint_every needs a validation set to score checkpoints on")
+    if not 0 <= checkpoint_every <= steps:
+        raise HyperError(f"checkpoint_every must lie in [0, steps], got {checkpoint_every}")
     unknown = set(hyperparameters) - set(HYPERPARAMETERS)
     if unknown:
         raise HyperError(f"unknown hyperparameters {sorted(unknown)}; known: {', '.join(HYPERPARAMETERS)}")
@@ -327,5 +389,8 @@ def train_fixed(
         updates, opt_state = opt.update(grads, opt_state, layers)
         return (optax.apply_updates(layers, updates), opt_state), None
 
-    (layers, _), _ = jax.lax.scan(step, (layers, opt.init(layers)), jax.random.split(k_run, steps))
-    return layers
+    score = lambda carry: validation_loss(carry[0], *validation)  # noqa: E731
+    (layers, _), _, best = _scan_keeping_best(
+        step, (layers, opt.init(layers)), jax.random.split(k_run, steps), checkpoint_every, score
+    )
+    return best[0][0] if checkpoint_every else layers
