@@ -45,10 +45,17 @@ from lopt.tasks.datasets import digits, mnist1d
 GRID = {"weight_decay": (0.0, 1e-5, 1e-4, 1e-3), "dropout": (0.0, 0.2, 0.4, 0.6), "label_smoothing": (0.0, 0.1, 0.2)}
 
 
-def problems(seed: int = 0) -> dict[str, tuple]:
+def problems(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, tuple]:
+    """Each problem's (train, validation, test): `sizes[name]` training examples (default digits
+    300, MNIST-1D 1,000) and as many validation examples, drawn without overlap from the training
+    split; the official test split."""
+    sizes = {"digits": 300, "mnist1d": 1000} | (sizes or {})
     rng = np.random.default_rng(seed)
     out = {}
-    for name, data, n in (("digits", digits(), 300), ("mnist1d", mnist1d(), 1000)):
+    for name, data in (("digits", digits()), ("mnist1d", mnist1d())):
+        n = sizes[name]
+        if 2 * n > len(data.train_x):
+            raise SystemExit(f"--examples {name}={n}: needs {2 * n} of its {len(data.train_x)} training examples")
         x = np.asarray(data.train_x).reshape(len(data.train_x), -1)
         y = np.asarray(data.train_y)
         order = rng.permutation(len(x))
@@ -65,6 +72,15 @@ def timed(fn, *args):
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return out, time.perf_counter() - start
+
+
+def sizes_of(text: str) -> dict[str, int]:
+    """'digits=300,mnist1d=1000' as {name: training examples}; a malformed item raises ValueError,
+    which argparse reports in one line."""
+    items = [item.partition("=") for item in text.split(",")]
+    if not all(sep and name.strip() in ("digits", "mnist1d") for name, sep, _ in items):
+        raise ValueError(text)
+    return {name.strip(): int(value) for name, _, value in items}
 
 
 def start_values(text: str) -> tuple[tuple[str, float], ...]:
@@ -101,6 +117,12 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="digits,mnist1d", help="which problems (comma-separated names)")
+    parser.add_argument(
+        "--examples",
+        type=sizes_of,
+        default={},
+        help="training (and validation) examples per problem, e.g. 'digits=500,mnist1d=2000' (default 300 and 1000)",
+    )
     parser.add_argument("--stem", default="stn_hpo", help="output file name stem")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures")
     args = parser.parse_args()
@@ -140,7 +162,7 @@ def main() -> None:
     ]
     records = []
     chosen = args.problems.split(",")
-    for name, (train, val, test) in problems().items():
+    for name, (train, val, test) in problems(sizes=args.examples).items():
         if name.split(" ")[0] not in chosen:
             continue
         classes = 10

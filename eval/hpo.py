@@ -66,10 +66,10 @@ class HPOConfig:
     start_weight_decay: float = 1e-4
     start_dropout: float = 0.1
     start_label_smoothing: float = 0.05
-    hyper_learning_rate: float = 1e-3
+    hyper_learning_rate: float = 3e-3
     hyper_schedule: str = "constant"
     fixed_fraction: float = 0.0
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
     train_per_hyper: int = 2
     hyper_every: int = 25
     neumann_terms: int = 20

@@ -182,5 +182,10 @@ def test_early_stopping_returns_a_checkpoint_no_worse_on_validation():
     assert np.any(np.all(np.isclose(rows, [early.hyperparameters[n] for n in names], rtol=1e-5), axis=1))
     with pytest.raises(stn.HyperError, match="needs a validation set"):
         stn.train_fixed({"dropout": 0.0}, (x, y), 4, jax.random.key(0), **kw, checkpoint_every=20)
-    with pytest.raises(stn.HyperError, match="checkpoint_every must lie in"):
-        stn.STNConfig(steps=100, checkpoint_every=101)
+    with pytest.raises(stn.HyperError, match="checkpoint_every must be >= 0"):
+        stn.STNConfig(steps=100, checkpoint_every=-1)
+    # a checkpoint interval past the run's length keeps the last weights
+    longer = stn.train_fixed(
+        {"dropout": 0.0}, (x, y), 4, jax.random.key(0), **kw, validation=val, checkpoint_every=10**6
+    )
+    chex.assert_trees_all_close(longer, last)

@@ -78,7 +78,9 @@ class STNConfig:
     hyper step (the paper's T_train with T_val = 1). `hyper_learning_rate` is 1e-3, not the
     paper's 3e-3: at 3e-3 the dropout rate ran to its ceiling on one of three digits seeds of
     `benchmarks/stn_hpo.py` (validation loss 1.00 against 0.13-0.15 for the others); chosen by
-    validation loss. `hyper_schedule`: 'constant', or 'cosine' (the hyper step size decays from
+    validation loss. With `checkpoint_every` (below) that failure is caught, and the paper's 3e-3
+    is the measured choice: it is what `lopt hpo` runs (docs/hypergradient.md).
+    `hyper_schedule`: 'constant', or 'cosine' (the hyper step size decays from
     `hyper_learning_rate` to 0 over the run: long steps early, when λ has far to travel — Adam's
     steps are about the step size, so 2,000 hyper steps at 1e-3 move a hyperparameter at most ~2
     on its unconstrained axis — and short ones late, when the hyper gradient is mostly noise), or
@@ -90,7 +92,8 @@ class STNConfig:
     reports rather than their neighbourhood (same number of weight steps, fewer hyper steps).
     `checkpoint_every` (weight steps; 0: off): every so many weight steps the whole validation set
     is scored at the current λ (no perturbation), and the run returns the weights and λ of the
-    best score rather than the last. This is how the authors' code reports an STN (it reloads its
+    best score rather than the last (the last step is always a checkpoint, so a value past the
+    run's length keeps the last weights). This is how the authors' code reports an STN (it reloads its
     best-validation checkpoint before the final evaluation: `best_checkpoint.pt` in
     asteroidhouse/self-tuning-networks, cnn/hypertrain.py); `train_fixed` takes the same option,
     so grid points are early-stopped alike."""
@@ -116,8 +119,8 @@ class STNConfig:
             to_unconstrained(name, value)
         if self.steps < self.train_per_hyper or self.train_per_hyper < 1:
             raise HyperError(f"need steps >= train_per_hyper >= 1, got {self.steps} and {self.train_per_hyper}")
-        if not 0 <= self.checkpoint_every <= self.steps:
-            raise HyperError(f"checkpoint_every must lie in [0, steps], got {self.checkpoint_every}")
+        if self.checkpoint_every < 0:
+            raise HyperError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not 0.0 <= self.fixed_fraction < 1.0:
             raise HyperError(f"fixed_fraction must lie in [0, 1), got {self.fixed_fraction}")
         if self.hyper_schedule not in HYPER_SCHEDULES:
@@ -368,8 +371,8 @@ def train_fixed(
     `STNConfig.checkpoint_every` does for an STN)."""
     if checkpoint_every and validation is None:
         raise HyperError("checkpoint_every needs a validation set to score checkpoints on")
-    if not 0 <= checkpoint_every <= steps:
-        raise HyperError(f"checkpoint_every must lie in [0, steps], got {checkpoint_every}")
+    if checkpoint_every < 0:
+        raise HyperError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     unknown = set(hyperparameters) - set(HYPERPARAMETERS)
     if unknown:
         raise HyperError(f"unknown hyperparameters {sorted(unknown)}; known: {', '.join(HYPERPARAMETERS)}")
