@@ -158,6 +158,9 @@ def test_keeping_the_best_checkpoint_scores_only_checkpoints():
     assert float(best) == 2.0
     carry, ys, best = stn._scan_keeping_best(body, jnp.float32(0), xs, 0, lambda c: c)
     assert best is None and float(carry) == 5.0
+    # no step at all (a phase of zero length): the carry and the best so far pass through
+    carry, ys, kept = stn._scan_keeping_best(body, jnp.float32(1), xs[:0], 2, lambda c: c, (jnp.float32(7), 7.0))
+    assert float(carry) == 1.0 and ys.shape == (0,) and float(kept[0]) == 7.0
 
 
 def test_early_stopping_returns_a_checkpoint_no_worse_on_validation():

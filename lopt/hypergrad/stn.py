@@ -225,7 +225,7 @@ def _scan_keeping_best(body, carry, keys, every: int, score, best=None):
     `score` among those after every `every` steps and after the last (NaN never counts as lower),
     starting from `best` = (carry, score) when given. Returns (carry, ys, (best carry, its score)).
     Chunked scans, not a cond in the loop body: under vmap (a grid) a cond runs both branches."""
-    if not every:
+    if not every or keys.shape[0] == 0:  # (no step: no checkpoint to score, the carry passes through)
         carry, ys = jax.lax.scan(body, carry, keys)
         return carry, ys, best
 
