@@ -169,7 +169,7 @@ def main() -> None:
         grid_val = np.zeros((args.seeds, len(points)))
         grid_test = np.zeros_like(grid_val)
         stn_rows, retrained, ratios, trajectories = [], [], [], []
-        early = {"validation": val, "checkpoint_every": args.checkpoint_every} if args.checkpoint_every else {}
+        early = {"validation": val, "checkpoint_every": args.checkpoint_every}  # train_fixed ignores val at 0
         for seed in range(args.seeds):
             key = jax.random.key(seed)
             hp = {n: jnp.array([p[i] for p in points], jnp.float32) for i, n in enumerate(GRID)}

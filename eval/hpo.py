@@ -146,8 +146,10 @@ def _stn(config: HPOConfig, train, val, test) -> dict[str, Any]:
     key = jax.random.key(config.seed)
     result = stn.run(settings, train, val, 10, key)
     start = dict(settings.start)
-    early = {"validation": val, "checkpoint_every": config.checkpoint_every} if config.checkpoint_every else {}
-    baseline = stn.train_fixed(start, train, 10, key, hidden=config.hidden, steps=config.steps, **early)
+    baseline = stn.train_fixed(
+        start, train, 10, key, hidden=config.hidden, steps=config.steps,
+        validation=val, checkpoint_every=config.checkpoint_every,
+    )  # fmt: skip
     return {
         "start": start,
         "final": result.hyperparameters,

@@ -4,6 +4,7 @@ sharding, exact resume, and the command line."""
 import dataclasses
 import json
 import re
+import shutil
 from typing import ClassVar
 
 import chex
@@ -617,8 +618,6 @@ def test_a_best_folder_lopt_may_not_replace_is_refused_before_any_compute(tmp_pa
     the resumed run used to train, score a better theta and then stop, unable to replace best/.
     It must refuse at the start, in one line, and leave best/ as it was; once best/ is as lopt
     wrote it again, the run resumes."""
-    import shutil
-
     finished = meta_train(tiny_config(tmp_path / "done"), progress=False)
     meta_train(tiny_config(tmp_path / "r"), progress=False, stop_after=3)
     best = tmp_path / "r" / "best"

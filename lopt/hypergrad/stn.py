@@ -300,8 +300,7 @@ def _train(config: STNConfig, num_classes: int, train, validation, key):
         return state, u
 
     def score(state: STNState) -> jax.Array:  # the whole validation set at the current λ
-        features = jnp.broadcast_to(state.u - u0, (n_val, h))
-        return validation_loss(state.layers, *validation, features)
+        return _loss_at(state.layers, *validation, state.u - u0)
 
     every = config.checkpoint_every
     if fixed_rounds:  # (without a fixed phase the keys are those of the runs before it existed)
@@ -347,8 +346,12 @@ def run(
 def evaluate(result: STNResult, x: jax.Array, y: jax.Array, names: Sequence[str]) -> float:
     """Validation-style loss of the STN's weights at its final hyperparameters (no perturbation)."""
     u = jnp.array([to_unconstrained(n, result.hyperparameters[n]) for n in names], jnp.float32)
-    features = jnp.broadcast_to(u - result.u0, (x.shape[0], len(names)))
-    return float(validation_loss(result.layers, x, y, features))
+    return float(_loss_at(result.layers, x, y, u - result.u0))
+
+
+def _loss_at(layers, x: jax.Array, y: jax.Array, offset: jax.Array) -> jax.Array:
+    """`validation_loss` with every example at one λ, given as its offset from the start (u - u0)."""
+    return validation_loss(layers, x, y, jnp.broadcast_to(offset, (x.shape[0], offset.shape[0])))
 
 
 def train_fixed(
