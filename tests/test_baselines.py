@@ -87,3 +87,26 @@ def test_overrides_change_the_optimizer():
 def test_log_grid():
     assert baselines.log_grid(1e-4, 1e-1) == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     assert baselines.log_grid(0.1, 10.0, per_decade=1) == (0.1, 1.0, 10.0)
+
+
+def test_lion_cosine_by_hand():
+    """Lion (Chen et al. 2023, Algorithm 2) with η_t = η · warm-up + cosine, computed in numpy:
+    c = β1 m + (1 − β1) g; w ← w − η_t (sign(c) + λ w); m ← β2 m + (1 − β2) g. With T = 40 the
+    warm-up is 2 steps (5%): η_t/η = (t+1)/2 for t < 2, then ½(1 + cos(π (t+1−2)/38))."""
+    rng = np.random.default_rng(0)
+    lr, wd, b1, b2, total = 3e-3, 1e-2, 0.9, 0.99, 40
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    params = {"w": jnp.asarray(w)}
+    opt = baselines.get("lion_cosine", lr=lr, num_steps=total, weight_decay=wd)
+    state = opt.init(params)
+    m = np.zeros_like(w, dtype=np.float64)
+    ref = w.astype(np.float64)
+    for t in range(total):
+        g = rng.normal(size=w.shape)
+        updates, state = opt.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+        factor = (t + 1) / 2 if t < 2 else 0.5 * (1 + np.cos(np.pi * (t + 1 - 2) / (total - 2)))
+        ref = ref - lr * factor * (np.sign(b1 * m + (1 - b1) * g) + wd * ref)
+        m = b2 * m + (1 - b2) * g
+        np.testing.assert_allclose(np.asarray(params["w"]), ref, rtol=1e-5, atol=1e-6, err_msg=f"step {t}")
+    assert abs(factor) < 1e-12  # the run ends at rate 0

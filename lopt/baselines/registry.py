@@ -46,6 +46,15 @@ def _adamw_cosine(
     return optax.adamw(lambda count: learning_rate * shape(count), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
+def _lion_cosine(
+    learning_rate: Any, num_steps: int = 1000, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 1e-3
+):
+    """Lion on the generalist's warm-up + cosine schedule: Chen et al. 2023 train Lion with
+    warm-up and cosine decay, as they do AdamW; the decay is scaled by the scheduled rate, as in
+    their Algorithm 2."""
+    return optax.lion(orthogonal.warmup_cosine(learning_rate, num_steps), b1=b1, b2=b2, weight_decay=weight_decay)
+
+
 def _muon_cosine(learning_rate: Any, num_steps: int = 1000, beta: float = 0.95):
     """optax's Muon on the generalist's warm-up + cosine schedule."""
     return optax.contrib.muon(orthogonal.warmup_cosine(learning_rate, num_steps), beta=beta)
@@ -141,6 +150,15 @@ _ENTRIES = (
         {"b1": 0.9, "b2": 0.99, "weight_decay": 1e-3},
         LION_GRID,
         "Chen et al. 2023 (b1 0.9, b2 0.99; weight decay 1e-3 as optax)",
+    ),
+    Baseline(
+        "lion_cosine",
+        _lion_cosine,
+        1e-4,
+        {"b1": 0.9, "b2": 0.99, "weight_decay": 1e-3},
+        LION_GRID,
+        "Chen et al. 2023 on the generalist's warm-up + cosine schedule (linear warm-up over 5%, cosine decay to 0)",
+        run_length_argument="num_steps",
     ),
     Baseline(
         "adafactor",
