@@ -6,7 +6,8 @@
 # LEARNING_RATE (default 1.0) and SCHEDULE (default constant), or a finished search's shipped
 # checkpoint folder (RUN/program), which carries its tuned step size and schedule and is copied as
 # it is. The eval caches every finished (task, optimizer) sweep, so a call that runs out of time
-# resumes: unpack into results/ and carry results/NAME back.
+# resumes: unpack into results/ and carry results/NAME back. TASKS="['a','b']" runs only those
+# tasks of the suite (the rest on another machine, into the same cache).
 #   PROGRAM=runs/search-gpu/best.txt EVAL_LIMIT=500 bash benchmarks/program_heldout_gpu.sh
 #   PROGRAM=runs/search-gpu-matrix/program CONFIG=configs/eval/program-cosine.toml bash benchmarks/program_heldout_gpu.sh
 set -uo pipefail
@@ -21,7 +22,9 @@ else
     --schedule "${SCHEDULE:-constant}" || exit 2
 fi
 NAME=$(python3 -c "import sys, tomllib; print(tomllib.load(open(sys.argv[1], 'rb'))['output_dir'].rstrip('/').split('/')[-1])" "$CONFIG")
+EXTRA=()
+if [ -n "${TASKS:-}" ]; then EXTRA=(--set "tasks=$TASKS"); fi
 timeout "${EVAL_LIMIT:-500}" python3 -c "import sys; from lopt.cli import main; sys.exit(main())" eval "$CONFIG" \
-  --quiet 2>&1 | grep -v -i warning | tail -40
+  "${EXTRA[@]}" --quiet 2>&1 | grep -v -i warning | tail -40
 tar czf "$OUT/$NAME.tgz" -C results "$NAME"
 exit 0
