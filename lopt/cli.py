@@ -225,10 +225,43 @@ def _program(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ConfigError("usage: lopt program export FILE OUT")
+    learning_rate, schedule, info = args.learning_rate, args.schedule or "constant", {"source": str(path)}
+    if args.tune:
+        from lopt.meta_train.search.config import SearchConfig
+        from lopt.meta_train.search.pipeline import tune_step_size
+
+        if args.learning_rate is not None:
+            raise ConfigError("lopt program export: give --learning-rate or --tune, not both")
+        search = load_config(SearchConfig, args.tune, args.set)
+        if args.schedule is not None and args.schedule != search.fitness.schedule:
+            raise ConfigError(
+                f"lopt program export: --schedule {args.schedule} differs from {args.tune}'s fitness.schedule "
+                f"{search.fitness.schedule!r}, under which the step size is tuned"
+            )
+        # The output folder is checked before the sweeps, as `save` will check it after them.
+        from lopt.checkpoint import is_lopt_checkpoint
+
+        if Path(args.out).exists() and not args.overwrite:
+            raise ConfigError(f"{args.out} exists (pass --overwrite to replace it)")
+        if Path(args.out).exists() and not is_lopt_checkpoint(Path(args.out)):
+            raise ConfigError(f"{args.out} exists and is not a lopt optimizer checkpoint: not replaced")
+        learning_rate, stages = tune_step_size(search, format_program(program))
+        schedule = search.fitness.schedule
+        for stage in stages:
+            print(
+                f"{stage['task']} ({stage['steps']} steps, {schedule}): lr input {stage['lr']:g}, "
+                f"{stage['metric']} fitness {stage['fitness']}"
+            )
+        info |= {"lr_from": f"funnel stages of {args.tune}", "stages": stages}
     written = save_program(
-        args.out, program, args.learning_rate, {"source": str(path)}, overwrite=args.overwrite, schedule=args.schedule
+        args.out,
+        program,
+        1.0 if learning_rate is None else learning_rate,
+        info,
+        overwrite=args.overwrite,
+        schedule=schedule,
     )
-    print(f"wrote {written} (load with lopt.load({str(written)!r}))")
+    print(f"wrote {written} (load with lopt.load({str(written)!r}); lr input {1.0 if learning_rate is None else learning_rate:g})")
     return 0
 
 
@@ -367,14 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=TOLERANCE, default=0.01, help="simplify: allowed fitness loss per ablation"
     )
     program.add_argument(
-        "--learning-rate", type=POSITIVE, default=1.0, help="export: the value of the program's lr input"
+        "--learning-rate", type=POSITIVE, default=None, help="export: the value of the program's lr input (default 1)"
     )
     program.add_argument(
         "--schedule",
         choices=("constant", "cosine"),
-        default="constant",
-        help="export: the lr input's schedule (cosine: 5%% warm-up, then cosine decay to 0)",
+        default=None,
+        help="export: the lr input's schedule (cosine: 5%% warm-up, then cosine decay to 0; default constant)",
     )
+    program.add_argument(
+        "--tune",
+        metavar="SEARCH_CONFIG",
+        help="export: choose the lr input on this search config's funnel stages, as a search ships its program, "
+        "under its fitness.schedule",
+    )
+    program.add_argument("--set", action="append", default=[], help="with --tune: KEY=VALUE overrides of its config")
     program.add_argument("--overwrite", action="store_true", help="export: replace an existing checkpoint")
     program.set_defaults(handler=_program)
 

@@ -12,7 +12,7 @@ import pytest
 import lopt
 
 from lopt.cli import main
-from lopt.config import ConfigError, from_dict
+from lopt.config import ConfigError, from_dict, load_config
 from lopt.programs import check, format_program, parse, seed, structural_hash
 from lopt.programs.analysis import to_graph
 from lopt.programs.batched import rounds_needed
@@ -775,3 +775,46 @@ def test_a_shipped_program_checkpoint_carries_its_step_size(tmp_path):
     np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(reference["w"]), rtol=1e-5)
     ship_checkpoint(tmp_path, {"shipped": {"by": "proxy fitness", "text": text}}, say=lambda line: None)
     assert lopt.load_meta(tmp_path)[0].learning_rate == 1.0  # no funnel: lr input 1, and rewritten in place
+
+
+def test_lopt_program_export_tunes_the_step_size_on_the_funnel_stages(tmp_path, capsys):
+    """`lopt program export FILE OUT --tune CONFIG`: the lr input is the rate `stage_scores`
+    chooses on the config's last funnel stage (under its schedule), the checkpoint carries it and
+    the schedule, and lopt.load steps by it; contradicting or misplaced options are one line and
+    write nothing."""
+    config = search_toml(
+        tmp_path,
+        generations=1,
+        steps=20,
+        extra='interpreter = "jit"\nschedule = "cosine"\n[funnel]\ntasks = ["quadratic-10-cond100"]\nsteps = [40]\n'
+        "seeds = 2\nadamw_lrs = [1e-3, 1e-2, 1e-1]\nlr_multipliers = [1.0, 10.0, 100.0]\n",
+    )
+    text = format_program(seed("adamw")).replace("  update = update * lr\n", "  lr = lr * 0.001\n  update = update * lr\n")
+    source = tmp_path / "program.txt"
+    source.write_text(text)
+    out = tmp_path / "shipped"
+    assert main(["program", "export", str(source), str(out), "--tune", str(config)]) == 0
+    searched = load_config(SearchConfig, config)
+    spec = searched.fitness.for_tasks(
+        ("quadratic-10-cond100",), 40, batch=1, lr_multipliers=(1.0, 10.0, 100.0), metric="train"
+    )
+    _, (chosen,) = stage_scores(spec, [check(parse(text))], 2)
+    expected = (1.0, 10.0, 100.0)[int(chosen)]
+    meta, theta = lopt.load_meta(out)
+    assert meta.learning_rate == expected and float(theta["learning_rate"]) == pytest.approx(expected)
+    assert meta.schedule == "cosine"
+    assert f"lr input {expected:g}" in capsys.readouterr().out
+    for extra, message in (
+        (["--learning-rate", "2"], "not both"),
+        (["--schedule", "constant"], "differs from"),
+        ([], "exists"),
+    ):
+        assert main(["program", "export", str(source), str(out), "--tune", str(config), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert lopt.load_meta(out)[0].learning_rate == expected  # untouched
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert main(["program", "export", str(source), str(stranger), "--tune", str(config), "--overwrite"]) == 2
+    assert "not a lopt optimizer checkpoint" in capsys.readouterr().err
+    assert (stranger / "notes.txt").read_text() == "mine"

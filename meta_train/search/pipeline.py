@@ -254,6 +254,36 @@ def funnel(config: SearchConfig, candidates: list[str], progress: bool = True) -
     return records
 
 
+def tune_step_size(config: SearchConfig, text: str) -> tuple[float, list[dict[str, Any]]]:
+    """The value of one program's `lr` input for shipping: chosen as the funnel chooses it
+    (`stage_scores`: the rate on the tuning seeds, its score on others) on every funnel stage of
+    `config`, under `config.fitness.schedule`, whether or not the program beats AdamW there; the
+    rate of the last (largest) stage is returned, as `ship_checkpoint` ships a searched program's.
+    Returns (that rate, one record per stage with the score and the rate chosen)."""
+    if not config.funnel.tasks:
+        raise ConfigError("funnel.tasks: the config has no funnel stages to tune the step size on")
+    graph = check(parse(text))
+    ((_, finite),) = functional_hashes([graph])
+    if not finite:
+        raise ConfigError("the program's update is not finite on the functional probes (e.g. 0/0 at a zero gradient)")
+    stages = []
+    for task, steps in zip(config.funnel.tasks, config.funnel.steps):
+        spec = config.fitness.for_tasks(
+            (task,), steps, batch=1, lr_multipliers=config.funnel.lr_multipliers, metric=config.funnel.metric
+        )
+        (score,), (chosen,) = stage_scores(spec, [graph], config.funnel.seeds)
+        stages.append(
+            {
+                "task": task,
+                "steps": steps,
+                "fitness": json_float(score),
+                "metric": config.funnel.metric,
+                "lr": config.funnel.lr_multipliers[int(chosen)],
+            }
+        )
+    return float(stages[-1]["lr"]), stages
+
+
 def rediscovered(directory: str | Path, count: int = 20) -> dict[str, int]:
     """How many of the `count` best distinct programs of a search's log contain each motif."""
     found = [motifs(check(parse(entry["text"]))) for entry in top(directory, count)]
