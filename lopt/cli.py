@@ -249,8 +249,8 @@ def _program(args: argparse.Namespace) -> int:
         schedule = search.fitness.schedule
         for stage in stages:
             print(
-                f"{stage['task']} ({stage['steps']} steps, {schedule}): lr input {stage['lr']:g}, "
-                f"{stage['metric']} fitness {stage['fitness']}"
+                f"{stage['task']} ({stage['steps']} steps, {schedule}): {stage['metric']} fitness "
+                f"{stage['fitness']} at lr input {stage['lr']:g} (this stage alone would choose {stage['lr_alone']:g})"
             )
         info |= {"lr_from": f"funnel stages of {args.tune}", "stages": stages}
     written = save_program(

@@ -778,16 +778,17 @@ def test_a_shipped_program_checkpoint_carries_its_step_size(tmp_path):
 
 
 def test_lopt_program_export_tunes_the_step_size_on_the_funnel_stages(tmp_path, capsys):
-    """`lopt program export FILE OUT --tune CONFIG`: the lr input is the rate `stage_scores`
-    chooses on the config's last funnel stage (under its schedule), the checkpoint carries it and
-    the schedule, and lopt.load steps by it; contradicting or misplaced options are one line and
-    write nothing."""
+    """`lopt program export FILE OUT --tune CONFIG`: the lr input is the one rate with the lowest
+    summed log median loss over the config's funnel stages on the tuning seeds (under its
+    schedule), the checkpoint carries it and the schedule; contradicting options and a folder
+    lopt did not write are one line and write nothing."""
     config = search_toml(
         tmp_path,
         generations=1,
         steps=20,
-        extra='interpreter = "jit"\nschedule = "cosine"\n[funnel]\ntasks = ["quadratic-10-cond100"]\nsteps = [40]\n'
-        "seeds = 2\nadamw_lrs = [1e-3, 1e-2, 1e-1]\nlr_multipliers = [1.0, 10.0, 100.0]\n",
+        extra='interpreter = "jit"\nschedule = "cosine"\n[funnel]\ntasks = ["rosenbrock-2", "quadratic-10-cond100"]\n'
+        'steps = [30, 40]\n'
+        "seeds = 2\nadamw_lrs = [3e-2, 1e-1, 3e-1, 1.0]\nlr_multipliers = [30.0, 100.0, 300.0, 1000.0]\n",
     )
     text = format_program(seed("adamw")).replace("  update = update * lr\n", "  lr = lr * 0.001\n  update = update * lr\n")
     source = tmp_path / "program.txt"
@@ -795,11 +796,16 @@ def test_lopt_program_export_tunes_the_step_size_on_the_funnel_stages(tmp_path, 
     out = tmp_path / "shipped"
     assert main(["program", "export", str(source), str(out), "--tune", str(config)]) == 0
     searched = load_config(SearchConfig, config)
-    spec = searched.fitness.for_tasks(
-        ("quadratic-10-cond100",), 40, batch=1, lr_multipliers=(1.0, 10.0, 100.0), metric="train"
-    )
-    _, (chosen,) = stage_scores(spec, [check(parse(text))], 2)
-    expected = (1.0, 10.0, 100.0)[int(chosen)]
+    summed = 0.0
+    grid = (30.0, 100.0, 300.0, 1000.0)
+    for task, steps in (("rosenbrock-2", 30), ("quadratic-10-cond100", 40)):  # the funnel's tuning seeds
+        spec = searched.fitness.for_tasks((task,), steps, batch=1, lr_multipliers=grid, metric="train")
+        losses = evaluator(dataclasses.replace(spec, seeds=2)).losses([check(parse(text))])[0, 0]  # [lrs, seeds]
+        logged = np.log(np.median(np.where(np.isfinite(losses), losses, np.inf), axis=-1))
+        summed = summed + logged
+    expected = grid[int(np.argmin(summed))]
+    # the stages disagree, and the last (largest) one alone would ship another rate
+    assert grid[int(np.argmin(logged))] != expected
     meta, theta = lopt.load_meta(out)
     assert meta.learning_rate == expected and float(theta["learning_rate"]) == pytest.approx(expected)
     assert meta.schedule == "cosine"
