@@ -641,6 +641,13 @@ def test_precompiled_population_calls_are_reused_and_give_the_same_losses():
     np.testing.assert_allclose(ahead.losses(graphs), BatchedEvaluator(spec).losses(graphs))
     assert ahead.compile_seconds == compiled
     assert ahead.precompile([rounds]) == 0
+    # the matrix space's calls (programs with matrix functions run in batches of their own)
+    muon = check(seed("muon"))
+    assert rounds_needed(muon) not in (rounds, rounds + 1)
+    assert ahead.precompile([rounds_needed(muon)], matrix=True) == 6  # 'step' and 'step-matrix', 3 sizes each
+    compiled = ahead.compile_seconds
+    ahead.losses([muon])
+    assert ahead.compile_seconds == compiled
 
 
 def test_lr_scales_multiply_each_tasks_grid():

@@ -133,7 +133,7 @@ class Search:
         compiling = 0.0
         if config.fitness.precompile:
             clock = time.perf_counter()
-            self.evaluate.precompile(config.fitness.precompile)
+            self.evaluate.precompile(config.fitness.precompile, matrix=config.search.space == "matrix")
             compiling = time.perf_counter() - clock
         if config.fitness.hurdle:  # the seed's first-task score is the hurdle's reference
             self.evaluate.hurdle.set_reference(check(parse(config.seed_program_text()), config.search.max_statements))
