@@ -5,7 +5,8 @@ should bracket these values: a grid that misses a proxy's tuned rate rewards chi
 rescale the seed's LR constant (two GPU searches from AdamW topped with such a child).
 
     python benchmarks/proxy_lr.py --config configs/search/gpu.toml
-    python benchmarks/proxy_lr.py --config configs/search/gpu-matrix.toml --set "search.seed_program='muon'" --decades -3 0
+    python benchmarks/proxy_lr.py --config configs/search/gpu-matrix.toml \
+        --set "search.seed_program='muon'" --decades -3 0
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/search/gpu.toml")
     parser.add_argument("--decades", type=float, nargs=2, default=[-1.0, 2.0], help="grid range, log10 of the lr input")
     parser.add_argument("--json", help="also write the numbers here")
-    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config overrides, e.g. search.seed_program='muon'")
+    parser.add_argument(
+        "--set", action="append", default=[], help="KEY=VALUE config overrides, e.g. search.seed_program='muon'"
+    )
     args = parser.parse_args()
     config = load_config(SearchConfig, args.config, args.set)
     grid = tuple(float(10 ** (k / 4)) for k in range(int(4 * args.decades[0]), int(4 * args.decades[1]) + 1))

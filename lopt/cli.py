@@ -253,15 +253,9 @@ def _program(args: argparse.Namespace) -> int:
                 f"{stage['fitness']} at lr input {stage['lr']:g} (this stage alone would choose {stage['lr_alone']:g})"
             )
         info |= {"lr_from": f"funnel stages of {args.tune}", "stages": stages}
-    written = save_program(
-        args.out,
-        program,
-        1.0 if learning_rate is None else learning_rate,
-        info,
-        overwrite=args.overwrite,
-        schedule=schedule,
-    )
-    print(f"wrote {written} (load with lopt.load({str(written)!r}); lr input {1.0 if learning_rate is None else learning_rate:g})")
+    rate = 1.0 if learning_rate is None else learning_rate
+    written = save_program(args.out, program, rate, info, overwrite=args.overwrite, schedule=schedule)
+    print(f"wrote {written} (load with lopt.load({str(written)!r}); lr input {rate:g})")
     return 0
 
 

@@ -797,7 +797,8 @@ def test_lopt_program_export_tunes_the_step_size_on_the_funnel_stages(tmp_path, 
         'steps = [30, 40]\n'
         "seeds = 2\nadamw_lrs = [3e-2, 1e-1, 3e-1, 1.0]\nlr_multipliers = [30.0, 100.0, 300.0, 1000.0]\n",
     )
-    text = format_program(seed("adamw")).replace("  update = update * lr\n", "  lr = lr * 0.001\n  update = update * lr\n")
+    scaled = "  lr = lr * 0.001\n  update = update * lr\n"
+    text = format_program(seed("adamw")).replace("  update = update * lr\n", scaled)
     source = tmp_path / "program.txt"
     source.write_text(text)
     out = tmp_path / "shipped"
