@@ -16,6 +16,9 @@ lopt() { python3 -c "import sys; from lopt.cli import main; sys.exit(main())" "$
 PROGRAM=${PROGRAM:-runs/search-gpu/best.txt}
 CONFIG=${CONFIG:-configs/eval/program.toml}
 if [ -d "$PROGRAM" ]; then
+  # runs/found-program is replaced only if lopt wrote it (a checkpoint exactly as lopt wrote it)
+  python3 -c "import sys, pathlib; from lopt.checkpoint import is_lopt_checkpoint as ok; p = pathlib.Path('runs/found-program')
+sys.exit(0 if not p.exists() or ok(p) else 'runs/found-program exists and is not a lopt checkpoint: not replaced')" || exit 2
   rm -rf runs/found-program && mkdir -p runs && cp -r "$PROGRAM" runs/found-program || exit 2
 else
   lopt program export "$PROGRAM" runs/found-program --overwrite --learning-rate "${LEARNING_RATE:-1.0}" \

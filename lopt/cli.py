@@ -226,6 +226,8 @@ def _program(args: argparse.Namespace) -> int:
     if not args.out:
         raise ConfigError("usage: lopt program export FILE OUT")
     learning_rate, schedule, info = args.learning_rate, args.schedule or "constant", {"source": str(path)}
+    if args.set and not args.tune:
+        raise ConfigError("lopt program export: --set overrides the --tune config; there is no --tune")
     if args.tune:
         from lopt.meta_train.search.config import SearchConfig
         from lopt.meta_train.search.pipeline import tune_step_size
@@ -405,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     program.add_argument(
         "--tune",
         metavar="SEARCH_CONFIG",
-        help="export: choose the lr input on this search config's funnel stages, as a search ships its program, "
-        "under its fitness.schedule",
+        help="export: choose one lr input for all of this search config's funnel stages (lowest summed log loss "
+        "on the funnel's tuning seeds), under its fitness.schedule",
     )
     program.add_argument("--set", action="append", default=[], help="with --tune: KEY=VALUE overrides of its config")
     program.add_argument("--overwrite", action="store_true", help="export: replace an existing checkpoint")

@@ -825,6 +825,8 @@ def test_lopt_program_export_tunes_the_step_size_on_the_funnel_stages(tmp_path, 
     ):
         assert main(["program", "export", str(source), str(out), "--tune", str(config), *extra]) == 2
         assert message in capsys.readouterr().err
+    assert main(["program", "export", str(source), str(tmp_path / "other"), "--set", "funnel.seeds=1"]) == 2
+    assert "there is no --tune" in capsys.readouterr().err and not (tmp_path / "other").exists()
     assert lopt.load_meta(out)[0].learning_rate == expected  # untouched
     stranger = tmp_path / "stranger"
     stranger.mkdir()

@@ -281,6 +281,8 @@ def tune_step_size(config: SearchConfig, text: str) -> tuple[float, list[dict[st
             seeds_of.append(np.where(np.isfinite(losses), losses, np.inf))  # [lrs, seeds]
     with np.errstate(divide="ignore"):
         logged = np.log(np.maximum(np.median(np.stack(tuned), axis=-1), 1e-30))  # [stages, lrs]
+    if not np.isfinite(logged.sum(axis=0)).any():
+        raise ConfigError("the program's runs are not finite at any rate of funnel.lr_multipliers on some funnel stage")
     chosen = int(np.argmin(logged.sum(axis=0)))
     stages = [
         {
