@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import lopt
@@ -131,7 +132,9 @@ def test_load_needs_num_steps_when_none_was_stored(tmp_path):
     assert lopt.load(path, num_steps=5) is not None
 
 
-@pytest.mark.parametrize("name", ["small-mlp-pes-h100", "lr-controller-pes-h100", "program-search-h200"])
+@pytest.mark.parametrize(
+    "name", ["small-mlp-pes-h100", "lr-controller-pes-h100", "program-search-h200", "program-search-h200-cosine"]
+)
 def test_shipped_optimizers_load_by_name_and_train(name):
     """The shipped checkpoints load by name (and as checkpoints/<name>) and take finite steps."""
     assert name in lopt.shipped()
@@ -143,6 +146,33 @@ def test_shipped_optimizers_load_by_name_and_train(name):
         jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params), state, params, loss=jnp.float32(1.0)
     )
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_shipped_scheduled_program_is_its_cards_formula():
+    """program-search-h200-cosine, loaded untuned, is the card's rule computed in numpy:
+    w ← w − η_t · 1e-3 · lr · (m / (√v + ε) + 0.067·sign(g)), m ← 0.9 m + 0.1 g, v ← 0.999 v +
+    0.001 g² (m and v updated first, no bias correction), lr = 10 stored in the checkpoint, and
+    η_t the 5% linear warm-up then cosine to 0: with T = 40, (t+1)/2 for t < 2, then
+    ½(1 + cos(π (t+1−2)/38))."""
+    total, eps, c = 40, 3.2678881822789663e-09, 0.06723962724208832
+    opt = lopt.load("program-search-h200-cosine", num_steps=total)
+    with pytest.raises(ValueError, match="num_steps"):
+        lopt.load("program-search-h200-cosine")  # a scheduled program needs the run's length
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    params = {"w": jnp.asarray(w)}
+    state = opt.init(params)
+    ref, m, v = w.astype(np.float64), np.zeros(w.shape), np.zeros(w.shape)
+    for t in range(total):
+        g = rng.normal(size=w.shape).astype(np.float32)
+        updates, state = opt.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g.astype(np.float64) ** 2
+        factor = (t + 1) / 2 if t < 2 else 0.5 * (1 + np.cos(np.pi * (t + 1 - 2) / (total - 2)))
+        ref = ref - factor * 10.0 * 1e-3 * (m / (np.sqrt(v) + eps) + c * np.sign(g))
+        # float32 steps of ~1e-2 against float64: 1e-5 is 1/70 of one step's sign term
+        np.testing.assert_allclose(np.asarray(params["w"]), ref, rtol=0, atol=1e-5, err_msg=f"step {t}")
 
 
 def test_unknown_shipped_name_lists_the_shipped_ones():
