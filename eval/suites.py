@@ -15,7 +15,9 @@ two runs 5× the suite's length. `generalisation-embedded` is its CPU-sized subs
 `generalisation-unmemorised` adds held-out tasks that no optimizer memorises (LMs with longer
 contexts, a wider conv net, a regression on fresh noisy data, one LM at 5× the length), where
 every optimizer's final train loss stays above 1e-3 and so ranks the optimizers.
-`validation` holds the tasks meta-training may use for its choices (disjoint from every suite).
+`validation` holds the tasks meta-training may use for its choices (disjoint from every suite);
+its last two, a wide regression on fresh noisy data and a wider LM on longer contexts, are the
+ones no optimizer memorises.
 """
 
 from __future__ import annotations
@@ -70,7 +72,14 @@ SUITES: dict[str, tuple[str, ...]] = {
         "digits-mlp-relu128x2-mse",
         "regression-mlp-relu128x2",
     ),
-    "validation": ("digits-mlp-silu96x2", "mnist1d-conv-48", "pytext-transformer-48x2", "regression-mlp-tanh64x3"),
+    "validation": (
+        "digits-mlp-silu96x2",
+        "mnist1d-conv-48",
+        "pytext-transformer-48x2",
+        "regression-mlp-tanh64x3",
+        "regression-mlp-gelu192x2",
+        "pytext-transformer-80x2-s64",
+    ),
 }
 
 

@@ -188,6 +188,12 @@ NAMED_TASKS: dict[str, TaskSpec] = {
     "mnist1d-conv-48": ConvSpec("mnist1d", (48,), "relu", 64),
     "pytext-transformer-48x2": TransformerSpec("pytext", 48, 2, 2, 32, 16),
     "regression-mlp-tanh64x3": RegressionSpec(8, 2, (32,), (64, 64, 64), "tanh", 0.05, 128, 1),
+    # A validation task no optimizer memorises and wider than every meta-training family's
+    # networks: fresh noisy data each batch (its own teacher, seed 4) puts a floor under the loss.
+    # For meta-training choices only (docs/meta_training_that_learns.md, section 11).
+    "regression-mlp-gelu192x2": RegressionSpec(24, 6, (96,), (192, 192), "gelu", 0.1, 128, 4),
+    # ... and a transformer LM wider and deeper than the family's, on 64-token contexts.
+    "pytext-transformer-80x2-s64": TransformerSpec("pytext", 80, 2, 4, 64, 32),
 }
 
 
