@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
+
+from lopt.eval.report import beats
 
 PROTOCOL = ("num_steps", "eval_every", "seeds", "seed")
 
@@ -35,10 +36,6 @@ def _cells(path: Path) -> tuple[dict, dict[tuple[str, str], dict]]:
 def _value(cell: dict, key: str) -> float:
     value = cell.get(key)
     return float("nan") if value is None else float(value)
-
-
-def _lower(a: float, b: float) -> bool:
-    return (a < b) if math.isfinite(a) and math.isfinite(b) else math.isfinite(a)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,13 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row} against | wins by train loss | wins by test loss |")
         print("|---|---:|---:|")
         for other in against:
-            train = sum(
-                _lower(_value(new[(t, row)], "final_train_mean"), _value(ref[(t, other)], "final_train_mean"))
-                for t in tasks
-            )
-            test = sum(
-                _lower(_value(new[(t, row)], "final_eval_mean"), _value(ref[(t, other)], "final_eval_mean"))
-                for t in tasks
+            train, test = (
+                sum(beats(_value(new[(t, row)], key), _value(ref[(t, other)], key)) for t in tasks)
+                for key in ("final_train_mean", "final_eval_mean")
             )
             print(f"| {other} | {train} of {len(tasks)} | {test} of {len(tasks)} |")
         print()

@@ -19,18 +19,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from lopt.config import load_config
 from lopt.meta_train.search.config import SearchConfig
 from lopt.meta_train.search.fitness import evaluator
+from lopt.meta_train.search.scoring import score, task_scores
 from lopt.programs.analysis import check
 from lopt.programs.lang import parse
-
-
-def fitness_of(losses: np.ndarray) -> float:
-    """losses [tasks, lrs, seeds] -> mean over tasks of log(min over rates of the seed median)."""
-    return float(np.mean(np.log(np.min(np.median(losses, axis=-1), axis=-1))))
 
 
 def main() -> None:
@@ -58,12 +53,11 @@ def main() -> None:
         graph = check(parse(path.read_text()), config.search.max_statements)
         begin = time.perf_counter()
         losses = evaluate.losses([graph])[0]  # [tasks, lrs, seeds]
-        per_task = np.log(np.min(np.median(losses, axis=-1), axis=-1))
         record = {
             "program": str(path),
-            "fitness": fitness_of(losses),
-            "per_task": per_task.tolist(),
-            "halves": [fitness_of(losses[..., :half]), fitness_of(losses[..., half:])],
+            "fitness": float(score(losses)),
+            "per_task": task_scores(losses).tolist(),
+            "halves": [float(score(losses[..., :half])), float(score(losses[..., half:]))],
             "seconds": round(time.perf_counter() - begin, 1),
         }
         print(json.dumps(record), flush=True)

@@ -269,18 +269,23 @@ def test_loss_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
+def beats(mine: float, theirs: float) -> bool:
+    """Whether loss `mine` beats `theirs`: the lower of two finite losses; a diverged
+    (non-finite) run loses to a finite one, and two diverged runs tie."""
+    return (mine < theirs) if math.isfinite(mine) and math.isfinite(theirs) else math.isfinite(mine)
+
+
 def head_to_head(cells: Sequence[Cell], name: str) -> str:
     """For optimizer `name`: against every other row, on how many tasks it has the lower mean
     final train loss, and the lower mean final test loss (a diverged run loses)."""
     mine = {c.task: c for c in cells if c.optimizer == name}
     lines = [f"| {name} against | wins by train loss | wins by test loss |", "|---|---:|---:|"]
-    lower = lambda a, b: (a < b) if math.isfinite(a) and math.isfinite(b) else math.isfinite(a)
     for other in dict.fromkeys(c.optimizer for c in cells):
         if other == name:
             continue
         theirs = {c.task: c for c in cells if c.optimizer == other and c.task in mine}
-        train = sum(lower(mine[t].final_train_mean, c.final_train_mean) for t, c in theirs.items())
-        test = sum(lower(mine[t].final_eval_mean, c.final_eval_mean) for t, c in theirs.items())
+        train = sum(beats(mine[t].final_train_mean, c.final_train_mean) for t, c in theirs.items())
+        test = sum(beats(mine[t].final_eval_mean, c.final_eval_mean) for t, c in theirs.items())
         lines.append(f"| {other} | {train} of {len(theirs)} | {test} of {len(theirs)} |")
     return "\n".join(lines)
 
